@@ -1,0 +1,66 @@
+"""tether: durable, idempotent long runs for notebooks.
+
+```python
+import tether
+
+@tether.pipeline(phases=["scanning", "applying"])
+def refactor(ctx, repo: str):
+    ctx.phase("scanning", total=3)
+    for f in ctx.track(["a.py", "b.py", "c.py"]):
+        ...
+    return {"changed": 3}
+
+run = refactor.start(repo="./app")   # same params again -> the same run
+run.result()
+```
+"""
+
+from __future__ import annotations
+
+from .config import Settings, configure
+from .context import Context
+from .errors import (
+    KeyConflict,
+    ParamsError,
+    PipelineError,
+    PipelineNotFound,
+    RunActive,
+    RunCancelled,
+    RunError,
+    RunFailed,
+    RunInterrupted,
+    RunNotFound,
+    StoreError,
+    TetherError,
+)
+from .model import Event, Progress, Status
+from .pipeline import Pipeline, pipeline
+from .run import Run, get_run, runs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Context",
+    "Event",
+    "KeyConflict",
+    "ParamsError",
+    "Pipeline",
+    "PipelineError",
+    "PipelineNotFound",
+    "Progress",
+    "Run",
+    "RunActive",
+    "RunCancelled",
+    "RunError",
+    "RunFailed",
+    "RunInterrupted",
+    "RunNotFound",
+    "Settings",
+    "Status",
+    "StoreError",
+    "TetherError",
+    "configure",
+    "get_run",
+    "pipeline",
+    "runs",
+]

@@ -1,0 +1,83 @@
+"""The whole schema of a tether database, as forward migrations (sqlite-utils ``Migrations``).
+
+A migration is never edited once released: add a new one. A database that records a migration this
+module does not know was written by a newer tether and is refused, untouched.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+MIGRATION_SET = "tether"
+migrations = Migrations(MIGRATION_SET)
+
+# Times are unix epoch seconds (REAL): datetime(created_at, 'unixepoch') reads them in the shell.
+_V1 = [
+    """
+    CREATE TABLE runs (
+        id               TEXT PRIMARY KEY,
+        key              TEXT NOT NULL,
+        attempt          INTEGER NOT NULL,
+        pipeline         TEXT NOT NULL,
+        version          TEXT,
+        params           TEXT NOT NULL,          -- canonical JSON
+        status           TEXT NOT NULL,          -- pending|running|succeeded|failed|cancelled|interrupted
+        phase            TEXT,
+        phases           TEXT NOT NULL DEFAULT '[]',   -- JSON list: declared, then seen
+        phases_done      TEXT NOT NULL DEFAULT '[]',   -- JSON list of completed phases
+        done             NUMERIC NOT NULL DEFAULT 0,   -- progress of the current phase
+        total            NUMERIC,                      -- NULL: indeterminate
+        message          TEXT,                         -- last log line
+        error            TEXT,                         -- JSON {type, message, traceback}
+        result           TEXT,                         -- JSON
+        created_at       REAL NOT NULL,
+        started_at       REAL,
+        ended_at         REAL,
+        updated_at       REAL NOT NULL,
+        owner_host       TEXT,
+        owner_pid        INTEGER,
+        owner_started    REAL,
+        owner_instance   TEXT,
+        target           TEXT,                         -- instance that may start it while pending
+        lease_until      REAL,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        resumed_from     TEXT REFERENCES runs(id),
+        last_seq         INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (key, attempt)
+    )
+    """,
+    "CREATE INDEX runs_created ON runs (created_at)",
+    "CREATE INDEX runs_status ON runs (status, created_at)",
+    "CREATE INDEX runs_pipeline ON runs (pipeline, created_at)",
+    """
+    CREATE TABLE events (
+        run_id  TEXT NOT NULL REFERENCES runs(id),
+        seq     INTEGER NOT NULL,                -- contiguous per run, from 1
+        ts      REAL NOT NULL,
+        kind    TEXT NOT NULL,                   -- created|started|phase|log|cancel_requested|<status>|...
+        phase   TEXT,
+        data    TEXT NOT NULL DEFAULT '{}',      -- JSON object
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE checkpoints (
+        run_id  TEXT NOT NULL REFERENCES runs(id),
+        name    TEXT NOT NULL,
+        value   TEXT NOT NULL,                   -- JSON
+        ts      REAL NOT NULL,
+        PRIMARY KEY (run_id, name)
+    ) WITHOUT ROWID
+    """,
+]
+
+
+@migrations(name="0001_initial")
+def _initial(db: Database) -> None:
+    for statement in _V1:
+        db.execute(statement)
+
+
+def known() -> list[str]:
+    return [m.name for m in migrations._migrations]

@@ -1,0 +1,173 @@
+"""``tether ls | show | cancel | gc``: look at and act on a tether database from a shell.
+
+The CLI never executes code named by the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from . import config, owner
+from .errors import TetherError
+from .model import RunRecord, Status
+
+__all__ = ["main"]
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _duration(rec: RunRecord) -> str:
+    if rec.started_at is None:
+        return "-"
+    secs = (rec.ended_at or time.time()) - rec.started_at
+    if secs < 60:
+        return f"{secs:.1f}s"
+    minutes, secs = divmod(int(secs), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _progress(rec: RunRecord) -> str:
+    if rec.total:
+        return f"{rec.done:g}/{rec.total:g} ({100 * rec.done / rec.total:.0f}%)"
+    return f"{rec.done:g}" if rec.done else "-"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    store = config.store(args.db)
+    recs = store.list_runs(pipeline=args.pipeline, status=args.status, limit=args.limit)
+    if store.recover([r for r in recs if r.status.active], owner.gone_reason):
+        recs = store.list_runs(pipeline=args.pipeline, status=args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps([_as_dict(r) for r in recs], indent=1))
+        return 0
+    if not recs:
+        print("no runs")
+        return 0
+    rows = [["ID", "PIPELINE", "#", "STATUS", "PHASE", "PROGRESS", "STARTED", "DURATION"]]
+    rows += [[r.id, r.pipeline, str(r.attempt), str(r.status), r.phase or "-", _progress(r),
+              _when(r.started_at or r.created_at), _duration(r)] for r in recs]
+    print(_table(rows))
+    return 0
+
+
+def _as_dict(rec: RunRecord) -> dict[str, object]:
+    return {"id": rec.id, "key": rec.key, "attempt": rec.attempt, "pipeline": rec.pipeline,
+            "status": str(rec.status), "phase": rec.phase, "done": rec.done, "total": rec.total,
+            "params": rec.params, "created_at": rec.created_at, "started_at": rec.started_at,
+            "ended_at": rec.ended_at, "error": rec.error, "result": rec.result}
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = config.store(args.db)
+    rec = store.get(args.id)
+    if rec.status.active and store.recover([rec], owner.gone_reason):
+        rec = store.get(args.id)
+    if args.json:
+        print(json.dumps(_as_dict(rec), indent=1))
+        return 0
+    phases = []
+    for p in rec.phases:
+        mark = "x" if p in rec.phases_done else (">" if p == rec.phase else " ")
+        if p == rec.phase and rec.status in (Status.FAILED, Status.INTERRUPTED, Status.CANCELLED):
+            mark = "!"
+        phases.append(f"[{mark}] {p}")
+    print(f"run       {rec.id}  ({rec.pipeline}, attempt {rec.attempt})")
+    print(f"key       {rec.key}")
+    print(f"status    {rec.status}")
+    print(f"params    {json.dumps(rec.params, ensure_ascii=False)}")
+    print(f"phase     {rec.phase or '-'}  progress {_progress(rec)}")
+    if phases:
+        print("phases    " + "  ".join(phases))
+    print(f"started   {_when(rec.started_at)}  duration {_duration(rec)}")
+    if rec.owner:
+        print(f"owner     pid {rec.owner.pid} on {rec.owner.host}")
+    logs = store.tail(rec.id, "log", args.lines)
+    if logs:
+        print(f"last {len(logs)} log lines:")
+        for ev in logs:
+            print(f"  {_when(ev.ts)}  {ev.data.get('message', '')}")
+    if rec.error:
+        print(f"error     {rec.error.get('type')}: {rec.error.get('message')}")
+        if rec.error.get("traceback"):
+            print(rec.error["traceback"].rstrip())
+    if rec.status == Status.SUCCEEDED:
+        print("result    " + json.dumps(rec.result, ensure_ascii=False)[:2000])
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    store = config.store(args.db)
+    rec = store.request_cancel(args.id, owner.gone_reason)
+    if rec.status.terminal:
+        print(f"{rec.id}: {rec.status}")
+    else:
+        print(f"{rec.id}: cancel requested; its owner (pid {rec.owner.pid if rec.owner else '?'}) "
+              "stops it at its next progress call")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    store = config.store(args.db)
+    active = store.active()
+    marked = store.recover(active, owner.gone_reason)
+    for rec, why in marked:
+        print(f"{rec.id} ({rec.pipeline}) interrupted: {why}")
+    print(f"checked {len(active)} active run(s); marked {len(marked)} interrupted")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tether", description=__doc__.splitlines()[0])
+    db_help = "database file (default: $TETHER_DB or ./.tether/runs.db)"
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ls", help="list runs, newest first")
+    p.add_argument("--status", choices=[s.value for s in Status])
+    p.add_argument("--pipeline")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(fn=cmd_ls)
+
+    p = sub.add_parser("show", help="one run: status, phases, progress, last log lines, error")
+    p.add_argument("id")
+    p.add_argument("--lines", type=int, default=10, help="log lines to show (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(fn=cmd_show)
+
+    p = sub.add_parser("cancel", help="cancel a run (its owner stops it; a dead owner's run ends now)")
+    p.add_argument("id")
+    p.set_defaults(fn=cmd_cancel)
+
+    p = sub.add_parser("gc", help="mark runs whose owner is gone as interrupted; print counts")
+    p.set_defaults(fn=cmd_gc)
+
+    for p in sub.choices.values():
+        p.add_argument("--db", help=db_help)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except TetherError as exc:
+        print(f"tether: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, LookupError) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

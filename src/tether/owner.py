@@ -1,0 +1,68 @@
+"""Who owns a run, and the proof that an owner is gone.
+
+An owner is a process: host + pid + process start time + a random instance id. A run whose owner is
+gone is an orphan. On this host the proof is psutil (pid dead, reused or a zombie); on any host an
+expired lease is proof too. A status alone is never proof.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+
+import psutil
+
+from .model import Owner
+
+__all__ = ["current", "gone_reason", "reset_after_fork"]
+
+_current: Owner | None = None
+
+
+def _make() -> Owner:
+    pid = os.getpid()
+    return Owner(
+        host=socket.gethostname(),
+        pid=pid,
+        started=psutil.Process(pid).create_time(),
+        instance=secrets.token_hex(8),
+    )
+
+
+def current() -> Owner:
+    """The owner identity of this process (created once per process, renewed after fork)."""
+    global _current
+    if _current is None or _current.pid != os.getpid():
+        _current = _make()
+    return _current
+
+
+def reset_after_fork() -> None:
+    global _current
+    _current = None
+
+
+def gone_reason(owner: Owner | None, lease_until: float | None, now: float) -> str | None:
+    """Why ``owner`` is proven gone, or None when it may still be alive."""
+    if owner is None:
+        return None
+    me = current()
+    if owner.instance == me.instance:
+        return None
+    if owner.host == me.host:
+        try:
+            proc = psutil.Process(owner.pid)
+            started = proc.create_time()
+            status = proc.status()
+        except psutil.NoSuchProcess:
+            return f"its owner process (pid {owner.pid}) is gone"
+        except psutil.Error:  # AccessDenied and the like: cannot prove anything
+            started, status = owner.started, psutil.STATUS_RUNNING
+        if abs(started - owner.started) > 0.05:
+            return f"its owner process (pid {owner.pid}) is gone; the pid now belongs to another process"
+        if status == psutil.STATUS_ZOMBIE:
+            return f"its owner process (pid {owner.pid}) has exited"
+    if lease_until is not None and now > lease_until:
+        return f"its owner on host {owner.host} (pid {owner.pid}) stopped renewing its lease"
+    return None

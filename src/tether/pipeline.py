@@ -1,0 +1,194 @@
+"""``@tether.pipeline``: registration, parameter binding, keys and the start policies."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar, overload
+
+from . import config, owner, runner
+from .errors import KeyConflict, ParamsError, PipelineError
+from .run import Run, display_run
+from .store import dumps
+
+__all__ = ["Pipeline", "lookup", "pipeline", "POLICIES"]
+
+Policy = Literal["attach", "rerun", "resume", "fail"]
+POLICIES = ("attach", "rerun", "resume", "fail")
+RESERVED = ("key", "policy")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_registry: dict[str, Pipeline] = {}
+
+
+def lookup(name: str) -> Pipeline | None:
+    """The pipeline registered under ``name`` in this process, if any."""
+    return _registry.get(name)
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    qual = getattr(fn, "__qualname__", fn.__name__)
+    module = getattr(fn, "__module__", None)
+    # a notebook cell defines into __main__: name it by qualname so it survives a kernel restart
+    return qual if module in (None, "__main__") else f"{module}.{qual}"
+
+
+def _check_json(value: Any, path: str) -> Any:
+    """JSON-ready copy of ``value`` (tuples become lists) or ParamsError naming ``path``."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ParamsError(f"{path} is {value!r}, which JSON cannot hold; pass a finite number "
+                              "or None")
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_check_json(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ParamsError(f"{path} has the key {k!r} ({type(k).__name__}); JSON object "
+                                  "keys must be str")
+            out[k] = _check_json(v, f"{path}[{k!r}]")
+        return out
+    raise ParamsError(f"{path} is a {type(value).__name__} ({value!r:.80}), which is not JSON; "
+                      "pass str, int, float, bool, None, or lists/dicts of them (e.g. str(path))")
+
+
+class Pipeline:
+    """A registered multi-phase function. Call ``.start(**params)`` or call it directly."""
+
+    def __init__(self, fn: Callable[..., Any], phases: Sequence[str] | None = None,
+                 version: str | int | None = None, name: str | None = None) -> None:
+        if not callable(fn):
+            raise PipelineError(f"@tether.pipeline needs a function, got {fn!r}")
+        self.fn = fn
+        self.name = name or _name_of(fn)
+        self.phases = [str(p) for p in (phases or [])]
+        if len(set(self.phases)) != len(self.phases):
+            raise PipelineError(f"pipeline {self.name!r} declares a phase twice: {self.phases}")
+        self.version = None if version is None else str(version)
+        self.signature = inspect.signature(fn)
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+        params = list(self.signature.parameters.values())
+        if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
+                                                 inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            raise PipelineError(f"pipeline {self.name!r} must take ctx as its first parameter: "
+                                f"def {fn.__name__}(ctx, ...)")
+        for p in params[1:]:
+            if p.name in RESERVED:
+                raise PipelineError(
+                    f"pipeline {self.name!r} has a parameter named {p.name!r}, which start() "
+                    f"reserves ({', '.join(RESERVED)}); rename it, e.g. {p.name}_")
+            if p.kind == inspect.Parameter.VAR_POSITIONAL:
+                raise PipelineError(f"pipeline {self.name!r} takes *{p.name}; parameters must "
+                                    "have names so they can be stored as JSON")
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        _registry[self.name] = self  # re-running the defining cell replaces it quietly
+
+    def __repr__(self) -> str:
+        return f"<tether.pipeline {self.name!r} phases={self.phases}>"
+
+    def bind(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The params a call means, defaults applied, checked to be JSON."""
+        try:
+            bound = self.signature.bind(None, *args, **kwargs)
+        except TypeError as exc:
+            raise ParamsError(f"{self.name}(): {exc}") from None
+        bound.apply_defaults()
+        params: dict[str, Any] = {}
+        items = list(bound.arguments.items())[1:]
+        for name, value in items:
+            kind = self.signature.parameters[name].kind
+            if kind == inspect.Parameter.VAR_KEYWORD:
+                for k, v in value.items():
+                    params[k] = _check_json(v, f"parameter {k!r} of {self.name}")
+            else:
+                params[name] = _check_json(value, f"parameter {name!r} of {self.name}")
+        return params
+
+    def key_for(self, params: dict[str, Any]) -> str:
+        digest = hashlib.sha256(dumps(params).encode()).hexdigest()[:16]
+        return f"{self.name}:{digest}"
+
+    def start(self, *args: Any, key: str | None = None, policy: Policy = "attach",
+              **kwargs: Any) -> Run:
+        """Start (or find) the run for these params. Idempotent; see the policies in the docs.
+
+        - an active run for the key: returned (``policy="fail"`` raises KeyConflict);
+        - a succeeded run: returned with its result (``"rerun"`` starts a new attempt);
+        - a failed/cancelled/interrupted run: returned as it is; ``"rerun"`` starts a new attempt
+          from scratch, ``"resume"`` one that reuses its checkpoints.
+        """
+        if policy not in POLICIES:
+            raise ValueError(f"policy={policy!r} is not one of {', '.join(POLICIES)}")
+        params = self.bind(*args, **kwargs)
+        if key is None:
+            key = self.key_for(params)
+        elif not isinstance(key, str) or not key:
+            raise ParamsError(f"key= must be a non-empty str, got {key!r}")
+        store = config.store()
+        run_ = runner.get(store)
+        outcome = store.start(pipeline=self.name, key=key, params_json=dumps(params),
+                              version=self.version, phases=self.phases, policy=policy,
+                              owner=run_.owner, lease_s=config.settings().lease,
+                              gone=owner.gone_reason)
+        handle = Run(store, outcome.record.id, outcome.record)
+        if outcome.conflict:
+            fix = ("; pass policy='rerun' to start a new attempt with these params, or another "
+                   "key=" if "params" in outcome.conflict or "version" in outcome.conflict
+                   else "; use policy='attach' to get it, or cancel it first")
+            raise KeyConflict(f"{self.name}: {outcome.conflict}{fix}", run=handle)
+        if outcome.created:
+            run_.submit(outcome.record)
+        return handle
+
+    def __call__(self, *args: Any, key: str | None = None, policy: Policy = "attach",
+                 **kwargs: Any) -> Any:
+        """Start (or find) the run, show it in a notebook, and return its result.
+
+        A kernel interrupt (KeyboardInterrupt) while waiting cancels the run.
+        """
+        run = self.start(*args, key=key, policy=policy, **kwargs)
+        display_run(run)
+        try:
+            return run.result()
+        except KeyboardInterrupt:
+            run.cancel()
+            try:
+                run.wait(timeout=5)
+            except TimeoutError:
+                pass
+            raise
+
+
+@overload
+def pipeline(fn: F, /) -> Pipeline: ...
+@overload
+def pipeline(*, phases: Sequence[str] | None = None, version: str | int | None = None,
+             name: str | None = None) -> Callable[[F], Pipeline]: ...
+
+
+def pipeline(fn: Callable[..., Any] | None = None, /, *, phases: Sequence[str] | None = None,
+             version: str | int | None = None, name: str | None = None) -> Any:
+    """Register a function as a pipeline: ``@tether.pipeline`` or ``@tether.pipeline(phases=[...])``.
+
+    ``version``: bump it when the code changes meaning; a stored run of another version is then
+    a KeyConflict instead of a silent reuse. ``name``: override the registered name.
+    """
+    if fn is not None:
+        return Pipeline(fn)
+    if isinstance(phases, str):
+        raise PipelineError("phases= takes a list of names, e.g. phases=['scanning', 'applying']")
+
+    def decorate(f: Callable[..., Any]) -> Pipeline:
+        return Pipeline(f, phases=phases, version=version, name=name)
+
+    return decorate
+

@@ -1,0 +1,243 @@
+"""``tether.Run``: a handle on one run (one attempt), read through the store."""
+
+from __future__ import annotations
+
+import html
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+from . import config, owner, runner
+from .errors import PipelineNotFound, RunCancelled, RunFailed, RunInterrupted
+from .model import Event, Progress, RunRecord, Status
+from .store import Store
+
+__all__ = ["Run", "display_run", "get_run", "runs"]
+
+
+class Run:
+    """One attempt of a pipeline with given params. Every property reads the current state."""
+
+    def __init__(self, store: Store, run_id: str, record: RunRecord | None = None) -> None:
+        self._store = store
+        self.id = run_id
+        rec = record if record is not None else store.get(run_id)
+        self.key: str = rec.key
+        self.attempt: int = rec.attempt
+        self.pipeline: str = rec.pipeline
+        self.params: dict[str, Any] = rec.params
+        self._last = rec
+
+    # -- state -------------------------------------------------------------------------------
+
+    def snapshot(self) -> RunRecord:
+        """The run's record now: from the store, with live progress when this process runs it.
+
+        A run whose owner is proven gone is marked ``interrupted`` on the way.
+        """
+        rec = self._store.get(self.id)
+        if rec.status.active:
+            live = runner.get(self._store).live(self.id)
+            if live is not None:
+                rec.phase, rec.done, rec.total = live.phase_name, live.done, live.total
+                rec.message = live.message
+                rec.phases, rec.phases_done = list(live.phases), list(live.phases_done)
+            elif owner.gone_reason(rec.owner, rec.lease_until, time.time()):
+                self._store.recover([rec], owner.gone_reason)
+                rec = self._store.get(self.id)
+        self._last = rec
+        return rec
+
+    @property
+    def status(self) -> Status:
+        return self.snapshot().status
+
+    @property
+    def phase(self) -> str | None:
+        return self.snapshot().phase
+
+    @property
+    def progress(self) -> Progress:
+        return self.snapshot().progress
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        return self.snapshot().error
+
+    @property
+    def message(self) -> str | None:
+        """The last log line."""
+        return self.snapshot().message
+
+    @property
+    def version(self) -> str | None:
+        return self._last.version
+
+    @property
+    def resumed_from(self) -> str | None:
+        return self._last.resumed_from
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    def events(self, after: int = 0, kinds: list[str] | None = None) -> list[Event]:
+        """Stored events (seq, ts, kind, phase, data), oldest first; only ``seq > after``."""
+        return self._store.events(self.id, after=after, kinds=kinds)
+
+    def logs(self, n: int | None = None) -> list[str]:
+        """The log lines stored so far (the last ``n`` if given)."""
+        if n is None:
+            return [e.data.get("message", "") for e in self._store.events(self.id, kinds=["log"])]
+        return [e.data.get("message", "") for e in self._store.tail(self.id, "log", n)]
+
+    def attempts(self) -> list[Run]:
+        """Every attempt of this run's key, oldest first."""
+        return [Run(self._store, r.id, r) for r in self._store.attempts(self.key)]
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> Run:
+        """Return once the run has ended; TimeoutError if it has not within ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        event = runner.get(self._store).done_event(self.id)
+        if event is not None and not _wait_event(event, deadline):
+                raise TimeoutError(f"run {self.id} has not ended after {timeout} s")
+        pause = 0.005
+        while not self.snapshot().status.terminal:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"run {self.id} has not ended after {timeout} s "
+                                   f"(status {self._last.status})")
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, 0.25)
+        return self
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the run and return its result, or raise RunFailed/RunCancelled/RunInterrupted."""
+        rec = self.wait(timeout)._last
+        if rec.status == Status.SUCCEEDED:
+            return rec.result
+        err = rec.error or {}
+        text = f"run {self.id} ({self.pipeline}, attempt {self.attempt}) {rec.status}"
+        if err.get("message"):
+            text += f": {err.get('type', 'Error')}: {err['message']}"
+        cls = {Status.FAILED: RunFailed, Status.CANCELLED: RunCancelled}.get(
+            rec.status, RunInterrupted)
+        if rec.status == Status.FAILED and err.get("traceback"):
+            text += "\n\nTraceback of the run:\n" + err["traceback"]
+        raise cls(text, run=self, error=rec.error)
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def cancel(self) -> Run:
+        """Ask the run to stop. Pending runs (and runs whose owner is gone) end at once."""
+        runner.get(self._store).cancel_local(self.id)
+        self._store.request_cancel(self.id, owner.gone_reason)
+        return self
+
+    def rerun(self) -> Run:
+        """A new attempt from scratch, executed in this process. Refused while the key is active."""
+        return self._new_attempt(resume=False)
+
+    def resume(self) -> Run:
+        """A new attempt reusing this attempt's checkpoints, executed in this process."""
+        return self._new_attempt(resume=True)
+
+    def _new_attempt(self, resume: bool) -> Run:
+        from .pipeline import lookup
+
+        if lookup(self.pipeline) is None:
+            raise PipelineNotFound(
+                f"pipeline {self.pipeline!r} is not defined in this process, so run {self.id} "
+                "cannot be executed here; run the cell that defines it (or import its module) "
+                "and try again")
+        run_ = runner.get(self._store)
+        rec = self._store.new_attempt(self.id, owner=run_.owner, resume=resume,
+                                      lease_s=config.settings().lease, gone=owner.gone_reason)
+        run_.submit(rec)
+        return Run(self._store, rec.id, rec)
+
+    # -- display -----------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        rec = self._last
+        return (f"<tether.Run {self.pipeline} #{self.attempt} id={self.id} "
+                f"status={rec.status} phase={rec.phase!r}>")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and other.id == self.id and other._store is self._store
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        rec = self.snapshot()
+        return {"text/plain": _text(rec), "text/html": _html(rec)}
+
+
+def _wait_event(event: threading.Event, deadline: float | None) -> bool:
+    # short waits keep KeyboardInterrupt responsive in the main thread
+    while not event.is_set():
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return False
+        event.wait(0.1 if left is None else min(0.1, left))
+    return True
+
+
+def _text(rec: RunRecord) -> str:
+    done, total = rec.done, rec.total
+    prog = f"{done}/{total}" if total is not None else f"{done}"
+    lines = [f"{rec.pipeline} #{rec.attempt} [{rec.status}] id={rec.id} key={rec.key}",
+             f"phase: {rec.phase or '-'} {prog}"]
+    if rec.message:
+        lines.append(f"last: {rec.message}")
+    if rec.error:
+        lines.append(f"error: {rec.error.get('type')}: {rec.error.get('message')}")
+    if rec.status == Status.SUCCEEDED:
+        lines.append("result: " + json.dumps(rec.result, ensure_ascii=False)[:200])
+    return "\n".join(lines)
+
+
+def _html(rec: RunRecord) -> str:
+    return (f'<pre class="tether-static" data-run-id="{html.escape(rec.id)}" '
+            f'data-status="{html.escape(str(rec.status))}" data-mode="static">'
+            f"{html.escape(_text(rec))}</pre>")
+
+
+def display_run(run: Run) -> None:
+    """Show ``run`` in a notebook (no-op outside IPython kernels)."""
+    if "ipykernel" not in sys.modules:
+        return
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None or not hasattr(ip, "kernel"):
+        return
+    display(run)
+
+
+def get_run(run_id: str) -> Run:
+    """The run with this id (RunNotFound if none). An orphan is marked interrupted on the way."""
+    store = config.store()
+    run = Run(store, run_id)
+    run.snapshot()
+    return run
+
+
+def runs(pipeline: Any = None, status: str | list[str] | None = None, key: str | None = None,
+         limit: int | None = 100) -> list[Run]:
+    """Every attempt matching the filters, newest first. ``pipeline``: a name or a Pipeline."""
+    store = config.store()
+    name = getattr(pipeline, "name", pipeline)
+    recs = store.list_runs(pipeline=name, status=status, key=key, limit=limit)
+    orphans = store.recover([r for r in recs if r.status.active], owner.gone_reason)
+    if orphans:
+        recs = store.list_runs(pipeline=name, status=status, key=key, limit=limit)
+    return [Run(store, r.id, r) for r in recs]

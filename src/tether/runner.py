@@ -1,0 +1,399 @@
+"""The per-process runner: executes the runs this process owns, flushes, heartbeats, recovers.
+
+Threads (all daemon, so interpreter exit is never blocked and ``atexit`` can mark unfinished runs
+``interrupted``):
+- one thread per executing sync run (at most ``max_concurrency`` at once);
+- one asyncio loop thread, started when the first async pipeline runs;
+- one flusher thread: progress + events of every live run in one transaction per tick, lease
+  renewal, cancel requests from other processes, and the orphan sweep.
+The runner never prints; errors of its threads are kept in ``Runner.errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import inspect
+import logging
+import os
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import config, owner
+from .context import Context, RunLogHandler, _current
+from .errors import PipelineNotFound, RunCancelled, StoreError
+from .model import RunRecord, Status
+from .store import MAX_VALUE_BYTES, Store, dumps
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+__all__ = ["Runner", "get", "shutdown_all"]
+
+Listener = Callable[[str], None]
+
+
+class Runner:
+    """Executes runs whose target is this process, against one store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.owner = owner.current()
+        self.errors: list[str] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._live: dict[str, Context] = {}
+        self._queue: deque[RunRecord] = deque()
+        self._done: dict[str, threading.Event] = {}
+        self._listeners: dict[str, list[Listener]] = {}
+        self._slots = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._closing = False
+        self._flusher: threading.Thread | None = None
+        self._next_beat = 0.0
+        self._next_sweep = 0.0
+
+    # -- submitting --------------------------------------------------------------------------
+
+    def submit(self, rec: RunRecord) -> None:
+        """Queue a pending run this process created; it starts as soon as a slot is free."""
+        with self._lock:
+            if self._closing or rec.id in self._done:
+                return
+            self._done[rec.id] = threading.Event()
+            self._queue.append(rec)
+        self._ensure_flusher()
+        self._pump()
+
+    def owns(self, run_id: str) -> bool:
+        return run_id in self._done
+
+    def live(self, run_id: str) -> Context | None:
+        return self._live.get(run_id)
+
+    def done_event(self, run_id: str) -> threading.Event | None:
+        return self._done.get(run_id)
+
+    def subscribe(self, run_id: str, fn: Listener) -> Callable[[], None]:
+        """Call ``fn(run_id)`` after each flush of that run and when it ends. Returns unsubscribe."""
+        with self._lock:
+            self._listeners.setdefault(run_id, []).append(fn)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                fns = self._listeners.get(run_id, [])
+                if fn in fns:
+                    fns.remove(fn)
+
+        return unsubscribe
+
+    def _notify(self, run_id: str) -> None:
+        for fn in list(self._listeners.get(run_id, ())):
+            try:
+                fn(run_id)
+            except Exception:
+                self._record_error("listener")
+
+    def _pump(self) -> None:
+        limit = config.settings().max_concurrency
+        while True:
+            with self._lock:
+                if self._closing or not self._queue or self._slots >= limit:
+                    return
+                rec = self._queue.popleft()
+                self._slots += 1
+            try:
+                claimed = self.store.claim(rec.id, self.owner, config.settings().lease)
+            except Exception:
+                self._record_error("claim")
+                claimed = None
+            if claimed is None:  # cancelled while pending, or not ours
+                self._release(rec.id)
+                continue
+            self._launch(claimed)
+
+    def _launch(self, rec: RunRecord) -> None:
+        from .pipeline import lookup
+
+        ctx = Context(self, rec)
+        with self._lock:
+            self._live[rec.id] = ctx
+        pipe = lookup(rec.pipeline)
+        if pipe is None:
+            exc = PipelineNotFound(f"pipeline {rec.pipeline!r} is not defined in this process")
+            self._finish(ctx, Status.FAILED, None, _error(exc))
+            return
+        if pipe.is_async:
+            loop = self._ensure_loop()
+            asyncio.run_coroutine_threadsafe(self._run_async(ctx, pipe), loop)
+        else:
+            threading.Thread(target=self._run_sync, args=(ctx, pipe), daemon=True,
+                             name=f"tether-run-{rec.id}").start()
+
+    # -- executing ---------------------------------------------------------------------------
+
+    def _run_sync(self, ctx: Context, pipe: Pipeline) -> None:
+        token = _current.set(ctx)
+        try:
+            out = pipe.fn(ctx, **ctx.params)
+            if inspect.isgenerator(out):
+                out = _drain(ctx, out)
+            self._succeed(ctx, out)
+        except RunCancelled as exc:
+            self._finish(ctx, Status.CANCELLED, None, _error(exc))
+        except BaseException as exc:
+            self._finish(ctx, Status.FAILED, None, _error(exc))
+        finally:
+            _current.reset(token)
+
+    async def _run_async(self, ctx: Context, pipe: Pipeline) -> None:
+        _current.set(ctx)
+        ctx._task = asyncio.current_task()
+        try:
+            if ctx._cancel:
+                ctx._raise_cancelled()
+            if inspect.isasyncgenfunction(pipe.fn):
+                out = None
+                async for _ in pipe.fn(ctx, **ctx.params):
+                    ctx.advance()
+            else:
+                out = await pipe.fn(ctx, **ctx.params)
+            self._succeed(ctx, out)
+        except (RunCancelled, asyncio.CancelledError) as exc:
+            self._finish(ctx, Status.CANCELLED, None, _error(exc) if ctx._cancel else None)
+        except BaseException as exc:
+            self._finish(ctx, Status.FAILED, None, _error(exc))
+
+    def _succeed(self, ctx: Context, result: Any) -> None:
+        try:
+            text = dumps(result)
+        except (TypeError, ValueError) as exc:
+            err = {"type": "ParamsError", "traceback": "",
+                   "message": f"the result is not JSON ({exc}); return JSON data "
+                              "(dict, list, str, number, bool, None)"}
+            self._finish(ctx, Status.FAILED, None, err)
+            return
+        if len(text) > MAX_VALUE_BYTES:
+            err = {"type": "ParamsError", "traceback": "",
+                   "message": f"the result is {len(text)} bytes of JSON; the limit is "
+                              f"{MAX_VALUE_BYTES} (store large data in files and return paths)"}
+            self._finish(ctx, Status.FAILED, None, err)
+            return
+        if ctx.phase_name is not None and ctx.phase_name not in ctx.phases_done:
+            ctx.phases_done.append(ctx.phase_name)
+        self._finish(ctx, Status.SUCCEEDED, text, None)
+
+    def _finish(self, ctx: Context, status: Status, result_json: str | None,
+                error: dict[str, Any] | None) -> None:
+        if status == Status.CANCELLED and error is None:
+            error = {"type": "Cancelled", "message": "run cancelled", "traceback": ""}
+        try:
+            with self.store.write_lock:
+                item = ctx._flush_item(force=True)
+                assert item is not None
+                self.store.finish(item, self.owner, status, result_json=result_json, error=error)
+        except Exception:
+            self._record_error("finish")
+        self._release(ctx.run_id)
+
+    def _release(self, run_id: str) -> None:
+        with self._lock:
+            self._slots -= 1
+            self._live.pop(run_id, None)
+            event = self._done.get(run_id)
+        if event is not None:
+            event.set()
+        self._notify(run_id)
+        with self._lock:
+            self._listeners.pop(run_id, None)
+        self._pump()
+
+    # -- flushing, heartbeats, recovery ------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def flush_run(self, ctx: Context) -> None:
+        """Persist one run's state now (phase changes, checkpoints)."""
+        with self.store.write_lock:
+            item = ctx._flush_item(force=True)
+            if item is not None:
+                self._apply(self.store.flush([item], self.owner, None))
+        self._notify(ctx.run_id)
+
+    def flush(self) -> None:
+        """One flusher tick: every live run's changes, the lease, cancel requests, orphans."""
+        now = time.time()
+        cfg = config.settings()
+        beat = now >= self._next_beat
+        with self._lock:
+            ctxs = list(self._live.values())
+            busy = bool(ctxs or self._queue)
+        if busy:
+            with self.store.write_lock:
+                items = [it for c in ctxs if (it := c._flush_item()) is not None]
+                if items or beat:
+                    self._apply(self.store.flush(items, self.owner,
+                                                 now + cfg.lease if beat else None))
+            if beat:
+                self._next_beat = now + cfg.heartbeat_interval
+            for it in items:
+                self._notify(it.run_id)
+        if now >= self._next_sweep:
+            self._next_sweep = now + cfg.sweep_interval
+            self.store.recover(self.store.active(), owner.gone_reason)
+
+    def _apply(self, outcome: tuple[set[str], set[str]]) -> None:
+        lost, cancels = outcome
+        for run_id in lost:
+            ctx = self._live.get(run_id)
+            if ctx is not None and not ctx._cancel:
+                ctx._request_cancel("taken over: the store no longer lists this process as owner")
+        for run_id in cancels:
+            ctx = self._live.get(run_id)
+            if ctx is not None and not ctx._cancel:
+                ctx._request_cancel("cancelled")
+
+    def _ensure_flusher(self) -> None:
+        if self._flusher is None:
+            with self._lock:
+                if self._flusher is None:
+                    _install_log_handler()
+                    self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                                     name="tether-flusher")
+                    self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(config.settings().flush_interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.flush()
+            except StoreError:
+                self._record_error("flush")
+            except Exception:
+                self._record_error("flush")
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self.loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, daemon=True, name="tether-loop").start()
+                self.loop = loop
+            return self.loop
+
+    def _record_error(self, where: str) -> None:
+        self.errors.append(f"{where}: {traceback.format_exc()}")
+        del self.errors[:-50]
+
+    # -- cancel and shutdown -----------------------------------------------------------------
+
+    def cancel_local(self, run_id: str) -> bool:
+        """Set the cancel flag of a run executing here; True if it was."""
+        ctx = self._live.get(run_id)
+        if ctx is None:
+            return False
+        ctx._request_cancel("cancelled")
+        return True
+
+    def shutdown(self, reason: str = "the process exited before the run ended") -> None:
+        """Flush, mark every unfinished run of this process interrupted, stop the threads."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            ctxs = list(self._live.values())
+            queued = [r.id for r in self._queue]
+            self._queue.clear()
+        for ctx in ctxs:  # bodies still running stop at their next progress call
+            ctx._request_cancel("interrupted: the process is shutting down")
+        self._stop.set()
+        self._wake.set()
+        if self._flusher is not None and self._flusher is not threading.current_thread():
+            self._flusher.join(timeout=5)
+        try:
+            with self.store.write_lock:
+                items = [it for c in ctxs if (it := c._flush_item()) is not None]
+                if items:
+                    self.store.flush(items, self.owner, None)
+                self.store.interrupt_own(self.owner, reason)
+        except Exception:
+            self._record_error("shutdown")
+        for run_id in [c.run_id for c in ctxs] + queued:
+            event = self._done.get(run_id)
+            if event is not None:
+                event.set()
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def _drain(ctx: Context, gen: Any) -> Any:
+    """Run a generator pipeline: each yielded value advances progress; its return is the result."""
+    try:
+        while True:
+            next(gen)
+            ctx.advance()
+    except StopIteration as stop:
+        return stop.value
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    return {
+        "type": type(exc).__qualname__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    }
+
+
+_runners: dict[int, Runner] = {}
+_runners_lock = threading.Lock()
+_handler: RunLogHandler | None = None
+
+
+def get(store: Store) -> Runner:
+    """The runner of ``store`` in this process (created on first use)."""
+    runner = store.runner
+    if runner is None or runner.owner.pid != os.getpid():
+        with _runners_lock:
+            runner = store.runner
+            if runner is None or runner.owner.pid != os.getpid():
+                runner = store.runner = Runner(store)
+                _runners[id(store)] = runner
+    return runner  # type: ignore[no-any-return]
+
+
+def _install_log_handler() -> None:
+    global _handler
+    if _handler is None:
+        _handler = RunLogHandler(level=logging.NOTSET)
+        logging.getLogger().addHandler(_handler)
+
+
+def shutdown_all() -> None:
+    """Stop every runner of this process, then close their stores (in that order)."""
+    with _runners_lock:
+        runners = list(_runners.values())
+        _runners.clear()
+    for runner in runners:
+        runner.shutdown()
+    for runner in runners:
+        runner.store.close()
+
+
+def _after_fork() -> None:
+    global _runners_lock
+    _runners_lock = threading.Lock()
+    _runners.clear()
+    owner.reset_after_fork()
+
+
+atexit.register(shutdown_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

@@ -1,0 +1,631 @@
+"""The only module that speaks SQL. SQLite in WAL mode, one connection per thread.
+
+Every state change is one committed ``BEGIN IMMEDIATE`` transaction; every status change is
+conditional on the status (and owner) it replaces, so a terminal status never changes and whoever
+notices an orphan first wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from . import _schema
+from .errors import RunNotFound, StoreError
+from .model import Event, Owner, RunRecord, Status
+
+__all__ = ["FlushItem", "StartOutcome", "Store", "dumps"]
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+BUSY_TIMEOUT_S = 30.0
+MAX_VALUE_BYTES = 64 * 1024 * 1024  # a result, checkpoint or event larger than this is refused
+
+_RUN_COLS = (
+    "id, key, attempt, pipeline, version, params, status, phase, phases, phases_done, done, total, "
+    "message, error, result, created_at, started_at, ended_at, updated_at, owner_host, owner_pid, "
+    "owner_started, owner_instance, target, lease_until, cancel_requested, resumed_from, last_seq"
+)
+_ACTIVE = ("pending", "running")
+
+
+def dumps(value: Any) -> str:
+    """Canonical JSON: sorted keys, no NaN, compact. Raises TypeError/ValueError on non-JSON."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _record(row: Sequence[Any]) -> RunRecord:
+    (id_, key, attempt, pipeline, version, params, status, phase, phases, phases_done, done, total,
+     message, error, result, created_at, started_at, ended_at, updated_at, host, pid, started,
+     instance, target, lease_until, cancel_requested, resumed_from, last_seq) = row
+    owner = Owner(host, pid, started, instance) if instance else None
+    return RunRecord(
+        id=id_, key=key, attempt=attempt, pipeline=pipeline, version=version,
+        params=json.loads(params), status=Status(status), phase=phase, phases=json.loads(phases),
+        done=done, total=total, message=message, error=_loads(error), result=_loads(result),
+        created_at=created_at, started_at=started_at, ended_at=ended_at, updated_at=updated_at,
+        owner=owner, target=target, lease_until=lease_until,
+        cancel_requested=bool(cancel_requested), resumed_from=resumed_from, last_seq=last_seq,
+        phases_done=json.loads(phases_done),
+    )
+
+
+@dataclass
+class StartOutcome:
+    record: RunRecord
+    created: bool
+    conflict: str | None = None  # why the call cannot be honoured (raised by the caller)
+    recovered: str | None = None  # the latest run was found orphaned and interrupted
+
+
+@dataclass
+class FlushItem:
+    """What the runner persists for one run it owns: progress and buffered events."""
+
+    run_id: str
+    phase: str | None
+    phases: list[str]
+    phases_done: list[str]
+    done: int | float
+    total: int | float | None
+    message: str | None
+    events: list[tuple[float, str, str | None, str]]  # (ts, kind, phase, data JSON)
+
+
+GoneCheck = Callable[[Owner | None, float | None, float], str | None]
+
+
+class Store:
+    """A tether database file. Cheap to create; opens (and migrates) on first use."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+        self.write_lock = threading.RLock()
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._open_lock = threading.Lock()
+        self._ready = False
+        self._closed = False
+        self.runner: Any = None  # set by tether.runner
+
+    def __repr__(self) -> str:
+        return f"<tether.Store {str(self.path)!r}>"
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def _fail(self, what: str, exc: BaseException | None = None, fix: str = "") -> StoreError:
+        detail = f": {exc}" if exc else ""
+        tail = f" {fix}" if fix else ""
+        return StoreError(f"tether database {str(self.path)!r} {what}{detail}.{tail}")
+
+    def _new_conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise self._fail("is closed", fix="Call tether.configure() again to reopen it.")
+        uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=rw"
+        if not self.path.exists():
+            raise self._fail("no longer exists (was it deleted?)",
+                             fix="tether never recreates a database behind your back; "
+                                 "restart the process to start a new one.")
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            raise self._fail("cannot be opened", exc) from exc
+        with self._open_lock:
+            self._conns.append(conn)
+        return conn
+
+    def _create_file(self) -> None:
+        parent = self.path.parent
+        try:
+            if not parent.exists():
+                parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.close(fd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise self._fail(
+                "cannot be created", exc,
+                fix="Choose a writable location with tether.configure(db=...) or TETHER_DB.",
+            ) from exc
+
+    def _check_header(self) -> None:
+        if self.path.is_dir():
+            raise self._fail("is a directory", fix="Pass the path of a file, e.g. .tether/runs.db.")
+        try:
+            with open(self.path, "rb") as fh:
+                header = fh.read(16)
+        except OSError as exc:
+            raise self._fail("cannot be read", exc) from exc
+        if header and header != SQLITE_HEADER:
+            raise self._fail("is not a SQLite database (wrong file header); it was left untouched",
+                             fix="Point tether at another file with tether.configure(db=...).")
+
+    def _open(self) -> None:
+        if self.path.exists():
+            self._check_header()
+        else:
+            self._create_file()
+        conn = self._new_conn()
+        db = Database(conn, execute_plugins=False, recursive_triggers=False)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            applied: list[str] = []
+            if tables:
+                if Migrations_table() not in tables or "runs" not in tables:
+                    raise self._fail(
+                        "is a SQLite database but not a tether one; it was left untouched",
+                        fix="Point tether at another file with tether.configure(db=...).")
+                applied = [m.name for m in _schema.migrations.applied(db)]
+            unknown = [name for name in applied if name not in _schema.known()]
+            if unknown:
+                raise self._fail(
+                    f"was written by a newer tether (schema {unknown[-1]!r}); it was left untouched",
+                    fix="Upgrade tether (pip install -U tether) to use it.")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            if len(applied) < len(_schema.known()):
+                with self.write_lock:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        _schema.migrations.apply(db)
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    conn.execute("COMMIT")
+        except StoreError:
+            self._drop(conn)
+            raise
+        except sqlite3.DatabaseError as exc:
+            self._drop(conn)
+            if "readonly" in str(exc) or "unable to open" in str(exc):
+                raise self._fail("is not writable", exc,
+                                 fix="Fix its permissions or choose another path.") from exc
+            raise self._fail("is corrupt or unreadable; it was left untouched", exc) from exc
+        self._local.conn = conn
+
+    def _drop(self, conn: sqlite3.Connection) -> None:
+        with self._open_lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+        conn.close()
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (opening and migrating the database on first use)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and not self._closed:
+            return conn
+        if not self._ready:
+            with self.write_lock:
+                if not self._ready:
+                    self._open()
+                    self._ready = True
+                    return self._local.conn
+        conn = self._new_conn()
+        self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close every connection. Call only after the threads using them have stopped."""
+        self._closed = True
+        with self._open_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``), serialised within the process."""
+        conn = self.conn()
+        with self.write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._write_error(exc) from exc
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise self._write_error(exc) from exc
+
+    def _write_error(self, exc: sqlite3.Error) -> StoreError:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return self._fail(f"stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s", exc)
+        if "full" in text:
+            return self._fail("cannot grow: the disk is full", exc)
+        if "readonly" in text:
+            return self._fail("is not writable", exc, fix="Fix its permissions or choose another path.")
+        return self._fail("could not be written", exc)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, run_id: str) -> RunRecord:
+        row = self.conn().execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r} in {str(self.path)!r}; "
+                              "list runs with tether.runs() or `tether ls`.")
+        return _record(row)
+
+    def latest(self, key: str, conn: sqlite3.Connection | None = None) -> RunRecord | None:
+        row = (conn or self.conn()).execute(
+            f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt DESC LIMIT 1", (key,)
+        ).fetchone()
+        return _record(row) if row else None
+
+    def attempts(self, key: str) -> list[RunRecord]:
+        rows = self.conn().execute(
+            f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt", (key,)).fetchall()
+        return [_record(r) for r in rows]
+
+    def list_runs(self, pipeline: str | None = None, status: str | Sequence[str] | None = None,
+                  key: str | None = None, limit: int | None = 100) -> list[RunRecord]:
+        where, args = [], []
+        if pipeline is not None:
+            where.append("pipeline = ?")
+            args.append(pipeline)
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args.extend(str(Status(s)) for s in statuses)
+        if key is not None:
+            where.append("key = ?")
+            args.append(key)
+        sql = f"SELECT {_RUN_COLS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, attempt DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        return [_record(r) for r in self.conn().execute(sql, args).fetchall()]
+
+    def events(self, run_id: str, after: int = 0, limit: int | None = None,
+               kinds: Sequence[str] | None = None) -> list[Event]:
+        sql = "SELECT run_id, seq, ts, kind, phase, data FROM events WHERE run_id = ? AND seq > ?"
+        args: list[Any] = [run_id, after]
+        if kinds:
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args.extend(kinds)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]))
+                for r in self.conn().execute(sql, args)]
+
+    def tail(self, run_id: str, kind: str, n: int) -> list[Event]:
+        """The last ``n`` events of one kind, oldest first."""
+        rows = self.conn().execute(
+            "SELECT run_id, seq, ts, kind, phase, data FROM events WHERE run_id = ? AND kind = ? "
+            "ORDER BY seq DESC LIMIT ?", (run_id, kind, n)).fetchall()
+        return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in reversed(rows)]
+
+    def active(self) -> list[RunRecord]:
+        rows = self.conn().execute(
+            f"SELECT {_RUN_COLS} FROM runs WHERE status IN ('pending', 'running')").fetchall()
+        return [_record(r) for r in rows]
+
+    def checkpoint(self, run_id: str, name: str) -> tuple[bool, Any]:
+        row = self.conn().execute(
+            "SELECT value FROM checkpoints WHERE run_id = ? AND name = ?", (run_id, name)).fetchone()
+        return (False, None) if row is None else (True, json.loads(row[0]))
+
+    def checkpoints(self, run_id: str, prefix: str = "") -> dict[str, Any]:
+        rows = self.conn().execute(
+            "SELECT name, value FROM checkpoints WHERE run_id = ? AND substr(name, 1, ?) = ?",
+            (run_id, len(prefix), prefix))
+        return {name: json.loads(value) for name, value in rows}
+
+    # -- writes ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _append(conn: sqlite3.Connection, run_id: str, last_seq: int,
+                events: Sequence[tuple[float, str, str | None, str]]) -> int:
+        conn.executemany(
+            "INSERT INTO events (run_id, seq, ts, kind, phase, data) VALUES (?, ?, ?, ?, ?, ?)",
+            [(run_id, last_seq + i, ts, kind, phase, data)
+             for i, (ts, kind, phase, data) in enumerate(events, 1)])
+        return last_seq + len(events)
+
+    def _event(self, conn: sqlite3.Connection, rec: RunRecord, kind: str,
+               data: dict[str, Any], now: float) -> int:
+        seq = self._append(conn, rec.id, rec.last_seq, [(now, kind, rec.phase, dumps(data))])
+        conn.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (seq, rec.id))
+        return seq
+
+    def _interrupt(self, conn: sqlite3.Connection, rec: RunRecord, reason: str, now: float) -> bool:
+        error = {"type": "Interrupted", "message": f"run interrupted: {reason}", "traceback": ""}
+        cur = conn.execute(
+            "UPDATE runs SET status = 'interrupted', ended_at = ?, updated_at = ?, error = ? "
+            "WHERE id = ? AND status = ? AND owner_instance IS ?",
+            (now, now, dumps(error), rec.id, str(rec.status),
+             rec.owner.instance if rec.owner else None))
+        if cur.rowcount != 1:
+            return False
+        self._event(conn, rec, "interrupted", {"reason": reason}, now)
+        return True
+
+    def start(self, *, pipeline: str, key: str, params_json: str, version: str | None,
+              phases: list[str], policy: str, owner: Owner, lease_s: float,
+              gone: GoneCheck) -> StartOutcome:
+        """Decide, in one transaction, what a start() call means for ``key``."""
+        now = time.time()
+        # fast path, no write: an ended run returned as it is (terminal statuses never change)
+        latest = self.latest(key)
+        if (latest is not None and latest.status.terminal and _difference(
+                latest, params_json, version) is None and (
+                policy in ("attach", "fail") or (policy == "resume"
+                                                 and latest.status == Status.SUCCEEDED))):
+            return StartOutcome(latest, False)
+        with self.tx() as conn:
+            latest = self.latest(key, conn)
+            recovered = None
+            if latest is not None and latest.status.active:
+                reason = gone(latest.owner, latest.lease_until, now)
+                if reason and self._interrupt(conn, latest, reason, now):
+                    recovered = reason
+                    latest = self.latest(key, conn)
+            if latest is None:
+                rec = self._create(conn, pipeline, key, 1, params_json, version, phases, owner,
+                                   lease_s, now, policy, None)
+                return StartOutcome(rec, True)
+            assert latest is not None
+            mismatch = _difference(latest, params_json, version)
+            if latest.status.active:
+                if mismatch:
+                    return StartOutcome(latest, False, f"the {latest.status} run for key "
+                                        f"{key!r} has {mismatch}", recovered)
+                if policy == "fail":
+                    return StartOutcome(latest, False, f"a run for key {key!r} is already "
+                                        f"{latest.status} (id {latest.id})", recovered)
+                return StartOutcome(latest, False, None, recovered)
+            # the latest attempt has ended
+            if policy == "rerun" or (policy == "resume" and latest.status != Status.SUCCEEDED):
+                if mismatch and policy == "resume":
+                    return StartOutcome(latest, False, f"the run for key {key!r} has {mismatch}; "
+                                        "resume continues the same work", recovered)
+                resumed = latest.id if policy == "resume" else None
+                rec = self._create(conn, pipeline, key, latest.attempt + 1, params_json, version,
+                                   phases, owner, lease_s, now, policy, resumed)
+                return StartOutcome(rec, True, None, recovered)
+            if mismatch:
+                return StartOutcome(latest, False, f"the {latest.status} run for key {key!r} has "
+                                    f"{mismatch}", recovered)
+            return StartOutcome(latest, False, None, recovered)
+
+    def new_attempt(self, run_id: str, *, owner: Owner, lease_s: float, resume: bool,
+                    gone: GoneCheck) -> RunRecord:
+        """A new attempt of ``run_id``'s key (rerun, or resume reusing its checkpoints)."""
+        from .errors import RunActive
+
+        now = time.time()
+        with self.tx() as conn:
+            base = self.get(run_id)
+            latest = self.latest(base.key, conn)
+            assert latest is not None
+            if latest.status.active:
+                reason = gone(latest.owner, latest.lease_until, now)
+                if not (reason and self._interrupt(conn, latest, reason, now)):
+                    raise RunActive(
+                        f"run {latest.id} (attempt {latest.attempt} of key {base.key!r}) is still "
+                        f"{latest.status}; cancel it or wait for it to end before a new attempt.")
+            return self._create(conn, base.pipeline, base.key, latest.attempt + 1,
+                                dumps(base.params), base.version, base.phases, owner, lease_s,
+                                now, "resume" if resume else "rerun", base.id if resume else None)
+
+    def _create(self, conn: sqlite3.Connection, pipeline: str, key: str, attempt: int,
+                params_json: str, version: str | None, phases: list[str], owner: Owner,
+                lease_s: float, now: float, policy: str, resumed_from: str | None) -> RunRecord:
+        run_id = secrets.token_hex(6)
+        phases_done: list[str] = []
+        if resumed_from is not None:
+            prev = self.get(resumed_from)
+            phases_done = prev.phases_done
+            conn.execute(
+                "INSERT INTO checkpoints (run_id, name, value, ts) "
+                "SELECT ?, name, value, ts FROM checkpoints WHERE run_id = ?", (run_id, resumed_from))
+        conn.execute(
+            "INSERT INTO runs (id, key, attempt, pipeline, version, params, status, phases, "
+            "phases_done, created_at, updated_at, owner_host, owner_pid, owner_started, "
+            "owner_instance, target, lease_until, resumed_from, last_seq) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+            (run_id, key, attempt, pipeline, version, params_json, dumps(phases),
+             dumps(phases_done), now, now, owner.host, owner.pid, owner.started, owner.instance,
+             owner.instance, now + lease_s, resumed_from))
+        data: dict[str, Any] = {"policy": policy}
+        if resumed_from:
+            data["resumed_from"] = resumed_from
+        self._append(conn, run_id, 0, [(now, "created", None, dumps(data))])
+        row = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return _record(row)
+
+    def claim(self, run_id: str, owner: Owner, lease_s: float) -> RunRecord | None:
+        """pending -> running, only for the run's target process. None if not claimable."""
+        now = time.time()
+        with self.tx() as conn:
+            cur = conn.execute(
+                "UPDATE runs SET status = 'running', started_at = ?, updated_at = ?, "
+                "owner_host = ?, owner_pid = ?, owner_started = ?, owner_instance = ?, "
+                "lease_until = ?, last_seq = last_seq + 1 "
+                "WHERE id = ? AND status = 'pending' AND target = ?",
+                (now, now, owner.host, owner.pid, owner.started, owner.instance, now + lease_s,
+                 run_id, owner.instance))
+            if cur.rowcount != 1:
+                return None
+            rec = _record(conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?",
+                                       (run_id,)).fetchone())
+            self._append(conn, run_id, rec.last_seq - 1,
+                         [(now, "started", None, dumps({"pid": owner.pid, "host": owner.host}))])
+            return rec
+
+    def flush(self, items: Sequence[FlushItem], owner: Owner, lease_until: float | None
+              ) -> tuple[set[str], set[str]]:
+        """Persist progress and events of runs ``owner`` executes, in one transaction.
+
+        Returns (runs no longer ours, runs with a cancel request).
+        """
+        now = time.time()
+        lost: set[str] = set()
+        with self.tx() as conn:
+            for it in items:
+                row = conn.execute(
+                    "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' "
+                    "AND owner_instance = ?", (it.run_id, owner.instance)).fetchone()
+                if row is None:
+                    lost.add(it.run_id)
+                    continue
+                seq = self._append(conn, it.run_id, row[0], it.events) if it.events else row[0]
+                conn.execute(
+                    "UPDATE runs SET phase = ?, phases = ?, phases_done = ?, done = ?, total = ?, "
+                    "message = ?, updated_at = ?, last_seq = ? WHERE id = ?",
+                    (it.phase, dumps(it.phases), dumps(it.phases_done), it.done, it.total,
+                     it.message, now, seq, it.run_id))
+            if lease_until is not None:
+                conn.execute(
+                    "UPDATE runs SET lease_until = ? WHERE owner_instance = ? "
+                    "AND status IN ('pending', 'running')", (lease_until, owner.instance))
+            cancels = {r[0] for r in conn.execute(
+                "SELECT id FROM runs WHERE status = 'running' AND owner_instance = ? "
+                "AND cancel_requested = 1", (owner.instance,))}
+        return lost, cancels
+
+    def finish(self, item: FlushItem, owner: Owner, status: Status, *, result_json: str | None,
+               error: dict[str, Any] | None) -> bool:
+        """running -> terminal, with the last progress and events. False if no longer ours."""
+        now = time.time()
+        data: dict[str, Any] = {}
+        if error is not None:
+            data = {"type": error.get("type"), "message": error.get("message")}
+        with self.tx() as conn:
+            row = conn.execute(
+                "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' "
+                "AND owner_instance = ?", (item.run_id, owner.instance)).fetchone()
+            if row is None:
+                return False
+            events = [*item.events, (now, str(status), item.phase, dumps(data))]
+            seq = self._append(conn, item.run_id, row[0], events)
+            conn.execute(
+                "UPDATE runs SET status = ?, phase = ?, phases = ?, phases_done = ?, done = ?, "
+                "total = ?, message = ?, result = ?, error = ?, ended_at = ?, updated_at = ?, "
+                "last_seq = ? WHERE id = ?",
+                (str(status), item.phase, dumps(item.phases), dumps(item.phases_done), item.done,
+                 item.total, item.message, result_json, dumps(error) if error else None, now, now,
+                 seq, item.run_id))
+        return True
+
+    def put_checkpoint(self, run_id: str, owner: Owner, name: str, value_json: str,
+                       event: bool = True) -> bool:
+        now = time.time()
+        with self.tx() as conn:
+            row = conn.execute(
+                "SELECT last_seq, phase FROM runs WHERE id = ? AND status = 'running' "
+                "AND owner_instance = ?", (run_id, owner.instance)).fetchone()
+            if row is None:
+                return False
+            conn.execute("INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) "
+                         "VALUES (?, ?, ?, ?)", (run_id, name, value_json, now))
+            if event:
+                seq = self._append(conn, run_id, row[0],
+                                   [(now, "checkpoint", row[1], dumps({"name": name}))])
+                conn.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (seq, run_id))
+        return True
+
+    def request_cancel(self, run_id: str, gone: GoneCheck) -> RunRecord:
+        """Cancel: a pending run (or one whose owner is gone) ends at once; a running one is flagged."""
+        now = time.time()
+        with self.tx() as conn:
+            rec = self.get(run_id)
+            if rec.status.terminal:
+                return rec
+            ends_now = rec.status == Status.PENDING or gone(rec.owner, rec.lease_until, now)
+            if ends_now:
+                error = {"type": "Cancelled", "message": "run cancelled", "traceback": ""}
+                cur = conn.execute(
+                    "UPDATE runs SET status = 'cancelled', cancel_requested = 1, ended_at = ?, "
+                    "updated_at = ?, error = ? WHERE id = ? AND status = ?",
+                    (now, now, dumps(error), run_id, str(rec.status)))
+                if cur.rowcount == 1:
+                    self._event(conn, rec, "cancelled", {"by": "request"}, now)
+            elif not rec.cancel_requested:
+                conn.execute("UPDATE runs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+                             (now, run_id))
+                self._event(conn, rec, "cancel_requested", {}, now)
+            return self.get(run_id)
+
+    def recover(self, records: Sequence[RunRecord], gone: GoneCheck) -> list[tuple[RunRecord, str]]:
+        """Mark the orphans among ``records`` interrupted. Returns those marked, with the reason."""
+        now = time.time()
+        suspects = [(r, why) for r in records if r.status.active
+                    and (why := gone(r.owner, r.lease_until, now))]
+        marked = []
+        if suspects:
+            with self.tx() as conn:
+                for rec, why in suspects:
+                    fresh = self.get(rec.id)
+                    same = fresh.status == rec.status and fresh.owner == rec.owner
+                    if same and self._interrupt(conn, fresh, why, now):
+                        marked.append((fresh, why))
+        return marked
+
+    def interrupt_own(self, owner: Owner, reason: str) -> int:
+        """Mark every active run of ``owner`` interrupted (clean shutdown). Returns the count."""
+        now = time.time()
+        n = 0
+        with self.tx() as conn:
+            rows = conn.execute(
+                f"SELECT {_RUN_COLS} FROM runs WHERE status IN ('pending', 'running') "
+                "AND owner_instance = ?", (owner.instance,)).fetchall()
+            for row in rows:
+                n += self._interrupt(conn, _record(row), reason, now)
+        return n
+
+
+def Migrations_table() -> str:  # noqa: N802 - mirrors sqlite-utils' constant
+    return _schema.migrations.migrations_table
+
+
+def _difference(rec: RunRecord, params_json: str, version: str | None) -> str | None:
+    """A readable description of how a new start() differs from a stored run, or None."""
+    if rec.version != version:
+        return f"version {rec.version!r}, not {version!r}"
+    new = json.loads(params_json)
+    if new == rec.params:
+        return None
+    parts = []
+    for name in sorted(set(new) | set(rec.params)):
+        if name not in rec.params:
+            parts.append(f"no parameter {name!r}")
+        elif name not in new:
+            parts.append(f"parameter {name!r}={dumps(rec.params[name])[:60]} that this call lacks")
+        elif new[name] != rec.params[name]:
+            parts.append(f"{name}={dumps(rec.params[name])[:60]}, not {dumps(new[name])[:60]}")
+    return "different params: " + "; ".join(parts)
