@@ -174,8 +174,9 @@ class Run:
         return hash(self.id)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        rec = self.snapshot()
-        return {"text/plain": _text(rec), "text/html": _html(rec)}
+        from .widget import repr_bundle
+
+        return repr_bundle(self, include, exclude)
 
 
 def _wait_event(event: threading.Event, deadline: float | None) -> bool:
