@@ -21,6 +21,7 @@ from .config import Settings, configure
 from .context import Context
 from .errors import (
     KeyConflict,
+    MapItemError,
     ParamsError,
     PipelineError,
     PipelineNotFound,
@@ -43,6 +44,7 @@ __all__ = [
     "Context",
     "Event",
     "KeyConflict",
+    "MapItemError",
     "ParamsError",
     "Pipeline",
     "PipelineError",

@@ -39,10 +39,11 @@ _V1 = [
         owner_pid        INTEGER,
         owner_started    REAL,
         owner_instance   TEXT,
-        target           TEXT,                         -- instance that may start it while pending
+        target           TEXT,                         -- instance that may start it, or 'worker'
         lease_until      REAL,
         cancel_requested INTEGER NOT NULL DEFAULT 0,
         resumed_from     TEXT REFERENCES runs(id),
+        created_by       TEXT NOT NULL DEFAULT 'start',  -- start|start:rerun|start:resume|rerun|resume
         last_seq         INTEGER NOT NULL DEFAULT 0,
         UNIQUE (key, attempt)
     )

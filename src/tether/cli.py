@@ -1,6 +1,7 @@
-"""``tether ls | show | cancel | gc``: look at and act on a tether database from a shell.
+"""``tether ls | show | cancel | gc | worker``: look at and act on a tether database from a shell.
 
-The CLI never executes code named by the database.
+The CLI never executes code named by the database; ``worker`` imports only the modules named on
+its command line.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import config, owner
-from .errors import TetherError
+from .errors import StoreError, TetherError
 from .model import RunRecord, Status
+from .store import Store
 
 __all__ = ["main"]
 
@@ -44,8 +47,17 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _existing_store(path: str | None) -> Store:
+    """Commands that read need an existing database: a typo must not create an empty one."""
+    target = Path(path) if path else config.db_path()
+    if not target.exists():
+        raise StoreError(f"tether database {str(target)!r} does not exist; pass --db PATH "
+                         "(or set TETHER_DB) to point at the runs.db your notebook uses")
+    return config.store(target)
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
-    store = config.store(args.db)
+    store = _existing_store(args.db)
     recs = store.list_runs(pipeline=args.pipeline, status=args.status, limit=args.limit)
     if store.recover([r for r in recs if r.status.active], owner.gone_reason):
         recs = store.list_runs(pipeline=args.pipeline, status=args.status, limit=args.limit)
@@ -70,7 +82,7 @@ def _as_dict(rec: RunRecord) -> dict[str, object]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    store = config.store(args.db)
+    store = _existing_store(args.db)
     rec = store.get(args.id)
     if rec.status.active and store.recover([rec], owner.gone_reason):
         rec = store.get(args.id)
@@ -108,7 +120,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    store = config.store(args.db)
+    store = _existing_store(args.db)
     rec = store.request_cancel(args.id, owner.gone_reason)
     if rec.status.terminal:
         print(f"{rec.id}: {rec.status}")
@@ -119,12 +131,21 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    store = config.store(args.db)
+    store = _existing_store(args.db)
     active = store.active()
     marked = store.recover(active, owner.gone_reason)
     for rec, why in marked:
         print(f"{rec.id} ({rec.pipeline}) interrupted: {why}")
     print(f"checked {len(active)} active run(s); marked {len(marked)} interrupted")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .worker import serve
+
+    started = serve(args.targets, db=args.db, concurrency=args.concurrency, once=args.once,
+                    poll=args.poll)
+    print(f"worker stopped; executed {started} run(s)")
     return 0
 
 
@@ -153,6 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gc", help="mark runs whose owner is gone as interrupted; print counts")
     p.set_defaults(fn=cmd_gc)
 
+    p = sub.add_parser("worker", help="execute detached runs (start(..., detach=True)) of the "
+                       "pipelines in the given modules")
+    p.add_argument("targets", nargs="+", metavar="MODULE[:FUNCTION]",
+                   help="modules (or module:function) defining the pipelines to execute")
+    p.add_argument("--concurrency", type=int, default=4, help="runs at once (default 4)")
+    p.add_argument("--once", action="store_true", help="exit when no detached run is left")
+    p.add_argument("--poll", type=float, default=0.5, help="seconds between looks for new runs")
+    p.set_defaults(fn=cmd_worker)
+
     for p in sub.choices.values():
         p.add_argument("--db", help=db_help)
     return parser
@@ -163,8 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args))
     except TetherError as exc:
-        print(f"tether: error: {exc}", file=sys.stderr)
+        text = str(exc).replace("tether.configure(db=...)", "--db PATH")
+        print(f"tether: error: {text}", file=sys.stderr)
         return 2 if isinstance(exc, LookupError) else 1
+    except (ImportError, TypeError) as exc:  # worker targets
+        if args.command != "worker":
+            raise
+        print(f"tether: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -65,6 +65,7 @@ class Context:
         self._ev_lock = threading.Lock()
         self._flushed: tuple[Any, ...] | None = None
         self._task: Any = None  # asyncio task of an async body
+        self._map_calls = 0
 
     def __repr__(self) -> str:
         return f"<tether ctx run={self.run_id} phase={self.phase_name!r} {self.done}/{self.total}>"
@@ -195,6 +196,20 @@ class Context:
         self._runner.flush_run(self)
         self._runner.store.put_checkpoint(self.run_id, self._runner.owner, cp, text)
         return value
+
+    def map(self, fn: Callable[[Any], T], items: Iterable[Any], executor: Any = None,
+            checkpoint: bool = True, name: str | None = None) -> list[T]:
+        """``[fn(item) for item in items]`` on an executor, in item order, counting progress.
+
+        ``executor``: any ``concurrent.futures.Executor`` (default: a thread pool) or a
+        ``dask.distributed.Client``. With ``checkpoint=True`` each item's JSON result is stored as
+        it finishes and a resumed attempt skips finished items. The first failure cancels the
+        rest and raises ``tether.MapItemError`` naming the item. ``name`` identifies the map
+        across attempts (default: the function's name and the call's order in the run).
+        """
+        from .fanout import run_map
+
+        return run_map(self, fn, items, executor=executor, checkpoint=checkpoint, name=name)
 
     # -- the run -----------------------------------------------------------------------------
 

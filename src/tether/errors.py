@@ -9,6 +9,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KeyConflict",
+    "MapItemError",
     "ParamsError",
     "PipelineError",
     "PipelineNotFound",
@@ -82,3 +83,12 @@ class RunCancelled(RunError):
 
 class RunInterrupted(RunError):
     """The run's owner died (or exited) before the run ended."""
+
+
+class MapItemError(TetherError):
+    """An item of ``ctx.map`` failed; ``.index`` and ``.item`` name it, ``__cause__`` is the error."""
+
+    def __init__(self, message: str, index: int, item: Any) -> None:
+        super().__init__(message)
+        self.index = index
+        self.item = item

@@ -84,6 +84,7 @@ class RunRecord:
     resumed_from: str | None
     last_seq: int
     phases_done: list[str] = field(default_factory=list)
+    created_by: str = "start"
 
     @property
     def progress(self) -> Progress:

@@ -18,7 +18,7 @@ __all__ = ["Pipeline", "lookup", "pipeline", "POLICIES"]
 
 Policy = Literal["attach", "rerun", "resume", "fail"]
 POLICIES = ("attach", "rerun", "resume", "fail")
-RESERVED = ("key", "policy")
+RESERVED = ("key", "policy", "detach")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _registry: dict[str, Pipeline] = {}
@@ -118,16 +118,22 @@ class Pipeline:
         return f"{self.name}:{digest}"
 
     def start(self, *args: Any, key: str | None = None, policy: Policy = "attach",
-              **kwargs: Any) -> Run:
+              detach: bool = False, **kwargs: Any) -> Run:
         """Start (or find) the run for these params. Idempotent; see the policies in the docs.
 
         - an active run for the key: returned (``policy="fail"`` raises KeyConflict);
         - a succeeded run: returned with its result (``"rerun"`` starts a new attempt);
         - a failed/cancelled/interrupted run: returned as it is; ``"rerun"`` starts a new attempt
-          from scratch, ``"resume"`` one that reuses its checkpoints.
+          from scratch, ``"resume"`` one that reuses its checkpoints (automatic resumes of a key
+          are capped by ``max_auto_resumes``).
+
+        ``detach=True`` leaves the run pending for a ``tether worker`` process, so it survives
+        the kernel; the pipeline must then live in an importable module.
         """
         if policy not in POLICIES:
             raise ValueError(f"policy={policy!r} is not one of {', '.join(POLICIES)}")
+        if detach:
+            self._check_importable()
         params = self.bind(*args, **kwargs)
         if key is None:
             key = self.key_for(params)
@@ -138,24 +144,36 @@ class Pipeline:
         outcome = store.start(pipeline=self.name, key=key, params_json=dumps(params),
                               version=self.version, phases=self.phases, policy=policy,
                               owner=run_.owner, lease_s=config.settings().lease,
-                              gone=owner.gone_reason)
+                              gone=owner.gone_reason, detach=detach,
+                              max_auto_resumes=config.settings().max_auto_resumes)
         handle = Run(store, outcome.record.id, outcome.record)
         if outcome.conflict:
             fix = ("; pass policy='rerun' to start a new attempt with these params, or another "
                    "key=" if "params" in outcome.conflict or "version" in outcome.conflict
                    else "; use policy='attach' to get it, or cancel it first")
             raise KeyConflict(f"{self.name}: {outcome.conflict}{fix}", run=handle)
-        if outcome.created:
+        if outcome.created and not detach:
             run_.submit(outcome.record)
         return handle
 
+    def _check_importable(self) -> None:
+        module = getattr(self.fn, "__module__", None)
+        qual = getattr(self.fn, "__qualname__", "")
+        if module in (None, "__main__") or "<locals>" in qual:
+            where = "a notebook cell or script (__main__)" if module in (None, "__main__") else (
+                "inside another function")
+            raise PipelineError(
+                f"pipeline {self.name!r} is defined in {where}, so a worker process cannot import "
+                "it; move it to a module (e.g. pipelines.py beside the notebook), import it from "
+                "there, and run `tether worker <module>`; or start it without detach=True")
+
     def __call__(self, *args: Any, key: str | None = None, policy: Policy = "attach",
-                 **kwargs: Any) -> Any:
+                 detach: bool = False, **kwargs: Any) -> Any:
         """Start (or find) the run, show it in a notebook, and return its result.
 
         A kernel interrupt (KeyboardInterrupt) while waiting cancels the run.
         """
-        run = self.start(*args, key=key, policy=policy, **kwargs)
+        run = self.start(*args, key=key, policy=policy, detach=detach, **kwargs)
         display_run(run)
         try:
             return run.result()

@@ -72,6 +72,16 @@ class Run:
         return self.snapshot().message
 
     @property
+    def phases(self) -> list[str]:
+        """Declared phases, then the undeclared ones the run entered, in order."""
+        return self.snapshot().phases
+
+    @property
+    def phases_done(self) -> list[str]:
+        """Phases the run (or the attempt it resumed) completed."""
+        return self.snapshot().phases_done
+
+    @property
     def version(self) -> str | None:
         return self._last.version
 

@@ -70,6 +70,35 @@ class Runner:
         self._ensure_flusher()
         self._pump()
 
+    def claim_detached(self, pipelines: list[str]) -> int:
+        """Worker mode: claim and start pending detached runs of ``pipelines`` while slots are free."""
+        limit = config.settings().max_concurrency
+        started = 0
+        self._ensure_flusher()
+        while True:
+            with self._lock:
+                if self._closing or self._slots >= limit:
+                    return started
+                self._slots += 1
+            try:
+                rec = self.store.claim_next(self.owner, pipelines, config.settings().lease)
+            except Exception:
+                self._record_error("claim")
+                rec = None
+            if rec is None:
+                with self._lock:
+                    self._slots -= 1
+                return started
+            with self._lock:
+                self._done[rec.id] = threading.Event()
+            self._launch(rec)
+            started += 1
+
+    @property
+    def busy(self) -> int:
+        """Runs executing or queued in this process."""
+        return self._slots + len(self._queue)
+
     def owns(self, run_id: str) -> bool:
         return run_id in self._done
 
@@ -184,6 +213,9 @@ class Runner:
                               f"{MAX_VALUE_BYTES} (store large data in files and return paths)"}
             self._finish(ctx, Status.FAILED, None, err)
             return
+        if ctx._cancel:  # the body saw the cancel and returned early: the run is cancelled
+            self._finish(ctx, Status.CANCELLED, text, None)
+            return
         if ctx.phase_name is not None and ctx.phase_name not in ctx.phases_done:
             ctx.phases_done.append(ctx.phase_name)
         self._finish(ctx, Status.SUCCEEDED, text, None)
@@ -240,6 +272,8 @@ class Runner:
                 if items or beat:
                     self._apply(self.store.flush(items, self.owner,
                                                  now + cfg.lease if beat else None))
+                elif ctxs:  # nothing to write: still look for cancel requests, without a write
+                    self._apply((set(), self.store.cancel_requests(self.owner)))
             if beat:
                 self._next_beat = now + cfg.heartbeat_interval
             for it in items:

@@ -7,6 +7,7 @@ notices an orphan first wins.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
@@ -35,7 +36,8 @@ MAX_VALUE_BYTES = 64 * 1024 * 1024  # a result, checkpoint or event larger than 
 _RUN_COLS = (
     "id, key, attempt, pipeline, version, params, status, phase, phases, phases_done, done, total, "
     "message, error, result, created_at, started_at, ended_at, updated_at, owner_host, owner_pid, "
-    "owner_started, owner_instance, target, lease_until, cancel_requested, resumed_from, last_seq"
+    "owner_started, owner_instance, target, lease_until, cancel_requested, resumed_from, last_seq, "
+    "created_by"
 )
 _ACTIVE = ("pending", "running")
 
@@ -52,7 +54,7 @@ def _loads(text: str | None) -> Any:
 def _record(row: Sequence[Any]) -> RunRecord:
     (id_, key, attempt, pipeline, version, params, status, phase, phases, phases_done, done, total,
      message, error, result, created_at, started_at, ended_at, updated_at, host, pid, started,
-     instance, target, lease_until, cancel_requested, resumed_from, last_seq) = row
+     instance, target, lease_until, cancel_requested, resumed_from, last_seq, created_by) = row
     owner = Owner(host, pid, started, instance) if instance else None
     return RunRecord(
         id=id_, key=key, attempt=attempt, pipeline=pipeline, version=version,
@@ -61,7 +63,7 @@ def _record(row: Sequence[Any]) -> RunRecord:
         created_at=created_at, started_at=started_at, ended_at=ended_at, updated_at=updated_at,
         owner=owner, target=target, lease_until=lease_until,
         cancel_requested=bool(cancel_requested), resumed_from=resumed_from, last_seq=last_seq,
-        phases_done=json.loads(phases_done),
+        phases_done=json.loads(phases_done), created_by=created_by,
     )
 
 
@@ -88,6 +90,18 @@ class FlushItem:
 
 
 GoneCheck = Callable[[Owner | None, float | None, float], str | None]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _guarded(fn: F) -> F:
+    """Read methods: SQLite errors become StoreError."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        with self.guard():
+            return fn(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class Store:
@@ -121,12 +135,15 @@ class Store:
             raise self._fail("no longer exists (was it deleted?)",
                              fix="tether never recreates a database behind your back; "
                                  "restart the process to start a new one.")
+        conn = None
         try:
             conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                    check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
             raise self._fail("cannot be opened", exc) from exc
         with self._open_lock:
             self._conns.append(conn)
@@ -175,6 +192,10 @@ class Store:
                         "is a SQLite database but not a tether one; it was left untouched",
                         fix="Point tether at another file with tether.configure(db=...).")
                 applied = [m.name for m in _schema.migrations.applied(db)]
+                if not applied:
+                    raise self._fail(
+                        "is a SQLite database but not a tether one; it was left untouched",
+                        fix="Point tether at another file with tether.configure(db=...).")
             unknown = [name for name in applied if name not in _schema.known()]
             if unknown:
                 raise self._fail(
@@ -235,6 +256,19 @@ class Store:
                 pass
 
     @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Turn SQLite's errors into StoreError with a message that says what to do."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            raise self._write_error(exc) from exc
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is sqlite3.DatabaseError:  # SQLITE_CORRUPT / SQLITE_NOTADB
+                raise self._fail("is corrupt; it was left untouched", exc,
+                                 fix="Restore a backup or use tether.configure(db=...).") from exc
+            raise
+
+    @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``), serialised within the process."""
         conn = self.conn()
@@ -244,7 +278,8 @@ class Store:
             except sqlite3.Error as exc:
                 raise self._write_error(exc) from exc
             try:
-                yield conn
+                with self.guard():
+                    yield conn
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -268,6 +303,7 @@ class Store:
 
     # -- reads -------------------------------------------------------------------------------
 
+    @_guarded
     def get(self, run_id: str) -> RunRecord:
         row = self.conn().execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
@@ -275,17 +311,20 @@ class Store:
                               "list runs with tether.runs() or `tether ls`.")
         return _record(row)
 
+    @_guarded
     def latest(self, key: str, conn: sqlite3.Connection | None = None) -> RunRecord | None:
         row = (conn or self.conn()).execute(
             f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt DESC LIMIT 1", (key,)
         ).fetchone()
         return _record(row) if row else None
 
+    @_guarded
     def attempts(self, key: str) -> list[RunRecord]:
         rows = self.conn().execute(
             f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt", (key,)).fetchall()
         return [_record(r) for r in rows]
 
+    @_guarded
     def list_runs(self, pipeline: str | None = None, status: str | Sequence[str] | None = None,
                   key: str | None = None, limit: int | None = 100) -> list[RunRecord]:
         where, args = [], []
@@ -308,6 +347,7 @@ class Store:
             args.append(int(limit))
         return [_record(r) for r in self.conn().execute(sql, args).fetchall()]
 
+    @_guarded
     def events(self, run_id: str, after: int = 0, limit: int | None = None,
                kinds: Sequence[str] | None = None) -> list[Event]:
         sql = "SELECT run_id, seq, ts, kind, phase, data FROM events WHERE run_id = ? AND seq > ?"
@@ -322,6 +362,7 @@ class Store:
         return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]))
                 for r in self.conn().execute(sql, args)]
 
+    @_guarded
     def tail(self, run_id: str, kind: str, n: int) -> list[Event]:
         """The last ``n`` events of one kind, oldest first."""
         rows = self.conn().execute(
@@ -329,16 +370,25 @@ class Store:
             "ORDER BY seq DESC LIMIT ?", (run_id, kind, n)).fetchall()
         return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in reversed(rows)]
 
+    @_guarded
     def active(self) -> list[RunRecord]:
         rows = self.conn().execute(
             f"SELECT {_RUN_COLS} FROM runs WHERE status IN ('pending', 'running')").fetchall()
         return [_record(r) for r in rows]
 
+    @_guarded
+    def cancel_requests(self, owner: Owner) -> set[str]:
+        return {r[0] for r in self.conn().execute(
+            "SELECT id FROM runs WHERE status = 'running' AND owner_instance = ? "
+            "AND cancel_requested = 1", (owner.instance,))}
+
+    @_guarded
     def checkpoint(self, run_id: str, name: str) -> tuple[bool, Any]:
         row = self.conn().execute(
             "SELECT value FROM checkpoints WHERE run_id = ? AND name = ?", (run_id, name)).fetchone()
         return (False, None) if row is None else (True, json.loads(row[0]))
 
+    @_guarded
     def checkpoints(self, run_id: str, prefix: str = "") -> dict[str, Any]:
         rows = self.conn().execute(
             "SELECT name, value FROM checkpoints WHERE run_id = ? AND substr(name, 1, ?) = ?",
@@ -376,7 +426,7 @@ class Store:
 
     def start(self, *, pipeline: str, key: str, params_json: str, version: str | None,
               phases: list[str], policy: str, owner: Owner, lease_s: float,
-              gone: GoneCheck) -> StartOutcome:
+              gone: GoneCheck, detach: bool = False, max_auto_resumes: int = 3) -> StartOutcome:
         """Decide, in one transaction, what a start() call means for ``key``."""
         now = time.time()
         # fast path, no write: an ended run returned as it is (terminal statuses never change)
@@ -396,7 +446,7 @@ class Store:
                     latest = self.latest(key, conn)
             if latest is None:
                 rec = self._create(conn, pipeline, key, 1, params_json, version, phases, owner,
-                                   lease_s, now, policy, None)
+                                   lease_s, now, "start", None, detach)
                 return StartOutcome(rec, True)
             assert latest is not None
             mismatch = _difference(latest, params_json, version)
@@ -415,7 +465,9 @@ class Store:
                                         "resume continues the same work", recovered)
                 resumed = latest.id if policy == "resume" else None
                 rec = self._create(conn, pipeline, key, latest.attempt + 1, params_json, version,
-                                   phases, owner, lease_s, now, policy, resumed)
+                                   phases, owner, lease_s, now, f"start:{policy}", resumed, detach)
+                if policy == "resume" and self._auto_resumes(conn, key) > max_auto_resumes:
+                    rec = self._give_up(conn, rec, max_auto_resumes, now)
                 return StartOutcome(rec, True, None, recovered)
             if mismatch:
                 return StartOutcome(latest, False, f"the {latest.status} run for key {key!r} has "
@@ -440,11 +492,35 @@ class Store:
                         f"{latest.status}; cancel it or wait for it to end before a new attempt.")
             return self._create(conn, base.pipeline, base.key, latest.attempt + 1,
                                 dumps(base.params), base.version, base.phases, owner, lease_s,
-                                now, "resume" if resume else "rerun", base.id if resume else None)
+                                now, "resume" if resume else "rerun", base.id if resume else None,
+                                detach=base.target == "worker")
+
+    @staticmethod
+    def _auto_resumes(conn: sqlite3.Connection, key: str) -> int:
+        """Automatic resumes in a row for ``key``: the new one plus those that were interrupted."""
+        rows = conn.execute("SELECT created_by, status FROM runs WHERE key = ? "
+                            "ORDER BY attempt DESC", (key,)).fetchall()
+        count = 1
+        for created_by, status in rows[1:]:
+            if created_by != "start:resume" or status != "interrupted":
+                break
+            count += 1
+        return count
+
+    def _give_up(self, conn: sqlite3.Connection, rec: RunRecord, cap: int, now: float) -> RunRecord:
+        error = {"type": "ResumeCapReached", "traceback": "", "message": (
+            f"automatic resume stopped: {cap} resumed attempts in a row were interrupted "
+            f"(max_auto_resumes={cap}), so the run may be crashing its process; fix the cause, "
+            "then call run.resume() or start(..., policy='rerun')")}
+        conn.execute("UPDATE runs SET status = 'failed', ended_at = ?, updated_at = ?, error = ?, "
+                     "target = NULL WHERE id = ?", (now, now, dumps(error), rec.id))
+        self._event(conn, rec, "failed", {"type": error["type"], "message": error["message"]}, now)
+        return self.get(rec.id)
 
     def _create(self, conn: sqlite3.Connection, pipeline: str, key: str, attempt: int,
                 params_json: str, version: str | None, phases: list[str], owner: Owner,
-                lease_s: float, now: float, policy: str, resumed_from: str | None) -> RunRecord:
+                lease_s: float, now: float, created_by: str, resumed_from: str | None,
+                detach: bool = False) -> RunRecord:
         run_id = secrets.token_hex(6)
         phases_done: list[str] = []
         if resumed_from is not None:
@@ -456,20 +532,35 @@ class Store:
         conn.execute(
             "INSERT INTO runs (id, key, attempt, pipeline, version, params, status, phases, "
             "phases_done, created_at, updated_at, owner_host, owner_pid, owner_started, "
-            "owner_instance, target, lease_until, resumed_from, last_seq) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+            "owner_instance, target, lease_until, resumed_from, last_seq, created_by) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
             (run_id, key, attempt, pipeline, version, params_json, dumps(phases),
-             dumps(phases_done), now, now, owner.host, owner.pid, owner.started, owner.instance,
-             owner.instance, now + lease_s, resumed_from))
-        data: dict[str, Any] = {"policy": policy}
+             dumps(phases_done), now, now, None if detach else owner.host,
+             None if detach else owner.pid, None if detach else owner.started,
+             None if detach else owner.instance, "worker" if detach else owner.instance,
+             None if detach else now + lease_s, resumed_from, created_by))
+        data: dict[str, Any] = {"by": created_by}
+        if detach:
+            data["detached"] = True
         if resumed_from:
             data["resumed_from"] = resumed_from
         self._append(conn, run_id, 0, [(now, "created", None, dumps(data))])
         row = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
         return _record(row)
 
-    def claim(self, run_id: str, owner: Owner, lease_s: float) -> RunRecord | None:
-        """pending -> running, only for the run's target process. None if not claimable."""
+    def claim_next(self, owner: Owner, pipelines: Sequence[str], lease_s: float) -> RunRecord | None:
+        """A worker claims the oldest pending detached run of one of ``pipelines``, if any."""
+        if not pipelines:
+            return None
+        marks = ",".join("?" * len(pipelines))
+        row = self.conn().execute(
+            f"SELECT id FROM runs WHERE status = 'pending' AND target = 'worker' AND pipeline IN "
+            f"({marks}) ORDER BY created_at LIMIT 1", list(pipelines)).fetchone()
+        return None if row is None else self.claim(row[0], owner, lease_s, target="worker")
+
+    def claim(self, run_id: str, owner: Owner, lease_s: float,
+              target: str | None = None) -> RunRecord | None:
+        """pending -> running, only for the run's target (process, or 'worker'). None if not claimable."""
         now = time.time()
         with self.tx() as conn:
             cur = conn.execute(
@@ -478,7 +569,7 @@ class Store:
                 "lease_until = ?, last_seq = last_seq + 1 "
                 "WHERE id = ? AND status = 'pending' AND target = ?",
                 (now, now, owner.host, owner.pid, owner.started, owner.instance, now + lease_s,
-                 run_id, owner.instance))
+                 run_id, target or owner.instance))
             if cur.rowcount != 1:
                 return None
             rec = _record(conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?",
@@ -557,6 +648,19 @@ class Store:
                 seq = self._append(conn, run_id, row[0],
                                    [(now, "checkpoint", row[1], dumps({"name": name}))])
                 conn.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (seq, run_id))
+        return True
+
+    def put_checkpoints(self, run_id: str, owner: Owner, items: Sequence[tuple[str, str]]) -> bool:
+        """Store several (name, JSON) checkpoints at once (ctx.map items); no events."""
+        now = time.time()
+        with self.tx() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM runs WHERE id = ? AND status = 'running' AND owner_instance = ?",
+                (run_id, owner.instance)).fetchone()
+            if row is None:
+                return False
+            conn.executemany("INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) "
+                             "VALUES (?, ?, ?, ?)", [(run_id, n, v, now) for n, v in items])
         return True
 
     def request_cancel(self, run_id: str, gone: GoneCheck) -> RunRecord:

@@ -1,0 +1,70 @@
+"""``tether worker``: a process that executes detached runs of importable pipelines.
+
+It imports only the modules named on its command line, so it never executes code named by the
+database. Several workers share a database safely: a run is claimed in one transaction.
+SIGTERM (or SIGINT) stops claiming, marks the runs it was executing ``interrupted`` and exits;
+resume them with ``run.resume()`` or ``start(..., policy="resume")``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import threading
+from collections.abc import Sequence
+
+from . import config, runner
+from .pipeline import Pipeline, _registry
+
+__all__ = ["serve"]
+
+
+def load(targets: Sequence[str]) -> list[str]:
+    """Import ``module`` or ``module:function`` targets; return the pipeline names they define."""
+    names: list[str] = []
+    for target in targets:
+        module_name, _, attr = target.partition(":")
+        before = set(_registry)
+        module = importlib.import_module(module_name)
+        if attr:
+            obj = module
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+            if not isinstance(obj, Pipeline):
+                raise TypeError(f"{target} is not a @tether.pipeline")
+            names.append(obj.name)
+        else:
+            found = [p.name for p in _registry.values()
+                     if p.fn.__module__ == module.__name__ or p.name not in before]
+            if not found:
+                raise TypeError(f"module {module_name!r} defines no @tether.pipeline")
+            names.extend(found)
+    return sorted(set(names))
+
+
+def serve(targets: Sequence[str], *, db: str | None = None, concurrency: int = 4,
+          once: bool = False, poll: float = 0.5, stop: threading.Event | None = None) -> int:
+    """Execute detached runs until stopped (or, with ``once``, until none are left). Returns the
+    number of runs started."""
+    if db:
+        config.configure(db=db)
+    config.configure(max_concurrency=concurrency)
+    names = load(targets)
+    store = config.store()
+    run_ = runner.get(store)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    started = 0
+    try:
+        while not stop.is_set():
+            claimed = run_.claim_detached(names)
+            started += claimed
+            if once and claimed == 0 and run_.busy == 0:
+                break
+            stop.wait(poll)
+    finally:
+        run_.shutdown("the worker stopped before the run ended")
+        store.close()
+    return started

@@ -1,0 +1,58 @@
+"""Repository hygiene: ruff passes and the public API is what the docs promise."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tether
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# names the engine issue promises; docs, notebooks and other tests rely on them
+PROMISED = {
+    "pipeline", "Run", "runs", "get_run", "configure", "Status", "Progress",
+    "RunNotFound", "RunFailed", "RunCancelled", "RunInterrupted", "ParamsError", "StoreError",
+    "KeyConflict", "TetherError",
+}
+
+
+def test_ruff_check_passes():
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "src", "tests"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_all_names_are_importable():
+    assert set(tether.__all__) >= PROMISED
+    assert len(set(tether.__all__)) == len(tether.__all__)
+    for name in tether.__all__:
+        assert getattr(tether, name) is not None, name
+    # `from tether import *` in a fresh interpreter binds exactly __all__
+    code = ("import tether\nns = {}\nexec('from tether import *', ns)\n"
+            "missing = set(tether.__all__) - set(ns)\nassert not missing, missing\nprint('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("module", ["tether.errors", "tether.model"])
+def test_submodule_all_names_are_importable(module):
+    mod = importlib.import_module(module)
+    for name in mod.__all__:
+        assert hasattr(mod, name), f"{module}.__all__ names {name!r}, which it does not define"
+
+
+def test_errors_are_the_same_objects_and_typed():
+    import tether.errors as errors
+
+    for name in errors.__all__:
+        assert getattr(tether, name) is getattr(errors, name)
+        assert issubclass(getattr(errors, name), tether.TetherError)
+    assert issubclass(tether.RunNotFound, LookupError)
+    assert issubclass(tether.ParamsError, TypeError)
+    for cls in (tether.RunFailed, tether.RunCancelled, tether.RunInterrupted):
+        assert issubclass(cls, tether.RunError)

@@ -1,0 +1,359 @@
+"""The store: lazy opening, private files, refusing files that are not (current) tether databases
+untouched, WAL, plain readable tables, JSON only (never pickle); and the Status/Progress model."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickletools
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+import tether
+from tether import runner
+from tether.model import Progress, Status
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _use(path: Path) -> None:
+    """Point tether at ``path`` and use it: list runs, read every run's events, start a run."""
+    tether.configure(db=path)
+    for run in tether.runs(limit=None):
+        run.events()
+    _tiny.start(tag="probe")
+
+
+@tether.pipeline
+def _tiny(ctx, tag: str = ""):
+    ctx.phase("only", total=1)
+    ctx.advance()
+    ctx.log("tiny %s", tag)
+    return {"tag": tag}
+
+
+def _real_db(db: Path, dest: Path, runs: int = 40) -> bytes:
+    """A real tether database with some runs, copied (consistently, WAL included) to ``dest``."""
+    for i in range(runs):
+        assert _tiny.start(tag=f"r{i}").result(timeout=30) == {"tag": f"r{i}"}
+    with closing(sqlite3.connect(db)) as src, closing(sqlite3.connect(dest)) as dst:
+        src.backup(dst)
+    runner.shutdown_all()
+    return dest.read_bytes()
+
+
+def _refused(path: Path) -> str:
+    """Use ``path`` through the public API; assert a StoreError and an untouched file."""
+    before = path.read_bytes()
+    with pytest.raises(tether.StoreError) as info:
+        _use(path)
+    assert path.read_bytes() == before, "tether changed a file it refused"
+    message = str(info.value)
+    assert str(path) in message
+    assert "\n" not in message
+    return message
+
+
+# -- opening --------------------------------------------------------------------------------------
+
+
+def test_import_and_decorating_open_no_database(tmp_path):
+    """`import tether`, `@tether.pipeline` and `configure()` create nothing; first use does."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env_db = tmp_path / "from_env" / "runs.db"
+    conf_db = tmp_path / "configured" / "runs.db"
+    code = textwrap.dedent(f"""
+        import json, os, threading
+        import tether
+
+        @tether.pipeline(phases=["a"])
+        def job(ctx, n: int = 1):
+            return n
+
+        tether.configure(db={str(conf_db)!r})
+        seen = {{
+            "cwd": sorted(os.listdir(".")),
+            "env_db": os.path.exists({str(env_db.parent)!r}),
+            "conf_db": os.path.exists({str(conf_db.parent)!r}),
+            "threads": threading.active_count(),
+        }}
+        tether.runs()  # first use
+        seen["after_use"] = os.path.exists({str(conf_db)!r})
+        print(json.dumps(seen))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TETHER_DB"}
+    env["TETHER_DB"] = str(env_db)
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert seen == {"cwd": [], "env_db": False, "conf_db": False, "threads": 1, "after_use": True}
+    # nothing appeared at exit either, except the configured database
+    assert os.listdir(cwd) == []
+    assert not env_db.parent.exists()
+
+
+def test_import_alone_creates_no_default_database(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", "import tether\n@tether.pipeline\ndef f(ctx):\n    pass\n"],
+        cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "TETHER_DB"},
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_database_opens_on_first_use(db):
+    assert not db.exists()
+    assert tether.runs() == []
+    assert db.exists()
+    assert db.read_bytes()[:16] == b"SQLite format 3\x00"
+
+
+def test_created_folder_and_file_are_private(db, tmp_path):
+    outer_mode = stat.S_IMODE(tmp_path.stat().st_mode)
+    path = tmp_path / "private" / "runs.db"
+    tether.configure(db=path)
+    assert _tiny.start(tag="x").result(timeout=30) == {"tag": "x"}
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    for side in ("-wal", "-shm"):  # the WAL holds data too (it exists while the store is open)
+        extra = Path(str(path) + side)
+        assert stat.S_IMODE(extra.stat().st_mode) == 0o600, side
+    # a folder that already existed keeps its mode
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == outer_mode
+
+
+# -- refusing files -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [
+    pytest.param(os.urandom(8192), id="random-bytes"),
+    pytest.param(b"id,name\n1,hello\n" * 50, id="text"),
+    pytest.param(b"SQLite format 2\x00" + bytes(4080), id="almost-header"),
+])
+def test_non_sqlite_file_is_refused_untouched(db, tmp_path, content):
+    path = tmp_path / "notes.db"
+    path.write_bytes(content)
+    message = _refused(path)
+    assert "not a SQLite database" in message
+    assert not Path(str(path) + "-wal").exists()
+
+
+def test_directory_is_refused(db, tmp_path):
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    tether.configure(db=folder)
+    with pytest.raises(tether.StoreError, match="directory"):
+        tether.runs()
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("cut", ["header-only", "first-page", "half"])
+def test_truncated_database_is_refused_untouched(db, tmp_path, cut):
+    data = _real_db(db, tmp_path / "good.db")
+    size = {"header-only": 100, "first-page": 4096, "half": len(data) // 2}[cut]
+    path = tmp_path / "cut.db"
+    path.write_bytes(data[:size])
+    _refused(path)
+
+
+def test_sqlite_header_followed_by_garbage_is_refused_untouched(db, tmp_path):
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"SQLite format 3\x00" + os.urandom(8176))
+    _refused(path)
+
+
+@pytest.mark.parametrize("table", ["runs", "events"])
+def test_corrupt_table_page_is_a_store_error(db, tmp_path, table):
+    """Header and schema intact, but a table's pages are garbage: StoreError, not sqlite3's error."""
+    data = bytearray(_real_db(db, tmp_path / "good.db"))
+    with closing(sqlite3.connect(tmp_path / "good.db")) as conn:
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+    data[(root - 1) * page: root * page] = b"\xff" * page
+    path = tmp_path / "corrupt.db"
+    path.write_bytes(bytes(data))
+    message = _refused(path)
+    assert "corrupt" in message or "malformed" in message
+
+
+def test_sqlite_database_of_another_program_is_refused_untouched(db, tmp_path):
+    path = tmp_path / "other.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        conn.execute("INSERT INTO notes (body) VALUES ('keep me')")
+        conn.commit()
+    message = _refused(path)
+    assert "not a tether" in message
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT body FROM notes").fetchall() == [("keep me",)]
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_other_sqlite_utils_app_with_a_runs_table_is_refused_untouched(db, tmp_path):
+    """Another app using sqlite-utils migrations and a table called `runs` is not tether's."""
+    path = tmp_path / "app.db"
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE _sqlite_migrations (id INTEGER PRIMARY KEY, migration_set TEXT, "
+                     "name TEXT, applied_at TEXT)")
+        conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+                     "VALUES ('myapp', '0001_init', '2024-01-01')")
+        conn.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, score REAL)")
+        conn.commit()
+    message = _refused(path)
+    assert "not a tether" in message
+
+
+def test_database_from_a_newer_schema_is_refused_untouched(db, tmp_path):
+    path = tmp_path / "newer.db"
+    _real_db(db, path, runs=3)
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+                     "VALUES ('tether', '9999_from_the_future', '2099-01-01')")
+        conn.commit()
+    message = _refused(path)
+    assert "newer" in message
+    assert "upgrade" in message.lower()
+    assert "9999_from_the_future" in message
+
+
+def test_unwritable_location_suggests_configure(db, tmp_path):
+    regular = tmp_path / "a_file"
+    regular.write_text("not a folder")
+    tether.configure(db=regular / "sub" / "runs.db")
+    with pytest.raises(tether.StoreError) as info:
+        tether.runs()
+    assert "tether.configure(db=" in str(info.value)
+    assert regular.read_text() == "not a folder"
+
+
+def test_read_only_folder_suggests_configure(db, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("this user can write into a read-only folder (root)")
+        tether.configure(db=folder / "runs.db")
+        with pytest.raises(tether.StoreError) as info:
+            tether.runs()
+        assert "tether.configure(db=" in str(info.value)
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o700)
+
+
+# -- what is stored, and how ----------------------------------------------------------------------
+
+
+def test_wal_mode_is_on(db):
+    tether.runs()
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_tables_are_plain_and_readable_with_sqlite3(db):
+    @tether.pipeline(phases=["load"])
+    def readable(ctx, path: str, n: int = 2):
+        ctx.phase("load", total=n)
+        rows = ctx.step("load", lambda: [1, 2, 3])
+        ctx.advance(n)
+        ctx.log("loaded %d rows", len(rows))
+        return {"rows": rows}
+
+    run = readable.start(path="data.csv")
+    assert run.result(timeout=30) == {"rows": [1, 2, 3]}
+    with closing(sqlite3.connect(db)) as conn:
+        conn.row_factory = sqlite3.Row
+        row = conn.execute("SELECT *, datetime(created_at, 'unixepoch') AS created FROM runs "
+                           "WHERE id = ?", (run.id,)).fetchone()
+        assert row["status"] == "succeeded"
+        assert row["pipeline"] == readable.name
+        assert row["key"] == run.key
+        assert row["attempt"] == 1
+        assert json.loads(row["params"]) == {"path": "data.csv", "n": 2}
+        assert json.loads(row["result"]) == {"rows": [1, 2, 3]}
+        assert row["phase"] == "load"
+        assert (row["done"], row["total"]) == (2, 2)
+        assert row["message"] == "loaded 3 rows"
+        assert row["created"][:2] == "20"
+        events = conn.execute("SELECT seq, kind, data FROM events WHERE run_id = ? ORDER BY seq",
+                              (run.id,)).fetchall()
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        assert events[-1]["kind"] == "succeeded"
+        assert {"message": "loaded 3 rows", "level": "info"} in [json.loads(e["data"]) for e in events]
+        cps = conn.execute("SELECT name, value FROM checkpoints WHERE run_id = ?", (run.id,)).fetchall()
+        assert [(c["name"], json.loads(c["value"])) for c in cps] == [("step:load", [1, 2, 3])]
+
+
+def test_store_keeps_pickle_looking_text_as_text(db, tmp_path):
+    """A param that is a valid pickle (which would create a file if unpickled) stays a string."""
+    marker = tmp_path / "unpickled"
+    payload = f"cbuiltins\nopen\n(S'{marker}'\nS'w'\ntR."
+    pickletools.dis(payload.encode("latin-1"), out=io.StringIO())  # it really is a pickle
+    binary = "\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00\x8c\x01x\x94."  # protocol 4 framing
+
+    @tether.pipeline
+    def echo(ctx, blob: str, raw: str):
+        return {"blob": blob, "raw": raw}
+
+    run = echo.start(blob=payload, raw=binary)
+    assert run.result(timeout=30) == {"blob": payload, "raw": binary}
+    again = tether.get_run(run.id)
+    assert again.params == {"blob": payload, "raw": binary}
+    assert echo.start(blob=payload, raw=binary).id == run.id
+    with closing(sqlite3.connect(db)) as conn:
+        stored = conn.execute("SELECT params FROM runs WHERE id = ?", (run.id,)).fetchone()[0]
+    assert isinstance(stored, str)
+    assert json.loads(stored) == {"blob": payload, "raw": binary}
+    assert not marker.exists()
+
+
+# -- model ----------------------------------------------------------------------------------------
+
+
+def test_status_is_a_plain_string():
+    values = {"pending", "running", "succeeded", "failed", "cancelled", "interrupted"}
+    assert {s.value for s in Status} == values
+    assert tether.Status is Status
+    for s in Status:
+        assert s == s.value
+        assert str(s) == s.value
+        assert f"{s}" == s.value
+        assert f"{s:>12}" == f"{s.value:>12}"
+        assert json.dumps(s) == json.dumps(s.value)
+        assert Status(s.value) is s
+        assert s in {s.value}
+        assert s.terminal != s.active
+    assert {s.value for s in Status if s.terminal} == values - {"pending", "running"}
+    assert {s.value for s in Status if s.active} == {"pending", "running"}
+    with pytest.raises(ValueError):
+        Status("done")
+
+
+def test_progress_is_a_named_pair():
+    p = Progress(3, 10)
+    assert tether.Progress is Progress
+    assert p == (3, 10)
+    assert (p.done, p.total) == (3, 10)
+    done, total = Progress(2, None)
+    assert (done, total) == (2, None)
+
+
+def test_run_exposes_status_and_progress_types(db):
+    run = _tiny.start(tag="model")
+    run.wait(timeout=30)
+    assert isinstance(run.status, Status)
+    assert run.status == "succeeded"
+    assert str(run.status) == "succeeded"
+    assert isinstance(run.progress, Progress)
+    assert run.progress == (1, 1)
