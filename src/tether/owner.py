@@ -1,8 +1,9 @@
 """Who owns a run, and the proof that an owner is gone.
 
 An owner is a process: host + pid + process start time + a random instance id. A run whose owner is
-gone is an orphan. On this host the proof is psutil (pid dead, reused or a zombie); on any host an
-expired lease is proof too. A status alone is never proof.
+gone is an orphan. On this host the proof is psutil (pid dead, reused or a zombie) and a live pid
+is proof of life; for an owner on another host, an expired lease is the proof. A status alone is
+never proof.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def gone_reason(owner: Owner | None, lease_until: float | None, now: float) -> s
             return f"its owner process (pid {owner.pid}) is gone; the pid now belongs to another process"
         if status == psutil.STATUS_ZOMBIE:
             return f"its owner process (pid {owner.pid}) has exited"
+        # alive on this host: that is proof enough, whatever the lease says (a process stopped
+        # by SIGSTOP or a body holding the GIL must not lose its run to a neighbour kernel)
+        return None
     if lease_until is not None and now > lease_until:
         return f"its owner on host {owner.host} (pid {owner.pid}) stopped renewing its lease"
     return None

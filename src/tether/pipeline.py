@@ -103,15 +103,21 @@ class Pipeline:
             raise ParamsError(f"{self.name}(): {exc}") from None
         bound.apply_defaults()
         params: dict[str, Any] = {}
-        items = list(bound.arguments.items())[1:]
-        for name, value in items:
-            kind = self.signature.parameters[name].kind
-            if kind == inspect.Parameter.VAR_KEYWORD:
-                for k, v in value.items():
-                    params[k] = _check_json(v, f"parameter {k!r} of {self.name}")
-            else:
-                params[name] = _check_json(value, f"parameter {name!r} of {self.name}")
+        try:
+            self._collect(bound.arguments, params)
+        except ParamsError as exc:
+            raise ParamsError(f"{self.name}(): {exc}") from None
         return params
+
+    def _collect(self, arguments: dict[str, Any], params: dict[str, Any]) -> None:
+        for name, value in list(arguments.items())[1:]:
+            kind = self.signature.parameters[name].kind
+            pairs = value.items() if kind == inspect.Parameter.VAR_KEYWORD else [(name, value)]
+            for k, v in pairs:
+                try:
+                    params[k] = _check_json(v, k)
+                except ParamsError as exc:
+                    raise ParamsError(f"parameter {k!r}: {exc}") from None
 
     def key_for(self, params: dict[str, Any]) -> str:
         digest = hashlib.sha256(dumps(params).encode()).hexdigest()[:16]

@@ -346,8 +346,6 @@ class Runner:
             ctxs = list(self._live.values())
             queued = [r.id for r in self._queue]
             self._queue.clear()
-        for ctx in ctxs:  # bodies still running stop at their next progress call
-            ctx._request_cancel("interrupted: the process is shutting down")
         self._stop.set()
         self._wake.set()
         if self._flusher is not None and self._flusher is not threading.current_thread():
@@ -360,6 +358,9 @@ class Runner:
                 self.store.interrupt_own(self.owner, reason)
         except Exception:
             self._record_error("shutdown")
+        # only now ask the bodies to stop: their own finish can no longer overwrite "interrupted"
+        for ctx in ctxs:
+            ctx._request_cancel("interrupted: the process is shutting down")
         for run_id in [c.run_id for c in ctxs] + queued:
             event = self._done.get(run_id)
             if event is not None:
