@@ -502,3 +502,29 @@ def test_events_are_contiguous_and_in_order(db):
     assert all(a.ts <= b.ts for a, b in itertools.pairwise(events))
     assert _row(db, run.id)["last_seq"] == 5
     assert [e.seq for e in run.events(after=3)] == [4, 5]
+
+
+def test_log_capture_leaves_basic_config_and_last_resort_alone(db, tmp_path):
+    """Capturing run logs must not install a root handler: basicConfig() keeps working."""
+    import subprocess
+    import sys
+
+    script = (
+        "import logging, tether\n"
+        f"tether.configure(db={str(tmp_path / 'child.db')!r})\n"
+        "@tether.pipeline\n"
+        "def p(ctx):\n"
+        "    logging.getLogger('inside').warning('from the run')\n"
+        "run = p.start(); run.result(timeout=30)\n"
+        "assert logging.getLogger().handlers == [], logging.getLogger().handlers\n"
+        "logging.getLogger('outside').warning('last resort still prints')\n"
+        "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+        "logging.getLogger('outside').info('basicConfig works')\n"
+        "print(run.logs())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "last resort still prints" in out.stderr
+    assert "basicConfig works" in out.stderr
+    assert "from the run" in out.stdout

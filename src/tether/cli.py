@@ -1,4 +1,4 @@
-"""``tether ls | show | cancel | gc | worker``: look at and act on a tether database from a shell.
+"""tether ls | show | cancel | gc | worker: look at and act on a tether database from a shell.
 
 The CLI never executes code named by the database; ``worker`` imports only the modules named on
 its command line.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -203,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `tether ls | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -239,31 +239,30 @@ class Context:
                          self.done, self.total, self.message, events)
 
 
-class RunLogHandler(logging.Handler):
-    """Routes ``logging`` records emitted inside a run to that run's log.
+_factory_installed = False
 
-    Records outside runs pass through untouched; when this handler is the only one that would
-    see them, they go to ``logging.lastResort`` as if it were not installed.
+
+def install_log_capture() -> None:
+    """Capture ``logging`` records created inside a run into that run's log.
+
+    Done with a chained log-record factory rather than a root handler: a root handler would
+    silence ``logging.lastResort`` and turn ``logging.basicConfig()`` into a no-op.
+    Records follow the usual level rules (a logger at WARNING drops ``info``).
     """
+    global _factory_installed
+    if _factory_installed:
+        return
+    _factory_installed = True
+    previous = logging.getLogRecordFactory()
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
         ctx = _current.get()
         if ctx is not None:
             try:
                 ctx._log(record.getMessage(), record.levelname.lower())
-            except Exception:
-                self.handleError(record)
-            return
-        last = logging.lastResort
-        if last is not None and record.levelno >= last.level and self._alone(record.name):
-            last.handle(record)
+            except Exception:  # a bad format string must not break the caller's logging
+                pass
+        return record
 
-    def _alone(self, name: str) -> bool:
-        logger: logging.Logger | None = logging.getLogger(name)
-        while logger is not None:
-            if any(h is not self for h in logger.handlers):
-                return False
-            if not logger.propagate:
-                return True
-            logger = logger.parent
-        return True
+    logging.setLogRecordFactory(factory)

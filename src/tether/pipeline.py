@@ -57,7 +57,7 @@ def _check_json(value: Any, path: str) -> Any:
                                   "keys must be str")
             out[k] = _check_json(v, f"{path}[{k!r}]")
         return out
-    raise ParamsError(f"{path} is a {type(value).__name__} ({value!r:.80}), which is not JSON; "
+    raise ParamsError(f"{path} has type {type(value).__name__} ({value!r:.80}), which is not JSON; "
                       "pass str, int, float, bool, None, or lists/dicts of them (e.g. str(path))")
 
 
@@ -117,7 +117,10 @@ class Pipeline:
                 try:
                     params[k] = _check_json(v, k)
                 except ParamsError as exc:
-                    raise ParamsError(f"parameter {k!r}: {exc}") from None
+                    text = str(exc)
+                    if text.startswith(f"{k} "):  # the parameter itself, not inside it
+                        raise ParamsError(f"parameter {k!r} {text[len(k) + 1:]}") from None
+                    raise ParamsError(f"parameter {k!r}: {text}") from None
 
     def key_for(self, params: dict[str, Any]) -> str:
         digest = hashlib.sha256(dumps(params).encode()).hexdigest()[:16]

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from . import config, owner, runner
-from .errors import PipelineNotFound, RunCancelled, RunFailed, RunInterrupted
+from .errors import PipelineNotFound, RunCancelled, RunFailed, RunInterrupted, StoreError
 from .model import Event, Progress, RunRecord, Status
 from .store import Store
 
@@ -112,9 +112,14 @@ class Run:
     def wait(self, timeout: float | None = None) -> Run:
         """Return once the run has ended; TimeoutError if it has not within ``timeout`` s."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        event = runner.get(self._store).done_event(self.id)
-        if event is not None and not _wait_event(event, deadline):
+        run_ = runner.get(self._store)
+        event = run_.done_event(self.id)
+        if event is not None:
+            if not _wait_event(event, deadline):
                 raise TimeoutError(f"run {self.id} has not ended after {timeout} s")
+            if self.id in run_.unstored:
+                raise StoreError(f"run {self.id} ended in this process but its end could not be "
+                                 f"stored ({run_.unstored[self.id]})")
         pause = 0.005
         while not self.snapshot().status.terminal:
             left = None if deadline is None else deadline - time.monotonic()
@@ -149,11 +154,13 @@ class Run:
         return self
 
     def rerun(self) -> Run:
-        """A new attempt from scratch, executed in this process. Refused while the key is active."""
+        """A new attempt from scratch, executed in this process (or, for a detached run, by a
+        worker). Refused while the key is active."""
         return self._new_attempt(resume=False)
 
     def resume(self) -> Run:
-        """A new attempt reusing this attempt's checkpoints, executed in this process."""
+        """A new attempt reusing this attempt's checkpoints, executed in this process (or, for a
+        detached run, by a worker). Manual resumes are not capped."""
         return self._new_attempt(resume=True)
 
     def _new_attempt(self, resume: bool) -> Run:
@@ -167,7 +174,8 @@ class Run:
         run_ = runner.get(self._store)
         rec = self._store.new_attempt(self.id, owner=run_.owner, resume=resume,
                                       lease_s=config.settings().lease, gone=owner.gone_reason)
-        run_.submit(rec)
+        if rec.target != "worker":  # a detached run's new attempt is for a worker too
+            run_.submit(rec)
         return Run(self._store, rec.id, rec)
 
     # -- display -----------------------------------------------------------------------------

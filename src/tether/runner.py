@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import inspect
-import logging
 import os
 import threading
 import time
@@ -24,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import config, owner
-from .context import Context, RunLogHandler, _current
+from .context import Context, _current, install_log_capture
 from .errors import PipelineNotFound, RunCancelled, StoreError
 from .model import RunRecord, Status
 from .store import MAX_VALUE_BYTES, Store, dumps
@@ -44,6 +43,7 @@ class Runner:
         self.store = store
         self.owner = owner.current()
         self.errors: list[str] = []
+        self.unstored: dict[str, str] = {}  # runs whose end could not be written, and why
         self.loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._live: dict[str, Context] = {}
@@ -229,8 +229,9 @@ class Runner:
                 item = ctx._flush_item(force=True)
                 assert item is not None
                 self.store.finish(item, self.owner, status, result_json=result_json, error=error)
-        except Exception:
+        except Exception as exc:
             self._record_error("finish")
+            self.unstored[ctx.run_id] = f"{type(exc).__name__}: {exc}"
         self._release(ctx.run_id)
 
     def _release(self, run_id: str) -> None:
@@ -297,7 +298,7 @@ class Runner:
         if self._flusher is None:
             with self._lock:
                 if self._flusher is None:
-                    _install_log_handler()
+                    install_log_capture()
                     self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
                                                      name="tether-flusher")
                     self._flusher.start()
@@ -389,7 +390,6 @@ def _error(exc: BaseException) -> dict[str, Any]:
 
 _runners: dict[int, Runner] = {}
 _runners_lock = threading.Lock()
-_handler: RunLogHandler | None = None
 
 
 def get(store: Store) -> Runner:
@@ -402,13 +402,6 @@ def get(store: Store) -> Runner:
                 runner = store.runner = Runner(store)
                 _runners[id(store)] = runner
     return runner  # type: ignore[no-any-return]
-
-
-def _install_log_handler() -> None:
-    global _handler
-    if _handler is None:
-        _handler = RunLogHandler(level=logging.NOTSET)
-        logging.getLogger().addHandler(_handler)
 
 
 def shutdown_all() -> None:

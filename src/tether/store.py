@@ -115,6 +115,7 @@ class Store:
         self._open_lock = threading.Lock()
         self._ready = False
         self._closed = False
+        self._identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file we opened
         self.runner: Any = None  # set by tether.runner
 
     def __repr__(self) -> str:
@@ -221,6 +222,8 @@ class Store:
                 raise self._fail("is not writable", exc,
                                  fix="Fix its permissions or choose another path.") from exc
             raise self._fail("is corrupt or unreadable; it was left untouched", exc) from exc
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
         self._local.conn = conn
 
     def _drop(self, conn: sqlite3.Connection) -> None:
@@ -268,10 +271,22 @@ class Store:
                                  fix="Restore a backup or use tether.configure(db=...).") from exc
             raise
 
+    def _check_same_file(self) -> None:
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._identity
+        except OSError:
+            same = False
+        if not same:
+            raise self._fail("was deleted or replaced while in use; nothing more is written to it",
+                             fix="tether never recreates a database behind your back; restart "
+                                 "the process (or call tether.configure(db=...)) to start afresh.")
+
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``), serialised within the process."""
         conn = self.conn()
+        self._check_same_file()
         with self.write_lock:
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -433,8 +448,8 @@ class Store:
         latest = self.latest(key)
         if (latest is not None and latest.status.terminal and _difference(
                 latest, params_json, version) is None and (
-                policy in ("attach", "fail") or (policy == "resume"
-                                                 and latest.status == Status.SUCCEEDED))):
+                policy in ("attach", "fail") or (policy == "resume" and (
+                    latest.status == Status.SUCCEEDED or _capped(latest))))):
             return StartOutcome(latest, False)
         with self.tx() as conn:
             latest = self.latest(key, conn)
@@ -459,7 +474,8 @@ class Store:
                                         f"{latest.status} (id {latest.id})", recovered)
                 return StartOutcome(latest, False, None, recovered)
             # the latest attempt has ended
-            if policy == "rerun" or (policy == "resume" and latest.status != Status.SUCCEEDED):
+            resumable = latest.status != Status.SUCCEEDED and not _capped(latest)
+            if policy == "rerun" or (policy == "resume" and resumable):
                 if mismatch and policy == "resume":
                     return StartOutcome(latest, False, f"the run for key {key!r} has {mismatch}; "
                                         "resume continues the same work", recovered)
@@ -715,6 +731,11 @@ class Store:
 
 def Migrations_table() -> str:  # noqa: N802 - mirrors sqlite-utils' constant
     return _schema.migrations.migrations_table
+
+
+def _capped(rec: RunRecord) -> bool:
+    """The attempt that recorded the end of automatic resumes (only a manual resume goes on)."""
+    return rec.status == Status.FAILED and (rec.error or {}).get("type") == "ResumeCapReached"
 
 
 def _difference(rec: RunRecord, params_json: str, version: str | None) -> str | None:

@@ -9,7 +9,9 @@ resume them with ``run.resume()`` or ``start(..., policy="resume")``.
 from __future__ import annotations
 
 import importlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Sequence
 
@@ -22,6 +24,8 @@ __all__ = ["serve"]
 def load(targets: Sequence[str]) -> list[str]:
     """Import ``module`` or ``module:function`` targets; return the pipeline names they define."""
     names: list[str] = []
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: modules beside you are importable
     for target in targets:
         module_name, _, attr = target.partition(":")
         before = set(_registry)
