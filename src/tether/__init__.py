@@ -40,6 +40,16 @@ from .run import Run, get_run, runs
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # panel/dashboard need ipywidgets + anywidget: imported on first use, not by `import tether`
+    if name in ("panel", "dashboard"):
+        from . import widget
+
+        return getattr(widget, name)
+    raise AttributeError(f"module 'tether' has no attribute {name!r}")
+
+
 __all__ = [
     "Context",
     "Event",
@@ -62,7 +72,9 @@ __all__ = [
     "StoreError",
     "TetherError",
     "configure",
+    "dashboard",
     "get_run",
+    "panel",
     "pipeline",
     "runs",
 ]

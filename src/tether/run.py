@@ -166,7 +166,7 @@ class Run:
     def _new_attempt(self, resume: bool) -> Run:
         from .pipeline import lookup
 
-        if lookup(self.pipeline) is None:
+        if self._last.target != "worker" and lookup(self.pipeline) is None:
             raise PipelineNotFound(
                 f"pipeline {self.pipeline!r} is not defined in this process, so run {self.id} "
                 "cannot be executed here; run the cell that defines it (or import its module) "

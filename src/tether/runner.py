@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["Runner", "get", "shutdown_all"]
 
 Listener = Callable[[str], None]
+_KEEP_ENDED = 1000  # ended runs whose done-event is kept
 
 
 class Runner:
@@ -49,6 +50,7 @@ class Runner:
         self._live: dict[str, Context] = {}
         self._queue: deque[RunRecord] = deque()
         self._done: dict[str, threading.Event] = {}
+        self._ended: deque[str] = deque()
         self._listeners: dict[str, list[Listener]] = {}
         self._slots = 0
         self._wake = threading.Event()
@@ -244,6 +246,9 @@ class Runner:
         self._notify(run_id)
         with self._lock:
             self._listeners.pop(run_id, None)
+            self._ended.append(run_id)
+            while len(self._ended) > _KEEP_ENDED:  # forget the oldest ended runs (wait() polls)
+                self._done.pop(self._ended.popleft(), None)
         self._pump()
 
     # -- flushing, heartbeats, recovery ------------------------------------------------------

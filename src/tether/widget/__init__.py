@@ -1,18 +1,61 @@
-"""The run panel and the dashboard (anywidget). Filled in by the panel work (issue 3)."""
+"""The run panel and the dashboard (anywidget), and how a ``Run`` shows itself in a notebook.
+
+- ``panel(run)``: the progress panel of one run (one widget model per run per kernel);
+- ``dashboard()``: a live table of recent runs; selecting a row shows its panel;
+- ``repr_bundle(run)``: what ``Run._repr_mimebundle_`` returns: in a kernel, the panel's widget view
+  plus a static text/html and text/plain snapshot (for nbconvert, GitHub, consoles); elsewhere the
+  static snapshot only.
+"""
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
+
+from .dashboard import Dashboard, dashboard
+from .panel import RunPanel, panel
 
 if TYPE_CHECKING:
     from ..run import Run
 
-__all__ = ["repr_bundle"]
+__all__ = ["Dashboard", "RunPanel", "dashboard", "panel", "repr_bundle"]
 
 
-def repr_bundle(run: Run, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-    """The mimebundle a Run shows itself with (static text/html + text/plain for now)."""
-    from ..run import _html, _text
+def _in_kernel() -> bool:
+    """True inside an IPython kernel (where widgets have a comm to talk through)."""
+    if "ipykernel" not in sys.modules:
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    ip = get_ipython()
+    return ip is not None and getattr(ip, "kernel", None) is not None
 
-    rec = run.snapshot()
-    return {"text/plain": _text(rec), "text/html": _html(rec)}
+
+def static_bundle(run: Run) -> dict[str, Any]:
+    """text/plain + text/html of the run as it is now (no widget)."""
+    from .reader import RunReader
+    from .snapshot import build, html_snapshot, text_snapshot
+
+    reader = RunReader(run)
+    rec = reader.read()
+    snap = build(rec, mode="static", log=reader.log, phase_started=reader.phase_started)
+    return {"text/plain": text_snapshot(snap), "text/html": html_snapshot(snap)}
+
+
+def repr_bundle(run: Run, include: Any = None, exclude: Any = None) -> Any:
+    """The mimebundle a Run shows itself with (see the module docstring).
+
+    A dict of mime type -> data, or ``(data, metadata)`` when the widget needs metadata (Colab).
+    """
+    meta: dict[str, Any] = {}
+    if _in_kernel():
+        data, meta = panel(run)._repr_mimebundle_()
+    else:
+        data = static_bundle(run)
+    if include:
+        data = {k: v for k, v in data.items() if k in include}
+    if exclude:
+        data = {k: v for k, v in data.items() if k not in exclude}
+    return (data, meta) if meta else data

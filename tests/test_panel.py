@@ -1,0 +1,431 @@
+"""The run panel at the Python level: snapshots, one model per run, buttons, modes, the poller,
+and coalescing counted through a real kernel (jupyter_client)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import ipywidgets.widgets.widget as ipw_widget
+import pytest
+
+import tether
+from helpers import pipes_panel as pp
+from tether.widget import dashboard, panel, poller, repr_bundle
+from tether.widget.panel import RunPanel
+from tether.widget.snapshot import VOLATILE, html_snapshot, text_snapshot
+
+
+def until(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll ``pred`` until it is truthy or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def fast_poller() -> Iterator[poller.Poller]:
+    """The process poller with a short interval (restored and stopped afterwards)."""
+    p = poller.get()
+    saved = p.interval
+    p.interval = 0.1
+    yield p
+    p.stop()
+    p.interval = saved
+
+
+class Child:
+    """A separate Python process owning a run (helpers.pipes_panel.CHILD)."""
+
+    def __init__(self, env: dict[str, str], kind: str, arg: str, tag: str, fate: str = "wait"):
+        self.proc = subprocess.Popen([sys.executable, "-c", pp.CHILD, kind, arg, tag, fate],
+                                     env=env, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.run_id = self.proc.stdout.readline().strip()
+        assert self.run_id, "the child process did not start its run"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def child(child_env: dict[str, str]) -> Iterator[Callable[..., Child]]:
+    made: list[Child] = []
+
+    def _start(kind: str, arg: str, tag: str, fate: str = "wait") -> Child:
+        c = Child(child_env, kind, arg, tag, fate)
+        made.append(c)
+        return c
+
+    yield _start
+    for c in made:
+        c.close()
+
+
+def settle(w: RunPanel, status: str, mode: str | None = None) -> dict[str, Any]:
+    until(lambda: w.snapshot.get("status") == status and (mode is None or w.mode == mode),
+          what=f"panel {status}/{mode} (now {w.snapshot.get('status')}/{w.mode})")
+    return w.snapshot
+
+
+# -- snapshots ---------------------------------------------------------------------------------
+
+def test_snapshot_contents_for_every_status(db: Path, tmp_path: Path, child: Any,
+                                            fast_poller: poller.Poller) -> None:
+    tether.configure(max_concurrency=1)
+    gate = tmp_path / "gate"
+    running = pp.gate.start(path=str(gate), tag="running")
+    pending = pp.four_phase.start(n=2, delay=0.01, tag="pending")  # waits for the only slot
+    until(lambda: running.status == "running")
+
+    snap = panel(pending).snapshot
+    assert (snap["status"], snap["mode"]) == ("pending", "stream")
+    assert snap["actions"] == {"cancel": True, "rerun": False, "resume": False}
+    assert [p["state"] for p in snap["phases"]] == ["upcoming"] * 4
+    assert snap["elapsed"] is None and snap["error"] is None and snap["result"] is None
+
+    w = panel(running)
+    snap = settle(w, "running", "stream")
+    assert snap["phase"] == "waiting" and snap["phases"] == [{"name": "waiting", "state": "current"}]
+    assert snap["total"] is None and snap["percent"] is None  # indeterminate
+    assert snap["actions"] == {"cancel": True, "rerun": False, "resume": False}
+    assert snap["pipeline"] == "helpers.pipes_panel.gate" and snap["attempt"] == 1
+    assert snap["id"] == running.id and snap["key"] == running.key
+    assert len(snap["key_short"]) == 8 and running.key.endswith(snap["key_short"] + running.key[-8:])
+
+    pending.cancel()
+    snap = settle(panel(pending), "cancelled", "static")
+    assert snap["actions"] == {"cancel": False, "rerun": True, "resume": True}
+    assert snap["error"]["type"] == "Cancelled"
+
+    gate.write_text("go")
+    snap = settle(w, "succeeded", "static")
+    assert snap["result"] == '"go"' and snap["error"] is None
+    assert snap["log"] == ["released: go"] and snap["percent"] == 100.0
+    assert [p["state"] for p in snap["phases"]] == ["done", "done"]  # waiting, released
+    assert snap["actions"] == {"cancel": False, "rerun": True, "resume": False}
+    assert snap["elapsed"] is not None and snap["rate"] is None and snap["eta"] is None
+
+    failed = pp.evil.start(tag="failed")
+    snap = settle(panel(failed), "failed", "static")
+    assert snap["error"]["type"] == "ValueError"
+    assert snap["error"]["message"] == "bad input " + pp.EVIL
+    assert "Traceback" in snap["error"]["traceback"]
+    assert [p["state"] for p in snap["phases"]] == ["done", "failed"]
+    assert snap["log"] == [pp.EVIL, "plain line after " + pp.EVIL]
+    assert snap["done"] == 0 and snap["phase"] == "exploding"
+    assert snap["actions"] == {"cancel": False, "rerun": True, "resume": True}
+
+    dead = child("gate", str(tmp_path / "never"), "interrupted", "die")
+    assert dead.proc.wait(10) == 0
+    snap = settle(panel(tether.get_run(dead.run_id)), "interrupted", "static")
+    assert snap["error"]["type"] == "Interrupted" and "pid" in snap["error"]["message"]
+    assert snap["phases"] == [{"name": "waiting", "state": "failed"}]
+    assert snap["actions"] == {"cancel": False, "rerun": True, "resume": True}
+
+
+def test_static_renderings_escape_run_text(db: Path) -> None:
+    run = pp.evil.start(tag="static")
+    run.wait(20)
+    bundle = repr_bundle(run)  # no kernel here: the static bundle
+    assert set(bundle) == {"text/plain", "text/html"}
+    html = bundle["text/html"]
+    assert "<img" not in html and "<script" not in html
+    assert "&lt;img src=x onerror=" in html
+    assert f'data-run-id="{run.id}"' in html and 'data-status="failed"' in html
+    assert 'data-mode="static"' in html
+    assert "ValueError: bad input <img" in bundle["text/plain"]
+    assert repr_bundle(run, include=["text/plain"]).keys() == {"text/plain"}
+    assert repr_bundle(run, exclude=["text/plain"]).keys() == {"text/html"}
+    # the widget's own bundle: the view plus the same static fallbacks
+    data, _meta = panel(run)._repr_mimebundle_()
+    assert set(data) == {"application/vnd.jupyter.widget-view+json", "text/plain", "text/html"}
+    assert data["application/vnd.jupyter.widget-view+json"]["model_id"] == panel(run).model_id
+    assert data["text/html"] == html_snapshot(panel(run).snapshot)
+    assert data["text/plain"] == text_snapshot(panel(run).snapshot)
+
+
+# -- one model per run -------------------------------------------------------------------------
+
+def _instances() -> int:
+    return len(ipw_widget._instances)
+
+
+def test_one_widget_model_per_run_and_rerun_rebinds(db: Path) -> None:
+    run = pp.four_phase.start(n=2, delay=0.001, tag="one")
+    w = panel(run)
+    before = _instances()
+    for _ in range(100):  # re-executing the cell: the same run, the same model
+        again = pp.four_phase.start(n=2, delay=0.001, tag="one")
+        assert panel(again) is w
+        assert panel(tether.get_run(run.id)) is w
+        panel(again)._repr_mimebundle_()
+    assert _instances() == before
+    run.wait(20)
+    settle(w, "succeeded", "static")
+
+    # Re-run from the panel: the same widget now shows attempt 2
+    reply = w.handle({"id": "r1", "action": "rerun"})
+    assert reply == {"id": "r1", "ok": True, "error": None}
+    assert w.run.attempt == 2 and w.snapshot["attempt"] == 2 and w.run.key == run.key
+    settle(w, "succeeded", "static")
+    assert panel(w.run) is w
+    assert pp.four_phase.start(n=2, delay=0.001, tag="one").id == w.run.id
+    assert panel(pp.four_phase.start(n=2, delay=0.001, tag="one")) is w
+    old = panel(run)  # the first attempt, shown on purpose: its own (static) panel
+    assert old is not w and old.snapshot["attempt"] == 1
+    # a newer attempt started elsewhere in this kernel rebinds the key's panel when shown
+    third = w.run.rerun()
+    assert panel(third) is w and w.snapshot["attempt"] == 3
+    third.wait(20)
+    w.close()
+    assert panel(third) is not w  # a closed panel is never handed out again
+
+
+# -- buttons -----------------------------------------------------------------------------------
+
+def test_button_messages_reply_and_show_errors(db: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    run = pp.gate.start(path=str(gate), tag="buttons")
+    w = panel(run)
+    settle(w, "running", "stream")
+
+    reply = w.handle({"id": "a", "action": "rerun"})  # refused while running
+    assert reply is not None and reply["ok"] is False and reply["id"] == "a"
+    assert "RunActive" in reply["error"] and "still running" in reply["error"]
+    assert w.notice["level"] == "error" and w.notice["text"] == reply["error"]
+
+    reply = w.handle({"id": "b", "action": "explode"})
+    assert reply is not None and reply["ok"] is False and "unknown panel action" in reply["error"]
+    assert w.handle("not a request") is None
+
+    # the real ipywidgets dispatch path of a front-end custom message
+    w._handle_custom_msg({"id": "c", "action": "cancel"}, [])
+    snap = settle(w, "cancelled", "static")
+    assert w.notice == {}  # a successful action clears the last error
+    assert snap["actions"]["rerun"] and not snap["actions"]["cancel"]
+
+    reply = w.handle({"id": "d", "action": "resume"})
+    assert reply == {"id": "d", "ok": True, "error": None}
+    assert w.snapshot["attempt"] == 2 and w.run.resumed_from == run.id
+    gate.write_text("x")
+    settle(w, "succeeded", "static")
+    assert w.handle({"id": "e", "action": "refresh"}) == {"id": "e", "ok": True, "error": None}
+
+
+def test_rerun_of_a_pipeline_not_defined_here_is_shown(db: Path) -> None:
+    @tether.pipeline(name="test_panel.ephemeral")
+    def ephemeral(ctx: Any) -> int:
+        return 1
+
+    run = ephemeral.start()
+    run.wait(20)
+    w = panel(run)
+    sys.modules["tether.pipeline"]._registry.pop("test_panel.ephemeral")  # "restarted"
+    reply = w.handle({"id": "x", "action": "rerun"})
+    assert reply is not None and reply["ok"] is False
+    assert "PipelineNotFound" in reply["error"] and "run the cell that defines it" in reply["error"]
+    assert w.notice["text"] == reply["error"] and w.run.id == run.id
+
+
+# -- modes -------------------------------------------------------------------------------------
+
+def test_mode_for_own_foreign_and_ended_runs(db: Path, tmp_path: Path, child: Any,
+                                             fast_poller: poller.Poller) -> None:
+    own = pp.gate.start(path=str(tmp_path / "own"), tag="own")
+    w_own = panel(own)
+    assert w_own.mode == "stream" and fast_poller.watching(w_own) == "stream"
+
+    foreign = child("gate", str(tmp_path / "foreign"), "foreign")
+    w_foreign = panel(tether.get_run(foreign.run_id))
+    assert w_foreign.mode == "poll" and w_foreign.snapshot["mode"] == "poll"
+    assert fast_poller.watching(w_foreign) == "poll"
+    assert w_foreign.snapshot["actions"]["cancel"]
+
+    (tmp_path / "foreign").write_text("done")  # the polled run ends -> static by itself
+    settle(w_foreign, "succeeded", "static")
+    assert fast_poller.watching(w_foreign) is None
+
+    (tmp_path / "own").write_text("done")
+    settle(w_own, "succeeded", "static")
+    assert fast_poller.watching(w_own) is None
+    # an ended run is static; its re-run executes here -> stream, then static again
+    assert w_foreign.handle({"id": 1, "action": "rerun"})["ok"]  # type: ignore[index]
+    assert w_foreign.mode in ("stream", "static") and w_foreign.snapshot["attempt"] == 2
+    settle(w_foreign, "succeeded", "static")
+
+
+# -- the poller --------------------------------------------------------------------------------
+
+def test_poller_reads_only_new_rows_and_stops_at_the_end(db: Path, child: Any,
+                                                         fast_poller: poller.Poller) -> None:
+    foreign = child("four", "12", "polled")  # 4 phases x 12 steps x 50 ms, in another process
+    run = tether.get_run(foreign.run_id)
+    store = run.store
+    calls: list[tuple[str, int]] = []
+    seen: list[int] = []
+    real_events, real_tail = store.events, store.tail
+
+    def events(run_id: str, after: int = 0, **kw: Any) -> Any:
+        out = real_events(run_id, after=after, **kw)
+        if run_id == run.id:
+            calls.append(("events", after))
+            seen.extend(e.seq for e in out)
+        return out
+
+    def tail(run_id: str, kind: str, n: int) -> Any:
+        out = real_tail(run_id, kind, n)
+        if run_id == run.id:
+            calls.append(("tail", 0))
+        return out
+
+    store.events, store.tail = events, tail  # type: ignore[method-assign]
+    try:
+        w = panel(run)
+        assert w.mode == "poll"
+        settle(w, "succeeded", "static")
+        until(lambda: not fast_poller.alive, what="the poller thread to stop")
+    finally:
+        del store.events, store.tail
+    afters = [a for kind, a in calls if kind == "events"]
+    assert afters == sorted(set(afters)), afters  # never re-reads from an older point
+    assert len(seen) == len(set(seen)), "a row was read twice"
+    assert all(a > 0 for a in afters)  # only the first read takes the tails
+    assert fast_poller.watching(w) is None
+    assert w.snapshot["log"] == [f"{p}: halfway (6/12)" for p in pp.PHASES]
+    rec = run.snapshot()
+    assert w._reader.seq == rec.last_seq  # caught up with every row
+
+
+def test_stream_updates_are_coalesced(db: Path) -> None:
+    run = pp.churn.start(n=400, tag="coalesce")  # 400 persisted phase switches -> 400 notifies
+    w = panel(run)
+    t0 = time.monotonic()
+    run.wait(60)
+    settle(w, "succeeded", "static")
+    elapsed = time.monotonic() - t0
+    assert w.updates <= 10 * elapsed + 4, (w.updates, elapsed)
+    assert w.snapshot["done"] == 399 and w.snapshot["result"] == "400"  # the final state
+
+
+def test_dashboard_lists_filters_and_selects(db: Path, tmp_path: Path,
+                                             fast_poller: poller.Poller) -> None:
+    done = pp.four_phase.start(n=1, delay=0.001, tag="d1")
+    done.wait(20)
+    gate = tmp_path / "gate"
+    live = pp.gate.start(path=str(gate), tag="d2")
+    d = dashboard()
+    assert dashboard() is d  # one per database per kernel
+    rows = {r["id"]: r for r in d.table.rows}
+    assert set(rows) == {done.id, live.id}
+    assert rows[done.id]["status"] == "succeeded" and rows[done.id]["percent"] == 100.0
+    d.table.status_filter = "succeeded"
+    assert [r["id"] for r in d.table.rows] == [done.id]
+    d.table.status_filter = ""
+    d.select(live.id)
+    (shown,) = d.holder.children
+    assert shown is panel(live)
+    gate.write_text("ok")
+    until(lambda: {r["id"]: r["status"] for r in d.table.rows}.get(live.id) == "succeeded",
+          what="the dashboard row to turn succeeded")
+    with pytest.raises(Exception, match="not a status"):
+        d.table.status_filter = "nope"
+    d.select("no-such-run")
+    assert "cannot show run no-such-run" in d.table.error
+    d.close()
+    assert fast_poller.watching(d) is None
+
+
+def test_panel_rejects_what_is_not_a_run(db: Path) -> None:
+    with pytest.raises(TypeError, match=r"takes a tether\.Run"):
+        panel("abc")  # type: ignore[arg-type]
+
+
+def test_volatile_keys_do_not_resend(db: Path) -> None:
+    run = pp.four_phase.start(n=1, delay=0.001, tag="v")
+    run.wait(20)
+    w = panel(run)
+    settle(w, "succeeded", "static")
+    n = w.updates
+    for _ in range(5):
+        w.refresh()
+    assert w.updates == n
+    assert set(w.snapshot) >= VOLATILE
+    w.refresh(force=True)
+    assert w.updates == n + 1
+
+
+# -- through a real kernel ---------------------------------------------------------------------
+
+KERNEL_CODE = """
+import tether
+from IPython.display import display
+from helpers import pipes_panel as pp
+tether.configure(db={db!r})
+run = pp.spin.start(calls=3_000_000, tag="kernel")
+display(run)
+run.wait(120)
+rec = run.snapshot()
+print("RUN", rec.started_at, rec.ended_at, run.id)
+"""
+
+
+@pytest.mark.slow
+def test_comm_messages_per_second_through_a_real_kernel(tmp_path: Path,
+                                                        child_env: dict[str, str]) -> None:
+    from jupyter_client.manager import start_new_kernel
+
+    env = dict(child_env)
+    env.pop("TETHER_DB", None)
+    km, kc = start_new_kernel(kernel_name="python3", env=env)
+    try:
+        msg_id = kc.execute(KERNEL_CODE.format(db=str(tmp_path / "kernel.db")))
+        comm_ids: set[str] = set()
+        updates: list[dict[str, Any]] = []
+        out: list[str] = []
+        idle = False
+        final = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (idle and final):
+            try:
+                msg = kc.get_iopub_msg(timeout=1)
+            except Exception:  # queue.Empty
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "comm_open" and content["data"]["state"].get("_model_name") == "AnyModel" \
+                    and "snapshot" in content["data"]["state"]:
+                comm_ids.add(content["comm_id"])
+            elif kind == "comm_msg" and content["comm_id"] in comm_ids:
+                updates.append(content["data"])
+                snap = content["data"].get("state", {}).get("snapshot")
+                if snap and snap["status"] == "succeeded":
+                    final = snap
+            elif kind == "stream":
+                out.append(content["text"])
+            elif kind == "error":
+                raise AssertionError("\n".join(content["traceback"]))
+            elif kind == "status" and msg["parent_header"].get("msg_id") == msg_id:
+                idle = content["execution_state"] == "idle"
+        text = "".join(out)
+        assert "RUN" in text, text
+        started, ended, _run_id = text.split("RUN", 1)[1].split()
+        duration = float(ended) - float(started)
+        assert len(comm_ids) == 1, "one panel model"
+        assert final is not None and final["done"] == 3_000_000, "the final state was sent"
+        assert len(updates) <= 10 * duration + 3, (len(updates), duration)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -1,0 +1,361 @@
+"""The run panel in a real browser: JupyterLab 4 and Notebook 7, headless Debian Chromium.
+
+Each scenario asserts on the DOM (data-run-id / data-status / data-mode hooks, role=progressbar,
+real buttons) and saves a screenshot to test-artifacts/<frontend>-<scenario>.png.
+Synchronisation is by Playwright waits with deadlines, never by fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from conftest import TESTS, Notebook
+from tether.store import Store
+
+pytestmark = pytest.mark.browser
+
+PHASES = ["scanning", "analyzing", "generating", "applying"]
+
+# Records every state the panel shows (a MutationObserver on the panel's attributes), so a test
+# can assert on the sequence after the fact instead of sampling with sleeps.
+RECORDER = """() => {
+  window.__tether_states = [];
+  const snap = () => {
+    const p = document.querySelector('[data-testid=tether-panel]');
+    if (!p) return;
+    const bar = p.querySelector('[role=progressbar]');
+    const s = {t: performance.now(), id: p.dataset.runId, status: p.dataset.status,
+      mode: p.dataset.mode, attempt: p.dataset.attempt, phase: p.dataset.phase,
+      now: bar && bar.getAttribute('aria-valuenow'), max: bar && bar.getAttribute('aria-valuemax'),
+      steps: [...p.querySelectorAll('[data-testid=tether-step]')].map(li => li.dataset.state)};
+    const last = window.__tether_states[window.__tether_states.length - 1];
+    if (!last || JSON.stringify({...last, t: 0}) !== JSON.stringify({...s, t: 0}))
+      window.__tether_states.push(s);
+  };
+  new MutationObserver(snap).observe(document.body,
+    {subtree: true, attributes: true, childList: true, characterData: true});
+  snap();
+}"""
+
+
+def states(nb: Notebook) -> list[dict[str, Any]]:
+    return list(nb.page.evaluate("() => window.__tether_states || []"))
+
+
+def panel_state(nb: Notebook) -> dict[str, Any]:
+    return dict(nb.page.evaluate("""() => {
+      const p = document.querySelector('[data-testid=tether-panel]');
+      if (!p) return {};
+      const bar = p.querySelector('[role=progressbar]');
+      return {id: p.dataset.runId, status: p.dataset.status, mode: p.dataset.mode,
+              attempt: p.dataset.attempt, phase: p.dataset.phase,
+              now: Number(bar.getAttribute('aria-valuenow')),
+              steps: [...p.querySelectorAll('[data-testid=tether-step]')].map(li => li.dataset.state)};
+    }"""))
+
+
+def progress_key(state: dict[str, Any]) -> tuple[int, float]:
+    """Ordering of a panel state along the run: (phase index, done in that phase)."""
+    phase = state.get("phase") or ""
+    return (PHASES.index(phase) if phase in PHASES else -1, float(state.get("now") or 0))
+
+
+def db_runs(db: Path) -> list[Any]:
+    store = Store(db)
+    try:
+        return store.list_runs()
+    finally:
+        store.close()
+
+
+def wait_db(db: Path, pred: Any, timeout: float = 30.0) -> list[Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = db_runs(db) if db.exists() else []
+        if pred(runs):
+            return runs
+        if time.monotonic() > deadline:
+            raise AssertionError(f"database {db} never matched; runs: {runs}")
+        time.sleep(0.1)
+
+
+# -- 1 ------------------------------------------------------------------------------------------
+
+def test_stream_bar_and_stepper_advance(open_notebook: Any) -> None:
+    nb = open_notebook(["run = pp.four_phase.start(n=16, delay=0.08, tag='s1')\nrun"])
+    nb.page.evaluate(RECORDER)
+    assert nb.front.run_all() is True
+    panel = nb.panel()
+    expect(panel).to_have_attribute("data-mode", "stream", timeout=15_000)
+    expect(panel).to_have_attribute("data-phase", "analyzing", timeout=15_000)
+    bar = panel.get_by_role("progressbar")
+    expect(bar).to_have_attribute("aria-valuemin", "0")
+    expect(bar).to_have_attribute("aria-valuemax", "16")
+    nb.shot("1-stream-running")
+    expect(panel).to_have_attribute("data-status", "succeeded", timeout=30_000)
+    expect(panel).to_have_attribute("data-mode", "static")
+    seen = states(nb)
+    running = [s for s in seen if s["status"] == "running"]
+    assert {s["phase"] for s in running} >= {"scanning", "analyzing", "generating"}, seen
+    assert all(s["mode"] == "stream" for s in running)
+    # the bar advances inside a phase, and the stepper walks done -> current -> upcoming
+    in_phase = [float(s["now"]) for s in running if s["phase"] == "analyzing" and s["now"]]
+    assert len(set(in_phase)) >= 2 and in_phase == sorted(in_phase), in_phase
+    assert ["done", "current", "upcoming", "upcoming"] in [s["steps"] for s in running]
+    keys = [progress_key(s) for s in running]
+    assert keys == sorted(keys), keys  # never goes backwards
+    steps = panel.get_by_test_id("tether-step")
+    expect(steps).to_have_count(4)
+    for i in range(4):
+        expect(steps.nth(i)).to_have_attribute("data-state", "done")
+    expect(bar).to_have_attribute("aria-valuenow", "16")
+    expect(panel.get_by_role("button", name="Re-run")).to_be_visible()
+    expect(panel.get_by_test_id("tether-result")).to_contain_text('"tag": "s1"')
+    assert nb.foreign == [], f"the page fetched from outside: {nb.foreign}"  # no CDN, no fonts
+    nb.shot("1-stream-succeeded")
+
+
+# -- 7 ------------------------------------------------------------------------------------------
+
+def test_run_text_is_never_html(open_notebook: Any) -> None:
+    nb = open_notebook(["run = pp.evil.start(tag='x')\nrun"], run=True)
+    panel = nb.panel()
+    expect(panel).to_have_attribute("data-status", "failed", timeout=20_000)
+    evil = '<img src=x onerror="window.__tether_xss=1"> <script>window.__tether_xss=2</script>'
+    expect(panel.get_by_test_id("tether-log")).to_contain_text(evil)
+    expect(panel.get_by_test_id("tether-error-message")).to_have_text(
+        "ValueError: bad input " + evil)
+    panel.locator("summary", has_text="Traceback").click()
+    expect(panel.get_by_test_id("tether-traceback")).to_contain_text("bad input <img src=x")
+    expect(panel.get_by_test_id("tether-traceback")).to_be_visible()
+    assert panel.locator("img, script").count() == 0
+    assert nb.page.locator("img[src=x]").count() == 0
+    assert nb.page.evaluate("() => window.__tether_xss") is None
+    steps = panel.get_by_test_id("tether-step")
+    expect(steps.nth(0)).to_have_attribute("data-state", "done")
+    expect(steps.nth(1)).to_have_attribute("data-state", "failed")
+    expect(panel.get_by_role("button", name="Re-run")).to_be_visible()
+    expect(panel.get_by_role("button", name="Resume")).to_be_visible()
+    expect(panel.get_by_role("button", name="Cancel")).to_be_hidden()
+    nb.shot("7-text-not-html")
+    # the panel follows the front end's dark theme through its CSS variables
+    light = _background_luminance(panel)
+    nb.front.js("await window.jupyterapp.commands.execute('apputils:change-theme', "
+                "{theme: 'JupyterLab Dark'}); return null;")
+    try:
+        nb.page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'"
+                                  " && !document.querySelector('#jupyterlab-splash')")
+        assert light > 0.5 and _background_luminance(panel) < 0.3
+        nb.shot("7-text-not-html-dark")
+    finally:
+        nb.front.js("await window.jupyterapp.commands.execute('apputils:change-theme', "
+                    "{theme: 'JupyterLab Light'}); return null;")
+
+
+def _background_luminance(loc: Any) -> float:
+    rgb = loc.evaluate("el => getComputedStyle(el).backgroundColor")
+    r, g, b = (int(x) for x in rgb[rgb.index("(") + 1:rgb.index(")")].split(",")[:3])
+    return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
+
+
+# -- 2 ------------------------------------------------------------------------------------------
+
+def test_reexecuting_the_cell_rebinds_to_the_same_run(open_notebook: Any, tmp_path: Path) -> None:
+    hold = tmp_path / "hold"  # the run waits halfway through "analyzing" until this exists
+    cell = f"run = pp.four_phase.start(n=10, delay=0.05, tag='s2', hold={str(hold)!r})\nrun"
+    nb = open_notebook([cell], run=True)
+    panel = nb.panel()
+    expect(panel).to_have_attribute("data-phase", "analyzing", timeout=20_000)
+    expect(panel.get_by_role("progressbar")).not_to_have_attribute("aria-valuenow", "0")
+    before = panel_state(nb)
+    assert before["status"] == "running" and before["mode"] == "stream"
+    nb.page.evaluate(RECORDER)
+    assert nb.front.run_cell(1) is True
+    expect(panel).to_have_count(1)
+    expect(panel).to_have_attribute("data-run-id", before["id"])
+    expect(panel).to_have_attribute("data-mode", "stream")
+    # progress continues from where it was (no reset), then moves on
+    first = panel_state(nb)
+    assert progress_key(first) >= progress_key(before), (before, first)
+    hold.write_text("go")
+    nb.page.wait_for_function(
+        """([phase, now]) => { const p = document.querySelector('[data-testid=tether-panel]');
+             const v = Number(p.querySelector('[role=progressbar]').getAttribute('aria-valuenow'));
+             return p.dataset.phase !== phase || v > now; }""",
+        arg=[first["phase"], first["now"]], timeout=10_000)
+    after = panel_state(nb)
+    assert progress_key(after) > progress_key(first)
+    keys = [progress_key(s) for s in states(nb) if s["status"] == "running"]
+    assert keys == sorted(keys), keys
+    assert all(s["id"] == before["id"] for s in states(nb))
+    runs = db_runs(nb.db)
+    assert [r.id for r in runs] == [before["id"]], runs
+    nb.shot("2-reexecute-same-run")
+
+
+# -- 3 ------------------------------------------------------------------------------------------
+
+def test_reload_of_a_saved_notebook_rerenders_the_current_state(open_notebook: Any,
+                                                                tmp_path: Path) -> None:
+    """Reloading re-renders the panel from the live kernel's widget state within 2 s.
+
+    Only for a *saved* notebook: an unsaved one reloads from disk without outputs, so there is
+    no panel to re-render (Jupyter's behaviour; re-executing the cell shows the same run again).
+    """
+    hold = tmp_path / "hold"  # the run waits halfway through "analyzing" until this exists
+    cell = f"run = pp.four_phase.start(n=10, delay=0.05, tag='s3', hold={str(hold)!r})\nrun"
+    nb = open_notebook([cell], run=True)
+    panel = nb.panel()
+    expect(panel).to_have_attribute("data-phase", "analyzing", timeout=20_000)
+    expect(panel.get_by_role("progressbar")).not_to_have_attribute("aria-valuenow", "0")
+    nb.front.save()
+    before = panel_state(nb)
+    nb.page.reload()
+    nb.front.wait_ready()
+    t0 = time.monotonic()
+    expect(panel).to_have_attribute("data-run-id", before["id"], timeout=2_000)
+    shown_after = time.monotonic() - t0
+    first = panel_state(nb)
+    assert first["status"] == "running" and first["mode"] == "stream", first
+    assert progress_key(first) >= progress_key(before), (before, first)
+    nb.shot("3-reload-saved")
+    # and it is live: released, it advances to the end
+    hold.write_text("go")
+    expect(panel).to_have_attribute("data-status", "succeeded", timeout=30_000)
+    assert shown_after <= 2.0
+
+
+# -- 4 ------------------------------------------------------------------------------------------
+
+def test_kernel_restart_shows_interrupted_and_rerun_runs_attempt_2(open_notebook: Any,
+                                                                   tmp_path: Path) -> None:
+    hold = tmp_path / "hold"  # attempt 1 waits halfway through "analyzing" until this exists
+    cell = f"run = pp.four_phase.start(n=8, delay=0.05, tag='s4', hold={str(hold)!r})\nrun"
+    nb = open_notebook([cell], run=True)
+    panel = nb.panel()
+    expect(panel).to_have_attribute("data-phase", "analyzing", timeout=20_000)
+    first_id = panel.get_attribute("data-run-id")
+    nb.front.restart_kernel()
+    assert nb.front.run_all() is True
+    expect(panel).to_have_count(1)
+    expect(panel).to_have_attribute("data-run-id", first_id, timeout=15_000)
+    expect(panel).to_have_attribute("data-status", "interrupted", timeout=15_000)
+    expect(panel).to_have_attribute("data-mode", "static")
+    rerun = panel.get_by_role("button", name="Re-run")
+    expect(rerun).to_be_visible()
+    expect(panel.get_by_role("button", name="Cancel")).to_be_hidden()
+    nb.shot("4-restart-interrupted")
+    hold.write_text("go")  # attempt 2 runs through
+    rerun.click()
+    expect(panel).to_have_attribute("data-attempt", "2", timeout=10_000)
+    expect(panel).not_to_have_attribute("data-run-id", first_id)
+    expect(panel).to_have_attribute("data-status", "succeeded", timeout=30_000)
+    expect(panel.get_by_test_id("tether-notice")).to_be_hidden()
+    runs = db_runs(nb.db)
+    assert sorted((r.attempt, str(r.status)) for r in runs) == [(1, "interrupted"), (2, "succeeded")]
+    nb.shot("4-restart-rerun-succeeded")
+
+
+# -- 5 ------------------------------------------------------------------------------------------
+
+def test_run_of_another_process_is_polled_to_the_end(open_notebook: Any, tmp_path: Path) -> None:
+    id_file = tmp_path / "run-id"
+    nb = open_notebook([f"run = tether.get_run(open({str(id_file)!r}).read())\nrun"])
+    script = (
+        "import sys, tether\n"
+        "from helpers import pipes_panel as pp\n"
+        "tether.configure(db=sys.argv[1])\n"
+        "run = pp.four_phase.start(n=10, delay=0.2, tag='s5')\n"
+        "open(sys.argv[2] + '.tmp', 'w').write(run.id)\n"
+        "import os; os.replace(sys.argv[2] + '.tmp', sys.argv[2])\n"
+        "run.wait(120)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in [str(TESTS), os.environ.get("PYTHONPATH")] if p))
+    child = subprocess.Popen([sys.executable, "-c", script, str(nb.db), str(id_file)], env=env)
+    try:
+        runs = wait_db(nb.db, lambda rs: bool(rs) and rs[0].status == "running")
+        nb.page.evaluate(RECORDER)
+        assert nb.front.run_all() is True
+        panel = nb.panel()
+        expect(panel).to_have_attribute("data-run-id", runs[0].id, timeout=10_000)
+        expect(panel).to_have_attribute("data-mode", "poll", timeout=10_000)
+        expect(panel).to_have_attribute("data-status", "running")
+        expect(panel.get_by_role("button", name="Cancel")).to_be_visible()
+        nb.shot("5-other-process-poll")
+        expect(panel).to_have_attribute("data-status", "succeeded", timeout=30_000)
+        expect(panel).to_have_attribute("data-mode", "static")
+        polled = [progress_key(s) for s in states(nb) if s["mode"] == "poll"]
+        assert len(set(polled)) >= 2 and polled == sorted(polled), polled  # it advanced
+        assert child.wait(30) == 0
+        nb.shot("5-other-process-succeeded")
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            child.wait(10)
+
+
+# -- 6 ------------------------------------------------------------------------------------------
+
+def test_cancel_ends_a_running_run_as_cancelled(open_notebook: Any, tmp_path: Path) -> None:
+    hold = tmp_path / "never"
+    cell = f"run = pp.four_phase.start(n=10, delay=0.05, tag='s6', hold={str(hold)!r})\nrun"
+    nb = open_notebook([cell], run=True)
+    panel = nb.panel()
+    expect(panel).to_have_attribute("data-status", "running", timeout=20_000)
+    cancel = panel.get_by_role("button", name="Cancel")
+    expect(cancel).to_be_visible()
+    cancel.click()
+    expect(panel).to_have_attribute("data-status", "cancelled", timeout=10_000)
+    expect(panel).to_have_attribute("data-mode", "static")
+    expect(panel.get_by_role("button", name="Cancel")).to_be_hidden()
+    expect(panel.get_by_role("button", name="Re-run")).to_be_visible()
+    expect(panel.get_by_test_id("tether-notice")).to_be_hidden()
+    assert [str(r.status) for r in db_runs(nb.db)] == ["cancelled"]
+    nb.shot("6-cancelled")
+
+
+# -- 8 ------------------------------------------------------------------------------------------
+
+def test_dashboard_lists_runs_with_live_status(open_notebook: Any, tmp_path: Path) -> None:
+    hold = tmp_path / "hold"
+    nb = open_notebook([
+        "quick = pp.four_phase.start(n=2, delay=0.01, tag='quick')\n_ = quick.wait(30)",
+        f"slow = pp.four_phase.start(n=6, delay=0.05, tag='slow', hold={str(hold)!r})",
+        "import tether\ntether.dashboard()",
+    ], run=True)
+    runs = wait_db(nb.db, lambda rs: len(rs) == 2)
+    slow = next(r for r in runs if r.params["tag"] == "slow")
+    quick = next(r for r in runs if r.params["tag"] == "quick")
+    page = nb.page
+    dash = page.get_by_test_id("tether-dashboard")
+    expect(dash).to_be_visible(timeout=15_000)
+    row = dash.locator(f"tr[data-run-id='{slow.id}']")
+    expect(dash.locator(f"tr[data-run-id='{quick.id}']")).to_have_attribute("data-status", "succeeded")
+    expect(row).to_have_attribute("data-status", "running", timeout=10_000)
+    expect(row).to_contain_text("four_phase")
+    nb.shot("8-dashboard-running")
+    # filter by status (done in the kernel: only running rows come back)
+    dash.get_by_test_id("tether-dashboard-filter").select_option("running")
+    expect(dash.get_by_test_id("tether-dashboard-row")).to_have_count(1)
+    expect(dash.get_by_test_id("tether-dashboard-row")).to_have_attribute("data-run-id", slow.id)
+    dash.get_by_test_id("tether-dashboard-filter").select_option("")
+    expect(dash.get_by_test_id("tether-dashboard-row")).to_have_count(2)
+    # live: released, the slow run's row turns succeeded by itself
+    hold.write_text("go")
+    expect(row).to_have_attribute("data-status", "succeeded", timeout=30_000)
+    # selecting a row shows its panel
+    row.click()
+    panel = page.get_by_test_id("tether-panel")
+    expect(panel).to_have_count(1, timeout=10_000)  # the one under the table
+    expect(panel).to_have_attribute("data-run-id", slow.id)
+    expect(panel).to_have_attribute("data-status", "succeeded")
+    expect(row).to_have_attribute("aria-selected", "true")
+    nb.shot("8-dashboard-selected")
