@@ -29,7 +29,8 @@ def _as_executor(executor: Any) -> Executor:
     if isinstance(executor, Executor):
         return executor
     if hasattr(executor, "get_executor"):  # dask.distributed.Client
-        return executor.get_executor()  # type: ignore[no-any-return]
+        # pure=False: equal items are separate calls, as with any other executor
+        return executor.get_executor(pure=False)  # type: ignore[no-any-return]
     raise TypeError(f"ctx.map(executor=...) takes a concurrent.futures.Executor or a "
                     f"dask.distributed.Client, got {type(executor).__name__}")
 
@@ -97,6 +98,7 @@ def run_map(ctx: Context, fn: Callable[[T], R], items: Iterable[T], executor: An
     finally:
         if own_pool:
             pool.shutdown(wait=False, cancel_futures=True)
+        futures.clear()  # a traceback keeping this frame alive must not pin remote tasks
     return [results[i] for i in range(len(items))]
 
 

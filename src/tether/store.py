@@ -89,6 +89,10 @@ class FlushItem:
     events: list[tuple[float, str, str | None, str]]  # (ts, kind, phase, data JSON)
 
 
+class _Busy(Exception):
+    """Opening hit a lock another process holds; try again."""
+
+
 GoneCheck = Callable[[Owner | None, float | None, float], str | None]
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -178,6 +182,19 @@ class Store:
                              fix="Point tether at another file with tether.configure(db=...).")
 
     def _open(self) -> None:
+        # Switching to WAL and migrating need locks that SQLite may refuse at once (SQLITE_BUSY
+        # without the busy handler) while other processes open the same new file: retry.
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                return self._open_once()
+            except _Busy as busy:
+                if time.monotonic() > deadline:
+                    raise self._fail(f"stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s",
+                                     busy.__cause__) from busy.__cause__
+                time.sleep(0.02)
+
+    def _open_once(self) -> None:
         if self.path.exists():
             self._check_header()
         else:
@@ -216,6 +233,11 @@ class Store:
         except StoreError:
             self._drop(conn)
             raise
+        except sqlite3.OperationalError as exc:
+            self._drop(conn)
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise _Busy from exc
+            raise self._write_error(exc) from exc
         except sqlite3.DatabaseError as exc:
             self._drop(conn)
             if "readonly" in str(exc) or "unable to open" in str(exc):
@@ -569,10 +591,16 @@ class Store:
         if not pipelines:
             return None
         marks = ",".join("?" * len(pipelines))
-        row = self.conn().execute(
-            f"SELECT id FROM runs WHERE status = 'pending' AND target = 'worker' AND pipeline IN "
-            f"({marks}) ORDER BY created_at LIMIT 1", list(pipelines)).fetchone()
-        return None if row is None else self.claim(row[0], owner, lease_s, target="worker")
+        while True:  # a claim lost to another worker is no reason to stop: try the next run
+            rows = self.conn().execute(
+                f"SELECT id FROM runs WHERE status = 'pending' AND target = 'worker' AND pipeline "
+                f"IN ({marks}) ORDER BY created_at LIMIT 16", list(pipelines)).fetchall()
+            if not rows:
+                return None
+            for (run_id,) in rows:
+                rec = self.claim(run_id, owner, lease_s, target="worker")
+                if rec is not None:
+                    return rec
 
     def claim(self, run_id: str, owner: Owner, lease_s: float,
               target: str | None = None) -> RunRecord | None:
