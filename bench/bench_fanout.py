@@ -1,0 +1,298 @@
+"""Fan-out benchmarks for tether: ``ctx.map`` overhead per item, and the cost of resuming a big map.
+
+    python bench/bench_fanout.py            # full run (~1-2 min): 400 items x 5 reps, 100,000 items
+    python bench/bench_fanout.py --quick    # smoke run (< 30 s): 100 items x 3 reps, 25,000 items
+    python bench/bench_fanout.py --only overhead   # or: resume
+
+Figures (a markdown table with PASS/MISS is printed at the end; exit status is 0 either way):
+
+1. ``ctx.map(sleepy, items, executor=ex)`` inside a run vs a plain ``list(ex.map(sleepy, items))``
+   with the same executor, for a thread pool of 4 and a Dask ``LocalCluster`` executor (2 worker
+   processes x 2 threads, ``client.get_executor()``); items sleep 10 ms. Medians of interleaved
+   repetitions; goal: ratio <= 1.1. The tether figure is timed by the pipeline body around the
+   ``ctx.map`` call (the run's start is not counted); each repetition maps fresh items so Dask
+   never serves a result from memory.
+2. Resume with N finished items: a run maps N trivial items (default thread pool, every item
+   checkpointed), then fails; ``run.resume()`` starts an attempt whose ``ctx.map`` finds every item
+   stored. Printed: the ``resume()`` call (the new attempt copies the checkpoints), the resumed
+   ``ctx.map`` call, and the time from ``resume()`` until the resumed map returns, against a raw
+   ``SELECT`` + ``json.loads`` of the N stored rows; and the first attempt, against a plain
+   ``executor.map`` of the same items on a 32-thread pool (the size of ctx.map's default pool).
+   Informative (no goal was set).
+
+Everything happens in a temporary directory (database included) that is removed at the end. Run on
+an idle machine: the header shows how much CPU other processes left idle before the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+import tether
+
+pc = time.perf_counter
+EXECUTORS: dict[str, Any] = {}  # lent to the pipeline by name (the run executes in this process)
+
+
+def sleepy(x: int) -> int:
+    """A 10 ms item."""
+    time.sleep(0.01)
+    return x
+
+
+def trivial(x: int) -> int:
+    return x
+
+
+@tether.pipeline(name="bench_fanout.timed_map")
+def timed_map(ctx: tether.Context, n: int, kind: str, executor: str = "", offset: int = 0,
+              fail_attempt: int = 0) -> dict[str, float]:
+    """Time one ``ctx.map`` over ``range(offset, offset + n)``; attempt ``fail_attempt`` fails."""
+    fn = sleepy if kind == "sleepy" else trivial
+    t0 = pc()
+    out = ctx.map(fn, range(offset, offset + n), executor=EXECUTORS.get(executor))
+    t1 = pc()
+    if out != list(range(offset, offset + n)):
+        raise AssertionError("ctx.map returned wrong results")
+    if ctx.attempt == fail_attempt:
+        raise RuntimeError(f"planned failure of attempt {ctx.attempt} (map took {t1 - t0:.3f} s)")
+    return {"t0": t0, "t1": t1, "seconds": t1 - t0}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    items: int  # 10 ms items per map (overhead figure)
+    reps: int
+    resume_items: int
+
+
+FULL = Sizes(items=400, reps=5, resume_items=100_000)
+QUICK = Sizes(items=100, reps=3, resume_items=25_000)
+
+
+@dataclass
+class Row:
+    name: str
+    tether: str
+    baseline: str
+    ratio: float | None
+    goal: str
+    ok: bool | None
+
+    @property
+    def verdict(self) -> str:
+        return "info" if self.ok is None else ("PASS" if self.ok else "**MISS**")
+
+
+def table(rows: list[Row]) -> str:
+    out = ["| # | figure | tether | baseline | ratio | goal | result |",
+           "|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(rows, 1):
+        ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
+        out.append(f"| {i} | {r.name} | {r.tether} | {r.baseline} | {ratio} | {r.goal} | {r.verdict} |")
+    return "\n".join(out)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_map(n: int, kind: str, executor: str, offset: int) -> float:
+    """One tether run mapping ``n`` items; the body's own timing of its ``ctx.map`` call."""
+    key = f"bench-{secrets.token_hex(6)}"
+    res = timed_map.start(n=n, kind=kind, executor=executor, offset=offset, key=key).result(600)
+    return float(res["seconds"])
+
+
+def overhead(label: str, ex: Executor, sizes: Sizes, submit_baseline: bool = False) -> list[Row]:
+    """Interleaved repetitions of plain ``ex.map`` and ``ctx.map`` on the same executor (and, with
+    ``submit_baseline``, of a plain ``ex.submit`` per item + ``wait``, which is what ctx.map does)."""
+    EXECUTORS[label] = ex
+    n = sizes.items
+    offset = 0
+
+    def fresh() -> range:
+        nonlocal offset
+        offset += n
+        return range(offset, offset + n)
+
+    def plain() -> float:
+        items = fresh()
+        t0 = pc()
+        out = list(ex.map(sleepy, items))
+        elapsed = pc() - t0
+        assert out == list(items)
+        return elapsed
+
+    def submit() -> float:
+        items = fresh()
+        t0 = pc()
+        futures = [ex.submit(sleepy, i) for i in items]
+        wait(futures)
+        elapsed = pc() - t0
+        assert [f.result() for f in futures] == list(items)
+        return elapsed
+
+    def ours() -> float:
+        items = fresh()
+        return run_map(n, "sleepy", label, items.start)
+
+    plain()  # warm up every path (threads started, Dask workers have the function)
+    ours()
+    times: dict[str, list[float]] = {"plain": [], "ours": [], "submit": []}
+    fns: list[tuple[str, Callable[[], float]]] = [("plain", plain), ("ours", ours)]
+    if submit_baseline:
+        fns.append(("submit", submit))
+    for rep in range(sizes.reps):
+        for name, fn in fns if rep % 2 == 0 else fns[::-1]:
+            times[name].append(fn())
+    for name, values in times.items():
+        if values:
+            say(f"  {label} {name}: {[round(x, 3) for x in values]}")
+    b, t = statistics.median(times["plain"]), statistics.median(times["ours"])
+    rows = [Row(f"`ctx.map` of {n} x 10 ms items, {label} (median of {sizes.reps})",
+                f"{t:.3f} s ({(t - b) / n * 1e3:+.2f} ms/item)", f"{b:.3f} s `executor.map`",
+                t / b, "ratio <= 1.1", t / b <= 1.1)]
+    if submit_baseline:
+        s = statistics.median(times["submit"])
+        rows.append(Row(f"  same, against a plain `submit()` per item + `wait()` ({label})",
+                        f"{t:.3f} s", f"{s:.3f} s submit + wait", t / s, "(informative)", None))
+    return rows
+
+
+def bench_overhead(sizes: Sizes) -> list[Row]:
+    rows = []
+    say("overhead: thread pool of 4")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        rows += overhead("thread pool of 4", pool, sizes)
+    try:
+        import distributed
+    except ImportError:
+        say("overhead: Dask skipped (pip install 'tether[dask]')")
+        return rows
+    say("overhead: Dask LocalCluster (2 worker processes x 2 threads)")
+    with warnings.catch_warnings():  # its HTTP server falls back from a busy port 8787: fine
+        warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
+                                           dashboard_address=None)
+    client = distributed.Client(cluster)
+    try:
+        rows += overhead("Dask LocalCluster executor", client.get_executor(), sizes,
+                         submit_baseline=True)
+    finally:
+        client.close()
+        cluster.close()
+    return rows
+
+
+def bench_resume(sizes: Sizes, db: Path) -> list[Row]:
+    n = sizes.resume_items
+    say(f"resume: a map of {n:,} trivial items, then a resume")
+    t0 = pc()
+    first = timed_map.start(n=n, kind="trivial", fail_attempt=1, key=f"bench-{secrets.token_hex(6)}")
+    try:
+        first.result(600)
+        raise AssertionError("the first attempt should fail")
+    except tether.RunFailed:
+        pass
+    first_s = pc() - t0
+    say(f"  first attempt (map + checkpoints of {n:,} items): {first_s:.2f} s")
+
+    t0 = pc()
+    resumed = first.resume()
+    t1 = pc()
+    res = resumed.result(600)
+    resume_call, resumed_map, until_return = t1 - t0, res["seconds"], res["t1"] - t0
+
+    conn = sqlite3.connect(db)
+    try:
+        t2 = pc()
+        rows = conn.execute("SELECT name, value FROM checkpoints WHERE run_id = ? AND "
+                            "substr(name, 1, 4) = 'map:'", (first.id,)).fetchall()
+        values = {name: json.loads(value) for name, value in rows}
+        raw_s = pc() - t2
+    finally:
+        conn.close()
+    assert len(values) == n
+    with ThreadPoolExecutor(max_workers=32) as pool:  # what ctx.map's default pool is
+        t3 = pc()
+        assert list(pool.map(trivial, range(n))) == list(range(n))
+        plain_s = pc() - t3
+    return [
+        Row(f"resume with {n:,} finished items: `resume()` until the resumed map returns",
+            f"{until_return:.3f} s", f"{raw_s:.3f} s raw SELECT + json.loads", until_return / raw_s,
+            "(informative)", None),
+        Row("  of which `run.resume()` (new attempt, checkpoints copied)", f"{resume_call:.3f} s",
+            "", None, "(informative)", None),
+        Row("  of which the resumed `ctx.map` call (no item runs)", f"{resumed_map:.3f} s", "",
+            None, "(informative)", None),
+        Row(f"first attempt: map of {n:,} trivial items, each checkpointed (32 threads)",
+            f"{first_s:.2f} s ({first_s / n * 1e6:.0f} us/item)",
+            f"{plain_s:.2f} s `executor.map`, no run", first_s / plain_s, "(informative)", None),
+    ]
+
+
+def idle_share(seconds: float = 1.0) -> float:
+    """Share of the machine's CPU that other processes left idle over ``seconds`` now."""
+    me = psutil.Process()
+    t_me = sum(me.cpu_times()[:2])
+    t_all = psutil.cpu_times()
+    time.sleep(seconds)
+    t_all2 = psutil.cpu_times()
+    busy = sum(t_all2) - sum(t_all) - (t_all2.idle - t_all.idle)
+    total = sum(t_all2) - sum(t_all)
+    mine = sum(me.cpu_times()[:2]) - t_me
+    return max(0.0, 1 - (busy - mine) / total) if total else 1.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, < 30 s")
+    parser.add_argument("--only", choices=["overhead", "resume"])
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    free = idle_share()
+    print(f"# tether fan-out benchmark ({'quick' if args.quick else 'full'})\n")
+    print(f"- tether {tether.__version__}, Python {platform.python_version()}, "
+          f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"- CPU left idle by other processes (1 s before start): {free:.0%}\n", flush=True)
+    start = pc()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="tether-bench-fanout-") as tmp:
+        db = Path(tmp) / "runs.db"
+        tether.configure(db=db)
+        try:
+            if args.only in (None, "overhead"):
+                rows += bench_overhead(sizes)
+            if args.only in (None, "resume"):
+                rows += bench_resume(sizes, db)
+        finally:
+            from tether import runner
+
+            runner.shutdown_all()
+    print(table(rows))
+    misses = [r for r in rows if r.ok is False]
+    passes = [r for r in rows if r.ok]
+    print(f"\n{len(passes)} PASS, {len(misses)} MISS, in {pc() - start:.0f} s.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
