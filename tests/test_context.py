@@ -528,3 +528,24 @@ def test_log_capture_leaves_basic_config_and_last_resort_alone(db, tmp_path):
     assert "last resort still prints" in out.stderr
     assert "basicConfig works" in out.stderr
     assert "from the run" in out.stdout
+
+
+def test_text_that_utf8_cannot_hold_is_stored_and_loses_nothing(db):
+    """A str with a lone surrogate (a surrogateescape'd file name) survives as a param, a log line,
+    a phase name and a result; nothing else of the run is lost."""
+    bad = "caf\u00e9-\udcff.txt"
+
+    @tether.pipeline
+    def odd_text(ctx, name: str):
+        ctx.phase("phase-\udcff")
+        ctx.log("file %s", name)
+        ctx.log("after")
+        return {"name": name}
+
+    run = odd_text.start(name=bad)
+    assert run.result(timeout=30) == {"name": bad}
+    assert run.params == {"name": bad}
+    assert run.logs() == ["file " + bad, "after"]
+    assert odd_text.start(name=bad).id == run.id
+    with pytest.raises(tether.ParamsError):
+        odd_text.start(name="x", key="key-\udcff")

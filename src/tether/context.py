@@ -16,7 +16,7 @@ from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ParamsError, RunCancelled
-from .store import MAX_VALUE_BYTES, FlushItem, dumps
+from .store import MAX_VALUE_BYTES, FlushItem, dumps, json_str
 
 if TYPE_CHECKING:
     from .model import RunRecord
@@ -158,7 +158,14 @@ class Context:
 
     def _log(self, text: str, level: str) -> None:
         self.message = text
-        self._emit("log", {"message": text, "level": level})
+        # the hot path of logging: the canonical JSON of {"level", "message"}, built directly
+        data = '{"level":' + json_str(level) + ',"message":' + json_str(text) + "}"
+        ev = (time.time(), "log", self.phase_name, data)
+        with self._ev_lock:
+            self._events.append(ev)
+            burst = len(self._events) >= _EVENT_BURST
+        if burst:
+            self._runner.wake()
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
         ev = (time.time(), kind, self.phase_name, dumps(data))

@@ -61,6 +61,14 @@ def _check_json(value: Any, path: str) -> Any:
                       "pass str, int, float, bool, None, or lists/dicts of them (e.g. str(path))")
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Pipeline:
     """A registered multi-phase function. Call ``.start(**params)`` or call it directly."""
 
@@ -146,8 +154,8 @@ class Pipeline:
         params = self.bind(*args, **kwargs)
         if key is None:
             key = self.key_for(params)
-        elif not isinstance(key, str) or not key:
-            raise ParamsError(f"key= must be a non-empty str, got {key!r}")
+        elif not isinstance(key, str) or not key or not _utf8(key):
+            raise ParamsError(f"key= must be a non-empty str of valid text, got {key!r}")
         store = config.store()
         run_ = runner.get(store)
         outcome = store.start(pipeline=self.name, key=key, params_json=dumps(params),

@@ -42,9 +42,23 @@ _RUN_COLS = (
 _ACTIVE = ("pending", "running")
 
 
+# One encoder for the process: json.dumps() with options builds a new encoder per call (~8 us).
+# ASCII output: any Python str survives, lone surrogates (from surrogateescape'd file names)
+# included, which SQLite's UTF-8 would refuse.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+json_str = json.JSONEncoder().encode  # a str as a JSON string literal
+
+
+def _text(value: str | None) -> str | None:
+    """A str SQLite can store as UTF-8 (lone surrogates replaced)."""
+    if value is None or value.isascii():
+        return value
+    return value.encode("utf-8", "replace").decode("utf-8")
+
+
 def dumps(value: Any) -> str:
     """Canonical JSON: sorted keys, no NaN, compact. Raises TypeError/ValueError on non-JSON."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def _loads(text: str | None) -> Any:
@@ -439,7 +453,7 @@ class Store:
                 events: Sequence[tuple[float, str, str | None, str]]) -> int:
         conn.executemany(
             "INSERT INTO events (run_id, seq, ts, kind, phase, data) VALUES (?, ?, ?, ?, ?, ?)",
-            [(run_id, last_seq + i, ts, kind, phase, data)
+            [(run_id, last_seq + i, ts, kind, _text(phase), data)
              for i, (ts, kind, phase, data) in enumerate(events, 1)])
         return last_seq + len(events)
 
@@ -642,8 +656,8 @@ class Store:
                 conn.execute(
                     "UPDATE runs SET phase = ?, phases = ?, phases_done = ?, done = ?, total = ?, "
                     "message = ?, updated_at = ?, last_seq = ? WHERE id = ?",
-                    (it.phase, dumps(it.phases), dumps(it.phases_done), it.done, it.total,
-                     it.message, now, seq, it.run_id))
+                    (_text(it.phase), dumps(it.phases), dumps(it.phases_done), it.done, it.total,
+                     _text(it.message), now, seq, it.run_id))
             if lease_until is not None:
                 conn.execute(
                     "UPDATE runs SET lease_until = ? WHERE owner_instance = ? "
@@ -672,8 +686,9 @@ class Store:
                 "UPDATE runs SET status = ?, phase = ?, phases = ?, phases_done = ?, done = ?, "
                 "total = ?, message = ?, result = ?, error = ?, ended_at = ?, updated_at = ?, "
                 "last_seq = ? WHERE id = ?",
-                (str(status), item.phase, dumps(item.phases), dumps(item.phases_done), item.done,
-                 item.total, item.message, result_json, dumps(error) if error else None, now, now,
+                (str(status), _text(item.phase), dumps(item.phases), dumps(item.phases_done),
+                 item.done, item.total, _text(item.message), result_json,
+                 dumps(error) if error else None, now, now,
                  seq, item.run_id))
         return True
 
