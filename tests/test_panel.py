@@ -429,3 +429,47 @@ def test_comm_messages_per_second_through_a_real_kernel(tmp_path: Path,
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+
+def test_reader_never_skips_rows_committed_between_its_reads(db: Path) -> None:
+    """Regression: the first catch-up read the log tail and the phase tail separately; a phase
+    change committed in between moved the reader past the log lines before it."""
+    import threading
+
+    from tether.widget.reader import RunReader
+
+    step = threading.Event()
+
+    @tether.pipeline(phases=["a", "b"])
+    def two_phase(ctx: tether.Context) -> None:
+        ctx.phase("a")
+        step.wait(20)
+        ctx.log("one")
+        ctx.log("two")
+        ctx.phase("b")  # flushes the two log lines and the phase change in one transaction
+        step.clear()
+        step.wait(20)
+
+    run = two_phase.start()
+    until(lambda: run.phase == "a")
+    store = run.store
+    real_tail = store.tail
+
+    def tail_then_commit(run_id: str, kind: str, n: int) -> list[tether.Event]:
+        rows = real_tail(run_id, kind, n)
+        if kind == "log":  # let the body commit its logs + phase "b" before the phase tail
+            step.set()
+            until(lambda: store.get(run.id).phase == "b")
+        return rows
+
+    store.tail = tail_then_commit  # type: ignore[method-assign]
+    try:
+        reader = RunReader(run)
+        reader.read()
+    finally:
+        del store.tail
+        step.set()
+    reader.read()
+    assert list(reader.log) == ["one", "two"]
+    assert reader.phase_name == "b"

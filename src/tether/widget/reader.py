@@ -39,14 +39,18 @@ class RunReader:
         store, run_id = self.run.store, self.run.id
         self.reads += 1
         if self.seq == 0 or rec.last_seq - self.seq > CATCH_UP_LIMIT:
-            logs = store.tail(run_id, "log", LOG_LINES)
-            phases = store.tail(run_id, "phase", 1)
+            # The two tails are separate reads: keep only rows up to the record's last_seq, so a
+            # row committed between them is read by the next events(after=...) instead of being
+            # skipped (a phase change flushed between the reads used to hide the logs before it).
+            bound = rec.last_seq
+            logs = [e for e in store.tail(run_id, "log", LOG_LINES) if e.seq <= bound]
+            phases = [e for e in store.tail(run_id, "phase", 1) if e.seq <= bound]
             self.log.clear()
             self.log.extend(str(e.data.get("message", "")) for e in logs)
             if phases:
                 self.phase_started = phases[-1].ts
                 self.phase_name = phases[-1].data.get("name")
-            self.seq = max([rec.last_seq, *(e.seq for e in logs), *(e.seq for e in phases)])
+            self.seq = bound
             return
         for ev in store.events(run_id, after=self.seq):
             if ev.kind == "log":
