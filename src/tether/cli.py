@@ -22,6 +22,14 @@ from .store import Store
 __all__ = ["main"]
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c != 0x09}
+
+
+def _safe(text: object) -> str:
+    """Run text for a terminal: control characters (escape sequences, CR, BEL) shown escaped."""
+    return str(text).translate(_CONTROL)
+
+
 def _when(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
@@ -69,7 +77,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print("no runs")
         return 0
     rows = [["ID", "PIPELINE", "#", "STATUS", "PHASE", "PROGRESS", "STARTED", "DURATION"]]
-    rows += [[r.id, r.pipeline, str(r.attempt), str(r.status), r.phase or "-", _progress(r),
+    rows += [[r.id, _safe(r.pipeline), str(r.attempt), str(r.status), _safe(r.phase or "-"),
+              _progress(r),
               _when(r.started_at or r.created_at), _duration(r)] for r in recs]
     print(_table(rows))
     return 0
@@ -95,12 +104,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         mark = "x" if p in rec.phases_done else (">" if p == rec.phase else " ")
         if p == rec.phase and rec.status in (Status.FAILED, Status.INTERRUPTED, Status.CANCELLED):
             mark = "!"
-        phases.append(f"[{mark}] {p}")
-    print(f"run       {rec.id}  ({rec.pipeline}, attempt {rec.attempt})")
-    print(f"key       {rec.key}")
+        phases.append(f"[{mark}] {_safe(p)}")
+    print(f"run       {rec.id}  ({_safe(rec.pipeline)}, attempt {rec.attempt})")
+    print(f"key       {_safe(rec.key)}")
     print(f"status    {rec.status}")
-    print(f"params    {json.dumps(rec.params, ensure_ascii=False)}")
-    print(f"phase     {rec.phase or '-'}  progress {_progress(rec)}")
+    print(f"params    {_safe(json.dumps(rec.params, ensure_ascii=False))}")
+    print(f"phase     {_safe(rec.phase or '-')}  progress {_progress(rec)}")
     if phases:
         print("phases    " + "  ".join(phases))
     print(f"started   {_when(rec.started_at)}  duration {_duration(rec)}")
@@ -110,13 +119,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     if logs:
         print(f"last {len(logs)} log lines:")
         for ev in logs:
-            print(f"  {_when(ev.ts)}  {ev.data.get('message', '')}")
+            print(f"  {_when(ev.ts)}  {_safe(ev.data.get('message', ''))}")
     if rec.error:
-        print(f"error     {rec.error.get('type')}: {rec.error.get('message')}")
+        print(f"error     {_safe(rec.error.get('type'))}: {_safe(rec.error.get('message'))}")
         if rec.error.get("traceback"):
-            print(rec.error["traceback"].rstrip())
+            print("\n".join(_safe(line) for line in rec.error["traceback"].rstrip().split("\n")))
     if rec.status == Status.SUCCEEDED:
-        print("result    " + json.dumps(rec.result, ensure_ascii=False)[:2000])
+        print("result    " + _safe(json.dumps(rec.result, ensure_ascii=False)[:2000]))
     return 0
 
 
@@ -190,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # stored text may hold lone surrogates
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))

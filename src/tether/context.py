@@ -16,7 +16,7 @@ from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ParamsError, RunCancelled
-from .store import MAX_VALUE_BYTES, FlushItem, dumps, json_str
+from .store import MAX_VALUE_BYTES, FlushItem, dumps, dumps_value, json_str
 
 if TYPE_CHECKING:
     from .model import RunRecord
@@ -193,7 +193,7 @@ class Context:
             return value  # type: ignore[no-any-return]
         value = fn(*args, **kwargs)
         try:
-            text = dumps(value)
+            text = dumps_value(value)
         except (TypeError, ValueError) as exc:
             raise ParamsError(f"step {name!r} returned a value that is not JSON ({exc}); return "
                               "JSON data or pass checkpoint=False") from exc
@@ -232,6 +232,12 @@ class Context:
         task, loop = self._task, self._runner.loop
         if task is not None and loop is not None:
             loop.call_soon_threadsafe(task.cancel)
+
+    def _requeue(self, events: list[tuple[float, str, str | None, str]]) -> None:
+        """Events a failed write took: first in line again."""
+        with self._ev_lock:
+            self._events[:0] = events
+        self._flushed = None
 
     def _flush_item(self, force: bool = False) -> FlushItem | None:
         """What changed since the last flush (taking the buffered events), or None."""

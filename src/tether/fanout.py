@@ -13,7 +13,7 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExec
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import MapItemError, ParamsError
-from .store import MAX_VALUE_BYTES, dumps
+from .store import MAX_VALUE_BYTES, dumps_value
 
 if TYPE_CHECKING:
     from .context import Context
@@ -104,7 +104,7 @@ def run_map(ctx: Context, fn: Callable[[T], R], items: Iterable[T], executor: An
 
 def _encode(value: Any, label: str, index: int) -> str:
     try:
-        text = dumps(value)
+        text = dumps_value(value)
     except (TypeError, ValueError) as exc:
         raise ParamsError(f"ctx.map({label}): item {index} returned a value that is not JSON "
                           f"({exc}); return JSON data or pass checkpoint=False") from exc

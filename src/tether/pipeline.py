@@ -6,13 +6,15 @@ import functools
 import hashlib
 import inspect
 import math
+import re
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar, overload
 
 from . import config, owner, runner
 from .errors import KeyConflict, ParamsError, PipelineError
 from .run import Run, display_run
-from .store import dumps
+from .store import MAX_DEPTH, dumps
 
 __all__ = ["Pipeline", "lookup", "pipeline", "POLICIES"]
 
@@ -36,26 +38,43 @@ def _name_of(fn: Callable[..., Any]) -> str:
     return qual if module in (None, "__main__") else f"{module}.{qual}"
 
 
-def _check_json(value: Any, path: str) -> Any:
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _check_json(value: Any, path: str, depth: int = 0) -> Any:
     """JSON-ready copy of ``value`` (tuples become lists) or ParamsError naming ``path``."""
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if not value.isascii() and _SURROGATE_PAIR.search(value):
+            raise ParamsError(f"{path} holds a lone high surrogate followed by a low one, which "
+                              "JSON reads back as one other character; encode it first")
         return value
     if isinstance(value, int):
+        digits = sys.get_int_max_str_digits()
+        if digits and value.bit_length() > 3 * digits:
+            try:
+                str(value)
+            except ValueError:
+                raise ParamsError(f"{path} is an int of more than {digits} digits, which JSON "
+                                  "cannot hold here; pass it as a str") from None
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ParamsError(f"{path} is {value!r}, which JSON cannot hold; pass a finite number "
                               "or None")
         return float(value)
+    if isinstance(value, (list, tuple, dict)) and depth >= MAX_DEPTH:
+        raise ParamsError(f"{path} is nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, (list, tuple)):
-        return [_check_json(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_check_json(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
                 raise ParamsError(f"{path} has the key {k!r} ({type(k).__name__}); JSON object "
                                   "keys must be str")
-            out[k] = _check_json(v, f"{path}[{k!r}]")
+            out[k] = _check_json(v, f"{path}[{k!r}]", depth + 1)
         return out
     raise ParamsError(f"{path} has type {type(value).__name__} ({value!r:.80}), which is not JSON; "
                       "pass str, int, float, bool, None, or lists/dicts of them (e.g. str(path))")
@@ -78,6 +97,9 @@ class Pipeline:
             raise PipelineError(f"@tether.pipeline needs a function, got {fn!r}")
         self.fn = fn
         self.name = name or _name_of(fn)
+        if not isinstance(self.name, str) or not _utf8(self.name):
+            raise PipelineError(f"pipeline name {self.name!r} must be a str of valid text "
+                                "(no lone surrogates)")
         self.phases = [str(p) for p in (phases or [])]
         if len(set(self.phases)) != len(self.phases):
             raise PipelineError(f"pipeline {self.name!r} declares a phase twice: {self.phases}")
@@ -165,9 +187,13 @@ class Pipeline:
                               max_auto_resumes=config.settings().max_auto_resumes)
         handle = Run(store, outcome.record.id, outcome.record)
         if outcome.conflict:
-            fix = ("; pass policy='rerun' to start a new attempt with these params, or another "
-                   "key=" if "params" in outcome.conflict or "version" in outcome.conflict
-                   else "; use policy='attach' to get it, or cancel it first")
+            if " has pipeline " in outcome.conflict:
+                fix = "; a key belongs to one pipeline: pass another key="
+            elif "params" in outcome.conflict or "version" in outcome.conflict:
+                fix = ("; pass policy='rerun' to start a new attempt with these params, or "
+                       "another key=")
+            else:
+                fix = "; use policy='attach' to get it, or cancel it first"
             raise KeyConflict(f"{self.name}: {outcome.conflict}{fix}", run=handle)
         if outcome.created and not detach:
             run_.submit(outcome.record)

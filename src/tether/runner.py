@@ -26,7 +26,7 @@ from . import config, owner
 from .context import Context, _current, install_log_capture
 from .errors import PipelineNotFound, RunCancelled, StoreError
 from .model import RunRecord, Status
-from .store import MAX_VALUE_BYTES, Store, dumps
+from .store import MAX_VALUE_BYTES, Store, dumps_value
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -202,7 +202,7 @@ class Runner:
 
     def _succeed(self, ctx: Context, result: Any) -> None:
         try:
-            text = dumps(result)
+            text = dumps_value(result)
         except (TypeError, ValueError) as exc:
             err = {"type": "ParamsError", "traceback": "",
                    "message": f"the result is not JSON ({exc}); return JSON data "
@@ -261,7 +261,11 @@ class Runner:
         with self.store.write_lock:
             item = ctx._flush_item(force=True)
             if item is not None:
-                self._apply(self.store.flush([item], self.owner, None))
+                try:
+                    self._apply(self.store.flush([item], self.owner, None))
+                except BaseException:
+                    ctx._requeue(item.events)  # not written: they go with the next write
+                    raise
         self._notify(ctx.run_id)
 
     def flush(self) -> None:
@@ -276,8 +280,14 @@ class Runner:
             with self.store.write_lock:
                 items = [it for c in ctxs if (it := c._flush_item()) is not None]
                 if items or beat:
-                    self._apply(self.store.flush(items, self.owner,
-                                                 now + cfg.lease if beat else None))
+                    try:
+                        self._apply(self.store.flush(items, self.owner,
+                                                     now + cfg.lease if beat else None))
+                    except BaseException:
+                        for it in items:  # not written: they go with the next write (or the end)
+                            if (c := self._live.get(it.run_id)) is not None:
+                                c._requeue(it.events)
+                        raise
                 elif ctxs:  # nothing to write: still look for cancel requests, without a write
                     self._apply((set(), self.store.cancel_requests(self.owner)))
             if beat:

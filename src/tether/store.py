@@ -61,8 +61,50 @@ def dumps(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+MAX_DEPTH = 200  # nesting of a stored value: any reader's stack can decode it
+
+
+def check_value(value: Any) -> None:
+    """TypeError/ValueError unless ``value`` reads back as itself: str keys, bounded nesting."""
+    stack = [(value, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"it is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(obj, dict):
+            for k in obj:
+                if not isinstance(k, str):
+                    raise TypeError(f"the dict key {k!r} ({type(k).__name__}) is not a str; "
+                                    "JSON would turn it into one")
+            obj = obj.values()
+        stack.extend((v, depth + 1) for v in obj if isinstance(v, (list, tuple, dict)))
+
+
+def dumps_value(value: Any) -> str:
+    """dumps() of a result, checkpoint or map item, refusing what would not read back as itself."""
+    if isinstance(value, (list, tuple, dict)):
+        check_value(value)
+    return dumps(value)
+
+
+def _num(x: Any) -> Any:
+    """An int SQLite INTEGER cannot hold (beyond 64 bits) is stored as REAL."""
+    if isinstance(x, int) and not -(2**63) <= x < 2**63:
+        return float(x)
+    return x
+
+
+def _json(text: Any, run_id: str, column: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise StoreError(f"run {run_id}: its {column!r} column is not valid JSON "
+                         f"({type(exc).__name__}); the database is damaged; it was left untouched"
+                         ) from None
+
+
+def _loads(text: str | None, run_id: str, column: str) -> Any:
+    return None if text is None else _json(text, run_id, column)
 
 
 def _record(row: Sequence[Any]) -> RunRecord:
@@ -72,12 +114,13 @@ def _record(row: Sequence[Any]) -> RunRecord:
     owner = Owner(host, pid, started, instance) if instance else None
     return RunRecord(
         id=id_, key=key, attempt=attempt, pipeline=pipeline, version=version,
-        params=json.loads(params), status=Status(status), phase=phase, phases=json.loads(phases),
-        done=done, total=total, message=message, error=_loads(error), result=_loads(result),
+        params=_json(params, id_, "params"), status=Status(status), phase=phase,
+        phases=_json(phases, id_, "phases"), done=done, total=total, message=message,
+        error=_loads(error, id_, "error"), result=_loads(result, id_, "result"),
         created_at=created_at, started_at=started_at, ended_at=ended_at, updated_at=updated_at,
         owner=owner, target=target, lease_until=lease_until,
         cancel_requested=bool(cancel_requested), resumed_from=resumed_from, last_seq=last_seq,
-        phases_done=json.loads(phases_done), created_by=created_by,
+        phases_done=_json(phases_done, id_, "phases_done"), created_by=created_by,
     )
 
 
@@ -171,8 +214,12 @@ class Store:
     def _create_file(self) -> None:
         parent = self.path.parent
         try:
-            if not parent.exists():
-                parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            missing = []
+            while not parent.exists():
+                missing.append(parent)
+                parent = parent.parent
+            for folder in reversed(missing):  # mkdir(parents=True) gives the umask's mode
+                folder.mkdir(mode=0o700, exist_ok=True)
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             os.close(fd)
         except FileExistsError:
@@ -188,12 +235,27 @@ class Store:
             raise self._fail("is a directory", fix="Pass the path of a file, e.g. .tether/runs.db.")
         try:
             with open(self.path, "rb") as fh:
-                header = fh.read(16)
+                header = fh.read(100)
+                size = os.fstat(fh.fileno()).st_size
         except OSError as exc:
             raise self._fail("cannot be read", exc) from exc
-        if header and header != SQLITE_HEADER:
+        if header and header[:16] != SQLITE_HEADER:
             raise self._fail("is not a SQLite database (wrong file header); it was left untouched",
                              fix="Point tether at another file with tether.configure(db=...).")
+        if len(header) < 100:
+            return
+        page = int.from_bytes(header[16:18], "big")
+        page = 65536 if page == 1 else page
+        wal = Path(f"{self.path}-wal")
+        wal_empty = not wal.exists() or wal.stat().st_size == 0
+        # SQLite writes whole pages: a size that is not a multiple of the page size is a cut file.
+        # A file shorter than its header's page count is cut too, unless a WAL may still hold the
+        # missing pages (a checkpoint interrupted by a crash writes page 1 first).
+        expected = int.from_bytes(header[28:32], "big") * page
+        counted = header[92:96] == header[24:28]  # the header's page count is valid
+        if size % page or (wal_empty and counted and size < expected):
+            raise self._fail(f"is truncated ({size} bytes, pages of {page}); it was left untouched",
+                             fix="Restore a backup or use tether.configure(db=...).")
 
     def _open(self) -> None:
         # Switching to WAL and migrating need locks that SQLite may refuse at once (SQLITE_BUSY
@@ -314,9 +376,23 @@ class Store:
         except OSError:
             same = False
         if not same:
+            self._empty_wal()
             raise self._fail("was deleted or replaced while in use; nothing more is written to it",
                              fix="tether never recreates a database behind your back; restart "
                                  "the process (or call tether.configure(db=...)) to start afresh.")
+
+    def _empty_wal(self) -> None:
+        """SQLite keeps the WAL of a database moved or unlinked while open (no checkpoint on
+        close), and the next connection to the path would apply it to whatever file is there now:
+        checkpoint it into the old file (gone or renamed) and truncate it."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.in_transaction:
+            return
+        with self.write_lock:
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -410,7 +486,7 @@ class Store:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]))
+        return [Event(r[0], r[1], r[2], r[3], r[4], _json(r[5], r[0], "events.data"))
                 for r in self.conn().execute(sql, args)]
 
     @_guarded
@@ -419,7 +495,8 @@ class Store:
         rows = self.conn().execute(
             "SELECT run_id, seq, ts, kind, phase, data FROM events WHERE run_id = ? AND kind = ? "
             "ORDER BY seq DESC LIMIT ?", (run_id, kind, n)).fetchall()
-        return [Event(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in reversed(rows)]
+        return [Event(r[0], r[1], r[2], r[3], r[4], _json(r[5], r[0], "events.data"))
+                for r in reversed(rows)]
 
     @_guarded
     def active(self) -> list[RunRecord]:
@@ -437,14 +514,14 @@ class Store:
     def checkpoint(self, run_id: str, name: str) -> tuple[bool, Any]:
         row = self.conn().execute(
             "SELECT value FROM checkpoints WHERE run_id = ? AND name = ?", (run_id, name)).fetchone()
-        return (False, None) if row is None else (True, json.loads(row[0]))
+        return (False, None) if row is None else (True, _json(row[0], run_id, "checkpoints"))
 
     @_guarded
     def checkpoints(self, run_id: str, prefix: str = "") -> dict[str, Any]:
         rows = self.conn().execute(
             "SELECT name, value FROM checkpoints WHERE run_id = ? AND substr(name, 1, ?) = ?",
             (run_id, len(prefix), prefix))
-        return {name: json.loads(value) for name, value in rows}
+        return {name: _json(value, run_id, "checkpoints") for name, value in rows}
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -483,7 +560,7 @@ class Store:
         # fast path, no write: an ended run returned as it is (terminal statuses never change)
         latest = self.latest(key)
         if (latest is not None and latest.status.terminal and _difference(
-                latest, params_json, version) is None and (
+                latest, params_json, version, pipeline) is None and (
                 policy in ("attach", "fail") or (policy == "resume" and (
                     latest.status == Status.SUCCEEDED or _capped(latest))))):
             return StartOutcome(latest, False)
@@ -500,7 +577,7 @@ class Store:
                                    lease_s, now, "start", None, detach)
                 return StartOutcome(rec, True)
             assert latest is not None
-            mismatch = _difference(latest, params_json, version)
+            mismatch = _difference(latest, params_json, version, pipeline)
             if latest.status.active:
                 if mismatch:
                     return StartOutcome(latest, False, f"the {latest.status} run for key "
@@ -511,6 +588,9 @@ class Store:
                 return StartOutcome(latest, False, None, recovered)
             # the latest attempt has ended
             resumable = latest.status != Status.SUCCEEDED and not _capped(latest)
+            if mismatch and mismatch.startswith("pipeline"):
+                return StartOutcome(latest, False, f"the run for key {key!r} has {mismatch}",
+                                    recovered)
             if policy == "rerun" or (policy == "resume" and resumable):
                 if mismatch and policy == "resume":
                     return StartOutcome(latest, False, f"the run for key {key!r} has {mismatch}; "
@@ -656,8 +736,8 @@ class Store:
                 conn.execute(
                     "UPDATE runs SET phase = ?, phases = ?, phases_done = ?, done = ?, total = ?, "
                     "message = ?, updated_at = ?, last_seq = ? WHERE id = ?",
-                    (_text(it.phase), dumps(it.phases), dumps(it.phases_done), it.done, it.total,
-                     _text(it.message), now, seq, it.run_id))
+                    (_text(it.phase), dumps(it.phases), dumps(it.phases_done), _num(it.done),
+                     _num(it.total), _text(it.message), now, seq, it.run_id))
             if lease_until is not None:
                 conn.execute(
                     "UPDATE runs SET lease_until = ? WHERE owner_instance = ? "
@@ -687,7 +767,7 @@ class Store:
                 "total = ?, message = ?, result = ?, error = ?, ended_at = ?, updated_at = ?, "
                 "last_seq = ? WHERE id = ?",
                 (str(status), _text(item.phase), dumps(item.phases), dumps(item.phases_done),
-                 item.done, item.total, _text(item.message), result_json,
+                 _num(item.done), _num(item.total), _text(item.message), result_json,
                  dumps(error) if error else None, now, now,
                  seq, item.run_id))
         return True
@@ -781,8 +861,11 @@ def _capped(rec: RunRecord) -> bool:
     return rec.status == Status.FAILED and (rec.error or {}).get("type") == "ResumeCapReached"
 
 
-def _difference(rec: RunRecord, params_json: str, version: str | None) -> str | None:
+def _difference(rec: RunRecord, params_json: str, version: str | None,
+                pipeline: str | None = None) -> str | None:
     """A readable description of how a new start() differs from a stored run, or None."""
+    if pipeline is not None and rec.pipeline != pipeline:
+        return f"pipeline {rec.pipeline!r}, not {pipeline!r}"
     if rec.version != version:
         return f"version {rec.version!r}, not {version!r}"
     new = json.loads(params_json)
