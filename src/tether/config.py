@@ -62,14 +62,25 @@ def configure(db: str | os.PathLike[str] | None = None, **options: float | int) 
     return _settings
 
 
+_resolved: dict[tuple[str, str], Path] = {}
+
+
 def db_path() -> Path:
     raw = _settings.db or os.environ.get("TETHER_DB") or str(DEFAULT_DB)
-    return Path(os.path.abspath(os.path.expanduser(raw)))
+    return _resolve(raw)
+
+
+def _resolve(raw: str) -> Path:
+    where = (raw, os.getcwd())  # a relative path means the cwd of the call
+    p = _resolved.get(where)
+    if p is None:
+        p = _resolved[where] = Path(os.path.abspath(os.path.expanduser(raw)))
+    return p
 
 
 def store(path: str | os.PathLike[str] | None = None) -> Store:
     """The store for ``path`` (default: the configured database), one object per file."""
-    p = Path(os.path.abspath(os.path.expanduser(os.fspath(path)))) if path else db_path()
+    p = _resolve(os.fspath(path)) if path else db_path()
     s = _stores.get(p)
     if s is None or s._closed:
         with _lock:

@@ -119,6 +119,14 @@ class Pipeline:
             if p.kind == inspect.Parameter.VAR_POSITIONAL:
                 raise PipelineError(f"pipeline {self.name!r} takes *{p.name}; parameters must "
                                     "have names so they can be stored as JSON")
+        rest = params[1:]
+        self._kinds = {p.name: p.kind for p in rest}
+        # keyword-bindable params only (no *args/**kwargs/positional-only): bind() skips inspect
+        self._simple = all(p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                      inspect.Parameter.KEYWORD_ONLY) for p in rest)
+        self._named = frozenset(p.name for p in rest)
+        self._required = frozenset(p.name for p in rest if p.default is inspect.Parameter.empty)
+        self._defaults = {p.name: p.default for p in rest if p.default is not inspect.Parameter.empty}
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
         _registry[self.name] = self  # re-running the defining cell replaces it quietly
 
@@ -127,21 +135,25 @@ class Pipeline:
 
     def bind(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """The params a call means, defaults applied, checked to be JSON."""
-        try:
-            bound = self.signature.bind(None, *args, **kwargs)
-        except TypeError as exc:
-            raise ParamsError(f"{self.name}(): {exc}") from None
-        bound.apply_defaults()
+        if not args and self._simple and self._required <= kwargs.keys() <= self._named:
+            arguments = {"": None, **self._defaults, **kwargs}  # the common case, without inspect
+        else:
+            try:
+                bound = self.signature.bind(None, *args, **kwargs)
+            except TypeError as exc:
+                raise ParamsError(f"{self.name}(): {exc}") from None
+            bound.apply_defaults()
+            arguments = bound.arguments
         params: dict[str, Any] = {}
         try:
-            self._collect(bound.arguments, params)
+            self._collect(arguments, params)
         except ParamsError as exc:
             raise ParamsError(f"{self.name}(): {exc}") from None
         return params
 
     def _collect(self, arguments: dict[str, Any], params: dict[str, Any]) -> None:
         for name, value in list(arguments.items())[1:]:
-            kind = self.signature.parameters[name].kind
+            kind = self._kinds[name]
             pairs = value.items() if kind == inspect.Parameter.VAR_KEYWORD else [(name, value)]
             for k, v in pairs:
                 try:
