@@ -584,7 +584,11 @@ python bench/bench_engine.py --write-docs   # full run, < 3 min; --quick for a s
 
 Ratios are tether / baseline (for figure 3, tether's lines/s over the raw insert's rows/s).
 Latencies are per call; `p50`/`p99` are nearest-rank percentiles. Everything runs in a temporary
-directory with a fresh database, on an otherwise idle machine; expect ±15% between runs on a VM.
+directory with a fresh database. On the 2-core VM this project runs on, absolute figures move by up
+to 2x between runs even when no other process is busy (the baselines show it: the raw `SELECT` of
+figure 4 takes 0.012 ms in one run and 0.022 ms in the next), and other processes' load makes it
+worse (the line under the table says how much CPU they took). The ratios move much less: judge a
+change by its ratio, and by runs of the old and new code alternated within the same minutes.
 """
 
 

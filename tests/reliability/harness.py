@@ -1,0 +1,1466 @@
+"""Kill harness and load scenarios for tether (issue 6: "Faults" and "Load and races").
+
+Importable as ``reliability.harness`` by the tests (``tests/`` is on ``sys.path``), by
+``bench/soak.py`` and ``bench/scale.py``, and by the child processes they start, so the pipelines
+below have the same names everywhere (explicit ``name=``).
+
+Kill harness
+------------
+Child processes run the ``reliability.work`` pipeline (phases, logs, progress, ``ctx.step``
+checkpoints, ``ctx.map`` items; every execution of a step body or of a map item appends one line to
+the lineage's journal file) and are SIGKILLed:
+
+- after a random delay (anywhere: opening the DB, ``start()``, a phase, a flush, a checkpoint, the
+  end, the interpreter exit);
+- at a *point* the body signals through a file (entering the body, inside a step body, inside a
+  map item, about to return), after a short random delay;
+- at a *trip*: the child wraps ``Store.tx`` and, at the n-th write transaction of one store
+  operation (``start``, ``claim``, ``flush``, ``put_checkpoint``, ``put_checkpoints``,
+  ``finish``, or ``recover`` / ``request_cancel`` in a recovering process), signals through a file
+  and blocks, either before ``COMMIT`` (inside ``BEGIN IMMEDIATE``, rows written but not
+  committed) or just after it. The parent SIGKILLs it there.
+
+Each run child calls ``start(policy="resume")`` for its lineage's params, so successive attempts
+resume each other; sometimes a second child races on the same key. After each round, recovery runs
+in another process (``tether gc``, ``get_run()``, ``tether ls``, ``run.cancel()``, or, deferred,
+the next round's ``start(policy="resume")``), sometimes itself killed mid-recovery, and the parent
+checks the invariants on the database (read with plain sqlite3, so checking recovers nothing):
+
+- no run stays active after recovery; at most one active run per key (also sampled mid-round);
+- events: ``seq`` contiguous 1..n and ``runs.last_seq == n``; the body's log lines ``L0, L1, ...``
+  without gap or duplicate; a terminal run's status event exactly once and last;
+- ``PRAGMA integrity_check`` is ``ok``;
+- events read before a kill (and at every earlier check) are a prefix of the events after;
+- a terminal run's row and events never change;
+- a checkpoint (step or map item) recorded by an ancestor attempt is never executed again by a
+  resumed attempt (journal vs the ``checkpoints`` table); a recorded value was produced by an
+  execution in the journal; checkpoints are copied unchanged to the resuming attempt;
+- a step or item executes only in its run's owner process; a succeeded run's result agrees with
+  its checkpoints and its stored log lines; a child that was not killed exits 0 and its own run
+  succeeded (no error such as ``database is locked`` reaching the user, no live run taken over).
+
+Load scenarios
+--------------
+``start_race``: N processes x K keys starting at once; ``readers_writers``: runs writing logs and
+progress while pollers, a dashboard query and ``tether ls`` hammer the database. Both return counts,
+errors and figures; the tests assert the counts and errors, ``bench/scale.py`` prints the figures.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+import random
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tether
+from tether import context as tether_context
+from tether.store import Store
+
+TESTS = Path(__file__).resolve().parent.parent
+SAFETY_S = 120.0  # no child waits longer than this; a parent declares a child hung after it
+PHASES = ["setup", "steps", "map", "finish"]
+BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
+        "from reliability.harness import serve; serve()")
+
+# =============================================================================================
+# child side
+# =============================================================================================
+
+_ARM: dict[str, Any] = {}  # what this child process was told to signal: trip / point
+_TRIPS: collections.Counter[str] = collections.Counter()
+_ORIG_TX = Store.tx
+
+
+def _append(path: str, text: str) -> None:
+    """One line per call (a single O_APPEND write: atomic across processes and under SIGKILL)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (text + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _signal(text: str) -> None:
+    path = _ARM.get("signal")
+    if path and not os.path.exists(path):
+        with open(path + ".tmp", "w") as fh:
+            fh.write(text)
+        os.replace(path + ".tmp", path)
+
+
+def _block() -> None:
+    """Wait to be killed (a parent that forgot us: exit after SAFETY_S)."""
+    deadline = time.monotonic() + SAFETY_S
+    while time.monotonic() < deadline:
+        time.sleep(0.005)
+    os._exit(86)
+
+
+def _point(name: str) -> None:
+    if _ARM.get("point") == name:
+        _signal(f"point {name}")
+
+
+def _tx(self: Store) -> Any:
+    return _tripping(self, sys._getframe(1).f_code.co_name)
+
+
+@contextlib.contextmanager
+def _tripping(store: Store, op: str) -> Iterator[sqlite3.Connection]:
+    armed = op == _ARM.get("op")
+    with _ORIG_TX(store) as conn:
+        yield conn
+        if armed:
+            _TRIPS[op] += 1
+            if _ARM.get("when") == "pre" and _TRIPS[op] == _ARM.get("nth", 1):
+                _signal(f"trip {op} pre-commit #{_TRIPS[op]}")
+                _block()
+    if armed and _ARM.get("when") == "post" and _TRIPS[op] == _ARM.get("nth", 1):
+        _signal(f"trip {op} post-commit #{_TRIPS[op]}")
+        _block()
+
+
+def _arm(arm: dict[str, Any] | None) -> None:
+    _ARM.clear()
+    _ARM.update(arm or {})
+    if _ARM.get("op"):
+        Store.tx = _tx  # type: ignore[method-assign]
+
+
+def _step_body(journal: str, name: str) -> dict[str, Any]:
+    ctx = tether_context.current()
+    assert ctx is not None
+    _append(journal, f"step {name} {ctx.run_id} {ctx.attempt} {os.getpid()}")
+    _point(f"step:{name}")
+    time.sleep(0.004)
+    return {"name": name, "run": ctx.run_id, "attempt": ctx.attempt, "pid": os.getpid()}
+
+
+def _item_body(item: dict[str, Any]) -> dict[str, Any]:
+    ctx = tether_context.current()
+    assert ctx is not None
+    i = item["i"]
+    _append(item["journal"], f"item {i} {ctx.run_id} {ctx.attempt} {os.getpid()}")
+    _point(f"item:{i}")
+    time.sleep(item["pace"] * (1 + (i * 7) % 5) * 4)
+    return {"i": i, "run": ctx.run_id, "attempt": ctx.attempt, "pid": os.getpid()}
+
+
+@tether.pipeline(name="reliability.work", phases=PHASES)
+def work(ctx: tether.Context, journal: str, n_steps: int = 4, n_items: int = 8, logs: int = 30,
+         burst: int = 200, pace: float = 0.002) -> dict[str, Any]:
+    """The kill harness's pipeline: logs L0, L1, ... in order, steps s0.., map items, a log burst."""
+    count = 0
+
+    def log() -> None:
+        nonlocal count
+        ctx.log("L%d", count)
+        count += 1
+
+    _point("body")
+    ctx.phase("setup", total=logs)
+    for _ in range(logs):
+        log()
+        ctx.advance()
+        time.sleep(pace)
+    ctx.phase("steps", total=n_steps)
+    steps = []
+    for k in range(n_steps):
+        steps.append(ctx.step(f"s{k}", _step_body, journal, f"s{k}"))
+        log()
+        ctx.advance()
+    ctx.phase("map")
+    items = [{"i": i, "journal": journal, "pace": pace} for i in range(n_items)]
+    mapped = ctx.map(_item_body, items, name="items")
+    ctx.phase("finish", total=burst)
+    for _ in range(burst):  # a large flush
+        log()
+        ctx.advance()
+    _point("return")
+    return {"steps": steps, "items": mapped, "logs": count}
+
+
+@tether.pipeline(name="reliability.quick", phases=["work"])
+def quick(ctx: tether.Context, k: int, hold: float = 0.0) -> dict[str, Any]:
+    """One short run per key of the start race (active for ``hold`` s, so starts attach to it)."""
+    ctx.phase("work")
+    ctx.log("key %d", k)
+    end = time.monotonic() + hold
+    while time.monotonic() < end:
+        ctx.advance()
+        time.sleep(0.01)
+    return {"k": k, "pid": os.getpid()}
+
+
+@tether.pipeline(name="reliability.writer", phases=["writing"])
+def writer(ctx: tether.Context, w: int, lines: int, pace: float) -> dict[str, Any]:
+    """Logs ``lines`` lines (and progress), ``pace`` s apart, for the readers/writers scenario."""
+    ctx.phase("writing", total=lines)
+    for i in range(lines):
+        ctx.log("w%d line %d", w, i)
+        ctx.advance()
+        time.sleep(pace)
+    return {"w": w, "lines": lines}
+
+
+def _slow_item(item: dict[str, Any]) -> int:
+    open(item["marker"], "a").close()
+    time.sleep(item["hold"])
+    return int(item["i"])
+
+
+@tether.pipeline(name="reliability.two_maps", phases=["first", "second"])
+def two_maps(ctx: tether.Context, marker: str, hold: float = 0.5) -> list[int]:
+    """Two fan-outs in a row; the items of the first one take ``hold`` s."""
+    ctx.phase("first")
+    first = ctx.map(_slow_item, [{"i": i, "marker": marker, "hold": hold} for i in range(2)],
+                    name="first")
+    ctx.phase("second")
+    return first + ctx.map(_slow_item, [{"i": 2, "marker": marker, "hold": 0.0}], name="second")
+
+
+def exit_in_map(spec_json: str) -> None:
+    """A script that ends (normally) while its run is inside its first ``ctx.map``."""
+    spec = json.loads(spec_json)
+    tether.configure(db=spec["db"])
+    run = two_maps.start(marker=spec["marker"], hold=spec.get("hold", 0.5))
+    _out({"id": run.id})
+    _wait_file(spec["marker"])  # an item of the first map is executing
+    # falling off the end of the program: the run is in flight
+
+
+def _out(obj: Any) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def serve() -> None:
+    """A warm child: imported, says "ready", then executes the one spec read from stdin."""
+    import tether.cli  # warm the imports before the clock starts
+
+    _out("ready")
+    line = sys.stdin.readline()
+    if not line:
+        return
+    spec = json.loads(line)
+    _arm(spec.get("arm"))
+    tether.configure(db=spec["db"], **spec.get("configure", {}))
+    action = spec["action"]
+    if action == "run":
+        run = _start_run(spec)
+        _out({"id": run.id, "attempt": run.attempt, "pid": os.getpid()})
+        if spec.get("exit"):  # leave with the run in flight: atexit marks it interrupted
+            time.sleep(spec["linger"])
+            _out({"id": run.id, "exit": spec["exit"]})
+            if spec["exit"] == "sysexit":
+                sys.exit(3)
+            if spec["exit"] == "raise":
+                raise RuntimeError("the main thread died with a run in flight")
+            return
+        run.wait(timeout=SAFETY_S)
+        _out({"id": run.id, "status": str(run.status)})
+    elif action == "recover":
+        _recover(spec)
+    else:
+        raise ValueError(f"unknown action {action!r}")
+
+
+def _start_run(spec: dict[str, Any]) -> tether.Run:
+    params = spec["params"]
+    if spec.get("via") == "resume":  # Run.resume() of the latest attempt (Store.new_attempt)
+        latest = tether.runs(key=work.key_for(work.bind(**params)), limit=1)
+        if latest and latest[0].status in ("failed", "cancelled", "interrupted"):
+            try:
+                return latest[0].resume()
+            except tether.RunActive:  # a racer started a newer attempt meanwhile: attach to it
+                pass
+    return work.start(**params, policy="resume")
+
+
+def _recover(spec: dict[str, Any]) -> None:
+    from tether import cli
+
+    mode, db = spec["mode"], spec["db"]
+    if mode == "gc":
+        code = cli.main(["gc", "--db", db])
+    elif mode == "ls":
+        code = cli.main(["ls", "--db", db, "--limit", "100000"])
+    elif mode == "get_run":
+        code = 0
+        for run_id in spec["ids"]:
+            _out({"id": run_id, "status": str(tether.get_run(run_id).status)})
+    elif mode == "cancel":  # `tether cancel ID` (get_run() would find the orphan first)
+        code = 0
+        for run_id in spec["ids"]:
+            code = code or cli.main(["cancel", run_id, "--db", db])
+    else:
+        raise ValueError(f"unknown recovery mode {mode!r}")
+    if code:
+        raise SystemExit(code)
+
+
+# =============================================================================================
+# parent side: processes
+# =============================================================================================
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("TETHER_DB", None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(TESTS), env.get("PYTHONPATH", "")] if p)
+    return env
+
+
+class Child:
+    """One warm child process, used once."""
+
+    def __init__(self, no: int, workdir: Path, env: dict[str, str]) -> None:
+        self.no = no
+        self.err_path = workdir / f"child-{no}.err"
+        self.signal = workdir / f"child-{no}.sig"
+        with open(self.err_path, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-c", BOOT, str(TESTS)], env=env,
+                                         cwd=workdir, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=err, text=True)
+        self.spec: dict[str, Any] = {}
+        self.sent_at = 0.0
+        self.kill_at: float | None = None
+        self.killed = False  # a SIGKILL was sent
+        self.out: list[Any] = []
+        self.rc: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self) -> None:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != '"ready"':
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"warm child {self.pid} failed to start: {line!r} "
+                               f"{self.stderr()[-3000:]}")
+
+    def send(self, spec: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.spec = spec
+        self.proc.stdin.write(json.dumps(spec) + "\n")
+        self.proc.stdin.close()
+        self.sent_at = time.monotonic()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.killed = True
+        self.proc.wait()
+
+    def collect(self) -> None:
+        """After exit: returncode and the JSON lines printed."""
+        self.rc = self.proc.wait()
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout.read().splitlines():
+            try:
+                self.out.append(json.loads(line))
+            except ValueError:
+                self.out.append(line)
+        self.proc.stdout.close()
+
+    @property
+    def was_killed(self) -> bool:
+        return self.killed and self.rc == -signal.SIGKILL
+
+    def stderr(self) -> str:
+        try:
+            return self.err_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+class WarmPool:
+    """Children that have imported tether and wait for a spec on stdin (no import in the timing)."""
+
+    def __init__(self, workdir: Path, size: int) -> None:
+        self.workdir, self.size = workdir, size
+        self.env = child_env()
+        self.count = 0
+        self.idle: collections.deque[Child] = collections.deque()
+        self.all: list[Child] = []
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self.idle) < self.size:
+            self.count += 1
+            child = Child(self.count, self.workdir, self.env)
+            self.idle.append(child)
+            self.all.append(child)
+
+    def take(self) -> Child:
+        child = self.idle.popleft()
+        self._fill()
+        child.wait_ready()
+        return child
+
+    def close(self) -> None:
+        for child in self.all:
+            if child.proc.poll() is None:
+                child.proc.kill()
+            child.proc.wait()
+            for stream in (child.proc.stdin, child.proc.stdout):
+                if stream is not None and not stream.closed:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+
+
+# =============================================================================================
+# parent side: reading and checking the database
+# =============================================================================================
+
+
+@dataclass
+class RunRow:
+    id: str
+    key: str
+    attempt: int
+    status: str
+    last_seq: int
+    owner_pid: int | None
+    resumed_from: str | None
+    created_by: str
+    result: str | None
+    error: str | None
+    ended_at: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("pending", "running")
+
+
+EventRow = tuple[int, str, str]  # (seq, kind, data)
+
+
+@dataclass
+class View:
+    """One consistent read of the database (one read transaction)."""
+
+    runs: dict[str, RunRow] = field(default_factory=dict)
+    events: dict[str, list[EventRow]] = field(default_factory=dict)
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def connect(db: Path) -> sqlite3.Connection | None:
+    """A plain sqlite3 connection to an existing database (never creates one)."""
+    if not db.exists():
+        return None
+    uri = "file:" + urllib.parse.quote(str(db)) + "?mode=rw"
+    return sqlite3.connect(uri, uri=True, timeout=SAFETY_S, isolation_level=None)
+
+
+def read_view(db: Path, keys: set[str] | None = None) -> View:
+    view = View()
+    conn = connect(db)
+    if conn is None:
+        return view
+    try:
+        conn.execute("BEGIN")
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"runs", "events", "checkpoints"} <= tables:
+            return view
+        for row in conn.execute(
+                "SELECT id, key, attempt, status, last_seq, owner_pid, resumed_from, created_by, "
+                "result, error, ended_at FROM runs"):
+            if keys is None or row[1] in keys:
+                view.runs[row[0]] = RunRow(*row)
+        for run_id, seq, kind, data in conn.execute(
+                "SELECT run_id, seq, kind, data FROM events ORDER BY run_id, seq"):
+            if run_id in view.runs:
+                view.events.setdefault(run_id, []).append((seq, kind, data))
+        for run_id, name, value in conn.execute("SELECT run_id, name, value FROM checkpoints"):
+            if run_id in view.runs:
+                view.checkpoints.setdefault(run_id, {})[name] = json.loads(value)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return view
+
+
+def active_per_key(db: Path) -> list[tuple[str, int]]:
+    """Keys with more than one active run (should be none)."""
+    conn = connect(db)
+    if conn is None:
+        return []
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
+            return []
+        return conn.execute(
+            "SELECT key, count(*) FROM runs WHERE status IN ('pending', 'running') "
+            "GROUP BY key HAVING count(*) > 1").fetchall()
+    finally:
+        conn.close()
+
+
+def integrity(db: Path) -> str:
+    conn = connect(db)
+    if conn is None:
+        return "ok"
+    try:
+        return "; ".join(r[0] for r in conn.execute("PRAGMA integrity_check"))
+    finally:
+        conn.close()
+
+
+Journal = list[tuple[str, str, str, int, int]]  # (kind "step"/"item", name, run id, attempt, pid)
+
+
+def read_journal(path: Path) -> tuple[Journal, list[str]]:
+    out: Journal = []
+    bad: list[str] = []
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return out, bad
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 5 or parts[0] not in ("step", "item"):
+            bad.append(line)
+            continue
+        kind, name, run_id, attempt, pid = parts
+        out.append((kind, name if kind == "step" else f"{int(name)}", run_id, int(attempt),
+                    int(pid)))
+    return out, bad
+
+
+def cp_name(kind: str, name: str) -> str:
+    """The checkpoint name of a journal entry (see Context.step and fanout.run_map)."""
+    return f"step:{name}" if kind == "step" else f"map:items:{name}"
+
+
+class Checker:
+    """Invariant checks for one database; remembers what it saw to check later reads against."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self.seen: dict[str, list[EventRow]] = {}  # events read so far (the longest read)
+        self.terminal: dict[str, tuple[Any, ...]] = {}  # row fingerprint of runs seen terminal
+        self.checks = 0
+        self.violations: list[str] = []
+        self._seen_violations: set[str] = set()
+        self.reexecuted = 0  # executions of a step/item that was not recorded (allowed)
+        self.skipped = 0  # recorded step/items a resumed attempt did not execute again
+
+    def ok(self, cond: bool, what: str) -> bool:
+        self.checks += 1
+        if not cond and what not in self._seen_violations:  # a lasting one is reported once
+            self._seen_violations.add(what)
+            self.violations.append(f"{self.db.parent.name}/{self.db.name}: {what}")
+        return cond
+
+    # -- snapshots taken while children run (before a kill) ----------------------------------
+
+    def absorb(self, view: View) -> None:
+        """Events read now must extend what was read before; remember the longer read."""
+        for run_id, evs in view.events.items():
+            prev = self.seen.get(run_id, [])
+            same = self.ok(evs[: len(prev)] == prev,
+                           f"run {run_id}: events read earlier are no longer a prefix "
+                           f"(had {len(prev)}, now {len(evs)}: {_first_diff(prev, evs)})")
+            if same and len(evs) > len(prev):
+                self.seen[run_id] = evs
+
+    def sample_active(self) -> None:
+        dup = active_per_key(self.db)
+        self.ok(not dup, f"more than one active run for a key: {dup}")
+
+    # -- the full check -----------------------------------------------------------------------
+
+    def check(self, journals: dict[str, Path], *, recovered: bool) -> View:
+        """Every invariant. ``recovered``: every owner is dead and recovery ran: nothing active."""
+        view = read_view(self.db)
+        self.reexecuted = self.skipped = 0  # figures of this read (the last one is reported)
+        self.ok(integrity(self.db) == "ok", f"PRAGMA integrity_check: {integrity(self.db)}")
+        per_key: dict[str, list[RunRow]] = collections.defaultdict(list)
+        for run in view.runs.values():
+            per_key[run.key].append(run)
+        for key, runs in per_key.items():
+            runs.sort(key=lambda r: r.attempt)
+            active = [r.id for r in runs if r.active]
+            self.ok(len(active) <= 1, f"key {key}: {len(active)} active runs {active}")
+            self.ok([r.attempt for r in runs] == list(range(1, len(runs) + 1)),
+                    f"key {key}: attempts {[r.attempt for r in runs]}")
+            for prev, run in itertools.pairwise(runs):
+                # start(policy="resume") resumes the latest attempt; Run.resume() the attempt it
+                # was called on, which another process may have followed with a newer one
+                allowed = {prev.id} if run.created_by == "start:resume" else {
+                    r.id for r in runs if r.attempt < run.attempt}
+                self.ok(run.resumed_from in allowed,
+                        f"run {run.id} (attempt {run.attempt}, {run.created_by}) resumed from "
+                        f"{run.resumed_from}, not from attempt {prev.attempt} ({prev.id})")
+        for run in view.runs.values():
+            self._check_run(view, run, recovered)
+        for key, path in journals.items():
+            self._check_journal(view, per_key.get(key, []), path)
+        self.absorb(view)
+        return view
+
+    def _check_run(self, view: View, run: RunRow, recovered: bool) -> None:
+        evs = view.events.get(run.id, [])
+        seqs = [e[0] for e in evs]
+        self.ok(seqs == list(range(1, len(evs) + 1)) and run.last_seq == len(evs),
+                f"run {run.id}: seqs not contiguous 1..last_seq={run.last_seq}: "
+                f"{_gaps(seqs)} ({len(evs)} events)")
+        self.ok(bool(evs) and evs[0][1] == "created", f"run {run.id}: first event is not 'created'")
+        if recovered:
+            self.ok(not run.active, f"run {run.id} is still {run.status} after recovery "
+                                    f"(owner pid {run.owner_pid})")
+        logs = [json.loads(d).get("message", "") for _, k, d in evs if k == "log"]
+        body = [m for m in logs if m[:1] == "L" and m[1:].isdigit()]
+        self.ok(body == [f"L{i}" for i in range(len(body))],
+                f"run {run.id}: log lines with a gap or duplicate: {_log_gaps(body)}")
+        fp = (run.status, run.result, run.error, run.ended_at, run.last_seq)
+        if run.id in self.terminal:
+            old = self.terminal[run.id]
+            self.ok(fp == old, f"terminal run {run.id} changed: {old[0]} -> {fp[0]} "
+                               f"(last_seq {old[4]} -> {fp[4]})")
+            self.ok(evs == self.seen.get(run.id), f"terminal run {run.id}: its events changed")
+        if not run.active:
+            self.terminal.setdefault(run.id, fp)
+            kinds = [k for _, k, _ in evs]
+            self.ok(kinds.count(run.status) == 1 and kinds[-1] == run.status,
+                    f"run {run.id} ({run.status}): status event not once and last: {kinds[-3:]}")
+        self.ok(run.status != "failed", f"run {run.id} failed, but the workload never fails: "
+                                        f"{json.loads(run.error or '{}').get('message')}")
+        if run.status == "succeeded":
+            result = json.loads(run.result or "null") or {}
+            cps = view.checkpoints.get(run.id, {})
+            steps = [cps.get(f"step:s{k}") for k in range(len(result.get("steps", [])))]
+            items = [cps.get(f"map:items:{i}") for i in range(len(result.get("items", [])))]
+            self.ok(result.get("steps") == steps and result.get("items") == items,
+                    f"run {run.id}: result disagrees with its checkpoints")
+            self.ok(result.get("logs") == len(body),
+                    f"run {run.id}: returned after {result.get('logs')} log lines, "
+                    f"{len(body)} stored")
+        if run.resumed_from is not None and run.resumed_from in view.runs:
+            parent = view.checkpoints.get(run.resumed_from, {})
+            mine = view.checkpoints.get(run.id, {})
+            self.ok(all(mine.get(n) == v for n, v in parent.items()),
+                    f"run {run.id}: checkpoints of {run.resumed_from} not copied unchanged")
+
+    def _check_journal(self, view: View, runs: list[RunRow], path: Path) -> None:
+        entries, bad = read_journal(path)
+        self.ok(not bad, f"{path.name}: unreadable journal lines {bad[:3]}")
+        ids = {r.id for r in runs}
+        done: collections.Counter[tuple[str, str]] = collections.Counter()
+        executed: set[tuple[str, str]] = set()
+        for kind, name, run_id, attempt, pid in entries:
+            cp = cp_name(kind, name)
+            run = view.runs.get(run_id)
+            if not self.ok(run is not None and run_id in ids,
+                           f"{path.name}: {kind} {name} executed by unknown run {run_id}"):
+                continue
+            assert run is not None
+            done[(run_id, cp)] += 1
+            executed.add((run_id, cp))
+            self.ok(pid == run.owner_pid and attempt == run.attempt,
+                    f"run {run_id}: {cp} executed by pid {pid} attempt {attempt}, the owner is "
+                    f"pid {run.owner_pid} attempt {run.attempt}")
+            inherited = view.checkpoints.get(run.resumed_from or "", {})
+            self.ok(cp not in inherited,
+                    f"run {run_id} (attempt {run.attempt}) executed {cp} again although "
+                    f"{run.resumed_from} recorded it")
+        by_attempt = {r.attempt: r.id for r in runs}
+        for run_id, cp in executed:  # at-least-once: an unrecorded execution repeated on resume
+            run = view.runs[run_id]
+            if any((by_attempt.get(a), cp) in executed for a in range(1, run.attempt)):
+                self.reexecuted += 1
+        for (run_id, cp), n in done.items():
+            self.ok(n == 1, f"run {run_id}: {cp} executed {n} times in one attempt")
+        for run in runs:
+            inherited = view.checkpoints.get(run.resumed_from or "", {})
+            for cp, value in view.checkpoints.get(run.id, {}).items():
+                if cp in inherited:
+                    if (run.id, cp) not in executed:
+                        self.skipped += 1
+                    continue
+                self.ok(isinstance(value, dict) and value.get("run") == run.id
+                        and (run.id, cp) in executed,
+                        f"run {run.id}: checkpoint {cp} = {value} not produced by its own "
+                        "journalled execution")
+
+
+def _gaps(seqs: list[int]) -> str:
+    missing = sorted(set(range(1, max(seqs, default=0) + 1)) - set(seqs))
+    dups = [s for s, n in collections.Counter(seqs).items() if n > 1]
+    return f"missing {missing[:10]} duplicated {dups[:10]}"
+
+
+def _log_gaps(body: list[str]) -> str:
+    nums = [int(m[1:]) for m in body]
+    for i, n in enumerate(nums):
+        if n != i:
+            return f"position {i} holds L{n}"
+    return "none"
+
+
+def _first_diff(a: list[EventRow], b: list[EventRow]) -> str:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"at {i}: {x} -> {y}"
+    return f"lengths {len(a)} -> {len(b)}"
+
+
+# =============================================================================================
+# parent side: the kill harness
+# =============================================================================================
+
+TRIP_OPS = ["start", "claim", "flush", "put_checkpoint", "put_checkpoints", "finish"]
+POINTS = ["body", "step", "item", "return"]
+RECOVERY_MODES = ["gc", "gc", "get_run", "ls", "cancel", "start", "start", "gc-cli"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """When to kill one child."""
+
+    kind: str  # "random" | "trip" | "point" | "none"
+    delay: float = 0.0  # random: after the spec is sent; trip/point: after the signal
+    op: str = ""
+    when: str = ""  # "pre" | "post" (commit)
+    nth: int = 1
+    point: str = ""
+    via: str = "start"  # "start": start(policy="resume"); "resume": the latest attempt's .resume()
+    exit: str = ""  # the child leaves while its run is in flight: "return" | "sysexit" | "raise"
+    linger: float = 0.0  # ... that long after start() returned
+
+    @property
+    def label(self) -> str:
+        if self.kind == "trip":
+            return f"trip {self.op} {self.when}-commit"
+        if self.kind == "point":
+            return f"point {self.point.split(':')[0]}"
+        return self.kind
+
+    def arm(self, signal_path: Path) -> dict[str, Any] | None:
+        if self.kind == "trip":
+            return {"op": self.op, "when": self.when, "nth": self.nth, "signal": str(signal_path)}
+        if self.kind == "point":
+            return {"point": self.point, "signal": str(signal_path)}
+        return None
+
+
+@dataclass
+class Lineage:
+    """One key: successive attempts, each started with policy="resume" by a child process."""
+
+    no: int
+    journal: Path
+    params: dict[str, Any]
+    children: int = 0
+    done: bool = False
+    has_runs: bool = False  # an attempt is in the database
+
+
+@dataclass
+class Report:
+    kills: int = 0
+    kills_by: collections.Counter[str] = field(default_factory=collections.Counter)
+    children: int = 0
+    rounds: int = 0
+    epochs: int = 0
+    runs: int = 0
+    statuses: collections.Counter[str] = field(default_factory=collections.Counter)
+    lineages: int = 0
+    lineages_succeeded: int = 0
+    max_attempts: int = 0
+    recoveries: collections.Counter[str] = field(default_factory=collections.Counter)
+    orphans: collections.Counter[str] = field(default_factory=collections.Counter)  # found active
+    exits: collections.Counter[str] = field(default_factory=collections.Counter)  # left in flight
+    checks: int = 0
+    violations: list[str] = field(default_factory=list)
+    reexecuted: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    seed: int = 0
+    unfired: list[str] = field(default_factory=list)  # chosen moments never reached
+
+    def lines(self) -> list[str]:
+        by = ", ".join(f"{k}: {v}" for k, v in sorted(self.kills_by.items()))
+        rec = ", ".join(f"{k}: {v}" for k, v in sorted(self.recoveries.items()))
+        st = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items()))
+        return [
+            f"seed             {self.seed}",
+            f"kills            {self.kills}",
+            f"  by moment      {by}",
+            f"child processes  {self.children}",
+            f"rounds / DBs     {self.rounds} / {self.epochs}",
+            f"runs             {self.runs} ({st})",
+            f"keys             {self.lineages} ({self.lineages_succeeded} succeeded in the end; "
+            f"up to {self.max_attempts} attempts per key)",
+            f"recoveries       {rec}",
+            f"  runs found active by them: "
+            f"{', '.join(f'{k}: {v}' for k, v in sorted(self.orphans.items()))}",
+            f"exits in flight  "
+            f"{', '.join(f'{k}: {v}' for k, v in sorted(self.exits.items())) or 'none'} "
+            "(not killed: the process left with its run in flight)",
+            f"resume skipped   {self.skipped} recorded steps/items; re-executed "
+            f"{self.reexecuted} unrecorded ones",
+            f"moments missed  {self.unfired or 'none'}",
+            f"invariant checks {self.checks}",
+            f"violations       {len(self.violations)}",
+            f"duration         {self.seconds:.1f} s",
+        ]
+
+
+class KillHarness:
+    """Rounds of children killed at chosen and random moments, recovery, invariant checks."""
+
+    def __init__(self, workdir: Path, *, kills: int, seed: int | None = None, parallel: int = 3,
+                 per_db: int = 100, race: float = 0.2, max_attempts: int = 10,
+                 say: Callable[[str], None] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.target = kills
+        self.seed = seed if seed is not None else random.SystemRandom().randrange(1 << 30)
+        self.rng = random.Random(self.seed)
+        self.parallel, self.per_db, self.race = parallel, per_db, race
+        self.max_attempts = max_attempts
+        self.say = say or (lambda _msg: None)
+        self.report = Report(seed=self.seed)
+        self.pool: WarmPool | None = None
+        self.catalog = self._catalog()
+        self.tries: collections.Counter[Plan] = collections.Counter()
+        self.fresh_db = False  # the first round of a database: kill some children early
+        self.lineage_no = 0
+
+    # -- plans --------------------------------------------------------------------------------
+
+    def _catalog(self) -> list[Plan]:
+        """Every chosen moment once (in random order), before random plans take over."""
+        plans = [Plan("trip", self.rng.uniform(0, 0.003), op, when,
+                      nth=self.rng.randint(1, 3) if op in ("flush", "put_checkpoint") else 1)
+                 for op in TRIP_OPS for when in ("pre", "post")]
+        plans += [Plan("point", self.rng.uniform(0, 0.02), point=p) for p in
+                  ("body", "step:s1", "item:2", "return")]
+        plans += [Plan("random", self.rng.uniform(0.0, 0.05))]  # while opening / starting
+        plans += [Plan("trip", self.rng.uniform(0, 0.003), "new_attempt", when, via="resume")
+                  for when in ("pre", "post")]  # Run.resume()
+        plans += [Plan("trip", self.rng.uniform(0, 0.003), "interrupt_own", when,  # at exit
+                       exit=exit_, linger=self.rng.uniform(0, 0.3))
+                  for when, exit_ in (("pre", "sysexit"), ("post", "raise"))]
+        self.rng.shuffle(plans)
+        return plans
+
+    def _plan(self, lineage: Lineage, racer: bool) -> tuple[Plan, bool]:
+        """A plan for the next child of ``lineage``, and whether it comes from the catalog."""
+        if lineage.children + 1 >= self.max_attempts:
+            return Plan("none"), False  # let every key end some time
+        if self.catalog and not racer and not self.fresh_db:
+            plan = self.catalog.pop()
+            if plan.via != "resume" or lineage.has_runs:  # Run.resume() needs an ended attempt
+                return plan, True
+            self.catalog.insert(0, plan)
+        plan = self._random_plan(lineage)
+        if not racer and self.rng.random() < 0.25:  # (a racer could resume an older attempt)
+            plan = dataclasses.replace(plan, via="resume")
+        return plan, False
+
+    def _random_plan(self, lineage: Lineage) -> Plan:
+        plan = self._random_kill(lineage)
+        if self.rng.random() < 0.12:  # the process leaves with its run in flight
+            exit_ = self.rng.choice(["return", "sysexit", "raise"])
+            if self.rng.random() < 0.5:
+                plan = Plan("none")  # a clean exit, checked as such
+            elif plan.kind == "trip" and self.rng.random() < 0.5:
+                plan = dataclasses.replace(plan, op="interrupt_own", nth=1)
+            plan = dataclasses.replace(plan, exit=exit_, linger=self.rng.uniform(0, 0.4))
+        return plan
+
+    def _random_kill(self, lineage: Lineage) -> Plan:
+        if self.fresh_db and self.rng.random() < 0.67:
+            return Plan("random", self.rng.uniform(0.0, 0.08))  # while creating the database
+        r = self.rng.random()
+        if r < 0.35:
+            return Plan("random", self.rng.uniform(0.0, 0.9))
+        if r < 0.75:
+            op = self.rng.choice(TRIP_OPS)
+            nth = 1
+            if op == "flush":
+                nth = self.rng.randint(1, 8)
+            elif op == "put_checkpoint":
+                nth = self.rng.randint(1, lineage.params["n_steps"])
+            elif op == "put_checkpoints":
+                nth = self.rng.randint(1, 3)
+            return Plan("trip", self.rng.uniform(0, 0.003), op, self.rng.choice(["pre", "post"]),
+                        nth)
+        if r < 0.92:
+            p = self.rng.choice(POINTS)
+            if p == "step":
+                p = f"step:s{self.rng.randrange(lineage.params['n_steps'])}"
+            elif p == "item":
+                p = f"item:{self.rng.randrange(lineage.params['n_items'])}"
+            return Plan("point", self.rng.uniform(0, 0.02), point=p)
+        return Plan("none")
+
+    def new_lineage(self, epoch_dir: Path) -> Lineage:
+        self.lineage_no += 1
+        rng = self.rng
+        journal = epoch_dir / f"journal-{self.lineage_no}.txt"
+        params = {"journal": str(journal), "n_steps": rng.randint(2, 5),
+                  "n_items": rng.randint(3, 10), "logs": rng.randint(5, 40),
+                  "burst": rng.randint(20, 400), "pace": rng.choice([0.001, 0.002, 0.004])}
+        self.report.lineages += 1
+        return Lineage(self.lineage_no, journal, params)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(self) -> Report:
+        t0 = time.monotonic()
+        self.pool = WarmPool(self.workdir, self.parallel * 2 + 1)
+        try:
+            while self.report.kills < self.target or self.catalog:
+                self._epoch(min(self.per_db, self.target - self.report.kills))
+        finally:
+            self.pool.close()
+            self.report.seconds = time.monotonic() - t0
+        return self.report
+
+    def _epoch(self, kills: int) -> None:
+        self.report.epochs += 1
+        epoch_dir = self.workdir / f"db{self.report.epochs}"
+        epoch_dir.mkdir()
+        db = epoch_dir / "runs.db"  # created by the first child (maybe killed while creating it)
+        checker = Checker(db)
+        lineages = [self.new_lineage(epoch_dir) for _ in range(self.parallel)]
+        journals = {}
+        goal = self.report.kills + kills
+        deferred = False
+        self.fresh_db = True
+        while self.report.kills < goal or self.catalog:
+            self.report.rounds += 1
+            before = self.report.kills
+            self._round(db, checker, lineages)
+            self.fresh_db = False
+            last = self.report.kills >= goal
+            mode = self.rng.choice(RECOVERY_MODES)
+            if deferred or last:
+                mode = mode if mode != "start" else "gc"
+            deferred = mode == "start"
+            self._recover(db, checker, mode)
+            journals = self._journals(lineages, journals)
+            view = checker.check(journals, recovered=not deferred)
+            keys = {r.key for r in view.runs.values()}
+            for i, lin in enumerate(lineages):
+                lin.has_runs = work.key_for(work.bind(**lin.params)) in keys
+                if lin.done or lin.children >= self.max_attempts:
+                    lineages[i] = self.new_lineage(epoch_dir)
+            self.say(f"round {self.report.rounds}: kills {self.report.kills} (+"
+                     f"{self.report.kills - before}), recovery {mode}, "
+                     f"checks {self.report.checks + checker.checks}, "
+                     f"violations {len(self.report.violations) + len(checker.violations)}")
+        self._finish_epoch(db, checker, journals)
+
+    @staticmethod
+    def _journals(lineages: list[Lineage], journals: dict[str, Path]) -> dict[str, Path]:
+        """Journal file of each key seen so far (keys are derived from params by tether)."""
+        out = dict(journals)
+        for lin in lineages:
+            key = work.key_for(work.bind(**lin.params))
+            out[key] = lin.journal
+        return out
+
+    def _finish_epoch(self, db: Path, checker: Checker, journals: dict[str, Path]) -> None:
+        view = read_view(db)
+        rep = self.report
+        rep.runs += len(view.runs)
+        rep.statuses.update(r.status for r in view.runs.values())
+        per_key = collections.Counter(r.key for r in view.runs.values())
+        rep.max_attempts = max([rep.max_attempts, *per_key.values()])
+        latest: dict[str, RunRow] = {}
+        for r in view.runs.values():
+            if r.key not in latest or r.attempt > latest[r.key].attempt:
+                latest[r.key] = r
+        rep.lineages_succeeded += sum(r.status == "succeeded" for r in latest.values())
+        rep.checks += checker.checks
+        rep.violations += checker.violations
+        rep.reexecuted += checker.reexecuted
+        rep.skipped += checker.skipped
+
+    def _round(self, db: Path, checker: Checker, lineages: list[Lineage]) -> None:
+        assert self.pool is not None
+        running: list[tuple[Child, Lineage | None, Plan]] = []
+        catalogued: list[tuple[Child, Plan]] = []
+        for lin in lineages:
+            if lin.done:
+                continue
+            copies = 2 if self.rng.random() < self.race else 1
+            for copy in range(copies):
+                plan, listed = self._plan(lin, racer=copy > 0)
+                child = self._send_run(db, lin, plan)
+                running.append((child, lin, plan))
+                if listed:
+                    catalogued.append((child, plan))
+        self._drive(db, checker, running)
+        for child, lin, plan in running:
+            assert lin is not None
+            self._judge_run_child(db, checker, child, lin, plan)
+        for child, plan in catalogued:  # a chosen moment the child never reached: try again
+            if not child.was_killed:
+                self.tries[plan] += 1
+                if self.tries[plan] < 8:
+                    self.catalog.append(plan)
+                else:
+                    self.report.unfired.append(plan.label)
+
+    def _send_run(self, db: Path, lin: Lineage, plan: Plan) -> Child:
+        assert self.pool is not None
+        child = self.pool.take()
+        lin.children += 1
+        cfg = {"max_auto_resumes": 10_000, "flush_interval": self.rng.choice([0.25, 0.25, 0.05])}
+        child.send({"action": "run", "db": str(db), "params": lin.params, "configure": cfg,
+                    "arm": plan.arm(child.signal), "exit": plan.exit, "linger": plan.linger,
+                    "via": plan.via})
+        if plan.kind == "random":
+            child.kill_at = child.sent_at + plan.delay
+        return child
+
+    def drive_one(self, db: Path, checker: Checker, lin: Lineage, plan: Plan) -> Child:
+        """One child of ``lin`` with ``plan``, to its end (for scripted scenarios)."""
+        if self.pool is None:
+            self.pool = WarmPool(self.workdir, 1)
+        child = self._send_run(db, lin, plan)
+        self._drive(db, checker, [(child, lin, plan)])
+        self._judge_run_child(db, checker, child, lin, plan)
+        return child
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+    def _drive(self, db: Path, checker: Checker,
+               running: list[tuple[Child, Lineage | None, Plan]]) -> None:
+        """Kill the children by their plans; wait for all of them to end."""
+        pending = list(running)
+        next_sample = 0.0
+        while pending:
+            now = time.monotonic()
+            for entry in list(pending):
+                child, lin, plan = entry
+                if child.proc.poll() is not None:
+                    pending.remove(entry)
+                    continue
+                if child.kill_at is None and plan.kind in ("trip", "point") and child.signal.exists():
+                    child.kill_at = now + plan.delay
+                if child.kill_at is not None and now >= child.kill_at:
+                    if lin is not None:  # what was flushed before the kill must survive it
+                        key = work.key_for(work.bind(**lin.params))
+                        checker.absorb(read_view(db, {key}))
+                    child.kill()
+                    pending.remove(entry)
+                    if child.proc.returncode == -signal.SIGKILL:
+                        self.report.kills += 1
+                        self.report.kills_by[plan.label] += 1
+                elif now - child.sent_at > SAFETY_S:
+                    checker.ok(False, f"child {child.pid} ({plan.label}) hung for {SAFETY_S} s: "
+                                      f"{child.stderr()[-2000:]}")
+                    child.kill()
+                    pending.remove(entry)
+            if now >= next_sample:
+                checker.sample_active()
+                next_sample = now + 0.05
+            time.sleep(0.002)
+        for child, _, _ in running:
+            child.collect()
+            self.report.children += 1
+
+    def _judge_run_child(self, db: Path, checker: Checker, child: Child, lin: Lineage,
+                         plan: Plan) -> None:
+        if child.was_killed:
+            return
+        if plan.exit:
+            self._judge_exit(db, checker, child, lin, plan)
+            return
+        ok = checker.ok(child.rc == 0, f"child {child.pid} (not killed) exited {child.rc}: "
+                                       f"{child.stderr()[-3000:]}")
+        ends = [o for o in child.out if isinstance(o, dict) and "status" in o]
+        if not ok or not ends:
+            checker.ok(bool(ends), f"child {child.pid} printed no end status: {child.out}")
+            return
+        end = ends[-1]
+        view = read_view(db, {work.key_for(work.bind(**lin.params))})
+        run = view.runs.get(end["id"])
+        if run is None:
+            checker.ok(False, f"child {child.pid}: run {end['id']} not in the database")
+            return
+        if run.owner_pid == child.pid:  # its own run: a live owner's run always ends succeeded
+            checker.ok(run.status == "succeeded",
+                       f"run {run.id} of live child {child.pid} ended {run.status}: {run.error}")
+        if run.status == "succeeded":
+            lin.done = True
+
+    def _judge_exit(self, db: Path, checker: Checker, child: Child, lin: Lineage,
+                    plan: Plan) -> None:
+        """A child that left with its run in flight marked the run interrupted itself."""
+        code = {"return": 0, "sysexit": 3, "raise": 1}[plan.exit]
+        checker.ok(child.rc == code, f"child {child.pid} ({plan.exit}) exited {child.rc}, not "
+                                     f"{code}: {child.stderr()[-3000:]}")
+        ids = [o["id"] for o in child.out if isinstance(o, dict) and "exit" in o]
+        if not checker.ok(bool(ids), f"child {child.pid} ({plan.exit}) never left: {child.out}"):
+            return
+        run = read_view(db, {work.key_for(work.bind(**lin.params))}).runs.get(ids[0])
+        if run is None or run.owner_pid != child.pid:
+            return  # it attached to another process's run: nothing of its own to mark
+        reason = json.loads(run.error or "{}").get("message", "")
+        self.report.exits[f"{plan.exit}: {run.status}"] += 1
+        checker.ok(run.status == "succeeded" or (
+            run.status == "interrupted" and "exited before the run ended" in reason),
+            f"run {run.id}: its owner {child.pid} left ({plan.exit}) and the run is "
+            f"{run.status} ({reason!r}), not interrupted by its own exit")
+        if run.status == "succeeded":
+            lin.done = True
+
+    def _recover(self, db: Path, checker: Checker, mode: str) -> None:
+        """Recovery from another process, maybe itself killed mid-recovery (then a plain gc)."""
+        assert self.pool is not None
+        self.report.recoveries[mode] += 1
+        if mode == "start":
+            return  # the next round's start(policy="resume") recovers
+        if mode == "gc-cli":
+            out = subprocess.run([sys.executable, "-m", "tether.cli", "gc", "--db", str(db)],
+                                 env=child_env(), capture_output=True, text=True,
+                                 timeout=SAFETY_S, cwd=self.workdir)
+            checker.ok(out.returncode == 0, f"tether gc exited {out.returncode}: {out.stderr}")
+            return
+        ids = [r.id for r in read_view(db).runs.values() if r.active]
+        self.report.orphans[mode] += len(ids)
+        plan = Plan("none")
+        if self.rng.random() < 0.2 and ids:
+            op = "request_cancel" if mode == "cancel" else "recover"
+            plan = Plan("trip", self.rng.uniform(0, 0.003), op, "pre")
+        child = self.pool.take()
+        child.send({"action": "recover", "mode": mode, "db": str(db), "ids": ids,
+                    "arm": plan.arm(child.signal)})
+        self._drive(db, checker, [(child, None, plan)])
+        if child.was_killed:
+            self.report.recoveries["killed, then gc"] += 1
+            self._recover(db, checker, "gc")
+            return
+        checker.ok(child.rc == 0, f"recovery {mode} exited {child.rc}: {child.stderr()[-3000:]}")
+
+
+# =============================================================================================
+# load scenarios
+# =============================================================================================
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def _wait_file(path: str, timeout: float = SAFETY_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.002)
+
+
+def starter(spec_json: str) -> None:
+    """A start-race process: start() every key (in its own random order), wait for its own runs."""
+    from tether import runner
+
+    spec = json.loads(spec_json)
+    tether.configure(db=spec["db"])
+    keys = list(range(spec["keys"]))
+    random.Random(spec["seed"]).shuffle(keys)
+    open(spec["ready"], "w").close()
+    _wait_file(spec["go"])
+    errors: list[str] = []
+    handles = []
+    lat = []
+    t0 = time.perf_counter()
+    for k in keys:
+        t = time.perf_counter()
+        try:
+            handles.append(quick.start(k=k, hold=spec["hold"]))
+        except Exception as exc:
+            errors.append(f"start(k={k}): {type(exc).__name__}: {exc}")
+        lat.append(time.perf_counter() - t)
+    started = time.perf_counter() - t0
+    own = [h for h in handles if runner.get(h.store).owns(h.id)]
+    attached = sum(h._last.status.active for h in handles) - len(own)
+    for h in own:
+        try:
+            h.wait(timeout=SAFETY_S)
+        except Exception as exc:
+            errors.append(f"wait({h.id}): {type(exc).__name__}: {exc}")
+    _out({"errors": errors, "created": len(own), "attached": attached, "seconds": started,
+          "p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99), "max": max(lat),
+          "runner_errors": runner.get(tether.config.store()).errors})
+
+
+def start_race(workdir: Path, procs: int = 16, keys: int = 200, hold: float = 0.2
+               ) -> dict[str, Any]:
+    """``procs`` processes start the same ``keys`` keys at once on a new database (each process in
+    its own order); each run stays active ``hold`` s, so most calls attach to an active run."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    db = workdir / "race.db"
+    go = workdir / "go"
+    env = child_env()
+    children = []
+    for i in range(procs):
+        spec = {"db": str(db), "keys": keys, "seed": i, "ready": str(workdir / f"ready-{i}"),
+                "go": str(go), "hold": hold}
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+                "from reliability.harness import starter; starter(sys.argv[2])")
+        children.append(subprocess.Popen([sys.executable, "-c", code, str(TESTS), json.dumps(spec)],
+                                         env=env, cwd=workdir, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True))
+    try:
+        for i in range(procs):
+            _wait_file(str(workdir / f"ready-{i}"))
+        t0 = time.monotonic()
+        go.touch()
+        outs = []
+        for proc in children:
+            out, err = proc.communicate(timeout=SAFETY_S * 2)
+            outs.append((proc.returncode, out, err))
+        wall = time.monotonic() - t0
+    finally:
+        for proc in children:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    errors, reports = [], []
+    for rc, out, err in outs:
+        if rc != 0:
+            errors.append(f"exit {rc}: {err[-3000:]}")
+            continue
+        rep = json.loads(out.strip().splitlines()[-1])
+        reports.append(rep)
+        errors += rep["errors"] + [f"runner: {e[-500:]}" for e in rep["runner_errors"]]
+    conn = connect(db)
+    assert conn is not None
+    try:
+        rows = conn.execute("SELECT key, count(*), min(attempt), max(status), min(status) "
+                            "FROM runs GROUP BY key").fetchall()
+        bad_seq = conn.execute(
+            "SELECT r.id FROM runs r JOIN (SELECT run_id, count(*) n, max(seq) m FROM events "
+            "GROUP BY run_id) e ON e.run_id = r.id WHERE e.n != r.last_seq OR e.m != r.last_seq"
+        ).fetchall()
+        check = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+    return {
+        "procs": procs, "keys": keys, "wall": wall, "errors": errors,
+        "runs": sum(r[1] for r in rows), "keys_with_runs": len(rows),
+        "keys_with_more_than_one_run": [r[0] for r in rows if r[1] != 1],
+        "not_succeeded": [r[0] for r in rows if r[3] != "succeeded" or r[4] != "succeeded"],
+        "created": sum(r["created"] for r in reports),
+        "attached_to_active": sum(r["attached"] for r in reports),
+        "start_p50": _pct([r["p50"] for r in reports], 0.5),
+        "start_p99_worst": max((r["p99"] for r in reports), default=float("nan")),
+        "start_max": max((r["max"] for r in reports), default=float("nan")),
+        "bad_seq": bad_seq, "integrity": check,
+    }
+
+
+def writer_proc(spec_json: str) -> None:
+    """Starts ``spec["runs"]`` writer runs in this process; reports the flush transaction times."""
+    spec = json.loads(spec_json)
+    tether.configure(db=spec["db"])
+    times: list[float] = []
+    orig = Store.flush
+
+    def timed(self: Store, *args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return orig(self, *args, **kwargs)
+        finally:
+            times.append(time.perf_counter() - t)
+
+    Store.flush = timed  # type: ignore[method-assign]
+    open(spec["ready"], "w").close()
+    _wait_file(spec["go"])
+    runs = [writer.start(w=w, lines=spec["lines"], pace=spec["pace"]) for w in spec["ws"]]
+    errors = []
+    for run in runs:
+        try:
+            run.result(timeout=SAFETY_S)
+        except Exception as exc:
+            errors.append(f"{run.id}: {type(exc).__name__}: {exc}")
+    from tether import runner
+
+    _out({"errors": errors + runner.get(tether.config.store()).errors, "flush": times})
+
+
+def reader_proc(spec_json: str) -> None:
+    """A poller (store.get + store.events(after=)) or a dashboard (store.list_runs(limit=50))."""
+    spec = json.loads(spec_json)
+    store = tether.config.store(spec["db"])
+    role, expect = spec["role"], spec["runs"]
+    errors: list[str] = []
+    lat: list[float] = []
+    calls: list[float] = []
+    seen: dict[str, int] = {}
+    logs: dict[str, int] = {}
+    open(spec["ready"], "w").close()
+    _wait_file(spec["go"])
+    deadline = time.monotonic() + SAFETY_S
+    done = False
+    while not done and time.monotonic() < deadline:
+        t = time.perf_counter()
+        try:
+            if role == "dashboard":
+                recs = store.list_runs(limit=50)
+                mine = [r for r in recs if r.pipeline == "reliability.writer"]
+                done = len(mine) == expect and all(r.status.terminal for r in mine)
+            else:
+                recs = store.list_runs(pipeline="reliability.writer", limit=expect)
+                done = len(recs) == expect
+                for rec in recs:
+                    rec = store.get(rec.id)
+                    now = time.time()
+                    for ev in store.events(rec.id, after=seen.get(rec.id, 0)):
+                        seen[rec.id] = ev.seq
+                        if ev.kind == "log":
+                            logs[rec.id] = logs.get(rec.id, 0) + 1
+                            lat.append(now - ev.ts)
+                    done = done and rec.status.terminal and seen.get(rec.id) == rec.last_seq
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+            time.sleep(0.01)
+        calls.append(time.perf_counter() - t)
+    if not done:
+        errors.append(f"{role}: did not see every run end within {SAFETY_S} s")
+    _out({"role": role, "errors": errors, "lat": lat, "calls": len(calls),
+          "call_p50": _pct(calls, 0.5), "call_p99": _pct(calls, 0.99), "logs": logs})
+
+
+def readers_writers(workdir: Path, runs: int = 8, writer_procs: int = 4, lines: int = 400,
+                    pace: float = 0.005, pollers: int = 2, dashboard: bool = True, cli: bool = True
+                    ) -> dict[str, Any]:
+    """``runs`` runs (in ``writer_procs`` processes) log ``lines`` lines each while ``pollers``
+    poller processes, a dashboard process and a ``tether ls`` loop read the database (readers
+    off: the baseline of the writers' figures)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    db = workdir / "rw.db"
+    store = Store(db)
+    store.list_runs(limit=1)  # create and migrate the database first
+    store.close()
+    go = workdir / "go"
+    env = child_env()
+    procs: list[tuple[str, subprocess.Popen[str]]] = []
+
+    def spawn(fn: str, spec: dict[str, Any]) -> None:
+        n = len(procs)
+        spec |= {"db": str(db), "ready": str(workdir / f"ready-{n}"), "go": str(go)}
+        code = (f"import sys; sys.path.insert(0, sys.argv[1]); "
+                f"from reliability.harness import {fn}; {fn}(sys.argv[2])")
+        procs.append((fn, subprocess.Popen([sys.executable, "-c", code, str(TESTS), json.dumps(spec)],
+                                           env=env, cwd=workdir, stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True)))
+
+    ws = list(range(runs))
+    for i in range(writer_procs):
+        spawn("writer_proc", {"ws": ws[i::writer_procs], "lines": lines, "pace": pace})
+    for _ in range(pollers):
+        spawn("reader_proc", {"role": "poller", "runs": runs})
+    if dashboard:
+        spawn("reader_proc", {"role": "dashboard", "runs": runs})
+    cli_times: list[float] = []
+    cli_errors: list[str] = []
+    stop = threading.Event()
+    script = Path(sys.executable).with_name("tether")
+    ls = [str(script)] if script.exists() else [sys.executable, "-m", "tether.cli"]
+
+    def cli_loop() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            out = subprocess.run([*ls, "ls", "--db", str(db)], capture_output=True, text=True,
+                                 env=env, timeout=SAFETY_S)
+            cli_times.append(time.perf_counter() - t)
+            if out.returncode != 0 or out.stderr:
+                cli_errors.append(f"tether ls exited {out.returncode}: {out.stderr[-2000:]}")
+
+    outs: list[tuple[str, int, str, str]] = []
+    try:
+        for i in range(len(procs)):
+            _wait_file(str(workdir / f"ready-{i}"))
+        t0 = time.monotonic()
+        go.touch()
+        thread = threading.Thread(target=cli_loop, daemon=True)
+        if cli:
+            thread.start()
+        for fn, proc in procs:
+            out, err = proc.communicate(timeout=SAFETY_S * 2)
+            outs.append((fn, proc.returncode, out, err))
+        wall = time.monotonic() - t0
+        stop.set()
+        if cli:
+            thread.join(timeout=SAFETY_S)
+    finally:
+        stop.set()
+        for _, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    errors = list(cli_errors)
+    flush: list[float] = []
+    lat: list[float] = []
+    reader_logs: list[dict[str, int]] = []
+    calls = {"poller": [], "dashboard": []}  # type: dict[str, list[float]]
+    for fn, rc, out, err in outs:
+        if rc != 0:
+            errors.append(f"{fn} exited {rc}: {err[-3000:]}")
+            continue
+        rep = json.loads(out.strip().splitlines()[-1])
+        errors += [f"{fn}: {e[-1000:]}" for e in rep["errors"]]
+        if fn == "writer_proc":
+            flush += rep["flush"]
+        else:
+            calls[rep["role"]].append(rep["call_p99"])
+            if rep["role"] == "poller":
+                lat += rep["lat"]
+                reader_logs.append(rep["logs"])
+    store = Store(db)
+    try:
+        recs = store.list_runs(pipeline="reliability.writer", limit=None)
+        stored = {}
+        bad_seq = []
+        for rec in recs:
+            evs = store.events(rec.id)
+            stored[rec.id] = sum(e.kind == "log" for e in evs)
+            if [e.seq for e in evs] != list(range(1, rec.last_seq + 1)):
+                bad_seq.append(rec.id)
+    finally:
+        store.close()
+    return {
+        "runs": len(recs), "statuses": collections.Counter(str(r.status) for r in recs),
+        "lines": lines, "stored_logs": stored, "reader_logs": reader_logs, "bad_seq": bad_seq,
+        "errors": errors, "wall": wall,
+        "flushes": len(flush), "flush_p50": _pct(flush, 0.5), "flush_p99": _pct(flush, 0.99),
+        "flush_max": max(flush, default=float("nan")),
+        "visible_p50": _pct(lat, 0.5), "visible_p99": _pct(lat, 0.99),
+        "visible_max": max(lat, default=float("nan")), "visible_n": len(lat),
+        "poll_call_p99": max(calls["poller"], default=float("nan")),
+        "dashboard_call_p99": max(calls["dashboard"], default=float("nan")),
+        "cli_runs": len(cli_times), "cli_median": statistics.median(cli_times) if cli_times else 0,
+        "integrity": integrity(db),
+    }
