@@ -228,7 +228,8 @@ class CpuWatch:
         b = self._sample()
         if a is None or b is None:
             return None
-        return 1 - ((b[0] - a[0]) - (b[2] - a[2])) / ((b[1] - a[1]) * (os.cpu_count() or 1))
+        used = ((b[0] - a[0]) - (b[2] - a[2])) / ((b[1] - a[1]) * (os.cpu_count() or 1))
+        return min(1.0, max(0.0, 1 - used))  # clamped: the tick counters are coarse
 
     def others(self) -> float | None:
         """CPU share (0..1 of all cores) used by other processes since the start."""
@@ -236,7 +237,7 @@ class CpuWatch:
         if self.start is None or end is None:
             return None
         busy, wall, mine = (e - s for e, s in zip(end, self.start))
-        return max(0.0, (busy - mine) / (wall * (os.cpu_count() or 1)))
+        return min(1.0, max(0.0, (busy - mine) / (wall * (os.cpu_count() or 1))))
 
 
 def say(msg: str) -> None:
