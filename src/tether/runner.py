@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures.thread  # noqa: F401 - its exit hook must be registered before ours
 import inspect
 import os
 import threading
@@ -437,6 +438,21 @@ def _after_fork() -> None:
     owner.reset_after_fork()
 
 
+def _interrupt_all() -> None:
+    """Interpreter exit, first step: mark this process's unfinished runs interrupted.
+
+    Registered as a threading exit hook: those run before atexit, in reverse order of
+    registration, so this runs before concurrent.futures' hook (which refuses new futures and
+    would make a body inside ctx.map fail first). The stores stay open until shutdown_all."""
+    with _runners_lock:
+        runners = list(_runners.values())
+    for runner in runners:
+        runner.shutdown()
+
+
 atexit.register(shutdown_all)
+_register_thread_exit = getattr(threading, "_register_atexit", None)  # private API since 3.9
+if _register_thread_exit is not None:
+    _register_thread_exit(_interrupt_all)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
