@@ -357,3 +357,42 @@ def test_run_exposes_status_and_progress_types(db):
     assert str(run.status) == "succeeded"
     assert isinstance(run.progress, Progress)
     assert run.progress == (1, 1)
+
+
+def test_close_leaves_a_live_threads_connection_to_that_thread(db):
+    """store.close() at exit must not pull a connection from under a thread still using it."""
+    import threading
+
+    from tether import config
+
+    store = config.store()
+    store.conn()  # opened and migrated by this thread
+    opened, closed, out = threading.Event(), threading.Event(), []
+
+    def reader() -> None:
+        conn = store.conn()
+        opened.set()
+        closed.wait(10)
+        out.append(conn.execute("SELECT count(*) FROM runs").fetchone()[0])  # still usable
+
+    t = threading.Thread(target=reader)
+    t.start()
+    assert opened.wait(10)
+    store.close()
+    with pytest.raises(sqlite3.ProgrammingError):  # this thread's connection is closed
+        store._local.conn.execute("SELECT 1")
+    closed.set()
+    t.join(10)
+    assert out == [0]
+    with pytest.raises(tether.StoreError, match="is closed"):
+        store.conn()
+
+
+def test_absolute_db_path_works_after_the_cwd_is_deleted(db, tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    tether.configure(db=db)
+    assert _tiny.start(tag="cwd").result(timeout=30) == {"tag": "cwd"}
+    assert [r.params for r in tether.runs()] == [{"tag": "cwd"}]

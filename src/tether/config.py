@@ -71,10 +71,13 @@ def db_path() -> Path:
 
 
 def _resolve(raw: str) -> Path:
-    where = (raw, os.getcwd())  # a relative path means the cwd of the call
+    expanded = os.path.expanduser(raw)
+    # a relative path means the cwd of the call; an absolute one must not depend on it (the cwd
+    # may have been deleted)
+    where = (raw, "" if os.path.isabs(expanded) else os.getcwd())
     p = _resolved.get(where)
     if p is None:
-        p = _resolved[where] = Path(os.path.abspath(os.path.expanduser(raw)))
+        p = _resolved[where] = Path(os.path.abspath(expanded))
     return p
 
 

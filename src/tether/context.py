@@ -163,7 +163,7 @@ class Context:
         ev = (time.time(), "log", self.phase_name, data)
         with self._ev_lock:
             self._events.append(ev)
-            burst = len(self._events) >= _EVENT_BURST
+            burst = len(self._events) == _EVENT_BURST  # wake once per burst
         if burst:
             self._runner.wake()
 
@@ -171,7 +171,7 @@ class Context:
         ev = (time.time(), kind, self.phase_name, dumps(data))
         with self._ev_lock:
             self._events.append(ev)
-            burst = len(self._events) >= _EVENT_BURST
+            burst = len(self._events) == _EVENT_BURST  # wake once per burst
         if burst:
             self._runner.wake()
 

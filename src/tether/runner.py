@@ -49,6 +49,7 @@ class Runner:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._live: dict[str, Context] = {}
+        self._threads: set[threading.Thread] = set()  # run threads of sync bodies
         self._queue: deque[RunRecord] = deque()
         self._done: dict[str, threading.Event] = {}
         self._ended: deque[str] = deque()
@@ -164,8 +165,11 @@ class Runner:
             loop = self._ensure_loop()
             asyncio.run_coroutine_threadsafe(self._run_async(ctx, pipe), loop)
         else:
-            threading.Thread(target=self._run_sync, args=(ctx, pipe), daemon=True,
-                             name=f"tether-run-{rec.id}").start()
+            thread = threading.Thread(target=self._run_sync, args=(ctx, pipe), daemon=True,
+                                      name=f"tether-run-{rec.id}")
+            with self._lock:
+                self._threads.add(thread)
+            thread.start()
 
     # -- executing ---------------------------------------------------------------------------
 
@@ -182,6 +186,8 @@ class Runner:
             self._finish(ctx, Status.FAILED, None, _error(exc))
         finally:
             _current.reset(token)
+            with self._lock:
+                self._threads.discard(threading.current_thread())
 
     async def _run_async(self, ctx: Context, pipe: Pipeline) -> None:
         _current.set(ctx)
@@ -420,13 +426,26 @@ def get(store: Store) -> Runner:
     return runner  # type: ignore[no-any-return]
 
 
+_EXIT_GRACE_S = 1.0  # how long shutdown_all waits for cancelled bodies to return
+
+
 def shutdown_all() -> None:
-    """Stop every runner of this process, then close their stores (in that order)."""
+    """Stop every runner of this process, then close their stores (in that order).
+
+    Bodies were asked to stop (their next ctx call raises); they get a short grace to return, so
+    that few threads are still inside SQLite while the interpreter finalizes."""
     with _runners_lock:
         runners = list(_runners.values())
         _runners.clear()
     for runner in runners:
         runner.shutdown()
+    deadline = time.monotonic() + _EXIT_GRACE_S
+    for runner in runners:
+        with runner._lock:
+            threads = list(runner._threads)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
     for runner in runners:
         runner.store.close()
 

@@ -177,7 +177,7 @@ class Store:
         self.path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
         self.write_lock = threading.RLock()
         self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        self._conns: dict[sqlite3.Connection, threading.Thread] = {}  # connection -> its thread
         self._open_lock = threading.Lock()
         self._ready = False
         self._closed = False
@@ -213,7 +213,7 @@ class Store:
                 conn.close()
             raise self._fail("cannot be opened", exc) from exc
         with self._open_lock:
-            self._conns.append(conn)
+            self._conns[conn] = threading.current_thread()
         return conn
 
     def _create_file(self) -> None:
@@ -331,8 +331,7 @@ class Store:
 
     def _drop(self, conn: sqlite3.Connection) -> None:
         with self._open_lock:
-            if conn in self._conns:
-                self._conns.remove(conn)
+            self._conns.pop(conn, None)
         conn.close()
 
     def conn(self) -> sqlite3.Connection:
@@ -351,15 +350,23 @@ class Store:
         return conn
 
     def close(self) -> None:
-        """Close every connection. Call only after the threads using them have stopped."""
-        self._closed = True
-        with self._open_lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
+        """Close the connections of this thread and of threads that have ended.
+
+        A connection of a thread still alive (a run body that ignored its cancel, at interpreter
+        exit) is left to that thread: closing it under a statement in flight can crash CPython's
+        sqlite3 module. It closes when the thread ends; the store refuses new work meanwhile."""
+        with self.write_lock:  # a write in flight (a run's final write) completes first
+            self._closed = True
+            with self._open_lock:
+                conns, self._conns = self._conns, {}
+            me = threading.current_thread()
+            for conn, thread in conns.items():
+                if thread is not me and thread.is_alive():
+                    continue
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
 
     @contextmanager
     def guard(self) -> Iterator[None]:
