@@ -15,21 +15,10 @@ import pytest
 
 import tether
 from helpers import pipes_panel as pp
+from helpers.util import wait_until as until
 from tether.widget import dashboard, panel, poller, repr_bundle
 from tether.widget.panel import RunPanel
 from tether.widget.snapshot import VOLATILE, html_snapshot, text_snapshot
-
-
-def until(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll ``pred`` until it is truthy or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.01)
 
 
 @pytest.fixture

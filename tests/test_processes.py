@@ -7,69 +7,22 @@ Child processes run ``helpers.pipes_a.child`` (see there); they find the databas
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 import tether
 from helpers import pipes_a
-
-T = TypeVar("T")
-
-
-def wait_until(pred: Callable[[], T], timeout: float = 30.0, what: str = "the condition") -> T:
-    """Poll ``pred`` until it returns something truthy (returned) or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    pause = 0.002
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
-
-
-def raw(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Read the database with plain sqlite3 (no tether code, so no recovery on the way)."""
-    conn = sqlite3.connect(db, timeout=30)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
-
-
-class Children:
-    """Child processes of one test; any still alive at teardown is killed and reaped."""
-
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.env, self.cwd = env, cwd
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def spawn(self, **spec: Any) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, *pipes_a.CHILD, json.dumps(spec)], env=self.env,
-                                cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-        self.procs.append(proc)
-        return proc
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=30)
+from helpers.util import Children, raw, wait_until
 
 
 @pytest.fixture
 def children(child_env: dict[str, str], tmp_path: Path) -> Iterator[Children]:
-    kids = Children(child_env, tmp_path)
+    kids = Children(child_env, tmp_path, pipes_a.CHILD)
     yield kids
     kids.close()
 

@@ -12,29 +12,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 import tether
-
-T = TypeVar("T")
-
-
-def wait_until(pred: Callable[[], T], timeout: float = 20.0, what: str = "the condition") -> T:
-    """Poll ``pred`` until it returns something truthy (returned) or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    pause = 0.001
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
+from helpers.util import wait_until
 
 
 @pytest.fixture

@@ -14,16 +14,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import tether
+from helpers import util
+from helpers.util import raw, wait_until  # noqa: F401 - re-exported for the tests
 
 SAFETY_S = 60.0  # no helper waits longer than this
 
@@ -36,61 +36,20 @@ CHILD = ["-c", "import sys; from helpers.pipes_c import child; child(sys.argv[1]
 GATED_WORKER = ["-c", "import sys; from helpers.pipes_c import gated_worker; gated_worker(sys.argv[1:])"]
 
 
-T = TypeVar("T")
 
 
 # -- test utilities (used by the test process) -----------------------------------------------
 
 
-def wait_until(pred: Callable[[], T], timeout: float = 30.0, what: str = "the condition") -> T:
-    """Poll ``pred`` until it returns something truthy (returned) or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    pause = 0.002
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
-
-
-def raw(db: str | os.PathLike[str], sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Read the database with plain sqlite3 (no tether code, so no recovery on the way)."""
-    conn = sqlite3.connect(db, timeout=30)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
-
-
-class Children:
-    """Child processes of one test; any still alive at teardown is killed and reaped."""
+class Children(util.Children):
+    """Child processes of one test (see helpers.util.Children), spawning this module's ``child``."""
 
     def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.env, self.cwd = env, cwd
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, *args], env=self.env, cwd=self.cwd,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.procs.append(proc)
-        return proc
-
-    def spawn(self, **spec: Any) -> subprocess.Popen[str]:
-        """A ``child(spec)`` process (see ``child``)."""
-        return self.popen(*CHILD, json.dumps(spec))
+        super().__init__(env, cwd, CHILD)
 
     def worker(self, *args: str) -> subprocess.Popen[str]:
         """``tether worker helpers.pipes_c ARGS`` (the database comes from TETHER_DB)."""
         return self.popen("-m", "tether.cli", "worker", "helpers.pipes_c", *args)
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=30)
 
 
 def first_line(proc: subprocess.Popen[str]) -> dict[str, Any]:

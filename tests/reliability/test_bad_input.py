@@ -43,6 +43,7 @@ from hypothesis import strategies as st
 
 import tether
 from helpers import pipes_d
+from helpers.util import wait_until
 from tether import config, runner
 from tether.store import MAX_VALUE_BYTES
 
@@ -141,14 +142,6 @@ def at_depth(n: int, fn: Callable[[], Any]) -> Any:
 def cli(db: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "tether.cli", *args, "--db", str(db)],
                           env=env, capture_output=True, text=True, timeout=60)
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 30, what: str = "the condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := pred()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-    return value
 
 
 def reopen(path: Path) -> None:

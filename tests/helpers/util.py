@@ -1,0 +1,65 @@
+"""Test utilities shared by the test modules (the test process only): polling, raw reads, children."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def wait_until(pred: Callable[[], T], timeout: float = 30.0, what: str = "the condition") -> T:
+    """Poll ``pred`` until it returns something truthy (returned) or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def raw(db: str | os.PathLike[str], sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Read the database with plain sqlite3 (no tether code, so no recovery on the way)."""
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+class Children:
+    """Child processes of one test; any still alive at teardown is killed and reaped.
+
+    ``child`` is the argv (after the interpreter) of a helper module's ``child(spec_json)``."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, child: Sequence[str] = ()) -> None:
+        self.env, self.cwd, self.child = env, cwd, list(child)
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, *args], env=self.env, cwd=self.cwd,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        return proc
+
+    def spawn(self, **spec: Any) -> subprocess.Popen[str]:
+        """A ``child(spec)`` process of the helper module."""
+        assert self.child, "Children(..., child=<argv of the helper's child()>)"
+        return self.popen(*self.child, json.dumps(spec))
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=30)
