@@ -396,3 +396,24 @@ def test_absolute_db_path_works_after_the_cwd_is_deleted(db, tmp_path, monkeypat
     tether.configure(db=db)
     assert _tiny.start(tag="cwd").result(timeout=30) == {"tag": "cwd"}
     assert [r.params for r in tether.runs()] == [{"tag": "cwd"}]
+
+
+def test_connections_do_not_accumulate_over_many_runs_and_threads(db):
+    """Each run executes in a thread with its own connection: an ended thread's connection is
+    reused or closed, so a long-lived kernel keeps a bounded number of file descriptors."""
+    import threading
+
+    import psutil
+
+    me = psutil.Process()
+    for i in range(20):
+        _tiny.start(tag=f"warm{i}").result(timeout=30)
+    before = me.num_fds()
+    for i in range(300):
+        assert _tiny.start(tag=f"r{i}").result(timeout=30) == {"tag": f"r{i}"}
+    for _ in range(50):  # user threads reading the store, then ending
+        t = threading.Thread(target=lambda: tether.runs(limit=1))
+        t.start()
+        t.join()
+    _tiny.start(tag="last").result(timeout=30)
+    assert me.num_fds() <= before + 6, (before, me.num_fds())

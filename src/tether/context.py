@@ -200,8 +200,7 @@ class Context:
         if len(text) > MAX_VALUE_BYTES:
             raise ParamsError(f"step {name!r} returned {len(text)} bytes of JSON; the limit is "
                               f"{MAX_VALUE_BYTES}")
-        self._runner.flush_run(self)
-        self._runner.store.put_checkpoint(self.run_id, self._runner.owner, cp, text)
+        self._runner.checkpoint(self, cp, text)
         return value
 
     def map(self, fn: Callable[[Any], T], items: Iterable[Any], executor: Any = None,

@@ -186,6 +186,7 @@ class Runner:
             self._finish(ctx, Status.FAILED, None, _error(exc))
         finally:
             _current.reset(token)
+            self.store.release_conn()
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
@@ -273,6 +274,20 @@ class Runner:
                 except BaseException:
                     ctx._requeue(item.events)  # not written: they go with the next write
                     raise
+        self._notify(ctx.run_id)
+
+    def checkpoint(self, ctx: Context, name: str, value_json: str) -> None:
+        """Store a step's checkpoint with the run's pending state: one transaction."""
+        with self.store.write_lock:
+            item = ctx._flush_item(force=True)
+            assert item is not None
+            try:
+                ours = self.store.put_checkpoint(item, self.owner, name, value_json)
+            except BaseException:
+                ctx._requeue(item.events)  # not written: they go with the next write
+                raise
+        if not ours:
+            self._apply(({ctx.run_id}, set()))
         self._notify(ctx.run_id)
 
     def flush(self) -> None:

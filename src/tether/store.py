@@ -178,6 +178,7 @@ class Store:
         self.write_lock = threading.RLock()
         self._local = threading.local()
         self._conns: dict[sqlite3.Connection, threading.Thread] = {}  # connection -> its thread
+        self._idle: list[sqlite3.Connection] = []  # given back by ended run threads, for reuse
         self._open_lock = threading.Lock()
         self._ready = False
         self._closed = False
@@ -202,6 +203,21 @@ class Store:
             raise self._fail("no longer exists (was it deleted?)",
                              fix="tether never recreates a database behind your back; "
                                  "restart the process to start a new one.")
+        with self._open_lock:
+            # connections of threads that ended without giving theirs back (a user's threads)
+            dead = [c for c, t in self._conns.items() if not t.is_alive()]
+            for c in dead:
+                del self._conns[c]
+            reused = self._idle.pop() if self._idle else None  # given back by an ended thread
+            if reused is not None:
+                self._conns[reused] = threading.current_thread()
+        for c in dead:
+            try:
+                c.close()
+            except sqlite3.Error:
+                pass
+        if reused is not None:
+            return reused
         conn = None
         try:
             conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
@@ -334,6 +350,25 @@ class Store:
             self._conns.pop(conn, None)
         conn.close()
 
+    def release_conn(self) -> None:
+        """Give back this thread's connection (a run thread about to end). The next thread that
+        needs one reuses it; without this every run left an open connection (2 file descriptors)
+        behind until the store was closed."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._open_lock:
+            mine = self._conns.pop(conn, None) is not None
+            keep = mine and not self._closed and not conn.in_transaction and len(self._idle) < 8
+            if keep:
+                self._idle.append(conn)
+        if mine and not keep:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (opening and migrating the database on first use)."""
         conn = getattr(self._local, "conn", None)
@@ -359,6 +394,12 @@ class Store:
             self._closed = True
             with self._open_lock:
                 conns, self._conns = self._conns, {}
+                idle, self._idle = self._idle, []
+            for conn in idle:  # no thread uses them
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
             me = threading.current_thread()
             for conn, thread in conns.items():
                 if thread is not me and thread.is_alive():
@@ -784,21 +825,25 @@ class Store:
                  seq, item.run_id))
         return True
 
-    def put_checkpoint(self, run_id: str, owner: Owner, name: str, value_json: str,
-                       event: bool = True) -> bool:
+    def put_checkpoint(self, item: FlushItem, owner: Owner, name: str, value_json: str) -> bool:
+        """A step's checkpoint with the run's pending progress and events, in one transaction
+        (a ``checkpoint`` event follows them). False if the run is no longer ours."""
         now = time.time()
         with self.tx() as conn:
             row = conn.execute(
-                "SELECT last_seq, phase FROM runs WHERE id = ? AND status = 'running' "
-                "AND owner_instance = ?", (run_id, owner.instance)).fetchone()
+                "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' "
+                "AND owner_instance = ?", (item.run_id, owner.instance)).fetchone()
             if row is None:
                 return False
             conn.execute("INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) "
-                         "VALUES (?, ?, ?, ?)", (run_id, name, value_json, now))
-            if event:
-                seq = self._append(conn, run_id, row[0],
-                                   [(now, "checkpoint", row[1], dumps({"name": name}))])
-                conn.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (seq, run_id))
+                         "VALUES (?, ?, ?, ?)", (item.run_id, name, value_json, now))
+            events = [*item.events, (now, "checkpoint", item.phase, dumps({"name": name}))]
+            seq = self._append(conn, item.run_id, row[0], events)
+            conn.execute(
+                "UPDATE runs SET phase = ?, phases = ?, phases_done = ?, done = ?, total = ?, "
+                "message = ?, updated_at = ?, last_seq = ? WHERE id = ?",
+                (_text(item.phase), dumps(item.phases), dumps(item.phases_done), _num(item.done),
+                 _num(item.total), _text(item.message), now, seq, item.run_id))
         return True
 
     def put_checkpoints(self, run_id: str, owner: Owner, items: Sequence[tuple[str, str]]) -> bool:
