@@ -1,8 +1,9 @@
 """Fan-out benchmarks for tether: ``ctx.map`` overhead per item, and the cost of resuming a big map.
 
     python bench/bench_fanout.py            # full run (~1-2 min): 400 items x 5 reps, 100,000 items
-    python bench/bench_fanout.py --quick    # smoke run (< 30 s): 100 items x 3 reps, 25,000 items
+    python bench/bench_fanout.py --quick    # smoke run (< 30 s): 100 items x 5 reps, 25,000 items
     python bench/bench_fanout.py --only overhead   # or: resume
+    python bench/bench_fanout.py --json OUT.json   # also write the rows for bench/run.py
 
 Figures (a markdown table with PASS/MISS is printed at the end; exit status is 0 either way):
 
@@ -11,7 +12,10 @@ Figures (a markdown table with PASS/MISS is printed at the end; exit status is 0
    processes x 2 threads, ``client.get_executor()``); items sleep 10 ms. Medians of interleaved
    repetitions; goal: ratio <= 1.1. The tether figure is timed by the pipeline body around the
    ``ctx.map`` call (the run's start is not counted); each repetition maps fresh items so Dask
-   never serves a result from memory.
+   never serves a result from memory. Also shown: the CPU time of the calling thread per item
+   (``time.thread_time()``: the run's thread for ctx.map, the caller for ``executor.map``), and for
+   Dask two more baselines: a plain ``submit()`` per item + ``wait()`` (what ctx.map does), and
+   ``ctx.map(..., checkpoint=False)`` (ctx.map without its checkpoint writes).
 2. Resume with N finished items: a run maps N trivial items (default thread pool, every item
    checkpointed), then fails; ``run.resume()`` starts an attempt whose ``ctx.map`` finds every item
    stored. Printed: the ``resume()`` call (the new attempt copies the checkpoints), the resumed
@@ -20,16 +24,16 @@ Figures (a markdown table with PASS/MISS is printed at the end; exit status is 0
    ``executor.map`` of the same items on a 32-thread pool (the size of ctx.map's default pool).
    Informative (no goal was set).
 
+The figure numbers (6a, 6b, ...) are those of section 6 of docs/performance.md (``bench/run.py``).
 Everything happens in a temporary directory (database included) that is removed at the end. Run on
-an idle machine: the header shows how much CPU other processes left idle before the start.
+an idle machine: the header shows how much CPU other processes left idle before the start, and the
+last line how much they used meanwhile.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import secrets
 import sqlite3
 import statistics
@@ -43,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
+from benchlib import CpuWatch, Row, dump, machine, say, table, version_of
 
 import tether
 
@@ -63,17 +67,20 @@ def trivial(x: int) -> int:
 
 @tether.pipeline(name="bench_fanout.timed_map")
 def timed_map(ctx: tether.Context, n: int, kind: str, executor: str = "", offset: int = 0,
-              fail_attempt: int = 0) -> dict[str, float]:
-    """Time one ``ctx.map`` over ``range(offset, offset + n)``; attempt ``fail_attempt`` fails."""
+              fail_attempt: int = 0, checkpoint: bool = True) -> dict[str, float]:
+    """Time one ``ctx.map`` over ``range(offset, offset + n)``; attempt ``fail_attempt`` fails.
+
+    Also returns the CPU time the run's thread spent in the call (``time.thread_time()``)."""
     fn = sleepy if kind == "sleepy" else trivial
-    t0 = pc()
-    out = ctx.map(fn, range(offset, offset + n), executor=EXECUTORS.get(executor))
-    t1 = pc()
+    t0, c0 = pc(), time.thread_time()
+    out = ctx.map(fn, range(offset, offset + n), executor=EXECUTORS.get(executor),
+                  checkpoint=checkpoint)
+    t1, c1 = pc(), time.thread_time()
     if out != list(range(offset, offset + n)):
         raise AssertionError("ctx.map returned wrong results")
     if ctx.attempt == fail_attempt:
         raise RuntimeError(f"planned failure of attempt {ctx.attempt} (map took {t1 - t0:.3f} s)")
-    return {"t0": t0, "t1": t1, "seconds": t1 - t0}
+    return {"t0": t0, "t1": t1, "seconds": t1 - t0, "cpu": c1 - c0}
 
 
 @dataclass(frozen=True)
@@ -84,44 +91,23 @@ class Sizes:
 
 
 FULL = Sizes(items=400, reps=5, resume_items=100_000)
-QUICK = Sizes(items=100, reps=3, resume_items=25_000)
+QUICK = Sizes(items=100, reps=5, resume_items=25_000)
 
 
-@dataclass
-class Row:
-    name: str
-    tether: str
-    baseline: str
-    ratio: float | None
-    goal: str
-    ok: bool | None
-
-    @property
-    def verdict(self) -> str:
-        return "info" if self.ok is None else ("PASS" if self.ok else "**MISS**")
+CPU: dict[str, list[float]] = {}  # CPU seconds of the calling thread per repetition, by variant
 
 
-def table(rows: list[Row]) -> str:
-    out = ["| # | figure | tether | baseline | ratio | goal | result |",
-           "|---|---|---|---|---|---|---|"]
-    for i, r in enumerate(rows, 1):
-        ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
-        out.append(f"| {i} | {r.name} | {r.tether} | {r.baseline} | {ratio} | {r.goal} | {r.verdict} |")
-    return "\n".join(out)
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def run_map(n: int, kind: str, executor: str, offset: int) -> float:
+def run_map(n: int, kind: str, executor: str, offset: int, checkpoint: bool = True) -> float:
     """One tether run mapping ``n`` items; the body's own timing of its ``ctx.map`` call."""
     key = f"bench-{secrets.token_hex(6)}"
-    res = timed_map.start(n=n, kind=kind, executor=executor, offset=offset, key=key).result(600)
+    res = timed_map.start(n=n, kind=kind, executor=executor, offset=offset, key=key,
+                          checkpoint=checkpoint).result(600)
+    CPU.setdefault("ours" if checkpoint else "nocp", []).append(float(res["cpu"]))
     return float(res["seconds"])
 
 
-def overhead(label: str, ex: Executor, sizes: Sizes, submit_baseline: bool = False) -> list[Row]:
+def overhead(ref: str, label: str, ex: Executor, sizes: Sizes, submit_baseline: bool = False
+             ) -> list[Row]:
     """Interleaved repetitions of plain ``ex.map`` and ``ctx.map`` on the same executor (and, with
     ``submit_baseline``, of a plain ``ex.submit`` per item + ``wait``, which is what ctx.map does)."""
     EXECUTORS[label] = ex
@@ -135,18 +121,20 @@ def overhead(label: str, ex: Executor, sizes: Sizes, submit_baseline: bool = Fal
 
     def plain() -> float:
         items = fresh()
-        t0 = pc()
+        t0, c0 = pc(), time.thread_time()
         out = list(ex.map(sleepy, items))
         elapsed = pc() - t0
+        CPU.setdefault("plain", []).append(time.thread_time() - c0)
         assert out == list(items)
         return elapsed
 
     def submit() -> float:
         items = fresh()
-        t0 = pc()
+        t0, c0 = pc(), time.thread_time()
         futures = [ex.submit(sleepy, i) for i in items]
         wait(futures)
         elapsed = pc() - t0
+        CPU.setdefault("submit", []).append(time.thread_time() - c0)
         assert [f.result() for f in futures] == list(items)
         return elapsed
 
@@ -154,12 +142,17 @@ def overhead(label: str, ex: Executor, sizes: Sizes, submit_baseline: bool = Fal
         items = fresh()
         return run_map(n, "sleepy", label, items.start)
 
+    def nocp() -> float:
+        items = fresh()
+        return run_map(n, "sleepy", label, items.start, checkpoint=False)
+
     plain()  # warm up every path (threads started, Dask workers have the function)
     ours()
-    times: dict[str, list[float]] = {"plain": [], "ours": [], "submit": []}
+    times: dict[str, list[float]] = {"plain": [], "ours": [], "submit": [], "nocp": []}
     fns: list[tuple[str, Callable[[], float]]] = [("plain", plain), ("ours", ours)]
     if submit_baseline:
-        fns.append(("submit", submit))
+        fns += [("submit", submit), ("nocp", nocp)]
+    CPU.clear()
     for rep in range(sizes.reps):
         for name, fn in fns if rep % 2 == 0 else fns[::-1]:
             times[name].append(fn())
@@ -167,13 +160,22 @@ def overhead(label: str, ex: Executor, sizes: Sizes, submit_baseline: bool = Fal
         if values:
             say(f"  {label} {name}: {[round(x, 3) for x in values]}")
     b, t = statistics.median(times["plain"]), statistics.median(times["ours"])
-    rows = [Row(f"`ctx.map` of {n} x 10 ms items, {label} (median of {sizes.reps})",
-                f"{t:.3f} s ({(t - b) / n * 1e3:+.2f} ms/item)", f"{b:.3f} s `executor.map`",
-                t / b, "ratio <= 1.1", t / b <= 1.1)]
+    cpu = {k: statistics.median(v) / n * 1e3 for k, v in CPU.items()}  # ms per item
+    say(f"  {label} calling thread CPU ms/item: {cpu}")
+    rows = [Row(ref, f"`ctx.map` of {n} x 10 ms items, {label} (median of {sizes.reps})",
+                f"{t:.3f} s ({(t - b) / n * 1e3:+.2f} ms/item; run thread CPU "
+                f"{cpu['ours']:.2f} ms/item)", f"{b:.3f} s `executor.map` (caller CPU "
+                f"{cpu['plain']:.2f} ms/item)", t / b, "ratio <= 1.1", t / b <= 1.1)]
     if submit_baseline:
         s = statistics.median(times["submit"])
-        rows.append(Row(f"  same, against a plain `submit()` per item + `wait()` ({label})",
-                        f"{t:.3f} s", f"{s:.3f} s submit + wait", t / s, "(informative)", None))
+        rows.append(Row(f"{ref}'", f"same, against a plain `submit()` per item + `wait()` ({label})",
+                        f"{t:.3f} s", f"{s:.3f} s submit + wait (caller CPU {cpu['submit']:.2f} "
+                        "ms/item)", t / s, "(informative)", None))
+        c = statistics.median(times["nocp"])
+        rows.append(Row(f"{ref}''", f"same, `ctx.map(..., checkpoint=False)` ({label}): no "
+                        "checkpoint writes", f"{c:.3f} s ({(c - b) / n * 1e3:+.2f} ms/item; run "
+                        f"thread CPU {cpu['nocp']:.2f} ms/item)", f"{b:.3f} s `executor.map`", c / b,
+                        "(informative)", None))
     return rows
 
 
@@ -181,12 +183,14 @@ def bench_overhead(sizes: Sizes) -> list[Row]:
     rows = []
     say("overhead: thread pool of 4")
     with ThreadPoolExecutor(max_workers=4) as pool:
-        rows += overhead("thread pool of 4", pool, sizes)
+        rows += overhead("6a", "thread pool of 4", pool, sizes)
     try:
         import distributed
     except ImportError:
         say("overhead: Dask skipped (pip install 'tether[dask]')")
-        return rows
+        return [*rows, Row("6b", "`ctx.map` on a Dask `LocalCluster`", "",
+                           "not measured: distributed is not installed (pip install 'tether[dask]')",
+                           None, "ratio <= 1.1", None)]
     say("overhead: Dask LocalCluster (2 worker processes x 2 threads)")
     with warnings.catch_warnings():  # its HTTP server falls back from a busy port 8787: fine
         warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
@@ -194,7 +198,7 @@ def bench_overhead(sizes: Sizes) -> list[Row]:
                                            dashboard_address=None)
     client = distributed.Client(cluster)
     try:
-        rows += overhead("Dask LocalCluster executor", client.get_executor(), sizes,
+        rows += overhead("6b", "Dask LocalCluster executor", client.get_executor(), sizes,
                          submit_baseline=True)
     finally:
         client.close()
@@ -236,43 +240,36 @@ def bench_resume(sizes: Sizes, db: Path) -> list[Row]:
         assert list(pool.map(trivial, range(n))) == list(range(n))
         plain_s = pc() - t3
     return [
-        Row(f"resume with {n:,} finished items: `resume()` until the resumed map returns",
+        Row("6c", f"resume with {n:,} finished items: `resume()` until the resumed map returns",
             f"{until_return:.3f} s", f"{raw_s:.3f} s raw SELECT + json.loads", until_return / raw_s,
             "(informative)", None),
-        Row("  of which `run.resume()` (new attempt, checkpoints copied)", f"{resume_call:.3f} s",
+        Row("6c'", "of which `run.resume()` (new attempt, checkpoints copied)", f"{resume_call:.3f} s",
             "", None, "(informative)", None),
-        Row("  of which the resumed `ctx.map` call (no item runs)", f"{resumed_map:.3f} s", "",
+        Row("6c''", "of which the resumed `ctx.map` call (no item runs)", f"{resumed_map:.3f} s", "",
             None, "(informative)", None),
-        Row(f"first attempt: map of {n:,} trivial items, each checkpointed (32 threads)",
+        Row("6d", f"first attempt of 6c: a map of {n:,} trivial items, each checkpointed (32 threads)",
             f"{first_s:.2f} s ({first_s / n * 1e6:.0f} us/item)",
             f"{plain_s:.2f} s `executor.map`, no run", first_s / plain_s, "(informative)", None),
     ]
-
-
-def idle_share(seconds: float = 1.0) -> float:
-    """Share of the machine's CPU that other processes left idle over ``seconds`` now."""
-    me = psutil.Process()
-    t_me = sum(me.cpu_times()[:2])
-    t_all = psutil.cpu_times()
-    time.sleep(seconds)
-    t_all2 = psutil.cpu_times()
-    busy = sum(t_all2) - sum(t_all) - (t_all2.idle - t_all.idle)
-    total = sum(t_all2) - sum(t_all)
-    mine = sum(me.cpu_times()[:2]) - t_me
-    return max(0.0, 1 - (busy - mine) / total) if total else 1.0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, < 30 s")
     parser.add_argument("--only", choices=["overhead", "resume"])
+    parser.add_argument("--json", metavar="OUT", help="also write the rows as JSON (for bench/run.py)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    free = idle_share()
+    info = machine()
+    info["distributed"] = version_of("distributed") or "not installed"
+    watch = CpuWatch()
+    free = watch.idle_share(1.0)
     print(f"# tether fan-out benchmark ({'quick' if args.quick else 'full'})\n")
-    print(f"- tether {tether.__version__}, Python {platform.python_version()}, "
-          f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"- CPU left idle by other processes (1 s before start): {free:.0%}\n", flush=True)
+    print("\n".join(f"- **{k}**: {v}" for k, v in info.items()))
+    if free is not None:
+        print(f"- CPU left idle by other processes (1 s before start): {free:.0%}")
+    print(flush=True)
+    watch = CpuWatch()
     start = pc()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="tether-bench-fanout-") as tmp:
@@ -290,7 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     misses = [r for r in rows if r.ok is False]
     passes = [r for r in rows if r.ok]
-    print(f"\n{len(passes)} PASS, {len(misses)} MISS, in {pc() - start:.0f} s.")
+    others = watch.others()
+    busy = "" if others is None else f" Other processes used {others:.0%} of the machine's CPU meanwhile."
+    print(f"\n{len(passes)} PASS, {len(misses)} MISS, in {pc() - start:.0f} s.{busy}")
+    if args.json:
+        if others is not None:
+            info["CPU used by other processes meanwhile"] = f"{others:.0%}"
+        dump(args.json, rows, info)
     return 0
 
 

@@ -1,0 +1,178 @@
+"""Shared pieces of the benchmark scripts: the table row, the machine header, the CPU watch, JSON out.
+
+Not a benchmark itself. Every ``bench/*.py`` section script imports it (the scripts are run as
+``python bench/X.py``, so ``bench/`` is on ``sys.path``), and ``bench/run.py`` merges the rows the
+sections write with ``--json OUT``: ``{"info": {...}, "rows": [Row as a dict, ...]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CpuWatch", "Row", "dump", "machine", "ms", "ns", "pct", "say", "table", "version_of",
+           "wait_idle"]
+
+
+@dataclass
+class Row:
+    """One line of a results table. ``ref``: the figure's number in docs/performance.md."""
+
+    ref: str
+    name: str
+    tether: str
+    baseline: str
+    ratio: float | None  # tether / baseline (for rates: tether's rate / the baseline's rate)
+    goal: str
+    ok: bool | None  # None: informative only (no goal), or not measured
+
+    @property
+    def verdict(self) -> str:
+        """PASS, **MISS**, info (no goal: the goal reads "(...)") or n/a (a goal, not measured)."""
+        if self.ok is None:
+            return "info" if self.goal.startswith("(") else "n/a"
+        return "PASS" if self.ok else "**MISS**"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Row:
+        return cls(str(d["ref"]), str(d["name"]), str(d["tether"]), str(d["baseline"]),
+                   None if d.get("ratio") is None else float(d["ratio"]), str(d["goal"]),
+                   None if d.get("ok") is None else bool(d["ok"]))
+
+
+def table(rows: Sequence[Row]) -> str:
+    out = ["| # | figure | tether | baseline / peer | ratio | goal | result |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
+        out.append(f"| {r.ref} | {r.name} | {r.tether} | {r.baseline} | {ratio} | {r.goal} | "
+                   f"{r.verdict} |")
+    return "\n".join(out)
+
+
+def dump(path: str | os.PathLike[str], rows: Sequence[Row], info: dict[str, Any]) -> None:
+    """Write the ``--json OUT`` file that bench/run.py reads."""
+    Path(path).write_text(json.dumps({"info": info, "rows": [asdict(r) for r in rows]}, indent=1))
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..1)."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def ns(seconds: float) -> str:
+    return f"{seconds * 1e9:,.0f} ns"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f} ms"
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def version_of(dist: str) -> str | None:
+    """The installed version of a distribution, or None."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 0
+    mem = ""
+    try:
+        import psutil
+
+        mem = f", {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
+    except ImportError:
+        pass
+    return {
+        "CPU": cpu,
+        "cores": f"{os.cpu_count()} ({usable} usable){mem}",
+        "OS": platform.platform(),
+        "Python": f"{platform.python_implementation()} {platform.python_version()}",
+        "SQLite": sqlite3.sqlite_version,
+        "tether": version_of("tether") or "?",
+    }
+
+
+class CpuWatch:
+    """How busy the machine was with *other* processes (Linux ``/proc/stat``).
+
+    "Mine" is this process's CPU time plus that of its waited-for children (``os.times()``), so
+    ``bench/run.py`` can watch the section subprocesses it runs without counting them as others.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as fh:
+                fields = [int(x) for x in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        t = os.times()
+        mine = t.user + t.system + t.children_user + t.children_system
+        return (sum(fields[:8]) - idle) / tick, time.monotonic(), mine
+
+    def idle_share(self, seconds: float = 1.0) -> float | None:
+        """Share of the machine's CPU that other processes left idle over ``seconds`` now."""
+        a = self._sample()
+        time.sleep(seconds)
+        b = self._sample()
+        if a is None or b is None:
+            return None
+        used = ((b[0] - a[0]) - (b[2] - a[2])) / ((b[1] - a[1]) * (os.cpu_count() or 1))
+        return min(1.0, max(0.0, 1 - used))  # clamped: the tick counters are coarse
+
+    def others(self) -> float | None:
+        """CPU share (0..1 of all cores) used by other processes since the start."""
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        busy, wall, mine = (e - s for e, s in zip(end, self.start))
+        return min(1.0, max(0.0, (busy - mine) / (wall * (os.cpu_count() or 1))))
+
+
+def wait_idle(seconds: float, threshold: float = 0.9) -> float | None:
+    """Wait up to ``seconds`` for other processes to leave >= ``threshold`` of the CPU idle.
+
+    Returns the last idle share measured (None where /proc/stat is missing)."""
+    watch = CpuWatch()
+    free = watch.idle_share(1.0)
+    deadline = time.monotonic() + seconds
+    while free is not None and free < threshold and time.monotonic() < deadline:
+        say(f"waiting for an idle machine: other processes leave {free:.0%} of the CPU idle")
+        time.sleep(3.0)
+        free = watch.idle_share(2.0)
+    return free
