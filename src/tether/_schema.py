@@ -1,16 +1,25 @@
 """The whole schema of a tether database, as forward migrations (sqlite-utils ``Migrations``).
 
-A migration is never edited once released: add a new one. A database that records a migration this
-module does not know was written by a newer tether and is refused, untouched.
+A migration is never edited once released: add a new one (and its name to ``KNOWN``). A database
+that records a migration this module does not know was written by a newer tether and is refused,
+untouched.
+
+sqlite-utils is imported only to apply a migration (a new or older database): checking that a
+database is current is one read of sqlite-utils' migrations table, and importing sqlite-utils
+(with click, dateutil, pluggy) costs ~90 ms, more than the rest of ``import tether``.
 """
 
 from __future__ import annotations
 
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 MIGRATION_SET = "tether"
-migrations = Migrations(MIGRATION_SET)
+MIGRATIONS_TABLE = "_sqlite_migrations"  # sqlite_utils.migrations.Migrations.migrations_table
+KNOWN = ["0001_initial"]  # in order
 
 # Times are unix epoch seconds (REAL): datetime(created_at, 'unixepoch') reads them in the shell.
 _V1 = [
@@ -74,11 +83,28 @@ _V1 = [
 ]
 
 
-@migrations(name="0001_initial")
 def _initial(db: Database) -> None:
     for statement in _V1:
         db.execute(statement)
 
 
-def known() -> list[str]:
-    return [m.name for m in migrations._migrations]
+_STEPS = {"0001_initial": _initial}
+
+
+def applied(conn: sqlite3.Connection) -> list[str]:
+    """Names of the tether migrations recorded in the database, in the order applied."""
+    rows = conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE} WHERE migration_set = ? "
+                        "ORDER BY rowid", (MIGRATION_SET,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def apply(conn: sqlite3.Connection) -> None:
+    """Apply the pending migrations with sqlite-utils (the caller holds the transaction)."""
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
+
+    migrations: Any = Migrations(MIGRATION_SET)
+    assert migrations.migrations_table == MIGRATIONS_TABLE
+    for name in KNOWN:
+        migrations(name=name)(_STEPS[name])
+    migrations.apply(Database(conn, execute_plugins=False, recursive_triggers=False))

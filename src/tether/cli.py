@@ -7,6 +7,7 @@ its command line.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -159,6 +160,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+@functools.cache  # built once per process: main() may be called many times (tests, tools)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description=__doc__.splitlines()[0])
     db_help = "database file (default: $TETHER_DB or ./.tether/runs.db)"

@@ -1,20 +1,21 @@
 """Who owns a run, and the proof that an owner is gone.
 
 An owner is a process: host + pid + process start time + a random instance id. A run whose owner is
-gone is an orphan. On this host the proof is psutil (pid dead, reused or a zombie) and a live pid
-is proof of life; for an owner on another host, an expired lease is the proof. A status alone is
+gone is an orphan. On this host the proof is the process table (pid dead, reused or a zombie: one
+read of /proc/<pid>/stat on Linux, psutil elsewhere or when /proc cannot tell) and a live pid is
+proof of life; for an owner on another host, an expired lease is the proof. A status alone is
 never proof.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import socket
-
-import psutil
+import sys
 
 from .model import Owner
+
+_LINUX = sys.platform.startswith("linux")
 
 __all__ = ["current", "gone_reason", "reset_after_fork"]
 
@@ -23,12 +24,15 @@ _current: Owner | None = None
 
 def _make() -> Owner:
     pid = os.getpid()
-    return Owner(
-        host=socket.gethostname(),
-        pid=pid,
-        started=psutil.Process(pid).create_time(),
-        instance=secrets.token_hex(8),
-    )
+    fast = _proc_stat(pid)
+    if fast is None:
+        import psutil
+
+        started = psutil.Process(pid).create_time()
+    else:
+        started = fast[0]
+    return Owner(host=socket.gethostname(), pid=pid, started=started,
+                 instance=os.urandom(8).hex())
 
 
 def current() -> Owner:
@@ -48,12 +52,21 @@ _BOOT: float | None = None
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def _boot_time() -> float:
+    """Boot time as psutil reads it on Linux (``btime`` of /proc/stat)."""
+    with open("/proc/stat", "rb") as fh:
+        for line in fh:
+            if line.startswith(b"btime"):
+                return float(line.split()[1])
+    raise ValueError("no btime in /proc/stat")
+
+
 def _proc_stat(pid: int) -> tuple[float, str] | None:
     """(start time, state letter) of ``pid`` from /proc, as psutil computes them on Linux.
 
     None where it cannot tell (not Linux, no such pid, hidden pids): psutil decides then."""
     global _BOOT
-    if not psutil.LINUX:
+    if not _LINUX:
         return None
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
@@ -63,9 +76,9 @@ def _proc_stat(pid: int) -> tuple[float, str] | None:
     try:
         fields = data[data.rindex(b")") + 2:].split()  # the name may hold spaces and ')'
         if _BOOT is None:
-            _BOOT = psutil.boot_time()
+            _BOOT = _boot_time()
         return _BOOT + int(fields[19]) / _TICKS, fields[0].decode()
-    except (ValueError, IndexError):
+    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -85,6 +98,8 @@ def gone_reason(owner: Owner | None, lease_until: float | None, now: float) -> s
             if state in ("Z", "X"):
                 return f"its owner process (pid {owner.pid}) has exited"
             return None
+        import psutil  # imported only when /proc cannot tell (it costs ~20 ms to import)
+
         try:
             proc = psutil.Process(owner.pid)
             started = proc.create_time()

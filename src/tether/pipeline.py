@@ -164,8 +164,10 @@ class Pipeline:
                         raise ParamsError(f"parameter {k!r} {text[len(k) + 1:]}") from None
                     raise ParamsError(f"parameter {k!r}: {text}") from None
 
-    def key_for(self, params: dict[str, Any]) -> str:
-        digest = hashlib.sha256(dumps(params).encode()).hexdigest()[:16]
+    def key_for(self, params: dict[str, Any], params_json: str | None = None) -> str:
+        """The derived key: the pipeline name and a hash of the canonical JSON of the params."""
+        text = dumps(params) if params_json is None else params_json
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         return f"{self.name}:{digest}"
 
     def start(self, *args: Any, key: str | None = None, policy: Policy = "attach",
@@ -186,13 +188,14 @@ class Pipeline:
         if detach:
             self._check_importable()
         params = self.bind(*args, **kwargs)
+        params_json = dumps(params)
         if key is None:
-            key = self.key_for(params)
+            key = self.key_for(params, params_json)
         elif not isinstance(key, str) or not key or not _utf8(key):
             raise ParamsError(f"key= must be a non-empty str of valid text, got {key!r}")
         store = config.store()
         run_ = runner.get(store)
-        outcome = store.start(pipeline=self.name, key=key, params_json=dumps(params),
+        outcome = store.start(pipeline=self.name, key=key, params_json=params_json,
                               version=self.version, phases=self.phases, policy=policy,
                               owner=run_.owner, lease_s=config.settings().lease,
                               gone=owner.gone_reason, detach=detach,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import sys
 import threading
@@ -222,6 +221,8 @@ def _text(rec: RunRecord) -> str:
 
 
 def _html(rec: RunRecord) -> str:
+    import html
+
     return (f'<pre class="tether-static" data-run-id="{html.escape(rec.id)}" '
             f'data-status="{html.escape(str(rec.status))}" data-mode="static">'
             f"{html.escape(_text(rec))}</pre>")

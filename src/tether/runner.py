@@ -11,7 +11,6 @@ The runner never prints; errors of its threads are kept in ``Runner.errors``.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import concurrent.futures.thread  # noqa: F401 - its exit hook must be registered before ours
 import inspect
@@ -30,6 +29,8 @@ from .model import RunRecord, Status
 from .store import MAX_VALUE_BYTES, Store, dumps_value
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .pipeline import Pipeline
 
 __all__ = ["Runner", "get", "shutdown_all"]
@@ -163,6 +164,8 @@ class Runner:
             return
         if pipe.is_async:
             loop = self._ensure_loop()
+            import asyncio  # only with async pipelines: it costs ~20 ms to import
+
             asyncio.run_coroutine_threadsafe(self._run_async(ctx, pipe), loop)
         else:
             thread = threading.Thread(target=self._run_sync, args=(ctx, pipe), daemon=True,
@@ -192,6 +195,8 @@ class Runner:
 
     async def _run_async(self, ctx: Context, pipe: Pipeline) -> None:
         _current.set(ctx)
+        import asyncio
+
         ctx._task = asyncio.current_task()
         try:
             if ctx._cancel:
@@ -356,6 +361,8 @@ class Runner:
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self.loop is None:
+                import asyncio
+
                 loop = asyncio.new_event_loop()
                 threading.Thread(target=loop.run_forever, daemon=True, name="tether-loop").start()
                 self.loop = loop

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import secrets
 import sqlite3
 import threading
 import time
@@ -20,8 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-
-from sqlite_utils import Database
 
 from . import _schema
 from .errors import RunNotFound, StoreError
@@ -297,32 +294,31 @@ class Store:
         else:
             self._create_file()
         conn = self._new_conn()
-        db = Database(conn, execute_plugins=False, recursive_triggers=False)
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             applied: list[str] = []
             if tables:
-                if Migrations_table() not in tables or "runs" not in tables:
+                if _schema.MIGRATIONS_TABLE not in tables or "runs" not in tables:
                     raise self._fail(
                         "is a SQLite database but not a tether one; it was left untouched",
                         fix="Point tether at another file with tether.configure(db=...).")
-                applied = [m.name for m in _schema.migrations.applied(db)]
+                applied = _schema.applied(conn)
                 if not applied:
                     raise self._fail(
                         "is a SQLite database but not a tether one; it was left untouched",
                         fix="Point tether at another file with tether.configure(db=...).")
-            unknown = [name for name in applied if name not in _schema.known()]
+            unknown = [name for name in applied if name not in _schema.KNOWN]
             if unknown:
                 raise self._fail(
                     f"was written by a newer tether (schema {unknown[-1]!r}); it was left untouched",
                     fix="Upgrade tether (pip install -U tether) to use it.")
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
-            if len(applied) < len(_schema.known()):
+            if len(applied) < len(_schema.KNOWN):
                 with self.write_lock:
                     conn.execute("BEGIN IMMEDIATE")
                     try:
-                        _schema.migrations.apply(db)
+                        _schema.apply(conn)
                     except BaseException:
                         conn.execute("ROLLBACK")
                         raise
@@ -493,10 +489,15 @@ class Store:
 
     @_guarded
     def latest(self, key: str, conn: sqlite3.Connection | None = None) -> RunRecord | None:
-        row = (conn or self.conn()).execute(
+        row = self._latest_row(key, conn)
+        return _record(row) if row else None
+
+    @_guarded
+    def _latest_row(self, key: str, conn: sqlite3.Connection | None = None
+                    ) -> Sequence[Any] | None:
+        return (conn or self.conn()).execute(  # type: ignore[no-any-return]
             f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt DESC LIMIT 1", (key,)
         ).fetchone()
-        return _record(row) if row else None
 
     @_guarded
     def attempts(self, key: str) -> list[RunRecord]:
@@ -611,9 +612,10 @@ class Store:
         """Decide, in one transaction, what a start() call means for ``key``."""
         now = time.time()
         # fast path, no write: an ended run returned as it is (terminal statuses never change)
-        latest = self.latest(key)
+        row = self._latest_row(key)
+        latest = None if row is None else _record(row)
         if (latest is not None and latest.status.terminal and _difference(
-                latest, params_json, version, pipeline) is None and (
+                latest, params_json, version, pipeline, row[5]) is None and (
                 policy in ("attach", "fail") or (policy == "resume" and (
                     latest.status == Status.SUCCEEDED or _capped(latest))))):
             return StartOutcome(latest, False)
@@ -706,7 +708,7 @@ class Store:
                 params_json: str, version: str | None, phases: list[str], owner: Owner,
                 lease_s: float, now: float, created_by: str, resumed_from: str | None,
                 detach: bool = False) -> RunRecord:
-        run_id = secrets.token_hex(6)
+        run_id = os.urandom(6).hex()  # what secrets.token_hex does, without its imports
         phases_done: list[str] = []
         if resumed_from is not None:
             prev = self.get(resumed_from)
@@ -909,22 +911,23 @@ class Store:
         return n
 
 
-def Migrations_table() -> str:  # noqa: N802 - mirrors sqlite-utils' constant
-    return _schema.migrations.migrations_table
-
-
 def _capped(rec: RunRecord) -> bool:
     """The attempt that recorded the end of automatic resumes (only a manual resume goes on)."""
     return rec.status == Status.FAILED and (rec.error or {}).get("type") == "ResumeCapReached"
 
 
 def _difference(rec: RunRecord, params_json: str, version: str | None,
-                pipeline: str | None = None) -> str | None:
-    """A readable description of how a new start() differs from a stored run, or None."""
+                pipeline: str | None = None, stored_json: str | None = None) -> str | None:
+    """A readable description of how a new start() differs from a stored run, or None.
+
+    ``stored_json``: the run's params column as stored; both are canonical JSON, so equal text
+    means equal params (the common case of an idempotent start, without decoding)."""
     if pipeline is not None and rec.pipeline != pipeline:
         return f"pipeline {rec.pipeline!r}, not {pipeline!r}"
     if rec.version != version:
         return f"version {rec.version!r}, not {version!r}"
+    if stored_json is not None and stored_json == params_json:
+        return None
     new = json.loads(params_json)
     if new == rec.params:
         return None
