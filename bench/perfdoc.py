@@ -238,22 +238,27 @@ within the same minutes.
 # a note for each MISS of the run that wrote it (and says when a MISS has none yet).
 NOTES: dict[str, str] = {
     "2a": """\
-**2a (durable runs vs DBOS).** Profile (write transactions timed with a wrapper around
-`Store.tx`, 300 runs of the 3-step pipeline, ~3.8 ms per run on this machine): each run commits
-**9 write transactions**, 2 in the caller (the idempotent start and the claim) and 7 in the run's
-thread (for each `ctx.step`, a progress flush and the checkpoint write: 6; then the end of the run),
-0.25-0.35 ms each, **~2.4 ms of the 3.8 ms**; the thread start, the checkpoint look-ups and the
-wait for the result make the rest. Reaching 10x DBOS here (~1.6 ms per run) would need fewer
-transactions per step: writing a step's checkpoint and the progress flush in one transaction would
-save 3 per run (~0.8 ms), not enough alone.""",
+**2a (durable runs vs DBOS).** ~2.3 ms per run here (p50 1.9-2.3 ms), against ~1.7 ms for 10x
+DBOS. Each run commits **6 write transactions** (0.2-0.3 ms each with their Python around them):
+in the caller, the idempotent start (creates the row) and the claim (running, owned by this
+process); in the run's thread, one per `ctx.step` (its checkpoint together with the pending
+progress and events) and the end. The rest is the run thread's start, the checkpoint look-ups
+(one `SELECT` per step) and the caller's wait for the result. Two fixes found by this benchmark
+are in (1d79608): every run leaked its SQLite connection, and a step wrote twice (a flush, then
+the checkpoint): 200-235 -> 350-420 runs/s. What is left is the design: a run is durable step by
+step, and each step's checkpoint is committed before the body goes on (a step that was recorded
+is never executed again). Merging the start and the claim into one transaction for a run this
+process executes at once would save one more (~0.25 ms); 10x needs that and more. DBOS pays an
+fsync per commit (SQLite's default `synchronous=FULL`, which DBOS leaves), tether runs
+`synchronous=NORMAL` in WAL: a committed step survives a crash of the process, though not
+necessarily a power cut.""",
     "3": """\
-**3 (idempotent re-start vs DBOS).** tether's attach path takes ~0.07-0.11 ms here (figure 9a):
-one indexed `SELECT` (~0.02 ms) plus Python work: the canonical JSON of the params (for the key's
-hash and for the comparison with the stored params) and the decoding of the whole row into a
-`RunRecord` (three JSON columns). cProfile of 3,000 attach calls: `Store.latest` (query + record)
-~45%, JSON encode/decode ~25%, the rest the argument binding of `start()`. The goal (<= 0.1x)
-needs <= 0.063 ms against DBOS's ~0.63 ms: missed by a hair on a quiet machine (0.11), more under
-load.""",
+**3 (idempotent re-start vs DBOS).** tether's attach takes ~0.07-0.11 ms here (figure 9a): one
+indexed `SELECT` (~0.02 ms) plus Python: binding and checking the params, their canonical JSON
+(once: for the key's hash, then compared as text with the stored params, since 85eb511) and the
+decoding of the row into a `RunRecord` (its JSON columns, the result included). cProfile of
+20,000 attach calls: the query and `fetchone` ~20%, `_record` ~20%, JSON encoding ~10%, the
+argument binding ~15%. The ratio sits at the goal on a quiet machine (0.10-0.12).""",
     "4a": """\
 **4a (`ctx.log()` vs raw insert).** Every line costs tether, beyond the raw insert: formatting,
 building the JSON of `{"level", "message"}`, a lock to append to the run's buffer, and the
@@ -264,25 +269,21 @@ thread and the logging thread compete for 2 cores.""",
 **5b (panel poll with new events).** The extra cost over raw SQL is decoding each event's JSON
 `data` into a `tether.Event`: ~0.01 ms per event here; the ratio is near 3 with 10 new events.""",
     "5e": """\
-**5e (`tether ls` in-process).** cProfile of 200 calls on the 10,000-run database (~6 ms per call;
-the raw query ~0.25-0.6 ms): building the argument parser (`build_parser()`: 6
-subparsers and their options, argparse's gettext lookups) ~45% and parsing ~8%; `list_runs` ~20%
-(the query, then JSON decoding of 4 columns x 50 rows into `RunRecord`s); the owner check of the
-5 running runs (psutil reads `/proc/PID/stat` 2x per run) ~10%; formatting the table
-(`time.localtime`/`strftime` per row, column widths) ~15%. The query itself is a small part: the
-3x goal is out of reach while a CLI call rebuilds its parser; a `tether ls` in a shell pays the
-import first (5f).""",
+**5e (`tether ls` in-process).** ~1.4 ms per call (the raw query ~0.28 ms). cProfile of 300 calls
+on a 300-run database: decoding the 50 rows into `RunRecord`s ~45% (`list_runs` decodes every JSON
+column, params, phases, error and the result, though the table shows none of them), formatting the
+table ~18% (`strftime` per row, column widths), argument parsing ~6% (the parser is built once per
+process since 85eb511; building it was ~45% before). A listing that does not decode what it does
+not show would reach the goal; it needs a lighter record for listings (not done: `RunRecord` is
+the one shape every reader shares).""",
     "5f": """\
-**5f (`tether ls` in a new process).** Almost all of it is `import tether.cli`: a
-`python -c "import tether.cli"` takes as long as the whole `tether ls` (~250-350 ms here; new
-processes on this VM come in two speeds, ~250 and ~350 ms for the same command, so the median of 9
-moves between runs), while the raw baseline's process imports only `sqlite3`. `python -X importtime -c "import
-tether.cli"`, self time summed by top-level package (median of 5): `sqlite_utils` ~50 ms plus what
-it pulls in (`click` ~17 ms, `dateutil` ~8 ms, `pluggy` ~6 ms), although tether uses it only to
-create and migrate the schema; `asyncio` with `ssl` ~28 ms (imported by the runner, which
-`tether ls` never starts); `psutil` ~16 ms (needed for the owner check); tether's own modules
-~26 ms. Importing `sqlite_utils` only when a database needs creating or migrating, and `asyncio`
-only when the first async pipeline runs, would remove ~100 ms; the ratio would still be ~5x.""",
+**5f (`tether ls` in a new process).** ~105 ms against 27 ms for a `python -c` that imports only
+`sqlite3` (an empty interpreter: ~17 ms). Almost all of it is `import tether.cli` (~90 ms with
+`-X importtime`; 190 ms before 85eb511, which left sqlite-utils to migrations, asyncio to async
+pipelines and psutil to platforms without /proc). What is left is mostly the standard library
+that tether's modules use (`dataclasses` with `inspect` ~25 ms, `pathlib`, `logging`, `typing`,
+`enum`, `json`, `threading`, `sqlite3`) and tether's own modules (~15 ms). A separate, minimal
+`tether ls` entry point would be the way to reach 3x; not done.""",
     "6b": """\
 **6b (`ctx.map` on Dask).** This ratio moves between runs on this machine (0.9 to 1.3 with the same
 code: Dask's scheduler, its 2 worker processes and the run share 2 cores). What `ctx.map` adds is
@@ -296,16 +297,10 @@ waiter on every pending future) and its progress flushes. The thread-pool case (
 wall-time overhead. Submitting in batches and writing checkpoints at most every ~50 ms would cut
 it.""",
     "7a": """\
-**7a (RSS per 1,000 finished runs): a leak, reported.** The steady state grows as fast as the
-first 1,000 runs: ~140 MiB and ~2,000 file descriptors per 1,000 runs. Each run's thread opens
-its own SQLite connection (`Store.conn()` is per thread; the run's end is written from its
-thread), and `Store._conns` keeps every connection until `Store.close()`, so the connection of a
-finished thread is never closed: one connection (2 fds, its page cache) per run ever executed in
-the process. A kernel that runs a few thousand short runs reaches the default `ulimit -n` of 1,024
-after ~500 runs. Closing the connections of ended threads (for instance when a new connection
-opens, or at the end of `Runner._run_sync`) keeps the memory bounded: with the first of these
-patched in at run time (an experiment, not in tether), 3,000 runs kept RSS at ~33 MiB and the
-process at 14 open fds, and ran ~25% faster.""",
+**7a (RSS per 1,000 finished runs).** Met since 1d79608. Before it, every finished run leaked its
+SQLite connection (2 file descriptors, ~140 KB): each run's thread opened its own connection and
+`Store` kept every one until `close()`. Now an ending run thread gives its connection back for the
+next run to reuse (up to 8 idle), and connections of other ended threads are closed.""",
 }
 
 
