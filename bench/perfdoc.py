@@ -125,12 +125,12 @@ costs a reader.
 
 4c. **Progress values a reader sees**: while a run calls `ctx.advance()` as fast as it can, a
 reader on its own connection polls the run's row every 5 ms and counts the distinct values of
-`done`: one new value per flusher tick. A tick is longer than `flush_interval` (0.25 s): the
-flusher waits 0.25 s *after* its previous write, and while the body spins in Python the flusher
-needs the GIL back after each of its SQLite calls (up to `sys.getswitchinterval()`, 5 ms, each
-time), so here the values came ~0.3-0.4 s apart (the row shows the median and the largest gap):
-that is how old the progress a panel of another process shows can be, and what a crash can lose
-of it. A body that waits on I/O leaves the flusher the GIL and gets ticks close to 0.25 s.
+`done`: one new value per flusher tick. The flusher ticks at a fixed rate of `flush_interval`
+(0.25 s; until this figure showed it, it waited 0.25 s *after* each write and values came
+0.35-0.4 s apart), so the gap is ~0.25 s; while the body spins in Python the flusher needs the GIL back after
+each of its SQLite calls (up to `sys.getswitchinterval()`, 5 ms, each time), which makes some gaps
+longer (the row shows the median and the largest gap): that is how old the progress a panel of
+another process shows can be, and what a crash can lose of it. A body that waits on I/O leaves the flusher the GIL and gets ticks close to 0.25 s.
 Informative.
 
 ### 5. Polling at scale
