@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NamedTuple
+
+from .errors import StoreError
 
 __all__ = ["ACTIVE", "TERMINAL", "Event", "Owner", "Progress", "RunRecord", "Status"]
 
@@ -57,22 +61,25 @@ class Owner:
 
 @dataclass
 class RunRecord:
-    """One row of the ``runs`` table, decoded."""
+    """One row of the ``runs`` table, decoded.
+
+    ``params``, ``error`` and ``result`` are decoded from their JSON text on first access: a
+    listing or an attach does not pay for a result (up to 64 MiB) that nobody reads."""
 
     id: str
     key: str
     attempt: int
     pipeline: str
     version: str | None
-    params: dict[str, Any]
+    params_json: str
     status: Status
     phase: str | None
     phases: list[str]
     done: int | float
     total: int | float | None
     message: str | None
-    error: dict[str, Any] | None
-    result: Any
+    error_json: str | None
+    result_json: str | None
     created_at: float
     started_at: float | None
     ended_at: float | None
@@ -89,6 +96,35 @@ class RunRecord:
     @property
     def progress(self) -> Progress:
         return Progress(self.done, self.total)
+
+    @cached_property
+    def params(self) -> dict[str, Any]:
+        return decode_column(self.params_json, self.id, "params")  # type: ignore[no-any-return]
+
+    @cached_property
+    def error(self) -> dict[str, Any] | None:
+        return decode_column(self.error_json, self.id, "error")  # type: ignore[no-any-return]
+
+    @cached_property
+    def result(self) -> Any:
+        return decode_column(self.result_json, self.id, "result")
+
+
+_decode = json.JSONDecoder().decode
+
+
+def decode_column(text: str | None, run_id: str, column: str) -> Any:
+    """A JSON column of a run; a damaged one is a StoreError (the file is left untouched)."""
+    if text is None:
+        return None
+    if text == "[]":  # phases_done of most runs
+        return []
+    try:
+        return _decode(text)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise StoreError(f"run {run_id}: its {column!r} column is not valid JSON "
+                         f"({type(exc).__name__}); the database is damaged; it was left untouched"
+                         ) from None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from . import _schema
 from .errors import RunNotFound, StoreError
-from .model import Event, Owner, RunRecord, Status
+from .model import Event, Owner, RunRecord, Status, decode_column
 
 __all__ = ["FlushItem", "StartOutcome", "Store", "dumps"]
 
@@ -91,22 +91,7 @@ def _num(x: Any) -> Any:
     return x
 
 
-_decode = json.JSONDecoder().decode
-
-
-def _json(text: Any, run_id: str, column: str) -> Any:
-    if text == "[]":  # phases_done of most runs
-        return []
-    try:
-        return _decode(text)
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise StoreError(f"run {run_id}: its {column!r} column is not valid JSON "
-                         f"({type(exc).__name__}); the database is damaged; it was left untouched"
-                         ) from None
-
-
-def _loads(text: str | None, run_id: str, column: str) -> Any:
-    return None if text is None else _json(text, run_id, column)
+_json = decode_column  # a JSON column; a damaged one is a StoreError
 
 
 def _record(row: Sequence[Any]) -> RunRecord:
@@ -116,9 +101,9 @@ def _record(row: Sequence[Any]) -> RunRecord:
     owner = Owner(host, pid, started, instance) if instance else None
     return RunRecord(
         id=id_, key=key, attempt=attempt, pipeline=pipeline, version=version,
-        params=_json(params, id_, "params"), status=Status(status), phase=phase,
+        params_json=params, status=Status(status), phase=phase,
         phases=_json(phases, id_, "phases"), done=done, total=total, message=message,
-        error=_loads(error, id_, "error"), result=_loads(result, id_, "result"),
+        error_json=error, result_json=result,
         created_at=created_at, started_at=started_at, ended_at=ended_at, updated_at=updated_at,
         owner=owner, target=target, lease_until=lease_until,
         cancel_requested=bool(cancel_requested), resumed_from=resumed_from, last_seq=last_seq,
