@@ -130,7 +130,8 @@ reader on its own connection polls the run's row every 5 ms and counts the disti
 0.35-0.4 s apart), so the gap is ~0.25 s; while the body spins in Python the flusher needs the GIL back after
 each of its SQLite calls (up to `sys.getswitchinterval()`, 5 ms, each time), which makes some gaps
 longer (the row shows the median and the largest gap): that is how old the progress a panel of
-another process shows can be, and what a crash can lose of it. A body that waits on I/O leaves the flusher the GIL and gets ticks close to 0.25 s.
+another process shows can be, and what a crash can lose of it. A body that waits on I/O leaves
+the flusher the GIL and gets ticks close to 0.25 s.
 Informative.
 
 ### 5. Polling at scale
@@ -253,12 +254,13 @@ fsync per commit (SQLite's default `synchronous=FULL`, which DBOS leaves), tethe
 `synchronous=NORMAL` in WAL: a committed step survives a crash of the process, though not
 necessarily a power cut.""",
     "3": """\
-**3 (idempotent re-start vs DBOS).** tether's attach takes ~0.07-0.11 ms here (figure 9a): one
-indexed `SELECT` (~0.02 ms) plus Python: binding and checking the params, their canonical JSON
-(once: for the key's hash, then compared as text with the stored params, since 85eb511) and the
-decoding of the row into a `RunRecord` (its JSON columns, the result included). cProfile of
-20,000 attach calls: the query and `fetchone` ~20%, `_record` ~20%, JSON encoding ~10%, the
-argument binding ~15%. The ratio sits at the goal on a quiet machine (0.10-0.12).""",
+**3 (idempotent re-start vs DBOS).** tether's attach takes ~0.06-0.11 ms here (figure 9a; this
+VM's speed moves by up to 2x between runs of the same code): one indexed `SELECT` (~0.02 ms)
+plus Python: binding and checking the params, their canonical JSON (once: for the key's hash, then
+compared as text with the stored params, since 85eb511) and the row turned into a `RunRecord`
+(params, error and result decoded only on access since e96f191). cProfile of 20,000 attach calls:
+the query and `fetchone` ~20%, building the record ~15%, JSON encoding of the params ~10%, the
+argument binding ~15%. The ratio sits at the goal (0.10-0.12 in the last runs).""",
     "4a": """\
 **4a (`ctx.log()` vs raw insert).** Every line costs tether, beyond the raw insert: formatting,
 building the JSON of `{"level", "message"}`, a lock to append to the run's buffer, and the
@@ -269,13 +271,14 @@ thread and the logging thread compete for 2 cores.""",
 **5b (panel poll with new events).** The extra cost over raw SQL is decoding each event's JSON
 `data` into a `tether.Event`: ~0.01 ms per event here; the ratio is near 3 with 10 new events.""",
     "5e": """\
-**5e (`tether ls` in-process).** ~1.4 ms per call (the raw query ~0.28 ms). cProfile of 300 calls
-on a 300-run database: decoding the 50 rows into `RunRecord`s ~45% (`list_runs` decodes every JSON
-column, params, phases, error and the result, though the table shows none of them), formatting the
-table ~18% (`strftime` per row, column widths), argument parsing ~6% (the parser is built once per
-process since 85eb511; building it was ~45% before). A listing that does not decode what it does
-not show would reach the goal; it needs a lighter record for listings (not done: `RunRecord` is
-the one shape every reader shares).""",
+**5e (`tether ls` in-process).** ~1.2-1.4 ms per call against ~0.28 ms for the raw query, which
+only fetches the rows. What `tether ls` adds (cProfile of 300 calls on a 300-run database): the
+50 `RunRecord`s (`phases` and `phases_done` decoded; params, error and result are decoded only on
+access since e96f191, which took ~30% off), the owner check of the running ones, recovering
+orphans, formatting the table (`strftime` per row, column widths: ~20%) and argument parsing
+(~6%; the parser is built once per process since 85eb511, building it was ~45% before). The
+comparison is with a query that prints nothing; a listing that builds no records at all would be
+needed for 3x.""",
     "5f": """\
 **5f (`tether ls` in a new process).** ~105 ms against 27 ms for a `python -c` that imports only
 `sqlite3` (an empty interpreter: ~17 ms). Almost all of it is `import tether.cli` (~90 ms with
