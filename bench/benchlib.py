@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -118,8 +119,24 @@ def machine() -> dict[str, str]:
         "OS": platform.platform(),
         "Python": f"{platform.python_implementation()} {platform.python_version()}",
         "SQLite": sqlite3.sqlite_version,
-        "tether": version_of("tether") or "?",
+        "tether": (version_of("tether") or "?") + _commit(),
     }
+
+
+def _commit() -> str:
+    """`` at commit abc1234`` (``+ changes`` if src/ differs from it), or '' outside a git clone."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                              capture_output=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=root, text=True,
+                               capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if head.returncode != 0:
+        return ""
+    changed = " + uncommitted changes in src/" if dirty.stdout.strip() else ""
+    return f" at commit {head.stdout.strip()}{changed}"
 
 
 class CpuWatch:
