@@ -40,7 +40,7 @@ from typing import Any
 
 import psutil
 import tqdm as tqdm_module
-from benchlib import CpuWatch, Row, dump, machine, ms, ns, pct, say, table, version_of, wait_idle
+from benchlib import CpuWatch, Row, machine, ms, ns, pct, report, say, version_of, wait_idle
 from tqdm import tqdm
 
 import tether
@@ -709,18 +709,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += bench_poll(sz, tmp)
         finally:
             runner.shutdown_all()  # stop tether's threads before the directory goes away
-    elapsed = pc() - started
-    others = watch.others()
-    misses = sum(r.ok is False for r in rows)
-    passes = sum(r.ok is True for r in rows)
-    summary = f"{passes} PASS, {misses} MISS, in {elapsed:.0f} s."
-    if others is not None:
-        info["CPU used by other processes meanwhile"] = f"{others:.0%}"
-        summary += f" Other processes used {others:.0%} of the machine's CPU meanwhile"
-        summary += (" (busy machine: the figures are pessimistic)." if others > 0.10 else ".")
-    print(f"{table(rows)}\n\n{summary}", flush=True)
-    if args.json:
-        dump(args.json, rows, info)
+    report(rows, info, watch, pc() - started, args.json)
     return 0
 
 

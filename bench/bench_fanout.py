@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib import CpuWatch, Row, dump, machine, say, table, version_of
+from benchlib import CpuWatch, Row, machine, report, say, version_of
 
 import tether
 
@@ -284,16 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             from tether import runner
 
             runner.shutdown_all()
-    print(table(rows))
-    misses = [r for r in rows if r.ok is False]
-    passes = [r for r in rows if r.ok]
-    others = watch.others()
-    busy = "" if others is None else f" Other processes used {others:.0%} of the machine's CPU meanwhile."
-    print(f"\n{len(passes)} PASS, {len(misses)} MISS, in {pc() - start:.0f} s.{busy}")
-    if args.json:
-        if others is not None:
-            info["CPU used by other processes meanwhile"] = f"{others:.0%}"
-        dump(args.json, rows, info)
+    report(rows, info, watch, pc() - start, args.json)
     return 0
 
 

@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from benchlib import CpuWatch, Row, dump, machine, say, table, version_of
+from benchlib import CpuWatch, Row, machine, report, say, version_of
 
 pc = time.perf_counter
 MODULES = {"tether": "tether", "tqdm.notebook": "tqdm", "tqdm": "tqdm", "dbos": "dbos",
@@ -112,12 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(Row("8c", f"`import tether` vs `import rich.progress` ({each})", ms(t),
                         f"`import rich.progress` {ms(net['rich.progress'])}",
                         t / net["rich.progress"], "(informative)", None))
-    others = watch.others()
-    if others is not None:
-        info["CPU used by other processes meanwhile"] = f"{others:.0%}"
-    print(f"\n{table(rows)}\n\nin {pc() - start:.0f} s.")
-    if args.json:
-        dump(args.json, rows, info)
+    report(rows, info, watch, pc() - start, args.json, head="\n")
     return 0
 
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from benchlib import CpuWatch, Row, dump, machine, say, table, version_of
+from benchlib import CpuWatch, Row, machine, report, say, version_of
 
 import tether
 from tether import runner
@@ -283,12 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         helper.kill()
         helper.wait()
-    others = watch.others()
-    if others is not None:
-        info["CPU used by other processes meanwhile"] = f"{others:.0%}"
-    print(f"\n{table(rows)}\n\nin {pc() - start:.0f} s.")
-    if args.json:
-        dump(args.json, rows, info)
+    report(rows, info, watch, pc() - start, args.json, head="\n")
     return 0
 
 

@@ -64,6 +64,23 @@ def dump(path: str | os.PathLike[str], rows: Sequence[Row], info: dict[str, Any]
     Path(path).write_text(json.dumps({"info": info, "rows": [asdict(r) for r in rows]}, indent=1))
 
 
+def report(rows: Sequence[Row], info: dict[str, Any], watch: CpuWatch, seconds: float,
+           json_path: str | os.PathLike[str] | None, head: str = "") -> None:
+    """The end of every section script: the table, a PASS/MISS summary with the CPU other
+    processes took, and the ``--json`` file for bench/run.py."""
+    misses = sum(r.ok is False for r in rows)
+    passes = sum(r.ok is True for r in rows)
+    summary = f"{passes} PASS, {misses} MISS, in {seconds:.0f} s."
+    others = watch.others()
+    if others is not None:
+        info["CPU used by other processes meanwhile"] = f"{others:.0%}"
+        summary += f" Other processes used {others:.0%} of the machine's CPU meanwhile"
+        summary += " (busy machine: the figures are pessimistic)." if others > 0.10 else "."
+    print(f"{head}{table(rows)}\n\n{summary}", flush=True)
+    if json_path:
+        dump(json_path, rows, info)
+
+
 def pct(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..1)."""
     s = sorted(values)

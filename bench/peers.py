@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib import CpuWatch, Row, dump, machine, ms, pct, say, table, version_of, wait_idle
+from benchlib import CpuWatch, Row, machine, ms, pct, report, say, version_of, wait_idle
 
 import tether
 from tether import runner
@@ -461,20 +461,9 @@ def main(argv: list[str] | None = None) -> int:
             runner.shutdown_all()  # stop tether's threads before the directory goes away
     order = {"2a": 0, "2b": 1, "2c": 2, "3": 3, "7b": 4}
     rows.sort(key=lambda r: order.get(r.ref, 9))
-    elapsed = pc() - started
-    others = watch.others()
-    misses = sum(r.ok is False for r in rows)
-    passes = sum(r.ok is True for r in rows)
-    summary = f"{passes} PASS, {misses} MISS, in {elapsed:.0f} s."
-    if others is not None:
-        info["CPU used by other processes meanwhile"] = f"{others:.0%}"
-        summary += f" Other processes used {others:.0%} of the machine's CPU meanwhile"
-        summary += (" (busy machine: the figures are pessimistic)." if others > 0.10 else ".")
     head = "\n".join(f"- **{k}**: {v}" for k, v in info.items())
-    print(f"## tether vs peers ({'quick' if args.quick else 'full'})\n\n{head}\n\n{table(rows)}\n\n"
-          f"{summary}", flush=True)
-    if args.json:
-        dump(args.json, rows, info)
+    report(rows, info, watch, pc() - started, args.json,
+           head=f"## tether vs peers ({'quick' if args.quick else 'full'})\n\n{head}\n\n")
     return 0
 
 

@@ -94,6 +94,14 @@ def _num(x: Any) -> Any:
 _json = decode_column  # a JSON column; a damaged one is a StoreError
 
 
+def _close_quietly(conns: Sequence[sqlite3.Connection]) -> None:
+    for conn in conns:
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
+
+
 def _record(row: Sequence[Any]) -> RunRecord:
     (id_, key, attempt, pipeline, version, params, status, phase, phases, phases_done, done, total,
      message, error, result, created_at, started_at, ended_at, updated_at, host, pid, started,
@@ -193,11 +201,7 @@ class Store:
             reused = self._idle.pop() if self._idle else None  # given back by an ended thread
             if reused is not None:
                 self._conns[reused] = threading.current_thread()
-        for c in dead:
-            try:
-                c.close()
-            except sqlite3.Error:
-                pass
+        _close_quietly(dead)
         if reused is not None:
             return reused
         conn = None
@@ -345,10 +349,7 @@ class Store:
             if keep:
                 self._idle.append(conn)
         if mine and not keep:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
+            _close_quietly([conn])
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (opening and migrating the database on first use)."""
@@ -376,19 +377,8 @@ class Store:
             with self._open_lock:
                 conns, self._conns = self._conns, {}
                 idle, self._idle = self._idle, []
-            for conn in idle:  # no thread uses them
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
             me = threading.current_thread()
-            for conn, thread in conns.items():
-                if thread is not me and thread.is_alive():
-                    continue
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
+            _close_quietly(idle + [c for c, t in conns.items() if t is me or not t.is_alive()])
 
     @contextmanager
     def guard(self) -> Iterator[None]:
@@ -472,7 +462,6 @@ class Store:
                               "list runs with tether.runs() or `tether ls`.")
         return _record(row)
 
-    @_guarded
     def latest(self, key: str, conn: sqlite3.Connection | None = None) -> RunRecord | None:
         row = self._latest_row(key, conn)
         return _record(row) if row else None
