@@ -11,8 +11,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar, overload
 
-from . import config, owner, runner
+from . import _interrupts, config, owner, runner
 from .errors import KeyConflict, ParamsError, PipelineError
+from .model import Status
 from .run import Run, display_run
 from .store import MAX_DEPTH, dumps
 
@@ -195,11 +196,20 @@ class Pipeline:
             raise ParamsError(f"key= must be a non-empty str of valid text, got {key!r}")
         store = config.store()
         run_ = runner.get(store)
-        outcome = store.start(pipeline=self.name, key=key, params_json=params_json,
-                              version=self.version, phases=self.phases, policy=policy,
-                              owner=run_.owner, lease_s=config.settings().lease,
-                              gone=owner.gone_reason, detach=detach,
-                              max_auto_resumes=config.settings().max_auto_resumes)
+        # From the decision to the hand-over to the runner, a kernel interrupt waits (it lands
+        # while start() waits for another process's lock, or right after): otherwise it could
+        # leave a committed pending run that no thread will ever start.
+        with _interrupts.critical():
+            outcome = store.start(pipeline=self.name, key=key, params_json=params_json,
+                                  version=self.version, phases=self.phases, policy=policy,
+                                  owner=run_.owner, lease_s=config.settings().lease,
+                                  gone=owner.gone_reason, detach=detach,
+                                  max_auto_resumes=config.settings().max_auto_resumes)
+            rec = outcome.record
+            if not detach and (outcome.created or (
+                    rec.status == Status.PENDING and rec.target == run_.owner.instance
+                    and not run_.owns(rec.id))):
+                run_.submit(rec)  # new, or ours yet never handed over: runs now
         handle = Run(store, outcome.record.id, outcome.record)
         if outcome.conflict:
             if " has pipeline " in outcome.conflict:
@@ -210,8 +220,6 @@ class Pipeline:
             else:
                 fix = "; use policy='attach' to get it, or cancel it first"
             raise KeyConflict(f"{self.name}: {outcome.conflict}{fix}", run=handle)
-        if outcome.created and not detach:
-            run_.submit(outcome.record)
         return handle
 
     def _check_importable(self) -> None:

@@ -6,10 +6,12 @@ import json
 import sys
 import threading
 import time
+import warnings
+from collections.abc import Callable
 from typing import Any
 
-from . import config, owner, runner
-from .errors import PipelineNotFound, RunCancelled, RunFailed, RunInterrupted, StoreError
+from . import _interrupts, config, owner, runner
+from .errors import PipelineNotFound, RunCancelled, RunFailed, RunInterrupted
 from .model import Event, Progress, RunRecord, Status
 from .store import Store
 
@@ -114,11 +116,21 @@ class Run:
         run_ = runner.get(self._store)
         event = run_.done_event(self.id)
         if event is not None:
-            if not _wait_event(event, deadline):
-                raise TimeoutError(f"run {self.id} has not ended after {timeout} s")
-            if self.id in run_.unstored:
-                raise StoreError(f"run {self.id} ended in this process but its end could not be "
-                                 f"stored ({run_.unstored[self.id]})")
+            warned = False
+
+            def unstored() -> None:  # say once why a run that ran to its end is not ended yet
+                nonlocal warned
+                why = run_.unstored.get(self.id)
+                if why and not warned:
+                    warned = True
+                    warnings.warn(f"run {self.id}: {why}; tether tries again until it is written "
+                                  "(free some space?), and this wait goes on meanwhile",
+                                  RuntimeWarning, stacklevel=4)
+
+            if not _wait_event(event, deadline, unstored):
+                why = run_.unstored.get(self.id)
+                raise TimeoutError(f"run {self.id} has not ended after {timeout} s"
+                                   + (f" ({why})" if why else ""))
         pause = 0.005
         while not self.snapshot().status.terminal:
             left = None if deadline is None else deadline - time.monotonic()
@@ -148,8 +160,9 @@ class Run:
 
     def cancel(self) -> Run:
         """Ask the run to stop. Pending runs (and runs whose owner is gone) end at once."""
-        runner.get(self._store).cancel_local(self.id)
-        self._store.request_cancel(self.id, owner.gone_reason)
+        with _interrupts.critical():
+            runner.get(self._store).cancel_local(self.id)
+            self._store.request_cancel(self.id, owner.gone_reason)
         return self
 
     def rerun(self) -> Run:
@@ -171,10 +184,11 @@ class Run:
                 "cannot be executed here; run the cell that defines it (or import its module) "
                 "and try again")
         run_ = runner.get(self._store)
-        rec = self._store.new_attempt(self.id, owner=run_.owner, resume=resume,
-                                      lease_s=config.settings().lease, gone=owner.gone_reason)
-        if rec.target != "worker":  # a detached run's new attempt is for a worker too
-            run_.submit(rec)
+        with _interrupts.critical():  # see Pipeline.start: never a committed run left unstarted
+            rec = self._store.new_attempt(self.id, owner=run_.owner, resume=resume,
+                                          lease_s=config.settings().lease, gone=owner.gone_reason)
+            if rec.target != "worker":  # a detached run's new attempt is for a worker too
+                run_.submit(rec)
         return Run(self._store, rec.id, rec)
 
     # -- display -----------------------------------------------------------------------------
@@ -196,13 +210,16 @@ class Run:
         return repr_bundle(self, include, exclude)
 
 
-def _wait_event(event: threading.Event, deadline: float | None) -> bool:
+def _wait_event(event: threading.Event, deadline: float | None,
+                each: Callable[[], None] | None = None) -> bool:
     # short waits keep KeyboardInterrupt responsive in the main thread
     while not event.is_set():
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             return False
         event.wait(0.1 if left is None else min(0.1, left))
+        if each is not None:
+            each()
     return True
 
 

@@ -22,11 +22,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import config, owner
+from . import _interrupts, config, owner
 from .context import Context, _current, install_log_capture
 from .errors import PipelineNotFound, RunCancelled, StoreError
 from .model import RunRecord, Status
-from .store import MAX_VALUE_BYTES, Store, dumps_value
+from .store import MAX_VALUE_BYTES, FlushItem, Store, dumps_value
 
 if TYPE_CHECKING:
     import asyncio
@@ -37,6 +37,22 @@ __all__ = ["Runner", "get", "shutdown_all"]
 
 Listener = Callable[[str], None]
 _KEEP_ENDED = 1000  # ended runs whose done-event is kept
+_RETRY_FIRST_S = 0.25  # a failed claim or end write is tried again after this, doubling...
+_RETRY_MAX_S = 5.0  # ...up to this, until it lands or the process exits
+
+
+class _End:
+    """A run's end whose write failed (disk full, a lock held too long): tried again later."""
+
+    __slots__ = ("ctx", "delay", "due", "error", "item", "reason", "result_json", "status")
+
+    def __init__(self, ctx: Context, item: FlushItem, status: Status, result_json: str | None,
+                 error: dict[str, Any] | None) -> None:
+        self.ctx, self.item, self.status = ctx, item, status
+        self.result_json, self.error = result_json, error
+        self.reason = ""
+        self.delay = _RETRY_FIRST_S
+        self.due = 0.0
 
 
 class Runner:
@@ -46,16 +62,20 @@ class Runner:
         self.store = store
         self.owner = owner.current()
         self.errors: list[str] = []
-        self.unstored: dict[str, str] = {}  # runs whose end could not be written, and why
+        self.unstored: dict[str, str] = {}  # runs whose end is not written yet, and why
         self.loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._live: dict[str, Context] = {}
         self._threads: set[threading.Thread] = set()  # run threads of sync bodies
         self._queue: deque[RunRecord] = deque()
         self._done: dict[str, threading.Event] = {}
-        self._ended: deque[str] = deque()
+        self._ended_ids: deque[str] = deque()
         self._listeners: dict[str, list[Listener]] = {}
         self._slots = 0
+        self._ending: dict[str, _End] = {}  # ends to write again
+        self._pump_due = 0.0  # after a failed claim: when to try the queue again
+        self._pump_delay = _RETRY_FIRST_S
+        self._forked = False  # this object was inherited by a forked child: it does nothing
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._closing = False
@@ -67,8 +87,8 @@ class Runner:
 
     def submit(self, rec: RunRecord) -> None:
         """Queue a pending run this process created; it starts as soon as a slot is free."""
-        with self._lock:
-            if self._closing or rec.id in self._done:
+        with _interrupts.critical(), self._lock:
+            if self._closing or self._forked or rec.id in self._done:
                 return
             self._done[rec.id] = threading.Event()
             self._queue.append(rec)
@@ -81,28 +101,34 @@ class Runner:
         started = 0
         self._ensure_flusher()
         while True:
-            with self._lock:
-                if self._closing or self._slots >= limit:
-                    return started
-                self._slots += 1
-            try:
-                rec = self.store.claim_next(self.owner, pipelines, config.settings().lease)
-            except Exception:
-                self._record_error("claim")
-                rec = None
-            if rec is None:
+            with _interrupts.critical():
                 with self._lock:
-                    self._slots -= 1
-                return started
-            with self._lock:
-                self._done[rec.id] = threading.Event()
-            self._launch(rec)
-            started += 1
+                    if self._closing or self._forked or self._slots >= limit:
+                        return started
+                    self._slots += 1
+                try:
+                    rec = self.store.claim_next(self.owner, pipelines, config.settings().lease)
+                except Exception:
+                    self._record_error("claim")
+                    rec = None
+                if rec is None:
+                    with self._lock:
+                        self._slots -= 1
+                    return started
+                with self._lock:
+                    self._done[rec.id] = threading.Event()
+                self._launch(rec)
+                started += 1
 
     @property
     def busy(self) -> int:
-        """Runs executing or queued in this process."""
-        return self._slots + len(self._queue)
+        """Runs executing or queued in this process (and ends not written yet)."""
+        return self._slots + len(self._queue) + len(self._ending)
+
+    @property
+    def slots(self) -> int:
+        """Runner slots in use: bodies executing (at most ``max_concurrency``)."""
+        return self._slots
 
     def owns(self, run_id: str) -> bool:
         return run_id in self._done
@@ -134,64 +160,84 @@ class Runner:
                 self._record_error("listener")
 
     def _pump(self) -> None:
+        """Start queued runs while slots are free. A claim that fails (disk full, a lock held
+        too long) puts the run back at the head of the queue; the flusher tries again later."""
         limit = config.settings().max_concurrency
         while True:
-            with self._lock:
-                if self._closing or not self._queue or self._slots >= limit:
+            with _interrupts.critical():
+                with self._lock:
+                    if (self._closing or self._forked or not self._queue or self._slots >= limit
+                            or time.monotonic() < self._pump_due):
+                        return
+                    rec = self._queue.popleft()
+                    self._slots += 1
+                try:
+                    claimed = self.store.claim(rec.id, self.owner, config.settings().lease)
+                except Exception as exc:
+                    self._record_error("claim")
+                    with self._lock:
+                        self._slots -= 1
+                        self._queue.appendleft(rec)
+                        self.unstored[rec.id] = f"its start could not be written: {exc}"
+                        self._pump_due = time.monotonic() + self._pump_delay
+                        self._pump_delay = min(self._pump_delay * 2, _RETRY_MAX_S)
                     return
-                rec = self._queue.popleft()
-                self._slots += 1
-            try:
-                claimed = self.store.claim(rec.id, self.owner, config.settings().lease)
-            except Exception:
-                self._record_error("claim")
-                claimed = None
-            if claimed is None:  # cancelled while pending, or not ours
-                self._release(rec.id)
-                continue
-            self._launch(claimed)
+                self._pump_delay = _RETRY_FIRST_S
+                self.unstored.pop(rec.id, None)
+                if claimed is None:  # cancelled while pending, or not ours
+                    self._free_slot(rec.id)
+                    self._ended(rec.id)
+                    continue
+                self._launch(claimed)
 
     def _launch(self, rec: RunRecord) -> None:
+        """Hand a claimed run (its slot counted) to a thread; whatever fails ends the run."""
         from .pipeline import lookup
 
         ctx = Context(self, rec)
         with self._lock:
             self._live[rec.id] = ctx
-        pipe = lookup(rec.pipeline)
-        if pipe is None:
-            exc = PipelineNotFound(f"pipeline {rec.pipeline!r} is not defined in this process")
-            self._finish(ctx, Status.FAILED, None, _error(exc))
-            return
-        if pipe.is_async:
-            loop = self._ensure_loop()
-            import asyncio  # only with async pipelines: it costs ~20 ms to import
+        try:
+            pipe = lookup(rec.pipeline)
+            if pipe is None:
+                raise PipelineNotFound(f"pipeline {rec.pipeline!r} is not defined in this process")
+            if pipe.is_async:
+                loop = self._ensure_loop()
+                import asyncio  # only with async pipelines: it costs ~20 ms to import
 
-            asyncio.run_coroutine_threadsafe(self._run_async(ctx, pipe), loop)
-        else:
-            thread = threading.Thread(target=self._run_sync, args=(ctx, pipe), daemon=True,
-                                      name=f"tether-run-{rec.id}")
-            with self._lock:
-                self._threads.add(thread)
-            thread.start()
+                asyncio.run_coroutine_threadsafe(self._run_async(ctx, pipe), loop)
+            else:
+                # the thread registers itself in _threads: a thread in that set has started
+                threading.Thread(target=self._run_sync, args=(ctx, pipe), daemon=True,
+                                 name=f"tether-run-{rec.id}").start()
+        except Exception as exc:  # e.g. "can't start new thread": the run fails, the slot frees
+            self._finish(ctx, Status.FAILED, None, _error(exc))
 
     # -- executing ---------------------------------------------------------------------------
 
     def _run_sync(self, ctx: Context, pipe: Pipeline) -> None:
+        with self._lock:
+            self._threads.add(threading.current_thread())
         token = _current.set(ctx)
         try:
             out = pipe.fn(ctx, **ctx.params)
             if inspect.isgenerator(out):
                 out = _drain(ctx, out)
+            if self._forked:  # a child forked by the body returned: the run is the parent's
+                return
             self._succeed(ctx, out)
         except RunCancelled as exc:
-            self._finish(ctx, Status.CANCELLED, None, _error(exc))
-        except BaseException as exc:
-            self._finish(ctx, Status.FAILED, None, _error(exc))
+            if not self._forked:
+                self._finish(ctx, Status.CANCELLED, None, _error(exc))
+        except BaseException as exc:  # SystemExit in a forked child leaves quietly too
+            if not self._forked:
+                self._finish(ctx, Status.FAILED, None, _error(exc))
         finally:
             _current.reset(token)
-            self.store.release_conn()
-            with self._lock:
-                self._threads.discard(threading.current_thread())
+            if not self._forked:
+                self.store.release_conn()
+                with self._lock:
+                    self._threads.discard(threading.current_thread())
 
     async def _run_async(self, ctx: Context, pipe: Pipeline) -> None:
         _current.set(ctx)
@@ -237,32 +283,68 @@ class Runner:
 
     def _finish(self, ctx: Context, status: Status, result_json: str | None,
                 error: dict[str, Any] | None) -> None:
+        """Write a run's end. If the write fails, the run stays ``running`` in the store (its
+        lease renewed: it is not an orphan) and the flusher writes the same end again later."""
+        if self._forked:
+            return
         if status == Status.CANCELLED and error is None:
             error = {"type": "Cancelled", "message": "run cancelled", "traceback": ""}
+        with self.store.write_lock:
+            item = ctx._flush_item(force=True)
+        assert item is not None
+        end = _End(ctx, item, status, result_json, error)
+        written = self._write_end(end)
+        self._free_slot(ctx.run_id)
+        if written:
+            self._ended(ctx.run_id)
+        self._pump()
+
+    def _write_end(self, end: _End) -> bool:
+        """One try at writing ``end``; False (and queued for another try) if it failed."""
+        run_id = end.ctx.run_id
         try:
-            with self.store.write_lock:
-                item = ctx._flush_item(force=True)
-                assert item is not None
-                self.store.finish(item, self.owner, status, result_json=result_json, error=error)
+            self.store.finish(end.item, self.owner, end.status, result_json=end.result_json,
+                              error=end.error)
         except Exception as exc:
             self._record_error("finish")
-            self.unstored[ctx.run_id] = f"{type(exc).__name__}: {exc}"
-        self._release(ctx.run_id)
+            end.reason = f"{type(exc).__name__}: {exc}"
+            end.due = time.monotonic() + end.delay
+            end.delay = min(end.delay * 2, _RETRY_MAX_S)
+            with self._lock:
+                self._ending[run_id] = end
+                self.unstored[run_id] = f"its end could not be written yet ({end.reason})"
+            self._wake.set()
+            return False
+        with self._lock:
+            self._ending.pop(run_id, None)
+            self.unstored.pop(run_id, None)
+        return True
 
-    def _release(self, run_id: str) -> None:
+    def _retry_ends(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [e for e in self._ending.values() if e.due <= now]
+        for end in due:
+            if self._write_end(end):
+                self._ended(end.ctx.run_id)
+
+    def _free_slot(self, run_id: str) -> None:
         with self._lock:
             self._slots -= 1
             self._live.pop(run_id, None)
+
+    def _ended(self, run_id: str) -> None:
+        """The run's end is in the store: wake waiters and listeners."""
+        with self._lock:
             event = self._done.get(run_id)
         if event is not None:
             event.set()
         self._notify(run_id)
         with self._lock:
             self._listeners.pop(run_id, None)
-            self._ended.append(run_id)
-            while len(self._ended) > _KEEP_ENDED:  # forget the oldest ended runs (wait() polls)
-                self._done.pop(self._ended.popleft(), None)
-        self._pump()
+            self._ended_ids.append(run_id)
+            while len(self._ended_ids) > _KEEP_ENDED:  # forget the oldest ended runs (wait() polls)
+                self._done.pop(self._ended_ids.popleft(), None)
 
     # -- flushing, heartbeats, recovery ------------------------------------------------------
 
@@ -271,6 +353,8 @@ class Runner:
 
     def flush_run(self, ctx: Context) -> None:
         """Persist one run's state now (phase changes, checkpoints)."""
+        if self._forked:
+            return
         with self.store.write_lock:
             item = ctx._flush_item(force=True)
             if item is not None:
@@ -283,6 +367,8 @@ class Runner:
 
     def checkpoint(self, ctx: Context, name: str, value_json: str) -> None:
         """Store a step's checkpoint with the run's pending state: one transaction."""
+        if self._forked:
+            return
         with self.store.write_lock:
             item = ctx._flush_item(force=True)
             assert item is not None
@@ -297,12 +383,18 @@ class Runner:
 
     def flush(self) -> None:
         """One flusher tick: every live run's changes, the lease, cancel requests, orphans."""
+        if self._forked:
+            return
+        if self._ending:
+            self._retry_ends()
+        if self._queue:
+            self._pump()
         now = time.time()
         cfg = config.settings()
         beat = now >= self._next_beat
         with self._lock:
             ctxs = list(self._live.values())
-            busy = bool(ctxs or self._queue)
+            busy = bool(ctxs or self._queue or self._ending)
         if busy:
             with self.store.write_lock:
                 items = [it for c in ctxs if (it := c._flush_item()) is not None]
@@ -323,7 +415,18 @@ class Runner:
                 self._notify(it.run_id)
         if now >= self._next_sweep:
             self._next_sweep = now + cfg.sweep_interval
-            self.store.recover(self.store.active(), owner.gone_reason)
+            active = self.store.active()
+            self.store.recover(active, owner.gone_reason)
+            self._adopt(active)
+
+    def _adopt(self, active: list[RunRecord]) -> None:
+        """Queue pending runs meant for this process that it does not know: a start() whose
+        caller died between the commit and the hand-over (it cannot happen through tether's
+        own paths, which hold interrupts back; this keeps any such run from waiting forever)."""
+        me = self.owner.instance
+        for rec in active:
+            if rec.status == Status.PENDING and rec.target == me and rec.id not in self._done:
+                self.submit(rec)
 
     def _apply(self, outcome: tuple[set[str], set[str]]) -> None:
         lost, cancels = outcome
@@ -394,16 +497,19 @@ class Runner:
     def shutdown(self, reason: str = "the process exited before the run ended") -> None:
         """Flush, mark every unfinished run of this process interrupted, stop the threads."""
         with self._lock:
-            if self._closing:
+            if self._closing or self._forked:
                 return
             self._closing = True
             ctxs = list(self._live.values())
             queued = [r.id for r in self._queue]
             self._queue.clear()
+            ending = list(self._ending.values())
         self._stop.set()
         self._wake.set()
         if self._flusher is not None and self._flusher is not threading.current_thread():
             self._flusher.join(timeout=5)
+        for end in ending:  # a last try at ends that could not be written: the true outcome
+            self._write_end(end)
         try:
             with self.store.write_lock:
                 items = [it for c in ctxs if (it := c._flush_item()) is not None]
@@ -415,7 +521,7 @@ class Runner:
         # only now ask the bodies to stop: their own finish can no longer overwrite "interrupted"
         for ctx in ctxs:
             ctx._request_cancel("interrupted: the process is shutting down")
-        for run_id in [c.run_id for c in ctxs] + queued:
+        for run_id in [c.run_id for c in ctxs] + queued + [e.ctx.run_id for e in ending]:
             event = self._done.get(run_id)
             if event is not None:
                 event.set()
@@ -482,8 +588,16 @@ def shutdown_all() -> None:
 
 
 def _after_fork() -> None:
+    """In a child forked while runs execute (multiprocessing 'fork', a library forking workers
+    from a body): the child owns nothing. The runners it inherited stop doing anything (a body
+    that returns or exits in the child ends nothing, flushes nothing, writes nothing); the
+    stores it inherited drop the parent's connections (see store._after_fork)."""
     global _runners_lock
     _runners_lock = threading.Lock()
+    for r in _runners.values():
+        r._forked = True
+        r._lock = threading.Lock()
+        r.store.runner = None
     _runners.clear()
     owner.reset_after_fork()
 

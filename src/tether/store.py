@@ -14,13 +14,14 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import _schema
+from . import _interrupts, _schema
 from .errors import RunNotFound, StoreError
 from .model import Event, Owner, RunRecord, Status, decode_column
 
@@ -141,6 +142,14 @@ class FlushItem:
     events: list[tuple[float, str, str | None, str]]  # (ts, kind, phase, data JSON)
 
 
+_SLICE_MS = 50  # the main thread's wait for another process's write lock, between interrupt checks
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
 class _Busy(Exception):
     """Opening hit a lock another process holds; try again."""
 
@@ -174,6 +183,7 @@ class Store:
         self._closed = False
         self._identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file we opened
         self.runner: Any = None  # set by tether.runner
+        _stores.add(self)
 
     def __repr__(self) -> str:
         return f"<tether.Store {str(self.path)!r}>"
@@ -420,27 +430,69 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``), serialised within the process."""
+        """One write transaction (``BEGIN IMMEDIATE``), serialised within the process.
+
+        A kernel interrupt is held back from the moment the write lock is ours until COMMIT or
+        ROLLBACK has run (tether._interrupts); while waiting for the lock it lands at once.
+        Otherwise an interrupt right after BEGIN would leave the transaction open, and every
+        other process locked out, for as long as this process lives."""
         conn = self.conn()
         self._check_same_file()
-        with self.write_lock:
+        with _interrupts.critical():
+            self._lock_for_write()
             try:
+                if conn.in_transaction:  # never build on a transaction some failure left open
+                    conn.execute("ROLLBACK")
+                self._begin(conn)
+                try:
+                    with self.guard():
+                        yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise self._write_error(exc) from exc
+            finally:
+                self.write_lock.release()
+
+    def _lock_for_write(self) -> None:
+        """Take the process's write lock; the main thread waits in slices, so that a kernel
+        interrupt recorded meanwhile is delivered while nothing is held."""
+        if not _interrupts.in_main_thread():
+            self.write_lock.acquire()
+            return
+        while not self.write_lock.acquire(timeout=0.05):
+            _interrupts.safe_point()
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting up to BUSY_TIMEOUT_S for another process's write lock.
+
+        SQLite's busy handler sleeps in C, where no Python signal handler runs: the main thread
+        waits in short slices instead and delivers a recorded interrupt between them."""
+        try:
+            if not _interrupts.in_main_thread():
                 conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise self._write_error(exc) from exc
+                return
+            deadline = time.monotonic() + BUSY_TIMEOUT_S
+            conn.execute(f"PRAGMA busy_timeout = {_SLICE_MS}")
             try:
-                with self.guard():
-                    yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise self._write_error(exc) from exc
+                while True:
+                    try:
+                        conn.execute("BEGIN IMMEDIATE")
+                        return
+                    except sqlite3.OperationalError as exc:
+                        if not _busy(exc) or time.monotonic() > deadline:
+                            raise
+                    _interrupts.safe_point()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        except sqlite3.Error as exc:
+            raise self._write_error(exc) from exc
 
     def _write_error(self, exc: sqlite3.Error) -> StoreError:
         text = str(exc)
@@ -914,3 +966,34 @@ def _difference(rec: RunRecord, params_json: str, version: str | None,
         elif new[name] != rec.params[name]:
             parts.append(f"{name}={dumps(rec.params[name])[:60]}, not {dumps(new[name])[:60]}")
     return "different params: " + "; ".join(parts)
+
+
+# Every Store of this process, for the fork hook below.
+_stores: weakref.WeakSet[Store] = weakref.WeakSet()
+# Connections inherited from the parent by a forked child: never used, never closed (closing
+# would run SQLite's close path, checkpoint and unlink included, on the parent's files), kept
+# referenced so that garbage collection does not close them either.
+_inherited: list[sqlite3.Connection] = []
+
+
+def _after_fork() -> None:
+    """In a forked child, every Store forgets the parent's connections and locks.
+
+    SQLite connections must not cross a fork: the child holds none of the parent's POSIX locks,
+    so writing through them would corrupt the file. The child opens its own on first use."""
+    for st in list(_stores):
+        _inherited.extend(st._conns)
+        _inherited.extend(st._idle)
+        conn = getattr(st._local, "conn", None)  # the forking thread's, carried into the child
+        if conn is not None:
+            _inherited.append(conn)
+        st._local = threading.local()
+        st._conns = {}
+        st._idle = []
+        st.write_lock = threading.RLock()
+        st._open_lock = threading.Lock()
+        st.runner = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

@@ -1,0 +1,128 @@
+"""Kernel interrupts held back across tether's critical sections.
+
+A kernel interrupt is SIGINT, turned into ``KeyboardInterrupt`` by Python's handler, and it can
+land at any bytecode of the main thread: between ``BEGIN`` and ``COMMIT``, between committing a
+new run and handing it to the runner, between counting a runner slot and starting the thread that
+uses it. Each of those leaves something behind (an open write transaction that locks every other
+process out, a pending run nobody will start, a slot used by nothing). Inside ``critical()`` the
+main thread's Python-level handlers for SIGINT, SIGTERM and SIGHUP only record the signal; it is
+delivered, by calling the handler that was in place, when the section ends or at a
+``safe_point()`` inside it (a place where nothing is held, e.g. between two tries to get the
+write lock), so the interrupt still lands promptly, just never halfway through.
+
+Signals reach only the main thread, so other threads pay nothing. The raw ``_signal`` functions
+are used because ``signal.signal`` converts to enums on every call (10x the cost).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from types import FrameType, TracebackType
+from typing import Any
+
+try:
+    import _signal as _sig
+except ImportError:  # pragma: no cover - not CPython
+    import signal as _sig  # type: ignore[no-redef]
+
+__all__ = ["critical", "in_main_thread", "safe_point"]
+
+_SIGNALS = tuple(s for s in (getattr(_sig, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP"))
+                 if s is not None)
+_MAIN = threading.main_thread().ident
+
+_depth = 0
+_saved: dict[int, Callable[[int, FrameType | None], Any]] = {}
+_pending: list[tuple[int, FrameType | None]] = []
+
+
+def in_main_thread() -> bool:
+    return threading.get_ident() == _MAIN
+
+
+def _record(signum: int, frame: FrameType | None) -> None:
+    _pending.append((signum, frame))
+
+
+def _deliver() -> None:
+    """Call the saved handler of each recorded signal (the first that raises wins)."""
+    if not _pending:
+        return
+    pending = _pending[:]
+    _pending.clear()
+    handlers = dict(_saved)
+    for signum, frame in pending:
+        handler = handlers.get(signum) or _sig.getsignal(signum)
+        if callable(handler):
+            handler(signum, frame)
+
+
+def safe_point() -> None:
+    """Inside a critical section, at a place where nothing is held: deliver what was recorded."""
+    if _pending and threading.get_ident() == _MAIN:
+        _deliver()
+
+
+def _restore() -> None:
+    for signum, handler in list(_saved.items()):
+        if _sig.getsignal(signum) is _record:
+            _sig.signal(signum, handler)
+    _saved.clear()
+
+
+class _Critical:
+    """``with critical():`` defers the main thread's interrupts to the end of the block."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        global _depth
+        if threading.get_ident() != _MAIN:
+            return
+        if _depth == 0:
+            try:
+                for signum in _SIGNALS:
+                    handler = _sig.getsignal(signum)
+                    if callable(handler) and handler is not _record:
+                        _saved[signum] = handler
+                        _sig.signal(signum, _record)
+            except BaseException:  # an interrupt while swapping: nothing has started yet
+                _restore()
+                raise
+        _depth += 1
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        global _depth
+        if threading.get_ident() != _MAIN:
+            return
+        _depth -= 1
+        if _depth:
+            return
+        _restore()
+        if ev is not None and isinstance(ev, KeyboardInterrupt):
+            _pending.clear()  # already on its way out
+            return
+        _deliver()
+
+
+_CRITICAL = _Critical()
+
+
+def critical() -> _Critical:
+    return _CRITICAL
+
+
+def _after_fork() -> None:
+    """A fork from inside a critical section: the child's main thread starts with none open."""
+    global _depth, _MAIN
+    _MAIN = threading.main_thread().ident
+    _depth = 0
+    _restore()
+    _pending.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
