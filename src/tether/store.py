@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 import urllib.parse
@@ -26,7 +27,6 @@ from .model import Event, Owner, RunRecord, Status, decode_column
 
 __all__ = ["FlushItem", "StartOutcome", "Store", "dumps"]
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 30.0
 MAX_VALUE_BYTES = 64 * 1024 * 1024  # a result, checkpoint or event larger than this is refused
 
@@ -92,6 +92,19 @@ def _num(x: Any) -> Any:
 
 
 _json = decode_column  # a JSON column; a damaged one is a StoreError
+
+
+def _errname(exc: sqlite3.Error) -> str:
+    """SQLite's primary result code name of ``exc`` (Python < 3.11 only has the message)."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if name:
+        return "_".join(str(name).split("_")[:2])  # SQLITE_CANTOPEN_ISDIR -> SQLITE_CANTOPEN
+    text = str(exc)
+    for fragment, code in (("not a database", "SQLITE_NOTADB"), ("malformed", "SQLITE_CORRUPT"),
+                           ("unable to open", "SQLITE_CANTOPEN")):
+        if fragment in text:
+            return code
+    return "SQLITE_ERROR"
 
 
 def _close_quietly(conns: Sequence[sqlite3.Connection]) -> None:
@@ -188,7 +201,6 @@ class Store:
     def _new_conn(self) -> sqlite3.Connection:
         if self._closed:
             raise self._fail("is closed", fix="Call tether.configure() again to reopen it.")
-        uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=rw"
         if not self.path.exists():
             raise self._fail("no longer exists (was it deleted?)",
                              fix="tether never recreates a database behind your back; "
@@ -206,8 +218,8 @@ class Store:
             return reused
         conn = None
         try:
-            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(self._uri("mode=rw"), uri=True, timeout=BUSY_TIMEOUT_S,
+                                   isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
@@ -218,6 +230,9 @@ class Store:
             self._conns[conn] = threading.current_thread()
         return conn
 
+    def _uri(self, mode: str) -> str:
+        return "file:" + urllib.parse.quote(str(self.path)) + "?" + mode
+
     def _create_file(self) -> None:
         parent = self.path.parent
         try:
@@ -227,6 +242,14 @@ class Store:
                 parent = parent.parent
             for folder in reversed(missing):  # mkdir(parents=True) gives the umask's mode
                 folder.mkdir(mode=0o700, exist_ok=True)
+            # The only descriptor of a database tether opens and closes outside SQLite (SQLite
+            # would create the file with the umask's mode). Closing it cannot drop a lock of
+            # this process's SQLite connections (POSIX locks belong to the process and the
+            # inode): O_EXCL proves the inode is new, so no connection of this process had it
+            # open before (an open descriptor keeps an unlinked file's inode from being reused),
+            # and within the microseconds until os.close() another thread could only have begun
+            # reading an empty file (a statement's SHARED lock in rollback mode, with nothing to
+            # protect): tether opens its first connection after this returns.
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             os.close(fd)
         except FileExistsError:
@@ -237,30 +260,66 @@ class Store:
                 fix="Choose a writable location with tether.configure(db=...) or TETHER_DB.",
             ) from exc
 
+    def _sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(size, mtime) of the file and of its WAL ((0, 0): none). os.stat opens no descriptor."""
+        out = []
+        for name in (str(self.path), f"{self.path}-wal"):
+            try:
+                st = os.stat(name)
+                out.append((st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                out.append((0, 0))
+        return out[0], out[1]
+
     def _check_header(self) -> None:
-        if self.path.is_dir():
-            raise self._fail("is a directory", fix="Pass the path of a file, e.g. .tether/runs.db.")
+        """Refuse a file that is not a whole SQLite database, reading it through SQLite only.
+
+        Never open() the file (or its -wal/-shm) here: closing any descriptor of it drops every
+        POSIX lock this process holds on it, those of the user's own sqlite3 connections and of
+        another store's included (SQLite's "How To Corrupt An SQLite Database File", 2.2); another
+        process would then believe itself the last user and delete the WAL under them. SQLite's
+        own close keeps a descriptor open while the process holds locks on the file. The probe is
+        ``immutable``: it takes no lock, creates no -wal/-shm and reads only the main file, which
+        is what these checks are about."""
         try:
-            with open(self.path, "rb") as fh:
-                header = fh.read(100)
-                size = os.fstat(fh.fileno()).st_size
+            st = os.stat(self.path)
         except OSError as exc:
             raise self._fail("cannot be read", exc) from exc
-        if header and header[:16] != SQLITE_HEADER:
-            raise self._fail("is not a SQLite database (wrong file header); it was left untouched",
-                             fix="Point tether at another file with tether.configure(db=...).")
-        if len(header) < 100:
-            return
-        page = int.from_bytes(header[16:18], "big")
-        page = 65536 if page == 1 else page
-        wal = Path(f"{self.path}-wal")
-        wal_empty = not wal.exists() or wal.stat().st_size == 0
+        if stat.S_ISDIR(st.st_mode):
+            raise self._fail("is a directory", fix="Pass the path of a file, e.g. .tether/runs.db.")
+        before = self._sizes()
+        probe = None
+        try:
+            probe = sqlite3.connect(self._uri("mode=rw&immutable=1"), uri=True, isolation_level=None,
+                                    check_same_thread=False)
+            try:
+                probe.execute("PRAGMA page_count").fetchone()
+                counted_pages_missing = False
+            except sqlite3.DatabaseError as exc:
+                # SQLITE_CORRUPT from reading page 1: its header counts more pages than the file
+                # holds (SQLite read the page size already)
+                if _errname(exc) != "SQLITE_CORRUPT":
+                    raise
+                counted_pages_missing = True
+            page = probe.execute("PRAGMA page_size").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            if _errname(exc) == "SQLITE_NOTADB":
+                raise self._fail(
+                    "is not a SQLite database (wrong file header); it was left untouched",
+                    fix="Point tether at another file with tether.configure(db=...).") from exc
+            if _errname(exc) == "SQLITE_CANTOPEN":
+                raise self._fail("cannot be read", exc) from exc
+            raise self._fail("is corrupt or unreadable; it was left untouched", exc) from exc
+        finally:
+            if probe is not None:
+                probe.close()
+        (size, _), (wal_size, _) = before
         # SQLite writes whole pages: a size that is not a multiple of the page size is a cut file.
         # A file shorter than its header's page count is cut too, unless a WAL may still hold the
         # missing pages (a checkpoint interrupted by a crash writes page 1 first).
-        expected = int.from_bytes(header[28:32], "big") * page
-        counted = header[92:96] == header[24:28]  # the header's page count is valid
-        if size % page or (wal_empty and counted and size < expected):
+        if size % page or (counted_pages_missing and wal_size == 0):
+            if self._sizes() != before:  # another process wrote meanwhile: look again
+                raise _Busy
             raise self._fail(f"is truncated ({size} bytes, pages of {page}); it was left untouched",
                              fix="Restore a backup or use tether.configure(db=...).")
 
