@@ -34,7 +34,7 @@ _RUN_COLS = (
     "id, key, attempt, pipeline, version, params, status, phase, phases, phases_done, done, total, "
     "message, error, result, created_at, started_at, ended_at, updated_at, owner_host, owner_pid, "
     "owner_started, owner_instance, target, lease_until, cancel_requested, resumed_from, last_seq, "
-    "created_by"
+    "created_by, owner_ns"
 )
 _ACTIVE = ("pending", "running")
 
@@ -118,8 +118,8 @@ def _close_quietly(conns: Sequence[sqlite3.Connection]) -> None:
 def _record(row: Sequence[Any]) -> RunRecord:
     (id_, key, attempt, pipeline, version, params, status, phase, phases, phases_done, done, total,
      message, error, result, created_at, started_at, ended_at, updated_at, host, pid, started,
-     instance, target, lease_until, cancel_requested, resumed_from, last_seq, created_by) = row
-    owner = Owner(host, pid, started, instance) if instance else None
+     instance, target, lease_until, cancel_requested, resumed_from, last_seq, created_by, ns) = row
+    owner = Owner(host, pid, started, instance, ns) if instance else None
     return RunRecord(
         id=id_, key=key, attempt=attempt, pipeline=pipeline, version=version,
         params_json=params, status=Status(status), phase=phase,
@@ -752,13 +752,14 @@ class Store:
         conn.execute(
             "INSERT INTO runs (id, key, attempt, pipeline, version, params, status, phases, "
             "phases_done, created_at, updated_at, owner_host, owner_pid, owner_started, "
-            "owner_instance, target, lease_until, resumed_from, last_seq, created_by) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            "owner_instance, target, lease_until, resumed_from, last_seq, created_by, owner_ns) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
             (run_id, key, attempt, pipeline, version, params_json, dumps(phases),
              dumps(phases_done), now, now, None if detach else owner.host,
              None if detach else owner.pid, None if detach else owner.started,
              None if detach else owner.instance, "worker" if detach else owner.instance,
-             None if detach else now + lease_s, resumed_from, created_by))
+             None if detach else now + lease_s, resumed_from, created_by,
+             None if detach else owner.ns))
         data: dict[str, Any] = {"by": created_by}
         if detach:
             data["detached"] = True
@@ -792,10 +793,10 @@ class Store:
             cur = conn.execute(
                 "UPDATE runs SET status = 'running', started_at = ?, updated_at = ?, "
                 "owner_host = ?, owner_pid = ?, owner_started = ?, owner_instance = ?, "
-                "lease_until = ?, last_seq = last_seq + 1 "
+                "owner_ns = ?, lease_until = ?, last_seq = last_seq + 1 "
                 "WHERE id = ? AND status = 'pending' AND target = ?",
-                (now, now, owner.host, owner.pid, owner.started, owner.instance, now + lease_s,
-                 run_id, target or owner.instance))
+                (now, now, owner.host, owner.pid, owner.started, owner.instance, owner.ns,
+                 now + lease_s, run_id, target or owner.instance))
             if cur.rowcount != 1:
                 return None
             rec = _record(conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?",
