@@ -107,6 +107,15 @@ def _errname(exc: sqlite3.Error) -> str:
     return "SQLITE_ERROR"
 
 
+def _user(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name}, uid {uid}"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
 def _close_quietly(conns: Sequence[sqlite3.Connection]) -> None:
     for conn in conns:
         try:
@@ -176,8 +185,11 @@ def _guarded(fn: F) -> F:
 class Store:
     """A tether database file. Cheap to create; opens (and migrates) on first use."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str],
+                 allow_foreign: Callable[[], bool] | None = None) -> None:
         self.path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+        # asked when the file is opened: may a file owned by another user be used?
+        self._allow_foreign = allow_foreign or (lambda: False)
         self.write_lock = threading.RLock()
         self._local = threading.local()
         self._conns: dict[sqlite3.Connection, threading.Thread] = {}  # connection -> its thread
@@ -201,7 +213,7 @@ class Store:
     def _new_conn(self) -> sqlite3.Connection:
         if self._closed:
             raise self._fail("is closed", fix="Call tether.configure() again to reopen it.")
-        if not self.path.exists():
+        if self._stat() is None:
             raise self._fail("no longer exists (was it deleted?)",
                              fix="tether never recreates a database behind your back; "
                                  "restart the process to start a new one.")
@@ -229,6 +241,42 @@ class Store:
         with self._open_lock:
             self._conns[conn] = threading.current_thread()
         return conn
+
+    def _stat(self, suffix: str = "") -> os.stat_result | None:
+        """os.stat of the file (or of its ``suffix`` companion), None if there is none. A folder
+        on the way the user may not enter is a StoreError that says so."""
+        try:
+            return os.stat(f"{self.path}{suffix}")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except PermissionError as exc:
+            raise self._fail(
+                "cannot be reached (permission denied)", exc,
+                fix="Every folder on its path must be open to you (chmod u+x, or ask its owner); "
+                    "or choose another path with tether.configure(db=...) or TETHER_DB.") from None
+        except OSError as exc:
+            raise self._fail("cannot be reached", exc,
+                             fix="Choose another path with tether.configure(db=...) or TETHER_DB."
+                             ) from None
+
+    def _check_owner(self) -> None:
+        """Refuse a database, -wal, -shm or -journal owned by another user (root included): its
+        owner can read and change the runs (and what a pipeline returns), and a -wal is applied to
+        the file beside it. Checked by the effective uid, the one that opens files."""
+        if not hasattr(os, "geteuid") or self._allow_foreign():
+            return
+        me = os.geteuid()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            st = self._stat(suffix)
+            if st is None or st.st_uid == me:
+                continue
+            where = "" if not suffix else f" (its {suffix} file {f'{self.path}{suffix}'!r})"
+            raise self._fail(
+                f"is owned by another user{where} ({_user(st.st_uid)}), not by you ({_user(me)}); "
+                "it was left untouched",
+                fix="Whoever owns it can read and change your runs. Use your own file with "
+                    "tether.configure(db=...) or TETHER_DB, or if you trust its owner allow it with "
+                    "tether.configure(allow_foreign_db=True) or TETHER_ALLOW_FOREIGN_DB=1.")
 
     def _uri(self, mode: str) -> str:
         return "file:" + urllib.parse.quote(str(self.path)) + "?" + mode
@@ -281,12 +329,6 @@ class Store:
         own close keeps a descriptor open while the process holds locks on the file. The probe is
         ``immutable``: it takes no lock, creates no -wal/-shm and reads only the main file, which
         is what these checks are about."""
-        try:
-            st = os.stat(self.path)
-        except OSError as exc:
-            raise self._fail("cannot be read", exc) from exc
-        if stat.S_ISDIR(st.st_mode):
-            raise self._fail("is a directory", fix="Pass the path of a file, e.g. .tether/runs.db.")
         before = self._sizes()
         probe = None
         try:
@@ -308,7 +350,9 @@ class Store:
                     "is not a SQLite database (wrong file header); it was left untouched",
                     fix="Point tether at another file with tether.configure(db=...).") from exc
             if _errname(exc) == "SQLITE_CANTOPEN":
-                raise self._fail("cannot be read", exc) from exc
+                raise self._fail("cannot be read (permission denied?)", exc,
+                                 fix="It must be readable and writable by you (chmod u+rw); or "
+                                     "choose another path with tether.configure(db=...).") from exc
             raise self._fail("is corrupt or unreadable; it was left untouched", exc) from exc
         finally:
             if probe is not None:
@@ -337,10 +381,16 @@ class Store:
                 time.sleep(0.02)
 
     def _open_once(self) -> None:
-        if self.path.exists():
+        st = self._stat()
+        if st is not None:
+            if stat.S_ISDIR(st.st_mode):
+                raise self._fail("is a directory",
+                                 fix="Pass the path of a file, e.g. .tether/runs.db.")
+            self._check_owner()
             self._check_header()
         else:
             self._create_file()
+            self._check_owner()  # O_EXCL may have lost a race: the file may be someone else's
         conn = self._new_conn()
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -456,6 +506,9 @@ class Store:
         try:
             st = os.stat(self.path)
             same = (st.st_dev, st.st_ino) == self._identity
+        except PermissionError:
+            self._stat()  # raises: a folder on the way was closed to this user
+            same = False
         except OSError:
             same = False
         if not same:
