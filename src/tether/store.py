@@ -310,14 +310,9 @@ class Store:
 
     def _sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """(size, mtime) of the file and of its WAL ((0, 0): none). os.stat opens no descriptor."""
-        out = []
-        for name in (str(self.path), f"{self.path}-wal"):
-            try:
-                st = os.stat(name)
-                out.append((st.st_size, st.st_mtime_ns))
-            except FileNotFoundError:
-                out.append((0, 0))
-        return out[0], out[1]
+        main, wal = self._stat(), self._stat("-wal")
+        return ((main.st_size, main.st_mtime_ns) if main else (0, 0),
+                (wal.st_size, wal.st_mtime_ns) if wal else (0, 0))
 
     def _check_header(self) -> None:
         """Refuse a file that is not a whole SQLite database, reading it through SQLite only.
@@ -332,6 +327,9 @@ class Store:
         before = self._sizes()
         probe = None
         try:
+            # mode=rw: no O_CREAT (a file deleted meanwhile is not recreated), and the descriptor
+            # SQLite keeps after close is reused by the next connection (a read-only file still
+            # opens: SQLite falls back to read-only)
             probe = sqlite3.connect(self._uri("mode=rw&immutable=1"), uri=True, isolation_level=None,
                                     check_same_thread=False)
             try:
