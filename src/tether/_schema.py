@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 MIGRATION_SET = "tether"
 MIGRATIONS_TABLE = "_sqlite_migrations"  # sqlite_utils.migrations.Migrations.migrations_table
-KNOWN = ["0001_initial"]  # in order
+KNOWN = ["0001_initial", "0002_owner_ns"]  # in order
 
 # Times are unix epoch seconds (REAL): datetime(created_at, 'unixepoch') reads them in the shell.
 _V1 = [
@@ -88,7 +88,13 @@ def _initial(db: Database) -> None:
         db.execute(statement)
 
 
-_STEPS = {"0001_initial": _initial}
+def _owner_ns(db: Database) -> None:
+    # where the owner's pid means something: "<boot id>/<st_dev>:<st_ino> of its pid namespace"
+    # (tether.owner); NULL for runs recorded before (judged by host and pid alone)
+    db.execute("ALTER TABLE runs ADD COLUMN owner_ns TEXT")
+
+
+_STEPS = {"0001_initial": _initial, "0002_owner_ns": _owner_ns}
 
 
 def applied(conn: sqlite3.Connection) -> list[str]:

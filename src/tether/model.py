@@ -57,6 +57,9 @@ class Owner:
     pid: int
     started: float  # process start time (psutil create_time)
     instance: str  # random id of the tether runtime in that process
+    # where ``pid`` means something: "<boot id>/<dev>:<inode of its pid namespace>" (Linux), or
+    # None (unknown: recorded by an older tether, or not Linux). See tether.owner.
+    ns: str | None = None
 
 
 @dataclass

@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 import urllib.parse
@@ -27,7 +28,6 @@ from .model import Event, Owner, RunRecord, Status, decode_column
 
 __all__ = ["FlushItem", "StartOutcome", "Store", "dumps"]
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 30.0
 MAX_VALUE_BYTES = 64 * 1024 * 1024  # a result, checkpoint or event larger than this is refused
 
@@ -35,7 +35,7 @@ _RUN_COLS = (
     "id, key, attempt, pipeline, version, params, status, phase, phases, phases_done, done, total, "
     "message, error, result, created_at, started_at, ended_at, updated_at, owner_host, owner_pid, "
     "owner_started, owner_instance, target, lease_until, cancel_requested, resumed_from, last_seq, "
-    "created_by"
+    "created_by, owner_ns"
 )
 _ACTIVE = ("pending", "running")
 
@@ -95,6 +95,28 @@ def _num(x: Any) -> Any:
 _json = decode_column  # a JSON column; a damaged one is a StoreError
 
 
+def _errname(exc: sqlite3.Error) -> str:
+    """SQLite's primary result code name of ``exc`` (Python < 3.11 only has the message)."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if name:
+        return "_".join(str(name).split("_")[:2])  # SQLITE_CANTOPEN_ISDIR -> SQLITE_CANTOPEN
+    text = str(exc)
+    for fragment, code in (("not a database", "SQLITE_NOTADB"), ("malformed", "SQLITE_CORRUPT"),
+                           ("unable to open", "SQLITE_CANTOPEN")):
+        if fragment in text:
+            return code
+    return "SQLITE_ERROR"
+
+
+def _user(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name}, uid {uid}"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
 def _close_quietly(conns: Sequence[sqlite3.Connection]) -> None:
     for conn in conns:
         try:
@@ -106,8 +128,8 @@ def _close_quietly(conns: Sequence[sqlite3.Connection]) -> None:
 def _record(row: Sequence[Any]) -> RunRecord:
     (id_, key, attempt, pipeline, version, params, status, phase, phases, phases_done, done, total,
      message, error, result, created_at, started_at, ended_at, updated_at, host, pid, started,
-     instance, target, lease_until, cancel_requested, resumed_from, last_seq, created_by) = row
-    owner = Owner(host, pid, started, instance) if instance else None
+     instance, target, lease_until, cancel_requested, resumed_from, last_seq, created_by, ns) = row
+    owner = Owner(host, pid, started, instance, ns) if instance else None
     return RunRecord(
         id=id_, key=key, attempt=attempt, pipeline=pipeline, version=version,
         params_json=params, status=Status(status), phase=phase,
@@ -172,8 +194,11 @@ def _guarded(fn: F) -> F:
 class Store:
     """A tether database file. Cheap to create; opens (and migrates) on first use."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str],
+                 allow_foreign: Callable[[], bool] | None = None) -> None:
         self.path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+        # asked when the file is opened: may a file owned by another user be used?
+        self._allow_foreign = allow_foreign or (lambda: False)
         self.write_lock = threading.RLock()
         self._local = threading.local()
         self._conns: dict[sqlite3.Connection, threading.Thread] = {}  # connection -> its thread
@@ -198,8 +223,7 @@ class Store:
     def _new_conn(self) -> sqlite3.Connection:
         if self._closed:
             raise self._fail("is closed", fix="Call tether.configure() again to reopen it.")
-        uri = "file:" + urllib.parse.quote(str(self.path)) + "?mode=rw"
-        if not self.path.exists():
+        if self._stat() is None:
             raise self._fail("no longer exists (was it deleted?)",
                              fix="tether never recreates a database behind your back; "
                                  "restart the process to start a new one.")
@@ -216,8 +240,8 @@ class Store:
             return reused
         conn = None
         try:
-            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(self._uri("mode=rw"), uri=True, timeout=BUSY_TIMEOUT_S,
+                                   isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
@@ -228,6 +252,45 @@ class Store:
             self._conns[conn] = threading.current_thread()
         return conn
 
+    def _stat(self, suffix: str = "") -> os.stat_result | None:
+        """os.stat of the file (or of its ``suffix`` companion), None if there is none. A folder
+        on the way the user may not enter is a StoreError that says so."""
+        try:
+            return os.stat(f"{self.path}{suffix}")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except PermissionError as exc:
+            raise self._fail(
+                "cannot be reached (permission denied)", exc,
+                fix="Every folder on its path must be open to you (chmod u+x, or ask its owner); "
+                    "or choose another path with tether.configure(db=...) or TETHER_DB.") from None
+        except OSError as exc:
+            raise self._fail("cannot be reached", exc,
+                             fix="Choose another path with tether.configure(db=...) or TETHER_DB."
+                             ) from None
+
+    def _check_owner(self) -> None:
+        """Refuse a database, -wal, -shm or -journal owned by another user (root included): its
+        owner can read and change the runs (and what a pipeline returns), and a -wal is applied to
+        the file beside it. Checked by the effective uid, the one that opens files."""
+        if not hasattr(os, "geteuid") or self._allow_foreign():
+            return
+        me = os.geteuid()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            st = self._stat(suffix)
+            if st is None or st.st_uid == me:
+                continue
+            where = "" if not suffix else f" (its {suffix} file {f'{self.path}{suffix}'!r})"
+            raise self._fail(
+                f"is owned by another user{where} ({_user(st.st_uid)}), not by you ({_user(me)}); "
+                "it was left untouched",
+                fix="Whoever owns it can read and change your runs. Use your own file with "
+                    "tether.configure(db=...) or TETHER_DB, or if you trust its owner allow it with "
+                    "tether.configure(allow_foreign_db=True) or TETHER_ALLOW_FOREIGN_DB=1.")
+
+    def _uri(self, mode: str) -> str:
+        return "file:" + urllib.parse.quote(str(self.path)) + "?" + mode
+
     def _create_file(self) -> None:
         parent = self.path.parent
         try:
@@ -237,6 +300,14 @@ class Store:
                 parent = parent.parent
             for folder in reversed(missing):  # mkdir(parents=True) gives the umask's mode
                 folder.mkdir(mode=0o700, exist_ok=True)
+            # The only descriptor of a database tether opens and closes outside SQLite (SQLite
+            # would create the file with the umask's mode). Closing it cannot drop a lock of
+            # this process's SQLite connections (POSIX locks belong to the process and the
+            # inode): O_EXCL proves the inode is new, so no connection of this process had it
+            # open before (an open descriptor keeps an unlinked file's inode from being reused),
+            # and within the microseconds until os.close() another thread could only have begun
+            # reading an empty file (a statement's SHARED lock in rollback mode, with nothing to
+            # protect): tether opens its first connection after this returns.
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             os.close(fd)
         except FileExistsError:
@@ -247,30 +318,60 @@ class Store:
                 fix="Choose a writable location with tether.configure(db=...) or TETHER_DB.",
             ) from exc
 
+    def _sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(size, mtime) of the file and of its WAL ((0, 0): none). os.stat opens no descriptor."""
+        main, wal = self._stat(), self._stat("-wal")
+        return ((main.st_size, main.st_mtime_ns) if main else (0, 0),
+                (wal.st_size, wal.st_mtime_ns) if wal else (0, 0))
+
     def _check_header(self) -> None:
-        if self.path.is_dir():
-            raise self._fail("is a directory", fix="Pass the path of a file, e.g. .tether/runs.db.")
+        """Refuse a file that is not a whole SQLite database, reading it through SQLite only.
+
+        Never open() the file (or its -wal/-shm) here: closing any descriptor of it drops every
+        POSIX lock this process holds on it, those of the user's own sqlite3 connections and of
+        another store's included (SQLite's "How To Corrupt An SQLite Database File", 2.2); another
+        process would then believe itself the last user and delete the WAL under them. SQLite's
+        own close keeps a descriptor open while the process holds locks on the file. The probe is
+        ``immutable``: it takes no lock, creates no -wal/-shm and reads only the main file, which
+        is what these checks are about."""
+        before = self._sizes()
+        probe = None
         try:
-            with open(self.path, "rb") as fh:
-                header = fh.read(100)
-                size = os.fstat(fh.fileno()).st_size
-        except OSError as exc:
-            raise self._fail("cannot be read", exc) from exc
-        if header and header[:16] != SQLITE_HEADER:
-            raise self._fail("is not a SQLite database (wrong file header); it was left untouched",
-                             fix="Point tether at another file with tether.configure(db=...).")
-        if len(header) < 100:
-            return
-        page = int.from_bytes(header[16:18], "big")
-        page = 65536 if page == 1 else page
-        wal = Path(f"{self.path}-wal")
-        wal_empty = not wal.exists() or wal.stat().st_size == 0
+            # mode=rw: no O_CREAT (a file deleted meanwhile is not recreated), and the descriptor
+            # SQLite keeps after close is reused by the next connection (a read-only file still
+            # opens: SQLite falls back to read-only)
+            probe = sqlite3.connect(self._uri("mode=rw&immutable=1"), uri=True, isolation_level=None,
+                                    check_same_thread=False)
+            try:
+                probe.execute("PRAGMA page_count").fetchone()
+                counted_pages_missing = False
+            except sqlite3.DatabaseError as exc:
+                # SQLITE_CORRUPT from reading page 1: its header counts more pages than the file
+                # holds (SQLite read the page size already)
+                if _errname(exc) != "SQLITE_CORRUPT":
+                    raise
+                counted_pages_missing = True
+            page = probe.execute("PRAGMA page_size").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            if _errname(exc) == "SQLITE_NOTADB":
+                raise self._fail(
+                    "is not a SQLite database (wrong file header); it was left untouched",
+                    fix="Point tether at another file with tether.configure(db=...).") from exc
+            if _errname(exc) == "SQLITE_CANTOPEN":
+                raise self._fail("cannot be read (permission denied?)", exc,
+                                 fix="It must be readable and writable by you (chmod u+rw); or "
+                                     "choose another path with tether.configure(db=...).") from exc
+            raise self._fail("is corrupt or unreadable; it was left untouched", exc) from exc
+        finally:
+            if probe is not None:
+                probe.close()
+        (size, _), (wal_size, _) = before
         # SQLite writes whole pages: a size that is not a multiple of the page size is a cut file.
         # A file shorter than its header's page count is cut too, unless a WAL may still hold the
         # missing pages (a checkpoint interrupted by a crash writes page 1 first).
-        expected = int.from_bytes(header[28:32], "big") * page
-        counted = header[92:96] == header[24:28]  # the header's page count is valid
-        if size % page or (wal_empty and counted and size < expected):
+        if size % page or (counted_pages_missing and wal_size == 0):
+            if self._sizes() != before:  # another process wrote meanwhile: look again
+                raise _Busy
             raise self._fail(f"is truncated ({size} bytes, pages of {page}); it was left untouched",
                              fix="Restore a backup or use tether.configure(db=...).")
 
@@ -288,10 +389,16 @@ class Store:
                 time.sleep(0.02)
 
     def _open_once(self) -> None:
-        if self.path.exists():
+        st = self._stat()
+        if st is not None:
+            if stat.S_ISDIR(st.st_mode):
+                raise self._fail("is a directory",
+                                 fix="Pass the path of a file, e.g. .tether/runs.db.")
+            self._check_owner()
             self._check_header()
         else:
             self._create_file()
+            self._check_owner()  # O_EXCL may have lost a race: the file may be someone else's
         conn = self._new_conn()
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -407,6 +514,9 @@ class Store:
         try:
             st = os.stat(self.path)
             same = (st.st_dev, st.st_ino) == self._identity
+        except PermissionError:
+            self._stat()  # raises: a folder on the way was closed to this user
+            same = False
         except OSError:
             same = False
         if not same:
@@ -745,13 +855,14 @@ class Store:
         conn.execute(
             "INSERT INTO runs (id, key, attempt, pipeline, version, params, status, phases, "
             "phases_done, created_at, updated_at, owner_host, owner_pid, owner_started, "
-            "owner_instance, target, lease_until, resumed_from, last_seq, created_by) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            "owner_instance, target, lease_until, resumed_from, last_seq, created_by, owner_ns) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
             (run_id, key, attempt, pipeline, version, params_json, dumps(phases),
              dumps(phases_done), now, now, None if detach else owner.host,
              None if detach else owner.pid, None if detach else owner.started,
              None if detach else owner.instance, "worker" if detach else owner.instance,
-             None if detach else now + lease_s, resumed_from, created_by))
+             None if detach else now + lease_s, resumed_from, created_by,
+             None if detach else owner.ns))
         data: dict[str, Any] = {"by": created_by}
         if detach:
             data["detached"] = True
@@ -785,10 +896,10 @@ class Store:
             cur = conn.execute(
                 "UPDATE runs SET status = 'running', started_at = ?, updated_at = ?, "
                 "owner_host = ?, owner_pid = ?, owner_started = ?, owner_instance = ?, "
-                "lease_until = ?, last_seq = last_seq + 1 "
+                "owner_ns = ?, lease_until = ?, last_seq = last_seq + 1 "
                 "WHERE id = ? AND status = 'pending' AND target = ?",
-                (now, now, owner.host, owner.pid, owner.started, owner.instance, now + lease_s,
-                 run_id, target or owner.instance))
+                (now, now, owner.host, owner.pid, owner.started, owner.instance, owner.ns,
+                 now + lease_s, run_id, target or owner.instance))
             if cur.rowcount != 1:
                 return None
             rec = _record(conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?",
