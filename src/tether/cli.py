@@ -13,10 +13,9 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from . import config, owner
-from .errors import StoreError, TetherError
+from .errors import TetherError
 from .model import RunRecord, Status
 from .store import Store
 
@@ -59,11 +58,7 @@ def _table(rows: list[list[str]]) -> str:
 
 def _existing_store(path: str | None) -> Store:
     """Commands that read need an existing database: a typo must not create an empty one."""
-    target = Path(path) if path else config.db_path()
-    if not target.exists():
-        raise StoreError(f"tether database {str(target)!r} does not exist; pass --db PATH "
-                         "(or set TETHER_DB) to point at the runs.db your notebook uses")
-    return config.store(target)
+    return config.existing_store(path)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

@@ -45,7 +45,13 @@ class RunNotFound(TetherError, LookupError):
 
 
 class StoreError(TetherError):
-    """The database cannot be used: not SQLite, corrupt, newer schema, unwritable, ..."""
+    """The database cannot be used: not SQLite, corrupt, newer schema, unwritable, ...
+
+    ``transient`` is True for a write that may succeed later unchanged (the disk full, an I/O
+    error, another process holding the lock too long): tether retries a run's claim and end
+    after those, and gives up at once on the others (the file deleted, corrupt, read-only)."""
+
+    transient: bool = False
 
 
 class KeyConflict(TetherError):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _interrupts, config, owner, runner
-from .errors import PipelineNotFound, RunCancelled, RunFailed, RunInterrupted
+from .errors import PipelineNotFound, RunCancelled, RunFailed, RunInterrupted, StoreError
 from .model import Event, Progress, RunRecord, Status
 from .store import Store
 
@@ -131,6 +131,9 @@ class Run:
                 why = run_.unstored.get(self.id)
                 raise TimeoutError(f"run {self.id} has not ended after {timeout} s"
                                    + (f" ({why})" if why else ""))
+            if self.id in run_.unstored:  # ended here, and its end can never be stored
+                raise StoreError(f"run {self.id} ended in this process but its end could not be "
+                                 f"stored ({run_.unstored[self.id]})")
         pause = 0.005
         while not self.snapshot().status.terminal:
             left = None if deadline is None else deadline - time.monotonic()

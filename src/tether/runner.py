@@ -177,11 +177,14 @@ class Runner:
                     self._record_error("claim")
                     with self._lock:
                         self._slots -= 1
-                        self._queue.appendleft(rec)
-                        self.unstored[rec.id] = f"its start could not be written: {exc}"
-                        self._pump_due = time.monotonic() + self._pump_delay
-                        self._pump_delay = min(self._pump_delay * 2, _RETRY_MAX_S)
-                    return
+                        self.unstored[rec.id] = f"its start could not be written ({exc})"
+                        if _transient(exc):  # e.g. the disk full: the same claim, later
+                            self._queue.appendleft(rec)
+                            self._pump_due = time.monotonic() + self._pump_delay
+                            self._pump_delay = min(self._pump_delay * 2, _RETRY_MAX_S)
+                            return
+                    self._ended(rec.id)  # e.g. the database deleted: it can never start here
+                    continue
                 self._pump_delay = _RETRY_FIRST_S
                 self.unstored.pop(rec.id, None)
                 if claimed is None:  # cancelled while pending, or not ours
@@ -307,6 +310,11 @@ class Runner:
                               error=end.error)
         except Exception as exc:
             self._record_error("finish")
+            if not _transient(exc):  # e.g. the database deleted: no later try can store it
+                with self._lock:
+                    self._ending.pop(run_id, None)
+                    self.unstored[run_id] = f"{type(exc).__name__}: {exc}"
+                return True
             end.reason = f"{type(exc).__name__}: {exc}"
             end.due = time.monotonic() + end.delay
             end.delay = min(end.delay * 2, _RETRY_MAX_S)
@@ -527,6 +535,10 @@ class Runner:
                 event.set()
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, StoreError) and exc.transient
 
 
 def _drain(ctx: Context, gen: Any) -> Any:

@@ -607,12 +607,17 @@ class Store:
     def _write_error(self, exc: sqlite3.Error) -> StoreError:
         text = str(exc)
         if "locked" in text or "busy" in text:
-            return self._fail(f"stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s", exc)
-        if "full" in text:
-            return self._fail("cannot grow: the disk is full", exc)
-        if "readonly" in text:
+            err = self._fail(f"stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s", exc)
+        elif "full" in text:
+            err = self._fail("cannot grow: the disk is full", exc)
+        elif "readonly" in text:
             return self._fail("is not writable", exc, fix="Fix its permissions or choose another path.")
-        return self._fail("could not be written", exc)
+        elif "disk I/O" in text:  # also what a file size limit (EFBIG) looks like
+            err = self._fail("could not be written (an I/O error)", exc)
+        else:
+            return self._fail("could not be written", exc)
+        err.transient = True
+        return err
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -70,8 +70,16 @@ def full_disk_child(spec_json: str) -> None:
     out: dict[str, Any] = {}
     run = chatty.start(**spec["params"])
     out["id"] = run.id
+    rn = runner.get(config.store())
+    deadline = time.monotonic() + SAFETY_S
+    # an end that cannot be written is retried for the life of the process: say so and stop
+    while (run.id not in rn.unstored and not rn.done_event(run.id).is_set()
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
+    if run.id in rn.unstored and not rn.done_event(run.id).is_set():
+        out["unstored"] = rn.unstored[run.id]
     try:
-        value = run.result(timeout=SAFETY_S)
+        value = run.result(timeout=0 if "unstored" in out else SAFETY_S)
         out["result"] = value if not isinstance(value, str) else f"<str of {len(value)}>"
     except Exception as exc:
         out["raised"] = [type(exc).__name__, str(exc)]
@@ -79,7 +87,6 @@ def full_disk_child(spec_json: str) -> None:
         out["logs"] = len(run.logs())
     except Exception as exc:
         out["logs_raised"] = [type(exc).__name__, str(exc)]
-    rn = runner.get(config.store())
     out["runner_errors"] = sorted({e.strip().splitlines()[-1] for e in rn.errors})
     print(json.dumps(out), flush=True)
     sys.stdout.flush()

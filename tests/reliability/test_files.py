@@ -153,8 +153,6 @@ def test_a_database_under_a_folder_the_user_cannot_enter_is_a_store_error(
     assert not path.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="tether/cli.py (_existing_store) calls Path.exists() itself, "
-                   "which raises PermissionError; it must call tether.config.existing_store(path)")
 def test_tether_ls_on_a_database_under_a_folder_the_user_cannot_enter(warm: None,
                                                                     tmp_path: Path) -> None:
     locked = tmp_path / "locked"
