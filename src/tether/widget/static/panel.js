@@ -56,7 +56,7 @@ function render({ model, el }) {
   const header = h("div", { class: "tether-header" }, name, attempt, key, badge, modeTag);
 
   const steps = h("ol", { class: "tether-steps", "data-testid": "tether-steps", "aria-label": "phases" });
-  const damaged = h("div", { class: "tether-damaged", "data-testid": "tether-damaged", role: "alert" });
+  const damaged = h("div", { class: "tether-damaged", "data-testid": "tether-damaged", role: "alert", hidden: true });
 
   const fill = h("div", { class: "tether-bar-fill" });
   const bar = h("div", {
@@ -187,7 +187,8 @@ function render({ model, el }) {
 
     // a row edited behind tether's back: which columns are damaged
     const bad = s.damaged || [];
-    damaged.textContent = bad.length ? `damaged row: ${bad.join("; ")}` : "";
+    const badText = bad.length ? `damaged row: ${bad.join("; ")}` : "";
+    if (damaged.textContent !== badText) damaged.textContent = badText;  // an alert: said once
     damaged.hidden = bad.length === 0;
 
     // stepper: reuse <li>s so a re-render does not flicker. A run with many phases sends only
