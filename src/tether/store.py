@@ -151,16 +151,20 @@ def _names(row: _Row, name: str, bad: list[str]) -> list[str]:
 
 
 def _owner(row: _Row, bad: list[str]) -> Owner | None:
-    """The owner of a row that failed the quick check: None, naming the damaged columns, when
-    it proves nothing (recovery never acts on a run without a provable owner)."""
-    pid, host, started, instance = row.owner_pid, row.owner_host, row.owner_started, row.owner_instance
-    checks = (("owner_pid", type(pid) is int and 0 < pid <= _MAX_PID),
-              ("owner_host", type(host) is str and host != ""),
-              ("owner_started", type(started) in _NUM),
-              ("owner_instance", type(instance) is str and instance != ""))
-    if all(ok for _, ok in checks):
+    """The owner of a row, or None: none recorded, or a damaged one (its columns named in
+    ``bad``), which proves nothing: recovery never acts on a run without a provable owner."""
+    instance, host, pid, started = row.owner_instance, row.owner_host, row.owner_pid, row.owner_started
+    if instance is None:
+        return None
+    if (type(pid) is int and 0 < pid <= _MAX_PID and type(host) is str and host
+            and type(started) in _NUM and type(instance) is str and instance):
         return Owner(host, pid, float(started), instance)
-    bad.extend(f"{name}={raw_text(getattr(row, name))}" for name, ok in checks if not ok)
+    for name, ok in (("owner_pid", type(pid) is int and 0 < pid <= _MAX_PID),
+                     ("owner_host", type(host) is str and host != ""),
+                     ("owner_started", type(started) in _NUM),
+                     ("owner_instance", type(instance) is str and instance != "")):
+        if not ok:
+            bad.append(f"{name}={raw_text(getattr(row, name))}")
     return None
 
 
@@ -191,15 +195,6 @@ def _record(values: Sequence[Any]) -> RunRecord:
         bad.append(f"error={raw_text(error)}")
     if row.attempt < 1 or row.last_seq < 0:
         _out_of_range(row, bad)
-    owner = None
-    instance = row.owner_instance
-    if instance is not None:
-        host, pid, started = row.owner_host, row.owner_pid, row.owner_started
-        if (type(pid) is int and 0 < pid <= _MAX_PID and type(host) is str and host
-                and type(started) is float and type(instance) is str and instance):
-            owner = Owner(host, pid, started, instance)
-        else:
-            owner = _owner(row, bad)
     phases, phases_done = row.phases, row.phases_done
     return RunRecord(
         id=row.id, key=row.key, attempt=row.attempt, pipeline=row.pipeline, version=row.version,
@@ -207,7 +202,7 @@ def _record(values: Sequence[Any]) -> RunRecord:
         phases=[] if phases == "[]" else _names(row, "phases", bad), done=row.done,
         total=row.total, message=row.message, error_json=error, result_json=row.result,
         created_at=row.created_at, started_at=row.started_at, ended_at=row.ended_at,
-        updated_at=row.updated_at, owner=owner, target=row.target, lease_until=row.lease_until,
+        updated_at=row.updated_at, owner=_owner(row, bad), target=row.target, lease_until=row.lease_until,
         cancel_requested=bool(row.cancel_requested), resumed_from=row.resumed_from,
         last_seq=row.last_seq,
         phases_done=[] if phases_done == "[]" else _names(row, "phases_done", bad),
