@@ -13,25 +13,25 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from . import config, owner
+from ._text import safe as _safe
+from ._text import safe_lines
 from .errors import TetherError
-from .model import RunRecord, Status
+from .model import RunRecord, Status, log_text
 from .store import Store
 
 __all__ = ["main"]
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c != 0x09}
-
-
-def _safe(text: object) -> str:
-    """Run text for a terminal: control characters (escape sequences, CR, BEL) shown escaped."""
-    return str(text).translate(_CONTROL)
-
-
 def _when(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    if ts is None:
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds (a crafted row)
+        return f"{ts!r}"
 
 
 def _duration(rec: RunRecord) -> str:
@@ -73,18 +73,39 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print("no runs")
         return 0
     rows = [["ID", "PIPELINE", "#", "STATUS", "PHASE", "PROGRESS", "STARTED", "DURATION"]]
-    rows += [[r.id, _safe(r.pipeline), str(r.attempt), str(r.status), _safe(r.phase or "-"),
+    rows += [[_safe(r.id), _safe(r.pipeline), str(r.attempt), _status(r), _safe(r.phase or "-"),
               _progress(r),
               _when(r.started_at or r.created_at), _duration(r)] for r in recs]
     print(_table(rows))
+    damaged = sum(1 for r in recs if r.damaged)
+    if damaged:
+        print(f"{damaged} damaged row(s) (edited by hand or by another tool?): "
+              "`tether show ID` names the damaged columns")
     return 0
 
 
+def _status(rec: RunRecord) -> str:
+    if rec.damaged and rec.status_text != "damaged":
+        return f"{rec.status} (damaged)"
+    return rec.status_text
+
+
+def _decoded(rec: RunRecord, name: str, damaged: list[str]) -> Any:
+    """params / error / result, or None (and the column named in ``damaged``) when damaged."""
+    value, bad = rec.decoded(name)
+    if bad is not None and bad not in damaged:
+        damaged.append(bad)
+    return value
+
+
 def _as_dict(rec: RunRecord) -> dict[str, object]:
+    damaged = list(rec.damaged)
+    params, error = _decoded(rec, "params", damaged), _decoded(rec, "error", damaged)
+    result = _decoded(rec, "result", damaged)
     return {"id": rec.id, "key": rec.key, "attempt": rec.attempt, "pipeline": rec.pipeline,
-            "status": str(rec.status), "phase": rec.phase, "done": rec.done, "total": rec.total,
-            "params": rec.params, "created_at": rec.created_at, "started_at": rec.started_at,
-            "ended_at": rec.ended_at, "error": rec.error, "result": rec.result}
+            "status": rec.status_text, "phase": rec.phase, "done": rec.done, "total": rec.total,
+            "params": params, "created_at": rec.created_at, "started_at": rec.started_at,
+            "ended_at": rec.ended_at, "error": error, "result": result, "damaged": damaged}
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -95,33 +116,40 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_as_dict(rec), indent=1))
         return 0
+    damaged = list(rec.damaged)
+    params, error = _decoded(rec, "params", damaged), _decoded(rec, "error", damaged)
+    result = _decoded(rec, "result", damaged) if rec.status == Status.SUCCEEDED else None
     phases = []
+    done = set(rec.phases_done)
     for p in rec.phases:
-        mark = "x" if p in rec.phases_done else (">" if p == rec.phase else " ")
+        mark = "x" if p in done else (">" if p == rec.phase else " ")
         if p == rec.phase and rec.status in (Status.FAILED, Status.INTERRUPTED, Status.CANCELLED):
             mark = "!"
         phases.append(f"[{mark}] {_safe(p)}")
-    print(f"run       {rec.id}  ({_safe(rec.pipeline)}, attempt {rec.attempt})")
+    print(f"run       {_safe(rec.id)}  ({_safe(rec.pipeline)}, attempt {rec.attempt})")
     print(f"key       {_safe(rec.key)}")
-    print(f"status    {rec.status}")
-    print(f"params    {_safe(json.dumps(rec.params, ensure_ascii=False))}")
+    print(f"status    {_status(rec)}")
+    if damaged:
+        print(f"damaged   {_safe('; '.join(damaged))} (edited by hand or by another tool?)")
+    if params is not None:
+        print(f"params    {_safe(json.dumps(params, ensure_ascii=False))}")
     print(f"phase     {_safe(rec.phase or '-')}  progress {_progress(rec)}")
     if phases:
         print("phases    " + "  ".join(phases))
     print(f"started   {_when(rec.started_at)}  duration {_duration(rec)}")
     if rec.owner:
-        print(f"owner     pid {rec.owner.pid} on {rec.owner.host}")
+        print(f"owner     pid {rec.owner.pid} on {_safe(rec.owner.host)}")
     logs = store.tail(rec.id, "log", args.lines)
     if logs:
         print(f"last {len(logs)} log lines:")
         for ev in logs:
-            print(f"  {_when(ev.ts)}  {_safe(ev.data.get('message', ''))}")
-    if rec.error:
-        print(f"error     {_safe(rec.error.get('type'))}: {_safe(rec.error.get('message'))}")
-        if rec.error.get("traceback"):
-            print("\n".join(_safe(line) for line in rec.error["traceback"].rstrip().split("\n")))
-    if rec.status == Status.SUCCEEDED:
-        print("result    " + _safe(json.dumps(rec.result, ensure_ascii=False)[:2000]))
+            print(f"  {_when(ev.ts)}  {_safe(log_text(ev))}")
+    if error:
+        print(f"error     {_safe(error.get('type'))}: {_safe(error.get('message'))}")
+        if error.get("traceback"):
+            print(safe_lines(error["traceback"].rstrip()))
+    if rec.status == Status.SUCCEEDED and not any(d.startswith("result=") for d in damaged):
+        print("result    " + _safe(json.dumps(result, ensure_ascii=False)[:2000]))
     return 0
 
 
@@ -129,10 +157,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     store = _existing_store(args.db)
     rec = store.request_cancel(args.id, owner.gone_reason)
     if rec.status.terminal:
-        print(f"{rec.id}: {rec.status}")
+        print(f"{_safe(rec.id)}: {_status(rec)}")
     else:
-        print(f"{rec.id}: cancel requested; its owner (pid {rec.owner.pid if rec.owner else '?'}) "
-              "stops it at its next progress call")
+        print(f"{_safe(rec.id)}: cancel requested; its owner "
+              f"(pid {rec.owner.pid if rec.owner else '?'}) stops it at its next progress call")
     return 0
 
 
@@ -141,7 +169,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     active = store.active()
     marked = store.recover(active, owner.gone_reason)
     for rec, why in marked:
-        print(f"{rec.id} ({rec.pipeline}) interrupted: {why}")
+        print(_safe(f"{rec.id} ({rec.pipeline}) interrupted: {why}"))
     print(f"checked {len(active)} active run(s); marked {len(marked)} interrupted")
     return 0
 
@@ -203,13 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args))
     except TetherError as exc:
-        text = str(exc).replace("tether.configure(db=...)", "--db PATH")
+        text = safe_lines(str(exc).replace("tether.configure(db=...)", "--db PATH"))
         print(f"tether: error: {text}", file=sys.stderr)
         return 2 if isinstance(exc, LookupError) else 1
     except (ImportError, TypeError) as exc:  # worker targets
         if args.command != "worker":
             raise
-        print(f"tether: error: {exc}", file=sys.stderr)
+        print(f"tether: error: {safe_lines(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

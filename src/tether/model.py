@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple
@@ -62,12 +63,21 @@ class Owner:
     ns: str | None = None
 
 
+DAMAGED_STATUS = "damaged"  # how displays show a row whose status column is not a status
+
+
 @dataclass
 class RunRecord:
     """One row of the ``runs`` table, decoded.
 
     ``params``, ``error`` and ``result`` are decoded from their JSON text on first access: a
-    listing or an attach does not pay for a result (up to 64 MiB) that nobody reads."""
+    listing or an attach does not pay for a result (up to 64 MiB) that nobody reads.
+
+    A row is never trusted: a column holding what tether never writes there (text in ``done``, an
+    owner pid of -1, an unknown status, non-list ``phases`` ...) is replaced by a safe value (0,
+    None, no owner, status ``failed``) and named in ``damaged`` as ``column=<raw value, clipped>``.
+    A damaged owner is "no provable owner", so recovery never acts on the run. Readers that need
+    a damaged value call :meth:`need`, which raises StoreError naming the run and the column."""
 
     id: str
     key: str
@@ -95,25 +105,83 @@ class RunRecord:
     last_seq: int
     phases_done: list[str] = field(default_factory=list)
     created_by: str = "start"
+    damaged: tuple[str, ...] = ()
 
     @property
     def progress(self) -> Progress:
         return Progress(self.done, self.total)
 
+    def damage(self, column: str) -> str | None:
+        """The ``column=<raw>`` entry of ``damaged`` for ``column``, or None if it is sound."""
+        if self.damaged:
+            for entry in self.damaged:
+                if entry.startswith(column + "="):
+                    return entry
+        return None
+
+    def need(self, *columns: str) -> None:
+        """StoreError if one of ``columns`` is damaged: the caller needs its true value."""
+        if self.damaged:
+            for column in columns:
+                entry = self.damage(column)
+                if entry is not None:
+                    raw = entry[len(column) + 1:]
+                    raise StoreError(damaged_message(self.id, column, f"holds {raw}"))
+
+    def decoded(self, name: str) -> tuple[Any, str | None]:
+        """``(value, None)`` of ``params``, ``error`` or ``result``; ``(None, "column=<raw>")``
+        when that column is damaged (for displays, which show it instead of failing)."""
+        try:
+            return getattr(self, name), None
+        except StoreError:
+            return None, self.damage(name) or f"{name}={raw_text(getattr(self, name + '_json'))}"
+
+    @property
+    def status_text(self) -> str:
+        """The status as displays show it: ``damaged`` when the column is not a status."""
+        return DAMAGED_STATUS if self.damaged and self.damage("status") else str(self.status)
+
     @cached_property
     def params(self) -> dict[str, Any]:
-        return decode_column(self.params_json, self.id, "params")  # type: ignore[no-any-return]
+        self.need("params")
+        value = decode_column(self.params_json, self.id, "params")
+        if type(value) is not dict:
+            raise StoreError(damaged_message(self.id, "params", "is not a JSON object"))
+        return value
 
     @cached_property
     def error(self) -> dict[str, Any] | None:
-        return decode_column(self.error_json, self.id, "error")  # type: ignore[no-any-return]
+        self.need("error")
+        value = decode_column(self.error_json, self.id, "error")
+        if value is None:
+            return None
+        if type(value) is not dict or any(
+                not isinstance(value.get(k), (str, type(None))) for k in ("type", "message",
+                                                                           "traceback")):
+            raise StoreError(damaged_message(
+                self.id, "error", "is not a JSON object of text fields type, message, traceback"))
+        return value
 
     @cached_property
     def result(self) -> Any:
+        self.need("result")
         return decode_column(self.result_json, self.id, "result")
 
 
 _decode = json.JSONDecoder().decode
+MAX_RAW = 60  # characters of a damaged value quoted in messages and in ``damaged``
+
+
+def raw_text(value: Any) -> str:
+    """A damaged value as messages quote it: its repr (control characters escaped), clipped."""
+    text = repr(value)
+    return text if len(text) <= MAX_RAW else text[: MAX_RAW - 1] + "…"
+
+
+def damaged_message(run_id: str, column: str, what: str) -> str:
+    return (f"run {run_id}: its {column!r} column {what}; the database is damaged (edited by "
+            "hand or by another tool?); it was left untouched: repair the row with sqlite3 or "
+            "restore a backup")
 
 
 def decode_column(text: str | None, run_id: str, column: str) -> Any:
@@ -132,7 +200,10 @@ def decode_column(text: str | None, run_id: str, column: str) -> Any:
 
 @dataclass(frozen=True)
 class Event:
-    """One stored event of a run. ``seq`` is contiguous per run, starting at 1."""
+    """One stored event of a run. ``seq`` is contiguous per run, starting at 1.
+
+    ``damaged`` says what was wrong with a stored row that is not a sound event (its ``data`` not
+    a JSON object, a timestamp that is not a number ...); such an event has ``data == {}``."""
 
     run_id: str
     seq: int
@@ -140,3 +211,41 @@ class Event:
     kind: str
     phase: str | None
     data: dict[str, Any]
+    damaged: str | None = None
+
+
+def event_of(row: Sequence[Any]) -> Event:
+    """An Event from ``(run_id, seq, ts, kind, phase, data)``; a damaged row is a marked event."""
+    run_id, seq, ts, kind, phase, text = row
+    try:
+        data = _decode(text)
+    except (ValueError, TypeError, RecursionError):  # not JSON, or not text (a BLOB)
+        data = None
+    if (type(data) is dict and type(seq) is int and type(ts) is float and type(kind) is str
+            and (phase is None or type(phase) is str)):
+        return Event(run_id, seq, ts, kind, phase, data)
+    bad = []
+    if type(data) is not dict:
+        bad.append(f"data={raw_text(text)} is not a JSON object")
+        data = {}
+    if type(seq) is not int:
+        bad.append(f"seq={raw_text(seq)}")
+        seq = 0
+    if not isinstance(ts, (int, float)):
+        bad.append(f"ts={raw_text(ts)}")
+        ts = 0.0
+    if type(kind) is not str:
+        bad.append(f"kind={raw_text(kind)}")
+        kind = raw_text(kind)
+    if phase is not None and type(phase) is not str:
+        bad.append(f"phase={raw_text(phase)}")
+        phase = raw_text(phase)
+    return Event(str(run_id), seq, float(ts), kind, phase, data, "; ".join(bad) or None)
+
+
+def log_text(event: Event) -> str:
+    """The text of a ``log`` event; a damaged one says so instead of passing for a log line."""
+    message = event.data.get("message", "")
+    if type(message) is str and event.damaged is None:
+        return message
+    return f"<damaged event {event.seq}: {event.damaged or 'message=' + raw_text(message)}>"

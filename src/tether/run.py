@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -11,8 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _interrupts, config, owner, runner
+from ._text import safe
 from .errors import PipelineNotFound, RunCancelled, RunFailed, RunInterrupted, StoreError
-from .model import Event, Progress, RunRecord, Status
+from .model import Event, Progress, RunRecord, Status, log_text
 from .store import Store
 
 __all__ = ["Run", "display_run", "get_run", "runs"]
@@ -28,7 +28,7 @@ class Run:
         self.key: str = rec.key
         self.attempt: int = rec.attempt
         self.pipeline: str = rec.pipeline
-        self.params: dict[str, Any] = rec.params
+        self._params: dict[str, Any] | None = None  # decoded on first use: see params
         self._last = rec
 
     # -- state -------------------------------------------------------------------------------
@@ -51,17 +51,41 @@ class Run:
         self._last = rec
         return rec
 
+    # A value read from a damaged column (see RunRecord.damaged) is a StoreError naming the run
+    # and the column, never the stand-in value the record holds instead.
+
+    @property
+    def params(self) -> dict[str, Any]:
+        params = self._params
+        if params is None:
+            params = self._params = self._last.params
+        return params
+
+    @property
+    def damaged(self) -> tuple[str, ...]:
+        """The damaged columns of the run's row as ``column=<raw value>`` (empty for a sound row).
+
+        A row edited by hand or by another tool may hold what tether never writes; listings show
+        it as damaged and reading such a value raises StoreError."""
+        return self._last.damaged
+
     @property
     def status(self) -> Status:
-        return self.snapshot().status
+        rec = self.snapshot()
+        rec.need("status")
+        return rec.status
 
     @property
     def phase(self) -> str | None:
-        return self.snapshot().phase
+        rec = self.snapshot()
+        rec.need("phase")
+        return rec.phase
 
     @property
     def progress(self) -> Progress:
-        return self.snapshot().progress
+        rec = self.snapshot()
+        rec.need("done", "total")
+        return rec.progress
 
     @property
     def error(self) -> dict[str, Any] | None:
@@ -70,24 +94,32 @@ class Run:
     @property
     def message(self) -> str | None:
         """The last log line."""
-        return self.snapshot().message
+        rec = self.snapshot()
+        rec.need("message")
+        return rec.message
 
     @property
     def phases(self) -> list[str]:
         """Declared phases, then the undeclared ones the run entered, in order."""
-        return self.snapshot().phases
+        rec = self.snapshot()
+        rec.need("phases")
+        return rec.phases
 
     @property
     def phases_done(self) -> list[str]:
         """Phases the run (or the attempt it resumed) completed."""
-        return self.snapshot().phases_done
+        rec = self.snapshot()
+        rec.need("phases_done")
+        return rec.phases_done
 
     @property
     def version(self) -> str | None:
+        self._last.need("version")
         return self._last.version
 
     @property
     def resumed_from(self) -> str | None:
+        self._last.need("resumed_from")
         return self._last.resumed_from
 
     @property
@@ -101,8 +133,8 @@ class Run:
     def logs(self, n: int | None = None) -> list[str]:
         """The log lines stored so far (the last ``n`` if given)."""
         if n is None:
-            return [e.data.get("message", "") for e in self._store.events(self.id, kinds=["log"])]
-        return [e.data.get("message", "") for e in self._store.tail(self.id, "log", n)]
+            return [log_text(e) for e in self._store.events(self.id, kinds=["log"])]
+        return [log_text(e) for e in self._store.tail(self.id, "log", n)]
 
     def attempts(self) -> list[Run]:
         """Every attempt of this run's key, oldest first."""
@@ -147,6 +179,7 @@ class Run:
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the run and return its result, or raise RunFailed/RunCancelled/RunInterrupted."""
         rec = self.wait(timeout)._last
+        rec.need("status")
         if rec.status == Status.SUCCEEDED:
             return rec.result
         err = rec.error or {}
@@ -198,8 +231,9 @@ class Run:
 
     def __repr__(self) -> str:
         rec = self._last
-        return (f"<tether.Run {self.pipeline} #{self.attempt} id={self.id} "
-                f"status={rec.status} phase={rec.phase!r}>")
+        damaged = f" damaged: {', '.join(rec.damaged)}" if rec.damaged else ""
+        return safe(f"<tether.Run {self.pipeline} #{self.attempt} id={self.id} "
+                    f"status={rec.status_text} phase={rec.phase!r}{damaged}>")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Run) and other.id == self.id and other._store is self._store
@@ -224,28 +258,6 @@ def _wait_event(event: threading.Event, deadline: float | None,
         if each is not None:
             each()
     return True
-
-
-def _text(rec: RunRecord) -> str:
-    done, total = rec.done, rec.total
-    prog = f"{done}/{total}" if total is not None else f"{done}"
-    lines = [f"{rec.pipeline} #{rec.attempt} [{rec.status}] id={rec.id} key={rec.key}",
-             f"phase: {rec.phase or '-'} {prog}"]
-    if rec.message:
-        lines.append(f"last: {rec.message}")
-    if rec.error:
-        lines.append(f"error: {rec.error.get('type')}: {rec.error.get('message')}")
-    if rec.status == Status.SUCCEEDED:
-        lines.append("result: " + json.dumps(rec.result, ensure_ascii=False)[:200])
-    return "\n".join(lines)
-
-
-def _html(rec: RunRecord) -> str:
-    import html
-
-    return (f'<pre class="tether-static" data-run-id="{html.escape(rec.id)}" '
-            f'data-status="{html.escape(str(rec.status))}" data-mode="static">'
-            f"{html.escape(_text(rec))}</pre>")
 
 
 def display_run(run: Run) -> None:

@@ -44,11 +44,11 @@ _RETRY_MAX_S = 5.0  # ...up to this, until it lands or the process exits
 class _End:
     """A run's end whose write failed (disk full, a lock held too long): tried again later."""
 
-    __slots__ = ("ctx", "delay", "due", "error", "item", "reason", "result_json", "status")
+    __slots__ = ("delay", "due", "error", "item", "reason", "result_json", "run_id", "status")
 
-    def __init__(self, ctx: Context, item: FlushItem, status: Status, result_json: str | None,
+    def __init__(self, item: FlushItem, status: Status, result_json: str | None,
                  error: dict[str, Any] | None) -> None:
-        self.ctx, self.item, self.status = ctx, item, status
+        self.run_id, self.item, self.status = item.run_id, item, status
         self.result_json, self.error = result_json, error
         self.reason = ""
         self.delay = _RETRY_FIRST_S
@@ -197,7 +197,12 @@ class Runner:
         """Hand a claimed run (its slot counted) to a thread; whatever fails ends the run."""
         from .pipeline import lookup
 
-        ctx = Context(self, rec)
+        try:
+            ctx = Context(self, rec)
+        except Exception as exc:  # a damaged row (its params): the run fails, the slot frees
+            item = FlushItem(rec.id, None, [], [], 0, None, None, [])
+            self._end(_End(item, Status.FAILED, None, _error(exc)))
+            return
         with self._lock:
             self._live[rec.id] = ctx
         try:
@@ -295,16 +300,18 @@ class Runner:
         with self.store.write_lock:
             item = ctx._flush_item(force=True)
         assert item is not None
-        end = _End(ctx, item, status, result_json, error)
+        self._end(_End(item, status, result_json, error))
+
+    def _end(self, end: _End) -> None:
         written = self._write_end(end)
-        self._free_slot(ctx.run_id)
+        self._free_slot(end.run_id)
         if written:
-            self._ended(ctx.run_id)
+            self._ended(end.run_id)
         self._pump()
 
     def _write_end(self, end: _End) -> bool:
         """One try at writing ``end``; False (and queued for another try) if it failed."""
-        run_id = end.ctx.run_id
+        run_id = end.run_id
         try:
             self.store.finish(end.item, self.owner, end.status, result_json=end.result_json,
                               error=end.error)
@@ -334,7 +341,7 @@ class Runner:
             due = [e for e in self._ending.values() if e.due <= now]
         for end in due:
             if self._write_end(end):
-                self._ended(end.ctx.run_id)
+                self._ended(end.run_id)
 
     def _free_slot(self, run_id: str) -> None:
         with self._lock:
@@ -529,7 +536,7 @@ class Runner:
         # only now ask the bodies to stop: their own finish can no longer overwrite "interrupted"
         for ctx in ctxs:
             ctx._request_cancel("interrupted: the process is shutting down")
-        for run_id in [c.run_id for c in ctxs] + queued + [e.ctx.run_id for e in ending]:
+        for run_id in [c.run_id for c in ctxs] + queued + [e.run_id for e in ending]:
             event = self._done.get(run_id)
             if event is not None:
                 event.set()

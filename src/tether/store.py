@@ -16,15 +16,17 @@ import threading
 import time
 import urllib.parse
 import weakref
+from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import contains
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import _interrupts, _schema
-from .errors import RunNotFound, StoreError
-from .model import Event, Owner, RunRecord, Status, decode_column
+from .errors import RunNotFound, StoreError, TetherError
+from .model import Event, Owner, RunRecord, Status, _decode, decode_column, event_of, raw_text
 
 __all__ = ["FlushItem", "StartOutcome", "Store", "dumps"]
 
@@ -125,20 +127,110 @@ def _close_quietly(conns: Sequence[sqlite3.Connection]) -> None:
             pass
 
 
-def _record(row: Sequence[Any]) -> RunRecord:
-    (id_, key, attempt, pipeline, version, params, status, phase, phases, phases_done, done, total,
-     message, error, result, created_at, started_at, ended_at, updated_at, host, pid, started,
-     instance, target, lease_until, cancel_requested, resumed_from, last_seq, created_by, ns) = row
-    owner = Owner(host, pid, started, instance, ns) if instance else None
+# A row by column name: a column added to _RUN_COLS is one more attribute.
+_Row = namedtuple("_Row", [name.strip() for name in _RUN_COLS.split(",")])  # type: ignore[misc]
+_STATUS = {s.value: s for s in Status}
+_NONE = type(None)
+_TEXT, _OPT_TEXT = frozenset({str}), frozenset({str, _NONE})
+_INT, _NUM, _OPT_NUM = frozenset({int}), frozenset({int, float}), frozenset({int, float, _NONE})
+_ANY = frozenset({str, int, float, bytes, _NONE})  # checked on its own (status, JSON, owner)
+# The types each column may hold: SQLite does not enforce declared types. A column missing here
+# (added to _RUN_COLS later) is passed on as it is read.
+_KINDS = {
+    "id": _TEXT, "key": _TEXT, "attempt": _INT, "pipeline": _TEXT, "version": _OPT_TEXT,
+    "phase": _OPT_TEXT, "done": _NUM, "total": _OPT_NUM, "message": _OPT_TEXT,
+    "result": _OPT_TEXT, "created_at": _NUM, "started_at": _OPT_NUM, "ended_at": _OPT_NUM,
+    "updated_at": _NUM, "target": _OPT_TEXT, "lease_until": _OPT_NUM, "cancel_requested": _INT,
+    "resumed_from": _OPT_TEXT, "last_seq": _INT, "created_by": _TEXT,
+}
+_TYPES = tuple(_KINDS.get(name, _ANY) for name in _Row._fields)
+_MAX_PID = 2**31 - 1  # pid_t
+
+
+def _retype(row: _Row, bad: list[str]) -> _Row:
+    """Replace every value of a type its column never holds by a safe one; name the columns."""
+    fixes = {}
+    for name, kinds in _KINDS.items():
+        value = getattr(row, name)
+        if type(value) not in kinds:
+            bad.append(f"{name}={raw_text(value)}")
+            fixes[name] = (raw_text(value) if kinds is _TEXT or kinds is _OPT_TEXT
+                           else None if _NONE in kinds else 0)
+    return row._replace(**fixes)
+
+
+def _names(row: _Row, name: str, bad: list[str]) -> list[str]:
+    """A JSON list of phase names; a damaged one is [] (and named in ``bad``)."""
+    text = getattr(row, name)
+    try:
+        value = _decode(text)
+        if type(value) is list:
+            "".join(value)  # TypeError unless every item is a str (the quickest check there is)
+            return value  # type: ignore[no-any-return]
+    except (ValueError, TypeError, RecursionError):  # not JSON, not text, not names
+        pass
+    bad.append(f"{name}={raw_text(text)}")
+    return []
+
+
+def _owner(row: _Row, bad: list[str]) -> Owner | None:
+    """The owner of a row, or None: none recorded, or a damaged one (its columns named in
+    ``bad``), which proves nothing: recovery never acts on a run without a provable owner."""
+    instance, host, pid, started = row.owner_instance, row.owner_host, row.owner_pid, row.owner_started
+    if instance is None:
+        return None
+    if (type(pid) is int and 0 < pid <= _MAX_PID and type(host) is str and host
+            and type(started) in _NUM and type(instance) is str and instance):
+        ns = row.owner_ns
+        return Owner(host, pid, float(started), instance, ns if type(ns) is str else None)
+    for name, ok in (("owner_pid", type(pid) is int and 0 < pid <= _MAX_PID),
+                     ("owner_host", type(host) is str and host != ""),
+                     ("owner_started", type(started) in _NUM),
+                     ("owner_instance", type(instance) is str and instance != "")):
+        if not ok:
+            bad.append(f"{name}={raw_text(getattr(row, name))}")
+    return None
+
+
+def _out_of_range(row: _Row, bad: list[str]) -> None:
+    """Name an attempt below 1 or a negative last_seq (unless already named for its type)."""
+    for name, low in (("attempt", 1), ("last_seq", 0)):
+        value = getattr(row, name)
+        if value < low and not any(entry.startswith(name + "=") for entry in bad):
+            bad.append(f"{name}={value}")
+
+
+def _record(values: Sequence[Any]) -> RunRecord:
+    """A RunRecord from a row of ``_RUN_COLS``, every column checked: a damaged one is replaced
+    by a safe value and named in ``RunRecord.damaged`` (a row is never trusted: hand edits, other
+    tools). The checks cost ~2 us (a quarter of the whole): this is on the attach path."""
+    row = _Row._make(values)
+    bad: list[str] = []
+    if not all(map(contains, _TYPES, map(type, values))):
+        row = _retype(row, bad)
+    status = _STATUS.get(row.status)
+    if status is None:  # unknown: ended, as far as anything that acts on runs is concerned
+        bad.append(f"status={raw_text(row.status)}")
+        status = Status.FAILED
+    params, error = row.params, row.error
+    if type(params) is not str or params[:1] != "{":  # canonical JSON objects
+        bad.append(f"params={raw_text(params)}")
+    if error is not None and (type(error) is not str or error[:1] != "{"):
+        bad.append(f"error={raw_text(error)}")
+    if row.attempt < 1 or row.last_seq < 0:
+        _out_of_range(row, bad)
+    phases, phases_done = row.phases, row.phases_done
     return RunRecord(
-        id=id_, key=key, attempt=attempt, pipeline=pipeline, version=version,
-        params_json=params, status=Status(status), phase=phase,
-        phases=_json(phases, id_, "phases"), done=done, total=total, message=message,
-        error_json=error, result_json=result,
-        created_at=created_at, started_at=started_at, ended_at=ended_at, updated_at=updated_at,
-        owner=owner, target=target, lease_until=lease_until,
-        cancel_requested=bool(cancel_requested), resumed_from=resumed_from, last_seq=last_seq,
-        phases_done=_json(phases_done, id_, "phases_done"), created_by=created_by,
+        id=row.id, key=row.key, attempt=row.attempt, pipeline=row.pipeline, version=row.version,
+        params_json=params, status=status, phase=row.phase,
+        phases=[] if phases == "[]" else _names(row, "phases", bad), done=row.done,
+        total=row.total, message=row.message, error_json=error, result_json=row.result,
+        created_at=row.created_at, started_at=row.started_at, ended_at=row.ended_at,
+        updated_at=row.updated_at, owner=_owner(row, bad), target=row.target, lease_until=row.lease_until,
+        cancel_requested=bool(row.cancel_requested), resumed_from=row.resumed_from,
+        last_seq=row.last_seq,
+        phases_done=[] if phases_done == "[]" else _names(row, "phases_done", bad),
+        created_by=row.created_by, damaged=tuple(bad) if bad else (),
     )
 
 
@@ -681,8 +773,7 @@ class Store:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        return [Event(r[0], r[1], r[2], r[3], r[4], _json(r[5], r[0], "events.data"))
-                for r in self.conn().execute(sql, args)]
+        return [event_of(r) for r in self.conn().execute(sql, args)]
 
     @_guarded
     def tail(self, run_id: str, kind: str, n: int) -> list[Event]:
@@ -690,8 +781,7 @@ class Store:
         rows = self.conn().execute(
             "SELECT run_id, seq, ts, kind, phase, data FROM events WHERE run_id = ? AND kind = ? "
             "ORDER BY seq DESC LIMIT ?", (run_id, kind, n)).fetchall()
-        return [Event(r[0], r[1], r[2], r[3], r[4], _json(r[5], r[0], "events.data"))
-                for r in reversed(rows)]
+        return [event_of(r) for r in reversed(rows)]
 
     @_guarded
     def active(self) -> list[RunRecord]:
@@ -1026,17 +1116,39 @@ class Store:
             return self.get(run_id)
 
     def recover(self, records: Sequence[RunRecord], gone: GoneCheck) -> list[tuple[RunRecord, str]]:
-        """Mark the orphans among ``records`` interrupted. Returns those marked, with the reason."""
+        """Mark the orphans among ``records`` interrupted. Returns those marked, with the reason.
+
+        Each run on its own: one whose owner check raises, or whose write fails (a damaged row),
+        is left as it was, and the others are still marked."""
         now = time.time()
-        suspects = [(r, why) for r in records if r.status.active
-                    and (why := gone(r.owner, r.lease_until, now))]
+        suspects = []
+        for rec in records:
+            if not rec.status.active:
+                continue
+            try:
+                why = gone(rec.owner, rec.lease_until, now)
+            except Exception:  # a check that cannot decide proves nothing: this run is left
+                continue
+            if why:
+                suspects.append((rec, why))
         marked = []
         if suspects:
             with self.tx() as conn:
                 for rec, why in suspects:
-                    fresh = self.get(rec.id)
-                    same = fresh.status == rec.status and fresh.owner == rec.owner
-                    if same and self._interrupt(conn, fresh, why, now):
+                    # one run's failure (a damaged row whose write breaks a constraint, a row
+                    # deleted meanwhile) undoes that run's writes only; the others go on
+                    conn.execute("SAVEPOINT tether_recover")
+                    try:
+                        fresh = self.get(rec.id)
+                        same = fresh.status == rec.status and fresh.owner == rec.owner
+                        done = same and self._interrupt(conn, fresh, why, now)
+                    except (sqlite3.DatabaseError, TetherError):
+                        if not conn.in_transaction:  # SQLite ended the transaction: stop here
+                            raise
+                        conn.execute("ROLLBACK TO tether_recover")
+                        done = False
+                    conn.execute("RELEASE tether_recover")
+                    if done:
                         marked.append((fresh, why))
         return marked
 

@@ -12,12 +12,13 @@ import traitlets
 
 from .. import config, owner
 from .. import runner as _runner
+from .._text import safe
 from ..model import RunRecord, Status
 from ..run import Run
 from ..store import Store
 from . import poller as _poller
 from .panel import STATIC, panel
-from .snapshot import short_key
+from .snapshot import MAX_DAMAGED, MAX_ID, MAX_NAME, _clip, short_key
 
 __all__ = ["Dashboard", "DashboardTable", "dashboard"]
 
@@ -71,7 +72,7 @@ class Dashboard(ipywidgets.VBox):  # type: ignore[misc]
         self._poller.watch(self, poll=True)
 
     def __repr__(self) -> str:
-        return f"<tether.dashboard {str(self.store.path)!r} rows={len(self.table.rows)}>"
+        return safe(f"<tether.dashboard {str(self.store.path)!r} rows={len(self.table.rows)}>")
 
     def refresh(self) -> None:
         """Re-read the runs and send the rows if anything but the clock changed."""
@@ -140,12 +141,12 @@ def _row(rec: RunRecord, now: float, here: bool) -> dict[str, Any]:
     if rec.started_at is not None:
         elapsed = max(0.0, (rec.ended_at if rec.ended_at is not None else now) - rec.started_at)
     return {
-        "id": rec.id,
+        "id": _clip(rec.id, MAX_ID),
         "key_short": short_key(rec.key),
         "attempt": rec.attempt,
-        "pipeline": rec.pipeline,
-        "status": str(rec.status),
-        "phase": rec.phase,
+        "pipeline": _clip(rec.pipeline, MAX_NAME),
+        "status": rec.status_text,
+        "phase": _clip(rec.phase, MAX_NAME),
         "done": rec.done,
         "total": rec.total,
         "percent": percent,
@@ -154,6 +155,7 @@ def _row(rec: RunRecord, now: float, here: bool) -> dict[str, Any]:
         "ended_at": rec.ended_at,
         "elapsed": elapsed,
         "here": here,
+        "damaged": [_clip(d, MAX_NAME) for d in rec.damaged[:MAX_DAMAGED]],
     }
 
 

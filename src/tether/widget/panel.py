@@ -18,6 +18,7 @@ import anywidget
 import traitlets
 
 from .. import runner as _runner
+from .._text import safe
 from ..errors import RunNotFound, StoreError
 from ..model import RunRecord
 from ..run import Run
@@ -64,8 +65,8 @@ class RunPanel(anywidget.AnyWidget):
 
     def __repr__(self) -> str:
         snap = self.snapshot or {}
-        return (f"<tether.panel {snap.get('pipeline')} #{snap.get('attempt')} "
-                f"id={snap.get('id')} status={snap.get('status')} mode={snap.get('mode')}>")
+        return safe(f"<tether.panel {snap.get('pipeline')} #{snap.get('attempt')} "
+                    f"id={snap.get('id')} status={snap.get('status')} mode={snap.get('mode')}>")
 
     @property
     def run(self) -> Run:

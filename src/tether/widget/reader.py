@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from ..model import RunRecord
+from ..model import Event, RunRecord, log_text
 from ..run import Run
-from .snapshot import LOG_LINES
+from .snapshot import LOG_LINES, MAX_LINE
 
 __all__ = ["RunReader"]
 
@@ -46,7 +46,7 @@ class RunReader:
             logs = [e for e in store.tail(run_id, "log", LOG_LINES) if e.seq <= bound]
             phases = [e for e in store.tail(run_id, "phase", 1) if e.seq <= bound]
             self.log.clear()
-            self.log.extend(str(e.data.get("message", "")) for e in logs)
+            self.log.extend(_line(e) for e in logs)
             if phases:
                 self.phase_started = phases[-1].ts
                 self.phase_name = phases[-1].data.get("name")
@@ -54,8 +54,14 @@ class RunReader:
             return
         for ev in store.events(run_id, after=self.seq):
             if ev.kind == "log":
-                self.log.append(str(ev.data.get("message", "")))
+                self.log.append(_line(ev))
             elif ev.kind == "phase" and ev.data.get("name") != self.phase_name:
                 self.phase_started = ev.ts  # ctx.phase(same name) only resets the total
                 self.phase_name = ev.data.get("name")
             self.seq = ev.seq
+
+
+def _line(event: Event) -> str:
+    """A log line as the panel keeps it: clipped (a 50 MB line is not held 20 times over)."""
+    text = log_text(event)
+    return text if len(text) <= MAX_LINE else text[: MAX_LINE - 1] + "…"

@@ -3,6 +3,11 @@
 A snapshot is a plain JSON dict built from a ``RunRecord`` plus what the reader gathered (log tail,
 when the current phase started). The panel's JS renders only from it, never from a diff, so a page
 reload or a rebinding shows the truth at once. No I/O here.
+
+A snapshot is sent whole on every update, so every part of it is capped (see the MAX_* limits and
+docs/panel.md): a run with 100,000 phases or a 50 MB log line still makes a snapshot of a few
+tens of KiB. The text/plain rendering escapes terminal control characters; the text/html one
+escapes every field.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .._text import safe
 from ..model import RunRecord, Status
 
 __all__ = ["Snapshot", "build", "html_snapshot", "phase_states", "text_snapshot", "VOLATILE"]
@@ -23,6 +29,10 @@ LOG_LINES = 20
 MAX_LINE = 500  # characters of one log line / message shown
 MAX_TRACEBACK = 20_000
 MAX_RESULT = 300
+MAX_PHASES = 40  # phases listed; the others are counted (phases_hidden), around the current one
+MAX_NAME = 200  # characters of a name shown: pipeline, phase, key, error type
+MAX_ID = 64  # characters of a run id shown (tether's are 12)
+MAX_DAMAGED = 10  # damaged columns named
 # keys that change with the clock alone; two snapshots equal but for these need not be re-sent
 VOLATILE = frozenset({"now", "elapsed", "rate", "eta"})
 _FAILED_END = (Status.FAILED, Status.CANCELLED, Status.INTERRUPTED)
@@ -38,19 +48,33 @@ def _clip(text: str | None, limit: int) -> str | None:
 def short_key(key: str) -> str:
     """A readable short form of an idempotency key: the hash part of ``name:hash``, else a prefix."""
     head, sep, tail = key.rpartition(":")
-    if sep and head and len(tail) >= 8 and all(c in "0123456789abcdef" for c in tail):
+    if sep and head and 8 <= len(tail) <= 64 and all(c in "0123456789abcdef" for c in tail):
         return tail[:8]
     return _clip(key, 24) or ""
 
 
-def phase_states(rec: RunRecord) -> list[dict[str, str]]:
-    """Every declared (then seen) phase with its state: done / current / upcoming / failed."""
-    names = list(rec.phases)
+def phase_states(rec: RunRecord, limit: int | None = None) -> list[dict[str, str]]:
+    """Every declared (then seen) phase with its state: done / current / upcoming / failed.
+
+    With ``limit``, at most that many, around the current phase (see :func:`phase_window`)."""
+    return phase_window(rec, limit)[0]
+
+
+def phase_window(rec: RunRecord, limit: int | None = MAX_PHASES
+                 ) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """Phase states (at most ``limit``, the current phase among them, names clipped) and the
+    number of phases left out before and after them."""
+    names = rec.phases
     if rec.phase and rec.phase not in names:
-        names.append(rec.phase)
+        names = [*names, rec.phase]
+    start, end = 0, len(names)
+    if limit is not None and len(names) > limit:
+        at = names.index(rec.phase) if rec.phase in names else _first_not_done(rec, names)
+        start = max(0, min(at - limit // 2, len(names) - limit))
+        end = start + limit
     done = set(rec.phases_done)
     out = []
-    for name in names:
+    for name in names[start:end]:
         if name == rec.phase and rec.status.active:
             state = "current"
         elif name == rec.phase and rec.status in _FAILED_END and name not in done:
@@ -59,8 +83,13 @@ def phase_states(rec: RunRecord) -> list[dict[str, str]]:
             state = "done"
         else:
             state = "upcoming"
-        out.append({"name": name, "state": state})
-    return out
+        out.append({"name": _clip(name, MAX_NAME) or "", "state": state})
+    return out, {"before": start, "after": len(names) - end}
+
+
+def _first_not_done(rec: RunRecord, names: list[str]) -> int:
+    done = set(rec.phases_done)
+    return next((i for i, name in enumerate(names) if name not in done), len(names) - 1)
 
 
 def result_preview(value: Any) -> str:
@@ -102,21 +131,35 @@ def build(rec: RunRecord, *, mode: str, log: Sequence[str] = (), phase_started: 
             rate = float(done) / (now - since)
             if total and rate > 0:
                 eta = max(0.0, (float(total) - float(done)) / rate)
+    # a damaged column is named in "damaged" (shown above everything else), not shown as a value
+    damaged = list(rec.damaged)
     error = None
-    if rec.error:
-        error = {"type": str(rec.error.get("type") or "Error"),
-                 "message": _clip(rec.error.get("message") or "", 4 * MAX_LINE),
-                 "traceback": _clip(rec.error.get("traceback") or "", MAX_TRACEBACK)}
+    err, bad = rec.decoded("error")
+    if bad is not None:
+        damaged.append(bad)
+    elif err:
+        error = {"type": _clip(str(err.get("type") or "Error"), MAX_NAME),
+                 "message": _clip(err.get("message") or "", 4 * MAX_LINE),
+                 "traceback": _clip(err.get("traceback") or "", MAX_TRACEBACK)}
+    result = None
+    if status == Status.SUCCEEDED:
+        value, bad = rec.decoded("result")
+        if bad is not None:
+            damaged.append(bad)
+        else:
+            result = result_preview(value)
+    phases, hidden = phase_window(rec)
     return {
-        "id": rec.id,
-        "key": rec.key,
+        "id": _clip(rec.id, MAX_ID),
+        "key": _clip(rec.key, MAX_NAME),
         "key_short": short_key(rec.key),
         "attempt": rec.attempt,
-        "pipeline": rec.pipeline,
-        "status": str(status),
+        "pipeline": _clip(rec.pipeline, MAX_NAME),
+        "status": rec.status_text,
         "mode": mode,
-        "phase": rec.phase,
-        "phases": phase_states(rec),
+        "phase": _clip(rec.phase, MAX_NAME),
+        "phases": phases,
+        "phases_hidden": hidden,
         "done": done,
         "total": total,
         "percent": percent,
@@ -129,10 +172,11 @@ def build(rec: RunRecord, *, mode: str, log: Sequence[str] = (), phase_started: 
         "message": _clip(rec.message, MAX_LINE),
         "log": [_clip(line, MAX_LINE) for line in list(log)[-LOG_LINES:]],
         "error": error,
-        "result": result_preview(rec.result) if status == Status.SUCCEEDED else None,
+        "result": result,
         "actions": actions(rec),
         "cancel_requested": rec.cancel_requested and status.active,
-        "resumed_from": rec.resumed_from,
+        "resumed_from": _clip(rec.resumed_from, MAX_ID),
+        "damaged": [_clip(d, MAX_NAME) for d in damaged[:MAX_DAMAGED]],
         "now": now,
     }
 
@@ -171,21 +215,33 @@ def progress_text(snap: Snapshot) -> str:
     return text
 
 
+def _hidden_text(snap: Snapshot) -> tuple[str, str]:
+    hidden = snap.get("phases_hidden") or {}
+    before, after = hidden.get("before", 0), hidden.get("after", 0)
+    return (f"{before:,} more phases" if before else "", f"{after:,} more phases" if after else "")
+
+
 def text_snapshot(snap: Snapshot) -> str:
-    """The text/plain rendering (terminals, consoles, nbval)."""
-    lines = [f"{snap['pipeline']} #{snap['attempt']} [{snap['status']}] id={snap['id']} "
-             f"key={snap['key_short']}"]
-    steps = " > ".join(f"{p['name']}({p['state']})" for p in snap["phases"])
+    """The text/plain rendering (terminals, consoles, nbval): run text with every terminal
+    control character shown escaped."""
+    lines = [f"{safe(snap['pipeline'])} #{snap['attempt']} [{snap['status']}] id={safe(snap['id'])} "
+             f"key={safe(snap['key_short'])}"]
+    if snap.get("damaged"):
+        lines.append(f"damaged: {safe('; '.join(snap['damaged']))}")
+    before, after = _hidden_text(snap)
+    steps = " > ".join([*([before] if before else []),
+                        *(f"{safe(p['name'])}({p['state']})" for p in snap["phases"]),
+                        *([after] if after else [])])
     if steps:
         lines.append(f"phases: {steps}")
-    lines.append(f"phase: {snap['phase'] or '-'} {progress_text(snap)} "
+    lines.append(f"phase: {safe(snap['phase'] or '-')} {progress_text(snap)} "
                  f"elapsed {fmt_duration(snap['elapsed'])}")
     if snap["message"]:
-        lines.append(f"last: {snap['message']}")
+        lines.append(f"last: {safe(snap['message'])}")
     if snap["error"]:
-        lines.append(f"error: {snap['error']['type']}: {snap['error']['message']}")
+        lines.append(f"error: {safe(snap['error']['type'])}: {safe(snap['error']['message'])}")
     if snap["result"] is not None:
-        lines.append(f"result: {snap['result']}")
+        lines.append(f"result: {safe(snap['result'])}")
     return "\n".join(lines)
 
 
@@ -197,21 +253,25 @@ def html_snapshot(snap: Snapshot) -> str:
     """A static text/html rendering: plain elements, every run text escaped."""
     e = html.escape
     color = _BADGE.get(snap["status"], "#6e7781")
-    steps = " &rsaquo; ".join(
+    before, after = _hidden_text(snap)
+    steps = " &rsaquo; ".join([*([e(before)] if before else []), *(
         (f"<b>{e(p['name'])}</b>" if p["state"] == "current" else
          f"<s>{e(p['name'])}</s>" if p["state"] == "failed" else e(p["name"]))
         + ("&nbsp;✓" if p["state"] == "done" else "")
-        for p in snap["phases"])
+        for p in snap["phases"]), *([e(after)] if after else [])])
     parts = [
         f'<div class="tether-static" data-run-id="{e(snap["id"])}" '
         f'data-status="{e(snap["status"])}" data-mode="static" '
         'style="font-family:system-ui,sans-serif;font-size:13px;line-height:1.4;'
         'border:1px solid #8885;border-radius:6px;padding:8px 10px;max-width:60em">',
-        f"<div><strong>{e(snap['pipeline'])}</strong> #{snap['attempt']} "
+        f"<div><strong>{e(snap['pipeline'])}</strong> #{e(str(snap['attempt']))} "
         f"<code>{e(snap['key_short'])}</code> "
         f'<span style="color:#fff;background:{color};border-radius:8px;padding:0 6px">'
         f"{e(snap['status'])}</span></div>",
     ]
+    if snap.get("damaged"):
+        parts.append('<div class="tether-damaged" style="color:#cf222e">damaged row: '
+                     f"{e('; '.join(snap['damaged']))}</div>")
     if steps:
         parts.append(f"<div>{steps}</div>")
     parts.append(f"<div>{e(snap['phase'] or '-')}: {e(progress_text(snap))} · elapsed "

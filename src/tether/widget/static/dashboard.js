@@ -65,6 +65,12 @@ function render({ model, el }) {
     const progress = r.total ? `${r.done}/${r.total}` : (r.done ? String(r.done) : "");
     const name = h("td", { title: `run ${r.id} · key ${r.key_short}` }, `${r.pipeline} #${r.attempt}`);
     const status = h("td", { "data-testid": "tether-dashboard-status" }, h("span", { class: "tether-badge", "data-status": r.status }, r.status));
+    const bad = r.damaged || [];
+    if (bad.length) {  // a row edited behind tether's back
+      tr.dataset.damaged = "";
+      if (r.status !== "damaged") status.append(" ", h("span", { class: "tether-damaged", title: bad.join("; ") }, "damaged"));
+      status.title = `damaged row: ${bad.join("; ")}`;
+    }
     const duration = h("td", { "data-duration": "" }, fmtDuration(durationOf(r)));
     tr.append(name, status, h("td", {}, r.phase || ""), h("td", {}, bar, progress),
       h("td", {}, fmtStarted(r.started_at ?? r.created_at)), duration);

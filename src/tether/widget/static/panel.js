@@ -56,6 +56,7 @@ function render({ model, el }) {
   const header = h("div", { class: "tether-header" }, name, attempt, key, badge, modeTag);
 
   const steps = h("ol", { class: "tether-steps", "data-testid": "tether-steps", "aria-label": "phases" });
+  const damaged = h("div", { class: "tether-damaged", "data-testid": "tether-damaged", role: "alert", hidden: true });
 
   const fill = h("div", { class: "tether-bar-fill" });
   const bar = h("div", {
@@ -91,7 +92,7 @@ function render({ model, el }) {
   const buttons = h("div", { class: "tether-actions" }, btnCancel, btnRerun, btnResume);
 
   const root = h("div", { class: "tether-panel", "data-testid": "tether-panel" },
-    header, steps, h("div", { class: "tether-progress" }, bar, stats), message, logBox,
+    header, damaged, steps, h("div", { class: "tether-progress" }, bar, stats), message, logBox,
     errorBox, resultBox, notice, buttons);
   el.append(root);
 
@@ -184,16 +185,29 @@ function render({ model, el }) {
     modeTag.title = s.mode === "stream" ? "this kernel runs it; updates are pushed"
       : s.mode === "poll" ? "another process runs it; read from the store every second" : "";
 
-    // stepper: reuse <li>s so a re-render does not flicker
-    const phases = s.phases || [];
+    // a row edited behind tether's back: which columns are damaged
+    const bad = s.damaged || [];
+    const badText = bad.length ? `damaged row: ${bad.join("; ")}` : "";
+    if (damaged.textContent !== badText) damaged.textContent = badText;  // an alert: said once
+    damaged.hidden = bad.length === 0;
+
+    // stepper: reuse <li>s so a re-render does not flicker. A run with many phases sends only
+    // those around the current one, and how many it left out before and after them.
+    const hidden = s.phases_hidden || {};
+    const more = (n, where) => ({ name: `${fmtNum(n)} more`, state: "more", where });
+    const phases = [
+      ...(hidden.before ? [more(hidden.before, "before")] : []),
+      ...(s.phases || []),
+      ...(hidden.after ? [more(hidden.after, "after")] : []),
+    ];
     while (steps.children.length > phases.length) steps.lastChild.remove();
     phases.forEach((p, i) => {
       let li = steps.children[i];
       if (!li) { li = h("li", { class: "tether-step" }); steps.append(li); }
       li.textContent = p.name;
       li.dataset.state = p.state;
-      li.dataset.testid = "tether-step";
-      li.title = `${p.name}: ${p.state}`;
+      li.dataset.testid = p.state === "more" ? "tether-step-more" : "tether-step";
+      li.title = p.state === "more" ? `phases not shown (${p.where} these)` : `${p.name}: ${p.state}`;
       if (p.state === "current") li.setAttribute("aria-current", "step"); else li.removeAttribute("aria-current");
     });
     steps.hidden = phases.length === 0;
