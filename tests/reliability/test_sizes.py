@@ -4,6 +4,7 @@
   writes is capped (``PHASES_MAX``), so the cost per phase does not grow with the phases before;
 - one 50 MB log line is stored clipped (``LOG_LINE_MAX`` characters and a marker), in its event
   and in the ``message`` column that every progress flush rewrites;
+- a params conflict over 100,000 ``**kwargs`` names a few differences and counts the rest.
 
 The bytes a child process writes are its ``wchar`` in ``/proc/self/io`` (every ``write()`` of
 every thread: the WAL, checkpoints into the DB), read before and after its run.
@@ -16,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import tether
 from helpers.util import raw
@@ -124,3 +127,21 @@ def test_a_long_line_through_logging_and_ctx_log_reads_back_clipped(db: Path) ->
     assert run.logs() == ["a" * LOG_LINE_MAX + "… [5 characters cut]",
                           "b" * LOG_LINE_MAX + "… [7 characters cut]", "c" * LOG_LINE_MAX]
 
+
+def test_a_kwargs_params_conflict_names_a_few_differences_and_counts_the_rest(db: Path) -> None:
+    @tether.pipeline
+    def loose(ctx: tether.Context, **options: Any) -> int:
+        return len(options)
+
+    n = 100_000
+    first = {f"option_{i:06d}_" + "n" * 50: i for i in range(n)}
+    run = loose.start(key="loose", **first)
+    assert run.result(timeout=60) == n
+    second = {name: value + 1 for name, value in first.items()}
+    second["z" * 1_000_000] = "v" * 1_000_000  # a huge name and value: clipped too
+    with pytest.raises(tether.KeyConflict) as info:
+        loose.start(key="loose", **second)
+    text = str(info.value)
+    assert len(text) < 2_000, f"{len(text):,} characters"
+    assert f"and {n + 1 - 5:,} more" in text
+    assert "option_000000_" in text  # the first differences, by name, are shown
