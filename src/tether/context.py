@@ -8,6 +8,7 @@ is cancelled, so a body that keeps reporting progress stops within the cancel bo
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import threading
 import time
@@ -36,6 +37,28 @@ _CHUNK_SLOW = 0.020
 _CHUNK_MAX = 1 << 14
 _EVENT_BURST = 512  # buffered events that wake the flusher at once
 
+# Log floods (docs/reliability.md, "Floods and sizes"). A run buffers at most LOG_BUFFER_EVENTS
+# slots of events between flushes: an event takes one slot, plus one per LOG_SLOT_CHARS
+# characters of its JSON, so the buffer holds at most 5,000 lines and ~5 million characters. A
+# logging thread that finds the buffer full wakes the flusher and waits until it has taken the
+# buffer, so a flood runs at the speed the store writes and a crash loses at most the batch being
+# written plus the buffer behind it (2 x LOG_BUFFER_EVENTS lines). The wait is bounded
+# (LOG_WAIT_S): a line that still finds no room (the flusher is stuck), or finds the buffer full
+# once the run is cancelled, is dropped and counted; so is a line pushed out when a failed write
+# puts its batch back. One ``log`` event with a ``dropped`` count (level ``warning``) records each
+# such gap, in place.
+LOG_BUFFER_EVENTS = 5_000
+LOG_SLOT_CHARS = 1_000
+_BURST_AT = _EVENT_BURST - 1  # events buffered before the one that wakes the flusher
+LOG_WAIT_S = 5.0
+# One log line keeps at most this many characters (in its event and in the ``message`` column);
+# the rest is replaced by a marker saying how many characters were cut.
+LOG_LINE_MAX = 10_000
+# ``ctx.phases`` (and the ``phases`` column) lists at most this many names: the declared phases,
+# then the first undeclared ones entered. A phase entered beyond the list is still named in
+# ``phase``; ``ctx.phases_unlisted`` (and the phase event's ``unlisted``) counts those phases.
+PHASES_MAX = 100
+
 
 def current() -> Context | None:
     """The ctx of the run executing in this thread or task, if any."""
@@ -57,12 +80,18 @@ class Context:
         self.phase_name: str | None = None
         self.phases: list[str] = list(rec.phases)
         self.phases_done: list[str] = list(rec.phases_done)
+        self._unlisted: set[str] = set()  # phases entered that the capped list leaves out
         self.message: str | None = None
         self.started = time.time()
         self._cancel = False
         self._cancel_reason = "cancelled"
         self._events: list[tuple[float, str, str | None, str]] = []
+        self._ev_cap = LOG_BUFFER_EVENTS  # room while len(_events) < _ev_cap (long events
+        # lower it: see LOG_SLOT_CHARS)
         self._ev_lock = threading.Lock()
+        self._room = threading.Event()  # set when the flusher took the buffer (or on cancel)
+        self._stalled = False  # a logging thread waited LOG_WAIT_S in vain: drop until taken
+        self._dropped = 0  # lines dropped since the buffer was last taken
         self._flushed: tuple[Any, ...] | None = None
         self._task: Any = None  # asyncio task of an async body
         self._map_calls = 0
@@ -139,15 +168,27 @@ class Context:
             self._raise_cancelled()
         if name != self.phase_name:
             prev = self.phase_name
-            if prev is not None and prev not in self.phases_done:
+            # phases_done holds only listed names, so both lists stay within PHASES_MAX
+            if prev is not None and prev not in self.phases_done and prev in self.phases:
                 self.phases_done.append(prev)
             if name not in self.phases:
-                self.phases.append(name)
+                if len(self.phases) < PHASES_MAX:
+                    self.phases.append(name)
+                else:
+                    self._unlisted.add(name)
             self.phase_name = name
             self.done = 0
         self.total = total
-        self._emit("phase", {"name": name, "total": total})
+        data: dict[str, Any] = {"name": name, "total": total}
+        if self._unlisted:
+            data["unlisted"] = len(self._unlisted)
+        self._emit("phase", data)
         self._runner.flush_run(self)
+
+    @property
+    def phases_unlisted(self) -> int:
+        """How many phases this run entered beyond the ``PHASES_MAX`` names ``phases`` lists."""
+        return len(self._unlisted)
 
     def log(self, msg: object, *args: object, level: str = "info") -> None:
         """Record a log line (``%``-style args like ``logging``); the panel shows the last ones."""
@@ -157,20 +198,63 @@ class Context:
             self._raise_cancelled()
 
     def _log(self, text: str, level: str) -> None:
-        self.message = text
         # the hot path of logging: the canonical JSON of {"level", "message"}, built directly
         data = '{"level":' + json_str(level) + ',"message":' + json_str(text) + "}"
+        size = len(data)
+        if size > LOG_LINE_MAX and len(text) > LOG_LINE_MAX:  # the JSON is never shorter
+            text = _clip_line(text)
+            data = '{"level":' + json_str(level) + ',"message":' + json_str(text) + "}"
+            size = len(data)
+        self.message = text
         ev = (time.time(), "log", self.phase_name, data)
         with self._ev_lock:
-            self._events.append(ev)
-            burst = len(self._events) == _EVENT_BURST  # wake once per burst
-        if burst:
+            events = self._events
+            n = len(events)
+            if n < self._ev_cap:
+                events.append(ev)
+                if size >= LOG_SLOT_CHARS:
+                    self._ev_cap -= size // LOG_SLOT_CHARS
+            else:
+                n = -1
+        if n == _BURST_AT:  # wake once per burst
             self._runner.wake()
+        elif n < 0:
+            self._wait_for_room(ev)
+
+    def _wait_for_room(self, ev: tuple[float, str, str | None, str]) -> None:
+        """The buffer is full: wait (bounded) until the flusher takes it, else drop ``ev``.
+
+        Holds no lock while waiting. Never waits on the flusher's own thread, once the run is
+        cancelled (a cancel wakes the wait), or after a wait timed out until the buffer is taken.
+        """
+        runner = self._runner
+        deadline = time.monotonic() + LOG_WAIT_S
+        while True:
+            with self._ev_lock:
+                if len(self._events) < self._ev_cap:
+                    self._events.append(ev)
+                    self._ev_cap -= len(ev[3]) // LOG_SLOT_CHARS
+                    return
+                left = deadline - time.monotonic()
+                if (self._cancel or self._stalled or runner._forked
+                        or threading.current_thread() is runner._flusher):
+                    self._dropped += 1
+                    return
+                if left <= 0:
+                    self._stalled = True
+                    self._dropped += 1
+                    return
+                self._room.clear()
+            runner.wake()
+            self._room.wait(left)
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
-        ev = (time.time(), kind, self.phase_name, dumps(data))
+        # phase events are never dropped nor wait: each is followed by a write of the run at once
+        text = dumps(data)
+        ev = (time.time(), kind, self.phase_name, text)
         with self._ev_lock:
             self._events.append(ev)
+            self._ev_cap -= len(text) // LOG_SLOT_CHARS
             burst = len(self._events) == _EVENT_BURST  # wake once per burst
         if burst:
             self._runner.wake()
@@ -228,27 +312,82 @@ class Context:
     def _request_cancel(self, reason: str = "cancelled") -> None:
         self._cancel_reason = reason
         self._cancel = True
+        self._room.set()  # a logging thread waiting for room stops waiting
         task, loop = self._task, self._runner.loop
         if task is not None and loop is not None:
             loop.call_soon_threadsafe(task.cancel)
 
     def _requeue(self, events: list[tuple[float, str, str | None, str]]) -> None:
-        """Events a failed write took: first in line again."""
+        """Events a failed write took: first in line again.
+
+        The buffer stays within its caps: log lines beyond them (the newest) are dropped and
+        counted in one drop note placed where they were; other events are always kept."""
         with self._ev_lock:
-            self._events[:0] = events
+            merged = events + self._events
+            cap = LOG_BUFFER_EVENTS - sum(len(ev[3]) // LOG_SLOT_CHARS for ev in merged)
+            if len(merged) > cap:
+                merged, cap = self._trim(merged)
+            self._events, self._ev_cap = merged, cap
         self._flushed = None
+
+    def _trim(self, events: list[tuple[float, str, str | None, str]]
+              ) -> tuple[list[tuple[float, str, str | None, str]], int]:
+        """``events`` within the buffer's slots, and its ``_ev_cap`` (``_ev_lock`` held).
+
+        The newest log lines go; phase events and earlier drop notes stay. The lines dropped
+        are counted in a note where the first of them was (or in the note just before it)."""
+        kept: list[tuple[float, str, str | None, str]] = []
+        cap = LOG_BUFFER_EVENTS
+        dropped = 0
+        gap_at, gap_ts = -1, 0.0
+        for ev in events:
+            if ev[1] == "log" and len(kept) >= cap and not _is_note(ev):
+                if gap_at < 0:
+                    gap_at, gap_ts = len(kept), ev[0]
+                dropped += 1
+            else:
+                kept.append(ev)
+                cap -= len(ev[3]) // LOG_SLOT_CHARS
+        if dropped:
+            before = kept[gap_at - 1] if gap_at > 0 else None
+            if before is not None and _is_note(before):  # the same gap: one note
+                kept[gap_at - 1] = self._drop_note(json.loads(before[3])["dropped"] + dropped,
+                                                   before[0])
+            else:
+                kept.insert(gap_at, self._drop_note(dropped, gap_ts))
+        return kept, cap
+
+    def _drop_note(self, n: int, ts: float) -> tuple[float, str, str | None, str]:
+        data = dumps({"dropped": n, "level": "warning",
+                      "message": f"{n:,} log lines dropped: the store did not take them in time "
+                                 f"(a run buffers at most {LOG_BUFFER_EVENTS:,} lines)"})
+        return (ts, "log", self.phase_name, data)
 
     def _flush_item(self, force: bool = False) -> FlushItem | None:
         """What changed since the last flush (taking the buffered events), or None."""
         state = (self.phase_name, self.done, self.total, self.message, len(self.phases),
                  len(self.phases_done))
         with self._ev_lock:
-            events, self._events = self._events, []
+            events, self._events, self._ev_cap = self._events, [], LOG_BUFFER_EVENTS
+            dropped, self._dropped, self._stalled = self._dropped, 0, False
+            if dropped:  # they came after the lines buffered until now
+                events.append(self._drop_note(dropped, time.time()))
+        self._room.set()
         if not events and not force and state == self._flushed:
             return None
         self._flushed = state
         return FlushItem(self.run_id, self.phase_name, list(self.phases), list(self.phases_done),
                          self.done, self.total, self.message, events)
+
+
+def _is_note(ev: tuple[float, str, str | None, str]) -> bool:
+    """A drop note (a log line's JSON starts with ``{"level":``)."""
+    return ev[1] == "log" and ev[3].startswith('{"dropped":')
+
+
+def _clip_line(text: str) -> str:
+    cut = len(text) - LOG_LINE_MAX
+    return f"{text[:LOG_LINE_MAX]}… [{cut:,} characters cut]"
 
 
 _factory_installed = False

@@ -617,6 +617,10 @@ def _after_fork() -> None:
         r._forked = True
         r._lock = threading.Lock()
         r.store.runner = None
+        for ctx in r._live.values():  # a lock held by the parent's flusher stays held here
+            ctx._ev_lock = threading.Lock()
+            ctx._events = []  # the parent's lines: never written from here
+            ctx._ev_cap = 0  # and the child's are dropped at once (see Context._wait_for_room)
     _runners.clear()
     owner.reset_after_fork()
 

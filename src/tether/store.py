@@ -1175,24 +1175,40 @@ def _difference(rec: RunRecord, params_json: str, version: str | None,
     """A readable description of how a new start() differs from a stored run, or None.
 
     ``stored_json``: the run's params column as stored; both are canonical JSON, so equal text
-    means equal params (the common case of an idempotent start, without decoding)."""
+    means equal params (the common case of an idempotent start, without decoding). The text names
+    at most ``shown`` differences (then "and N more"), each name and value clipped to ``clip``
+    characters, so that a conflict over thousands of ``**kwargs`` stays a readable line."""
+    shown, clip = 5, 60
+
+    def cut(text: str) -> str:
+        return text if len(text) <= clip else text[:clip - 1] + "…"
+
     if pipeline is not None and rec.pipeline != pipeline:
-        return f"pipeline {rec.pipeline!r}, not {pipeline!r}"
+        return f"pipeline {cut(repr(rec.pipeline))}, not {cut(repr(pipeline))}"
     if rec.version != version:
-        return f"version {rec.version!r}, not {version!r}"
+        return f"version {cut(repr(rec.version))}, not {cut(repr(version))}"
     if stored_json is not None and stored_json == params_json:
         return None
     new = json.loads(params_json)
     if new == rec.params:
         return None
     parts = []
+    more = 0
     for name in sorted(set(new) | set(rec.params)):
+        if name in new and name in rec.params and new[name] == rec.params[name]:
+            continue
+        if len(parts) == shown:
+            more += 1
+            continue
         if name not in rec.params:
-            parts.append(f"no parameter {name!r}")
+            parts.append(f"no parameter {cut(repr(name))}")
         elif name not in new:
-            parts.append(f"parameter {name!r}={dumps(rec.params[name])[:60]} that this call lacks")
-        elif new[name] != rec.params[name]:
-            parts.append(f"{name}={dumps(rec.params[name])[:60]}, not {dumps(new[name])[:60]}")
+            parts.append(f"parameter {cut(repr(name))}={cut(dumps(rec.params[name]))} that this "
+                         "call lacks")
+        else:
+            parts.append(f"{cut(name)}={cut(dumps(rec.params[name]))}, not {cut(dumps(new[name]))}")
+    if more:
+        parts.append(f"and {more:,} more")
     return "different params: " + "; ".join(parts)
 
 
