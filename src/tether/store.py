@@ -479,6 +479,7 @@ class Store:
                     raise self._fail(f"stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s",
                                      busy.__cause__) from busy.__cause__
                 time.sleep(0.02)
+                _interrupts.safe_point()  # nothing is held here: a held-back interrupt lands
 
     def _open_once(self) -> None:
         st = self._stat()
