@@ -1,0 +1,382 @@
+"""Control over runs (issue 14): nested pipelines, retries, timeouts, concurrency= across
+processes, done callbacks and ``await``.
+
+Real SQLite files, real threads and real processes (``helpers.pipes_ctl``); what ran on which try
+is counted in files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import tether
+from helpers import pipes_ctl
+from helpers.util import Children, raw, wait_until
+from tether import cli, config, runner
+
+# -- nested pipelines ------------------------------------------------------------------------
+
+
+@tether.pipeline
+def leaf(ctx: tether.Context, i: int) -> int:
+    ctx.advance()
+    return i
+
+
+@tether.pipeline
+def middle(ctx: tether.Context, i: int) -> int:
+    kids = [leaf.start(i=10 * i + j) for j in range(2)]
+    return sum(k.result() for k in kids)
+
+
+@tether.pipeline
+def top(ctx: tether.Context, n: int) -> list[int]:
+    kids = [middle.start(i=i) for i in range(n)]
+    return [k.result() for k in kids]
+
+
+def test_nesting_at_depth_3_with_one_slot_finishes(db: Path) -> None:
+    """Before: the parent held the only slot while it waited for its child, which stayed
+    pending forever (a deadlock at any max_concurrency, with enough parents)."""
+    tether.configure(max_concurrency=1)
+    t0 = time.monotonic()
+    run = top.start(n=3)
+    assert run.result(timeout=20) == [1, 21, 41]
+    assert time.monotonic() - t0 < 10
+
+    kids = run.children()
+    assert [(k.pipeline, k.params) for k in kids] == [(middle.name, {"i": i}) for i in range(3)]
+    assert all(k.parent == run and k.status == "succeeded" for k in kids)
+    grandkids = kids[1].children()
+    assert [g.params for g in grandkids] == [{"i": 10}, {"i": 11}]
+    assert grandkids[0].parent == kids[1] and grandkids[0].parent.parent == run
+    assert run.parent is None and leaf.start(i=10).parent == kids[1]
+    r = runner.get(config.store())
+    wait_until(lambda: r.slots == 0 and r.busy == 0, what="every slot given back")
+
+
+_four = threading.Barrier(4, timeout=10)
+
+
+@tether.pipeline
+def one_child(ctx: tether.Context, i: int) -> int:
+    _four.wait()  # the four parents hold the four slots before any child is started
+    return leaf.start(i=100 + i).result() + 0
+
+
+def test_four_parents_waiting_on_children_with_four_slots(db: Path) -> None:
+    """The issue's report: with the default max_concurrency=4, four parents each waiting on a
+    child; the children stayed pending forever."""
+    _four.reset()
+    runs = [one_child.start(i=i) for i in range(4)]
+    assert [r.result(timeout=20) for r in runs] == [100 + i for i in range(4)]
+
+
+@tether.pipeline
+def spin_child(ctx: tether.Context, tag: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ctx.advance()
+        time.sleep(0.005)
+
+
+@tether.pipeline
+def spin_parent(ctx: tether.Context, n: int) -> None:
+    kids = [spin_child.start(tag=f"k{i}") for i in range(n)]
+    kids.append(detached_kid.start(tag="detached", detach=True))
+    for k in kids:
+        k.result()
+
+
+@tether.pipeline
+def detached_kid(ctx: tether.Context, tag: str) -> None:
+    pass
+
+
+@tether.pipeline
+def grand(ctx: tether.Context) -> None:
+    spin_parent.start(n=2).result()
+
+
+def test_cancel_of_a_parent_cascades_to_its_active_children(db: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(detached_kid, "_check_importable", lambda: None)
+    run = grand.start()
+    parent = wait_until(lambda: (c := run.children()) and c[0], what="the parent")
+    wait_until(lambda: len(parent.children()) == 3
+               and [k.status for k in parent.children()] == ["running", "running", "pending"],
+               what="two running children and a pending (detached) one")
+    t0 = time.monotonic()
+    run.cancel()
+    run.wait(timeout=10)
+    everyone = [run, parent, *parent.children()]
+    wait_until(lambda: all(r.status.terminal for r in everyone), timeout=5, what="every run ended")
+    assert time.monotonic() - t0 < 3
+    assert [str(r.status) for r in everyone] == ["cancelled"] * 5
+    pending_kid = parent.children()[2]
+    assert pending_kid.events()[-1].data == {"by": "parent", "parent": run.id}
+    assert "cancel_requested" in [e.kind for e in parent.children()[0].events()]
+
+
+@tether.pipeline
+def counted_child(ctx: tether.Context, log: str, i: int) -> int:
+    pipes_ctl.append(log, f"child{i}")
+    return i
+
+
+@tether.pipeline
+def fragile_parent(ctx: tether.Context, log: str) -> list[int]:
+    out = []
+    for i in range(3):
+        out.append(counted_child.start(log=log, i=i).result())
+        if i == 1 and ctx.attempt == 1:
+            raise RuntimeError("the parent fails after two children")
+    return out
+
+
+def test_a_parents_resume_reuses_its_succeeded_children(db: Path, tmp_path: Path) -> None:
+    log = str(tmp_path / "log")
+    first = fragile_parent.start(log=log)
+    with pytest.raises(tether.RunFailed):
+        first.result(timeout=10)
+    done = first.children()
+    assert [(c.params["i"], str(c.status)) for c in done] == [(0, "succeeded"), (1, "succeeded")]
+
+    second = first.resume()
+    assert second.result(timeout=10) == [0, 1, 2]
+    assert pipes_ctl.lines(log) == ["child0", "child1", "child2"]  # none redone
+    kids = second.children()
+    assert [c.id for c in kids[:2]] == [c.id for c in done]  # attached, by key
+    assert kids[2].parent == second and kids[2].params["i"] == 2
+    assert [e.data["created"] for e in second.events(kinds=["child"])] == [False, False, True]
+
+
+@tether.pipeline
+def async_leaf(ctx: tether.Context, i: int) -> int:
+    return i
+
+
+@tether.pipeline
+async def async_parent(ctx: tether.Context, n: int) -> list[int]:
+    kids = [async_leaf.start(i=i) for i in range(n)]
+    return [await k for k in kids]
+
+
+@tether.pipeline
+async def blocking_async_parent(ctx: tether.Context) -> int:
+    return spin_child.start(tag="blocked").result()  # type: ignore[no-any-return]
+
+
+def test_an_async_parent_awaits_its_children_and_is_told_not_to_block(db: Path) -> None:
+    tether.configure(max_concurrency=1)
+    assert async_parent.start(n=3).result(timeout=10) == [0, 1, 2]
+    run = blocking_async_parent.start()
+    with pytest.raises(tether.RunFailed, match="await run"):
+        run.result(timeout=10)
+    for kid in run.children():
+        kid.cancel().wait(timeout=10)
+
+
+# -- retries ---------------------------------------------------------------------------------
+
+
+def test_retries_keep_the_checkpoints_of_the_run(db: Path, tmp_path: Path) -> None:
+    log = str(tmp_path / "log")
+    run = pipes_ctl.flaky.start(log=log, fail_b=1)
+    out = run.result(timeout=20)
+    assert out == {"a": "a", "items": [0, 10], "b": "b", "tries": 3}
+    # try 1: a, item0, item1 (fails); try 2: item1 again, b (fails); try 3: b again
+    assert pipes_ctl.lines(log) == ["a@1", "body@1", "item0@1", "item1@1",
+                                    "body@2", "item1@2", "b@2",
+                                    "body@3", "b@3"]
+    assert run.tries == 3 and run.max_tries == 4 and run.retry_at is None
+    assert [r.id for r in run.attempts()] == [run.id]  # within the same run
+    retries = run.events(kinds=["retry"])
+    assert [(e.data["try"], e.data["type"]) for e in retries] == [
+        (1, "MapItemError"), (2, "ConnectionError")]
+    assert "item 1 fails the first time" in retries[0].data["message"]
+    assert "ConnectionError" in retries[1].data["traceback"]
+    assert [e.data["try"] for e in run.events(kinds=["try"])] == [2, 3]
+
+
+@tether.pipeline(retries=3, retry_delay=0.2, retry_backoff=2.0)
+def always_fails(ctx: tether.Context, tag: str) -> None:
+    raise ValueError(f"try {ctx.tries}")
+
+
+def test_backoff_delays_stay_within_bounds(db: Path) -> None:
+    run = always_fails.start(tag="backoff")
+    with pytest.raises(tether.RunFailed, match="ValueError: try 4"):
+        run.result(timeout=20)
+    events = run.events(kinds=["retry", "try"])
+    assert [e.kind for e in events] == ["retry", "try"] * 3
+    waits = [b.ts - a.ts for a, b in zip(events[::2], events[1::2], strict=True)]
+    for expected, waited, ev in zip([0.2, 0.4, 0.8], waits, events[::2], strict=True):
+        assert ev.data["delay"] == pytest.approx(expected)
+        assert expected <= waited + 0.01 < expected + 0.5, (expected, waited)
+    assert run.tries == 4
+
+
+@tether.pipeline(retries=3, retry_on=(ConnectionError,))
+def picky(ctx: tether.Context, kind: str, log: str) -> int:
+    pipes_ctl.append(log, kind)
+    if kind == "value":
+        raise ValueError("not retried")
+    if kind == "conn" and ctx.tries < 3:
+        raise ConnectionError("retried")
+    if kind == "cancel":
+        ctx.run.cancel()
+        ctx.advance()  # raises RunCancelled: never retried
+    return ctx.tries
+
+
+def test_retry_on_filters_what_is_retried(db: Path, tmp_path: Path) -> None:
+    log = str(tmp_path / "log")
+    value = picky.start(kind="value", log=log)
+    with pytest.raises(tether.RunFailed, match="not retried"):
+        value.result(timeout=10)
+    assert value.tries == 1 and value.events(kinds=["retry"]) == []
+    assert picky.start(kind="conn", log=log).result(timeout=10) == 3
+    cancelled = picky.start(kind="cancel", log=log)
+    with pytest.raises(tether.RunCancelled):
+        cancelled.result(timeout=10)
+    assert cancelled.tries == 1
+    assert pipes_ctl.lines(log) == ["value", "conn", "conn", "conn", "cancel"]
+
+
+@tether.pipeline(retries=2, retry_delay=30)
+def slow_retry(ctx: tether.Context) -> None:
+    raise ValueError("fails, then waits 30 s to retry")
+
+
+def test_a_cancel_during_the_wait_ends_the_run_at_once(db: Path) -> None:
+    run = slow_retry.start()
+    wait_until(lambda: run.retry_at is not None, what="the wait before try 2")
+    assert run.retry_at > time.time() + 20 and run.status == "running" and run.tries == 1
+    t0 = time.monotonic()
+    run.cancel().wait(timeout=10)
+    assert time.monotonic() - t0 < 2
+    assert run.status == "cancelled" and run.tries == 1
+    assert "while waiting to retry" in run.error["message"]
+
+
+@tether.pipeline
+def flaky_child(ctx: tether.Context, log: str) -> str:
+    pipes_ctl.append(log, "child")
+    if len(pipes_ctl.lines(log)) == 1:
+        raise ConnectionError("the child fails once")
+    return "ok"
+
+
+@tether.pipeline(retries=1)
+def retrying_parent(ctx: tether.Context, log: str) -> str:
+    return flaky_child.start(log=log).result()  # type: ignore[no-any-return]
+
+
+def test_a_parents_retry_resumes_its_failed_child(db: Path, tmp_path: Path) -> None:
+    log = str(tmp_path / "log")
+    run = retrying_parent.start(log=log)
+    assert run.result(timeout=10) == "ok"
+    kids = run.children()
+    assert [(k.attempt, str(k.status)) for k in kids] == [(1, "failed"), (2, "succeeded")]
+    assert kids[1].resumed_from == kids[0].id and run.tries == 2
+
+
+def test_retry_after_a_sigkill_of_the_owner_counts_the_tries_used(
+        db: Path, child_env: dict[str, str], tmp_path: Path) -> None:
+    tether.runs()
+    log = str(tmp_path / "log")
+    kids = Children(child_env, tmp_path, pipes_ctl.CHILD)
+    try:
+        proc = kids.spawn(runs=[["killed", {"log": log}]], wait=False, hold=str(tmp_path / "no"))
+        run_id = json.loads(proc.stdout.readline())["ids"][0]  # type: ignore[union-attr]
+        wait_until(lambda: raw(db, "SELECT phase FROM runs WHERE id = ?", run_id) == [("hanging",)],
+                   what="try 2 to hang")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        kids.close()
+    assert raw(db, "SELECT status, tries FROM runs WHERE id = ?", run_id) == [("running", 2)]
+    again = pipes_ctl.killed.start(log=log, policy="resume")  # the automatic-resume rule
+    assert again.resumed_from == run_id and again.attempt == 2
+    with pytest.raises(tether.RunFailed, match="try 3 fails too"):
+        again.result(timeout=10)
+    assert tether.get_run(run_id).status == "interrupted"
+    # try 3 was the last of 1 + retries=2: the killed attempt's two tries counted
+    assert again.tries == 3 and again.events(kinds=["retry"]) == []
+    assert pipes_ctl.lines(log) == ["a@1", "body@1", "body@2", "b@2", "body@3"]
+
+
+# -- timeouts --------------------------------------------------------------------------------
+
+
+@tether.pipeline(timeout=0.4)
+def busy_forever(ctx: tether.Context) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ctx.advance()
+        time.sleep(0.005)
+
+
+@tether.pipeline(timeout=0.3, retries=1, retry_on=(TimeoutError,))
+def slow_first_try(ctx: tether.Context) -> int:
+    while ctx.tries == 1:
+        ctx.advance()
+        time.sleep(0.005)
+    return ctx.tries
+
+
+def test_a_timeout_stops_a_cooperative_body_and_fails_the_run(db: Path) -> None:
+    t0 = time.monotonic()
+    run = busy_forever.start()
+    with pytest.raises(tether.RunFailed, match=r"TimeoutError: .*timeout of 0.4 s"):
+        run.result(timeout=10)
+    assert 0.4 <= time.monotonic() - t0 < 2
+    assert run.status == "failed" and run.error["type"] == "TimeoutError"
+    assert slow_first_try.start().result(timeout=10) == 2  # retried: retry_on covers it
+
+
+@tether.pipeline(timeout=0.2)
+def deaf(ctx: tether.Context, gate: str) -> str:
+    pipes_ctl.wait_file(gate)  # no ctx call: cannot be stopped in its thread
+    return "late"
+
+
+def test_a_body_that_makes_no_ctx_call_is_shown_past_its_timeout(
+        db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gate = tmp_path / "gate"
+    run = deaf.start(gate=str(gate))
+    wait_until(lambda: (run.overdue or 0) > 0.6, what="the run to be 0.6 s past its timeout")
+    assert run.status == "running"
+    cli.main(["show", run.id, "--db", str(db)])
+    shown = capsys.readouterr().out
+    assert "past its timeout by" in shown and "timeout   0.2 s" in shown
+    cli.main(["ls", "--db", str(db)])
+    assert "past its timeout by" in capsys.readouterr().out
+    cli.main(["ls", "--json", "--db", str(db)])
+    assert json.loads(capsys.readouterr().out)[0]["overdue"] > 0.6
+    gate.touch()
+    with pytest.raises(tether.RunFailed, match="TimeoutError"):
+        run.result(timeout=10)
+    assert run.overdue is None
+
+
+@tether.pipeline(timeout=0.3)
+def impatient_parent(ctx: tether.Context) -> None:
+    spin_child.start(tag="orphaned-by-timeout").result()
+
+
+def test_a_parents_timeout_stops_its_wait_and_cancels_its_child(db: Path) -> None:
+    run = impatient_parent.start()
+    with pytest.raises(tether.RunFailed, match="TimeoutError"):
+        run.result(timeout=10)
+    kid = run.children()[0]
+    kid.wait(timeout=5)
+    assert kid.status == "cancelled"
