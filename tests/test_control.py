@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -380,3 +381,129 @@ def test_a_parents_timeout_stops_its_wait_and_cancels_its_child(db: Path) -> Non
     kid = run.children()[0]
     kid.wait(timeout=5)
     assert kid.status == "cancelled"
+
+
+# -- concurrency= across processes -----------------------------------------------------------
+
+
+@pytest.fixture
+def children(child_env: dict[str, str], tmp_path: Path) -> Iterator[Children]:
+    tether.runs()  # the database exists (and is migrated) before any child starts
+    kids = Children(child_env, tmp_path, pipes_ctl.CHILD)
+    yield kids
+    kids.close()
+
+
+class Sampler:
+    """Reads the runs of one pipeline every 10 ms with plain sqlite3 (one snapshot per read)."""
+
+    def __init__(self, db: Path, pipeline: str) -> None:
+        self.db, self.pipeline = db, pipeline
+        self.samples: list[list[tuple[int, str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        import sqlite3
+
+        conn = sqlite3.connect(self.db, timeout=30)
+        try:
+            while not self._stop.is_set():
+                self.samples.append(conn.execute(
+                    "SELECT rowid, status FROM runs WHERE pipeline = ? ORDER BY rowid",
+                    (self.pipeline,)).fetchall())
+                time.sleep(0.01)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def test_concurrency_caps_running_runs_across_processes_in_start_order(
+        db: Path, children: Children, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    procs = [children.spawn(go=str(go), runs=[["limited", {"tag": f"p{p}r{r}"}] for r in range(4)])
+             for p in range(3)]
+    sampler = Sampler(db, pipes_ctl.limited.name)
+    go.touch()
+    try:
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        sampler.stop()
+    for proc, (out, err) in zip(procs, outs, strict=True):
+        assert proc.returncode == 0, err
+        assert json.loads(out.splitlines()[-1])["statuses"] == ["succeeded"] * 4
+    running = [sum(s == "running" for _, s in sample) for sample in sampler.samples]
+    assert len(sampler.samples) > 50 and max(running) == 2, max(running)
+    for sample in sampler.samples:  # start order: no run started while an older one waits
+        statuses = [s for _, s in sample]
+        pending_from = statuses.index("pending") if "pending" in statuses else len(statuses)
+        assert set(statuses[pending_from:]) <= {"pending"}, sample
+    queued = raw(db, "SELECT count(*) FROM events e JOIN runs r ON r.id = e.run_id "
+                     "WHERE r.pipeline = ? AND e.kind = 'queued'", pipes_ctl.limited.name)[0][0]
+    assert queued >= 6  # at least the runs of the last rounds waited in line
+
+
+def test_a_queued_run_tells_how_many_are_ahead_of_it(db: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    runs = [pipes_ctl.single.start(tag=f"t{i}", gate=str(gate)) for i in range(4)]
+    wait_until(lambda: runs[0].status == "running", what="the first run")
+    assert [r.ahead for r in runs] == [None, 0, 1, 2]
+    assert [str(r.status) for r in runs[1:]] == ["pending"] * 3
+    assert runs[3].events(kinds=["queued"])[0].data == {"ahead": 2, "concurrency": 1}
+    gate.touch()
+    assert [r.result(timeout=10)["tag"] for r in runs] == ["t0", "t1", "t2", "t3"]
+    started = [r.snapshot().started_at for r in runs]
+    assert started == sorted(started)
+
+
+def _queued_behind_a_dead_starter(db: Path, children: Children, tmp_path: Path
+                                  ) -> tuple[str, str]:
+    """A child starts two runs of ``single`` (concurrency=1): the first holds the slot, the
+    second waits in line; then the child is killed. Returns the two run ids."""
+    proc = children.spawn(runs=[["single", {"tag": "first", "gate": str(tmp_path / "never")}],
+                                ["single", {"tag": "second"}]], wait=False, hold=str(tmp_path / "no"))
+    first, second = json.loads(proc.stdout.readline())["ids"]  # type: ignore[union-attr]
+    wait_until(lambda: raw(db, "SELECT status FROM runs WHERE id IN (?, ?) ORDER BY rowid",
+                           first, second) == [("running",), ("pending",)], what="one running, one queued")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    return first, second
+
+
+def test_a_queued_run_whose_starter_was_killed_is_picked_up_by_a_worker(
+        db: Path, children: Children, tmp_path: Path) -> None:
+    worker = children.popen("-m", "tether.cli", "worker", "helpers.pipes_ctl", "--poll", "0.05")
+    wait_until(lambda: raw(db, "SELECT count(*) FROM workers WHERE pipeline = ?",
+                           pipes_ctl.single.name)[0][0], what="the worker to register")
+    first, second = _queued_behind_a_dead_starter(db, children, tmp_path)
+    tether.runs()  # whoever looks first (here: this process) finds the starter dead
+    run = tether.get_run(second)
+    assert run.result(timeout=20) == {"tag": "second", "pid": worker.pid}
+    assert [e.kind for e in run.events()][:3] == ["created", "queued", "handed_over"]
+    assert tether.get_run(first).status == "interrupted"  # it had started: not handed over
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0
+    assert raw(db, "SELECT count(*) FROM workers")[0][0] == 0
+
+
+def test_without_a_worker_a_queued_run_of_a_dead_starter_is_interrupted(
+        db: Path, children: Children, tmp_path: Path) -> None:
+    first, second = _queued_behind_a_dead_starter(db, children, tmp_path)
+    tether.runs()
+    assert [tether.get_run(i).status for i in (first, second)] == ["interrupted", "interrupted"]
+
+
+@tether.pipeline(concurrency=1)
+def recursive(ctx: tether.Context, depth: int) -> int:
+    return 1 + (recursive.start(depth=depth - 1).result() if depth else 0)
+
+
+def test_a_parent_waiting_for_its_child_is_not_counted_by_its_limit(db: Path) -> None:
+    """concurrency=1 and a body that starts a run of its own pipeline: the waiting parent is
+    parked, so the child can start."""
+    assert recursive.start(depth=3).result(timeout=20) == 4
+    assert raw(db, "SELECT count(*) FROM runs WHERE parked != 0")[0][0] == 0

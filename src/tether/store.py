@@ -1278,12 +1278,12 @@ class Queued(NamedTuple):
 
 _MAX_TRY_TRACEBACK = 20_000
 # A pending run that will start before the run of the outer query (its pipeline's queue, in start
-# order): one with a claimant, i.e. meant for a process (the sweep takes those of dead ones away)
-# or for a worker while one serves the pipeline. The first ? is the time now.
+# order: rowid, the order in which the start transactions committed) and has a claimant: meant for
+# a process (the sweep takes those of dead ones away), or for a worker while one serves the
+# pipeline. ?1 is the time now.
 _BEFORE = (
     "FROM runs AS o WHERE o.pipeline = runs.pipeline AND o.status = 'pending' "
-    "AND o.concurrency IS NOT NULL AND (o.created_at < runs.created_at OR "
-    "(o.created_at = runs.created_at AND o.rowid < runs.rowid)) AND (o.target != 'worker' OR "
+    "AND o.concurrency IS NOT NULL AND o.rowid < runs.rowid AND (o.target != 'worker' OR "
     "EXISTS (SELECT 1 FROM workers AS w WHERE w.pipeline = o.pipeline AND w.lease_until > ?1))")
 _AHEAD = f"(SELECT count(*) {_BEFORE})"
 # A claim of the run passes its pipeline's concurrency check (parked parents are not counted)
