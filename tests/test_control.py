@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -507,3 +508,133 @@ def test_a_parent_waiting_for_its_child_is_not_counted_by_its_limit(db: Path) ->
     parked, so the child can start."""
     assert recursive.start(depth=3).result(timeout=20) == 4
     assert raw(db, "SELECT count(*) FROM runs WHERE parked != 0")[0][0] == 0
+
+
+# -- done callbacks and await ----------------------------------------------------------------
+
+
+def test_a_callback_on_a_run_of_another_process_is_called_when_it_ends(
+        db: Path, children: Children, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    proc = children.spawn(runs=[["single", {"tag": "theirs", "gate": str(gate)}]])
+    run = tether.get_run(json.loads(proc.stdout.readline())["ids"][0])  # type: ignore[union-attr]
+    seen: list[tuple[str, str]] = []
+    ended = threading.Event()
+    run.add_done_callback(lambda r: (seen.append((threading.current_thread().name,
+                                                  str(r.status))), ended.set()))
+    assert seen == []
+    gate.touch()
+    assert ended.wait(20)
+    assert seen == [("tether-callbacks", "succeeded")]
+    assert proc.wait(timeout=20) == 0
+
+
+KERNEL_CELLS = [
+    """
+import asyncio, os, threading, time
+import tether
+tether.configure(db={db!r})
+
+@tether.pipeline
+def double(ctx, x: int) -> int:
+    return 2 * x
+
+@tether.pipeline
+def gated(ctx, gate: str) -> str:
+    while not os.path.exists(gate):
+        ctx.advance()
+        time.sleep(0.005)
+    return "opened"
+
+@tether.pipeline
+def broken(ctx) -> None:
+    raise ValueError("broken on purpose")
+
+seen = []
+ended = double.start(x=21)
+ended.result(timeout=30)
+ended.add_done_callback(lambda r: seen.append(("ended", threading.current_thread().name, r.result())))
+assert seen == [("ended", "MainThread", 42)], seen   # at once, in this thread
+
+def boom(run):
+    raise RuntimeError("a callback that raises")
+
+done = threading.Event()
+run = gated.start(gate={gate!r})
+run.add_done_callback(boom)
+run.add_done_callback(lambda r: (seen.append(("later", threading.current_thread().name,
+                                              str(r.status))), done.set()))
+assert len(seen) == 1
+open({gate!r}, "w").close()
+assert done.wait(30)
+assert seen[1][0] == "later" and seen[1][1].startswith("tether-run") and seen[1][2] == "succeeded", seen
+time.sleep(0.2)
+assert len(seen) == 2, seen   # once each
+""",
+    """
+ticks = 0
+
+async def ticker():
+    global ticks
+    while True:
+        ticks += 1
+        await asyncio.sleep(0.01)
+
+task = asyncio.ensure_future(ticker())
+slow = gated.start(gate={gate2!r})
+threading.Timer(0.5, lambda: open({gate2!r}, "w").close()).start()
+value = await slow
+task.cancel()
+assert value == "opened" and ticks >= 20, (value, ticks)   # the loop ran while it waited
+try:
+    await broken.start()
+except tether.RunFailed as exc:
+    assert "broken on purpose" in str(exc)
+else:
+    raise AssertionError("await of a failed run did not raise")
+print("CONTROL-KERNEL-OK", ticks)
+""",
+]
+
+
+def _run_cells(kc: Any, cells: list[str], timeout: float = 60) -> tuple[str, str]:
+    """Execute each cell in the kernel, in order; (stdout, stderr) of them all. A cell that
+    raises fails the test with the kernel's traceback."""
+    out: list[str] = []
+    err: list[str] = []
+    for code in cells:
+        msg_id = kc.execute(code)
+        deadline = time.monotonic() + timeout
+        while True:
+            assert time.monotonic() < deadline, "the kernel did not finish the cell"
+            try:
+                msg = kc.get_iopub_msg(timeout=1)
+            except Exception:  # queue.Empty
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                (out if content["name"] == "stdout" else err).append(content["text"])
+            elif kind == "error":
+                raise AssertionError("\n".join(content["traceback"]))
+            elif kind == "status" and content["execution_state"] == "idle":
+                break
+    return "".join(out), "".join(err)
+
+
+def test_callbacks_and_await_in_a_real_kernel(tmp_path: Path, child_env: dict[str, str]) -> None:
+    from jupyter_client.manager import start_new_kernel
+
+    env = dict(child_env)
+    env.pop("TETHER_DB", None)
+    km, kc = start_new_kernel(kernel_name="python3", env=env)
+    try:
+        names = {"db": str(tmp_path / "kernel.db"), "gate": str(tmp_path / "gate"),
+                 "gate2": str(tmp_path / "gate2")}
+        out, err = _run_cells(kc, [cell.format(**names) for cell in KERNEL_CELLS])
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert "CONTROL-KERNEL-OK" in out, (out, err)
+    assert "a callback that raises" in err  # logged, never raised into tether
