@@ -316,6 +316,28 @@ def test_retry_after_a_sigkill_of_the_owner_counts_the_tries_used(
     assert pipes_ctl.lines(log) == ["a@1", "body@1", "body@2", "b@2", "body@3"]
 
 
+@tether.pipeline(retries=2, retry_delay=0.01, timeout=0.3)
+async def async_flaky(ctx: tether.Context, log: str) -> int:
+    import asyncio
+
+    ctx.step("a", pipes_ctl.append, log, f"a@{ctx.tries}")
+    pipes_ctl.append(log, f"body@{ctx.tries}")
+    if ctx.tries == 1:
+        raise ConnectionError("try 1 fails")
+    if ctx.tries == 2:
+        await asyncio.sleep(30)  # cancelled by the timeout
+    return ctx.tries
+
+
+def test_an_async_body_is_retried_after_a_failure_and_a_timeout(db: Path, tmp_path: Path) -> None:
+    log = str(tmp_path / "log")
+    run = async_flaky.start(log=log)
+    assert run.result(timeout=10) == 3
+    assert pipes_ctl.lines(log) == ["a@1", "body@1", "body@2", "body@3"]
+    assert [e.data["type"] for e in run.events(kinds=["retry"])] == ["ConnectionError",
+                                                                   "TimeoutError"]
+
+
 # -- timeouts --------------------------------------------------------------------------------
 
 

@@ -110,6 +110,9 @@ _CONTROL = [
     # parent waiting for a child is parked, and not counted while it waits
     "ALTER TABLE runs ADD COLUMN concurrency INTEGER",
     "ALTER TABLE runs ADD COLUMN parked INTEGER NOT NULL DEFAULT 0",
+    # the claim's check: running runs of the pipeline, and pending ones before it (by rowid,
+    # which an index entry ends with), without a scan of every pending run
+    "CREATE INDEX runs_queue ON runs (pipeline, status)",
     # `tether worker` processes and the pipelines they serve, renewed by lease: a pending run
     # whose starter died is handed to a live worker serving its pipeline
     """
