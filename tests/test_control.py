@@ -316,7 +316,7 @@ def test_retry_after_a_sigkill_of_the_owner_counts_the_tries_used(
     assert pipes_ctl.lines(log) == ["a@1", "body@1", "body@2", "b@2", "body@3"]
 
 
-@tether.pipeline(retries=2, retry_delay=0.01, timeout=0.3)
+@tether.pipeline(retries=3, retry_delay=0, timeout=0.3)
 async def async_flaky(ctx: tether.Context, log: str) -> int:
     import asyncio
 
@@ -325,17 +325,22 @@ async def async_flaky(ctx: tether.Context, log: str) -> int:
     if ctx.tries == 1:
         raise ConnectionError("try 1 fails")
     if ctx.tries == 2:
-        await asyncio.sleep(30)  # cancelled by the timeout
+        await asyncio.sleep(30)  # cancelled by the timeout (the task's cancel)
+    if ctx.tries == 3:
+        while True:  # stopped by the timeout at a ctx call (RunCancelled)
+            ctx.advance()
+            await asyncio.sleep(0)
+    await asyncio.sleep(0.05)  # a stray cancel of try 3's timeout would land here
     return ctx.tries
 
 
 def test_an_async_body_is_retried_after_a_failure_and_a_timeout(db: Path, tmp_path: Path) -> None:
     log = str(tmp_path / "log")
     run = async_flaky.start(log=log)
-    assert run.result(timeout=10) == 3
-    assert pipes_ctl.lines(log) == ["a@1", "body@1", "body@2", "body@3"]
-    assert [e.data["type"] for e in run.events(kinds=["retry"])] == ["ConnectionError",
-                                                                   "TimeoutError"]
+    assert run.result(timeout=10) == 4
+    assert pipes_ctl.lines(log) == ["a@1", "body@1", "body@2", "body@3", "body@4"]
+    assert [e.data["type"] for e in run.events(kinds=["retry"])] == [
+        "ConnectionError", "TimeoutError", "TimeoutError"]
 
 
 # -- timeouts --------------------------------------------------------------------------------
@@ -660,3 +665,25 @@ def test_callbacks_and_await_in_a_real_kernel(tmp_path: Path, child_env: dict[st
         km.shutdown_kernel(now=True)
     assert "CONTROL-KERNEL-OK" in out, (out, err)
     assert "a callback that raises" in err  # logged, never raised into tether
+
+
+def test_a_schema_0002_database_migrates_and_its_runs_read_as_before(db: Path) -> None:
+    import sqlite3
+    from contextlib import closing
+
+    from helpers.util import undo_control_migration
+
+    old = leaf.start(i=7)
+    assert old.result(timeout=10) == 7
+    runner.shutdown_all()
+    config._stores.clear()
+    with closing(sqlite3.connect(db)) as conn:
+        undo_control_migration(conn)
+        conn.commit()
+    assert [r[0] for r in raw(db, "SELECT name FROM _sqlite_migrations")] == [
+        "0001_initial", "0002_owner_ns"]
+    again = tether.get_run(old.id)  # opens and migrates
+    assert [r[0] for r in raw(db, "SELECT name FROM _sqlite_migrations")][-1] == "0003_control"
+    assert (again.status, again.tries, again.max_tries, again.parent, again.children()) == (
+        "succeeded", 0, 1, None, [])
+    assert leaf.start(i=7).id == old.id and leaf.start(i=8).result(timeout=10) == 8

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -441,6 +442,8 @@ class _Watcher:
 
 
 _watchers: dict[int, _Watcher] = {}
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads or locks
+    os.register_at_fork(after_in_child=_watchers.clear)
 
 
 def _watcher(store: Store) -> _Watcher:

@@ -380,13 +380,19 @@ class Runner:
             if isinstance(end, tuple):
                 self._finish(ctx, *end)
                 return
-            if task is not None and hasattr(task, "uncancel"):
-                while task.cancelling():  # the timeout's cancel was delivered: not the run's
-                    task.uncancel()
-            try:
-                await asyncio.sleep(end)
-            except asyncio.CancelledError:
-                pass
+            # the wait before the next try; the task.cancel() of a timeout may land here (it is
+            # scheduled from the flusher): that one is not the run's, the wait goes on
+            due = time.monotonic() + end
+            while not ctx._cancel:
+                if task is not None and hasattr(task, "uncancel"):
+                    while task.cancelling():
+                        task.uncancel()
+                try:
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                    await asyncio.sleep(0)  # a cancel scheduled meanwhile lands here, not in the body
+                    break
+                except asyncio.CancelledError:
+                    continue
             if ctx._cancel:
                 self._finish(ctx, Status.CANCELLED, None, _error(RunCancelled(
                     f"run {ctx.run_id} was {ctx._cancel_reason} while waiting to retry")))
