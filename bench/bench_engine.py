@@ -8,7 +8,8 @@ figure. The figure numbers are those of docs/performance.md (sections 1, 4, 5 an
 
     python bench/bench_engine.py                  # every section (~1.5 min)
     python bench/bench_engine.py --quick          # smoke run (< 30 s); figures are noisier
-    python bench/bench_engine.py --only loops     # sections: loops, log, progress, poll, attach, first
+    python bench/bench_engine.py --only loops     # sections: loops, log, progress, poll, attach, first,
+                                                  # claim
     python bench/bench_engine.py --json OUT.json  # also write the rows for bench/run.py
 
 Everything happens in a temporary directory that is removed at the end. See bench/README.md.
@@ -73,6 +74,7 @@ class Sizes:
     seen_s: float  # seconds a reader watches a run's progress
     attach_calls: int
     first_runs: int
+    claim_runs: int  # claims of each kind (with and without concurrency=)
     poll_runs: int  # runs that carry the events
     poll_events_per_run: int
     all_runs: int  # total runs in the poll database (for tether.runs(limit=50), tether ls)
@@ -84,11 +86,11 @@ class Sizes:
 FULL = Sizes(loop_n=3_000_000, rich_adv_n=300_000, loop_reps=5, log_n=200_000, log_reps=5,
              adv_n=3_000_000, raw_updates=200_000, seen_s=3.0, attach_calls=3000, first_runs=300,
              poll_runs=1000, poll_events_per_run=1000, all_runs=10_000, polls=2000, lists=300,
-             ls_procs=9)
+             ls_procs=9, claim_runs=2000)
 QUICK = Sizes(loop_n=300_000, rich_adv_n=30_000, loop_reps=5, log_n=50_000, log_reps=5,
               adv_n=1_000_000, raw_updates=50_000, seen_s=1.5, attach_calls=500, first_runs=60,
               poll_runs=100, poll_events_per_run=1000, all_runs=2000, polls=300, lists=60,
-              ls_procs=5)
+              ls_procs=5, claim_runs=300)
 
 
 # -- pipelines (module level, so they are registered once under stable names) ----------------------
@@ -443,6 +445,47 @@ def bench_first_line(sz: Sizes) -> list[Row]:
                 p50 / r50, "p50 <= 5 ms", p50 <= 5e-3)]
 
 
+def bench_claim(sz: Sizes) -> list[Row]:
+    """The claim transaction (pending -> running) of runs of a pipeline with concurrency=4 and of
+    one without, interleaved: each with sz.claim_runs pending runs of its pipeline queued behind
+    it at the start (claimed in start order, each ended at once so one runs at a time), and as
+    many pending runs of the other pipeline beside them."""
+    from tether import config, owner
+    from tether.model import Control
+    from tether.store import FlushItem
+
+    store = config.store()
+    me = runner.get(store).owner
+    tag = secrets.token_hex(4)
+    ids: dict[str, list[str]] = {"free": [], "limited": []}
+    for i in range(sz.claim_runs + 20):  # pending, for a worker (no runner claims them here)
+        for kind, control in (("free", None), ("limited", Control(concurrency=4))):
+            out = store.start(pipeline=f"bench.claim.{kind}", key=f"claim:{kind}:{tag}:{i}",
+                              params_json="{}", version=None, phases=[], policy="attach",
+                              owner=me, lease_s=30.0, gone=owner.gone_reason, detach=True,
+                              control=control)
+            ids[kind].append(out.record.id)
+    lat: dict[str, list[float]] = {"free": [], "limited": []}
+    for i in range(sz.claim_runs + 20):
+        for kind in ("free", "limited") if i % 2 else ("limited", "free"):
+            run_id = ids[kind][i]
+            t0 = pc()
+            rec = store.claim(run_id, me, 30.0, target="worker")
+            dt = pc() - t0
+            if not isinstance(rec, tether.model.RunRecord):
+                raise SystemExit(f"the claim of {run_id} ({kind}) did not pass: {rec!r}")
+            if i >= 20:  # the first ones warm up
+                lat[kind].append(dt)
+            store.finish(FlushItem(run_id, None, [], [], 0, None, None, []), me,
+                         tether.Status.SUCCEEDED, result_json="null", error=None)
+    free, lim = pct(lat["free"], 0.5), pct(lat["limited"], 0.5)
+    return [Row("9c", f"claim of a pending run with `concurrency=4` checked, {sz.claim_runs:,} "
+                f"claims, {sz.claim_runs:,} runs queued at first",
+                f"p50 {ms(lim)}, p99 {ms(pct(lat['limited'], 0.99))}",
+                f"the same claim without `concurrency=` p50 {ms(free)}", lim / free,
+                "ratio <= 1.5", lim / free <= 1.5)]
+
+
 # -- 5: panel poll and run listings on a big database ---------------------------------------------
 
 
@@ -653,7 +696,7 @@ def _bench_poll(sz: Sizes, db: Path, owner: tuple[str, int, float]) -> list[Row]
 
 # -- main --------------------------------------------------------------------------------------
 
-SECTIONS = ("loops", "log", "progress", "poll", "attach", "first")
+SECTIONS = ("loops", "log", "progress", "poll", "attach", "first", "claim")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -704,6 +747,9 @@ def main(argv: list[str] | None = None) -> int:
             if "first" in only:
                 say("[9b] start() to first line ...")
                 rows += bench_first_line(sz)
+            if "claim" in only:
+                say("[9c] claim with concurrency= ...")
+                rows += bench_claim(sz)
             if "poll" in only:
                 say("[5] panel polls and listings on a big DB ...")
                 rows += bench_poll(sz, tmp)

@@ -225,6 +225,12 @@ again): p50 and p99 of the call, against the single SQL lookup of the latest run
 includes the idempotent-start transaction, the claim transaction and the thread start. Baseline:
 starting a plain `threading.Thread` and reaching its first line. Goal: p50 <= 5 ms.
 
+9c. **The claim with `concurrency=` checked** (issue 14): the transaction that turns a pending run
+into a running one, for runs of a pipeline with `concurrency=4` (it counts the pipeline's running
+runs and looks for an older pending run, in the same transaction), against the same claim of runs
+of a pipeline without a limit, interleaved, each with as many pending runs queued behind it at
+first as there are claims. Goal: ratio <= 1.5.
+
 ## Reading the figures
 
 On the 2-core VM this project runs on, absolute figures move by up to 2x between runs even when no

@@ -55,7 +55,8 @@ SECTIONS = (
     Section(("6",), "fan-out", ("bench_fanout.py",), 200),
     Section(("7a",), "memory", ("bench_memory.py",), 120),
     Section(("8",), "import time", ("bench_import.py",), 120),
-    Section(("9",), "start() latency", ("bench_engine.py", "--only", "attach", "--only", "first"), 90),
+    Section(("9",), "start() latency", ("bench_engine.py", "--only", "attach", "--only", "first",
+                                        "--only", "claim"), 120),
 )
 CHOICES = sorted({r for s in SECTIONS for r in s.refs} | {"7"}, key=lambda r: (int(r[0]), r))
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 MIGRATION_SET = "tether"
 MIGRATIONS_TABLE = "_sqlite_migrations"  # sqlite_utils.migrations.Migrations.migrations_table
-KNOWN = ["0001_initial", "0002_owner_ns"]  # in order
+KNOWN = ["0001_initial", "0002_owner_ns", "0003_control"]  # in order
 
 # Times are unix epoch seconds (REAL): datetime(created_at, 'unixepoch') reads them in the shell.
 _V1 = [
@@ -94,7 +94,48 @@ def _owner_ns(db: Database) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN owner_ns TEXT")
 
 
-_STEPS = {"0001_initial": _initial, "0002_owner_ns": _owner_ns}
+_CONTROL = [
+    # a child run records the run whose body started it (tether.Run.parent / children())
+    "ALTER TABLE runs ADD COLUMN parent_id TEXT",
+    "CREATE INDEX runs_parent ON runs (parent_id) WHERE parent_id IS NOT NULL",
+    # retries within one run: tries started so far (a resumed attempt carries its predecessor's
+    # on), how many are allowed, and when the next one starts while the run waits to retry
+    "ALTER TABLE runs ADD COLUMN tries INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE runs ADD COLUMN max_tries INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE runs ADD COLUMN retry_at REAL",
+    # timeout of one try (seconds) and when the current try passes it (epoch seconds)
+    "ALTER TABLE runs ADD COLUMN timeout REAL",
+    "ALTER TABLE runs ADD COLUMN deadline REAL",
+    # concurrency=k of the pipeline: at most k of its runs running (checked in the claim); a
+    # parent waiting for a child is parked, and not counted while it waits
+    "ALTER TABLE runs ADD COLUMN concurrency INTEGER",
+    "ALTER TABLE runs ADD COLUMN parked INTEGER NOT NULL DEFAULT 0",
+    # the claim's check: running runs of the pipeline, and pending ones before it (by rowid,
+    # which an index entry ends with), without a scan of every pending run
+    "CREATE INDEX runs_queue ON runs (pipeline, status)",
+    # `tether worker` processes and the pipelines they serve, renewed by lease: a pending run
+    # whose starter died is handed to a live worker serving its pipeline
+    """
+    CREATE TABLE workers (
+        instance     TEXT NOT NULL,
+        pipeline     TEXT NOT NULL,
+        host         TEXT NOT NULL,
+        pid          INTEGER NOT NULL,
+        started      REAL NOT NULL,
+        ns           TEXT,
+        lease_until  REAL NOT NULL,
+        PRIMARY KEY (pipeline, instance)
+    ) WITHOUT ROWID
+    """,
+]
+
+
+def _control(db: Database) -> None:
+    for statement in _CONTROL:
+        db.execute(statement)
+
+
+_STEPS = {"0001_initial": _initial, "0002_owner_ns": _owner_ns, "0003_control": _control}
 
 
 def applied(conn: sqlite3.Connection) -> list[str]:

@@ -73,7 +73,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print("no runs")
         return 0
     rows = [["ID", "PIPELINE", "#", "STATUS", "PHASE", "PROGRESS", "STARTED", "DURATION"]]
-    rows += [[_safe(r.id), _safe(r.pipeline), str(r.attempt), _status(r), _safe(r.phase or "-"),
+    now = time.time()
+    rows += [[_safe(r.id), _safe(r.pipeline), str(r.attempt), _status(r, now), _safe(r.phase or "-"),
               _progress(r),
               _when(r.started_at or r.created_at), _duration(r)] for r in recs]
     print(_table(rows))
@@ -84,10 +85,17 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(rec: RunRecord) -> str:
-    if rec.damaged and rec.status_text != "damaged":
-        return f"{rec.status} (damaged)"
-    return rec.status_text
+def _status(rec: RunRecord, now: float) -> str:
+    """The status as displays show it (damaged rows named), and what control adds to it: a wait
+    before a retry, a timeout passed."""
+    damaged = rec.damaged and rec.status_text != "damaged"
+    text = f"{rec.status} (damaged)" if damaged else rec.status_text
+    if rec.status == Status.RUNNING and rec.retry_at is not None:
+        text += f" (try {rec.tries + 1} of {rec.max_tries} in {max(0.0, rec.retry_at - now):.0f} s)"
+    overdue = rec.overdue(now)
+    if overdue is not None:
+        text += f" (past its timeout by {overdue:.0f} s)"
+    return text
 
 
 def _decoded(rec: RunRecord, name: str, damaged: list[str]) -> Any:
@@ -105,7 +113,10 @@ def _as_dict(rec: RunRecord) -> dict[str, object]:
     return {"id": rec.id, "key": rec.key, "attempt": rec.attempt, "pipeline": rec.pipeline,
             "status": rec.status_text, "phase": rec.phase, "done": rec.done, "total": rec.total,
             "params": params, "created_at": rec.created_at, "started_at": rec.started_at,
-            "ended_at": rec.ended_at, "error": error, "result": result, "damaged": damaged}
+            "ended_at": rec.ended_at, "error": error, "result": result, "damaged": damaged,
+            "parent": rec.parent_id, "tries": rec.tries, "max_tries": rec.max_tries,
+            "retry_at": rec.retry_at, "timeout": rec.timeout,
+            "overdue": rec.overdue(time.time())}
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -128,7 +139,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         phases.append(f"[{mark}] {_safe(p)}")
     print(f"run       {_safe(rec.id)}  ({_safe(rec.pipeline)}, attempt {rec.attempt})")
     print(f"key       {_safe(rec.key)}")
-    print(f"status    {_status(rec)}")
+    print(f"status    {_status(rec, time.time())}")
     if damaged:
         print(f"damaged   {_safe('; '.join(damaged))} (edited by hand or by another tool?)")
     if params is not None:
@@ -139,6 +150,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"started   {_when(rec.started_at)}  duration {_duration(rec)}")
     if rec.owner:
         print(f"owner     pid {rec.owner.pid} on {_safe(rec.owner.host)}")
+    _show_control(store, rec)
     logs = store.tail(rec.id, "log", args.lines)
     if logs:
         print(f"last {len(logs)} log lines:")
@@ -153,11 +165,39 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_control(store: Store, rec: RunRecord) -> None:
+    """Lines of `tether show` for issue 14's control: queue, tries, timeout, parent, children."""
+    now = time.time()
+    ahead = store.queue_ahead(rec.id) if rec.status == Status.PENDING else None
+    if ahead is not None:
+        print(f"queued    {ahead} ahead (concurrency={rec.concurrency})")
+    if rec.max_tries > 1 or rec.tries > 1:
+        line = f"tries     {rec.tries} of {rec.max_tries}"
+        if rec.status == Status.RUNNING and rec.retry_at is not None:
+            line += f"  next in {max(0.0, rec.retry_at - now):.0f} s"
+        print(line)
+        for ev in store.events(rec.id, kinds=["retry"]):
+            print(f"  try {ev.data.get('try')}: {_safe(ev.data.get('type'))}: "
+                  f"{_safe(ev.data.get('message'))}")
+    if rec.timeout is not None:
+        overdue = rec.overdue(now)
+        print(f"timeout   {rec.timeout:g} s per try"
+              + (f"  (past its timeout by {overdue:.0f} s: it stops at its next ctx call)"
+                 if overdue is not None else ""))
+    if rec.parent_id:
+        print(f"parent    {rec.parent_id}")
+    kids = store.children(rec.id)
+    if kids:
+        print(f"children  {len(kids)}")
+        for kid in kids:
+            print(f"  {kid.id}  {_safe(kid.pipeline)} #{kid.attempt}  {kid.status}  {_progress(kid)}")
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     store = _existing_store(args.db)
     rec = store.request_cancel(args.id, owner.gone_reason)
     if rec.status.terminal:
-        print(f"{_safe(rec.id)}: {_status(rec)}")
+        print(f"{_safe(rec.id)}: {_status(rec, time.time())}")
     else:
         print(f"{_safe(rec.id)}: cancel requested; its owner "
               f"(pid {rec.owner.pid if rec.owner else '?'}) stops it at its next progress call")

@@ -83,8 +83,20 @@ class Context:
         self._unlisted: set[str] = set()  # phases entered that the capped list leaves out
         self.message: str | None = None
         self.started = time.time()
+        self.tries: int = rec.tries  # this try's number, from 1 (a resumed attempt goes on counting)
+        self.max_tries: int = rec.max_tries
+        self.timeout: float | None = rec.timeout
+        self.parent_id: str | None = rec.parent_id
+        self._concurrency = rec.concurrency
+        # when this try passes its timeout (monotonic clock); the flusher checks it
+        self._deadline: float | None = None if rec.timeout is None else time.monotonic() + rec.timeout
         self._cancel = False
         self._cancel_reason = "cancelled"
+        self._cancel_kind: str | None = None  # "cancel" | "timeout" | "lost" | "shutdown"
+        self._wakeup = threading.Event()  # set on a cancel: ends a wait between tries at once
+        self._parked = False  # waiting for a child: its runner slot is given back meanwhile
+        self._lineage: tuple[str, ...] | None = None
+        self._last_error: dict[str, Any] | None = None  # of the last try that failed
         self._events: list[tuple[float, str, str | None, str]] = []
         self._ev_cap = LOG_BUFFER_EVENTS  # room while len(_events) < _ev_cap (long events
         # lower it: see LOG_SLOT_CHARS)
@@ -309,13 +321,48 @@ class Context:
 
         return Run(self._runner.store, self.run_id)
 
-    def _request_cancel(self, reason: str = "cancelled") -> None:
+    def _request_cancel(self, reason: str = "cancelled", kind: str = "cancel") -> None:
+        """Stop the body at its next ctx call. A timeout gives way to any other kind of stop
+        (those end the run; a timeout may be retried), never the other way round."""
+        if self._cancel and (kind == "timeout" or self._cancel_kind != "timeout"):
+            return
         self._cancel_reason = reason
+        self._cancel_kind = kind
         self._cancel = True
         self._room.set()  # a logging thread waiting for room stops waiting
+        self._wakeup.set()
         task, loop = self._task, self._runner.loop
         if task is not None and loop is not None:
             loop.call_soon_threadsafe(task.cancel)
+
+    def _clear_timeout(self) -> None:
+        """The stop of a try that passed its timeout is over (a cancel asked since then stays;
+        one from the store is delivered again at the next flush anyway)."""
+        if self._cancel_kind == "timeout":
+            self._cancel = False
+            self._cancel_kind = None
+            self._wakeup.clear()
+
+    def _new_try(self, tries: int) -> None:
+        """State of the next try: the checkpoints stay (they are the run's), progress restarts."""
+        self.tries = tries
+        self._task = None
+        self._map_calls = 0
+        self.done, self.total = 0, None
+        self._deadline = None if self.timeout is None else time.monotonic() + self.timeout
+
+    def lineage(self) -> tuple[str, ...]:
+        """This run and the attempts it resumed, newest first (children of any of them are
+        this run's to resume)."""
+        if self._lineage is None:
+            ids = [self.run_id]
+            prev = self.resumed_from
+            store = self._runner.store
+            while prev is not None and len(ids) < 1000:
+                ids.append(prev)
+                prev = store.get(prev).resumed_from
+            self._lineage = tuple(ids)
+        return self._lineage
 
     def _requeue(self, events: list[tuple[float, str, str | None, str]]) -> None:
         """Events a failed write took: first in line again.

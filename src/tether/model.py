@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from .errors import StoreError
 
-__all__ = ["ACTIVE", "TERMINAL", "Event", "Owner", "Progress", "RunRecord", "Status"]
+__all__ = ["ACTIVE", "TERMINAL", "Control", "Event", "Owner", "Progress", "RunRecord", "Status"]
 
 
 class Status(str, enum.Enum):
@@ -66,6 +66,20 @@ class Owner:
 DAMAGED_STATUS = "damaged"  # how displays show a row whose status column is not a status
 
 
+@dataclass(frozen=True)
+class Control:
+    """What a new run records of its pipeline's control options and of where it was started.
+
+    ``parent``: the run whose body starts it; ``lineage``: that run and the attempts it resumed
+    (a child of any of them that ended badly is resumed, not returned as it is)."""
+
+    parent: str | None = None
+    lineage: tuple[str, ...] = ()
+    max_tries: int = 1
+    timeout: float | None = None
+    concurrency: int | None = None
+
+
 @dataclass
 class RunRecord:
     """One row of the ``runs`` table, decoded.
@@ -106,6 +120,15 @@ class RunRecord:
     phases_done: list[str] = field(default_factory=list)
     created_by: str = "start"
     damaged: tuple[str, ...] = ()
+    # control (issue 14): see tether.Run for what each means
+    parent_id: str | None = None
+    tries: int = 0
+    max_tries: int = 1
+    retry_at: float | None = None
+    timeout: float | None = None
+    deadline: float | None = None
+    concurrency: int | None = None
+    parked: int = 0
 
     @property
     def progress(self) -> Progress:
@@ -140,6 +163,14 @@ class RunRecord:
     def status_text(self) -> str:
         """The status as displays show it: ``damaged`` when the column is not a status."""
         return DAMAGED_STATUS if self.damaged and self.damage("status") else str(self.status)
+
+    def overdue(self, now: float) -> float | None:
+        """Seconds a running try is past its timeout (a body that makes no ctx call cannot be
+        stopped in a thread), or None."""
+        if self.status is Status.RUNNING and self.deadline is not None and now > self.deadline \
+                and self.retry_at is None:
+            return now - self.deadline
+        return None
 
     @cached_property
     def params(self) -> dict[str, Any]:

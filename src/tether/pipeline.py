@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar, overload
 
 from . import _interrupts, config, owner, runner
+from .context import current
 from .errors import KeyConflict, ParamsError, PipelineError
-from .model import Status
+from .model import Control, Status
 from .run import Run, display_run
 from .store import MAX_DEPTH, dumps
 
@@ -93,11 +94,19 @@ class Pipeline:
     """A registered multi-phase function. Call ``.start(**params)`` or call it directly."""
 
     def __init__(self, fn: Callable[..., Any], phases: Sequence[str] | None = None,
-                 version: str | int | None = None, name: str | None = None) -> None:
+                 version: str | int | None = None, name: str | None = None, *,
+                 retries: int = 0, retry_delay: float = 0.0, retry_backoff: float = 2.0,
+                 retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+                 timeout: float | None = None, concurrency: int | None = None) -> None:
         if not callable(fn):
             raise PipelineError(f"@tether.pipeline needs a function, got {fn!r}")
         self.fn = fn
         self.name = name or _name_of(fn)
+        (self.retries, self.retry_delay, self.retry_backoff, self.retry_on, self.timeout,
+         self.concurrency) = _control_options(retries, retry_delay, retry_backoff, retry_on,
+                                              timeout, concurrency)
+        self._control = Control(max_tries=self.retries + 1, timeout=self.timeout,
+                                concurrency=self.concurrency)
         if not isinstance(self.name, str) or not _utf8(self.name):
             raise PipelineError(f"pipeline name {self.name!r} must be a str of valid text "
                                 "(no lone surrogates)")
@@ -196,6 +205,13 @@ class Pipeline:
             raise ParamsError(f"key= must be a non-empty str of valid text, got {key!r}")
         store = config.store()
         run_ = runner.get(store)
+        control = self._control
+        parent = current()  # started from a run body: that run is its parent
+        if parent is not None and parent._runner.store is store:
+            control = Control(parent.run_id, parent.lineage(), control.max_tries, control.timeout,
+                              control.concurrency)
+        else:
+            parent = None
         # From the decision to the hand-over to the runner, a kernel interrupt waits (it lands
         # while start() waits for another process's lock, or right after): otherwise it could
         # leave a committed pending run that no thread will ever start.
@@ -204,13 +220,17 @@ class Pipeline:
                                   version=self.version, phases=self.phases, policy=policy,
                                   owner=run_.owner, lease_s=config.settings().lease,
                                   gone=owner.gone_reason, detach=detach,
-                                  max_auto_resumes=config.settings().max_auto_resumes)
+                                  max_auto_resumes=config.settings().max_auto_resumes,
+                                  control=control)
             rec = outcome.record
             if not detach and (outcome.created or (
                     rec.status == Status.PENDING and rec.target == run_.owner.instance
                     and not run_.owns(rec.id))):
                 run_.submit(rec)  # new, or ours yet never handed over: runs now
         handle = Run(store, outcome.record.id, outcome.record)
+        if parent is not None and not outcome.conflict:  # children(): created and attached to
+            parent._emit("child", {"id": rec.id, "pipeline": self.name, "key": key,
+                                   "created": outcome.created})
         if outcome.conflict:
             if " has pipeline " in outcome.conflict:
                 fix = "; a key belongs to one pipeline: pass another key="
@@ -256,23 +276,75 @@ class Pipeline:
 def pipeline(fn: F, /) -> Pipeline: ...
 @overload
 def pipeline(*, phases: Sequence[str] | None = None, version: str | int | None = None,
-             name: str | None = None) -> Callable[[F], Pipeline]: ...
+             name: str | None = None, retries: int = 0, retry_delay: float = 0.0,
+             retry_backoff: float = 2.0,
+             retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+             timeout: float | None = None, concurrency: int | None = None
+             ) -> Callable[[F], Pipeline]: ...
 
 
 def pipeline(fn: Callable[..., Any] | None = None, /, *, phases: Sequence[str] | None = None,
-             version: str | int | None = None, name: str | None = None) -> Any:
+             version: str | int | None = None, name: str | None = None, retries: int = 0,
+             retry_delay: float = 0.0, retry_backoff: float = 2.0,
+             retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+             timeout: float | None = None, concurrency: int | None = None) -> Any:
     """Register a function as a pipeline: ``@tether.pipeline`` or ``@tether.pipeline(phases=[...])``.
 
     ``version``: bump it when the code changes meaning; a stored run of another version is then
     a KeyConflict instead of a silent reuse. ``name``: override the registered name.
+
+    Control (see the Control page of the docs): ``retries`` more tries after a failure, within
+    the same run and keeping its checkpoints, ``retry_delay * retry_backoff ** (try - 1)`` s
+    apart, for errors that are instances of ``retry_on``; ``timeout`` seconds per try, after
+    which the body is stopped at its next ctx call and the try fails with ``TimeoutError``;
+    ``concurrency``: at most that many runs of this pipeline running at once, across every
+    process sharing the database (the others wait ``pending``, in start order).
     """
     if fn is not None:
         return Pipeline(fn)
     if isinstance(phases, str):
         raise PipelineError("phases= takes a list of names, e.g. phases=['scanning', 'applying']")
+    options: dict[str, Any] = dict(retries=retries, retry_delay=retry_delay,
+                                   retry_backoff=retry_backoff, retry_on=retry_on,
+                                   timeout=timeout, concurrency=concurrency)
+    _control_options(**options)  # a bad option fails at the decorator line
 
     def decorate(f: Callable[..., Any]) -> Pipeline:
-        return Pipeline(f, phases=phases, version=version, name=name)
+        return Pipeline(f, phases=phases, version=version, name=name, **options)
 
     return decorate
+
+
+def _control_options(retries: Any, retry_delay: Any, retry_backoff: Any, retry_on: Any,
+                     timeout: Any, concurrency: Any) -> tuple[Any, ...]:
+    """The control options checked (PipelineError naming the bad one) and normalised."""
+    return (_whole(retries, "retries", 0), _number(retry_delay, "retry_delay", "seconds", True),
+            _number(retry_backoff, "retry_backoff", "(a factor)", False),
+            _exception_types(retry_on),
+            None if timeout is None else _number(timeout, "timeout", "seconds", False),
+            None if concurrency is None else _whole(concurrency, "concurrency", 1))
+
+
+def _whole(value: Any, what: str, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise PipelineError(f"@tether.pipeline({what}=...) must be a whole number >= {least}, "
+                            f"got {value!r}")
+    return value
+
+
+def _number(value: Any, what: str, unit: str, zero: bool) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not zero):
+        bound = ">= 0" if zero else "> 0"
+        raise PipelineError(f"@tether.pipeline({what}=...) must be a finite number {bound} "
+                            f"{unit}, got {value!r}")
+    return float(value)
+
+
+def _exception_types(value: Any) -> tuple[type[BaseException], ...]:
+    types = value if isinstance(value, tuple) else (value,)
+    if not types or not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+        raise PipelineError("@tether.pipeline(retry_on=...) takes an exception class or a tuple "
+                            f"of them, e.g. retry_on=(ConnectionError, TimeoutError); got {value!r}")
+    return types
 

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
 from . import _interrupts, config, owner, runner
 from ._text import safe
-from .errors import PipelineNotFound, RunCancelled, RunFailed, RunInterrupted, StoreError
+from .context import Context, _current, current
+from .errors import (
+    PipelineError,
+    PipelineNotFound,
+    RunCancelled,
+    RunFailed,
+    RunInterrupted,
+    StoreError,
+)
 from .model import Event, Progress, RunRecord, Status, log_text
 from .store import Store
 
@@ -140,10 +151,77 @@ class Run:
         """Every attempt of this run's key, oldest first."""
         return [Run(self._store, r.id, r) for r in self._store.attempts(self.key)]
 
+    # -- control: tries, timeout, queue, parent and children ---------------------------------
+
+    @property
+    def tries(self) -> int:
+        """Tries started so far (retries happen within the run; a resumed attempt goes on
+        counting from the attempt it resumes). 0 while pending."""
+        return self.snapshot().tries
+
+    @property
+    def max_tries(self) -> int:
+        """1 + the pipeline's ``retries``."""
+        return self._last.max_tries
+
+    @property
+    def retry_at(self) -> float | None:
+        """While the run waits to retry: when the next try starts (epoch seconds), else None."""
+        return self.snapshot().retry_at
+
+    @property
+    def timeout(self) -> float | None:
+        """The pipeline's ``timeout`` (seconds per try), or None."""
+        return self._last.timeout
+
+    @property
+    def overdue(self) -> float | None:
+        """Seconds the current try is past its timeout while its body makes no ctx call (it
+        stops at its next one), else None."""
+        return self.snapshot().overdue(time.time())
+
+    @property
+    def ahead(self) -> int | None:
+        """For a pending run of a pipeline with ``concurrency=``: how many runs of it start
+        before this one (start order, across processes); else None."""
+        return self._store.queue_ahead(self.id)
+
+    @property
+    def parent(self) -> Run | None:
+        """The run whose body started this one, or None."""
+        parent_id = self._last.parent_id
+        return None if parent_id is None else Run(self._store, parent_id)
+
+    def children(self) -> list[Run]:
+        """Runs this run's body started (or attached to), oldest first, every attempt."""
+        return [Run(self._store, r.id, r) for r in self._store.children(self.id)]
+
     # -- waiting -----------------------------------------------------------------------------
 
     def wait(self, timeout: float | None = None) -> Run:
-        """Return once the run has ended; TimeoutError if it has not within ``timeout`` s."""
+        """Return once the run has ended; TimeoutError if it has not within ``timeout`` s.
+
+        Called from a run's body (a parent waiting for its child), the parent gives its runner
+        slot back while it waits, and a cancel (or the timeout) of the parent ends the wait."""
+        ctx = current()
+        if ctx is None or ctx.run_id == self.id or ctx._runner.store is not self._store:
+            return self._wait(timeout, None)
+        if self._ended_here():
+            return self._wait(timeout, None)
+        if _on_loop(ctx):
+            raise PipelineError(
+                f"run {self.id}: result()/wait() inside an async pipeline would block the event "
+                "loop its child may need; use `await run` (or `await asyncio.to_thread(run.wait)`)")
+        with ctx._runner.parked(ctx):
+            return self._wait(timeout, ctx)
+
+    def _ended_here(self) -> bool:
+        event = runner.get(self._store).done_event(self.id)
+        if event is not None:
+            return event.is_set()
+        return self._store.get(self.id).status.terminal
+
+    def _wait(self, timeout: float | None, parent: Context | None) -> Run:
         deadline = None if timeout is None else time.monotonic() + timeout
         run_ = runner.get(self._store)
         event = run_.done_event(self.id)
@@ -152,12 +230,14 @@ class Run:
 
             def unstored() -> None:  # say once why a run that ran to its end is not ended yet
                 nonlocal warned
+                if parent is not None and parent._cancel:
+                    parent._raise_cancelled()
                 why = run_.unstored.get(self.id)
                 if why and not warned:
                     warned = True
                     warnings.warn(f"run {self.id}: {why}; tether tries again until it is written "
                                   "(free some space?), and this wait goes on meanwhile",
-                                  RuntimeWarning, stacklevel=4)
+                                  RuntimeWarning, stacklevel=5)
 
             if not _wait_event(event, deadline, unstored):
                 why = run_.unstored.get(self.id)
@@ -168,6 +248,8 @@ class Run:
                                  f"stored ({run_.unstored[self.id]})")
         pause = 0.005
         while not self.snapshot().status.terminal:
+            if parent is not None and parent._cancel:
+                parent._raise_cancelled()
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError(f"run {self.id} has not ended after {timeout} s "
@@ -175,6 +257,51 @@ class Run:
             time.sleep(pause if left is None else min(pause, left))
             pause = min(pause * 2, 0.25)
         return self
+
+    # -- callbacks and await -----------------------------------------------------------------
+
+    def add_done_callback(self, fn: Callable[[Run], Any]) -> None:
+        """Call ``fn(run)`` once when the run ends, as ``concurrent.futures`` does: at once (in
+        this thread) if it has ended already, else in a tether thread. What ``fn`` raises is
+        logged (logger ``tether``), never raised into tether."""
+        if not callable(fn):
+            raise TypeError(f"add_done_callback() takes a callable, got {fn!r}")
+        once = _Once(self, fn)
+        run_ = runner.get(self._store)
+        event = run_.done_event(self.id)
+        if event is not None:  # executed by this process: called at its end
+            if not event.is_set():
+                run_.subscribe(self.id, lambda _id: event.is_set() and once.fire())
+            if event.is_set():
+                once.fire()
+            return
+        if self.snapshot().status.terminal:
+            once.fire()
+            return
+        _watcher(self._store).add(self, once)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await run``: the result, or the error ``result()`` raises; the event loop runs on
+        meanwhile. Awaited in an async run body (a parent), its runner slot is given back."""
+        return self._await().__await__()
+
+    async def _await(self) -> Any:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def ended(_run: Run) -> None:
+            loop.call_soon_threadsafe(_resolve, future)
+
+        self.add_done_callback(ended)
+        ctx = current()
+        parked: Any = contextlib.nullcontext()
+        if ctx is not None and ctx.run_id != self.id and ctx._runner.store is self._store:
+            parked = ctx._runner.parked(ctx)
+        with parked:
+            await future
+        return self.result()
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the run and return its result, or raise RunFailed/RunCancelled/RunInterrupted."""
@@ -195,10 +322,14 @@ class Run:
     # -- actions -----------------------------------------------------------------------------
 
     def cancel(self) -> Run:
-        """Ask the run to stop. Pending runs (and runs whose owner is gone) end at once."""
+        """Ask the run to stop. Pending runs (and runs whose owner is gone) end at once. The
+        active runs its body started (children, theirs, ...) are cancelled with it."""
+        run_ = runner.get(self._store)
         with _interrupts.critical():
-            runner.get(self._store).cancel_local(self.id)
+            run_.cancel_local(self.id)
             self._store.request_cancel(self.id, owner.gone_reason)
+        for child in self._store.descendants(self.id):  # those executing here stop at once
+            run_.cancel_local(child.id)
         return self
 
     def rerun(self) -> Run:
@@ -220,9 +351,11 @@ class Run:
                 "cannot be executed here; run the cell that defines it (or import its module) "
                 "and try again")
         run_ = runner.get(self._store)
+        pipe = lookup(self.pipeline)
         with _interrupts.critical():  # see Pipeline.start: never a committed run left unstarted
             rec = self._store.new_attempt(self.id, owner=run_.owner, resume=resume,
-                                          lease_s=config.settings().lease, gone=owner.gone_reason)
+                                          lease_s=config.settings().lease, gone=owner.gone_reason,
+                                          control=None if pipe is None else pipe._control)
             if rec.target != "worker":  # a detached run's new attempt is for a worker too
                 run_.submit(rec)
         return Run(self._store, rec.id, rec)
@@ -258,6 +391,100 @@ def _wait_event(event: threading.Event, deadline: float | None,
         if each is not None:
             each()
     return True
+
+
+def _on_loop(ctx: Context) -> bool:
+    """True on the runner's event loop thread (an async body)."""
+    loop = ctx._runner.loop
+    asyncio = sys.modules.get("asyncio")
+    return loop is not None and asyncio is not None and asyncio._get_running_loop() is loop
+
+
+def _resolve(future: Any) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+_log = logging.getLogger("tether")
+
+
+class _Once:
+    """One done callback: called at most once, its exceptions logged."""
+
+    __slots__ = ("called", "fn", "lock", "run")
+
+    def __init__(self, run: Run, fn: Callable[[Run], Any]) -> None:
+        self.run, self.fn = run, fn
+        self.lock = threading.Lock()
+        self.called = False
+
+    def fire(self) -> None:
+        with self.lock:
+            if self.called:
+                return
+            self.called = True
+        token = _current.set(None)  # not part of the run's log, whichever thread this is
+        try:
+            self.fn(self.run)
+        except Exception:
+            _log.exception("done callback %r of run %s raised", self.fn, self.run.id)
+        finally:
+            _current.reset(token)
+
+
+class _Watcher:
+    """One thread per store that polls runs other processes execute, for their callbacks."""
+
+    POLL_S = 0.2
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.lock = threading.Lock()
+        self.watched: list[tuple[Run, _Once]] = []
+        self.thread: threading.Thread | None = None
+
+    def add(self, run: Run, once: _Once) -> None:
+        with self.lock:
+            self.watched.append((run, once))
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._loop, daemon=True,
+                                               name="tether-callbacks")
+                self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.POLL_S)
+            with self.lock:
+                watched = list(self.watched)
+            ended = []
+            for run, once in watched:
+                try:
+                    if run.snapshot().status.terminal:  # an orphan is marked on the way
+                        ended.append((run, once))
+                except Exception:  # the store went away: nothing will end any more
+                    ended.append((run, once))
+            with self.lock:
+                self.watched = [w for w in self.watched if w not in ended]
+                last = not self.watched
+                if last:  # the next add() starts a new thread
+                    self.thread = None
+            for _run, once in ended:
+                once.fire()
+            if last:
+                self.store.release_conn()
+                return
+
+
+_watchers: dict[int, _Watcher] = {}
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads or locks
+    os.register_at_fork(after_in_child=_watchers.clear)
+
+
+def _watcher(store: Store) -> _Watcher:
+    w = _watchers.get(id(store))
+    if w is None or w.store is not store:
+        w = _watchers[id(store)] = _Watcher(store)
+    return w
 
 
 def display_run(run: Run) -> None:

@@ -15,18 +15,20 @@ import atexit
 import concurrent.futures.thread  # noqa: F401 - its exit hook must be registered before ours
 import inspect
 import os
+import sys
 import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from . import _interrupts, config, owner
 from .context import Context, _current, install_log_capture
-from .errors import PipelineNotFound, RunCancelled, StoreError
+from .errors import MapItemError, PipelineNotFound, RunCancelled, StoreError
 from .model import RunRecord, Status
-from .store import MAX_VALUE_BYTES, FlushItem, Store, dumps_value
+from .store import MAX_VALUE_BYTES, FlushItem, Queued, Store, dumps_value
 
 if TYPE_CHECKING:
     import asyncio
@@ -39,6 +41,9 @@ Listener = Callable[[str], None]
 _KEEP_ENDED = 1000  # ended runs whose done-event is kept
 _RETRY_FIRST_S = 0.25  # a failed claim or end write is tried again after this, doubling...
 _RETRY_MAX_S = 5.0  # ...up to this, until it lands or the process exits
+_QUEUE_POLL_S = 0.05  # how often runs queued by their pipeline's concurrency= look for room
+# never retried, whatever retry_on says: a cancel, an interrupt, an exit
+_NOT_RETRIED = (RunCancelled, KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
 class _End:
@@ -68,6 +73,8 @@ class Runner:
         self._live: dict[str, Context] = {}
         self._threads: set[threading.Thread] = set()  # run threads of sync bodies
         self._queue: deque[RunRecord] = deque()
+        # claims refused by their pipeline's concurrency=: pending, in line, polled for room
+        self._waiting: dict[str, RunRecord] = {}
         self._done: dict[str, threading.Event] = {}
         self._ended_ids: deque[str] = deque()
         self._listeners: dict[str, list[Listener]] = {}
@@ -123,7 +130,7 @@ class Runner:
     @property
     def busy(self) -> int:
         """Runs executing or queued in this process (and ends not written yet)."""
-        return self._slots + len(self._queue) + len(self._ending)
+        return self._slots + len(self._queue) + len(self._ending) + len(self._waiting)
 
     @property
     def slots(self) -> int:
@@ -187,11 +194,100 @@ class Runner:
                     continue
                 self._pump_delay = _RETRY_FIRST_S
                 self.unstored.pop(rec.id, None)
+                if isinstance(claimed, Queued):  # its pipeline's concurrency: waits in line
+                    with self._lock:
+                        self._slots -= 1
+                        self._waiting[rec.id] = rec
+                    self._wake.set()
+                    continue
                 if claimed is None:  # cancelled while pending, or not ours
                     self._free_slot(rec.id)
                     self._ended(rec.id)
                     continue
                 self._launch(claimed)
+
+    def _pump_waiting(self) -> None:
+        """Claim the runs waiting for their pipeline's concurrency= that have room now (checked
+        with a read first: a write only for a claim that will pass)."""
+        if not self._waiting or self._closing or self._forked:
+            return
+        limit = config.settings().max_concurrency
+        with self._lock:
+            if self._slots >= limit:
+                return
+            ids = list(self._waiting)
+        try:
+            room = self.store.claimable(ids)
+        except Exception:
+            self._record_error("claimable")
+            return
+        for run_id in ids:
+            if run_id not in room:  # no longer pending: cancelled, handed over, interrupted
+                with self._lock:
+                    gone = self._waiting.pop(run_id, None)
+                if gone is not None:
+                    self._ended(run_id)
+                continue
+            if not room[run_id]:
+                continue
+            with _interrupts.critical():
+                with self._lock:
+                    if self._closing or self._slots >= limit or run_id not in self._waiting:
+                        return
+                    rec = self._waiting.pop(run_id)
+                    self._slots += 1
+                try:
+                    claimed = self.store.claim(rec.id, self.owner, config.settings().lease)
+                except Exception:  # tried again at the next poll
+                    self._record_error("claim")
+                    with self._lock:
+                        self._slots -= 1
+                        self._waiting[rec.id] = rec
+                    return
+                if isinstance(claimed, Queued):  # another process was quicker
+                    with self._lock:
+                        self._slots -= 1
+                        self._waiting[rec.id] = rec
+                    continue
+                if claimed is None:
+                    self._free_slot(rec.id)
+                    self._ended(rec.id)
+                    continue
+                self._launch(claimed)
+
+    @contextmanager
+    def parked(self, ctx: Context) -> Iterator[None]:
+        """A body waits for another run (a child): its runner slot is given back meanwhile, so
+        the child can start even with every slot taken by waiting parents (no deadlock at any
+        depth), and it is not counted by its pipeline's concurrency= while it waits. Coming
+        back it takes its slot again at once, even if that briefly makes one more than
+        max_concurrency: waiting for a free slot there could deadlock."""
+        with self._lock:
+            mine = not ctx._parked and self._live.get(ctx.run_id) is ctx and not self._forked
+            if mine:
+                ctx._parked = True
+                self._slots -= 1
+        if not mine:
+            yield
+            return
+        try:
+            if ctx._concurrency is not None:
+                self._park(ctx, True)
+            self._pump_waiting()
+            self._pump()
+            yield
+        finally:
+            with self._lock:
+                self._slots += 1
+                ctx._parked = False
+            if ctx._concurrency is not None:
+                self._park(ctx, False)
+
+    def _park(self, ctx: Context, parked: bool) -> None:
+        try:
+            self.store.park(ctx.run_id, self.owner, parked)
+        except Exception:  # only the count of its pipeline's limit is off meanwhile
+            self._record_error("park")
 
     def _launch(self, rec: RunRecord) -> None:
         """Hand a claimed run (its slot counted) to a thread; whatever fails ends the run."""
@@ -228,18 +324,32 @@ class Runner:
             self._threads.add(threading.current_thread())
         token = _current.set(ctx)
         try:
-            out = pipe.fn(ctx, **ctx.params)
-            if inspect.isgenerator(out):
-                out = _drain(ctx, out)
-            if self._forked:  # a child forked by the body returned: the run is the parent's
-                return
-            self._succeed(ctx, out)
-        except RunCancelled as exc:
-            if not self._forked:
-                self._finish(ctx, Status.CANCELLED, None, _error(exc))
-        except BaseException as exc:  # SystemExit in a forked child leaves quietly too
-            if not self._forked:
-                self._finish(ctx, Status.FAILED, None, _error(exc))
+            while True:  # one pass per try
+                try:
+                    out = pipe.fn(ctx, **ctx.params)
+                    if inspect.isgenerator(out):
+                        out = _drain(ctx, out)
+                except BaseException as exc:  # SystemExit in a forked child leaves quietly too
+                    if self._forked:
+                        return
+                    end = self._after_try(ctx, pipe, exc)
+                else:
+                    if self._forked:  # a child forked by the body returned: the run is the parent's
+                        return
+                    if ctx._cancel_kind != "timeout":
+                        self._succeed(ctx, out)
+                        return
+                    end = self._after_try(ctx, pipe, None)  # returned past its timeout
+                if isinstance(end, tuple):
+                    self._finish(ctx, *end)
+                    return
+                if not self._between_tries(ctx, end):
+                    self._finish(ctx, Status.CANCELLED, None, _error(RunCancelled(
+                        f"run {ctx.run_id} was {ctx._cancel_reason} while waiting to retry")))
+                    return
+                if not self._next_try(ctx):
+                    self._finish(ctx, Status.FAILED, None, ctx._last_error)
+                    return
         finally:
             _current.reset(token)
             if not self._forked:
@@ -251,21 +361,142 @@ class Runner:
         _current.set(ctx)
         import asyncio
 
-        ctx._task = asyncio.current_task()
-        try:
-            if ctx._cancel:
-                ctx._raise_cancelled()
-            if inspect.isasyncgenfunction(pipe.fn):
-                out = None
-                async for _ in pipe.fn(ctx, **ctx.params):
-                    ctx.advance()
+        while True:  # one pass per try
+            task = ctx._task = asyncio.current_task()
+            try:
+                if ctx._cancel:
+                    ctx._raise_cancelled()
+                if inspect.isasyncgenfunction(pipe.fn):
+                    out = None
+                    async for _ in pipe.fn(ctx, **ctx.params):
+                        ctx.advance()
+                else:
+                    out = await pipe.fn(ctx, **ctx.params)
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError) and not ctx._cancel:
+                    self._finish(ctx, Status.CANCELLED, None, None)  # the loop stopped it
+                    return
+                end = self._after_try(ctx, pipe, exc)
             else:
-                out = await pipe.fn(ctx, **ctx.params)
-            self._succeed(ctx, out)
-        except (RunCancelled, asyncio.CancelledError) as exc:
-            self._finish(ctx, Status.CANCELLED, None, _error(exc) if ctx._cancel else None)
-        except BaseException as exc:
-            self._finish(ctx, Status.FAILED, None, _error(exc))
+                if ctx._cancel_kind != "timeout":
+                    self._succeed(ctx, out)
+                    return
+                end = self._after_try(ctx, pipe, None)
+            if isinstance(end, tuple):
+                self._finish(ctx, *end)
+                return
+            # the wait before the next try; the task.cancel() of a timeout may land here (it is
+            # scheduled from the flusher): that one is not the run's, the wait goes on
+            due = time.monotonic() + end
+            while not ctx._cancel:
+                if task is not None and hasattr(task, "uncancel"):
+                    while task.cancelling():
+                        task.uncancel()
+                try:
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                    await asyncio.sleep(0)  # a cancel scheduled meanwhile lands here, not in the body
+                    break
+                except asyncio.CancelledError:
+                    continue
+            if ctx._cancel:
+                self._finish(ctx, Status.CANCELLED, None, _error(RunCancelled(
+                    f"run {ctx.run_id} was {ctx._cancel_reason} while waiting to retry")))
+                return
+            if not self._next_try(ctx):
+                self._finish(ctx, Status.FAILED, None, ctx._last_error)
+                return
+
+    # -- retries and timeouts ----------------------------------------------------------------
+
+    def _after_try(self, ctx: Context, pipe: Pipeline, exc: BaseException | None
+                   ) -> tuple[Status, None, dict[str, Any] | None] | float:
+        """A try ended without a result (``exc``; None: it returned past its timeout). Either
+        the run's end (status, result, error) or, written already, the delay before the next
+        try."""
+        kind = ctx._cancel_kind
+        if kind == "timeout":
+            failure: BaseException = TimeoutError(
+                f"run {ctx.run_id} passed its timeout of {_seconds(ctx.timeout)} "
+                f"(try {ctx.tries} of {ctx.max_tries}); it was stopped at its next ctx call")
+            error = {"type": "TimeoutError", "message": str(failure),
+                     "traceback": _error(exc)["traceback"] if exc is not None else ""}
+        elif isinstance(exc, RunCancelled) or _is_async_cancel(exc):
+            return Status.CANCELLED, None, _error(exc) if ctx._cancel else None  # type: ignore[arg-type]
+        else:
+            assert exc is not None
+            failure, error = exc, _error(exc)
+        ctx._last_error = error
+        if not self._retryable(ctx, pipe, failure):
+            return Status.FAILED, None, error
+        delay = pipe.retry_delay * pipe.retry_backoff ** (ctx.tries - 1)
+        ctx._deadline = None  # the wait between tries is no try's time
+        if kind == "timeout":  # that try's stop is over; a cancel meanwhile still ends the wait
+            ctx._clear_timeout()
+        with self.store.write_lock:
+            item = ctx._flush_item(force=True)
+        assert item is not None
+        try:
+            ours = self.store.retry_wait(item, self.owner, error, delay)
+        except Exception:  # the retry cannot be recorded: the run ends (the end write retries)
+            self._record_error("retry")
+            ctx._requeue(item.events)
+            return Status.FAILED, None, error
+        if not ours:
+            return Status.FAILED, None, error
+        self._notify(ctx.run_id)
+        return delay
+
+    def _retryable(self, ctx: Context, pipe: Pipeline, failure: BaseException) -> bool:
+        if isinstance(failure, MapItemError) and failure.__cause__ is not None:
+            failure = failure.__cause__  # retry_on names what the item raised
+        return (not self._closing and not self._forked
+                and ctx._cancel_kind in (None, "timeout") and ctx.tries < ctx.max_tries
+                and not isinstance(failure, _NOT_RETRIED) and isinstance(failure, pipe.retry_on))
+
+    @staticmethod
+    def _between_tries(ctx: Context, delay: float) -> bool:
+        """Wait ``delay`` s before the next try; False if the run was cancelled meanwhile."""
+        end = time.monotonic() + delay
+        while not ctx._cancel:
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            ctx._wakeup.wait(left)
+        return False
+
+    def _next_try(self, ctx: Context) -> bool:
+        """Record the next try's start; False if that cannot be done (then the run ends)."""
+        with self.store.write_lock:
+            item = ctx._flush_item(force=True)
+        assert item is not None
+        try:
+            rec = self.store.next_try(item, self.owner)
+        except Exception:
+            self._record_error("retry")
+            ctx._requeue(item.events)
+            return False
+        if rec is None or ctx._cancel:
+            return False
+        ctx._new_try(rec.tries)
+        self._notify(ctx.run_id)
+        return True
+
+    def _check_timeouts(self, ctxs: list[Context]) -> None:
+        """Stop the tries past their timeout (cooperatively: at their next ctx call), and the
+        active runs their bodies started."""
+        now = time.monotonic()
+        for ctx in ctxs:
+            if ctx._deadline is not None and now >= ctx._deadline and not ctx._cancel:
+                ctx._deadline = None
+                ctx._request_cancel(f"stopped: its timeout of {_seconds(ctx.timeout)} passed",
+                                    kind="timeout")
+                try:
+                    kids = self.store.cancel_children(ctx.run_id, owner.gone_reason)
+                except Exception:
+                    self._record_error("timeout")
+                    continue
+                for kid in kids:
+                    self.cancel_local(kid)
 
     def _succeed(self, ctx: Context, result: Any) -> None:
         try:
@@ -282,7 +513,7 @@ class Runner:
                               f"{MAX_VALUE_BYTES} (store large data in files and return paths)"}
             self._finish(ctx, Status.FAILED, None, err)
             return
-        if ctx._cancel:  # the body saw the cancel and returned early: the run is cancelled
+        if ctx._cancel and ctx._cancel_kind != "timeout":  # it saw the cancel and returned early
             self._finish(ctx, Status.CANCELLED, text, None)
             return
         if ctx.phase_name is not None and ctx.phase_name not in ctx.phases_done:
@@ -307,6 +538,7 @@ class Runner:
         self._free_slot(end.run_id)
         if written:
             self._ended(end.run_id)
+        self._pump_waiting()
         self._pump()
 
     def _write_end(self, end: _End) -> bool:
@@ -402,6 +634,8 @@ class Runner:
             return
         if self._ending:
             self._retry_ends()
+        if self._waiting:
+            self._pump_waiting()
         if self._queue:
             self._pump()
         now = time.time()
@@ -409,7 +643,9 @@ class Runner:
         beat = now >= self._next_beat
         with self._lock:
             ctxs = list(self._live.values())
-            busy = bool(ctxs or self._queue or self._ending)
+            busy = bool(ctxs or self._queue or self._ending or self._waiting)
+        if ctxs:
+            self._check_timeouts(ctxs)
         if busy:
             with self.store.write_lock:
                 items = [it for c in ctxs if (it := c._flush_item()) is not None]
@@ -447,11 +683,12 @@ class Runner:
         lost, cancels = outcome
         for run_id in lost:
             ctx = self._live.get(run_id)
-            if ctx is not None and not ctx._cancel:
-                ctx._request_cancel("taken over: the store no longer lists this process as owner")
+            if ctx is not None:
+                ctx._request_cancel("taken over: the store no longer lists this process as owner",
+                                    kind="lost")
         for run_id in cancels:
             ctx = self._live.get(run_id)
-            if ctx is not None and not ctx._cancel:
+            if ctx is not None:
                 ctx._request_cancel("cancelled")
 
     def _ensure_flusher(self) -> None:
@@ -468,11 +705,18 @@ class Runner:
         # ~0.35-0.4 s between progress writes for a 0.25 s interval); a burst wakes it early
         due = time.monotonic() + config.settings().flush_interval
         while not self._stop.is_set():
-            self._wake.wait(max(0.0, due - time.monotonic()))
+            wait = max(0.0, due - time.monotonic())
+            woke = self._wake.wait(min(wait, _QUEUE_POLL_S) if self._waiting else wait)
             self._wake.clear()
             if self._stop.is_set():
                 return
             now = time.monotonic()
+            if not woke and now < due:  # a poll of the runs queued by concurrency=, no flush
+                try:
+                    self._pump_waiting()
+                except Exception:
+                    self._record_error("queue")
+                continue
             if now >= due:
                 interval = config.settings().flush_interval
                 due += interval
@@ -516,8 +760,9 @@ class Runner:
                 return
             self._closing = True
             ctxs = list(self._live.values())
-            queued = [r.id for r in self._queue]
+            queued = [r.id for r in self._queue] + list(self._waiting)
             self._queue.clear()
+            self._waiting.clear()
             ending = list(self._ending.values())
         self._stop.set()
         self._wake.set()
@@ -535,7 +780,7 @@ class Runner:
             self._record_error("shutdown")
         # only now ask the bodies to stop: their own finish can no longer overwrite "interrupted"
         for ctx in ctxs:
-            ctx._request_cancel("interrupted: the process is shutting down")
+            ctx._request_cancel("interrupted: the process is shutting down", kind="shutdown")
         for run_id in [c.run_id for c in ctxs] + queued + [e.run_id for e in ending]:
             event = self._done.get(run_id)
             if event is not None:
@@ -546,6 +791,15 @@ class Runner:
 
 def _transient(exc: BaseException) -> bool:
     return isinstance(exc, StoreError) and exc.transient
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:g} s"
+
+
+def _is_async_cancel(exc: BaseException | None) -> bool:
+    asyncio = sys.modules.get("asyncio")  # imported only with async pipelines
+    return exc is not None and asyncio is not None and isinstance(exc, asyncio.CancelledError)
 
 
 def _drain(ctx: Context, gen: Any) -> Any:

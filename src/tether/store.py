@@ -22,22 +22,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import contains
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from . import _interrupts, _schema
 from .errors import RunNotFound, StoreError, TetherError
-from .model import Event, Owner, RunRecord, Status, _decode, decode_column, event_of, raw_text
+from .model import Control, Event, Owner, RunRecord, Status, _decode, decode_column, event_of, raw_text
 
 __all__ = ["FlushItem", "StartOutcome", "Store", "dumps"]
 
 BUSY_TIMEOUT_S = 30.0
 MAX_VALUE_BYTES = 64 * 1024 * 1024  # a result, checkpoint or event larger than this is refused
 
+# issue 14 (control): columns of migration 0003_control, in RunRecord field names
+_CONTROL_FIELDS = ("parent_id", "tries", "max_tries", "retry_at", "timeout", "deadline", "concurrency",
+                   "parked")
 _RUN_COLS = (
     "id, key, attempt, pipeline, version, params, status, phase, phases, phases_done, done, total, "
     "message, error, result, created_at, started_at, ended_at, updated_at, owner_host, owner_pid, "
     "owner_started, owner_instance, target, lease_until, cancel_requested, resumed_from, last_seq, "
-    "created_by, owner_ns"
+    "created_by, owner_ns, " + ", ".join(_CONTROL_FIELDS)
 )
 _ACTIVE = ("pending", "running")
 
@@ -142,6 +145,9 @@ _KINDS = {
     "result": _OPT_TEXT, "created_at": _NUM, "started_at": _OPT_NUM, "ended_at": _OPT_NUM,
     "updated_at": _NUM, "target": _OPT_TEXT, "lease_until": _OPT_NUM, "cancel_requested": _INT,
     "resumed_from": _OPT_TEXT, "last_seq": _INT, "created_by": _TEXT,
+    "parent_id": _OPT_TEXT, "tries": _INT, "max_tries": _INT, "retry_at": _OPT_NUM,
+    "timeout": _OPT_NUM, "deadline": _OPT_NUM, "concurrency": frozenset({int, _NONE}),
+    "parked": _INT,
 }
 _TYPES = tuple(_KINDS.get(name, _ANY) for name in _Row._fields)
 _MAX_PID = 2**31 - 1  # pid_t
@@ -231,6 +237,8 @@ def _record(values: Sequence[Any]) -> RunRecord:
         last_seq=row.last_seq,
         phases_done=[] if phases_done == "[]" else _names(row, "phases_done", bad),
         created_by=row.created_by, damaged=tuple(bad) if bad else (),
+        parent_id=row.parent_id, tries=row.tries, max_tries=row.max_tries, retry_at=row.retry_at,
+        timeout=row.timeout, deadline=row.deadline, concurrency=row.concurrency, parked=row.parked,
     )
 
 
@@ -840,15 +848,19 @@ class Store:
 
     def start(self, *, pipeline: str, key: str, params_json: str, version: str | None,
               phases: list[str], policy: str, owner: Owner, lease_s: float,
-              gone: GoneCheck, detach: bool = False, max_auto_resumes: int = 3) -> StartOutcome:
-        """Decide, in one transaction, what a start() call means for ``key``."""
+              gone: GoneCheck, detach: bool = False, max_auto_resumes: int = 3,
+              control: Control | None = None) -> StartOutcome:
+        """Decide, in one transaction, what a start() call means for ``key``.
+
+        ``control``: the pipeline's control options, and the parent run when a body starts it."""
         now = time.time()
         # fast path, no write: an ended run returned as it is (terminal statuses never change)
         row = self._latest_row(key)
         latest = None if row is None else _record(row)
         if (latest is not None and latest.status.terminal and _difference(
                 latest, params_json, version, pipeline, row[5]) is None and (
-                policy in ("attach", "fail") or (policy == "resume" and (
+                (policy == "fail" or (policy == "attach" and not _child_resume(latest, control)))
+                or (policy == "resume" and (
                     latest.status == Status.SUCCEEDED or _capped(latest))))):
             return StartOutcome(latest, False)
         with self.tx() as conn:
@@ -861,7 +873,7 @@ class Store:
                     latest = self.latest(key, conn)
             if latest is None:
                 rec = self._create(conn, pipeline, key, 1, params_json, version, phases, owner,
-                                   lease_s, now, "start", None, detach)
+                                   lease_s, now, "start", None, detach, control)
                 return StartOutcome(rec, True)
             assert latest is not None
             mismatch = _difference(latest, params_json, version, pipeline)
@@ -884,9 +896,16 @@ class Store:
                                         "resume continues the same work", recovered)
                 resumed = latest.id if policy == "resume" else None
                 rec = self._create(conn, pipeline, key, latest.attempt + 1, params_json, version,
-                                   phases, owner, lease_s, now, f"start:{policy}", resumed, detach)
+                                   phases, owner, lease_s, now, f"start:{policy}", resumed, detach,
+                                   control)
                 if policy == "resume" and self._auto_resumes(conn, key) > max_auto_resumes:
                     rec = self._give_up(conn, rec, max_auto_resumes, now)
+                return StartOutcome(rec, True, None, recovered)
+            if policy == "attach" and not mismatch and _child_resume(latest, control):
+                # the parent's new try (or resumed attempt) goes on where its child stopped
+                rec = self._create(conn, pipeline, key, latest.attempt + 1, params_json, version,
+                                   phases, owner, lease_s, now, "start:child", latest.id, detach,
+                                   control)
                 return StartOutcome(rec, True, None, recovered)
             if mismatch:
                 return StartOutcome(latest, False, f"the {latest.status} run for key {key!r} has "
@@ -894,8 +913,11 @@ class Store:
             return StartOutcome(latest, False, None, recovered)
 
     def new_attempt(self, run_id: str, *, owner: Owner, lease_s: float, resume: bool,
-                    gone: GoneCheck) -> RunRecord:
-        """A new attempt of ``run_id``'s key (rerun, or resume reusing its checkpoints)."""
+                    gone: GoneCheck, control: Control | None = None) -> RunRecord:
+        """A new attempt of ``run_id``'s key (rerun, or resume reusing its checkpoints).
+
+        ``control``: the pipeline's options as defined now (default: those of ``run_id``); the new
+        attempt keeps ``run_id``'s parent."""
         from .errors import RunActive
 
         now = time.time()
@@ -909,10 +931,13 @@ class Store:
                     raise RunActive(
                         f"run {latest.id} (attempt {latest.attempt} of key {base.key!r}) is still "
                         f"{latest.status}; cancel it or wait for it to end before a new attempt.")
+            ctl = control or Control(max_tries=base.max_tries, timeout=base.timeout,
+                                     concurrency=base.concurrency)
+            ctl = Control(base.parent_id, (), ctl.max_tries, ctl.timeout, ctl.concurrency)
             return self._create(conn, base.pipeline, base.key, latest.attempt + 1,
                                 dumps(base.params), base.version, base.phases, owner, lease_s,
                                 now, "resume" if resume else "rerun", base.id if resume else None,
-                                detach=base.target == "worker")
+                                detach=base.target == "worker", control=ctl)
 
     @staticmethod
     def _auto_resumes(conn: sqlite3.Connection, key: str) -> int:
@@ -939,31 +964,39 @@ class Store:
     def _create(self, conn: sqlite3.Connection, pipeline: str, key: str, attempt: int,
                 params_json: str, version: str | None, phases: list[str], owner: Owner,
                 lease_s: float, now: float, created_by: str, resumed_from: str | None,
-                detach: bool = False) -> RunRecord:
+                detach: bool = False, control: Control | None = None) -> RunRecord:
         run_id = os.urandom(6).hex()  # what secrets.token_hex does, without its imports
         phases_done: list[str] = []
+        control = control or _NO_CONTROL
+        tries = 0
         if resumed_from is not None:
             prev = self.get(resumed_from)
             phases_done = prev.phases_done
+            tries = prev.tries  # a resumed attempt goes on counting its lineage's tries
             conn.execute(
                 "INSERT INTO checkpoints (run_id, name, value, ts) "
                 "SELECT ?, name, value, ts FROM checkpoints WHERE run_id = ?", (run_id, resumed_from))
         conn.execute(
             "INSERT INTO runs (id, key, attempt, pipeline, version, params, status, phases, "
             "phases_done, created_at, updated_at, owner_host, owner_pid, owner_started, "
-            "owner_instance, target, lease_until, resumed_from, last_seq, created_by, owner_ns) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+            "owner_instance, target, lease_until, resumed_from, last_seq, created_by, owner_ns, "
+            "parent_id, tries, max_tries, timeout, concurrency) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, "
+            "?, ?, ?, ?, ?)",
             (run_id, key, attempt, pipeline, version, params_json, dumps(phases),
              dumps(phases_done), now, now, None if detach else owner.host,
              None if detach else owner.pid, None if detach else owner.started,
              None if detach else owner.instance, "worker" if detach else owner.instance,
              None if detach else now + lease_s, resumed_from, created_by,
-             None if detach else owner.ns))
+             None if detach else owner.ns, control.parent, tries, control.max_tries,
+             control.timeout, control.concurrency))
         data: dict[str, Any] = {"by": created_by}
         if detach:
             data["detached"] = True
         if resumed_from:
             data["resumed_from"] = resumed_from
+        if control.parent:
+            data["parent"] = control.parent
         self._append(conn, run_id, 0, [(now, "created", None, dumps(data))])
         row = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
         return _record(row)
@@ -974,30 +1007,38 @@ class Store:
             return None
         marks = ",".join("?" * len(pipelines))
         while True:  # a claim lost to another worker is no reason to stop: try the next run
-            rows = self.conn().execute(
-                f"SELECT id FROM runs WHERE status = 'pending' AND target = 'worker' AND pipeline "
-                f"IN ({marks}) ORDER BY created_at LIMIT 16", list(pipelines)).fetchall()
+            rows = self.conn().execute(  # only runs whose pipeline's concurrency has room
+                f"SELECT id FROM runs WHERE {_ROOM} AND status = 'pending' AND target = 'worker' "
+                f"AND pipeline IN ({marks}) ORDER BY created_at, rowid LIMIT 16",
+                [time.time(), *pipelines]).fetchall()
             if not rows:
                 return None
+            lost = False
             for (run_id,) in rows:
                 rec = self.claim(run_id, owner, lease_s, target="worker")
-                if rec is not None:
+                if isinstance(rec, RunRecord):
                     return rec
+                lost = lost or rec is None
+            if not lost:  # each one waits for its pipeline's limit: nothing to claim now
+                return None
 
     def claim(self, run_id: str, owner: Owner, lease_s: float,
-              target: str | None = None) -> RunRecord | None:
-        """pending -> running, only for the run's target (process, or 'worker'). None if not claimable."""
+              target: str | None = None) -> RunRecord | Queued | None:
+        """pending -> running, only for the run's target (process, or 'worker'). None if not
+        claimable; ``Queued`` if its pipeline's ``concurrency`` has no room for it yet, or older
+        runs of the pipeline wait before it (start order, across processes)."""
         now = time.time()
         with self.tx() as conn:
             cur = conn.execute(
                 "UPDATE runs SET status = 'running', started_at = ?, updated_at = ?, "
                 "owner_host = ?, owner_pid = ?, owner_started = ?, owner_instance = ?, "
-                "owner_ns = ?, lease_until = ?, last_seq = last_seq + 1 "
-                "WHERE id = ? AND status = 'pending' AND target = ?",
+                "owner_ns = ?, lease_until = ?, last_seq = last_seq + 1, tries = tries + 1, "
+                "retry_at = NULL, deadline = ? + timeout "
+                f"WHERE id = ? AND status = 'pending' AND target = ? AND {_ROOM}",
                 (now, now, owner.host, owner.pid, owner.started, owner.instance, owner.ns,
-                 now + lease_s, run_id, target or owner.instance))
+                 now + lease_s, now, run_id, target or owner.instance))
             if cur.rowcount != 1:
-                return None
+                return self._queued(conn, run_id, target or owner.instance, now)
             rec = _record(conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?",
                                        (run_id,)).fetchone())
             self._append(conn, run_id, rec.last_seq - 1,
@@ -1095,26 +1136,45 @@ class Store:
         return True
 
     def request_cancel(self, run_id: str, gone: GoneCheck) -> RunRecord:
-        """Cancel: a pending run (or one whose owner is gone) ends at once; a running one is flagged."""
+        """Cancel: a pending run (or one whose owner is gone) ends at once; a running one is
+        flagged. Its active descendants (runs its body started, and theirs) are cancelled too."""
         now = time.time()
         with self.tx() as conn:
             rec = self.get(run_id)
             if rec.status.terminal:
                 return rec
-            ends_now = rec.status == Status.PENDING or gone(rec.owner, rec.lease_until, now)
-            if ends_now:
-                error = {"type": "Cancelled", "message": "run cancelled", "traceback": ""}
-                cur = conn.execute(
-                    "UPDATE runs SET status = 'cancelled', cancel_requested = 1, ended_at = ?, "
-                    "updated_at = ?, error = ? WHERE id = ? AND status = ?",
-                    (now, now, dumps(error), run_id, str(rec.status)))
-                if cur.rowcount == 1:
-                    self._event(conn, rec, "cancelled", {"by": "request"}, now)
-            elif not rec.cancel_requested:
-                conn.execute("UPDATE runs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
-                             (now, run_id))
-                self._event(conn, rec, "cancel_requested", {}, now)
+            self._cancel_one(conn, rec, gone, now, {"by": "request"})
+            for child in self._descendants(conn, run_id):
+                self._cancel_one(conn, child, gone, now, {"by": "parent", "parent": run_id})
             return self.get(run_id)
+
+    def cancel_children(self, run_id: str, gone: GoneCheck) -> list[str]:
+        """Cancel the active descendants of ``run_id`` (its timeout passed). Returns their ids."""
+        now = time.time()
+        with self.tx() as conn:
+            kids = self._descendants(conn, run_id)
+            for child in kids:
+                self._cancel_one(conn, child, gone, now, {"by": "parent", "parent": run_id})
+        return [k.id for k in kids]
+
+    def _cancel_one(self, conn: sqlite3.Connection, rec: RunRecord, gone: GoneCheck, now: float,
+                    data: dict[str, Any]) -> None:
+        ends_now = rec.status == Status.PENDING or gone(rec.owner, rec.lease_until, now)
+        if ends_now:
+            error = {"type": "Cancelled", "message": "run cancelled", "traceback": ""}
+            if data.get("by") == "parent":
+                error["message"] = f"run cancelled with its parent run {data['parent']}"
+            cur = conn.execute(
+                "UPDATE runs SET status = 'cancelled', cancel_requested = 1, ended_at = ?, "
+                "updated_at = ?, error = ? WHERE id = ? AND status = ?",
+                (now, now, dumps(error), rec.id, str(rec.status)))
+            if cur.rowcount == 1:
+                self._event(conn, rec, "cancelled", data, now)
+        elif not rec.cancel_requested:
+            conn.execute("UPDATE runs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+                         (now, rec.id))
+            self._event(conn, rec, "cancel_requested", {} if data.get("by") == "request" else data,
+                        now)
 
     def recover(self, records: Sequence[RunRecord], gone: GoneCheck) -> list[tuple[RunRecord, str]]:
         """Mark the orphans among ``records`` interrupted. Returns those marked, with the reason.
@@ -1142,7 +1202,11 @@ class Store:
                     try:
                         fresh = self.get(rec.id)
                         same = fresh.status == rec.status and fresh.owner == rec.owner
-                        done = same and self._interrupt(conn, fresh, why, now)
+                        if same and fresh.status == Status.PENDING and self._hand_over(
+                                conn, fresh, why, now, gone):
+                            done = False
+                        else:
+                            done = same and self._interrupt(conn, fresh, why, now)
                     except (sqlite3.DatabaseError, TetherError):
                         if not conn.in_transaction:  # SQLite ended the transaction: stop here
                             raise
@@ -1164,6 +1228,185 @@ class Store:
             for row in rows:
                 n += self._interrupt(conn, _record(row), reason, now)
         return n
+
+
+    # -- control (issue 14): limits, retries, parents and children, workers -------------------
+
+    def _queued(self, conn: sqlite3.Connection, run_id: str, target: str, now: float
+                ) -> Queued | None:
+        """After a claim that changed nothing: Queued if the run waits for its pipeline's limit
+        (a ``queued`` event the first time), else None."""
+        row = conn.execute(
+            f"SELECT concurrency, last_seq, phase, {_AHEAD} FROM runs WHERE id = ? "
+            "AND status = 'pending' AND target = ?", (now, run_id, target)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        concurrency, last_seq, phase, ahead = row
+        first = conn.execute("SELECT 1 FROM events WHERE run_id = ? AND kind = 'queued' LIMIT 1",
+                             (run_id,)).fetchone() is None
+        if first:
+            seq = self._append(conn, run_id, last_seq, [(now, "queued", phase, dumps(
+                {"ahead": ahead, "concurrency": concurrency}))])
+            conn.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (seq, run_id))
+        return Queued(ahead)
+
+    @_guarded
+    def claimable(self, run_ids: Sequence[str]) -> dict[str, bool]:
+        """For each of ``run_ids`` still pending: would its claim pass the concurrency check now?
+        (A read: a process polls its queued runs with it, and claims only when it may pass.)"""
+        if not run_ids:
+            return {}
+        now = time.time()
+        rows = self.conn().execute(
+            f"SELECT id, {_ROOM} FROM runs WHERE status = 'pending' AND id IN "
+            f"({','.join('?' * len(run_ids))})", (now, *run_ids)).fetchall()
+        return {r[0]: bool(r[1]) for r in rows}
+
+    @_guarded
+    def queue_ahead(self, run_id: str) -> int | None:
+        """Runs of the same pipeline that start before this pending run (its ``concurrency=``
+        queue, start order across processes); None unless it waits in such a queue."""
+        row = self.conn().execute(
+            f"SELECT concurrency, {_AHEAD} FROM runs WHERE id = ? AND status = 'pending'",
+            (time.time(), run_id)).fetchone()
+        return None if row is None or row[0] is None else int(row[1])
+
+    def retry_wait(self, item: FlushItem, owner: Owner, error: dict[str, Any], delay: float
+                   ) -> bool:
+        """A try failed and another follows after ``delay`` s: its error kept in a ``retry``
+        event, ``retry_at`` set. False if the run is no longer ours."""
+        now = time.time()
+        with self.tx() as conn:
+            row = conn.execute(
+                "SELECT last_seq, tries, max_tries FROM runs WHERE id = ? AND status = 'running' "
+                "AND owner_instance = ?", (item.run_id, owner.instance)).fetchone()
+            if row is None:
+                return False
+            last_seq, tries, max_tries = row
+            data = {"try": tries, "of": max_tries, "type": error.get("type"),
+                    "message": error.get("message"),
+                    "traceback": (error.get("traceback") or "")[-_MAX_TRY_TRACEBACK:],
+                    "delay": delay, "at": now + delay}
+            seq = self._append(conn, item.run_id, last_seq,
+                               [*item.events, (now, "retry", item.phase, dumps(data))])
+            conn.execute(
+                "UPDATE runs SET phase = ?, phases = ?, phases_done = ?, done = ?, total = ?, "
+                "message = ?, updated_at = ?, last_seq = ?, retry_at = ?, deadline = NULL "
+                "WHERE id = ?",
+                (_text(item.phase), dumps(item.phases), dumps(item.phases_done), _num(item.done),
+                 _num(item.total), _text(item.message), now, seq, now + delay, item.run_id))
+        return True
+
+    def next_try(self, item: FlushItem, owner: Owner) -> RunRecord | None:
+        """The next try starts now (a ``try`` event). None if the run is no longer ours."""
+        now = time.time()
+        with self.tx() as conn:
+            row = conn.execute(
+                "SELECT last_seq, tries FROM runs WHERE id = ? AND status = 'running' "
+                "AND owner_instance = ?", (item.run_id, owner.instance)).fetchone()
+            if row is None:
+                return None
+            seq = self._append(conn, item.run_id, row[0], [
+                *item.events, (now, "try", item.phase, dumps({"try": row[1] + 1}))])
+            conn.execute(
+                "UPDATE runs SET phase = ?, phases = ?, phases_done = ?, done = ?, total = ?, "
+                "message = ?, updated_at = ?, last_seq = ?, tries = tries + 1, retry_at = NULL, "
+                "deadline = ? + timeout WHERE id = ?",
+                (_text(item.phase), dumps(item.phases), dumps(item.phases_done), _num(item.done),
+                 _num(item.total), _text(item.message), now, seq, now, item.run_id))
+            return _record(conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?",
+                                        (item.run_id,)).fetchone())
+
+    def park(self, run_id: str, owner: Owner, parked: bool) -> None:
+        """A parent waits for a child (parked: not counted by its pipeline's concurrency) or
+        goes on."""
+        with self.tx() as conn:
+            conn.execute("UPDATE runs SET parked = ? WHERE id = ? AND owner_instance = ? "
+                         "AND status = 'running'", (int(parked), run_id, owner.instance))
+
+    @_guarded
+    def children(self, run_id: str) -> list[RunRecord]:
+        """Runs started by ``run_id``'s body (and those it attached to, once its events are
+        flushed), oldest first."""
+        rows = self.conn().execute(
+            f"SELECT {_RUN_COLS} FROM runs WHERE parent_id = ? OR id IN (SELECT json_extract("
+            "data, '$.id') FROM events WHERE run_id = ? AND kind = 'child') "
+            "ORDER BY created_at, rowid", (run_id, run_id)).fetchall()
+        return [_record(r) for r in rows]
+
+    def _descendants(self, conn: sqlite3.Connection, run_id: str) -> list[RunRecord]:
+        """The active runs below ``run_id`` (children, theirs, ...), parents first."""
+        rows = conn.execute(
+            "WITH RECURSIVE below(id, depth) AS (SELECT id, 1 FROM runs WHERE parent_id = ? "
+            "UNION SELECT r.id, below.depth + 1 FROM runs r JOIN below ON r.parent_id = below.id "
+            "WHERE below.depth < 100) "
+            f"SELECT {_RUN_COLS} FROM runs WHERE id IN (SELECT id FROM below) "
+            "AND status IN ('pending', 'running') ORDER BY created_at", (run_id,)).fetchall()
+        return [_record(r) for r in rows]
+
+    @_guarded
+    def descendants(self, run_id: str) -> list[RunRecord]:
+        return self._descendants(self.conn(), run_id)
+
+    def register_worker(self, owner: Owner, pipelines: Sequence[str], lease_until: float) -> None:
+        """A ``tether worker`` serves ``pipelines`` (renewed with the same call, dropped with
+        ``unregister_worker``)."""
+        with self.tx() as conn:
+            conn.execute("DELETE FROM workers WHERE instance = ?", (owner.instance,))
+            conn.executemany(
+                "INSERT INTO workers (instance, pipeline, host, pid, started, ns, lease_until) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(owner.instance, p, owner.host, owner.pid, owner.started, owner.ns, lease_until)
+                 for p in pipelines])
+            conn.execute("DELETE FROM workers WHERE lease_until < ?", (time.time() - 3600,))
+
+    def unregister_worker(self, owner: Owner) -> None:
+        with self.tx() as conn:
+            conn.execute("DELETE FROM workers WHERE instance = ?", (owner.instance,))
+
+    def _hand_over(self, conn: sqlite3.Connection, rec: RunRecord, why: str, now: float,
+                   gone: GoneCheck) -> bool:
+        """A pending run whose starter is gone goes to a live worker serving its pipeline, if
+        there is one (it never started, so nothing of it ran): True if handed over."""
+        if rec.target == "worker":
+            return False
+        rows = conn.execute("SELECT host, pid, started, instance, ns, lease_until FROM workers "
+                            "WHERE pipeline = ? AND lease_until > ?", (rec.pipeline, now)).fetchall()
+        if not any(gone(Owner(h, p, s, i, ns), lease, now) is None
+                   for h, p, s, i, ns, lease in rows):
+            return False
+        cur = conn.execute(
+            "UPDATE runs SET target = 'worker', owner_host = NULL, owner_pid = NULL, "
+            "owner_started = NULL, owner_instance = NULL, owner_ns = NULL, lease_until = NULL, "
+            "updated_at = ? WHERE id = ? AND status = 'pending' AND owner_instance IS ?",
+            (now, rec.id, rec.owner.instance if rec.owner else None))
+        if cur.rowcount != 1:
+            return False
+        self._event(conn, rec, "handed_over", {"to": "worker", "reason": why}, now)
+        return True
+
+
+class Queued(NamedTuple):
+    """A claim refused by the pipeline's ``concurrency``: the run stays pending, in line."""
+
+    ahead: int  # runs of the pipeline that start before it
+
+
+_MAX_TRY_TRACEBACK = 20_000
+# A pending run that will start before the run of the outer query (its pipeline's queue, in start
+# order: rowid, the order in which the start transactions committed) and has a claimant: meant for
+# a process (the sweep takes those of dead ones away), or for a worker while one serves the
+# pipeline. ?1 is the time now.
+_BEFORE = (
+    "FROM runs AS o WHERE o.pipeline = runs.pipeline AND o.status = 'pending' "
+    "AND o.concurrency IS NOT NULL AND o.rowid < runs.rowid AND (o.target != 'worker' OR "
+    "EXISTS (SELECT 1 FROM workers AS w WHERE w.pipeline = o.pipeline AND w.lease_until > ?1))")
+_AHEAD = f"(SELECT count(*) {_BEFORE})"
+# A claim of the run passes its pipeline's concurrency check (parked parents are not counted)
+_ROOM = (
+    "(runs.concurrency IS NULL OR ((SELECT count(*) FROM runs AS o WHERE o.pipeline = "
+    "runs.pipeline AND o.status = 'running' AND o.parked = 0) < runs.concurrency "
+    f"AND NOT EXISTS (SELECT 1 {_BEFORE})))")
 
 
 def _capped(rec: RunRecord) -> bool:
@@ -1211,6 +1454,17 @@ def _difference(rec: RunRecord, params_json: str, version: str | None,
     if more:
         parts.append(f"and {more:,} more")
     return "different params: " + "; ".join(parts)
+
+
+_NO_CONTROL = Control()
+
+
+def _child_resume(latest: RunRecord, control: Control | None) -> bool:
+    """A child started (policy "attach") from the body of a run of the lineage that started it
+    before, whose run ended badly: resumed (within the parent's retry or resume), not returned."""
+    return (control is not None and latest.parent_id is not None
+            and latest.parent_id in control.lineage and latest.status.terminal
+            and latest.status != Status.SUCCEEDED and not _capped(latest))
 
 
 # Every Store of this process, for the fork hook below.

@@ -2,7 +2,9 @@
 
 It imports only the modules named on its command line, so it never executes code named by the
 database. Several workers share a database safely: a run is claimed in one transaction.
-SIGTERM (or SIGINT) stops claiming, marks the runs it was executing ``interrupted`` and exits;
+A worker registers the pipelines it serves (renewed with its heartbeat): a pending run whose
+starter died is then handed to it instead of being marked ``interrupted``. SIGTERM (or SIGINT)
+stops claiming, marks the runs it was executing ``interrupted`` and exits;
 resume them with ``run.resume()`` or ``start(..., policy="resume")``.
 """
 
@@ -13,9 +15,11 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from . import config, runner
+from .errors import StoreError
 from .pipeline import Pipeline, _registry
 
 __all__ = ["serve"]
@@ -61,14 +65,27 @@ def serve(targets: Sequence[str], *, db: str | None = None, concurrency: int = 4
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     started = 0
+    renew = 0.0
     try:
         while not stop.is_set():
+            if time.monotonic() >= renew:  # it serves these pipelines: a pending run whose
+                # starter died is handed to it (tether.store.Store.recover)
+                cfg = config.settings()
+                try:
+                    store.register_worker(run_.owner, names, time.time() + cfg.lease)
+                except StoreError:
+                    pass  # tried again at the next renewal; claims go on meanwhile
+                renew = time.monotonic() + cfg.heartbeat_interval
             claimed = run_.claim_detached(names)
             started += claimed
             if once and claimed == 0 and run_.busy == 0:
                 break
             stop.wait(poll)
     finally:
+        try:
+            store.unregister_worker(run_.owner)
+        except StoreError:
+            pass  # its lease runs out
         run_.shutdown("the worker stopped before the run ended")
         store.close()
     return started

@@ -63,3 +63,15 @@ class Children:
             if proc.poll() is None:
                 proc.kill()
             proc.communicate(timeout=30)
+
+
+def undo_control_migration(conn: Any) -> None:
+    """Take a current database back to schema 0002 (0003_control undone), as an older tether
+    left it, to test the migration path (``conn``: a plain sqlite3 connection)."""
+    conn.execute("DROP TABLE workers")
+    conn.execute("DROP INDEX runs_parent")
+    conn.execute("DROP INDEX runs_queue")
+    for col in ("parent_id", "tries", "max_tries", "retry_at", "timeout", "deadline",
+                "concurrency", "parked"):
+        conn.execute(f"ALTER TABLE runs DROP COLUMN {col}")
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0003_control'")

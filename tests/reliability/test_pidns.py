@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 import tether
-from helpers.util import raw, wait_until
+from helpers.util import raw, undo_control_migration, wait_until
 from tether import config, owner, runner
 from tether.model import Owner
 
@@ -272,6 +272,7 @@ def test_a_schema_0001_database_migrates_on_open_and_keeps_judging_its_runs(
     runner.shutdown_all()
     config._stores.clear()
     with closing(sqlite3.connect(db)) as conn:
+        undo_control_migration(conn)  # back to schema 0002 (0003_control undone)
         conn.execute("ALTER TABLE runs DROP COLUMN owner_ns")
         conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0002_owner_ns'")
         template = conn.execute("SELECT * FROM runs").fetchone()
@@ -292,7 +293,7 @@ def test_a_schema_0001_database_migrates_on_open_and_keeps_judging_its_runs(
     statuses = {r.id: str(r.status) for r in tether.runs()}
     assert statuses["olddead"] == "interrupted" and statuses["oldlive"] == "running"
     assert [r[0] for r in raw(db, "SELECT name FROM _sqlite_migrations")] == [
-        "0001_initial", "0002_owner_ns"]
+        "0001_initial", "0002_owner_ns", "0003_control"]
     assert raw(db, "SELECT owner_ns FROM runs WHERE id = 'oldlive'") == [(None,)]
     assert quick.start(n=2).result(timeout=30) == 2
     assert raw(db, "SELECT count(*) FROM runs WHERE owner_ns IS NOT NULL") == [(1,)]
