@@ -84,7 +84,7 @@ def _as_dict(rec: RunRecord) -> dict[str, object]:
     return {"id": rec.id, "key": rec.key, "attempt": rec.attempt, "pipeline": rec.pipeline,
             "status": str(rec.status), "phase": rec.phase, "done": rec.done, "total": rec.total,
             "params": rec.params, "created_at": rec.created_at, "started_at": rec.started_at,
-            "ended_at": rec.ended_at, "error": rec.error, "result": rec.result}
+            "ended_at": rec.ended_at, "error": rec.error, "result": rec.result_summary}
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -121,7 +121,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         if rec.error.get("traceback"):
             print("\n".join(_safe(line) for line in rec.error["traceback"].rstrip().split("\n")))
     if rec.status == Status.SUCCEEDED:
-        print("result    " + _safe(json.dumps(rec.result, ensure_ascii=False)[:2000]))
+        print("result    " + _safe(json.dumps(rec.result_summary, ensure_ascii=False)[:2000]))
     return 0
 
 
@@ -143,6 +143,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     for rec, why in marked:
         print(f"{rec.id} ({rec.pipeline}) interrupted: {why}")
     print(f"checked {len(active)} active run(s); marked {len(marked)} interrupted")
+    removed, freed = store.collect_files()
+    print(f"removed {removed} value file(s) no run refers to ({freed} bytes freed)")
     return 0
 
 
@@ -178,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.set_defaults(fn=cmd_cancel)
 
-    p = sub.add_parser("gc", help="mark runs whose owner is gone as interrupted; print counts")
+    p = sub.add_parser("gc", help="mark runs whose owner is gone as interrupted, remove value files "
+                       "no run refers to; print counts")
     p.set_defaults(fn=cmd_gc)
 
     p = sub.add_parser("worker", help="execute detached runs (start(..., detach=True)) of the "

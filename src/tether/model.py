@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple
 
+from . import codec
 from .errors import StoreError
 
 __all__ = ["ACTIVE", "TERMINAL", "Event", "Owner", "Progress", "RunRecord", "Status"]
@@ -67,7 +68,8 @@ class RunRecord:
     """One row of the ``runs`` table, decoded.
 
     ``params``, ``error`` and ``result`` are decoded from their JSON text on first access: a
-    listing or an attach does not pay for a result (up to 64 MiB) that nobody reads."""
+    listing or an attach does not pay for a result that nobody reads. ``files`` reads the files
+    a large result keeps beside the database (set by the store that read the row)."""
 
     id: str
     key: str
@@ -95,6 +97,7 @@ class RunRecord:
     last_seq: int
     phases_done: list[str] = field(default_factory=list)
     created_by: str = "start"
+    files: Any = field(default=None, repr=False, compare=False)
 
     @property
     def progress(self) -> Progress:
@@ -110,7 +113,13 @@ class RunRecord:
 
     @cached_property
     def result(self) -> Any:
-        return decode_column(self.result_json, self.id, "result")
+        return codec.decode(self.result_json, self.id, "result", self.files)
+
+    @cached_property
+    def result_summary(self) -> Any:
+        """The result as JSON data for displays, read without files, pickle, numpy or pandas:
+        what JSON cannot show is a short text (``"<ndarray float64 (1000, 3)>"``)."""
+        return codec.summary(self.result_json, self.id, "result")
 
 
 _decode = json.JSONDecoder().decode

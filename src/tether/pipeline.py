@@ -21,6 +21,8 @@ __all__ = ["Pipeline", "lookup", "pipeline", "POLICIES"]
 
 Policy = Literal["attach", "rerun", "resume", "fail"]
 POLICIES = ("attach", "rerun", "resume", "fail")
+Serializer = Literal["default", "pickle"]
+SERIALIZERS = ("default", "pickle")
 RESERVED = ("key", "policy", "detach")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -93,9 +95,16 @@ class Pipeline:
     """A registered multi-phase function. Call ``.start(**params)`` or call it directly."""
 
     def __init__(self, fn: Callable[..., Any], phases: Sequence[str] | None = None,
-                 version: str | int | None = None, name: str | None = None) -> None:
+                 version: str | int | None = None, name: str | None = None,
+                 serializer: Serializer = "default") -> None:
         if not callable(fn):
             raise PipelineError(f"@tether.pipeline needs a function, got {fn!r}")
+        if serializer not in SERIALIZERS:
+            raise PipelineError(f"serializer={serializer!r} is not one of "
+                                f"{', '.join(map(repr, SERIALIZERS))}")
+        # "pickle": values nothing else can store are pickled (read back only from a database
+        # the reader owns); never the default
+        self.serializer = serializer
         self.fn = fn
         self.name = name or _name_of(fn)
         if not isinstance(self.name, str) or not _utf8(self.name):
@@ -256,15 +265,19 @@ class Pipeline:
 def pipeline(fn: F, /) -> Pipeline: ...
 @overload
 def pipeline(*, phases: Sequence[str] | None = None, version: str | int | None = None,
-             name: str | None = None) -> Callable[[F], Pipeline]: ...
+             name: str | None = None, serializer: Serializer = "default"
+             ) -> Callable[[F], Pipeline]: ...
 
 
 def pipeline(fn: Callable[..., Any] | None = None, /, *, phases: Sequence[str] | None = None,
-             version: str | int | None = None, name: str | None = None) -> Any:
+             version: str | int | None = None, name: str | None = None,
+             serializer: Serializer = "default") -> Any:
     """Register a function as a pipeline: ``@tether.pipeline`` or ``@tether.pipeline(phases=[...])``.
 
     ``version``: bump it when the code changes meaning; a stored run of another version is then
     a KeyConflict instead of a silent reuse. ``name``: override the registered name.
+    ``serializer="pickle"``: results, steps and map items that tether cannot store otherwise are
+    pickled, for trusted local use (read back only from a database file you own).
     """
     if fn is not None:
         return Pipeline(fn)
@@ -272,7 +285,7 @@ def pipeline(fn: Callable[..., Any] | None = None, /, *, phases: Sequence[str] |
         raise PipelineError("phases= takes a list of names, e.g. phases=['scanning', 'applying']")
 
     def decorate(f: Callable[..., Any]) -> Pipeline:
-        return Pipeline(f, phases=phases, version=version, name=name)
+        return Pipeline(f, phases=phases, version=version, name=name, serializer=serializer)
 
     return decorate
 

@@ -236,7 +236,7 @@ def _text(rec: RunRecord) -> str:
     if rec.error:
         lines.append(f"error: {rec.error.get('type')}: {rec.error.get('message')}")
     if rec.status == Status.SUCCEEDED:
-        lines.append("result: " + json.dumps(rec.result, ensure_ascii=False)[:200])
+        lines.append("result: " + json.dumps(rec.result_summary, ensure_ascii=False)[:200])
     return "\n".join(lines)
 
 

@@ -22,11 +22,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _interrupts, config, owner
+from . import _interrupts, codec, config, owner
 from .context import Context, _current, install_log_capture
-from .errors import PipelineNotFound, RunCancelled, StoreError
+from .errors import ParamsError, PipelineNotFound, RunCancelled, StoreError
 from .model import RunRecord, Status
-from .store import MAX_VALUE_BYTES, FlushItem, Store, dumps_value
+from .store import FlushItem, Store
 
 if TYPE_CHECKING:
     import asyncio
@@ -263,19 +263,13 @@ class Runner:
             self._finish(ctx, Status.FAILED, None, _error(exc))
 
     def _succeed(self, ctx: Context, result: Any) -> None:
+        # checked before the run is marked ended: a result tether cannot store fails the run
+        # (its checkpoints kept, so a resume after the fix redoes only the last stretch)
         try:
-            text = dumps_value(result)
-        except (TypeError, ValueError) as exc:
-            err = {"type": "ParamsError", "traceback": "",
-                   "message": f"the result is not JSON ({exc}); return JSON data "
-                              "(dict, list, str, number, bool, None)"}
-            self._finish(ctx, Status.FAILED, None, err)
-            return
-        if len(text) > MAX_VALUE_BYTES:
-            err = {"type": "ParamsError", "traceback": "",
-                   "message": f"the result is {len(text)} bytes of JSON; the limit is "
-                              f"{MAX_VALUE_BYTES} (store large data in files and return paths)"}
-            self._finish(ctx, Status.FAILED, None, err)
+            text = codec.encode(result, "result", pickle=ctx._pickles())
+        except ParamsError as exc:
+            self._finish(ctx, Status.FAILED, None,
+                         {"type": "ParamsError", "traceback": "", "message": str(exc)})
             return
         if ctx._cancel:  # the body saw the cancel and returned early: the run is cancelled
             self._finish(ctx, Status.CANCELLED, text, None)

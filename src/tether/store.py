@@ -22,14 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import _interrupts, _schema
+from . import _interrupts, _schema, codec
+from .artifacts import Artifacts
+from .codec import MAX_DEPTH, dumps
 from .errors import RunNotFound, StoreError
 from .model import Event, Owner, RunRecord, Status, decode_column
 
-__all__ = ["FlushItem", "StartOutcome", "Store", "dumps"]
+__all__ = ["FlushItem", "MAX_DEPTH", "StartOutcome", "Store", "dumps"]
 
 BUSY_TIMEOUT_S = 30.0
-MAX_VALUE_BYTES = 64 * 1024 * 1024  # a result, checkpoint or event larger than this is refused
 
 _RUN_COLS = (
     "id, key, attempt, pipeline, version, params, status, phase, phases, phases_done, done, total, "
@@ -40,10 +41,6 @@ _RUN_COLS = (
 _ACTIVE = ("pending", "running")
 
 
-# One encoder for the process: json.dumps() with options builds a new encoder per call (~8 us).
-# ASCII output: any Python str survives, lone surrogates (from surrogateescape'd file names)
-# included, which SQLite's UTF-8 would refuse.
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
 json_str = json.JSONEncoder().encode  # a str as a JSON string literal
 
 
@@ -54,35 +51,14 @@ def _text(value: str | None) -> str | None:
     return value.encode("utf-8", "replace").decode("utf-8")
 
 
-def dumps(value: Any) -> str:
-    """Canonical JSON: sorted keys, no NaN, compact. Raises TypeError/ValueError on non-JSON."""
-    return _ENCODER.encode(value)
-
-
-MAX_DEPTH = 200  # nesting of a stored value: any reader's stack can decode it
-
-
-def check_value(value: Any) -> None:
-    """TypeError/ValueError unless ``value`` reads back as itself: str keys, bounded nesting."""
-    stack = [(value, 1)]
-    while stack:
-        obj, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise ValueError(f"it is nested deeper than {MAX_DEPTH} levels")
-        if isinstance(obj, dict):
-            for k in obj:
-                if not isinstance(k, str):
-                    raise TypeError(f"the dict key {k!r} ({type(k).__name__}) is not a str; "
-                                    "JSON would turn it into one")
-            obj = obj.values()
-        stack.extend((v, depth + 1) for v in obj if isinstance(v, (list, tuple, dict)))
-
-
-def dumps_value(value: Any) -> str:
-    """dumps() of a result, checkpoint or map item, refusing what would not read back as itself."""
-    if isinstance(value, (list, tuple, dict)):
-        check_value(value)
-    return dumps(value)
+def _files(*texts: Any) -> dict[str, Any]:
+    """The files (digest -> bytes) that encoded values carry (codec.Encoded), to write first."""
+    out: dict[str, Any] = {}
+    for text in texts:
+        files = getattr(text, "files", None)
+        if files:
+            out.update(files)
+    return out
 
 
 def _num(x: Any) -> Any:
@@ -208,6 +184,7 @@ class Store:
         self._closed = False
         self._identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file we opened
         self.runner: Any = None  # set by tether.runner
+        self.files = Artifacts(self.path)  # large values, beside the database
         _stores.add(self)
 
     def __repr__(self) -> str:
@@ -621,17 +598,23 @@ class Store:
 
     # -- reads -------------------------------------------------------------------------------
 
+    def _rec(self, row: Sequence[Any]) -> RunRecord:
+        """A RunRecord that reads its result's files (if any) from this store."""
+        rec = _record(row)
+        rec.files = self.files
+        return rec
+
     @_guarded
     def get(self, run_id: str) -> RunRecord:
         row = self.conn().execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise RunNotFound(f"no run with id {run_id!r} in {str(self.path)!r}; "
                               "list runs with tether.runs() or `tether ls`.")
-        return _record(row)
+        return self._rec(row)
 
     def latest(self, key: str, conn: sqlite3.Connection | None = None) -> RunRecord | None:
         row = self._latest_row(key, conn)
-        return _record(row) if row else None
+        return self._rec(row) if row else None
 
     @_guarded
     def _latest_row(self, key: str, conn: sqlite3.Connection | None = None
@@ -644,7 +627,7 @@ class Store:
     def attempts(self, key: str) -> list[RunRecord]:
         rows = self.conn().execute(
             f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt", (key,)).fetchall()
-        return [_record(r) for r in rows]
+        return [self._rec(r) for r in rows]
 
     @_guarded
     def list_runs(self, pipeline: str | None = None, status: str | Sequence[str] | None = None,
@@ -667,7 +650,7 @@ class Store:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(int(limit))
-        return [_record(r) for r in self.conn().execute(sql, args).fetchall()]
+        return [self._rec(r) for r in self.conn().execute(sql, args).fetchall()]
 
     @_guarded
     def events(self, run_id: str, after: int = 0, limit: int | None = None,
@@ -697,7 +680,7 @@ class Store:
     def active(self) -> list[RunRecord]:
         rows = self.conn().execute(
             f"SELECT {_RUN_COLS} FROM runs WHERE status IN ('pending', 'running')").fetchall()
-        return [_record(r) for r in rows]
+        return [self._rec(r) for r in rows]
 
     @_guarded
     def cancel_requests(self, owner: Owner) -> set[str]:
@@ -709,14 +692,17 @@ class Store:
     def checkpoint(self, run_id: str, name: str) -> tuple[bool, Any]:
         row = self.conn().execute(
             "SELECT value FROM checkpoints WHERE run_id = ? AND name = ?", (run_id, name)).fetchone()
-        return (False, None) if row is None else (True, _json(row[0], run_id, "checkpoints"))
+        if row is None:
+            return False, None
+        return True, codec.decode(row[0], run_id, f"checkpoint {name}", self.files)
 
     @_guarded
     def checkpoints(self, run_id: str, prefix: str = "") -> dict[str, Any]:
         rows = self.conn().execute(
             "SELECT name, value FROM checkpoints WHERE run_id = ? AND substr(name, 1, ?) = ?",
             (run_id, len(prefix), prefix))
-        return {name: _json(value, run_id, "checkpoints") for name, value in rows}
+        return {name: codec.decode(value, run_id, f"checkpoint {name}", self.files)
+                for name, value in rows}
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -754,7 +740,7 @@ class Store:
         now = time.time()
         # fast path, no write: an ended run returned as it is (terminal statuses never change)
         row = self._latest_row(key)
-        latest = None if row is None else _record(row)
+        latest = None if row is None else self._rec(row)
         if (latest is not None and latest.status.terminal and _difference(
                 latest, params_json, version, pipeline, row[5]) is None and (
                 policy in ("attach", "fail") or (policy == "resume" and (
@@ -875,7 +861,7 @@ class Store:
             data["resumed_from"] = resumed_from
         self._append(conn, run_id, 0, [(now, "created", None, dumps(data))])
         row = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return _record(row)
+        return self._rec(row)
 
     def claim_next(self, owner: Owner, pipelines: Sequence[str], lease_s: float) -> RunRecord | None:
         """A worker claims the oldest pending detached run of one of ``pipelines``, if any."""
@@ -907,7 +893,7 @@ class Store:
                  now + lease_s, run_id, target or owner.instance))
             if cur.rowcount != 1:
                 return None
-            rec = _record(conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?",
+            rec = self._rec(conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?",
                                        (run_id,)).fetchone())
             self._append(conn, run_id, rec.last_seq - 1,
                          [(now, "started", None, dumps({"pid": owner.pid, "host": owner.host}))])
@@ -951,7 +937,12 @@ class Store:
         data: dict[str, Any] = {}
         if error is not None:
             data = {"type": error.get("type"), "message": error.get("message")}
+        files = _files(result_json)
+        if files:  # before the row that refers to them, outside the write lock
+            self.files.put(files)
         with self.tx() as conn:
+            if files:
+                self.files.ensure(files)
             row = conn.execute(
                 "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' "
                 "AND owner_instance = ?", (item.run_id, owner.instance)).fetchone()
@@ -971,9 +962,15 @@ class Store:
 
     def put_checkpoint(self, item: FlushItem, owner: Owner, name: str, value_json: str) -> bool:
         """A step's checkpoint with the run's pending progress and events, in one transaction
-        (a ``checkpoint`` event follows them). False if the run is no longer ours."""
+        (a ``checkpoint`` event follows them). False if the run is no longer ours. The files an
+        encoded value carries (codec.Encoded) are written first."""
         now = time.time()
+        files = _files(value_json)
+        if files:
+            self.files.put(files)
         with self.tx() as conn:
+            if files:
+                self.files.ensure(files)
             row = conn.execute(
                 "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' "
                 "AND owner_instance = ?", (item.run_id, owner.instance)).fetchone()
@@ -993,7 +990,12 @@ class Store:
     def put_checkpoints(self, run_id: str, owner: Owner, items: Sequence[tuple[str, str]]) -> bool:
         """Store several (name, JSON) checkpoints at once (ctx.map items); no events."""
         now = time.time()
+        files = _files(*(text for _, text in items))
+        if files:
+            self.files.put(files)
         with self.tx() as conn:
+            if files:
+                self.files.ensure(files)
             row = conn.execute(
                 "SELECT 1 FROM runs WHERE id = ? AND status = 'running' AND owner_instance = ?",
                 (run_id, owner.instance)).fetchone()
@@ -1002,6 +1004,20 @@ class Store:
             conn.executemany("INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) "
                              "VALUES (?, ?, ?, ?)", [(run_id, n, v, now) for n, v in items])
         return True
+
+    def collect_files(self) -> tuple[int, int]:
+        """Remove the value files no run or checkpoint refers to (``tether gc``), in a write
+        transaction so that no write can commit a reference meanwhile (writers check their files
+        again inside theirs). Returns (files removed, bytes freed)."""
+        if not self.files.root.exists():
+            return 0, 0
+        with self.tx() as conn:
+            referenced: set[str] = set()
+            for sql in ("SELECT result FROM runs WHERE instr(result, ?) > 0",
+                        "SELECT value FROM checkpoints WHERE instr(value, ?) > 0"):
+                for (text,) in conn.execute(sql, (codec.TAG_TEXT,)):
+                    referenced |= codec.references(text)
+            return self.files.collect(referenced)
 
     def request_cancel(self, run_id: str, gone: GoneCheck) -> RunRecord:
         """Cancel: a pending run (or one whose owner is gone) ends at once; a running one is flagged."""
@@ -1049,7 +1065,7 @@ class Store:
                 f"SELECT {_RUN_COLS} FROM runs WHERE status IN ('pending', 'running') "
                 "AND owner_instance = ?", (owner.instance,)).fetchall()
             for row in rows:
-                n += self._interrupt(conn, _record(row), reason, now)
+                n += self._interrupt(conn, self._rec(row), reason, now)
         return n
 
 

@@ -129,7 +129,7 @@ def build(rec: RunRecord, *, mode: str, log: Sequence[str] = (), phase_started: 
         "message": _clip(rec.message, MAX_LINE),
         "log": [_clip(line, MAX_LINE) for line in list(log)[-LOG_LINES:]],
         "error": error,
-        "result": result_preview(rec.result) if status == Status.SUCCEEDED else None,
+        "result": result_preview(rec.result_summary) if status == Status.SUCCEEDED else None,
         "actions": actions(rec),
         "cancel_requested": rec.cancel_requested and status.active,
         "resumed_from": rec.resumed_from,
