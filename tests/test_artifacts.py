@@ -142,6 +142,9 @@ def test_gc_removes_the_files_no_run_refers_to_and_says_how_many_bytes(
     (folder / ".tmp-1-old").write_bytes(b"x" * 10)
     os.utime(folder / ".tmp-1-old", (time.time() - TMP_GRACE_S - 5,) * 2)
     (folder / ".tmp-2-new").write_bytes(b"y" * 10)
+    root_tmp = Path(f"{db}.artifacts") / ".tmp-3-old"  # where write() hashes a new file
+    root_tmp.write_bytes(b"z" * 10)
+    os.utime(root_tmp, (time.time() - TMP_GRACE_S - 5,) * 2)
     (Path(f"{db}.artifacts") / "README").write_text("not tether's: left alone")
 
     config._stores.clear()
@@ -150,9 +153,10 @@ def test_gc_removes_the_files_no_run_refers_to_and_says_how_many_bytes(
             conn.execute(f"DELETE FROM {table} WHERE {col} IN (?, ?)", (drop.id, keep.id))
         conn.commit()
     out = gc(db, child_env)
-    assert f"removed 2 value file(s) no run refers to ({200_000 * 8 + 10} bytes freed)" in out
+    assert f"removed 3 value file(s) no run refers to ({200_000 * 8 + 20} bytes freed)" in out
     assert len(files_of(db)) == 2
     assert (folder / ".tmp-2-new").exists() and not (folder / ".tmp-1-old").exists()
+    assert not root_tmp.exists()
     assert (Path(f"{db}.artifacts") / "README").exists()
     assert np.array_equal(tether.get_run(shared.id).result()["arr"], expected(300_000))
     assert np.array_equal(tether.get_run(stepped.id).result()["arr"], expected(250_000, 3))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,10 +31,38 @@ from .errors import StoreError
 
 __all__ = ["Artifacts"]
 
-_CHUNK = 64 << 20  # bytes per write() / readinto() call
+_CHUNK = 64 << 20  # bytes per write() call
+_READ_CHUNK = 8 << 20  # bytes per readinto(): hashed by a helper thread while the next is read
 _TMP = ".tmp-"
 TMP_GRACE_S = 3600.0  # a temporary file older than this is a crashed writer's: gc removes it
 _TRANSIENT = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG, errno.EAGAIN}
+
+
+class _Overlapped:
+    """SHA-256 of chunks given in order, each hashed by a helper thread while the caller reads the
+    next one: hashing and reading both release the GIL, so a large file costs about the longer
+    of the two rather than their sum. Small inputs are hashed inline."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._busy: threading.Thread | None = None
+
+    def update(self, chunk: memoryview) -> None:
+        if self._busy is not None:
+            self._busy.join()
+            self._busy = None
+        if len(chunk) < _READ_CHUNK:
+            self._hash.update(chunk)
+            return
+        self._busy = threading.Thread(target=self._hash.update, args=(chunk,), daemon=True,
+                                      name="tether-hash")
+        self._busy.start()
+
+    def hexdigest(self) -> str:
+        if self._busy is not None:
+            self._busy.join()
+            self._busy = None
+        return self._hash.hexdigest()
 
 
 def _hex(name: str) -> bool:
@@ -73,6 +102,52 @@ class Artifacts:
             except OSError as exc:
                 raise self._error("reach a value's file", exc) from exc
             self._write(final, data)
+
+    def write(self, data: Any) -> str:
+        """Write a new file of ``data``, hashing it while it is written; returns its SHA-256.
+        Content already stored is not stored twice."""
+        view = memoryview(data).cast("B")
+        tmp = self.root / f"{_TMP}{os.getpid()}-{os.urandom(4).hex()}"
+        hasher = _Overlapped()
+        try:
+            try:
+                os.mkdir(self.root, 0o700)
+            except FileExistsError:
+                pass
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                         0o600)
+            try:
+                done = 0
+                while done < len(view):
+                    chunk = view[done:done + _READ_CHUNK]
+                    hasher.update(chunk)  # hashed by a helper thread meanwhile
+                    while chunk:
+                        n = os.write(fd, chunk)
+                        chunk = chunk[n:]
+                    done += _READ_CHUNK
+            finally:
+                os.close(fd)
+            digest = hasher.hexdigest()
+            final = self.path(digest)
+            try:
+                if os.stat(final).st_size == len(view):
+                    os.unlink(tmp)  # the same content is there already
+                    return digest
+            except FileNotFoundError:
+                pass
+            try:
+                os.mkdir(final.parent, 0o700)
+            except FileExistsError:
+                pass
+            os.replace(tmp, final)
+            return digest
+        except OSError as exc:
+            hasher.hexdigest()  # the helper thread is done with the buffer
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise self._error("store a value's file", exc) from exc
 
     def ensure(self, files: Mapping[str, Any]) -> None:
         """Inside the write transaction that refers to ``files``: write again any that a
@@ -133,12 +208,14 @@ class Artifacts:
                                  f"bytes, not {size} (cut or altered); {fix}")
             out = into if into is not None else bytearray(size)
             view = memoryview(out).cast("B")
+            hasher = _Overlapped()
             got = 0
             with open(fd, "rb", buffering=0, closefd=False) as f:
                 while got < size:
-                    n = f.readinto(view[got:got + _CHUNK])
+                    n = f.readinto(view[got:got + _READ_CHUNK])
                     if not n:
                         break
+                    hasher.update(view[got:got + n])
                     got += n
             if got != size:
                 raise StoreError(f"{where} refers to the file {str(path)!r}, which ended after "
@@ -148,7 +225,7 @@ class Artifacts:
                              f"{exc}") from None
         finally:
             os.close(fd)
-        if hashlib.sha256(view).hexdigest() != digest:
+        if hasher.hexdigest() != digest:
             raise StoreError(f"{where} refers to the file {str(path)!r}, whose content does not "
                              f"match its SHA-256 (damaged or altered); {fix}")
         return out
@@ -181,8 +258,8 @@ class Artifacts:
             folders = sorted(os.listdir(self.root))
         except FileNotFoundError:
             return 0, 0
-        for sub in folders:
-            if len(sub) != 2 or not _hex(sub):
+        for sub in ["", *folders]:  # temporary files of write() are in the root
+            if sub and (len(sub) != 2 or not _hex(sub)):
                 continue
             folder = self.root / sub
             try:
@@ -198,7 +275,7 @@ class Artifacts:
                         continue
                     if now - st.st_mtime < TMP_GRACE_S:
                         continue  # being written
-                elif len(name) != 62 or not _hex(name) or sub + name in referenced:
+                elif not sub or len(name) != 62 or not _hex(name) or sub + name in referenced:
                     continue
                 else:
                     try:

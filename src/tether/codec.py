@@ -143,11 +143,13 @@ def _no_pair(value: Any) -> bool:
 
 
 def encode(value: Any, root: str = "result", *, context: str = "", fix: str = "",
-           pickle: bool = False) -> str:
+           pickle: bool = False, files: Files | None = None) -> str:
     """The stored text of ``value`` (an ``Encoded`` when it refers to files).
 
     ParamsError when tether cannot store it, naming the type and where it is inside the value:
     ``{context}{root}['rows'][3]: Foo ...``. ``pickle``: pickle what nothing else can store.
+    ``files``: where the files of a large value are written now, hashed while they are written
+    (without it they are only hashed, and the store writes them before the row).
     """
     if _plain(value):
         try:
@@ -156,8 +158,8 @@ def encode(value: Any, root: str = "result", *, context: str = "", fix: str = ""
             pass
         else:
             if "\\ud" not in text or _no_pair(value):  # else a surrogate pair: tagged below
-                return text if len(text) <= INLINE_MAX else _Encoder(pickle).whole(text)
-    enc = _Encoder(pickle)
+                return text if len(text) <= INLINE_MAX else _Encoder(pickle, files).whole(text)
+    enc = _Encoder(pickle, files)
     try:
         skeleton = enc.value(value, 1)
     except _Unstorable as exc:
@@ -213,8 +215,9 @@ def _tz_node(tz: Any) -> Any:
 class _Encoder:
     """The slow path: a value with something other than JSON data in it."""
 
-    def __init__(self, pickle: bool) -> None:
+    def __init__(self, pickle: bool, files: Files | None = None) -> None:
         self.pickle = pickle
+        self.files = files
         self.blobs: list[tuple[dict[str, Any], Any]] = []  # (node, bytes-like), placed in finish()
 
     def blob(self, node: dict[str, Any], data: Any) -> dict[str, Any]:
@@ -428,7 +431,7 @@ class _Encoder:
                 if inline <= INLINE_MAX or sizes[i] < FILE_MIN:
                     break
                 node, data = self.blobs[i]
-                digest = _sha256(data)
+                digest = self.digest(data)
                 node["file"], node["size"] = digest, sizes[i]
                 files[digest] = data
                 inline -= sizes[i] * 4 // 3
@@ -448,7 +451,7 @@ class _Encoder:
         """A JSON text too large for a row: to a file of its own (``refs``: the files it names)."""
         files = dict(files or {})
         data = text.encode("ascii")
-        digest = _sha256(data)
+        digest = self.digest(data)
         row = {TAG: "json", "file": digest, "size": len(data), "refs": sorted(files)}
         files[digest] = data
         out = Encoded(_ENCODER.encode(row))
@@ -456,10 +459,13 @@ class _Encoder:
         return out
 
 
-def _sha256(data: Any) -> str:
-    import hashlib
+    def digest(self, data: Any) -> str:
+        """The SHA-256 of a payload that goes to a file (written now when ``files`` is given)."""
+        if self.files is not None:
+            return self.files.write(data)
+        import hashlib
 
-    return hashlib.sha256(data).hexdigest()  # releases the GIL on large buffers
+        return hashlib.sha256(data).hexdigest()
 
 
 # -- stdlib types, looked up by name: encoding imports none of their modules ---------------------
@@ -565,7 +571,9 @@ def _builtin(t: type) -> Callable[[_Encoder, Any, int], Any] | None:
 
 
 class Files(Protocol):
-    """Where a reader finds the files a value refers to (tether.artifacts.Artifacts)."""
+    """Where values' files are written and read (tether.artifacts.Artifacts)."""
+
+    def write(self, data: Any) -> str: ...
 
     def read(self, digest: str, size: int, where: str, into: Any = None) -> Any: ...
 
@@ -582,16 +590,15 @@ def decode(text: Any, run_id: str, column: str = "result", files: Files | None =
     read back exactly (damaged JSON, a missing or damaged file, an unknown codec ...)."""
     if text is None:
         return None
-    where = _where(run_id, column)
     if type(text) is not str:
-        raise StoreError(f"{where} holds {type(text).__name__}, not JSON text; the database is "
-                         "damaged; it was left untouched")
+        raise StoreError(f"{_where(run_id, column)} holds {type(text).__name__}, not JSON text; "
+                         "the database is damaged; it was left untouched")
     if _QUOTED_TAG not in text:
         try:
             return _decode_json(text)
         except (ValueError, TypeError, RecursionError) as exc:
-            raise _not_json(where, exc) from None
-    return _Decoder(files, where).decode(text)
+            raise _not_json(_where(run_id, column), exc) from None
+    return _Decoder(files, _where(run_id, column)).decode(text)
 
 
 def summary(text: Any, run_id: str, column: str = "result") -> Any:

@@ -196,7 +196,8 @@ class Context:
             return value  # type: ignore[no-any-return]
         value = fn(*args, **kwargs)
         text = codec.encode(value, "value", context=f"step {name!r}: ",
-                            fix="or pass checkpoint=False", pickle=self._pickles())
+                            fix="or pass checkpoint=False", pickle=self._pickles(),
+                            files=self._runner.store.files)
         self._runner.checkpoint(self, cp, text)
         return value
 

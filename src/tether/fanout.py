@@ -82,7 +82,8 @@ def run_map(ctx: Context, fn: Callable[[T], R], items: Iterable[T], executor: An
                 value = fut.result()
                 if checkpoint:
                     text = codec.encode(value, "value", context=f"ctx.map({label}): item {i}: ",
-                                        fix="or pass checkpoint=False", pickle=pickles)
+                                        fix="or pass checkpoint=False", pickle=pickles,
+                                        files=store.files)
                     batch.append((f"{prefix}{i}", text))
                 results[i] = value
             if batch:

@@ -266,7 +266,7 @@ class Runner:
         # checked before the run is marked ended: a result tether cannot store fails the run
         # (its checkpoints kept, so a resume after the fix redoes only the last stretch)
         try:
-            text = codec.encode(result, "result", pickle=ctx._pickles())
+            text = codec.encode(result, "result", pickle=ctx._pickles(), files=self.store.files)
         except ParamsError as exc:
             self._finish(ctx, Status.FAILED, None,
                          {"type": "ParamsError", "traceback": "", "message": str(exc)})
