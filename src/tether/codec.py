@@ -35,7 +35,6 @@ TAG_TEXT = _QUOTED_TAG
 INLINE_MAX = 1 << 20  # bytes of a row's value; larger values keep their bulk in files
 FILE_MIN = 64 << 10  # a payload smaller than this stays in the row
 MAX_DEPTH = 200  # nesting of a stored value: any reader's stack can decode it
-_DIGEST = re.compile(r'"([0-9a-f]{64})"')
 
 # One encoder for the process: json.dumps() with options builds a new encoder per call (~8 us).
 # ASCII output: any Python str survives, lone surrogates (from surrogateescape'd file names)
@@ -187,7 +186,8 @@ def _refuse(obj: Any, why: str = "") -> _Unstorable:
     if len(shown) > 80:
         shown = shown[:79] + "…"
     reason = why or ("tether stores JSON data, numpy, pandas, datetime, Decimal, UUID, paths, "
-                     "bytes, sets and tuples, and types given a codec with tether.register_codec()")
+                     "bytes, sets and tuples; convert it, give its type a codec with "
+                     "tether.register_codec(), or use @tether.pipeline(serializer='pickle')")
     return _Unstorable(f"{name} ({shown}) cannot be stored: {reason}")
 
 
@@ -462,7 +462,10 @@ class _Encoder:
     def digest(self, data: Any) -> str:
         """The SHA-256 of a payload that goes to a file (written now when ``files`` is given)."""
         if self.files is not None:
-            return self.files.write(data)
+            try:
+                return self.files.write(data)
+            except StoreError:  # e.g. the disk full: the store writes it before the row, and
+                pass  # says why there (a run's end is then written again later)
         import hashlib
 
         return hashlib.sha256(data).hexdigest()
@@ -980,4 +983,4 @@ def references(text: Any) -> set[str]:
     """The files (SHA-256, hex) a stored text may refer to: a superset, for garbage collection."""
     if type(text) is not str or _QUOTED_TAG not in text:
         return set()
-    return set(_DIGEST.findall(text))
+    return set(re.findall(r'"([0-9a-f]{64})"', text))
