@@ -86,21 +86,26 @@ def test_every_listed_type_round_trips_in_process_and_in_a_process_that_cannot_u
     assert report["bad"] == []
 
 
-def test_a_pickle_in_the_store_is_what_the_blocked_reader_would_catch(
+def test_a_pickle_is_read_only_by_a_process_that_defines_its_pipeline_with_pickle(
         db: Path, child_env: dict[str, str]) -> None:
-    """The reader of the test above would notice an unpickle: the same child code fails on a
-    value written with serializer="pickle"."""
-    run = values_pickled.start()
+    """The reader of the test above would notice an unpickle: here the same check catches it in
+    a process that defined the pipeline with serializer="pickle" (helpers.values.pickled); a
+    process that did not is refused before anything is unpickled."""
+    run = values.pickled.start()
     assert run.result(timeout=30)["p"] == values.Plain(1, 2)
-    code = ("import tether\nfrom helpers import values\nvalues.block_pickle()\n"
-            f"tether.get_run({run.id!r}).result()")
-    proc = child(child_env, code)
-    assert proc.returncode != 0 and "something was unpickled" in proc.stderr
-
-
-@tether.pipeline(serializer="pickle")
-def values_pickled(ctx: tether.Context) -> dict[str, Any]:
-    return {"p": values.Plain(1, 2), "n": 3}
+    read = f"tether.get_run({run.id!r}).result()"
+    opted_in = child(child_env, "import tether\nfrom helpers import values\nvalues.block_pickle()\n"
+                     + read)
+    assert opted_in.returncode != 0 and "something was unpickled" in opted_in.stderr
+    plain = child(child_env, "import tether\nfrom helpers.values import block_pickle\n"
+                  "import helpers.values as v\ntether.pipeline(name='helpers.values.pickled')(\n"
+                  "    v.pickled.fn)\nblock_pickle()\n" + read)
+    assert plain.returncode != 0 and "something was unpickled" not in plain.stderr
+    assert "StoreError" in plain.stderr and "serializer='pickle'" in plain.stderr
+    assert "'helpers.values.pickled'" in plain.stderr and run.id in plain.stderr
+    ok = child(child_env, "import tether\nfrom helpers import values\n"
+               f"print({read})")
+    assert ok.returncode == 0 and ok.stdout.strip() == "{'n': 3, 'p': Plain(1, 2)}", ok.stderr
 
 
 def test_plain_json_is_stored_exactly_as_before(db: Path) -> None:
@@ -263,7 +268,7 @@ def test_a_codec_returning_its_own_type_or_raising_is_a_params_error(db: Path) -
 
 def test_pickle_serializer_is_opt_in_and_refuses_a_database_owned_by_another_user(
         db: Path, child_env: dict[str, str]) -> None:
-    run = values_pickled.start()
+    run = values.pickled.start()
     assert run.result(timeout=30) == {"p": values.Plain(1, 2), "n": 3}
     [(stored,)] = raw(db, "SELECT result FROM runs WHERE id = ?", run.id)
     assert '"$tether":"pickle"' in stored and '"n":3' in stored  # only what needed it
@@ -285,7 +290,7 @@ def test_pickle_serializer_is_opt_in_and_refuses_a_database_owned_by_another_use
     os.chown(db, 65534, 65534)  # nobody
     try:
         env = dict(child_env, TETHER_ALLOW_FOREIGN_DB="1")
-        code = f"import tether\ntether.get_run({run.id!r}).result()"
+        code = f"import tether\nimport helpers.values\ntether.get_run({run.id!r}).result()"
         proc = child(env, code)
         assert proc.returncode != 0
         assert "StoreError" in proc.stderr and "owned by another user" in proc.stderr
@@ -418,3 +423,36 @@ def test_summary_shows_values_without_reading_files(db: Path, child_env: dict[st
     assert "<ndarray <f8 (500000,) in a file, 3.8 MiB>" in show.stdout
     with pytest.raises(tether.StoreError, match="missing"):
         tether.get_run(run.id).result()
+
+
+class _Marker:
+    """Unpickling this creates the file it names."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_a_pickle_written_behind_tethers_back_is_never_unpickled(db: Path, tmp_path: Path) -> None:
+    """A result row holding a pickle node, for a pipeline that did not opt in (a database from
+    elsewhere, a hand edit): reading it is a StoreError and the pickle's code never runs."""
+    import base64
+    import pickle
+    import sqlite3
+
+    _VALUES["plain"] = {"n": 1}
+    run = returns.start(token="plain")
+    run.result(timeout=30)
+    marker = tmp_path / "unpickled"
+    payload = base64.b64encode(pickle.dumps(_Marker(str(marker)))).decode()
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE runs SET result = ? WHERE id = ?",
+                 (json.dumps({"$tether": "pickle", "type": "x._Marker", "b64": payload}), run.id))
+    conn.commit()
+    conn.close()
+    with pytest.raises(tether.StoreError, match="serializer='pickle'"):
+        tether.get_run(run.id).result()
+    assert tether.get_run(run.id).snapshot().result_summary == "<pickled x._Marker>"
+    assert not marker.exists()

@@ -23,7 +23,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +72,11 @@ def _hex(name: str) -> bool:
 class Artifacts:
     """The files of one database (``<db>.artifacts``). Holds no state but its paths."""
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, pipeline_of: Callable[[str], str | None] | None = None
+                 ) -> None:
         self.db_path = db_path
         self.root = Path(f"{db_path}.artifacts")
+        self.pipeline_of = pipeline_of  # run id -> its pipeline's name (the store's lookup)
 
     def path(self, digest: str) -> Path:
         return self.root / digest[:2] / digest[2:]
@@ -230,8 +232,17 @@ class Artifacts:
                              f"match its SHA-256 (damaged or altered); {fix}")
         return out
 
-    def check_pickle(self, where: str, digest: str | None = None) -> None:
-        """Unpickling runs code: only from a database (and file) owned by the current user."""
+    def check_pickle(self, where: str, run_id: str, digest: str | None = None) -> None:
+        """Unpickling runs code: only a value of a pipeline that this process defined with
+        ``serializer="pickle"``, from a database (and file) owned by the current user."""
+        from . import codec
+
+        pipeline = self.pipeline_of(run_id) if self.pipeline_of is not None else None
+        if not codec.pickle_allowed(pipeline):
+            raise StoreError(
+                f"{where} holds a pickle, and tether unpickles only the values of a pipeline "
+                f"defined in this process with serializer='pickle': define pipeline "
+                f"{pipeline!r} (run the cell or import the module that defines it) first")
         if not hasattr(os, "geteuid"):
             return
         me = os.geteuid()

@@ -58,6 +58,24 @@ class Encoded(str):
     files: dict[str, Any]
 
 
+# -- pickle, opted in per pipeline ---------------------------------------------------------------
+
+_PICKLERS: set[str] = set()  # pipelines defined in this process with serializer="pickle"
+
+
+def allow_pickle(pipeline: str, allowed: bool) -> None:
+    """Record whether ``pipeline``, as defined in this process, opted in to pickle. A reader
+    unpickles a run's value only if its pipeline opted in here too (and the database is its)."""
+    if allowed:
+        _PICKLERS.add(pipeline)
+    else:
+        _PICKLERS.discard(pipeline)
+
+
+def pickle_allowed(pipeline: str | None) -> bool:
+    return pipeline in _PICKLERS
+
+
 # -- user codecs -------------------------------------------------------------------------------
 
 _BY_TYPE: dict[type, tuple[str, Callable[[Any], Any]]] = {}
@@ -580,7 +598,7 @@ class Files(Protocol):
 
     def read(self, digest: str, size: int, where: str, into: Any = None) -> Any: ...
 
-    def check_pickle(self, where: str, digest: str | None = None) -> None: ...
+    def check_pickle(self, where: str, run_id: str, digest: str | None = None) -> None: ...
 
 
 def _not_json(where: str, exc: BaseException) -> StoreError:
@@ -601,7 +619,7 @@ def decode(text: Any, run_id: str, column: str = "result", files: Files | None =
             return _decode_json(text)
         except (ValueError, TypeError, RecursionError) as exc:
             raise _not_json(_where(run_id, column), exc) from None
-    return _Decoder(files, _where(run_id, column)).decode(text)
+    return _Decoder(files, _where(run_id, column), run_id=run_id).decode(text)
 
 
 def summary(text: Any, run_id: str, column: str = "result") -> Any:
@@ -646,9 +664,11 @@ def _size(n: int) -> str:
 
 
 class _Decoder:
-    def __init__(self, files: Files | None, where: str, summary: bool = False) -> None:
+    def __init__(self, files: Files | None, where: str, summary: bool = False,
+                 run_id: str = "") -> None:
         self.files = files
         self.where = where
+        self.run_id = run_id
         self.summary = summary
 
     def decode(self, text: str) -> Any:
@@ -863,7 +883,7 @@ def _dec_pickle(dec: _Decoder, node: dict[str, Any]) -> Any:
     if dec.files is None:
         raise StoreError(f"{dec.where} holds a pickle, which tether unpickles only from a "
                          "database it can check you own")
-    dec.files.check_pickle(dec.where, node.get("file"))
+    dec.files.check_pickle(dec.where, dec.run_id, node.get("file"))
     import pickle
 
     return pickle.loads(dec.data(node))

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar, overload
 
-from . import _interrupts, config, owner, runner
+from . import _interrupts, codec, config, owner, runner
 from .errors import KeyConflict, ParamsError, PipelineError
 from .model import Status
 from .run import Run, display_run
@@ -139,6 +139,7 @@ class Pipeline:
         self._defaults = {p.name: p.default for p in rest if p.default is not inspect.Parameter.empty}
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
         _registry[self.name] = self  # re-running the defining cell replaces it quietly
+        codec.allow_pickle(self.name, serializer == "pickle")
 
     def __repr__(self) -> str:
         return f"<tether.pipeline {self.name!r} phases={self.phases}>"

@@ -184,7 +184,7 @@ class Store:
         self._closed = False
         self._identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file we opened
         self.runner: Any = None  # set by tether.runner
-        self.files = Artifacts(self.path)  # large values, beside the database
+        self.files = Artifacts(self.path, self._pipeline_of)  # large values, beside the database
         _stores.add(self)
 
     def __repr__(self) -> str:
@@ -597,6 +597,10 @@ class Store:
         return err
 
     # -- reads -------------------------------------------------------------------------------
+
+    def _pipeline_of(self, run_id: str) -> str | None:
+        row = self.conn().execute("SELECT pipeline FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return None if row is None else row[0]
 
     def _rec(self, row: Sequence[Any]) -> RunRecord:
         """A RunRecord that reads its result's files (if any) from this store."""

@@ -190,6 +190,12 @@ def carry(ctx: tether.Context, name: str) -> dict[str, Any]:
     return {"result": value, "step": stepped, "map": mapped}
 
 
+@tether.pipeline(serializer="pickle")
+def pickled(ctx: tether.Context) -> dict[str, Any]:
+    """Opted in to pickle: a Plain (no codec) is pickled, the rest stored as usual."""
+    return {"p": Plain(1, 2), "n": 3}
+
+
 def block_pickle() -> None:
     """Make any unpickling in this process fail loudly: pickle's and _pickle's loaders replaced,
     and an audit hook on ``pickle.find_class`` (which every unpickled class goes through)."""
