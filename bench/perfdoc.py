@@ -31,7 +31,7 @@ written by the script itself:
 pip install -e . -r bench/requirements.txt   # tether and the pinned peers, in a venv of their own
 python bench/run.py --write-docs --wait-idle 300   # full run, < 10 min on 2 cores
 python bench/run.py --quick                   # smoke run, < 2 min (figures are noisier)
-python bench/run.py --only 5                  # one section (1 to 9; 7a, 7b)
+python bench/run.py --only 5                  # one section (1 to 10; 7a, 7b)
 ```
 
 `bench/README.md` lists the scripts behind each section.
@@ -230,6 +230,24 @@ into a running one, for runs of a pipeline with `concurrency=4` (it counts the p
 runs and looks for an older pending run, in the same transaction), against the same claim of runs
 of a pipeline without a limit, interleaved, each with as many pending runs queued behind it at
 first as there are claims. Goal: ratio <= 1.5.
+
+### 10. Values: arrays and frames
+
+10a. **A 200 MB float64 array as a run's result**: a body returns a prepared array; timed from
+`start()` until the run has ended (the array's buffer hashed with SHA-256, written to a temporary
+file beside the database and renamed, the row committed), then `tether.get_run(id).result()` (a
+fresh record: the file read whole into a new array and checked against its SHA-256). Baseline:
+`np.save(allow_pickle=False)` to a new file in the same folder, then `np.load`. Each repetition
+changes one element, so every write is a new file. The ratio is a speed ratio (baseline time /
+tether time), median of 5 interleaved repetitions. Goal: >= 0.5.
+
+10b. **A 1,000,000-row DataFrame** (int64, float64, str, datetime64, categorical) the same way
+(tether stores it as an Arrow IPC stream), against Parquet written and read directly with pyarrow
+(`pq.write_table(pa.Table.from_pandas(df))`, `pq.read_table(path).to_pandas()`, defaults). Goal:
+>= 0.5.
+
+10c. **The database file** (+ WAL) after 10a and 10b: values over 1 MiB keep their bulk in files
+beside it (see [values and artifacts](values.md)). Goal: < 1 MiB.
 
 ## Reading the figures
 

@@ -57,8 +57,8 @@ SECTIONS = (
     Section(("8",), "import time", ("bench_import.py",), 120),
     Section(("9",), "start() latency", ("bench_engine.py", "--only", "attach", "--only", "first",
                                         "--only", "claim"), 120),
+    Section(("10",), "values: arrays and frames", ("bench_values.py",), 150),
 )
-CHOICES = sorted({r for s in SECTIONS for r in s.refs} | {"7"}, key=lambda r: (int(r[0]), r))
 
 
 def selected(only: list[str] | None) -> list[Section]:
@@ -72,6 +72,9 @@ def selected(only: list[str] | None) -> list[Section]:
 def ref_key(ref: str) -> tuple[int, str, int]:
     m = re.match(r"(\d+)([a-z]*)('*)", ref)
     return (int(m.group(1)), m.group(2), len(m.group(3))) if m else (99, ref, 0)
+
+
+CHOICES = sorted({r for s in SECTIONS for r in s.refs} | {"7"}, key=ref_key)
 
 
 @dataclass

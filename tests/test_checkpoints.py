@@ -66,16 +66,18 @@ def test_a_step_runs_once_resume_skips_it_and_rerun_runs_it_again(db: Path, tmp_
         (1, "failed"), (2, "succeeded"), (3, "succeeded")]
 
 
-def test_a_step_with_a_non_json_result_fails_the_run_naming_the_step(db: Path, tmp_path: Path) -> None:
+def test_a_step_with_an_unstorable_value_fails_the_run_naming_the_step(
+        db: Path, tmp_path: Path) -> None:
     log = str(tmp_path / "bad.log")
     run = pipes_c.bad_step.start(log=log)
     with pytest.raises(tether.RunFailed) as info:
         run.result(timeout=30)
     error = info.value.error
     assert error is not None and error["type"] == "ParamsError"
-    assert "step 'make_set'" in error["message"]
-    assert "not JSON" in error["message"] and "checkpoint=False" in error["message"]
-    assert lines(log) == ["make_set"]
+    assert "step 'make_opaque': value['rows'][1]: " in error["message"]
+    assert "Opaque" in error["message"] and "cannot be stored" in error["message"]
+    assert "checkpoint=False" in error["message"]
+    assert lines(log) == ["make_opaque"]
     assert checkpoint_names(db, run.id) == set()
 
 

@@ -467,20 +467,35 @@ def test_generator_pipeline_yields_advance_and_return_is_result(db):
 
 @pytest.mark.parametrize("value", [
     pytest.param({1, 2}, id="set"),
-    pytest.param(object(), id="object"),
     pytest.param(float("nan"), id="nan"),
     pytest.param({"path": Path("x")}, id="nested-path"),
 ])
-def test_non_json_result_fails_naming_json(db, value):
+def test_non_json_result_tether_stores_round_trips(db, value):
+    @tether.pipeline
+    def stored_result(ctx, case: str):
+        return value
+
+    run = stored_result.start(case=repr(type(value)))
+    out = run.result(timeout=30)
+    assert type(out) is type(value)
+    assert out == value or (out != out and value != value)  # nan
+
+
+@pytest.mark.parametrize(("value", "where"), [
+    pytest.param(object(), "result: object (", id="object"),
+    pytest.param({"rows": [1, 2, {"x": object()}]}, "result['rows'][2]['x']: object (", id="nested"),
+])
+def test_unstorable_result_fails_naming_its_type_and_path(db, value, where):
     @tether.pipeline
     def bad_result(ctx, case: str):
         return value
 
-    run = bad_result.start(case=repr(type(value)))
+    run = bad_result.start(case=where)
     run.wait(timeout=30)
     assert run.status == "failed"
-    assert "JSON" in run.error["message"]
-    with pytest.raises(tether.RunFailed, match="JSON"):
+    assert run.error["type"] == "ParamsError"
+    assert run.error["message"].startswith(where), run.error["message"]
+    with pytest.raises(tether.RunFailed, match="cannot be stored"):
         run.result()
     assert _row(db, run.id)["result"] is None
 

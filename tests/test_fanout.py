@@ -134,7 +134,7 @@ def test_progress_counts_each_finished_item(db: Path, tmp_path: Path, executor: 
 def test_map_with_checkpoint_false_stores_nothing_and_accepts_any_result(
         db: Path, tmp_path: Path) -> None:
     run = pipes_c.mapper.start(dir=str(tmp_path), n=3, checkpoint=False, bad_at=1)
-    with pytest.raises(tether.RunFailed, match="result is not JSON"):  # the run's own result
+    with pytest.raises(tether.RunFailed, match=r"result\[1\]\['rows'\]\[0\]: .*Opaque"):  # its result
         run.result(timeout=30)
     assert item_checkpoints(db, run.id) == []
     assert executions(tmp_path, 3) == [1, 1, 1]
@@ -183,14 +183,14 @@ def test_failure_cancels_the_items_not_started(db: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("executor", ["default", "processes", "dask-client"], indirect=True)
-def test_a_non_json_item_result_fails_the_run_naming_the_item(
+def test_an_unstorable_item_result_fails_the_run_naming_the_item(
         db: Path, tmp_path: Path, executor: str) -> None:
     run = pipes_c.mapper.start(dir=str(tmp_path), n=5, executor=executor, bad_at=2)
     with pytest.raises(tether.RunFailed) as info:
         run.result(timeout=60)
     error = info.value.error
     assert error is not None and error["type"] == "ParamsError"
-    assert "item 2 returned a value that is not JSON" in error["message"]
+    assert "item 2: value['rows'][0]: " in error["message"] and "Opaque" in error["message"]
     assert "checkpoint=False" in error["message"]
     assert "map:work#1:2" not in item_checkpoints(db, run.id)
 

@@ -31,7 +31,8 @@ def _code(nb: dict[str, Any]) -> list[str]:
 def test_there_are_example_notebooks() -> None:
     names = {p.name for p in NOTEBOOKS}
     assert {"01_quickstart.ipynb", "02_idempotency_and_policies.ipynb",
-            "03_crash_and_recover.ipynb", "05_async_and_fan_out.ipynb", "06_control.ipynb"} <= names
+            "03_crash_and_recover.ipynb", "05_async_and_fan_out.ipynb", "06_control.ipynb",
+            "07_values_and_artifacts.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

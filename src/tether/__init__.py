@@ -17,6 +17,7 @@ run.result()
 
 from __future__ import annotations
 
+from .codec import register_codec
 from .config import Settings, configure
 from .context import Context
 from .errors import (
@@ -76,5 +77,6 @@ __all__ = [
     "get_run",
     "panel",
     "pipeline",
+    "register_codec",
     "runs",
 ]

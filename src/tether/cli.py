@@ -18,8 +18,8 @@ from typing import Any
 from . import config, owner
 from ._text import safe as _safe
 from ._text import safe_lines
-from .errors import TetherError
-from .model import RunRecord, Status, log_text
+from .errors import StoreError, TetherError
+from .model import RunRecord, Status, log_text, raw_text
 from .store import Store
 
 __all__ = ["main"]
@@ -106,10 +106,22 @@ def _decoded(rec: RunRecord, name: str, damaged: list[str]) -> Any:
     return value
 
 
+def _summary(rec: RunRecord, damaged: list[str]) -> Any:
+    """The result as displays show it (no value file read, nothing unpickled), or None (and the
+    column named in ``damaged``) when damaged."""
+    try:
+        return rec.result_summary
+    except StoreError:
+        bad = rec.damage("result") or f"result={raw_text(rec.result_json)}"
+        if bad not in damaged:
+            damaged.append(bad)
+        return None
+
+
 def _as_dict(rec: RunRecord) -> dict[str, object]:
     damaged = list(rec.damaged)
     params, error = _decoded(rec, "params", damaged), _decoded(rec, "error", damaged)
-    result = _decoded(rec, "result", damaged)
+    result = _summary(rec, damaged)
     return {"id": rec.id, "key": rec.key, "attempt": rec.attempt, "pipeline": rec.pipeline,
             "status": rec.status_text, "phase": rec.phase, "done": rec.done, "total": rec.total,
             "params": params, "created_at": rec.created_at, "started_at": rec.started_at,
@@ -129,7 +141,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     damaged = list(rec.damaged)
     params, error = _decoded(rec, "params", damaged), _decoded(rec, "error", damaged)
-    result = _decoded(rec, "result", damaged) if rec.status == Status.SUCCEEDED else None
+    result = _summary(rec, damaged) if rec.status == Status.SUCCEEDED else None
     phases = []
     done = set(rec.phases_done)
     for p in rec.phases:
@@ -211,6 +223,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     for rec, why in marked:
         print(_safe(f"{rec.id} ({rec.pipeline}) interrupted: {why}"))
     print(f"checked {len(active)} active run(s); marked {len(marked)} interrupted")
+    removed, freed = store.collect_files()
+    print(f"removed {removed} value file(s) no run refers to ({freed} bytes freed)")
     return 0
 
 
@@ -246,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.set_defaults(fn=cmd_cancel)
 
-    p = sub.add_parser("gc", help="mark runs whose owner is gone as interrupted; print counts")
+    p = sub.add_parser("gc", help="mark runs whose owner is gone as interrupted, remove value files "
+                       "no run refers to; print counts")
     p.set_defaults(fn=cmd_gc)
 
     p = sub.add_parser("worker", help="execute detached runs (start(..., detach=True)) of the "

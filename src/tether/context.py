@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import ParamsError, RunCancelled
-from .store import MAX_VALUE_BYTES, FlushItem, dumps, dumps_value, json_str
+from . import codec
+from .errors import RunCancelled
+from .store import FlushItem, dumps, json_str
 
 if TYPE_CHECKING:
     from .model import RunRecord
@@ -72,6 +73,7 @@ class Context:
         self._runner = runner
         self.run_id = rec.id
         self.key = rec.key
+        self.pipeline = rec.pipeline
         self.attempt = rec.attempt
         self.params = rec.params
         self.resumed_from = rec.resumed_from
@@ -275,9 +277,10 @@ class Context:
 
     def step(self, name: str, fn: Callable[..., T], *args: Any, checkpoint: bool = True,
              **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` once per run lineage and store its JSON result.
+        """Run ``fn(*args, **kwargs)`` once per run lineage and store its value.
 
-        On a resumed attempt a completed step returns its stored result without calling ``fn``.
+        On a resumed attempt a completed step returns its stored value without calling ``fn``.
+        A value tether cannot store raises ParamsError here, naming its type and where it is.
         """
         if self._cancel:
             self._raise_cancelled()
@@ -288,24 +291,26 @@ class Context:
         if found:
             return value  # type: ignore[no-any-return]
         value = fn(*args, **kwargs)
-        try:
-            text = dumps_value(value)
-        except (TypeError, ValueError) as exc:
-            raise ParamsError(f"step {name!r} returned a value that is not JSON ({exc}); return "
-                              "JSON data or pass checkpoint=False") from exc
-        if len(text) > MAX_VALUE_BYTES:
-            raise ParamsError(f"step {name!r} returned {len(text)} bytes of JSON; the limit is "
-                              f"{MAX_VALUE_BYTES}")
+        text = codec.encode(value, "value", context=f"step {name!r}: ",
+                            fix="or pass checkpoint=False", pickle=self._pickles(),
+                            files=self._runner.store.files)
         self._runner.checkpoint(self, cp, text)
         return value
+
+    def _pickles(self) -> bool:
+        """Whether this run's pipeline opted in to pickle (``serializer="pickle"``)."""
+        from .pipeline import lookup
+
+        pipe = lookup(self.pipeline)
+        return pipe is not None and pipe.serializer == "pickle"
 
     def map(self, fn: Callable[[Any], T], items: Iterable[Any], executor: Any = None,
             checkpoint: bool = True, name: str | None = None) -> list[T]:
         """``[fn(item) for item in items]`` on an executor, in item order, counting progress.
 
         ``executor``: any ``concurrent.futures.Executor`` (default: a thread pool) or a
-        ``dask.distributed.Client``. With ``checkpoint=True`` each item's JSON result is stored as
-        it finishes and a resumed attempt skips finished items. The first failure cancels the
+        ``dask.distributed.Client``. With ``checkpoint=True`` each item's result is stored as it
+        finishes and a resumed attempt skips finished items. The first failure cancels the
         rest and raises ``tether.MapItemError`` naming the item. ``name`` identifies the map
         across attempts (default: the function's name and the call's order in the run).
         """

@@ -29,7 +29,8 @@ class TetherError(Exception):
 
 
 class ParamsError(TetherError, TypeError):
-    """A parameter (or a result) is not JSON; the message names it."""
+    """A parameter is not JSON, or a result, step or map-item value cannot be stored; the message
+    names its type and where it is."""
 
 
 class PipelineError(TetherError, TypeError):

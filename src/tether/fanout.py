@@ -1,6 +1,6 @@
 """``ctx.map``: fan work out to any ``concurrent.futures`` executor, checkpointing each item.
 
-Each finished item's JSON result is stored as it finishes (all items that finished together in one
+Each finished item's result is stored as it finishes (all items that finished together in one
 transaction), so a crash loses only the items in flight; a resumed attempt skips stored items. A
 ``dask.distributed.Client`` is accepted and used through ``client.get_executor()``.
 """
@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import MapItemError, ParamsError
-from .store import MAX_VALUE_BYTES, dumps_value
+from . import codec
+from .errors import MapItemError
 
 if TYPE_CHECKING:
     from .context import Context
@@ -48,6 +48,7 @@ def run_map(ctx: Context, fn: Callable[[T], R], items: Iterable[T], executor: An
             index = int(cp_name[len(prefix):])
             if index < len(items):
                 results[index] = value
+    pickles = checkpoint and ctx._pickles()
     if ctx.total is None:
         ctx.total = len(items)
     ctx.advance(len(results))
@@ -80,7 +81,9 @@ def run_map(ctx: Context, fn: Callable[[T], R], items: Iterable[T], executor: An
                     continue
                 value = fut.result()
                 if checkpoint:
-                    text = _encode(value, label, i)
+                    text = codec.encode(value, "value", context=f"ctx.map({label}): item {i}: ",
+                                        fix="or pass checkpoint=False", pickle=pickles,
+                                        files=store.files)
                     batch.append((f"{prefix}{i}", text))
                 results[i] = value
             if batch:
@@ -101,14 +104,3 @@ def run_map(ctx: Context, fn: Callable[[T], R], items: Iterable[T], executor: An
         futures.clear()  # a traceback keeping this frame alive must not pin remote tasks
     return [results[i] for i in range(len(items))]
 
-
-def _encode(value: Any, label: str, index: int) -> str:
-    try:
-        text = dumps_value(value)
-    except (TypeError, ValueError) as exc:
-        raise ParamsError(f"ctx.map({label}): item {index} returned a value that is not JSON "
-                          f"({exc}); return JSON data or pass checkpoint=False") from exc
-    if len(text) > MAX_VALUE_BYTES:
-        raise ParamsError(f"ctx.map({label}): item {index} returned {len(text)} bytes of JSON; "
-                          f"the limit is {MAX_VALUE_BYTES}")
-    return text

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple
 
+from . import codec
 from .errors import StoreError
 
 __all__ = ["ACTIVE", "TERMINAL", "Control", "Event", "Owner", "Progress", "RunRecord", "Status"]
@@ -85,7 +86,8 @@ class RunRecord:
     """One row of the ``runs`` table, decoded.
 
     ``params``, ``error`` and ``result`` are decoded from their JSON text on first access: a
-    listing or an attach does not pay for a result (up to 64 MiB) that nobody reads.
+    listing or an attach does not pay for a result that nobody reads. ``files`` reads the files
+    a large result keeps beside the database (set by the store that read the row).
 
     A row is never trusted: a column holding what tether never writes there (text in ``done``, an
     owner pid of -1, an unknown status, non-list ``phases`` ...) is replaced by a safe value (0,
@@ -129,6 +131,7 @@ class RunRecord:
     deadline: float | None = None
     concurrency: int | None = None
     parked: int = 0
+    files: Any = field(default=None, repr=False, compare=False)
 
     @property
     def progress(self) -> Progress:
@@ -196,7 +199,13 @@ class RunRecord:
     @cached_property
     def result(self) -> Any:
         self.need("result")
-        return decode_column(self.result_json, self.id, "result")
+        return codec.decode(self.result_json, self.id, "result", self.files)
+
+    @cached_property
+    def result_summary(self) -> Any:
+        """The result as JSON data for displays, read without files, pickle, numpy or pandas:
+        what JSON cannot show is a short text (``"<ndarray float64 (1000, 3)>"``)."""
+        return codec.summary(self.result_json, self.id, "result")
 
 
 _decode = json.JSONDecoder().decode

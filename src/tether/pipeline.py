@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar, overload
 
-from . import _interrupts, config, owner, runner
+from . import _interrupts, codec, config, owner, runner
 from .context import current
 from .errors import KeyConflict, ParamsError, PipelineError
 from .model import Control, Status
@@ -22,6 +22,8 @@ __all__ = ["Pipeline", "lookup", "pipeline", "POLICIES"]
 
 Policy = Literal["attach", "rerun", "resume", "fail"]
 POLICIES = ("attach", "rerun", "resume", "fail")
+Serializer = Literal["default", "pickle"]
+SERIALIZERS = ("default", "pickle")
 RESERVED = ("key", "policy", "detach")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -97,9 +99,16 @@ class Pipeline:
                  version: str | int | None = None, name: str | None = None, *,
                  retries: int = 0, retry_delay: float = 0.0, retry_backoff: float = 2.0,
                  retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-                 timeout: float | None = None, concurrency: int | None = None) -> None:
+                 timeout: float | None = None, concurrency: int | None = None,
+                 serializer: Serializer = "default") -> None:
         if not callable(fn):
             raise PipelineError(f"@tether.pipeline needs a function, got {fn!r}")
+        if serializer not in SERIALIZERS:
+            raise PipelineError(f"serializer={serializer!r} is not one of "
+                                f"{', '.join(map(repr, SERIALIZERS))}")
+        # "pickle": values nothing else can store are pickled (read back only from a database
+        # the reader owns); never the default
+        self.serializer = serializer
         self.fn = fn
         self.name = name or _name_of(fn)
         (self.retries, self.retry_delay, self.retry_backoff, self.retry_on, self.timeout,
@@ -139,6 +148,7 @@ class Pipeline:
         self._defaults = {p.name: p.default for p in rest if p.default is not inspect.Parameter.empty}
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
         _registry[self.name] = self  # re-running the defining cell replaces it quietly
+        codec.allow_pickle(self.name, serializer == "pickle")
 
     def __repr__(self) -> str:
         return f"<tether.pipeline {self.name!r} phases={self.phases}>"
@@ -279,7 +289,8 @@ def pipeline(*, phases: Sequence[str] | None = None, version: str | int | None =
              name: str | None = None, retries: int = 0, retry_delay: float = 0.0,
              retry_backoff: float = 2.0,
              retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-             timeout: float | None = None, concurrency: int | None = None
+             timeout: float | None = None, concurrency: int | None = None,
+             serializer: Serializer = "default"
              ) -> Callable[[F], Pipeline]: ...
 
 
@@ -287,7 +298,8 @@ def pipeline(fn: Callable[..., Any] | None = None, /, *, phases: Sequence[str] |
              version: str | int | None = None, name: str | None = None, retries: int = 0,
              retry_delay: float = 0.0, retry_backoff: float = 2.0,
              retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-             timeout: float | None = None, concurrency: int | None = None) -> Any:
+             timeout: float | None = None, concurrency: int | None = None,
+             serializer: Serializer = "default") -> Any:
     """Register a function as a pipeline: ``@tether.pipeline`` or ``@tether.pipeline(phases=[...])``.
 
     ``version``: bump it when the code changes meaning; a stored run of another version is then
@@ -299,6 +311,9 @@ def pipeline(fn: Callable[..., Any] | None = None, /, *, phases: Sequence[str] |
     which the body is stopped at its next ctx call and the try fails with ``TimeoutError``;
     ``concurrency``: at most that many runs of this pipeline running at once, across every
     process sharing the database (the others wait ``pending``, in start order).
+
+    ``serializer="pickle"``: results, steps and map items that tether cannot store otherwise are
+    pickled, for trusted local use (read back only from a database file you own).
     """
     if fn is not None:
         return Pipeline(fn)
@@ -310,7 +325,8 @@ def pipeline(fn: Callable[..., Any] | None = None, /, *, phases: Sequence[str] |
     _control_options(**options)  # a bad option fails at the decorator line
 
     def decorate(f: Callable[..., Any]) -> Pipeline:
-        return Pipeline(f, phases=phases, version=version, name=name, **options)
+        return Pipeline(f, phases=phases, version=version, name=name, serializer=serializer,
+                        **options)
 
     return decorate
 

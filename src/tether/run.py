@@ -232,17 +232,18 @@ class Run:
                 nonlocal warned
                 if parent is not None and parent._cancel:
                     parent._raise_cancelled()
-                why = run_.unstored.get(self.id)
+                why = run_.retrying(self.id)
                 if why and not warned:
                     warned = True
-                    warnings.warn(f"run {self.id}: {why}; tether tries again until it is written "
+                    warnings.warn(f"run {self.id}: its end could not be written yet ({why}); "
+                                  "tether tries again until it is written "
                                   "(free some space?), and this wait goes on meanwhile",
                                   RuntimeWarning, stacklevel=5)
 
             if not _wait_event(event, deadline, unstored):
-                why = run_.unstored.get(self.id)
+                why = run_.retrying(self.id)
                 raise TimeoutError(f"run {self.id} has not ended after {timeout} s"
-                                   + (f" ({why})" if why else ""))
+                                   + (f" (its end could not be written yet: {why})" if why else ""))
             if self.id in run_.unstored:  # ended here, and its end can never be stored
                 raise StoreError(f"run {self.id} ended in this process but its end could not be "
                                  f"stored ({run_.unstored[self.id]})")

@@ -24,11 +24,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from . import _interrupts, config, owner
+from . import _interrupts, codec, config, owner
 from .context import Context, _current, install_log_capture
-from .errors import MapItemError, PipelineNotFound, RunCancelled, StoreError
+from .errors import MapItemError, ParamsError, PipelineNotFound, RunCancelled, StoreError
 from .model import RunRecord, Status
-from .store import MAX_VALUE_BYTES, FlushItem, Queued, Store, dumps_value
+from .store import FlushItem, Queued, Store
 
 if TYPE_CHECKING:
     import asyncio
@@ -499,19 +499,13 @@ class Runner:
                     self.cancel_local(kid)
 
     def _succeed(self, ctx: Context, result: Any) -> None:
+        # checked before the run is marked ended: a result tether cannot store fails the run
+        # (its checkpoints kept, so a resume after the fix redoes only the last stretch)
         try:
-            text = dumps_value(result)
-        except (TypeError, ValueError) as exc:
-            err = {"type": "ParamsError", "traceback": "",
-                   "message": f"the result is not JSON ({exc}); return JSON data "
-                              "(dict, list, str, number, bool, None)"}
-            self._finish(ctx, Status.FAILED, None, err)
-            return
-        if len(text) > MAX_VALUE_BYTES:
-            err = {"type": "ParamsError", "traceback": "",
-                   "message": f"the result is {len(text)} bytes of JSON; the limit is "
-                              f"{MAX_VALUE_BYTES} (store large data in files and return paths)"}
-            self._finish(ctx, Status.FAILED, None, err)
+            text = codec.encode(result, "result", pickle=ctx._pickles(), files=self.store.files)
+        except ParamsError as exc:
+            self._finish(ctx, Status.FAILED, None,
+                         {"type": "ParamsError", "traceback": "", "message": str(exc)})
             return
         if ctx._cancel and ctx._cancel_kind != "timeout":  # it saw the cancel and returned early
             self._finish(ctx, Status.CANCELLED, text, None)
@@ -566,6 +560,11 @@ class Runner:
             self._ending.pop(run_id, None)
             self.unstored.pop(run_id, None)
         return True
+
+    def retrying(self, run_id: str) -> str | None:
+        """Why the end of ``run_id`` is not written yet, while it is being tried again."""
+        end = self._ending.get(run_id)
+        return end.reason if end is not None else None
 
     def _retry_ends(self) -> None:
         now = time.monotonic()

@@ -24,14 +24,15 @@ from operator import contains
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-from . import _interrupts, _schema
+from . import _interrupts, _schema, codec
+from .artifacts import Artifacts
+from .codec import MAX_DEPTH, dumps
 from .errors import RunNotFound, StoreError, TetherError
 from .model import Control, Event, Owner, RunRecord, Status, _decode, decode_column, event_of, raw_text
 
-__all__ = ["FlushItem", "StartOutcome", "Store", "dumps"]
+__all__ = ["FlushItem", "MAX_DEPTH", "StartOutcome", "Store", "dumps"]
 
 BUSY_TIMEOUT_S = 30.0
-MAX_VALUE_BYTES = 64 * 1024 * 1024  # a result, checkpoint or event larger than this is refused
 
 # issue 14 (control): columns of migration 0003_control, in RunRecord field names
 _CONTROL_FIELDS = ("parent_id", "tries", "max_tries", "retry_at", "timeout", "deadline", "concurrency",
@@ -45,10 +46,6 @@ _RUN_COLS = (
 _ACTIVE = ("pending", "running")
 
 
-# One encoder for the process: json.dumps() with options builds a new encoder per call (~8 us).
-# ASCII output: any Python str survives, lone surrogates (from surrogateescape'd file names)
-# included, which SQLite's UTF-8 would refuse.
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
 json_str = json.JSONEncoder().encode  # a str as a JSON string literal
 
 
@@ -59,35 +56,14 @@ def _text(value: str | None) -> str | None:
     return value.encode("utf-8", "replace").decode("utf-8")
 
 
-def dumps(value: Any) -> str:
-    """Canonical JSON: sorted keys, no NaN, compact. Raises TypeError/ValueError on non-JSON."""
-    return _ENCODER.encode(value)
-
-
-MAX_DEPTH = 200  # nesting of a stored value: any reader's stack can decode it
-
-
-def check_value(value: Any) -> None:
-    """TypeError/ValueError unless ``value`` reads back as itself: str keys, bounded nesting."""
-    stack = [(value, 1)]
-    while stack:
-        obj, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise ValueError(f"it is nested deeper than {MAX_DEPTH} levels")
-        if isinstance(obj, dict):
-            for k in obj:
-                if not isinstance(k, str):
-                    raise TypeError(f"the dict key {k!r} ({type(k).__name__}) is not a str; "
-                                    "JSON would turn it into one")
-            obj = obj.values()
-        stack.extend((v, depth + 1) for v in obj if isinstance(v, (list, tuple, dict)))
-
-
-def dumps_value(value: Any) -> str:
-    """dumps() of a result, checkpoint or map item, refusing what would not read back as itself."""
-    if isinstance(value, (list, tuple, dict)):
-        check_value(value)
-    return dumps(value)
+def _files(*texts: Any) -> dict[str, Any]:
+    """The files (digest -> bytes) that encoded values carry (codec.Encoded), to write first."""
+    out: dict[str, Any] = {}
+    for text in texts:
+        files = getattr(text, "files", None)
+        if files:
+            out.update(files)
+    return out
 
 
 def _num(x: Any) -> Any:
@@ -308,6 +284,7 @@ class Store:
         self._closed = False
         self._identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file we opened
         self.runner: Any = None  # set by tether.runner
+        self.files = Artifacts(self.path, self._pipeline_of)  # large values, beside the database
         _stores.add(self)
 
     def __repr__(self) -> str:
@@ -722,17 +699,27 @@ class Store:
 
     # -- reads -------------------------------------------------------------------------------
 
+    def _pipeline_of(self, run_id: str) -> str | None:
+        row = self.conn().execute("SELECT pipeline FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def _rec(self, row: Sequence[Any]) -> RunRecord:
+        """A RunRecord that reads its result's files (if any) from this store."""
+        rec = _record(row)
+        rec.files = self.files
+        return rec
+
     @_guarded
     def get(self, run_id: str) -> RunRecord:
         row = self.conn().execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise RunNotFound(f"no run with id {run_id!r} in {str(self.path)!r}; "
                               "list runs with tether.runs() or `tether ls`.")
-        return _record(row)
+        return self._rec(row)
 
     def latest(self, key: str, conn: sqlite3.Connection | None = None) -> RunRecord | None:
         row = self._latest_row(key, conn)
-        return _record(row) if row else None
+        return self._rec(row) if row else None
 
     @_guarded
     def _latest_row(self, key: str, conn: sqlite3.Connection | None = None
@@ -745,7 +732,7 @@ class Store:
     def attempts(self, key: str) -> list[RunRecord]:
         rows = self.conn().execute(
             f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt", (key,)).fetchall()
-        return [_record(r) for r in rows]
+        return [self._rec(r) for r in rows]
 
     @_guarded
     def list_runs(self, pipeline: str | None = None, status: str | Sequence[str] | None = None,
@@ -768,7 +755,7 @@ class Store:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(int(limit))
-        return [_record(r) for r in self.conn().execute(sql, args).fetchall()]
+        return [self._rec(r) for r in self.conn().execute(sql, args).fetchall()]
 
     @_guarded
     def events(self, run_id: str, after: int = 0, limit: int | None = None,
@@ -796,7 +783,7 @@ class Store:
     def active(self) -> list[RunRecord]:
         rows = self.conn().execute(
             f"SELECT {_RUN_COLS} FROM runs WHERE status IN ('pending', 'running')").fetchall()
-        return [_record(r) for r in rows]
+        return [self._rec(r) for r in rows]
 
     @_guarded
     def cancel_requests(self, owner: Owner) -> set[str]:
@@ -808,14 +795,17 @@ class Store:
     def checkpoint(self, run_id: str, name: str) -> tuple[bool, Any]:
         row = self.conn().execute(
             "SELECT value FROM checkpoints WHERE run_id = ? AND name = ?", (run_id, name)).fetchone()
-        return (False, None) if row is None else (True, _json(row[0], run_id, "checkpoints"))
+        if row is None:
+            return False, None
+        return True, codec.decode(row[0], run_id, f"checkpoint {name}", self.files)
 
     @_guarded
     def checkpoints(self, run_id: str, prefix: str = "") -> dict[str, Any]:
         rows = self.conn().execute(
             "SELECT name, value FROM checkpoints WHERE run_id = ? AND substr(name, 1, ?) = ?",
             (run_id, len(prefix), prefix))
-        return {name: _json(value, run_id, "checkpoints") for name, value in rows}
+        return {name: codec.decode(value, run_id, f"checkpoint {name}", self.files)
+                for name, value in rows}
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -856,7 +846,7 @@ class Store:
         now = time.time()
         # fast path, no write: an ended run returned as it is (terminal statuses never change)
         row = self._latest_row(key)
-        latest = None if row is None else _record(row)
+        latest = None if row is None else self._rec(row)
         if (latest is not None and latest.status.terminal and _difference(
                 latest, params_json, version, pipeline, row[5]) is None and (
                 (policy == "fail" or (policy == "attach" and not _child_resume(latest, control)))
@@ -999,7 +989,7 @@ class Store:
             data["parent"] = control.parent
         self._append(conn, run_id, 0, [(now, "created", None, dumps(data))])
         row = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return _record(row)
+        return self._rec(row)
 
     def claim_next(self, owner: Owner, pipelines: Sequence[str], lease_s: float) -> RunRecord | None:
         """A worker claims the oldest pending detached run of one of ``pipelines``, if any."""
@@ -1039,7 +1029,7 @@ class Store:
                  now + lease_s, now, run_id, target or owner.instance))
             if cur.rowcount != 1:
                 return self._queued(conn, run_id, target or owner.instance, now)
-            rec = _record(conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?",
+            rec = self._rec(conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?",
                                        (run_id,)).fetchone())
             self._append(conn, run_id, rec.last_seq - 1,
                          [(now, "started", None, dumps({"pid": owner.pid, "host": owner.host}))])
@@ -1083,7 +1073,12 @@ class Store:
         data: dict[str, Any] = {}
         if error is not None:
             data = {"type": error.get("type"), "message": error.get("message")}
+        files = _files(result_json)
+        if files:  # before the row that refers to them, outside the write lock
+            self.files.put(files)
         with self.tx() as conn:
+            if files:
+                self.files.ensure(files)
             row = conn.execute(
                 "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' "
                 "AND owner_instance = ?", (item.run_id, owner.instance)).fetchone()
@@ -1103,9 +1098,15 @@ class Store:
 
     def put_checkpoint(self, item: FlushItem, owner: Owner, name: str, value_json: str) -> bool:
         """A step's checkpoint with the run's pending progress and events, in one transaction
-        (a ``checkpoint`` event follows them). False if the run is no longer ours."""
+        (a ``checkpoint`` event follows them). False if the run is no longer ours. The files an
+        encoded value carries (codec.Encoded) are written first."""
         now = time.time()
+        files = _files(value_json)
+        if files:
+            self.files.put(files)
         with self.tx() as conn:
+            if files:
+                self.files.ensure(files)
             row = conn.execute(
                 "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' "
                 "AND owner_instance = ?", (item.run_id, owner.instance)).fetchone()
@@ -1125,7 +1126,12 @@ class Store:
     def put_checkpoints(self, run_id: str, owner: Owner, items: Sequence[tuple[str, str]]) -> bool:
         """Store several (name, JSON) checkpoints at once (ctx.map items); no events."""
         now = time.time()
+        files = _files(*(text for _, text in items))
+        if files:
+            self.files.put(files)
         with self.tx() as conn:
+            if files:
+                self.files.ensure(files)
             row = conn.execute(
                 "SELECT 1 FROM runs WHERE id = ? AND status = 'running' AND owner_instance = ?",
                 (run_id, owner.instance)).fetchone()
@@ -1134,6 +1140,20 @@ class Store:
             conn.executemany("INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) "
                              "VALUES (?, ?, ?, ?)", [(run_id, n, v, now) for n, v in items])
         return True
+
+    def collect_files(self) -> tuple[int, int]:
+        """Remove the value files no run or checkpoint refers to (``tether gc``), in a write
+        transaction so that no write can commit a reference meanwhile (writers check their files
+        again inside theirs). Returns (files removed, bytes freed)."""
+        if not self.files.root.exists():
+            return 0, 0
+        with self.tx() as conn:
+            referenced: set[str] = set()
+            for sql in ("SELECT result FROM runs WHERE instr(result, ?) > 0",
+                        "SELECT value FROM checkpoints WHERE instr(value, ?) > 0"):
+                for (text,) in conn.execute(sql, (codec.TAG_TEXT,)):
+                    referenced |= codec.references(text)
+            return self.files.collect(referenced)
 
     def request_cancel(self, run_id: str, gone: GoneCheck) -> RunRecord:
         """Cancel: a pending run (or one whose owner is gone) ends at once; a running one is
@@ -1226,7 +1246,7 @@ class Store:
                 f"SELECT {_RUN_COLS} FROM runs WHERE status IN ('pending', 'running') "
                 "AND owner_instance = ?", (owner.instance,)).fetchall()
             for row in rows:
-                n += self._interrupt(conn, _record(row), reason, now)
+                n += self._interrupt(conn, self._rec(row), reason, now)
         return n
 
 
@@ -1314,7 +1334,7 @@ class Store:
                 "deadline = ? + timeout WHERE id = ?",
                 (_text(item.phase), dumps(item.phases), dumps(item.phases_done), _num(item.done),
                  _num(item.total), _text(item.message), now, seq, now, item.run_id))
-            return _record(conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?",
+            return self._rec(conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?",
                                         (item.run_id,)).fetchone())
 
     def park(self, run_id: str, owner: Owner, parked: bool) -> None:
@@ -1332,7 +1352,7 @@ class Store:
             f"SELECT {_RUN_COLS} FROM runs WHERE parent_id = ? OR id IN (SELECT json_extract("
             "data, '$.id') FROM events WHERE run_id = ? AND kind = 'child') "
             "ORDER BY created_at, rowid", (run_id, run_id)).fetchall()
-        return [_record(r) for r in rows]
+        return [self._rec(r) for r in rows]
 
     def _descendants(self, conn: sqlite3.Connection, run_id: str) -> list[RunRecord]:
         """The active runs below ``run_id`` (children, theirs, ...), parents first."""
@@ -1342,7 +1362,7 @@ class Store:
             "WHERE below.depth < 100) "
             f"SELECT {_RUN_COLS} FROM runs WHERE id IN (SELECT id FROM below) "
             "AND status IN ('pending', 'running') ORDER BY created_at", (run_id,)).fetchall()
-        return [_record(r) for r in rows]
+        return [self._rec(r) for r in rows]
 
     @_guarded
     def descendants(self, run_id: str) -> list[RunRecord]:

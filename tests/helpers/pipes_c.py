@@ -100,9 +100,25 @@ def record(log: str, name: str, attempt: int, hang: bool = False) -> dict[str, A
 
 
 def make_set(log: str, name: str) -> set[int]:
-    """A step body whose result is not JSON."""
+    """A step body whose result is not JSON (tether stores it all the same)."""
     append(log, name)
     return {1, 2, 3}
+
+
+class Opaque:
+    """A value tether cannot store (no codec); picklable, so process pools can return it."""
+
+    def __init__(self, n: int = 0) -> None:
+        self.n = n
+
+    def __repr__(self) -> str:
+        return f"Opaque({self.n})"
+
+
+def make_opaque(log: str, name: str) -> dict[str, Any]:
+    """A step body whose value tether cannot store: an Opaque at value['rows'][1]."""
+    append(log, name)
+    return {"rows": [1, Opaque()]}
 
 
 @tether.pipeline(phases=["prepare", "steps", "finish"])
@@ -136,8 +152,8 @@ def steps(ctx: tether.Context, log: str, n: int = 4, hang_at: int = -1, fail_att
 
 @tether.pipeline
 def bad_step(ctx: tether.Context, log: str) -> None:
-    """A checkpointed step that returns a set."""
-    ctx.step("make_set", make_set, log, "make_set")
+    """A checkpointed step that returns a value tether cannot store."""
+    ctx.step("make_opaque", make_opaque, log, "make_opaque")
 
 
 @tether.pipeline
@@ -164,7 +180,7 @@ def work(item: dict[str, Any]) -> Any:
     if item.get("fail"):
         raise ValueError(f"item {i} is broken")
     if item.get("bad"):
-        return {i}  # a set: not JSON
+        return {"i": i, "rows": [Opaque(i)]}  # tether cannot store it
     return {"i": i, "sq": i * i}
 
 

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._text import safe
-from ..model import RunRecord, Status
+from ..errors import StoreError
+from ..model import RunRecord, Status, raw_text
 
 __all__ = ["Snapshot", "build", "html_snapshot", "phase_states", "text_snapshot", "VOLATILE"]
 
@@ -142,12 +143,11 @@ def build(rec: RunRecord, *, mode: str, log: Sequence[str] = (), phase_started: 
                  "message": _clip(err.get("message") or "", 4 * MAX_LINE),
                  "traceback": _clip(err.get("traceback") or "", MAX_TRACEBACK)}
     result = None
-    if status == Status.SUCCEEDED:
-        value, bad = rec.decoded("result")
-        if bad is not None:
-            damaged.append(bad)
-        else:
-            result = result_preview(value)
+    if status == Status.SUCCEEDED:  # a summary: never reads value files, never unpickles
+        try:
+            result = result_preview(rec.result_summary)
+        except StoreError:
+            damaged.append(rec.damage("result") or f"result={raw_text(rec.result_json)}")
     phases, hidden = phase_window(rec)
     return {
         "id": _clip(rec.id, MAX_ID),
