@@ -105,6 +105,8 @@ class RunRecord:
     last_seq: int
     phases_done: list[str] = field(default_factory=list)
     created_by: str = "start"
+    # the fingerprint of the body's code that created the run (tether._code); None: unknown
+    code: str | None = None
     damaged: tuple[str, ...] = ()
 
     @property

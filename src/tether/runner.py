@@ -206,7 +206,7 @@ class Runner:
         with self._lock:
             self._live[rec.id] = ctx
         try:
-            pipe = lookup(rec.pipeline)
+            pipe = lookup(rec.pipeline, rec.code)  # the code that created the run
             if pipe is None:
                 raise PipelineNotFound(f"pipeline {rec.pipeline!r} is not defined in this process")
             if pipe.is_async:
