@@ -3,7 +3,8 @@
 ``Kernel.cell(code)`` executes one cell and returns its outputs (stream text by stream name,
 display data, the error if any). Every stream message of the session is also kept in
 ``Kernel.streams`` as ``(parent msg_id, name, text)``, whichever cell it was sent for, so a test
-can assert that some text never reached any cell's output.
+can assert that some text never reached any cell's output; ``Kernel.messages`` keeps every
+iopub message (display data, widget comms...).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Kernel:
 
         self.km, self.kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(cwd))
         self.streams: list[tuple[str, str, str]] = []
+        self.messages: list[dict[str, Any]] = []
 
     def cell(self, code: str, timeout: float = 60) -> Cell:
         """Execute ``code`` as one cell; its outputs once the kernel is idle again. An error in
@@ -51,6 +53,7 @@ class Kernel:
                 msg = self.kc.get_iopub_msg(timeout=min(left, 1.0))
             except queue.Empty:
                 continue
+            self.messages.append(msg)
             mine = msg["parent_header"].get("msg_id") == msg_id
             kind, content = msg["msg_type"], msg["content"]
             if kind == "stream":
@@ -75,6 +78,7 @@ class Kernel:
                 msg = self.kc.get_iopub_msg(timeout=left)
             except queue.Empty:
                 return
+            self.messages.append(msg)
             if msg["msg_type"] == "stream":
                 self.streams.append((msg["parent_header"].get("msg_id", ""),
                                      msg["content"]["name"], msg["content"]["text"]))
