@@ -167,7 +167,7 @@ def end(ctx: Context) -> None:
     """The run is ending: its partial lines become lines; later writes are not its own."""
     st = ctx._output
     if st is None:
-        return
+        st = ctx._output = _Output()  # ended: a thread outliving the run writes as before
     st.ended = True
     st.bar = None
     if st.parts and not ctx._runner._forked:

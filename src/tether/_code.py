@@ -17,7 +17,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
-import textwrap
 import types
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +50,8 @@ def _digest(text: str) -> str:
 
 def _tree(fn: Callable[..., Any]) -> ast.AST | None:
     """The function's definition, normalised (no decorators, name nor docstrings), or None."""
+    import textwrap  # here: ~1 ms that `import tether` need not pay
+
     source = textwrap.dedent(inspect.getsource(fn))  # IPython keeps cell sources in linecache
     name = getattr(inspect.unwrap(fn), "__name__", None)
     for node in ast.parse(source).body:

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _capture, _interrupts, config, owner
+from . import _interrupts, config, owner
 from .context import Context, _current, install_log_capture
 from .errors import PipelineNotFound, RunCancelled, StoreError
 from .model import RunRecord, Status
@@ -297,6 +297,8 @@ class Runner:
             return
         if status == Status.CANCELLED and error is None:
             error = {"type": "Cancelled", "message": "run cancelled", "traceback": ""}
+        from . import _capture
+
         _capture.end(ctx)  # its partial output lines, before the last flush
         with self.store.write_lock:
             item = ctx._flush_item(force=True)
@@ -456,6 +458,8 @@ class Runner:
                 ctx._request_cancel("cancelled")
 
     def _ensure_flusher(self) -> None:
+        from . import _capture  # imported with the first run, not with tether
+
         _capture.install()  # re-checked at each submit: sys.stdout may have been replaced since
         if self._flusher is None:
             with self._lock:
