@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import io
+import os
 import sys
 import threading
 import weakref
@@ -85,10 +86,15 @@ class _Output:
         self.tqdm_phase: str | None = None  # the phase a bar's desc named (None: the body's own)
 
 
+_state_lock = threading.Lock()
+
+
 def _state(ctx: Context) -> _Output:
-    st = ctx._output
-    if st is None:
-        st = ctx._output = _Output()
+    """The run's output state, made once (two of its threads may write first at once)."""
+    with _state_lock:
+        st = ctx._output
+        if st is None:
+            st = ctx._output = _Output()
     return st
 
 
@@ -165,10 +171,8 @@ def _overflow(st: _Output, key: tuple[int, str], pending: str) -> None:
 
 def end(ctx: Context) -> None:
     """The run is ending: its partial lines become lines; later writes are not its own."""
-    st = ctx._output
-    if st is None:
-        st = ctx._output = _Output()  # ended: a thread outliving the run writes as before
-    st.ended = True
+    st = _state(ctx)  # marked ended even if the body wrote nothing: a thread outliving the run
+    st.ended = True  # writes as it would without tether
     st.bar = None
     if st.parts and not ctx._runner._forked:
         for key, pending in list(st.parts.items()):  # in the order they were begun
@@ -333,9 +337,12 @@ def _patch_tqdm(module: Any) -> None:
         if _tqdm_patched:
             return
         _tqdm_patched = True
-        sys.meta_path[:] = [f for f in sys.meta_path if type(f) is not _TqdmFinder]
-        cls = module.tqdm
-        original = cls.__init__
+        for finder in [f for f in sys.meta_path if type(f) is _TqdmFinder]:
+            sys.meta_path.remove(finder)
+        cls = getattr(module, "tqdm", None)
+        original = getattr(cls, "__init__", None)
+        if not isinstance(cls, type) or original is None:  # not a tqdm this knows: left alone
+            return
 
         @functools.wraps(original)
         def init(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -416,3 +423,14 @@ def _counting(iterable: Any, ctx: Context, st: _Output, ref: Any) -> Any:
             bar.n += n
         if st.bar is ref:
             st.bar = None
+
+
+def _after_fork() -> None:
+    """A lock another thread held at the fork stays held in the child: make new ones."""
+    global _state_lock, _install_lock
+    _state_lock = threading.Lock()
+    _install_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
