@@ -678,12 +678,14 @@ def test_a_schema_0002_database_migrates_and_its_runs_read_as_before(db: Path) -
     runner.shutdown_all()
     config._stores.clear()
     with closing(sqlite3.connect(db)) as conn:
+        conn.execute("ALTER TABLE runs DROP COLUMN code")  # 0004_code, newer still
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0004_code'")
         undo_control_migration(conn)
         conn.commit()
     assert [r[0] for r in raw(db, "SELECT name FROM _sqlite_migrations")] == [
         "0001_initial", "0002_owner_ns"]
     again = tether.get_run(old.id)  # opens and migrates
-    assert [r[0] for r in raw(db, "SELECT name FROM _sqlite_migrations")][-1] == "0003_control"
+    assert [r[0] for r in raw(db, "SELECT name FROM _sqlite_migrations")][-1] == "0004_code"
     assert (again.status, again.tries, again.max_tries, again.parent, again.children()) == (
         "succeeded", 0, 1, None, [])
     assert leaf.start(i=7).id == old.id and leaf.start(i=8).result(timeout=10) == 8

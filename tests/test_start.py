@@ -120,7 +120,7 @@ def test_params_mismatch_on_an_explicit_key_is_a_key_conflict(db: Path, gate: th
     assert [r.id for r in tether.runs(key="shared")] == [run.id]  # nothing new was created
 
 
-def test_version_change_is_a_key_conflict(db: Path) -> None:
+def test_a_version_change_is_a_code_change_a_new_attempt(db: Path) -> None:
     name = "versioned-pipeline"
 
     @tether.pipeline(version=1, name=name)
@@ -134,15 +134,12 @@ def test_version_change_is_a_key_conflict(db: Path) -> None:
     def v2(ctx: tether.Context, x: int) -> str:
         return "v2"
 
-    with pytest.raises(tether.KeyConflict) as info:
-        v2.start(x=1)
-    assert "version" in str(info.value) and "'1'" in str(info.value) and "'2'" in str(info.value)
-    assert len(tether.runs(key=first.key)) == 1
-
-    second = v2.start(x=1, policy="rerun")  # asked for explicitly: a new attempt of the new version
+    second = v2.start(x=1)  # never the ended run of version 1 as if it were version 2's
     assert second.attempt == 2 and second.key == first.key
+    assert second.created_by == "start:code"
     assert second.result(timeout=20) == "v2"
     assert second.version == "2"
+    assert v2.start(x=1) == second  # the same version again: attached
     assert tether.get_run(first.id).result() == "v1"
 
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 MIGRATION_SET = "tether"
 MIGRATIONS_TABLE = "_sqlite_migrations"  # sqlite_utils.migrations.Migrations.migrations_table
-KNOWN = ["0001_initial", "0002_owner_ns", "0003_control"]  # in order
+KNOWN = ["0001_initial", "0002_owner_ns", "0003_control", "0004_code"]  # in order
 
 # Times are unix epoch seconds (REAL): datetime(created_at, 'unixepoch') reads them in the shell.
 _V1 = [
@@ -135,7 +135,16 @@ def _control(db: Database) -> None:
         db.execute(statement)
 
 
-_STEPS = {"0001_initial": _initial, "0002_owner_ns": _owner_ns, "0003_control": _control}
+
+
+def _code(db: Database) -> None:
+    # the fingerprint of the body's code that created the run (tether._code: "ast:<hex>", or
+    # "bytecode:<hex>"); NULL for runs recorded before, or of a callable without code
+    db.execute("ALTER TABLE runs ADD COLUMN code TEXT")
+
+
+_STEPS = {"0001_initial": _initial, "0002_owner_ns": _owner_ns, "0003_control": _control,
+          "0004_code": _code}
 
 
 def applied(conn: sqlite3.Connection) -> list[str]:

@@ -109,6 +109,7 @@ class Context:
         self._flushed: tuple[Any, ...] | None = None
         self._task: Any = None  # asyncio task of an async body
         self._map_calls = 0
+        self._output: Any = None  # stdout/stderr and tqdm capture of this run (tether._capture)
 
     def __repr__(self) -> str:
         return f"<tether ctx run={self.run_id} phase={self.phase_name!r} {self.done}/{self.total}>"

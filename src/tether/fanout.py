@@ -13,6 +13,7 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExec
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import codec
+from ._capture import IN_ITEM
 from .errors import MapItemError
 
 if TYPE_CHECKING:
@@ -62,9 +63,10 @@ def run_map(ctx: Context, fn: Callable[[T], R], items: Iterable[T], executor: An
     futures: dict[Future[Any], int] = {}
     try:
         for i in todo:
-            if threads:  # logging inside items reaches the run's log
-                call = contextvars.copy_context().run
-                futures[pool.submit(call, fn, items[i])] = i
+            if threads:  # logging and print() inside items reach the run's log
+                context = contextvars.copy_context()
+                context.run(IN_ITEM.set, True)  # a tqdm bar in an item leaves progress to the map
+                futures[pool.submit(context.run, fn, items[i])] = i
             else:
                 futures[pool.submit(fn, items[i])] = i
         pending = set(futures)

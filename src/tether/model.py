@@ -121,6 +121,8 @@ class RunRecord:
     last_seq: int
     phases_done: list[str] = field(default_factory=list)
     created_by: str = "start"
+    # the fingerprint of the body's code that created the run (tether._code); None: unknown
+    code: str | None = None
     damaged: tuple[str, ...] = ()
     # control (issue 14): see tether.Run for what each means
     parent_id: str | None = None

@@ -8,10 +8,13 @@ import inspect
 import math
 import re
 import sys
+import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar, overload
 
 from . import _interrupts, codec, config, owner, runner
+from ._code import fingerprint
 from .context import current
 from .errors import KeyConflict, ParamsError, PipelineError
 from .model import Control, Status
@@ -28,10 +31,20 @@ RESERVED = ("key", "policy", "detach")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _registry: dict[str, Pipeline] = {}
+# Recent definitions by (name, code): a run executes the code that created it, even when its cell
+# was edited and executed again while the run was still pending. Bounded: a run of a definition
+# pushed out executes the latest one.
+_by_code: OrderedDict[tuple[str, str], Pipeline] = OrderedDict()
+_BY_CODE_MAX = 256
 
 
-def lookup(name: str) -> Pipeline | None:
-    """The pipeline registered under ``name`` in this process, if any."""
+def lookup(name: str, code: str | None = None) -> Pipeline | None:
+    """The pipeline registered under ``name`` in this process, if any; with ``code``, the
+    definition of that code if it is one of the recent ones."""
+    if code is not None:
+        pipe = _by_code.get((name, code))
+        if pipe is not None:
+            return pipe
     return _registry.get(name)
 
 
@@ -84,6 +97,14 @@ def _check_json(value: Any, path: str, depth: int = 0) -> Any:
                       "pass str, int, float, bool, None, or lists/dicts of them (e.g. str(path))")
 
 
+def _outside_stacklevel() -> int:
+    """The ``stacklevel`` of a warning that names the caller's line, not this module's."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == __file__:
+        level, frame = level + 1, frame.f_back  # type: ignore[assignment]
+    return level
+
+
 def _utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -123,6 +144,9 @@ class Pipeline:
         if len(set(self.phases)) != len(self.phases):
             raise PipelineError(f"pipeline {self.name!r} declares a phase twice: {self.phases}")
         self.version = None if version is None else str(version)
+        # which code this is (comments, blank lines and docstrings aside): start() never returns
+        # an ended run of other code; an explicit version pins it instead (docs/start.md)
+        self.code = fingerprint(fn)
         self.signature = inspect.signature(fn)
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
         params = list(self.signature.parameters.values())
@@ -149,6 +173,11 @@ class Pipeline:
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
         _registry[self.name] = self  # re-running the defining cell replaces it quietly
         codec.allow_pickle(self.name, serializer == "pickle")
+        if self.code is not None:
+            _by_code[self.name, self.code] = self
+            _by_code.move_to_end((self.name, self.code))
+            if len(_by_code) > _BY_CODE_MAX:
+                _by_code.popitem(last=False)
 
     def __repr__(self) -> str:
         return f"<tether.pipeline {self.name!r} phases={self.phases}>"
@@ -231,7 +260,7 @@ class Pipeline:
                                   owner=run_.owner, lease_s=config.settings().lease,
                                   gone=owner.gone_reason, detach=detach,
                                   max_auto_resumes=config.settings().max_auto_resumes,
-                                  control=control)
+                                  control=control, code=self.code)
             rec = outcome.record
             if not detach and (outcome.created or (
                     rec.status == Status.PENDING and rec.target == run_.owner.instance
@@ -241,6 +270,12 @@ class Pipeline:
         if parent is not None and not outcome.conflict:  # children(): created and attached to
             parent._emit("child", {"id": rec.id, "pipeline": self.name, "key": key,
                                    "created": outcome.created})
+        if outcome.other_code and not outcome.conflict:
+            warnings.warn(
+                f"{self.name}: run {rec.id} is still {rec.status}, started by other code "
+                f"({outcome.other_code}); it is returned as it is. To run the new code: "
+                f"run.cancel(), run.wait(), then start it again", UserWarning,
+                stacklevel=_outside_stacklevel())
         if outcome.conflict:
             if " has pipeline " in outcome.conflict:
                 fix = "; a key belongs to one pipeline: pass another key="

@@ -129,6 +129,19 @@ class Run:
         return self._last.version
 
     @property
+    def code(self) -> str | None:
+        """The fingerprint of the body's code that made this attempt (``ast:<hex>``), or None."""
+        self._last.need("code")
+        return self._last.code
+
+    @property
+    def created_by(self) -> str:
+        """What made this attempt: ``start``, ``start:code`` (the code changed), ``start:rerun``,
+        ``start:resume``, ``start:resume:code``, ``rerun`` or ``resume``."""
+        self._last.need("created_by")
+        return self._last.created_by
+
+    @property
     def resumed_from(self) -> str | None:
         self._last.need("resumed_from")
         return self._last.resumed_from
@@ -346,7 +359,8 @@ class Run:
     def _new_attempt(self, resume: bool) -> Run:
         from .pipeline import lookup
 
-        if self._last.target != "worker" and lookup(self.pipeline) is None:
+        pipe = lookup(self.pipeline)
+        if self._last.target != "worker" and pipe is None:
             raise PipelineNotFound(
                 f"pipeline {self.pipeline!r} is not defined in this process, so run {self.id} "
                 "cannot be executed here; run the cell that defines it (or import its module) "
@@ -356,7 +370,8 @@ class Run:
         with _interrupts.critical():  # see Pipeline.start: never a committed run left unstarted
             rec = self._store.new_attempt(self.id, owner=run_.owner, resume=resume,
                                           lease_s=config.settings().lease, gone=owner.gone_reason,
-                                          control=None if pipe is None else pipe._control)
+                                          control=None if pipe is None else pipe._control,
+                                          code=None if pipe is None else (pipe.version, pipe.code))
             if rec.target != "worker":  # a detached run's new attempt is for a worker too
                 run_.submit(rec)
         return Run(self._store, rec.id, rec)

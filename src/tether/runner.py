@@ -302,7 +302,7 @@ class Runner:
         with self._lock:
             self._live[rec.id] = ctx
         try:
-            pipe = lookup(rec.pipeline)
+            pipe = lookup(rec.pipeline, rec.code)  # the code that created the run
             if pipe is None:
                 raise PipelineNotFound(f"pipeline {rec.pipeline!r} is not defined in this process")
             if pipe.is_async:
@@ -522,6 +522,9 @@ class Runner:
             return
         if status == Status.CANCELLED and error is None:
             error = {"type": "Cancelled", "message": "run cancelled", "traceback": ""}
+        from . import _capture
+
+        _capture.end(ctx)  # its partial output lines, before the last flush
         with self.store.write_lock:
             item = ctx._flush_item(force=True)
         assert item is not None
@@ -691,6 +694,9 @@ class Runner:
                 ctx._request_cancel("cancelled")
 
     def _ensure_flusher(self) -> None:
+        from . import _capture  # imported with the first run, not with tether
+
+        _capture.install()  # re-checked at each submit: sys.stdout may have been replaced since
         if self._flusher is None:
             with self._lock:
                 if self._flusher is None:

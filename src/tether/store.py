@@ -41,7 +41,7 @@ _RUN_COLS = (
     "id, key, attempt, pipeline, version, params, status, phase, phases, phases_done, done, total, "
     "message, error, result, created_at, started_at, ended_at, updated_at, owner_host, owner_pid, "
     "owner_started, owner_instance, target, lease_until, cancel_requested, resumed_from, last_seq, "
-    "created_by, owner_ns, " + ", ".join(_CONTROL_FIELDS)
+    "created_by, owner_ns, " + ", ".join(_CONTROL_FIELDS) + ", code"
 )
 _ACTIVE = ("pending", "running")
 
@@ -120,12 +120,13 @@ _KINDS = {
     "phase": _OPT_TEXT, "done": _NUM, "total": _OPT_NUM, "message": _OPT_TEXT,
     "result": _OPT_TEXT, "created_at": _NUM, "started_at": _OPT_NUM, "ended_at": _OPT_NUM,
     "updated_at": _NUM, "target": _OPT_TEXT, "lease_until": _OPT_NUM, "cancel_requested": _INT,
-    "resumed_from": _OPT_TEXT, "last_seq": _INT, "created_by": _TEXT,
+    "resumed_from": _OPT_TEXT, "last_seq": _INT, "created_by": _TEXT, "code": _OPT_TEXT,
     "parent_id": _OPT_TEXT, "tries": _INT, "max_tries": _INT, "retry_at": _OPT_NUM,
     "timeout": _OPT_NUM, "deadline": _OPT_NUM, "concurrency": frozenset({int, _NONE}),
     "parked": _INT,
 }
 _TYPES = tuple(_KINDS.get(name, _ANY) for name in _Row._fields)
+_PARAMS_AT, _VERSION_AT, _CODE_AT = (_Row._fields.index(n) for n in ("params", "version", "code"))
 _MAX_PID = 2**31 - 1  # pid_t
 
 
@@ -212,7 +213,7 @@ def _record(values: Sequence[Any]) -> RunRecord:
         cancel_requested=bool(row.cancel_requested), resumed_from=row.resumed_from,
         last_seq=row.last_seq,
         phases_done=[] if phases_done == "[]" else _names(row, "phases_done", bad),
-        created_by=row.created_by, damaged=tuple(bad) if bad else (),
+        created_by=row.created_by, code=row.code, damaged=tuple(bad) if bad else (),
         parent_id=row.parent_id, tries=row.tries, max_tries=row.max_tries, retry_at=row.retry_at,
         timeout=row.timeout, deadline=row.deadline, concurrency=row.concurrency, parked=row.parked,
     )
@@ -224,6 +225,7 @@ class StartOutcome:
     created: bool
     conflict: str | None = None  # why the call cannot be honoured (raised by the caller)
     recovered: str | None = None  # the latest run was found orphaned and interrupted
+    other_code: str | None = None  # the active run returned was made by other code: how
 
 
 @dataclass
@@ -839,16 +841,21 @@ class Store:
     def start(self, *, pipeline: str, key: str, params_json: str, version: str | None,
               phases: list[str], policy: str, owner: Owner, lease_s: float,
               gone: GoneCheck, detach: bool = False, max_auto_resumes: int = 3,
-              control: Control | None = None) -> StartOutcome:
+              control: Control | None = None, code: str | None = None) -> StartOutcome:
         """Decide, in one transaction, what a start() call means for ``key``.
 
-        ``control``: the pipeline's control options, and the parent run when a body starts it."""
+        ``control``: the pipeline's control options, and the parent run when a body starts it.
+        ``version`` and ``code`` (the body's fingerprint) say which code asks: an ended run made
+        by other code is never returned (a new attempt is made instead); an active one is, with
+        ``other_code`` saying so (see ``_other_code``)."""
         now = time.time()
-        # fast path, no write: an ended run returned as it is (terminal statuses never change)
+        # fast path, no write: an ended run returned as it is (terminal statuses never change);
+        # the params and code compared as stored text first
         row = self._latest_row(key)
         latest = None if row is None else self._rec(row)
-        if (latest is not None and latest.status.terminal and _difference(
-                latest, params_json, version, pipeline, row[5]) is None and (
+        if (latest is not None and latest.status.terminal
+                and _same_code(row[_VERSION_AT], row[_CODE_AT], version, code)
+                and _difference(latest, params_json, pipeline, row[_PARAMS_AT]) is None and (
                 (policy == "fail" or (policy == "attach" and not _child_resume(latest, control)))
                 or (policy == "resume" and (
                     latest.status == Status.SUCCEEDED or _capped(latest))))):
@@ -863,10 +870,11 @@ class Store:
                     latest = self.latest(key, conn)
             if latest is None:
                 rec = self._create(conn, pipeline, key, 1, params_json, version, phases, owner,
-                                   lease_s, now, "start", None, detach, control)
+                                   lease_s, now, "start", None, detach, control, code=code)
                 return StartOutcome(rec, True)
             assert latest is not None
-            mismatch = _difference(latest, params_json, version, pipeline)
+            mismatch = _difference(latest, params_json, pipeline)
+            changed = _other_code(latest, version, code)
             if latest.status.active:
                 if mismatch:
                     return StartOutcome(latest, False, f"the {latest.status} run for key "
@@ -874,21 +882,25 @@ class Store:
                 if policy == "fail":
                     return StartOutcome(latest, False, f"a run for key {key!r} is already "
                                         f"{latest.status} (id {latest.id})", recovered)
-                return StartOutcome(latest, False, None, recovered)
+                return StartOutcome(latest, False, None, recovered, other_code=changed)
             # the latest attempt has ended
             resumable = latest.status != Status.SUCCEEDED and not _capped(latest)
             if mismatch and mismatch.startswith("pipeline"):
                 return StartOutcome(latest, False, f"the run for key {key!r} has {mismatch}",
                                     recovered)
+            if policy == "resume" and changed and not mismatch:
+                resumable = True  # the code changed: resume it, cap or success notwithstanding
             if policy == "rerun" or (policy == "resume" and resumable):
                 if mismatch and policy == "resume":
                     return StartOutcome(latest, False, f"the run for key {key!r} has {mismatch}; "
                                         "resume continues the same work", recovered)
                 resumed = latest.id if policy == "resume" else None
+                by = f"start:{policy}" + (":code" if changed and policy == "resume" else "")
                 rec = self._create(conn, pipeline, key, latest.attempt + 1, params_json, version,
-                                   phases, owner, lease_s, now, f"start:{policy}", resumed, detach,
-                                   control)
-                if policy == "resume" and self._auto_resumes(conn, key) > max_auto_resumes:
+                                   phases, owner, lease_s, now, by, resumed, detach, control,
+                                   code=code, changed=changed)
+                if (policy == "resume" and not changed
+                        and self._auto_resumes(conn, key) > max_auto_resumes):
                     rec = self._give_up(conn, rec, max_auto_resumes, now)
                 return StartOutcome(rec, True, None, recovered)
             if policy == "attach" and not mismatch and _child_resume(latest, control):
@@ -900,14 +912,21 @@ class Store:
             if mismatch:
                 return StartOutcome(latest, False, f"the {latest.status} run for key {key!r} has "
                                     f"{mismatch}", recovered)
+            if changed:  # never an ended run of other code as if it were this code's
+                rec = self._create(conn, pipeline, key, latest.attempt + 1, params_json, version,
+                                   phases, owner, lease_s, now, "start:code", None, detach,
+                                   control, code=code, changed=changed)
+                return StartOutcome(rec, True, None, recovered)
             return StartOutcome(latest, False, None, recovered)
 
     def new_attempt(self, run_id: str, *, owner: Owner, lease_s: float, resume: bool,
-                    gone: GoneCheck, control: Control | None = None) -> RunRecord:
+                    gone: GoneCheck, control: Control | None = None,
+                    code: tuple[str | None, str | None] | None = None) -> RunRecord:
         """A new attempt of ``run_id``'s key (rerun, or resume reusing its checkpoints).
 
         ``control``: the pipeline's options as defined now (default: those of ``run_id``); the new
-        attempt keeps ``run_id``'s parent."""
+        attempt keeps ``run_id``'s parent. ``code``: ``(version, fingerprint)`` of the pipeline
+        that will execute it, when known here; else the attempt records those of ``run_id``."""
         from .errors import RunActive
 
         now = time.time()
@@ -924,10 +943,12 @@ class Store:
             ctl = control or Control(max_tries=base.max_tries, timeout=base.timeout,
                                      concurrency=base.concurrency)
             ctl = Control(base.parent_id, (), ctl.max_tries, ctl.timeout, ctl.concurrency)
+            version, fingerprint = code if code is not None else (base.version, base.code)
             return self._create(conn, base.pipeline, base.key, latest.attempt + 1,
-                                dumps(base.params), base.version, base.phases, owner, lease_s,
+                                dumps(base.params), version, base.phases, owner, lease_s,
                                 now, "resume" if resume else "rerun", base.id if resume else None,
-                                detach=base.target == "worker", control=ctl)
+                                detach=base.target == "worker", control=ctl, code=fingerprint,
+                                changed=_other_code(base, version, fingerprint))
 
     @staticmethod
     def _auto_resumes(conn: sqlite3.Connection, key: str) -> int:
@@ -954,7 +975,8 @@ class Store:
     def _create(self, conn: sqlite3.Connection, pipeline: str, key: str, attempt: int,
                 params_json: str, version: str | None, phases: list[str], owner: Owner,
                 lease_s: float, now: float, created_by: str, resumed_from: str | None,
-                detach: bool = False, control: Control | None = None) -> RunRecord:
+                detach: bool = False, control: Control | None = None,
+                code: str | None = None, changed: str | None = None) -> RunRecord:
         run_id = os.urandom(6).hex()  # what secrets.token_hex does, without its imports
         phases_done: list[str] = []
         control = control or _NO_CONTROL
@@ -970,17 +992,19 @@ class Store:
             "INSERT INTO runs (id, key, attempt, pipeline, version, params, status, phases, "
             "phases_done, created_at, updated_at, owner_host, owner_pid, owner_started, "
             "owner_instance, target, lease_until, resumed_from, last_seq, created_by, owner_ns, "
-            "parent_id, tries, max_tries, timeout, concurrency) "
+            "parent_id, tries, max_tries, timeout, concurrency, code) "
             "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, "
-            "?, ?, ?, ?, ?)",
+            "?, ?, ?, ?, ?, ?)",
             (run_id, key, attempt, pipeline, version, params_json, dumps(phases),
              dumps(phases_done), now, now, None if detach else owner.host,
              None if detach else owner.pid, None if detach else owner.started,
              None if detach else owner.instance, "worker" if detach else owner.instance,
              None if detach else now + lease_s, resumed_from, created_by,
              None if detach else owner.ns, control.parent, tries, control.max_tries,
-             control.timeout, control.concurrency))
+             control.timeout, control.concurrency, code))
         data: dict[str, Any] = {"by": created_by}
+        if changed:
+            data["code_changed"] = changed
         if detach:
             data["detached"] = True
         if resumed_from:
@@ -1434,8 +1458,29 @@ def _capped(rec: RunRecord) -> bool:
     return rec.status == Status.FAILED and (rec.error or {}).get("type") == "ResumeCapReached"
 
 
-def _difference(rec: RunRecord, params_json: str, version: str | None,
-                pipeline: str | None = None, stored_json: str | None = None) -> str | None:
+def _same_code(stored_version: Any, stored_code: Any, version: str | None,
+               code: str | None) -> bool:
+    """Whether a stored run was made by the code asking (versions and fingerprints as text).
+
+    An explicit ``version`` pins the code: equal versions are the same code whatever the
+    fingerprints. A fingerprint unknown on either side (a run recorded before tether kept them,
+    a callable without code) is taken as the same code."""
+    if stored_version != version:
+        return False
+    return version is not None or stored_code is None or code is None or stored_code == code
+
+
+def _other_code(rec: RunRecord, version: str | None, code: str | None) -> str | None:
+    """How the code of a start() call differs from the stored run's, or None if it is the same."""
+    if _same_code(rec.version, rec.code, version, code):
+        return None
+    if rec.version != version:
+        return f"version {raw_text(rec.version)} -> {raw_text(version)}"
+    return f"code {rec.code} -> {code}"
+
+
+def _difference(rec: RunRecord, params_json: str, pipeline: str | None = None,
+                stored_json: str | None = None) -> str | None:
     """A readable description of how a new start() differs from a stored run, or None.
 
     ``stored_json``: the run's params column as stored; both are canonical JSON, so equal text
@@ -1449,8 +1494,6 @@ def _difference(rec: RunRecord, params_json: str, version: str | None,
 
     if pipeline is not None and rec.pipeline != pipeline:
         return f"pipeline {cut(repr(rec.pipeline))}, not {cut(repr(pipeline))}"
-    if rec.version != version:
-        return f"version {cut(repr(rec.version))}, not {cut(repr(version))}"
     if stored_json is not None and stored_json == params_json:
         return None
     new = json.loads(params_json)

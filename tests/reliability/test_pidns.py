@@ -274,7 +274,8 @@ def test_a_schema_0001_database_migrates_on_open_and_keeps_judging_its_runs(
     with closing(sqlite3.connect(db)) as conn:
         undo_control_migration(conn)  # back to schema 0002 (0003_control undone)
         conn.execute("ALTER TABLE runs DROP COLUMN owner_ns")
-        conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0002_owner_ns'")
+        conn.execute("ALTER TABLE runs DROP COLUMN code")  # added later still (0004_code)
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name IN ('0002_owner_ns', '0004_code')")
         template = conn.execute("SELECT * FROM runs").fetchone()
         cols = [d[1] for d in conn.execute("PRAGMA table_info(runs)")]
         me = owner.current()
@@ -293,7 +294,7 @@ def test_a_schema_0001_database_migrates_on_open_and_keeps_judging_its_runs(
     statuses = {r.id: str(r.status) for r in tether.runs()}
     assert statuses["olddead"] == "interrupted" and statuses["oldlive"] == "running"
     assert [r[0] for r in raw(db, "SELECT name FROM _sqlite_migrations")] == [
-        "0001_initial", "0002_owner_ns", "0003_control"]
+        "0001_initial", "0002_owner_ns", "0003_control", "0004_code"]
     assert raw(db, "SELECT owner_ns FROM runs WHERE id = 'oldlive'") == [(None,)]
     assert quick.start(n=2).result(timeout=30) == 2
     assert raw(db, "SELECT count(*) FROM runs WHERE owner_ns IS NOT NULL") == [(1,)]

@@ -176,6 +176,8 @@ def build(rec: RunRecord, *, mode: str, log: Sequence[str] = (), phase_started: 
         "actions": actions(rec),
         "cancel_requested": rec.cancel_requested and status.active,
         "resumed_from": _clip(rec.resumed_from, MAX_ID),
+        # why start() made this attempt by itself: the body's code (or version) changed
+        "why": "code changed" if rec.created_by.endswith(":code") else None,
         "damaged": [_clip(d, MAX_NAME) for d in damaged[:MAX_DAMAGED]],
         "now": now,
     }
@@ -224,8 +226,9 @@ def _hidden_text(snap: Snapshot) -> tuple[str, str]:
 def text_snapshot(snap: Snapshot) -> str:
     """The text/plain rendering (terminals, consoles, nbval): run text with every terminal
     control character shown escaped."""
-    lines = [f"{safe(snap['pipeline'])} #{snap['attempt']} [{snap['status']}] id={safe(snap['id'])} "
-             f"key={safe(snap['key_short'])}"]
+    why = f" ({snap['why']})" if snap.get("why") else ""
+    lines = [f"{safe(snap['pipeline'])} #{snap['attempt']}{why} [{snap['status']}] "
+             f"id={safe(snap['id'])} key={safe(snap['key_short'])}"]
     if snap.get("damaged"):
         lines.append(f"damaged: {safe('; '.join(snap['damaged']))}")
     before, after = _hidden_text(snap)
@@ -265,6 +268,7 @@ def html_snapshot(snap: Snapshot) -> str:
         'style="font-family:system-ui,sans-serif;font-size:13px;line-height:1.4;'
         'border:1px solid #8885;border-radius:6px;padding:8px 10px;max-width:60em">',
         f"<div><strong>{e(snap['pipeline'])}</strong> #{e(str(snap['attempt']))} "
+        + (f"<i>{e(snap['why'])}</i> " if snap.get("why") else "") +
         f"<code>{e(snap['key_short'])}</code> "
         f'<span style="color:#fff;background:{color};border-radius:8px;padding:0 6px">'
         f"{e(snap['status'])}</span></div>",

@@ -176,7 +176,7 @@ function render({ model, el }) {
     root.setAttribute("aria-label", `run ${s.pipeline} attempt ${s.attempt}: ${s.status}`);
 
     name.textContent = s.pipeline;
-    attempt.textContent = `#${s.attempt}`;
+    attempt.textContent = s.why ? `#${s.attempt} · ${s.why}` : `#${s.attempt}`;
     key.textContent = s.key_short;
     key.title = `key ${s.key} · run id ${s.id}`;
     badge.textContent = STATUS_TEXT[s.status] || s.status;
