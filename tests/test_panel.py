@@ -3,6 +3,7 @@ and coalescing counted through a real kernel (jupyter_client)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -64,6 +65,14 @@ def child(child_env: dict[str, str]) -> Iterator[Callable[..., Child]]:
         c.close()
 
 
+def release(path: Path, text: str) -> None:
+    """Open a gate (helpers.pipes_panel.gate) atomically: its body polls for the file and reads
+    it, so a plain write_text() let it read the file created but still empty (a flaky result)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def settle(w: RunPanel, status: str, mode: str | None = None) -> dict[str, Any]:
     until(lambda: w.snapshot.get("status") == status and (mode is None or w.mode == mode),
           what=f"panel {status}/{mode} (now {w.snapshot.get('status')}/{w.mode})")
@@ -100,7 +109,7 @@ def test_snapshot_contents_for_every_status(db: Path, tmp_path: Path, child: Any
     assert snap["actions"] == {"cancel": False, "rerun": True, "resume": True}
     assert snap["error"]["type"] == "Cancelled"
 
-    gate.write_text("go")
+    release(gate, "go")
     snap = settle(w, "succeeded", "static")
     assert snap["result"] == '"go"' and snap["error"] is None
     assert snap["log"] == ["released: go"] and snap["percent"] == 100.0
@@ -210,7 +219,7 @@ def test_button_messages_reply_and_show_errors(db: Path, tmp_path: Path) -> None
     reply = w.handle({"id": "d", "action": "resume"})
     assert reply == {"id": "d", "ok": True, "error": None}
     assert w.snapshot["attempt"] == 2 and w.run.resumed_from == run.id
-    gate.write_text("x")
+    release(gate, "x")
     settle(w, "succeeded", "static")
     assert w.handle({"id": "e", "action": "refresh"}) == {"id": "e", "ok": True, "error": None}
 
@@ -244,11 +253,11 @@ def test_mode_for_own_foreign_and_ended_runs(db: Path, tmp_path: Path, child: An
     assert fast_poller.watching(w_foreign) == "poll"
     assert w_foreign.snapshot["actions"]["cancel"]
 
-    (tmp_path / "foreign").write_text("done")  # the polled run ends -> static by itself
+    release(tmp_path / "foreign", "done")  # the polled run ends -> static by itself
     settle(w_foreign, "succeeded", "static")
     assert fast_poller.watching(w_foreign) is None
 
-    (tmp_path / "own").write_text("done")
+    release(tmp_path / "own", "done")
     settle(w_own, "succeeded", "static")
     assert fast_poller.watching(w_own) is None
     # an ended run is static; its re-run executes here -> stream, then static again
@@ -327,7 +336,7 @@ def test_dashboard_lists_filters_and_selects(db: Path, tmp_path: Path,
     d.select(live.id)
     (shown,) = d.holder.children
     assert shown is panel(live)
-    gate.write_text("ok")
+    release(gate, "ok")
     until(lambda: {r["id"]: r["status"] for r in d.table.rows}.get(live.id) == "succeeded",
           what="the dashboard row to turn succeeded")
     with pytest.raises(Exception, match="not a status"):
@@ -462,3 +471,69 @@ def test_reader_never_skips_rows_committed_between_its_reads(db: Path) -> None:
     reader.read()
     assert list(reader.log) == ["one", "two"]
     assert reader.phase_name == "b"
+
+
+# -- small items (issue 12, point 10) and params in sight (issue 13, item 7) --------------------
+
+def test_dir_of_tether_is_its_public_api() -> None:
+    names = dir(tether)
+    assert "annotations" not in names  # was: from __future__ import annotations
+    assert set(tether.__all__) <= set(names) and {"panel", "dashboard"} <= set(names)
+    assert not [n for n in names if n.startswith("_") and n != "__version__"]
+
+
+def test_a_pipeline_written_without_ctx_is_told_so(db: Path) -> None:
+    @tether.pipeline(name="test_panel.total_sales")
+    def total_sales(path: str) -> int:  # the body forgot ctx: `path` receives it
+        return 1
+
+    for call in (lambda: total_sales.start(path="sales.csv"), lambda: total_sales.start("x")):
+        with pytest.raises(tether.ParamsError, match="the first parameter of a pipeline receives "
+                           r"ctx.*write def total_sales\(ctx, path, \.\.\.\)"):
+            call()
+    with pytest.raises(tether.ParamsError) as info:  # an ordinary mistake gets no such hint
+        pp.four_phase.start(n=1, nope=2)
+    assert "receives ctx" not in str(info.value)
+
+
+def test_runs_filter_on_equal_param_values(db: Path) -> None:
+    @tether.pipeline(name="test_panel.params")
+    def params(ctx: Any, repo: str, n: float = 1, flag: bool = False,
+               opts: dict[str, Any] | None = None) -> int:
+        return 1
+
+    a = params.start(repo="a")
+    b = params.start(repo="b", n=2.0, flag=True, opts={"x": [1, 2], "y": "é"})
+    c = params.start(repo="a", n=3)
+    for run in (a, b, c):
+        run.wait(20)
+
+    def ids(**flt: Any) -> set[str]:
+        return {r.id for r in tether.runs(params=flt)}
+
+    assert ids(repo="a") == {a.id, c.id}
+    assert ids(repo="a", n=3) == {c.id}
+    assert ids(n=2) == {b.id}  # 2 == 2.0, as in Python and JSON
+    assert ids(flag=True) == {b.id} and ids(flag=1) == set()  # but True is not 1
+    assert ids(opts={"y": "é", "x": [1, 2]}) == {b.id} and ids(opts=None) == {a.id, c.id}
+    assert ids(nope=1) == set() and ids() == {a.id, b.id, c.id}
+    assert [r.id for r in tether.runs(params={"repo": "a"}, limit=1)] == [c.id]  # filter, then limit
+    with pytest.raises(tether.ParamsError, match="not a JSON value"):
+        tether.runs(params={"x": object()})
+    with pytest.raises(tether.ParamsError, match="takes a dict"):
+        tether.runs(params=[("repo", "a")])  # type: ignore[arg-type]
+
+
+def test_cli_ls_shows_params_clipped_and_wide(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tether.cli import main
+
+    long = "x" * 100
+    run = pp.four_phase.start(n=1, delay=0.001, tag=long)
+    run.wait(20)
+    assert main(["ls", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    head, row = out.splitlines()[:2]
+    assert head.split()[-1] == "PARAMS"
+    assert "delay=0.001" in row and "tag='xxx" in row and long not in row and "…" in row
+    assert main(["ls", "--db", str(db), "--wide"]) == 0
+    assert f"tag='{long}'" in capsys.readouterr().out

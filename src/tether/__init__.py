@@ -15,8 +15,7 @@ run.result()
 ```
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations` here: it would put `annotations` in dir(tether)
 from .config import Settings, configure
 from .context import Context
 from .errors import (
@@ -48,6 +47,11 @@ def __getattr__(name: str) -> object:
 
         return getattr(widget, name)
     raise AttributeError(f"module 'tether' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # the public API (tab completion), not the submodules imported on the way
+    return sorted([*__all__, "__version__"])
 
 
 __all__ = [

@@ -11,11 +11,11 @@ from typing import Any
 
 from . import _interrupts, config, owner, runner
 from ._text import safe
-from .errors import PipelineNotFound, RunCancelled, RunFailed, RunInterrupted, StoreError
+from .errors import ParamsError, PipelineNotFound, RunCancelled, RunFailed, RunInterrupted, StoreError
 from .model import Event, Progress, RunRecord, Status, log_text
-from .store import Store
+from .store import Store, dumps
 
-__all__ = ["Run", "display_run", "get_run", "runs"]
+__all__ = ["Run", "display_run", "get_run", "params_text", "runs"]
 
 
 class Run:
@@ -260,6 +260,28 @@ def _wait_event(event: threading.Event, deadline: float | None,
     return True
 
 
+PARAM_VALUE_CHARS = 40  # characters of one param value shown in a clipped params text
+PARAMS_CHARS = 120  # characters of a clipped params text
+
+
+def params_text(params: dict[str, Any] | None, clip: bool = True, limit: int = PARAMS_CHARS) -> str:
+    """Params as listings show them: ``repo='./app', files=40`` (Python reprs, names sorted as
+    stored). Clipped (each value, then the whole, an ellipsis marking a cut) unless ``clip`` is
+    False. Run text is not escaped here: each display escapes it its own way."""
+    if not params:
+        return ""
+    parts = []
+    for name, value in params.items():
+        text = repr(value)
+        if clip and len(text) > PARAM_VALUE_CHARS:
+            text = text[: PARAM_VALUE_CHARS - 1] + "…"
+        parts.append(f"{name}={text}")
+    text = ", ".join(parts)
+    if clip and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
 def display_run(run: Run) -> None:
     """Show ``run`` in a notebook (no-op outside IPython kernels)."""
     if "ipykernel" not in sys.modules:
@@ -284,12 +306,34 @@ def get_run(run_id: str) -> Run:
 
 
 def runs(pipeline: Any = None, status: str | list[str] | None = None, key: str | None = None,
-         limit: int | None = 100) -> list[Run]:
-    """Every attempt matching the filters, newest first. ``pipeline``: a name or a Pipeline."""
+         limit: int | None = 100, params: dict[str, Any] | None = None) -> list[Run]:
+    """Every attempt matching the filters, newest first. ``pipeline``: a name or a Pipeline.
+
+    ``params``: only runs whose params include each given name with an equal value, compared
+    as JSON values (``True`` is not ``1``, ``3 == 3.0``; lists and dicts compare whole), e.g.
+    ``tether.runs(params={"repo": "./app"})``."""
     store = config.store()
     name = getattr(pipeline, "name", pipeline)
-    recs = store.list_runs(pipeline=name, status=status, key=key, limit=limit)
+    if params is not None:
+        params = _params_filter(params)
+    recs = store.list_runs(pipeline=name, status=status, key=key, limit=limit, params=params)
     orphans = store.recover([r for r in recs if r.status.active], owner.gone_reason)
     if orphans:
-        recs = store.list_runs(pipeline=name, status=status, key=key, limit=limit)
+        recs = store.list_runs(pipeline=name, status=status, key=key, limit=limit, params=params)
     return [Run(store, r.id, r) for r in recs]
+
+
+def _params_filter(params: Any) -> dict[str, Any]:
+    """``params=`` of runs(): a dict of str names to JSON values, else ParamsError."""
+    if not isinstance(params, dict):
+        raise ParamsError(f"tether.runs(params=...) takes a dict of parameter values, e.g. "
+                          f"params={{'repo': './app'}}; got {type(params).__name__}")
+    for k, v in params.items():
+        if not isinstance(k, str):
+            raise ParamsError(f"tether.runs(params=...): the name {k!r} is not a str")
+        try:
+            dumps(v)
+        except (TypeError, ValueError) as exc:
+            raise ParamsError(f"tether.runs(params=...): {k!r} is {type(v).__name__} "
+                              f"({safe(repr(v))[:80]}), not a JSON value ({exc})") from None
+    return params

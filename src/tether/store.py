@@ -740,8 +740,10 @@ class Store:
 
     @_guarded
     def list_runs(self, pipeline: str | None = None, status: str | Sequence[str] | None = None,
-                  key: str | None = None, limit: int | None = 100) -> list[RunRecord]:
-        where, args = [], []
+                  key: str | None = None, limit: int | None = 100,
+                  params: dict[str, Any] | None = None) -> list[RunRecord]:
+        where: list[str] = []
+        args: list[Any] = []
         if pipeline is not None:
             where.append("pipeline = ?")
             args.append(pipeline)
@@ -752,6 +754,12 @@ class Store:
         if key is not None:
             where.append("key = ?")
             args.append(key)
+        for name, value in (params or {}).items():
+            test, more = _param_test(value)
+            # CASE: json_each is never reached for a damaged (non-JSON) params column
+            where.append("CASE WHEN json_valid(params) THEN EXISTS (SELECT 1 FROM "
+                         f"json_each(runs.params) WHERE key = ? AND {test}) ELSE 0 END")
+            args.extend([name, *more])
         sql = f"SELECT {_RUN_COLS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -1163,6 +1171,24 @@ class Store:
             for row in rows:
                 n += self._interrupt(conn, _record(row), reason, now)
         return n
+
+
+def _param_test(value: Any) -> tuple[str, list[Any]]:
+    """A ``json_each`` condition true where a param equals ``value`` as JSON values do:
+    ``True`` is not ``1``, ``3 == 3.0``; a list or dict equals the same canonical JSON."""
+    if value is None:
+        return "type = 'null'", []
+    if isinstance(value, bool):
+        return "type = ?", ["true" if value else "false"]
+    if isinstance(value, (int, float)):
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            value = float(value)  # as SQLite reads such a number
+        return "type IN ('integer', 'real') AND value = ?", [value]
+    if isinstance(value, str):
+        return "type = 'text' AND value = ?", [value]
+    if isinstance(value, (list, tuple, dict)):
+        return "type IN ('array', 'object') AND value = ?", [dumps(value)]
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
 def _capped(rec: RunRecord) -> bool:
