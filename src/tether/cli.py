@@ -168,7 +168,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     store = _existing_store(args.db)
-    rec = store.request_cancel(args.id, owner.gone_reason)
+    rec = store.request_cancel(args.id, owner.gone_reason,
+                               origin={"via": "cli", "pid": os.getpid(), "host": owner.current().host})
     if rec.status.terminal:
         print(f"{_safe(rec.id)}: {_status(rec)}")
     else:

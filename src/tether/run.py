@@ -30,6 +30,9 @@ class Run:
         self.pipeline: str = rec.pipeline
         self._params: dict[str, Any] | None = None  # decoded on first use: see params
         self._last = rec
+        # ended before this handle was made (start() or get_run() gave back a stored outcome):
+        # its panel says so
+        self._found_ended = rec.status.terminal
 
     # -- state -------------------------------------------------------------------------------
 
@@ -196,9 +199,17 @@ class Run:
 
     def cancel(self) -> Run:
         """Ask the run to stop. Pending runs (and runs whose owner is gone) end at once."""
+        return self._cancel("api")
+
+    def _cancel(self, via: str, **origin: Any) -> Run:
+        """Cancel, recording where it came from (``via``: api, panel ...) for displays."""
+        me = runner.get(self._store).owner
+        who = {"via": via, "pid": me.pid, "host": me.host, "instance": me.instance, **origin}
         with _interrupts.critical():
+            # the request (and its origin) is stored first: a body that sees the local flag
+            # could otherwise end the run before the request is written, and the origin is lost
+            self._store.request_cancel(self.id, owner.gone_reason, origin=who)
             runner.get(self._store).cancel_local(self.id)
-            self._store.request_cancel(self.id, owner.gone_reason)
         return self
 
     def rerun(self) -> Run:
@@ -245,6 +256,13 @@ class Run:
         from .widget import repr_bundle
 
         return repr_bundle(self, include, exclude)
+
+    def _ipython_display_(self) -> None:
+        # IPython prefers this to _repr_mimebundle_: the panel is shown with a display id, so
+        # the static snapshot stored in the notebook is replaced by the end state when it ends
+        from .widget import show
+
+        show(self)
 
 
 def _wait_event(event: threading.Event, deadline: float | None,

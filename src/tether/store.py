@@ -733,6 +733,23 @@ class Store:
         ).fetchone()
 
     @_guarded
+    def newest(self, keys: Sequence[str]) -> dict[str, tuple[str, int, str]]:
+        """``{key: (id, attempt, status)}`` of the latest attempt of each key (one light read:
+        no params, results or errors), for panels that show an older attempt."""
+        out: dict[str, tuple[str, int, str]] = {}
+        keys = list(dict.fromkeys(keys))
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            # SQLite: the bare columns of an aggregate query come from the row holding the MAX;
+            # a damaged row (an attempt that is no integer) is never the newest
+            for key, attempt, run_id, status in self.conn().execute(
+                    "SELECT key, MAX(attempt), id, status FROM runs WHERE key IN "
+                    f"({','.join('?' * len(chunk))}) AND typeof(attempt) = 'integer' "
+                    "GROUP BY key", chunk):
+                out[key] = (str(run_id), attempt, str(status))
+        return out
+
+    @_guarded
     def attempts(self, key: str) -> list[RunRecord]:
         rows = self.conn().execute(
             f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt", (key,)).fetchall()
@@ -1101,8 +1118,13 @@ class Store:
                              "VALUES (?, ?, ?, ?)", [(run_id, n, v, now) for n, v in items])
         return True
 
-    def request_cancel(self, run_id: str, gone: GoneCheck) -> RunRecord:
-        """Cancel: a pending run (or one whose owner is gone) ends at once; a running one is flagged."""
+    def request_cancel(self, run_id: str, gone: GoneCheck,
+                       origin: dict[str, Any] | None = None) -> RunRecord:
+        """Cancel: a pending run (or one whose owner is gone) ends at once; a running one is flagged.
+
+        ``origin`` (who asked: ``{"via": "panel" | "cli" | "api", "pid": ..., ...}``) is kept in
+        the cancel's event, for displays to say where the cancel came from."""
+        extra = {"origin": origin} if origin else {}
         now = time.time()
         with self.tx() as conn:
             rec = self.get(run_id)
@@ -1116,11 +1138,11 @@ class Store:
                     "updated_at = ?, error = ? WHERE id = ? AND status = ?",
                     (now, now, dumps(error), run_id, str(rec.status)))
                 if cur.rowcount == 1:
-                    self._event(conn, rec, "cancelled", {"by": "request"}, now)
+                    self._event(conn, rec, "cancelled", {"by": "request", **extra}, now)
             elif not rec.cancel_requested:
                 conn.execute("UPDATE runs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
                              (now, run_id))
-                self._event(conn, rec, "cancel_requested", {}, now)
+                self._event(conn, rec, "cancel_requested", extra, now)
             return self.get(run_id)
 
     def recover(self, records: Sequence[RunRecord], gone: GoneCheck) -> list[tuple[RunRecord, str]]:
