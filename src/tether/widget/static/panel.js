@@ -134,7 +134,7 @@ function render({ model, el }) {
   let guardUntil = 0;
   let confirming = false;
   let pingBusy = false, pingEvery = PING_MS, nextPing = performance.now() + PING_MS;
-  let wasConnected = false, cleaned = false;
+  let wasConnected = false, cleaned = false, ticks = 0;
 
   // ---- skeleton (built once; updates only change text, attributes and visibility)
   const name = h("span", { class: "tether-name", "data-testid": "tether-pipeline" });
@@ -310,6 +310,7 @@ function render({ model, el }) {
   // ---- rendering
   function tick() {
     if (cleaned) return;
+    root.dataset.ticks = String(++ticks);  // the clock's beats (tests wait on them, not on sleeps)
     if (root.isConnected) wasConnected = true;
     else if (wasConnected) { cleanup(); return; }  // an output re-rendered without removing this view
     checkKernel();
