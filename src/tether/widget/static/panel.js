@@ -135,6 +135,7 @@ function render({ model, el }) {
   let confirming = false;
   let pingBusy = false, pingEvery = PING_MS, nextPing = performance.now() + PING_MS;
   let wasConnected = false, cleaned = false, ticks = 0;
+  let sawLive = false;  // this view saw its kernel alive (else: restored from a saved notebook)
 
   // ---- skeleton (built once; updates only change text, attributes and visibility)
   const name = h("span", { class: "tether-name", "data-testid": "tether-pipeline" });
@@ -277,7 +278,11 @@ function render({ model, el }) {
   // ---- is the kernel still there?
   function goneNow(why) {
     if (disconnected) return;
-    disconnected = { at: Date.now() / 1000, why, clock: performance.now() };
+    // the state shown was true until the kernel went away, or (a view that never saw its kernel)
+    // when the kernel built it
+    const s = model.get("snapshot") || {};
+    const at = Date.now() / 1000;
+    disconnected = { at, why, clock: performance.now(), known: sawLive ? at : (s.now || at) };
     for (const { resolve, timer } of pending.values()) {
       clearTimeout(timer);
       resolve({ ok: false, error: `the kernel is gone; ${DISCONNECTED_FIX}` });
@@ -289,10 +294,11 @@ function render({ model, el }) {
   function checkKernel() {
     if (disconnected) return;
     if (el.classList.contains("jupyter-widgets-disconnected")) {
-      goneNow("the kernel was restarted, or this view was restored without its kernel");
+      goneNow(sawLive ? "the kernel was restarted"
+        : "this view was restored from the saved notebook, without the kernel that drove it");
       return;
     }
-    if (kernel0 === null) return;  // the front end does not say
+    if (kernel0 === null) { sawLive = true; return; }  // the front end does not say more
     const k = kernelOf(model);
     if (kernel0 === undefined) {  // restored from a saved notebook, no kernel yet
       if (!k) goneNow("no kernel is running this panel");
@@ -303,6 +309,7 @@ function render({ model, el }) {
     if (k.status === "restarting" || k.status === "autorestarting") { goneNow("the kernel was restarted"); return; }
     const down = k.connectionStatus !== undefined && k.connectionStatus !== "connected";
     if (down !== lost) { lost = down; update(); }
+    sawLive = true;
   }
   const onCommLive = () => setTimeout(checkKernel, 0);
   const onCommClose = () => goneNow("the kernel closed this panel");
@@ -368,7 +375,7 @@ function render({ model, el }) {
     runId.textContent = `id ${s.id}`;
     runId.title = `run id ${s.id} · key ${s.key}`;
     const statusText = STATUS_TEXT[s.status] || s.status;
-    badge.textContent = disconnected && active ? `was ${statusText} at ${fmtClock(disconnected.at, false)}` : statusText;
+    badge.textContent = disconnected && active ? `was ${statusText} at ${fmtClock(disconnected.known, false)}` : statusText;
     badge.dataset.status = s.status;
     modeTag.textContent = disconnected ? "disconnected" : lost ? "reconnecting…"
       : s.mode === "stream" ? "live" : s.mode === "poll" ? "polling" : "";
@@ -381,8 +388,11 @@ function render({ model, el }) {
 
     discNote.hidden = !disconnected;
     if (disconnected) {
-      discNote.textContent = `Disconnected at ${fmtClock(disconnected.at)}: ${disconnected.why}. ` +
-        `This panel shows the last state it received; ${DISCONNECTED_FIX}.`;
+      discNote.textContent = sawLive
+        ? `Disconnected at ${fmtClock(disconnected.at)}: ${disconnected.why}. ` +
+          `This panel shows the last state it received; ${DISCONNECTED_FIX}.`
+        : `Disconnected: ${disconnected.why}. It shows the state of ${fmtClock(disconnected.known)}; ` +
+          `${DISCONNECTED_FIX}.`;
     }
 
     // a row edited behind tether's back: which columns are damaged
@@ -447,7 +457,7 @@ function render({ model, el }) {
       bar.setAttribute("aria-valuetext", s.done ? `${fmtNum(s.done)} done, total unknown` : "total unknown");
     }
     fill.style.width = s.percent === null || s.percent === undefined ? "" : `${s.percent}%`;
-    phaseLabel.textContent = s.phase || (s.status === "pending" ? "waiting to start" : "");
+    phaseLabel.textContent = s.phase || (s.status === "pending" && !s.waiting ? "waiting to start" : "");
     // a phase without a total shows what was counted, nothing when nothing was
     counts.textContent = determinate
       ? `${fmtNum(s.done)} / ${fmtNum(s.total)} · ${Math.floor(s.percent)}%`
