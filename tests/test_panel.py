@@ -796,3 +796,25 @@ def test_an_executed_notebook_shows_how_each_run_ended(tmp_path: Path,
     html = dash["data"]["text/html"]
     assert "<table" in html and html.count("<tr data-run-id=") == 2
     assert 'data-status="running"' not in html and 'data-status="failed"' in html
+
+
+def test_an_active_runs_snapshot_beats_even_when_nothing_changes(
+        db: Path, tmp_path: Path, fast_poller: poller.Poller, monkeypatch: Any) -> None:
+    """The front end can tell a quiet run from a kernel gone quiet (panel.js QUIET_MS) only if an
+    active run's panel hears from the kernel now and then."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("tether.widget.panel"), "BEAT_S", 0.2)
+    gate = tmp_path / "gate"
+    run = pp.gate.start(path=str(gate), tag="beat")  # waits: nothing changes, nothing flushes
+    w = panel(run)
+    settle(w, "running", "stream")
+    n0, t0 = w.updates, w.snapshot["now"]
+    until(lambda: w.updates >= n0 + 3, what="three beats of an unchanged run", timeout=10)
+    assert w.snapshot["now"] > t0 and w.snapshot["status"] == "running"
+    release(gate, "go")
+    settle(w, "succeeded", "static")
+    n1 = w.updates
+    for _ in range(3):
+        w.refresh()  # an ended run does not beat
+    assert w.updates == n1

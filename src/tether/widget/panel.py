@@ -41,6 +41,9 @@ __all__ = ["RunPanel", "panel"]
 STATIC = Path(__file__).parent / "static"
 ACTIONS = ("cancel", "rerun", "resume", "refresh", "newer")
 MAX_DISPLAYS = 16  # displays of one panel whose fallback is kept current
+# an active run's snapshot is re-sent at least this often (the poller's pace permitting: every
+# POLL_INTERVAL for a polled run, every SAFETY_FACTOR * POLL_INTERVAL for a streamed one)
+BEAT_S = 3.0
 
 _lock = threading.RLock()
 # (store path, run id) -> the panel showing that run (one widget model per run per kernel)
@@ -76,6 +79,7 @@ class RunPanel(anywidget.AnyWidget):
         self._newer: dict[str, Any] | None = None
         self._displays: list[tuple[str, dict[str, Any]]] = []  # (display id, parent header)
         self._fallback_key: Any = None
+        self._sent_at = 0.0  # when the last snapshot was sent (time.time())
         self.updates = 0  # snapshots actually sent (tests, benchmark)
         self.on_msg(self._on_custom)
         self.refresh()
@@ -123,8 +127,12 @@ class RunPanel(anywidget.AnyWidget):
             if rec.status.terminal:
                 self._check_newer(rec)
             snap = self._build(rec, mode)
-            if force or not _snap.same(snap, self.snapshot):
+            # while the run is active the snapshot is sent at least every BEAT_S seconds, even
+            # unchanged: a front end that hears nothing for long says so (panel.js QUIET_MS)
+            beat = mode != "static" and snap["now"] - self._sent_at >= BEAT_S
+            if force or beat or not _snap.same(snap, self.snapshot):
                 self.snapshot = snap
+                self._sent_at = snap["now"]
                 self.updates += 1
                 self._keep_fallback(snap)
             return mode != "static"

@@ -22,6 +22,10 @@ const LOG_SHORT = 5;
 const GUARD_MS = 1500;  // after a run ends, Re-run/Resume stay disabled this long (a late click on Cancel)
 const PING_MS = 3000;  // an ended run's panel asks the kernel this often for a newer attempt
 const DISCONNECTED_FIX = "re-run the cell to reattach";
+// an active run's kernel sends its snapshot at least every 5 s (panel.py BEAT_S, at the
+// poller's pace): this long without a word, the panel says it does not know (a front end that
+// gives no signal when its kernel dies, or a kernel held by a C call)
+const QUIET_MS = 15000;
 
 function h(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -129,6 +133,7 @@ function render({ model, el }) {
   let receivedAt = performance.now();
   let disconnected = null;  // {at: epoch s, why: text} once the kernel is gone
   let lost = false;  // the connection is down for now (it may come back)
+  let quiet = false;  // an active run's kernel has sent nothing for QUIET_MS
   const kernel0 = kernelOf(model);
   let lastStatus = null;
   let guardUntil = 0;
@@ -324,10 +329,14 @@ function render({ model, el }) {
     const s = model.get("snapshot") || {};
     const active = ACTIVE.has(s.status);
     const nowClock = disconnected ? disconnected.clock : performance.now();
+    const quietNow = !disconnected && ACTIVE.has(s.status) && s.mode !== "static"
+      && nowClock - receivedAt > QUIET_MS;
+    if (quietNow !== quiet) { quiet = quietNow; update(); return; }
+    if (quiet) modeTag.textContent = `no word from the kernel for ${fmtDuration((nowClock - receivedAt) / 1000)}`;
     const dt = active ? (nowClock - receivedAt) / 1000 : 0;
     const el_ = s.elapsed === null || s.elapsed === undefined ? null : s.elapsed + (s.status === "running" ? dt : 0);
     elapsed.textContent = el_ === null ? "" : `run time ${fmtDuration(el_)}`;
-    if (s.eta !== null && s.eta !== undefined && s.status === "running" && !disconnected && !lost) {
+    if (s.eta !== null && s.eta !== undefined && s.status === "running" && !disconnected && !lost && !quiet) {
       // never 0:00 before the end: a countdown that ran out waits for the kernel's next estimate
       const scope = s.eta_scope === "run" ? "run" : "phase";
       eta.textContent = `${scope} ETA ${fmtDuration(Math.max(1, s.eta - dt), true)}`;
@@ -378,8 +387,11 @@ function render({ model, el }) {
     badge.textContent = disconnected && active ? `was ${statusText} at ${fmtClock(disconnected.known, false)}` : statusText;
     badge.dataset.status = s.status;
     modeTag.textContent = disconnected ? "disconnected" : lost ? "reconnecting…"
+      : quiet ? "no word from the kernel"
       : s.mode === "stream" ? "live" : s.mode === "poll" ? "polling" : "";
+    root.dataset.quiet = quiet ? "true" : "false";
     modeTag.title = disconnected ? disconnected.why : lost ? "the connection to the kernel is down for now"
+      : quiet ? "the kernel is busy (a cell holds it) or gone; if gone, re-run the cell to reattach"
       : s.mode === "stream" ? "this kernel runs it; updates are pushed"
       : s.mode === "poll" ? "another process runs it; read from the store every second" : "";
     params.textContent = s.params || "";
@@ -462,7 +474,7 @@ function render({ model, el }) {
     counts.textContent = determinate
       ? `${fmtNum(s.done)} / ${fmtNum(s.total)} · ${Math.floor(s.percent)}%`
       : (s.done ? `${fmtNum(s.done)} done` : "");
-    rate.textContent = s.status === "running" && !disconnected ? fmtRate(s.rate) : "";
+    rate.textContent = s.status === "running" && !disconnected && !quiet ? fmtRate(s.rate) : "";
     rate.title = "from the last 30 s of progress (items reused from checkpoints not counted)";
 
     // log tail; the last message is shown on its own unless it is the log's last line
