@@ -18,6 +18,10 @@ from .store import Store, dumps
 __all__ = ["Run", "display_run", "get_run", "params_text", "runs"]
 
 
+# run id -> {"origin", "ts"} of the cancels asked in this process (the newest 256), for displays
+_cancel_origins: dict[str, dict[str, Any]] = {}
+
+
 class Run:
     """One attempt of a pipeline with given params. Every property reads the current state."""
 
@@ -203,13 +207,18 @@ class Run:
 
     def _cancel(self, via: str, **origin: Any) -> Run:
         """Cancel, recording where it came from (``via``: api, panel ...) for displays."""
-        me = runner.get(self._store).owner
+        run_ = runner.get(self._store)
+        me = run_.owner
         who = {"via": via, "pid": me.pid, "host": me.host, "instance": me.instance, **origin}
+        # kept here too: a body that sees the local flag may end the run before the request
+        # (and the origin in its event) is written, and then nothing more is written
+        _cancel_origins[self.id] = {"origin": who, "ts": time.time()}
+        while len(_cancel_origins) > 256:
+            del _cancel_origins[next(iter(_cancel_origins))]
         with _interrupts.critical():
-            # the request (and its origin) is stored first: a body that sees the local flag
-            # could otherwise end the run before the request is written, and the origin is lost
+            # the local flag first: it stops a body here even while the store is locked
+            run_.cancel_local(self.id)
             self._store.request_cancel(self.id, owner.gone_reason, origin=who)
-            runner.get(self._store).cancel_local(self.id)
         return self
 
     def rerun(self) -> Run:
