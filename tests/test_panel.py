@@ -818,3 +818,15 @@ def test_an_active_runs_snapshot_beats_even_when_nothing_changes(
     for _ in range(3):
         w.refresh()  # an ended run does not beat
     assert w.updates == n1
+
+
+def test_dashboards_do_not_pile_up_without_cell_ids(db: Path, monkeypatch: Any) -> None:
+    import importlib
+
+    dash_mod = importlib.import_module("tether.widget.dashboard")
+    monkeypatch.setattr(dash_mod, "MAX_LIVE", 3)
+    monkeypatch.setattr(dash_mod, "_live", [])
+    made = [dashboard() for _ in range(5)]  # no kernel: no cell id
+    assert [d._closed for d in made] == [True, True, False, False, False]
+    for d in made[2:]:
+        d.close()

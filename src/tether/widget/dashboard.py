@@ -2,7 +2,7 @@
 
 Every call is its own widget with its own filter. Re-executing the cell that made a dashboard
 closes the dashboard that cell made before (its output is gone): one cell does not pile up
-dashboards that poll the store.
+dashboards that poll the store. At most MAX_LIVE dashboards stay open in a process.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ __all__ = ["Dashboard", "DashboardTable", "dashboard"]
 SWEEP_EVERY = 5.0  # seconds between orphan checks of the listed active runs
 ROW_PARAMS = 80  # characters of a row's params shown
 _STATUSES = [str(s) for s in Status]
+MAX_LIVE = 16  # dashboards open at once in a process; the oldest beyond are closed
+_live: list[weakref.ref[Dashboard]] = []
 # cell id -> (the request that executed it last, the dashboards that execution made)
 _by_cell: dict[str, tuple[str, list[weakref.ref[Dashboard]]]] = {}
 _lock = threading.Lock()
@@ -286,13 +288,19 @@ def dashboard(status: str | None = None, limit: int = 50, db: Any = None) -> Das
     store = config.store(db)
     made = Dashboard(store, status=status, limit=limit)
     where = _cell_request()
-    if where is None:
-        return made
-    cell, request = where
+    old: list[Dashboard | None] = []
     with _lock:
-        before, refs = _by_cell.get(cell, ("", []))
-        old = [r() for r in refs] if before != request else []
-        _by_cell[cell] = (request, [*(refs if before == request else []), weakref.ref(made)])
+        if where is not None:
+            cell, request = where
+            before, refs = _by_cell.get(cell, ("", []))
+            old = [r() for r in refs] if before != request else []
+            _by_cell[cell] = (request, [*(refs if before == request else []), weakref.ref(made)])
+        # a front end that sends no cell id: the oldest dashboards beyond MAX_LIVE are closed,
+        # so re-executing a cell does not pile up dashboards that poll the store
+        _live[:] = [r for r in _live if (d := r()) is not None and not d._closed]
+        _live.append(weakref.ref(made))
+        while len(_live) > MAX_LIVE:
+            old.append(_live.pop(0)())
     for d in old:
         if d is not None and not d._closed:
             d.close()
