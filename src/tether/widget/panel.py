@@ -212,7 +212,7 @@ class RunPanel(anywidget.AnyWidget):
             self._rec = None
             self._newer = None
             self._stored = bool(getattr(run, "_found_ended", False))
-            self.refresh(force=True)
+        self.refresh(force=True)  # outside the registry lock: refreshing may tell other panels
 
     def _mark_stored(self) -> None:
         """The run was handed out as a stored outcome (start() found it ended): say so."""
@@ -419,12 +419,14 @@ def panel(run: Run) -> RunPanel:
     path = str(run.store.path)
     with _lock:
         found = _by_id.get((path, run.id))
-        if found is not None and not found._closed:
-            if getattr(run, "_found_ended", False):
-                found._mark_stored()
-            return found
-        widget = RunPanel(run)
-        _by_id[(path, run.id)] = widget
+        if found is None or found._closed:
+            found = None
+            widget = RunPanel(run)
+            _by_id[(path, run.id)] = widget
+    if found is not None:
+        if getattr(run, "_found_ended", False):
+            found._mark_stored()
+        return found
     if run.attempt > 1:
         _tell_key(run, widget)
     return widget
