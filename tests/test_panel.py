@@ -594,6 +594,14 @@ def test_runs_filter_on_equal_param_values(db: Path) -> None:
     assert ids(opts={"y": "é", "x": [1, 2]}) == {b.id} and ids(opts=None) == {a.id, c.id}
     assert ids(nope=1) == set() and ids() == {a.id, b.id, c.id}
     assert [r.id for r in tether.runs(params={"repo": "a"}, limit=1)] == [c.id]  # filter, then limit
+    # a row whose params column is not JSON (edited by hand) is skipped, not an error
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("UPDATE runs SET params = '{not json' WHERE id = ?", (a.id,))
+        conn.commit()
+    assert ids(repo="a") == {c.id}
     with pytest.raises(tether.ParamsError, match="not a JSON value"):
         tether.runs(params={"x": object()})
     with pytest.raises(tether.ParamsError, match="takes a dict"):

@@ -775,7 +775,7 @@ class Store:
             test, more = _param_test(value)
             # CASE: json_each is never reached for a damaged (non-JSON) params column
             where.append("CASE WHEN json_valid(params) THEN EXISTS (SELECT 1 FROM "
-                         f"json_each(runs.params) WHERE key = ? AND {test}) ELSE 0 END")
+                         f"json_each(runs.params) AS j WHERE j.key = ? AND {test}) ELSE 0 END")
             args.extend([name, *more])
         sql = f"SELECT {_RUN_COLS} FROM runs"
         if where:
@@ -1199,17 +1199,17 @@ def _param_test(value: Any) -> tuple[str, list[Any]]:
     """A ``json_each`` condition true where a param equals ``value`` as JSON values do:
     ``True`` is not ``1``, ``3 == 3.0``; a list or dict equals the same canonical JSON."""
     if value is None:
-        return "type = 'null'", []
+        return "j.type = 'null'", []
     if isinstance(value, bool):
-        return "type = ?", ["true" if value else "false"]
+        return "j.type = ?", ["true" if value else "false"]
     if isinstance(value, (int, float)):
         if isinstance(value, int) and not -(2**63) <= value < 2**63:
             value = float(value)  # as SQLite reads such a number
-        return "type IN ('integer', 'real') AND value = ?", [value]
+        return "j.type IN ('integer', 'real') AND j.value = ?", [value]
     if isinstance(value, str):
-        return "type = 'text' AND value = ?", [value]
+        return "j.type = 'text' AND j.value = ?", [value]
     if isinstance(value, (list, tuple, dict)):
-        return "type IN ('array', 'object') AND value = ?", [dumps(value)]
+        return "j.type IN ('array', 'object') AND j.value = ?", [dumps(value)]
     raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
