@@ -3,6 +3,7 @@ and coalescing counted through a real kernel (jupyter_client)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -64,6 +65,14 @@ def child(child_env: dict[str, str]) -> Iterator[Callable[..., Child]]:
         c.close()
 
 
+def release(path: Path, text: str) -> None:
+    """Open a gate (helpers.pipes_panel.gate) atomically: its body polls for the file and reads
+    it, so a plain write_text() let it read the file created but still empty (a flaky result)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def settle(w: RunPanel, status: str, mode: str | None = None) -> dict[str, Any]:
     until(lambda: w.snapshot.get("status") == status and (mode is None or w.mode == mode),
           what=f"panel {status}/{mode} (now {w.snapshot.get('status')}/{w.mode})")
@@ -85,6 +94,9 @@ def test_snapshot_contents_for_every_status(db: Path, tmp_path: Path, child: Any
     assert snap["actions"] == {"cancel": True, "rerun": False, "resume": False}
     assert [p["state"] for p in snap["phases"]] == ["upcoming"] * 4
     assert snap["elapsed"] is None and snap["error"] is None and snap["result"] is None
+    assert "max_concurrency" in snap["waiting"]  # what it waits for, not just "waiting"
+    assert snap["params"] == "delay=0.01, hold='', n=2, tag='pending'"
+    assert not snap["stored"] and snap["newer"] is None and snap["cancel"] is None
 
     w = panel(running)
     snap = settle(w, "running", "stream")
@@ -92,15 +104,16 @@ def test_snapshot_contents_for_every_status(db: Path, tmp_path: Path, child: Any
     assert snap["total"] is None and snap["percent"] is None  # indeterminate
     assert snap["actions"] == {"cancel": True, "rerun": False, "resume": False}
     assert snap["pipeline"] == "helpers.pipes_panel.gate" and snap["attempt"] == 1
-    assert snap["id"] == running.id and snap["key"] == running.key
-    assert len(snap["key_short"]) == 8 and running.key.endswith(snap["key_short"] + running.key[-8:])
+    assert snap["id"] == running.id and snap["key"] == running.key and "key_short" not in snap
+    assert snap["waiting"] is None and snap["eta_scope"] == "run"  # "waiting" is its last phase
 
     pending.cancel()
     snap = settle(panel(pending), "cancelled", "static")
     assert snap["actions"] == {"cancel": False, "rerun": True, "resume": True}
-    assert snap["error"]["type"] == "Cancelled"
+    assert snap["error"] is None  # a cancel is no error: no red, no traceback
+    assert snap["cancel"]["origin"] == "by run.cancel() in this kernel" and snap["cancel"]["at"]
 
-    gate.write_text("go")
+    release(gate, "go")
     snap = settle(w, "succeeded", "static")
     assert snap["result"] == '"go"' and snap["error"] is None
     assert snap["log"] == ["released: go"] and snap["percent"] == 100.0
@@ -153,35 +166,64 @@ def _instances() -> int:
     return len(ipw_widget._instances)
 
 
-def test_one_widget_model_per_run_and_rerun_rebinds(db: Path) -> None:
-    run = pp.four_phase.start(n=2, delay=0.001, tag="one")
+def test_one_widget_model_per_run_and_a_panel_keeps_its_attempt(db: Path, tmp_path: Path) -> None:
+    hold = str(tmp_path / "hold")  # the run waits (running) until this file exists
+    run = pp.four_phase.start(n=2, delay=0.001, tag="one", hold=hold)
     w = panel(run)
     before = _instances()
     for _ in range(100):  # re-executing the cell: the same run, the same model
-        again = pp.four_phase.start(n=2, delay=0.001, tag="one")
+        again = pp.four_phase.start(n=2, delay=0.001, tag="one", hold=hold)
         assert panel(again) is w
         assert panel(tether.get_run(run.id)) is w
         panel(again)._repr_mimebundle_()
     assert _instances() == before
+    release(Path(hold), "go")
     run.wait(20)
     settle(w, "succeeded", "static")
+    assert not w.snapshot["stored"]  # it ran while we watched
 
-    # Re-run from the panel: the same widget now shows attempt 2
+    # Re-run clicked in the panel: the user asked, so this panel moves to attempt 2
     reply = w.handle({"id": "r1", "action": "rerun"})
     assert reply == {"id": "r1", "ok": True, "error": None}
     assert w.run.attempt == 2 and w.snapshot["attempt"] == 2 and w.run.key == run.key
     settle(w, "succeeded", "static")
     assert panel(w.run) is w
-    assert pp.four_phase.start(n=2, delay=0.001, tag="one").id == w.run.id
-    assert panel(pp.four_phase.start(n=2, delay=0.001, tag="one")) is w
+    assert pp.four_phase.start(n=2, delay=0.001, tag="one", hold=hold).id == w.run.id
+    assert panel(pp.four_phase.start(n=2, delay=0.001, tag="one", hold=hold)) is w
+    assert w.snapshot["stored"]  # start() gave back the ended run: its panel says it is stored
     old = panel(run)  # the first attempt, shown on purpose: its own (static) panel
-    assert old is not w and old.snapshot["attempt"] == 1
-    # a newer attempt started elsewhere in this kernel rebinds the key's panel when shown
+    assert old is not w and old.snapshot["attempt"] == 1 and old.snapshot["id"] == run.id
+    assert old.snapshot["newer"] == {"id": w.run.id, "attempt": 2, "status": "succeeded"}
+
+    # a newer attempt made elsewhere never moves a panel: both offer it (data-testid=tether-newer)
     third = w.run.rerun()
-    assert panel(third) is w and w.snapshot["attempt"] == 3
+    t3 = panel(third)
+    assert t3 is not w and t3.snapshot["attempt"] == 3
+    assert w.snapshot["attempt"] == 2 and w.snapshot["newer"]["id"] == third.id
+    assert old.snapshot["attempt"] == 1 and old.snapshot["newer"]["attempt"] == 3
     third.wait(20)
+    settle(t3, "succeeded", "static")
+    until(lambda: old.snapshot["newer"]["status"] == "succeeded", what="the newer attempt's end")
+    # ... until its link is clicked: then the panel shows the newest attempt
+    assert old.handle({"id": "n", "action": "newer"}) == {"id": "n", "ok": True, "error": None}
+    assert old.snapshot["attempt"] == 3 and old.snapshot["newer"] is None
     w.close()
-    assert panel(third) is not w  # a closed panel is never handed out again
+    assert panel(w.run) is not w  # a closed panel is never handed out again
+
+
+def test_an_older_attempt_learns_of_a_newer_one_made_by_another_process(
+        db: Path, child_env: dict[str, str]) -> None:
+    run = pp.four_phase.start(n=1, delay=0.001, tag="cross")
+    run.wait(20)
+    w = panel(tether.get_run(run.id))
+    assert w.snapshot["newer"] is None and w.snapshot["stored"]
+    code = ("import sys, tether; tether.configure(db=sys.argv[1]); "
+            "from helpers import pipes_panel as pp; "
+            "r = pp.four_phase.start(n=1, delay=0.001, tag='cross', policy='rerun'); r.wait(30)")
+    subprocess.run([sys.executable, "-c", code, str(db)], env=child_env, check=True, timeout=60)
+    # the front end asks an ended run's panel to refresh every few seconds (panel.js PING_MS)
+    assert w.handle({"id": 1, "action": "refresh"})["ok"]  # type: ignore[index]
+    assert w.snapshot["newer"]["attempt"] == 2 and w.snapshot["attempt"] == 1
 
 
 # -- buttons -----------------------------------------------------------------------------------
@@ -206,11 +248,18 @@ def test_button_messages_reply_and_show_errors(db: Path, tmp_path: Path) -> None
     snap = settle(w, "cancelled", "static")
     assert w.notice == {}  # a successful action clears the last error
     assert snap["actions"]["rerun"] and not snap["actions"]["cancel"]
+    # cancelled is neutral: no error, no traceback of tether's own code, the origin said
+    assert snap["error"] is None and snap["cancel"]["origin"] == "from this panel"
+    assert snap["phases"] == [{"name": "waiting", "state": "stopped"}]
+    text, html = text_snapshot(snap), html_snapshot(snap)
+    assert "cancelled from this panel at " in text and "Traceback" not in text
+    assert "_raise_cancelled" not in text + html and "#cf222e" not in html  # no red
+    assert panel(tether.get_run(run.id)) is w  # the same run: the same panel, same words
 
     reply = w.handle({"id": "d", "action": "resume"})
     assert reply == {"id": "d", "ok": True, "error": None}
     assert w.snapshot["attempt"] == 2 and w.run.resumed_from == run.id
-    gate.write_text("x")
+    release(gate, "x")
     settle(w, "succeeded", "static")
     assert w.handle({"id": "e", "action": "refresh"}) == {"id": "e", "ok": True, "error": None}
 
@@ -244,11 +293,11 @@ def test_mode_for_own_foreign_and_ended_runs(db: Path, tmp_path: Path, child: An
     assert fast_poller.watching(w_foreign) == "poll"
     assert w_foreign.snapshot["actions"]["cancel"]
 
-    (tmp_path / "foreign").write_text("done")  # the polled run ends -> static by itself
+    release(tmp_path / "foreign", "done")  # the polled run ends -> static by itself
     settle(w_foreign, "succeeded", "static")
     assert fast_poller.watching(w_foreign) is None
 
-    (tmp_path / "own").write_text("done")
+    release(tmp_path / "own", "done")
     settle(w_own, "succeeded", "static")
     assert fast_poller.watching(w_own) is None
     # an ended run is static; its re-run executes here -> stream, then static again
@@ -317,17 +366,17 @@ def test_dashboard_lists_filters_and_selects(db: Path, tmp_path: Path,
     gate = tmp_path / "gate"
     live = pp.gate.start(path=str(gate), tag="d2")
     d = dashboard()
-    assert dashboard() is d  # one per database per kernel
     rows = {r["id"]: r for r in d.table.rows}
     assert set(rows) == {done.id, live.id}
     assert rows[done.id]["status"] == "succeeded" and rows[done.id]["percent"] == 100.0
+    assert rows[done.id]["params"] == "delay=0.001, hold='', n=1, tag='d1'"  # runs told apart
     d.table.status_filter = "succeeded"
     assert [r["id"] for r in d.table.rows] == [done.id]
     d.table.status_filter = ""
     d.select(live.id)
     (shown,) = d.holder.children
     assert shown is panel(live)
-    gate.write_text("ok")
+    release(gate, "ok")
     until(lambda: {r["id"]: r["status"] for r in d.table.rows}.get(live.id) == "succeeded",
           what="the dashboard row to turn succeeded")
     with pytest.raises(Exception, match="not a status"):
@@ -336,6 +385,42 @@ def test_dashboard_lists_filters_and_selects(db: Path, tmp_path: Path,
     assert "cannot show run no-such-run" in d.table.error
     d.close()
     assert fast_poller.watching(d) is None
+
+
+def test_every_dashboard_call_is_its_own_widget_and_filter(db: Path, monkeypatch: Any) -> None:
+    import importlib
+
+    dash_mod = importlib.import_module("tether.widget.dashboard")
+
+    ok = pp.four_phase.start(n=1, delay=0.001, tag="ok")
+    bad = pp.evil.start(tag="bad")
+    ok.wait(20)
+    bad.wait(20)
+    where = ("cell-1", "request-1")
+    monkeypatch.setattr(dash_mod, "_cell_request", lambda: where)
+    every = dashboard()
+    failed = dashboard(status="failed")  # the same cell, the same execution: both stay
+    assert every is not failed and not every._closed
+    assert {r["id"] for r in every.table.rows} == {ok.id, bad.id}
+    assert [r["id"] for r in failed.table.rows] == [bad.id]
+    every.table.status_filter = "succeeded"  # changing one filter leaves the other alone
+    assert [r["id"] for r in every.table.rows] == [ok.id]
+    assert failed.table.status_filter == "failed" and [r["id"] for r in failed.table.rows] == [bad.id]
+    # the static fallback (nbconvert, GitHub) is a table of the rows, not a repr
+    data, _meta = every._repr_mimebundle_()
+    assert "<table" in data["text/html"] and f'data-run-id="{ok.id}"' in data["text/html"]
+    assert "tag='ok'" in data["text/plain"] and "succeeded" in data["text/plain"]
+    assert every.table.fallback["final"] and every.table.fallback["model_id"] == every.model_id
+    assert "&lt;img" not in every.table.fallback["text/html"]  # nothing of run text as HTML
+    # the cell executed again: the dashboards its last execution made are closed
+    where = ("cell-1", "request-2")
+    again = dashboard()
+    assert every._closed and failed._closed and not again._closed
+    where = ("cell-2", "request-3")
+    other = dashboard()
+    assert not again._closed and not other._closed
+    again.close()
+    other.close()
 
 
 def test_panel_rejects_what_is_not_a_run(db: Path) -> None:
@@ -462,3 +547,294 @@ def test_reader_never_skips_rows_committed_between_its_reads(db: Path) -> None:
     reader.read()
     assert list(reader.log) == ["one", "two"]
     assert reader.phase_name == "b"
+
+
+# -- small items (issue 12, point 10) and params in sight (issue 13, item 7) --------------------
+
+def test_dir_of_tether_is_its_public_api() -> None:
+    names = dir(tether)
+    assert "annotations" not in names  # was: from __future__ import annotations
+    assert set(tether.__all__) <= set(names) and {"panel", "dashboard"} <= set(names)
+    assert not [n for n in names if n.startswith("_") and n != "__version__"]
+
+
+def test_a_pipeline_written_without_ctx_is_told_so(db: Path) -> None:
+    @tether.pipeline(name="test_panel.total_sales")
+    def total_sales(path: str) -> int:  # the body forgot ctx: `path` receives it
+        return 1
+
+    for call in (lambda: total_sales.start(path="sales.csv"), lambda: total_sales.start("x")):
+        with pytest.raises(tether.ParamsError, match="the first parameter of a pipeline receives "
+                           r"ctx.*write def total_sales\(ctx, path, \.\.\.\)"):
+            call()
+    with pytest.raises(tether.ParamsError) as info:  # an ordinary mistake gets no such hint
+        pp.four_phase.start(n=1, nope=2)
+    assert "receives ctx" not in str(info.value)
+
+
+def test_runs_filter_on_equal_param_values(db: Path) -> None:
+    @tether.pipeline(name="test_panel.params")
+    def params(ctx: Any, repo: str, n: float = 1, flag: bool = False,
+               opts: dict[str, Any] | None = None) -> int:
+        return 1
+
+    a = params.start(repo="a")
+    b = params.start(repo="b", n=2.0, flag=True, opts={"x": [1, 2], "y": "é"})
+    c = params.start(repo="a", n=3)
+    for run in (a, b, c):
+        run.wait(20)
+
+    def ids(**flt: Any) -> set[str]:
+        return {r.id for r in tether.runs(params=flt)}
+
+    assert ids(repo="a") == {a.id, c.id}
+    assert ids(repo="a", n=3) == {c.id}
+    assert ids(n=2) == {b.id}  # 2 == 2.0, as in Python and JSON
+    assert ids(flag=True) == {b.id} and ids(flag=1) == set()  # but True is not 1
+    assert ids(opts={"y": "é", "x": [1, 2]}) == {b.id} and ids(opts=None) == {a.id, c.id}
+    assert ids(nope=1) == set() and ids() == {a.id, b.id, c.id}
+    assert [r.id for r in tether.runs(params={"repo": "a"}, limit=1)] == [c.id]  # filter, then limit
+    # a row whose params column is not JSON (edited by hand) is skipped, not an error
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("UPDATE runs SET params = '{not json' WHERE id = ?", (a.id,))
+        conn.commit()
+    assert ids(repo="a") == {c.id}
+    with pytest.raises(tether.ParamsError, match="not a JSON value"):
+        tether.runs(params={"x": object()})
+    with pytest.raises(tether.ParamsError, match="takes a dict"):
+        tether.runs(params=[("repo", "a")])  # type: ignore[arg-type]
+
+
+def test_cli_ls_shows_params_clipped_and_wide(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tether.cli import main
+
+    long = "x" * 100
+    run = pp.four_phase.start(n=1, delay=0.001, tag=long)
+    run.wait(20)
+    assert main(["ls", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    head, row = out.splitlines()[:2]
+    assert head.split()[-1] == "PARAMS"
+    assert "delay=0.001" in row and "tag='xxx" in row and long not in row and "…" in row
+    assert main(["ls", "--db", str(db), "--wide"]) == 0
+    assert f"tag='{long}'" in capsys.readouterr().out
+
+
+def test_cancel_origin_is_recorded_for_each_way_of_cancelling(db: Path, tmp_path: Path,
+                                                              child_env: dict[str, str]) -> None:
+    by_api = pp.gate.start(path=str(tmp_path / "a"), tag="api")
+    by_cli = pp.gate.start(path=str(tmp_path / "b"), tag="cli")
+    until(lambda: by_api.status == "running" and by_cli.status == "running")
+    by_api.cancel()
+    proc = subprocess.run([sys.executable, "-m", "tether.cli", "cancel", by_cli.id, "--db", str(db)],
+                          env=child_env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for run in (by_api, by_cli):
+        run.wait(20)
+    api = panel(tether.get_run(by_api.id)).snapshot
+    cli = panel(tether.get_run(by_cli.id)).snapshot
+    assert api["cancel"]["origin"] == "by run.cancel() in this kernel"
+    assert cli["cancel"]["origin"].startswith("by `tether cancel` (pid ")
+    assert api["error"] is None and cli["error"] is None
+    # the origin is stored with the request: another process's reader says where it came from
+    from tether.widget.snapshot import cancel_origin
+
+    origin = next(e.data["origin"] for e in by_api.events() if e.kind == "cancel_requested")
+    assert origin["via"] == "api" and origin["pid"] == os.getpid()
+    assert cancel_origin(origin, {"instance": "another process"}) == (
+        f"by run.cancel() in pid {os.getpid()}")
+
+
+def test_stored_outcomes_are_labelled(db: Path) -> None:
+    run = pp.four_phase.start(n=1, delay=0.001, tag="stored")
+    w = panel(run)
+    run.wait(20)
+    snap = settle(w, "succeeded", "static")
+    assert not snap["stored"]  # watched to its end: a fresh result
+    again = pp.four_phase.start(n=1, delay=0.001, tag="stored")  # re-executing the cell
+    assert again.id == run.id and panel(again) is w
+    snap = w.snapshot
+    assert snap["stored"] and snap["ended_at"] == run.snapshot().ended_at
+    assert "stored result from " in text_snapshot(snap)
+    assert "to compute again: Re-run, or start(..., policy='rerun')" in text_snapshot(snap)
+    failed = pp.evil.start(tag="stored")
+    failed.wait(20)
+    snap = panel(pp.evil.start(tag="stored")).snapshot
+    assert snap["stored"] and "stored outcome from " in html_snapshot(snap)
+    assert "Re-run or Resume" in text_snapshot(snap)
+    bundle = tether.get_run(run.id)._repr_mimebundle_()  # no kernel: the static bundle
+    assert "stored result from" in bundle["text/plain"]
+
+
+def test_a_pending_detached_run_names_the_worker_command(db: Path) -> None:
+    run = pp.four_phase.start(n=1, tag="detached", detach=True)
+    snap = panel(run).snapshot
+    assert snap["status"] == "pending"
+    assert snap["waiting"] == (f"waiting for a tether worker to take it; in a shell, run: "
+                               f"tether worker helpers.pipes_panel --db {db}")
+    assert snap["waiting"] in text_snapshot(snap)
+
+
+# -- honest numbers ------------------------------------------------------------------------------
+
+@tether.pipeline(name="test_panel.mapped", phases=["items"])
+def mapped(ctx: tether.Context, flag: str, n: int = 60, pause: float = 0.05) -> int:
+    """``n`` items, one at a time, ``pause`` s each; item 20 fails while ``flag`` exists."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def item(i: int) -> int:
+        if i == 20 and os.path.exists(flag):
+            raise RuntimeError("item 20 fails this time")
+        time.sleep(pause)
+        return i
+
+    ctx.phase("items", total=n)
+    with ThreadPoolExecutor(1) as pool:
+        return sum(ctx.map(item, range(n), executor=pool))
+
+
+def test_rate_after_resume_counts_only_new_progress(db: Path, tmp_path: Path) -> None:
+    """BUG (before): the rate was done / time in phase, so the 20 items a resumed ctx.map took
+    from checkpoints at once made it ~3x too fast (and the ETA far too short)."""
+    flag = tmp_path / "fail"
+    flag.write_text("")
+    first = mapped.start(flag=str(flag))
+    with pytest.raises(tether.RunFailed):
+        first.result(30)
+    flag.unlink()
+    w = panel(first)
+    assert w.handle({"id": 1, "action": "resume"})["ok"]  # type: ignore[index]
+    seen = []
+    while w.snapshot["status"] in ("pending", "running"):
+        snap = w.snapshot
+        if snap["rate"] is not None:
+            seen.append((snap["done"], snap["rate"], snap["eta"]))
+        time.sleep(0.05)
+    assert w.snapshot["status"] == "succeeded" and w.snapshot["attempt"] == 2
+    true_rate = 1 / 0.05  # items a second, at most
+    assert seen, "no rate was ever shown"
+    for done, rate, eta in seen:
+        assert rate <= 1.5 * true_rate, (done, rate)  # was up to 3x with the skipped 20 counted
+        assert eta is not None and eta >= 0.5 * (60 - done) / true_rate, (done, rate, eta)
+
+
+def test_rate_meter_measures_recent_progress_only() -> None:
+    from types import SimpleNamespace as Rec
+
+    from tether.widget.reader import RateMeter
+
+    m = RateMeter()
+    rec = Rec(id="r", phase="p", done=500, resumed_from=None)
+    m.add(rec, 100.0)  # opened mid-phase with 500 done: none of it is speed seen here
+    assert m.rate(100.5) is None
+    m.add(Rec(id="r", phase="p", done=510, resumed_from=None), 101.0)
+    assert m.rate(101.0) == pytest.approx(10.0)
+    assert m.rate(111.0) == pytest.approx(10 / 11)  # stalled since: the rate falls
+    m.add(Rec(id="r", phase="q", done=0, resumed_from=None), 112.0)  # a new phase starts afresh
+    assert m.rate(113.0) is None
+    # a resumed attempt: the first step of a phase (items reused from checkpoints) is no speed
+    m.add(Rec(id="r2", phase="p", done=0, resumed_from="r"), 200.0)
+    m.add(Rec(id="r2", phase="p", done=300, resumed_from="r"), 200.01)
+    m.add(Rec(id="r2", phase="p", done=305, resumed_from="r"), 201.01)
+    assert m.rate(201.01) == pytest.approx(5.0)
+    for t in range(1, 60):  # samples older than the window are dropped
+        m.add(Rec(id="r2", phase="p", done=305 + t, resumed_from="r"), 201.01 + t)
+    assert m.rate(260.01) == pytest.approx(1.0) and len(m.samples) <= 32
+
+
+def test_eta_is_labelled_and_resent_only_when_it_drifts(db: Path) -> None:
+    from tether.widget.snapshot import build, progress_text, same
+
+    run = pp.four_phase.start(n=1, delay=0.001, tag="eta")
+    run.wait(20)
+    rec = run.snapshot()
+    rec.status = tether.Status.RUNNING
+    rec.phase, rec.done, rec.total = "analyzing", 10, 110
+    a = build(rec, mode="stream", rate=2.0, now=1000.0)
+    assert a["eta"] == pytest.approx(50.0) and a["eta_scope"] == "phase"
+    rec.phase = "applying"  # the last declared phase: its ETA is the run's
+    assert build(rec, mode="stream", rate=2.0, now=1000.0)["eta_scope"] == "run"
+    rec.phase = "analyzing"
+    assert same(build(rec, mode="stream", rate=2.0, now=1010.0), a)  # the countdown predicts it
+    assert not same(build(rec, mode="stream", rate=1.0, now=1010.0), a)  # 100 s, not 40: resend
+    assert not same(build(rec, mode="stream", rate=None, now=1010.0), a)  # stalled: no ETA
+    # a phase without a total: what was counted, or nothing (never "summarising: 0")
+    rec.total, rec.done = None, 0
+    snap = build(rec, mode="stream", now=1000.0)
+    assert progress_text(snap) == "" and "analyzing ·" in text_snapshot(snap)
+    rec.done = 12
+    assert progress_text(build(rec, mode="stream", now=1000.0)) == "12 done"
+
+
+# -- saved notebooks tell the end ------------------------------------------------------------
+
+SAVED_CELLS = [
+    "import tether\nfrom helpers import pipes_panel as pp\ntether.configure(db={db!r})",
+    "run = pp.four_phase.start(n=3, delay=0.05, tag='saved')\nrun",
+    "failing = pp.evil.start(tag='saved')\nfailing",
+    "tether.dashboard()",
+    "run.wait(30)\nfailing.wait(30)\nimport time\ntime.sleep(1.5)  # the ends are displayed meanwhile",
+]
+
+
+@pytest.mark.slow
+def test_an_executed_notebook_shows_how_each_run_ended(tmp_path: Path,
+                                                       child_env: dict[str, str]) -> None:
+    """BUG (before): `jupyter nbconvert --execute` (nbclient, nbval) saved each panel's static
+    text as it was when its cell ran: `four_phase #1 [running] ... 0/3`, and the dashboard as
+    `<tether.dashboard ... rows=2>`. The panel's display is now updated (by its display id) when
+    the run ends, and the dashboard's once its runs have all ended."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c.format(db=str(tmp_path / "nb.db"))) for c in SAVED_CELLS]
+    env = {k: v for k, v in child_env.items() if k != "TETHER_DB"}
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute(env=env)
+    (ok,), (bad,), (dash,) = (nb.cells[i].outputs for i in (1, 2, 3))
+    assert "[succeeded]" in ok["data"]["text/plain"], ok["data"]["text/plain"]
+    assert 'data-status="succeeded"' in ok["data"]["text/html"]
+    assert "[failed]" in bad["data"]["text/plain"] and "ValueError: bad input" in bad["data"]["text/plain"]
+    assert "<img" not in bad["data"]["text/html"]
+    assert "application/vnd.jupyter.widget-view+json" in ok["data"]  # still the live widget first
+    html = dash["data"]["text/html"]
+    assert "<table" in html and html.count("<tr data-run-id=") == 2
+    assert 'data-status="running"' not in html and 'data-status="failed"' in html
+
+
+def test_an_active_runs_snapshot_beats_even_when_nothing_changes(
+        db: Path, tmp_path: Path, fast_poller: poller.Poller, monkeypatch: Any) -> None:
+    """The front end can tell a quiet run from a kernel gone quiet (panel.js QUIET_MS) only if an
+    active run's panel hears from the kernel now and then."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("tether.widget.panel"), "BEAT_S", 0.2)
+    gate = tmp_path / "gate"
+    run = pp.gate.start(path=str(gate), tag="beat")  # waits: nothing changes, nothing flushes
+    w = panel(run)
+    settle(w, "running", "stream")
+    n0, t0 = w.updates, w.snapshot["now"]
+    until(lambda: w.updates >= n0 + 3, what="three beats of an unchanged run", timeout=10)
+    assert w.snapshot["now"] > t0 and w.snapshot["status"] == "running"
+    release(gate, "go")
+    settle(w, "succeeded", "static")
+    n1 = w.updates
+    for _ in range(3):
+        w.refresh()  # an ended run does not beat
+    assert w.updates == n1
+
+
+def test_dashboards_do_not_pile_up_without_cell_ids(db: Path, monkeypatch: Any) -> None:
+    import importlib
+
+    dash_mod = importlib.import_module("tether.widget.dashboard")
+    monkeypatch.setattr(dash_mod, "MAX_LIVE", 3)
+    monkeypatch.setattr(dash_mod, "_live", [])
+    made = [dashboard() for _ in range(5)]  # no kernel: no cell id
+    assert [d._closed for d in made] == [True, True, False, False, False]
+    for d in made[2:]:
+        d.close()

@@ -15,7 +15,7 @@ run.result()
 ```
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations` here: it would put `annotations` in dir(tether)
 
 from .codec import register_codec
 from .config import Settings, configure
@@ -49,6 +49,11 @@ def __getattr__(name: str) -> object:
 
         return getattr(widget, name)
     raise AttributeError(f"module 'tether' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # the public API (tab completion), not the submodules imported on the way
+    return sorted([*__all__, "__version__"])
 
 
 __all__ = [

@@ -20,6 +20,7 @@ from ._text import safe as _safe
 from ._text import safe_lines
 from .errors import StoreError, TetherError
 from .model import RunRecord, Status, log_text, raw_text
+from .run import params_text
 from .store import Store
 
 __all__ = ["main"]
@@ -72,17 +73,29 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if not recs:
         print("no runs")
         return 0
-    rows = [["ID", "PIPELINE", "#", "STATUS", "PHASE", "PROGRESS", "STARTED", "DURATION"]]
+    rows = [["ID", "PIPELINE", "#", "STATUS", "PHASE", "PROGRESS", "STARTED", "DURATION", "PARAMS"]]
     now = time.time()
     rows += [[_safe(r.id), _safe(r.pipeline), str(r.attempt), _status(r, now), _safe(r.phase or "-"),
               _progress(r),
-              _when(r.started_at or r.created_at), _duration(r)] for r in recs]
+              _when(r.started_at or r.created_at), _duration(r), _params(r, args.wide)]
+             for r in recs]
     print(_table(rows))
     damaged = sum(1 for r in recs if r.damaged)
     if damaged:
         print(f"{damaged} damaged row(s) (edited by hand or by another tool?): "
               "`tether show ID` names the damaged columns")
     return 0
+
+
+LS_PARAMS_CHARS = 60
+
+
+def _params(rec: RunRecord, wide: bool) -> str:
+    """The PARAMS column: clipped (``--wide``: whole); a damaged column says so."""
+    params, bad = rec.decoded("params")
+    if bad is not None:
+        return "(damaged)"
+    return _safe(params_text(params, clip=not wide, limit=LS_PARAMS_CHARS)) or "-"
 
 
 def _status(rec: RunRecord, now: float) -> str:
@@ -207,7 +220,8 @@ def _show_control(store: Store, rec: RunRecord) -> None:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     store = _existing_store(args.db)
-    rec = store.request_cancel(args.id, owner.gone_reason)
+    rec = store.request_cancel(args.id, owner.gone_reason,
+                               origin={"via": "cli", "pid": os.getpid(), "host": owner.current().host})
     if rec.status.terminal:
         print(f"{_safe(rec.id)}: {_status(rec, time.time())}")
     else:
@@ -248,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--wide", action="store_true",
+                   help="show every param in full (the PARAMS column is clipped otherwise)")
     p.set_defaults(fn=cmd_ls)
 
     p = sub.add_parser("show", help="one run: status, phases, progress, last log lines, error")

@@ -190,7 +190,7 @@ class Pipeline:
             try:
                 bound = self.signature.bind(None, *args, **kwargs)
             except TypeError as exc:
-                raise ParamsError(f"{self.name}(): {exc}") from None
+                raise ParamsError(f"{self.name}(): {exc}{self._ctx_hint(args, kwargs)}") from None
             bound.apply_defaults()
             arguments = bound.arguments
         params: dict[str, Any] = {}
@@ -199,6 +199,16 @@ class Pipeline:
         except ParamsError as exc:
             raise ParamsError(f"{self.name}(): {exc}") from None
         return params
+
+    def _ctx_hint(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        """Why a call failed to bind when the body was written without ``ctx``: its first
+        parameter (say ``path``) receives ctx, so ``start(path=...)`` gave it twice."""
+        first = next(iter(self.signature.parameters))
+        if first in kwargs or (len(args) > len(self._kinds) and first not in ("ctx", "context")):
+            fn = getattr(self.fn, "__name__", "fn")
+            return (f"; the first parameter of a pipeline receives ctx, so {first!r} is not a "
+                    f"parameter of {self.name!r}: write def {fn}(ctx, {first}, ...)")
+        return ""
 
     def _collect(self, arguments: dict[str, Any], params: dict[str, Any]) -> None:
         for name, value in list(arguments.items())[1:]:

@@ -16,6 +16,7 @@ from . import _interrupts, config, owner, runner
 from ._text import safe
 from .context import Context, _current, current
 from .errors import (
+    ParamsError,
     PipelineError,
     PipelineNotFound,
     RunCancelled,
@@ -24,9 +25,13 @@ from .errors import (
     StoreError,
 )
 from .model import Event, Progress, RunRecord, Status, log_text
-from .store import Store
+from .store import Store, dumps
 
-__all__ = ["Run", "display_run", "get_run", "runs"]
+__all__ = ["Run", "display_run", "get_run", "params_text", "runs"]
+
+
+# run id -> {"origin", "ts"} of the cancels asked in this process (the newest 256), for displays
+_cancel_origins: dict[str, dict[str, Any]] = {}
 
 
 class Run:
@@ -41,6 +46,9 @@ class Run:
         self.pipeline: str = rec.pipeline
         self._params: dict[str, Any] | None = None  # decoded on first use: see params
         self._last = rec
+        # ended before this handle was made (start() or get_run() gave back a stored outcome):
+        # its panel says so
+        self._found_ended = rec.status.terminal
 
     # -- state -------------------------------------------------------------------------------
 
@@ -338,10 +346,22 @@ class Run:
     def cancel(self) -> Run:
         """Ask the run to stop. Pending runs (and runs whose owner is gone) end at once. The
         active runs its body started (children, theirs, ...) are cancelled with it."""
+        return self._cancel("api")
+
+    def _cancel(self, via: str, **origin: Any) -> Run:
+        """Cancel, recording where it came from (``via``: api, panel ...) for displays."""
         run_ = runner.get(self._store)
+        me = run_.owner
+        who = {"via": via, "pid": me.pid, "host": me.host, "instance": me.instance, **origin}
+        # kept here too: a body that sees the local flag may end the run before the request
+        # (and the origin in its event) is written, and then nothing more is written
+        _cancel_origins[self.id] = {"origin": who, "ts": time.time()}
+        while len(_cancel_origins) > 256:
+            del _cancel_origins[next(iter(_cancel_origins))]
         with _interrupts.critical():
+            # the local flag first: it stops a body here even while the store is locked
             run_.cancel_local(self.id)
-            self._store.request_cancel(self.id, owner.gone_reason)
+            self._store.request_cancel(self.id, owner.gone_reason, origin=who)
         for child in self._store.descendants(self.id):  # those executing here stop at once
             run_.cancel_local(child.id)
         return self
@@ -394,6 +414,13 @@ class Run:
         from .widget import repr_bundle
 
         return repr_bundle(self, include, exclude)
+
+    def _ipython_display_(self) -> None:
+        # IPython prefers this to _repr_mimebundle_: the panel is shown with a display id, so
+        # the static snapshot stored in the notebook is replaced by the end state when it ends
+        from .widget import show
+
+        show(self)
 
 
 def _wait_event(event: threading.Event, deadline: float | None,
@@ -503,6 +530,28 @@ def _watcher(store: Store) -> _Watcher:
     return w
 
 
+PARAM_VALUE_CHARS = 40  # characters of one param value shown in a clipped params text
+PARAMS_CHARS = 120  # characters of a clipped params text
+
+
+def params_text(params: dict[str, Any] | None, clip: bool = True, limit: int = PARAMS_CHARS) -> str:
+    """Params as listings show them: ``repo='./app', files=40`` (Python reprs, names sorted as
+    stored). Clipped (each value, then the whole, an ellipsis marking a cut) unless ``clip`` is
+    False. Run text is not escaped here: each display escapes it its own way."""
+    if not params:
+        return ""
+    parts = []
+    for name, value in params.items():
+        text = repr(value)
+        if clip and len(text) > PARAM_VALUE_CHARS:
+            text = text[: PARAM_VALUE_CHARS - 1] + "…"
+        parts.append(f"{name}={text}")
+    text = ", ".join(parts)
+    if clip and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
 def display_run(run: Run) -> None:
     """Show ``run`` in a notebook (no-op outside IPython kernels)."""
     if "ipykernel" not in sys.modules:
@@ -527,12 +576,34 @@ def get_run(run_id: str) -> Run:
 
 
 def runs(pipeline: Any = None, status: str | list[str] | None = None, key: str | None = None,
-         limit: int | None = 100) -> list[Run]:
-    """Every attempt matching the filters, newest first. ``pipeline``: a name or a Pipeline."""
+         limit: int | None = 100, params: dict[str, Any] | None = None) -> list[Run]:
+    """Every attempt matching the filters, newest first. ``pipeline``: a name or a Pipeline.
+
+    ``params``: only runs whose params include each given name with an equal value, compared
+    as JSON values (``True`` is not ``1``, ``3 == 3.0``; lists and dicts compare whole), e.g.
+    ``tether.runs(params={"repo": "./app"})``."""
     store = config.store()
     name = getattr(pipeline, "name", pipeline)
-    recs = store.list_runs(pipeline=name, status=status, key=key, limit=limit)
+    if params is not None:
+        params = _params_filter(params)
+    recs = store.list_runs(pipeline=name, status=status, key=key, limit=limit, params=params)
     orphans = store.recover([r for r in recs if r.status.active], owner.gone_reason)
     if orphans:
-        recs = store.list_runs(pipeline=name, status=status, key=key, limit=limit)
+        recs = store.list_runs(pipeline=name, status=status, key=key, limit=limit, params=params)
     return [Run(store, r.id, r) for r in recs]
+
+
+def _params_filter(params: Any) -> dict[str, Any]:
+    """``params=`` of runs(): a dict of str names to JSON values, else ParamsError."""
+    if not isinstance(params, dict):
+        raise ParamsError(f"tether.runs(params=...) takes a dict of parameter values, e.g. "
+                          f"params={{'repo': './app'}}; got {type(params).__name__}")
+    for k, v in params.items():
+        if not isinstance(k, str):
+            raise ParamsError(f"tether.runs(params=...): the name {k!r} is not a str")
+        try:
+            dumps(v)
+        except (TypeError, ValueError) as exc:
+            raise ParamsError(f"tether.runs(params=...): {k!r} is {type(v).__name__} "
+                              f"({safe(repr(v))[:80]}), not a JSON value ({exc})") from None
+    return params

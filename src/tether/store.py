@@ -731,6 +731,23 @@ class Store:
         ).fetchone()
 
     @_guarded
+    def newest(self, keys: Sequence[str]) -> dict[str, tuple[str, int, str]]:
+        """``{key: (id, attempt, status)}`` of the latest attempt of each key (one light read:
+        no params, results or errors), for panels that show an older attempt."""
+        out: dict[str, tuple[str, int, str]] = {}
+        keys = list(dict.fromkeys(keys))
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            # SQLite: the bare columns of an aggregate query come from the row holding the MAX;
+            # a damaged row (an attempt that is no integer) is never the newest
+            for key, attempt, run_id, status in self.conn().execute(
+                    "SELECT key, MAX(attempt), id, status FROM runs WHERE key IN "
+                    f"({','.join('?' * len(chunk))}) AND typeof(attempt) = 'integer' "
+                    "GROUP BY key", chunk):
+                out[key] = (str(run_id), attempt, str(status))
+        return out
+
+    @_guarded
     def attempts(self, key: str) -> list[RunRecord]:
         rows = self.conn().execute(
             f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt", (key,)).fetchall()
@@ -738,8 +755,10 @@ class Store:
 
     @_guarded
     def list_runs(self, pipeline: str | None = None, status: str | Sequence[str] | None = None,
-                  key: str | None = None, limit: int | None = 100) -> list[RunRecord]:
-        where, args = [], []
+                  key: str | None = None, limit: int | None = 100,
+                  params: dict[str, Any] | None = None) -> list[RunRecord]:
+        where: list[str] = []
+        args: list[Any] = []
         if pipeline is not None:
             where.append("pipeline = ?")
             args.append(pipeline)
@@ -750,6 +769,12 @@ class Store:
         if key is not None:
             where.append("key = ?")
             args.append(key)
+        for name, value in (params or {}).items():
+            test, more = _param_test(value)
+            # CASE: json_each is never reached for a damaged (non-JSON) params column
+            where.append("CASE WHEN json_valid(params) THEN EXISTS (SELECT 1 FROM "
+                         f"json_each(runs.params) AS j WHERE j.key = ? AND {test}) ELSE 0 END")
+            args.extend([name, *more])
         sql = f"SELECT {_RUN_COLS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -1179,15 +1204,20 @@ class Store:
                     referenced |= codec.references(text)
             return self.files.collect(referenced)
 
-    def request_cancel(self, run_id: str, gone: GoneCheck) -> RunRecord:
+    def request_cancel(self, run_id: str, gone: GoneCheck,
+                       origin: dict[str, Any] | None = None) -> RunRecord:
         """Cancel: a pending run (or one whose owner is gone) ends at once; a running one is
-        flagged. Its active descendants (runs its body started, and theirs) are cancelled too."""
+        flagged. Its active descendants (runs its body started, and theirs) are cancelled too.
+
+        ``origin`` (who asked: ``{"via": "panel" | "cli" | "api", "pid": ..., ...}``) is kept in
+        the cancel's event, for displays to say where the cancel came from."""
+        extra = {"origin": origin} if origin else {}
         now = time.time()
         with self.tx() as conn:
             rec = self.get(run_id)
             if rec.status.terminal:
                 return rec
-            self._cancel_one(conn, rec, gone, now, {"by": "request"})
+            self._cancel_one(conn, rec, gone, now, {"by": "request", **extra})
             for child in self._descendants(conn, run_id):
                 self._cancel_one(conn, child, gone, now, {"by": "parent", "parent": run_id})
             return self.get(run_id)
@@ -1217,8 +1247,8 @@ class Store:
         elif not rec.cancel_requested:
             conn.execute("UPDATE runs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
                          (now, rec.id))
-            self._event(conn, rec, "cancel_requested", {} if data.get("by") == "request" else data,
-                        now)
+            asked = {k: v for k, v in data.items() if k != "by"} if data.get("by") == "request" else data
+            self._event(conn, rec, "cancel_requested", asked, now)
 
     def recover(self, records: Sequence[RunRecord], gone: GoneCheck) -> list[tuple[RunRecord, str]]:
         """Mark the orphans among ``records`` interrupted. Returns those marked, with the reason.
@@ -1451,6 +1481,24 @@ _ROOM = (
     "(runs.concurrency IS NULL OR ((SELECT count(*) FROM runs AS o WHERE o.pipeline = "
     "runs.pipeline AND o.status = 'running' AND o.parked = 0) < runs.concurrency "
     f"AND NOT EXISTS (SELECT 1 {_BEFORE})))")
+
+
+def _param_test(value: Any) -> tuple[str, list[Any]]:
+    """A ``json_each`` condition true where a param equals ``value`` as JSON values do:
+    ``True`` is not ``1``, ``3 == 3.0``; a list or dict equals the same canonical JSON."""
+    if value is None:
+        return "j.type = 'null'", []
+    if isinstance(value, bool):
+        return "j.type = ?", ["true" if value else "false"]
+    if isinstance(value, (int, float)):
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            value = float(value)  # as SQLite reads such a number
+        return "j.type IN ('integer', 'real') AND j.value = ?", [value]
+    if isinstance(value, str):
+        return "j.type = 'text' AND j.value = ?", [value]
+    if isinstance(value, (list, tuple, dict)):
+        return "j.type IN ('array', 'object') AND j.value = ?", [dumps(value)]
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
 def _capped(rec: RunRecord) -> bool:

@@ -158,8 +158,10 @@ class Front:
     def kernel_id(self) -> str:
         return str(self.js("return panel.sessionContext.session.kernel.id;"))
 
-    def restart_kernel(self, timeout: float = 60_000) -> None:
-        """The user's way: command -> 'Restart Kernel?' dialog -> Restart -> idle again."""
+    def restart_kernel(self, timeout: float = 60_000) -> float:
+        """The user's way: command -> 'Restart Kernel?' dialog -> Restart -> idle again.
+
+        Returns the page's clock (performance.now(), ms) when Restart was clicked."""
         self.js("""window.__e2e_restarted = false;
             const ctx = panel.sessionContext;
             const onStatus = (_, s) => { if (s === 'restarting') {
@@ -168,9 +170,13 @@ class Front:
             panel.content.activate();
             window.jupyterapp.commands.execute('notebook:restart-kernel');
             return null;""")
-        self.page.locator(".jp-Dialog .jp-mod-accept").click(timeout=timeout)
+        accept = self.page.locator(".jp-Dialog .jp-mod-accept")
+        accept.wait_for(timeout=timeout)
+        clicked = float(self.page.evaluate("() => performance.now()"))
+        accept.click(timeout=timeout)
         self.page.wait_for_function(
             f"""(path) => {{ const k = ({self.PANEL})(path)?.sessionContext.session?.kernel;
                 return window.__e2e_restarted && k && k.status === 'idle'
                        && k.connectionStatus === 'connected'; }}""",
             arg=self.nb, timeout=timeout)
+        return clicked

@@ -84,6 +84,10 @@ class Notebook:
     def panel(self) -> Any:
         return self.page.get_by_test_id("tether-panel")
 
+    def cell(self, index: int) -> Any:
+        """The cell at ``index`` (0 is the prelude), the same way in Lab and Notebook 7."""
+        return self.page.locator(".jp-Notebook .jp-Cell").nth(index)
+
     def shot(self, label: str) -> Path:
         ARTIFACTS.mkdir(exist_ok=True)
         path = ARTIFACTS / f"{self.app}-{label}.png"
@@ -93,7 +97,7 @@ class Notebook:
 
 PRELUDE = """import tether
 from helpers import pipes_panel as pp
-tether.configure(db={db!r})"""
+_ = tether.configure(db={db!r})"""
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -8,6 +8,7 @@ Synchronisation is by Playwright waits with deadlines, never by fixed sleeps.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -60,6 +61,23 @@ def panel_state(nb: Notebook) -> dict[str, Any]:
               now: Number(bar.getAttribute('aria-valuenow')),
               steps: [...p.querySelectorAll('[data-testid=tether-step]')].map(li => li.dataset.state)};
     }"""))
+
+
+# true once the saved (static) text/html of the notebook's outputs includes the argument
+SAVED_HTML_SAYS = """(text) => {
+    const p = [...window.jupyterapp.shell.widgets('main')].find(w => w.context?.model?.cells);
+    if (!p) return false;
+    const html = [];
+    for (let c = 0; c < p.context.model.cells.length; c++) {
+      const outs = p.context.model.cells.get(c).outputs;
+      for (let i = 0; outs && i < outs.length; i++) html.push(outs.get(i).data['text/html'] || '');
+    }
+    return html.join('').includes(text) && !html.join('').includes('data-status="running"'); }"""
+
+
+def now_ms(nb: Notebook) -> float:
+    """The page's clock (performance.now(), ms)."""
+    return float(nb.page.evaluate("() => performance.now()"))
 
 
 def progress_key(state: dict[str, Any]) -> tuple[int, float]:
@@ -160,9 +178,14 @@ def test_run_text_is_never_html(open_notebook: Any) -> None:
                     "{theme: 'JupyterLab Light'}); return null;")
 
 
+def _rgb(loc: Any, prop: str) -> tuple[int, int, int]:
+    rgb = loc.evaluate(f"el => getComputedStyle(el).{prop}")
+    r, g, b = (int(float(x)) for x in rgb[rgb.index("(") + 1:rgb.index(")")].split(",")[:3])
+    return r, g, b
+
+
 def _background_luminance(loc: Any) -> float:
-    rgb = loc.evaluate("el => getComputedStyle(el).backgroundColor")
-    r, g, b = (int(x) for x in rgb[rgb.index("(") + 1:rgb.index(")")].split(",")[:3])
+    r, g, b = _rgb(loc, "backgroundColor")
     return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
 
 
@@ -231,6 +254,9 @@ def test_reload_of_a_saved_notebook_rerenders_the_current_state(open_notebook: A
     hold.write_text("go")
     expect(panel).to_have_attribute("data-status", "succeeded", timeout=30_000)
     assert shown_after <= 2.0
+    # the output's saved copy follows (here the front end does it: after a reload, the kernel's
+    # update_display_data answers a request this page never made, so no output area takes it)
+    nb.page.wait_for_function(SAVED_HTML_SAYS, arg='data-status="succeeded"', timeout=10_000)
 
 
 # -- 4 ------------------------------------------------------------------------------------------
@@ -243,7 +269,24 @@ def test_kernel_restart_shows_interrupted_and_rerun_runs_attempt_2(open_notebook
     panel = nb.panel()
     expect(panel).to_have_attribute("data-phase", "analyzing", timeout=20_000)
     first_id = panel.get_attribute("data-run-id")
-    nb.front.restart_kernel()
+    clicked = nb.front.restart_kernel()
+    # the old panel says at once that nothing drives it any more (it used to look alive, its
+    # clock and ETA running on): disconnected within 5 s, clock stopped, buttons disabled
+    expect(panel).to_have_attribute("data-mode", "disconnected",
+                                    timeout=max(1, 5_000 - (now_ms(nb) - clicked)))
+    assert now_ms(nb) - clicked < 5_000 or panel.get_attribute("data-mode") == "disconnected"
+    expect(panel.get_by_test_id("tether-status")).to_have_text(re.compile(r"^was running at \d\d:\d\d$"))
+    expect(panel.get_by_test_id("tether-disconnected")).to_contain_text("re-run the cell to reattach")
+    cancel = panel.get_by_role("button", name="Cancel")
+    expect(cancel).to_be_disabled()
+    assert "re-run the cell to reattach" in (cancel.get_attribute("title") or "")
+    clock = panel.get_by_test_id("tether-elapsed").inner_text()
+    ticks = int(panel.get_attribute("data-ticks") or 0)
+    nb.page.wait_for_function("""(n) => Number(document.querySelector(
+        '[data-testid=tether-panel]').dataset.ticks) >= n""", arg=ticks + 2, timeout=10_000)
+    assert panel.get_by_test_id("tether-elapsed").inner_text() == clock  # the clock stopped
+    expect(panel.get_by_test_id("tether-eta")).to_have_text("")
+    nb.shot("4-restart-disconnected")
     assert nb.front.run_all() is True
     expect(panel).to_have_count(1)
     expect(panel).to_have_attribute("data-run-id", first_id, timeout=15_000)
@@ -312,12 +355,29 @@ def test_cancel_ends_a_running_run_as_cancelled(open_notebook: Any, tmp_path: Pa
     expect(panel).to_have_attribute("data-status", "running", timeout=20_000)
     cancel = panel.get_by_role("button", name="Cancel")
     expect(cancel).to_be_visible()
+    box = cancel.bounding_box()
     cancel.click()
     expect(panel).to_have_attribute("data-status", "cancelled", timeout=10_000)
     expect(panel).to_have_attribute("data-mode", "static")
     expect(panel.get_by_role("button", name="Cancel")).to_be_hidden()
-    expect(panel.get_by_role("button", name="Re-run")).to_be_visible()
+    rerun = panel.get_by_role("button", name="Re-run")
+    expect(rerun).to_be_visible()
     expect(panel.get_by_test_id("tether-notice")).to_be_hidden()
+    # a cancel is neutral: no error, no traceback of tether's own code, a grey badge, the origin
+    expect(panel.get_by_test_id("tether-error")).to_be_hidden()
+    expect(panel.get_by_test_id("tether-traceback")).to_be_hidden()
+    assert "RunCancelled" not in panel.inner_text() and "_raise_cancelled" not in panel.inner_text()
+    expect(panel.get_by_test_id("tether-cancel-origin")).to_have_text(
+        re.compile(r"^cancelled from this panel at \d\d:\d\d:\d\d$"))
+    r, g, b = _rgb(panel.get_by_test_id("tether-status"), "backgroundColor")
+    assert max(r, g, b) - min(r, g, b) < 40, (r, g, b)  # grey, not red or orange
+    expect(panel.locator("[data-testid=tether-step][data-state=stopped]")).to_have_count(1)
+    expect(panel.locator("[data-state=failed]")).to_have_count(0)
+    # what replaced Cancel is not where the pointer was on Cancel (a late click restarts nothing)
+    for button in (rerun, panel.get_by_role("button", name="Resume")):
+        other = button.bounding_box()
+        assert box is not None and other is not None
+        assert other["x"] + other["width"] <= box["x"] or other["x"] >= box["x"] + box["width"]
     assert [str(r.status) for r in db_runs(nb.db)] == ["cancelled"]
     nb.shot("6-cancelled")
 
@@ -359,3 +419,142 @@ def test_dashboard_lists_runs_with_live_status(open_notebook: Any, tmp_path: Pat
     expect(panel).to_have_attribute("data-status", "succeeded")
     expect(row).to_have_attribute("aria-selected", "true")
     nb.shot("8-dashboard-selected")
+
+
+# -- 9 ------------------------------------------------------------------------------------------
+
+def test_a_panel_keeps_its_attempt_and_a_rerun_in_it_moves_it(open_notebook: Any) -> None:
+    """A panel shows the attempt it was given, offers a newer one (tether-newer) and moves only
+    when asked in it: Re-run (which asks once for a long run) or the newer attempt's link."""
+    nb = open_notebook([
+        # every Re-run asks here; the real threshold is a run of more than a minute
+        "from tether.widget import snapshot\nsnapshot.CONFIRM_RERUN_AFTER = 0",
+        "first = pp.four_phase.start(n=2, delay=0.01, tag='s9')\n_ = first.wait(30)\nfirst",
+        "tether.get_run(first.id)",
+        "third = tether.get_run(first.id).rerun()\n_ = third.wait(30)",
+    ])
+    for i in (0, 1, 2):
+        assert nb.front.run_cell(i) is True
+    moved = nb.cell(2).get_by_test_id("tether-panel")
+    expect(moved).to_have_attribute("data-status", "succeeded", timeout=20_000)
+    first_id = moved.get_attribute("data-run-id")
+    moved.get_by_role("button", name="Re-run").click()
+    confirm = moved.get_by_test_id("tether-rerun-confirm")
+    expect(moved.get_by_test_id("tether-confirm")).to_contain_text("Start it again from scratch?")
+    assert moved.get_attribute("data-attempt") == "1"  # nothing happened before the answer
+    nb.shot("9-rerun-asks")
+    confirm.click()
+    expect(moved).to_have_attribute("data-attempt", "2", timeout=10_000)
+    expect(moved).to_have_attribute("data-status", "succeeded", timeout=20_000)
+    second_id = moved.get_attribute("data-run-id")
+    assert second_id != first_id
+    # attempt 1 shown again: its own panel, attempt 1, with a link to the newer attempt
+    assert nb.front.run_cell(3) is True
+    old = nb.cell(3).get_by_test_id("tether-panel")
+    expect(old).to_have_attribute("data-run-id", first_id, timeout=10_000)
+    expect(old).to_have_attribute("data-attempt", "1")
+    newer = old.get_by_test_id("tether-newer")
+    expect(newer).to_contain_text("#2 (succeeded)")
+    expect(old.get_by_test_id("tether-stored")).to_contain_text("stored result from")
+    # a third attempt made from code moves no panel; both offer it
+    assert nb.front.run_cell(4) is True
+    expect(newer).to_contain_text("#3 (succeeded)", timeout=10_000)
+    expect(moved.get_by_test_id("tether-newer")).to_contain_text("#3", timeout=10_000)
+    assert (old.get_attribute("data-attempt"), moved.get_attribute("data-attempt")) == ("1", "2")
+    nb.shot("9-newer-attempt")
+    newer.click()
+    expect(old).to_have_attribute("data-attempt", "3", timeout=10_000)
+    expect(old.get_by_test_id("tether-newer")).to_be_hidden()
+    expect(moved).to_have_attribute("data-run-id", second_id)
+
+
+# -- 10 -----------------------------------------------------------------------------------------
+
+def test_dashboards_keep_their_own_filters_and_fit_700px(open_notebook: Any) -> None:
+    nb = open_notebook([
+        "ok = pp.four_phase.start(n=2, delay=0.01, tag='x' * 90)\n_ = ok.wait(30)",
+        "bad = pp.evil.start(tag='bad')\n_ = bad.wait(30)",
+        "tether.dashboard()",
+        "tether.dashboard(status='failed')",
+    ], run=True)
+    runs = wait_db(nb.db, lambda rs: len(rs) == 2 and all(r.status.terminal for r in rs))
+    ok = next(r for r in runs if r.status == "succeeded")
+    bad = next(r for r in runs if r.status == "failed")
+    every = nb.cell(3).get_by_test_id("tether-dashboard")
+    failed = nb.cell(4).get_by_test_id("tether-dashboard")
+    expect(every.get_by_test_id("tether-dashboard-row")).to_have_count(2, timeout=15_000)
+    expect(failed.get_by_test_id("tether-dashboard-row")).to_have_count(1)
+    expect(failed.get_by_test_id("tether-dashboard-row")).to_have_attribute("data-run-id", bad.id)
+    every.get_by_test_id("tether-dashboard-filter").select_option("succeeded")
+    expect(every.get_by_test_id("tether-dashboard-row")).to_have_count(1)
+    expect(every.get_by_test_id("tether-dashboard-row")).to_have_attribute("data-run-id", ok.id)
+    expect(failed.get_by_test_id("tether-dashboard-row")).to_have_attribute("data-run-id", bad.id)
+    expect(failed.get_by_test_id("tether-dashboard-filter")).to_have_value("failed")
+    every.get_by_test_id("tether-dashboard-filter").select_option("")
+    expect(every.get_by_test_id("tether-dashboard-row")).to_have_count(2)
+    # the params tell runs apart; the started time is 24-hour
+    expect(every.locator(f"tr[data-run-id='{ok.id}'] [data-testid=tether-dashboard-params]")
+           ).to_contain_text("tag='xxx")
+    expect(every.locator(f"tr[data-run-id='{ok.id}'] .tether-col-started")).to_have_text(
+        re.compile(r"^\d\d:\d\d:\d\d$"))
+    # 700 px wide, light then dark: no horizontal scrolling, in the table or around it
+    nb.page.set_viewport_size({"width": 700, "height": 900})
+    try:
+        for theme in ("JupyterLab Light", "JupyterLab Dark"):
+            nb.front.js("await window.jupyterapp.commands.execute('apputils:change-theme', "
+                        f"{{theme: '{theme}'}}); return null;")
+            light = "true" if theme.endswith("Light") else "false"
+            nb.page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'"
+                                      " && !document.querySelector('#jupyterlab-splash')")
+            for dash in (every, failed):
+                expect(dash).to_be_visible()
+                over = dash.evaluate("""el => { const out = [];
+                    for (let n = el; n && n !== document.body; n = n.parentElement)
+                        if (n.scrollWidth > n.clientWidth + 1 && getComputedStyle(n).overflowX !== 'hidden')
+                            out.push(`${n.className}: ${n.scrollWidth} > ${n.clientWidth}`);
+                    return out; }""")
+                assert over == [], (theme, over)
+            nb.shot(f"10-dashboards-700px-{'light' if light == 'true' else 'dark'}")
+        assert _background_luminance(every) < 0.3  # the dark theme reached the table
+    finally:
+        nb.front.js("await window.jupyterapp.commands.execute('apputils:change-theme', "
+                    "{theme: 'JupyterLab Light'}); return null;")
+        nb.page.set_viewport_size({"width": 1280, "height": 900})
+
+
+# -- 11 -----------------------------------------------------------------------------------------
+
+def test_a_saved_notebook_exports_the_final_state_of_each_run(open_notebook: Any,
+                                                            tmp_path: Path) -> None:
+    """BUG (before): the exported HTML read `running · scanning: 6/40` for a run that succeeded,
+    and `<tether.dashboard ... rows=2>` for the dashboard."""
+    hold = tmp_path / "hold"
+    nb = open_notebook([
+        f"run = pp.four_phase.start(n=4, delay=0.02, tag='s11', hold={str(hold)!r})\nrun",
+        "failing = pp.evil.start(tag='s11')\nfailing",
+        "tether.dashboard()",
+    ], run=True)
+    panels = nb.panel()
+    expect(panels).to_have_count(2, timeout=15_000)
+    expect(panels.nth(0)).to_have_attribute("data-status", "running", timeout=15_000)
+    hold.write_text("go")
+    for i in range(2):
+        expect(panels.nth(i)).to_have_attribute("data-mode", "static", timeout=30_000)
+    dash = nb.page.get_by_test_id("tether-dashboard")
+    expect(dash.locator("tr[data-status=running]")).to_have_count(0, timeout=15_000)
+    ids = {panels.nth(i).get_attribute("data-run-id"): panels.nth(i).get_attribute("data-status")
+           for i in range(2)}
+    assert sorted(ids.values()) == ["failed", "succeeded"]
+    # the saved outputs follow (the kernel's update by display id, and the front end's own)
+    path = nb.server.root / f"{nb.name}.ipynb"
+    for status in ("succeeded", "failed"):
+        nb.page.wait_for_function(SAVED_HTML_SAYS, arg=f'data-status="{status}"', timeout=15_000)
+    nb.front.save()
+    out = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "--stdout",
+                          str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    html = out.stdout
+    for run_id, status in ids.items():
+        assert f'data-run-id="{run_id}" data-status="{status}"' in html, (run_id, status)
+    assert 'data-status="running"' not in html and "&lt;tether.dashboard" not in html
+    assert html.count("<tr data-run-id=") == 2  # the dashboard's table, both runs ended

@@ -4,7 +4,9 @@
 - ``dashboard()``: a live table of recent runs; selecting a row shows its panel;
 - ``repr_bundle(run)``: what ``Run._repr_mimebundle_`` returns: in a kernel, the panel's widget view
   plus a static text/html and text/plain snapshot (for nbconvert, GitHub, consoles); elsewhere the
-  static snapshot only.
+  static snapshot only;
+- ``show(run)``: what ``Run._ipython_display_`` does (the same, displayed with a display id so the
+  saved static snapshot is replaced when the run ends).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .panel import RunPanel, panel
 if TYPE_CHECKING:
     from ..run import Run
 
-__all__ = ["Dashboard", "RunPanel", "dashboard", "panel", "repr_bundle"]
+__all__ = ["Dashboard", "RunPanel", "dashboard", "panel", "repr_bundle", "show"]
 
 
 def _in_kernel() -> bool:
@@ -35,12 +37,23 @@ def _in_kernel() -> bool:
 
 def static_bundle(run: Run) -> dict[str, Any]:
     """text/plain + text/html of the run as it is now (no widget)."""
+    import time
+
+    from .. import runner as _runner
+    from .panel import _module_of
     from .reader import RunReader
-    from .snapshot import build, html_snapshot, text_snapshot
+    from .snapshot import build, cancel_origin, html_snapshot, text_snapshot, waiting_text
 
     reader = RunReader(run)
     rec = reader.read()
-    snap = build(rec, mode="static", log=reader.log, phase_started=reader.phase_started)
+    here = _runner.get(run.store)
+    cancel = None
+    if reader.cancel is not None:
+        cancel = {"origin": cancel_origin(reader.cancel["origin"], {"instance": here.owner.instance}),
+                  "at": reader.cancel["ts"]}
+    waiting = waiting_text(rec, str(run.store.path), _module_of(rec.pipeline), here.owns(rec.id))
+    snap = build(rec, mode="static", log=reader.log, now=time.time(),
+                 stored=bool(getattr(run, "_found_ended", False)), cancel=cancel, waiting=waiting)
     return {"text/plain": text_snapshot(snap), "text/html": html_snapshot(snap)}
 
 
@@ -59,3 +72,14 @@ def repr_bundle(run: Run, include: Any = None, exclude: Any = None) -> Any:
     if exclude:
         data = {k: v for k, v in data.items() if k not in exclude}
     return (data, meta) if meta else data
+
+
+def show(run: Run) -> None:
+    """What ``Run._ipython_display_`` does: in a kernel, display the run's panel with a display
+    id (so the saved static snapshot is replaced when the run ends); elsewhere the static one."""
+    if _in_kernel():
+        panel(run)._ipython_display_()
+        return
+    from IPython.display import display
+
+    display(static_bundle(run), raw=True)

@@ -1,15 +1,25 @@
-"""``tether.panel(run)``: the run panel, one widget model per run per kernel.
+"""``tether.panel(run)``: the run panel, one widget model per run (attempt) per kernel.
 
 The panel's state is one traitlet, ``snapshot``: the full state of the run (see snapshot.py), so a
 re-render, a page reload or a rebinding shows the truth at once. Every update, from any thread,
 goes through ``RunPanel.refresh()``. Buttons send ``{id, action}`` custom messages; the reply is
 ``{id, ok, error}`` and a failed action also lands in the ``notice`` traitlet, so it is never lost.
+
+A panel shows the attempt it was given. When the key has a newer attempt, the snapshot says so
+(``newer``) and the front end offers it; only a click in the panel (Re-run, Resume, or the newer
+attempt's link) moves a panel to another attempt.
+
+Saved notebooks: the static text/plain and text/html of each display of the panel (its
+*fallback*) are replaced when the run ends, by ``update_display_data`` on the display's id from
+the kernel, and by the front end itself in JupyterLab / Notebook 7 (see panel.js), so a saved or
+exported notebook shows how the run ended, not how it was when the cell ran.
 """
 
 from __future__ import annotations
 
 import threading
 import traceback
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,12 +39,14 @@ from .reader import RunReader
 __all__ = ["RunPanel", "panel"]
 
 STATIC = Path(__file__).parent / "static"
-ACTIONS = ("cancel", "rerun", "resume", "refresh")
+ACTIONS = ("cancel", "rerun", "resume", "refresh", "newer")
+MAX_DISPLAYS = 16  # displays of one panel whose fallback is kept current
+# an active run's snapshot is re-sent at least this often (the poller's pace permitting: every
+# POLL_INTERVAL for a polled run, every SAFETY_FACTOR * POLL_INTERVAL for a streamed one)
+BEAT_S = 3.0
 
 _lock = threading.RLock()
-# (store path, key) -> the panel following that key's newest attempt it was shown;
-# (store path, run id) -> the panel bound to that run (older attempts shown on purpose too)
-_by_key: dict[tuple[str, str], RunPanel] = {}
+# (store path, run id) -> the panel showing that run (one widget model per run per kernel)
 _by_id: dict[tuple[str, str], RunPanel] = {}
 
 
@@ -46,6 +58,9 @@ class RunPanel(anywidget.AnyWidget):
 
     snapshot = traitlets.Dict().tag(sync=True)
     notice = traitlets.Dict().tag(sync=True)
+    # the static text/plain + text/html of the panel, for the front end to keep saved outputs
+    # current: {"model_id", "final", "text/plain", "text/html"}
+    fallback = traitlets.Dict().tag(sync=True)
 
     def __init__(self, run: Run, *, poller: _poller.Poller | None = None) -> None:
         if not isinstance(run, Run):
@@ -59,6 +74,12 @@ class RunPanel(anywidget.AnyWidget):
         self._mode = ""
         self._unsubscribe: Callable[[], None] | None = None
         self._closed = False
+        self._stored = bool(getattr(run, "_found_ended", False))
+        self._rec: RunRecord | None = None
+        self._newer: dict[str, Any] | None = None
+        self._displays: list[tuple[str, dict[str, Any]]] = []  # (display id, parent header)
+        self._fallback_key: Any = None
+        self._sent_at = 0.0  # when the last snapshot was sent (time.time())
         self.updates = 0  # snapshots actually sent (tests, benchmark)
         self.on_msg(self._on_custom)
         self.refresh()
@@ -82,23 +103,66 @@ class RunPanel(anywidget.AnyWidget):
 
     def refresh(self, force: bool = False) -> bool:
         """Read the run, pick the mode, send the snapshot if it changed. Returns: still live."""
+        was = (self.snapshot or {}).get("status")
+        live = self._refresh(force)
+        if was in ("pending", "running") and not live and not self._closed:
+            _tell_key(self._run, self)  # its end changes what the key's other panels offer
+        return live
+
+    def _refresh(self, force: bool) -> bool:
         with self._plock:
             if self._closed:
                 return False
-            try:
-                rec = self._reader.read()
-            except (RunNotFound, StoreError) as exc:  # gone, or the store was closed
-                self.notice = {"level": "error", "text": f"{type(exc).__name__}: {exc}"}
-                self._follow("static")
-                return False
+            rec = self._rec
+            if force or rec is None or not rec.status.terminal:
+                try:
+                    rec = self._reader.read(now=_now())
+                except (RunNotFound, StoreError) as exc:  # gone, or the store was closed
+                    self.notice = {"level": "error", "text": f"{type(exc).__name__}: {exc}"}
+                    self._follow("static")
+                    return False
+                self._rec = rec
             mode = self._mode_for(rec)
             self._follow(mode)
-            snap = _snap.build(rec, mode=mode, log=self._reader.log,
-                               phase_started=self._reader.phase_started)
-            if force or not _snap.same(snap, self.snapshot):
+            if rec.status.terminal:
+                self._check_newer(rec)
+            snap = self._build(rec, mode)
+            # while the run is active the snapshot is sent at least every BEAT_S seconds, even
+            # unchanged: a front end that hears nothing for long says so (panel.js QUIET_MS)
+            beat = mode != "static" and snap["now"] - self._sent_at >= BEAT_S
+            if force or beat or not _snap.same(snap, self.snapshot):
                 self.snapshot = snap
+                self._sent_at = snap["now"]
                 self.updates += 1
+                self._keep_fallback(snap)
             return mode != "static"
+
+    def _build(self, rec: RunRecord, mode: str) -> _snap.Snapshot:
+        now = _now()
+        reader = self._reader
+        cancel = None
+        if reader.cancel is not None:
+            here = {"instance": _runner.get(self._run.store).owner.instance, "panel": self.model_id}
+            cancel = {"origin": _snap.cancel_origin(reader.cancel["origin"], here),
+                      "at": reader.cancel["ts"]}
+        waiting = None
+        if rec.status.active and rec.status.value == "pending":
+            waiting = _snap.waiting_text(rec, str(self._run.store.path), _module_of(rec.pipeline),
+                                         here=_runner.get(self._run.store).owns(rec.id))
+        return _snap.build(rec, mode=mode, log=reader.log, rate=reader.rate(now), now=now,
+                           stored=self._stored, newer=self._newer, cancel=cancel, waiting=waiting)
+
+    def _check_newer(self, rec: RunRecord) -> None:
+        """Look (one light read) for a newer attempt of the run's key."""
+        try:
+            found = self._run.store.newest([rec.key]).get(rec.key)
+        except StoreError:
+            return
+        newer = None
+        if found is not None and isinstance(rec.attempt, int) and found[1] > rec.attempt:
+            newer = {"id": _snap._clip(found[0], _snap.MAX_ID), "attempt": found[1],
+                     "status": _snap._clip(found[2], _snap.MAX_NAME)}
+        self._newer = newer
 
     def _feed_refresh(self) -> bool:  # called by the poller thread
         return self.refresh()
@@ -140,15 +204,22 @@ class RunPanel(anywidget.AnyWidget):
                 self._unsubscribe = None
             self._poller.unwatch(self)
             self._mode = ""
-            path = str(run.store.path)
             if _by_id.get((str(old.store.path), old.id)) is self:
                 del _by_id[(str(old.store.path), old.id)]
-            _by_id[(path, run.id)] = self
-            if run.key == old.key:
-                _by_key[(path, run.key)] = self
+            _by_id.setdefault((str(run.store.path), run.id), self)
             self._run = run
             self._reader = RunReader(run)
-            self.refresh(force=True)
+            self._rec = None
+            self._newer = None
+            self._stored = bool(getattr(run, "_found_ended", False))
+        self.refresh(force=True)  # outside the registry lock: refreshing may tell other panels
+
+    def _mark_stored(self) -> None:
+        """The run was handed out as a stored outcome (start() found it ended): say so."""
+        with self._plock:
+            if not self._stored:
+                self._stored = True
+                self.refresh(force=True)
 
     # -- buttons ----------------------------------------------------------------------------
 
@@ -167,13 +238,20 @@ class RunPanel(anywidget.AnyWidget):
                 raise ValueError(f"unknown panel action {action!r}; expected one of "
                                  f"{', '.join(ACTIONS)}")
             if action == "refresh":
-                self.refresh(force=True)
+                with self._plock:
+                    if self._rec is not None and self._rec.status.terminal:
+                        self.refresh()  # an ended run does not change: only look for a newer one
+                    else:
+                        self.refresh(force=True)
             elif action == "cancel":
-                self._run.cancel()
+                self._run._cancel("panel", panel=self.model_id)
                 self.refresh()
+            elif action == "newer":
+                self._open_newer()
             else:
                 new = self._run.rerun() if action == "rerun" else self._run.resume()
                 self.bind(new)
+                _tell_key(new, self)
         except Exception as exc:
             text = f"{_label(action)} failed: {type(exc).__name__}: {exc}"
             self.notice = {"level": "error", "text": text, "action": str(action),
@@ -182,6 +260,14 @@ class RunPanel(anywidget.AnyWidget):
         if action != "refresh":
             self.notice = {}
         return {"id": req_id, "ok": True, "error": None}
+
+    def _open_newer(self) -> None:
+        store = self._run.store
+        found = store.newest([self._run.key]).get(self._run.key)
+        if found is None or found[1] <= self._run.attempt:
+            self.refresh(force=True)
+            return
+        self.bind(Run(store, found[0]))
 
     # -- display ----------------------------------------------------------------------------
 
@@ -196,6 +282,35 @@ class RunPanel(anywidget.AnyWidget):
         data["text/html"] = _snap.html_snapshot(snap)
         return data, meta
 
+    def _ipython_display_(self, **kwargs: Any) -> None:
+        """Display with a display id, so the static snapshot saved with the notebook can be
+        replaced when the run ends (see ``_keep_fallback``)."""
+        from IPython.display import display
+
+        data, meta = self._repr_mimebundle_()
+        display_id = uuid.uuid4().hex
+        parent = _parent_header()
+        with self._plock:
+            self._displays.append((display_id, parent))
+            del self._displays[:-MAX_DISPLAYS]
+        display(data, raw=True, metadata=meta, display_id=display_id)
+
+    def _keep_fallback(self, snap: _snap.Snapshot) -> None:
+        """Keep the static renderings of the panel's displays current where it matters: when the
+        run ends (or, ended, changes what it says: a newer attempt, a stored outcome)."""
+        final = snap["status"] not in ("pending", "running")
+        key = (snap["id"], snap["status"], snap["stored"], snap["newer"], snap["cancel"],
+               tuple(snap["damaged"]))
+        if key == self._fallback_key:
+            return
+        self._fallback_key = key
+        text, html = _snap.text_snapshot(snap), _snap.html_snapshot(snap)
+        self.fallback = {"model_id": self.model_id, "final": final, "text/plain": text,
+                         "text/html": html}
+        if final and self._displays:
+            data, meta = _widget_bundle(self, RunPanel)
+            _update_displays(self._displays, {**data, "text/plain": text, "text/html": html}, meta)
+
     def close(self) -> None:
         """Stop following the run and close the widget model."""
         with _lock, self._plock:
@@ -204,35 +319,114 @@ class RunPanel(anywidget.AnyWidget):
                 self._unsubscribe()
                 self._unsubscribe = None
             self._poller.unwatch(self)
-            for reg in (_by_key, _by_id):
-                for k in [k for k, v in reg.items() if v is self]:
-                    del reg[k]
+            for k in [k for k, v in _by_id.items() if v is self]:
+                del _by_id[k]
         super().close()
 
 
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
 def _label(action: Any) -> str:
-    return {"cancel": "Cancel", "rerun": "Re-run", "resume": "Resume"}.get(str(action), str(action))
+    return {"cancel": "Cancel", "rerun": "Re-run", "resume": "Resume",
+            "newer": "Showing the newer attempt"}.get(str(action), str(action))
+
+
+def _module_of(pipeline: str) -> str | None:
+    """The module a worker imports for ``pipeline``, when it is registered in this process."""
+    from ..pipeline import lookup
+
+    found = lookup(pipeline)
+    module = getattr(getattr(found, "fn", None), "__module__", None)
+    return module if isinstance(module, str) and module != "__main__" else None
+
+
+def _tell_key(run: Run, source: RunPanel) -> None:
+    """A new attempt of ``run``'s key was made here: the key's other panels show the link now."""
+    with _lock:
+        others = [w for (path, _id), w in _by_id.items()
+                  if w is not source and not w._closed and path == str(run.store.path)
+                  and w.run.key == run.key]
+    for w in others:
+        try:
+            w.refresh()
+        except Exception:  # one panel's trouble is shown by that panel, not raised here
+            pass
+
+
+# -- display ids ----------------------------------------------------------------------------------
+
+def _parent_header() -> dict[str, Any]:
+    """The header of the request (cell) being executed, as the kernel's display publisher has it."""
+    try:
+        from IPython import get_ipython
+
+        pub = get_ipython().display_pub
+        return dict(pub.parent_header or {})
+    except Exception:
+        return {}
+
+
+def _update_displays(displays: list[tuple[str, dict[str, Any]]], data: dict[str, Any],
+                     meta: dict[str, Any]) -> None:
+    """``update_display_data`` of each ``(display id, parent header)`` with ``data``.
+
+    Sent twice: once as from the cell that displayed it (JupyterLab and Notebook 7 route a
+    message by the request it answers, and that cell's output area applies it, even after the
+    cell finished), and once as from the cell executing now, if another (nbclient, behind
+    ``nbconvert --execute`` and nbval, keeps only the messages of the cell it executes, and
+    updates any output of the notebook with that display id)."""
+    try:
+        from IPython import get_ipython
+
+        pub = get_ipython().display_pub
+    except Exception:
+        return
+    for display_id, parent in list(displays):
+        transient = {"display_id": display_id}
+        try:
+            set_parent = getattr(pub, "set_thread_parent", None)
+            if set_parent is not None and parent:
+                token = set_parent(parent)
+                try:
+                    pub.publish(data, metadata=meta, transient=transient, update=True)
+                finally:
+                    pub.reset_thread_parent(token)
+            now = (pub.parent_header or {}).get("msg_id")
+            if set_parent is None or not parent or now != parent.get("msg_id"):
+                pub.publish(data, metadata=meta, transient=transient, update=True)
+        except Exception:  # no kernel (tests), or a front end gone: the live view still shows it
+            continue
+
+
+def _widget_bundle(widget: Any, cls: type) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The plain ipywidgets bundle of ``widget`` (the view reference), metadata apart."""
+    out = super(cls, widget)._repr_mimebundle_()
+    return out if isinstance(out, tuple) else (out, {})
 
 
 def panel(run: Run) -> RunPanel:
-    """The panel widget of ``run``; the same widget every time for the same run in this kernel.
+    """The panel widget of ``run``: the same widget every time for the same run in this kernel.
 
-    Showing a newer attempt of a key whose panel exists rebinds that panel to it.
-    """
+    A panel shows the attempt it was given; a newer attempt of the key is offered in it, never
+    swapped in behind your back."""
     if not isinstance(run, Run):
         raise TypeError(f"tether.panel() takes a tether.Run, got {type(run).__name__} "
                         f"({run!r:.80}); get one with pipeline.start(...) or tether.get_run(id)")
     path = str(run.store.path)
     with _lock:
         found = _by_id.get((path, run.id))
-        if found is not None and not found._closed:
-            return found
-        by_key = _by_key.get((path, run.key))
-        if by_key is not None and not by_key._closed and by_key.run.attempt < run.attempt:
-            by_key.bind(run)
-            return by_key
-        widget = RunPanel(run)
-        _by_id[(path, run.id)] = widget
-        if by_key is None or by_key._closed or by_key.run.attempt < run.attempt:
-            _by_key[(path, run.key)] = widget
-        return widget
+        if found is None or found._closed:
+            found = None
+            widget = RunPanel(run)
+            _by_id[(path, run.id)] = widget
+    if found is not None:
+        if getattr(run, "_found_ended", False):
+            found._mark_stored()
+        return found
+    if run.attempt > 1:
+        _tell_key(run, widget)
+    return widget

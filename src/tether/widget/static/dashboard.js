@@ -1,9 +1,9 @@
 // tether dashboard table (anywidget ESM): recent runs, a status filter, row selection.
-// Run text is set with textContent only.
+// Run text is set with textContent only. Each dashboard() call is its own widget and filter.
 
 const STATUSES = ["pending", "running", "succeeded", "failed", "cancelled", "interrupted"];
-const ACTIVE = new Set(["pending", "running"]);
-const COLUMNS = ["pipeline", "status", "phase", "progress", "started", "duration"];
+const COLUMNS = [["run", "run"], ["status", "status"], ["phase", "phase"], ["progress", "progress"],
+  ["started", "started"], ["duration", "duration"]];
 
 function h(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -23,15 +23,47 @@ function fmtDuration(s) {
   return hh ? `${hh}:${two(mm)}:${two(ss)}` : `${mm}:${two(ss)}`;
 }
 
-function fmtStarted(t) {
-  if (t === null || t === undefined) return "";
+const two = (n) => String(n).padStart(2, "0");
+
+// the one time format of tether's displays: 24-hour, the date only when it is not today
+function fmtClock(t) {
+  if (t === null || t === undefined || !isFinite(t)) return "";
   const d = new Date(t * 1000);
-  const today = new Date();
-  return d.toDateString() === today.toDateString() ? d.toLocaleTimeString() : d.toLocaleString();
+  const clock = `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
+  if (d.toDateString() === new Date().toDateString()) return clock;
+  return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${two(d.getHours())}:${two(d.getMinutes())}`;
+}
+
+function fmtCount(x) {
+  if (x === null || x === undefined) return "";
+  return Number.isInteger(x) ? x.toLocaleString() : x.toLocaleString(undefined, { maximumFractionDigits: 2 });
+}
+
+// see panel.js: keep the saved notebook's copy of this output current
+function patchSavedOutputs(model, fb) {
+  if (!fb || !fb.final || !fb.model_id) return;
+  let cells;
+  try { cells = model.widget_manager.context.model.cells; } catch (e) { return; }
+  if (!cells || typeof cells.get !== "function") return;
+  for (let c = 0; c < cells.length; c++) {
+    const outs = cells.get(c).outputs;
+    if (!outs || typeof outs.get !== "function") continue;
+    for (let i = 0; i < outs.length; i++) {
+      const out = outs.get(i);
+      const data = out && out.data;
+      const view = data && data["application/vnd.jupyter.widget-view+json"];
+      if (!view || view.model_id !== fb.model_id) continue;
+      if (data["text/html"] === fb["text/html"] && data["text/plain"] === fb["text/plain"]) continue;
+      const json = out.toJSON();
+      json.data = { ...json.data, "text/html": fb["text/html"], "text/plain": fb["text/plain"] };
+      outs.set(i, json);
+    }
+  }
 }
 
 function render({ model, el }) {
   let receivedAt = performance.now();
+  let disconnected = false, wasConnected = false, cleaned = false;
   const filter = h("select", { "data-testid": "tether-dashboard-filter", "aria-label": "filter by status" },
     h("option", { value: "" }, "all statuses"), ...STATUSES.map((s) => h("option", { value: s }, s)));
   const db = h("span", { class: "tether-dash-db" });
@@ -39,20 +71,23 @@ function render({ model, el }) {
     h("span", { class: "tether-dash-title" }, "tether runs"), filter, db);
   const tbody = h("tbody");
   const table = h("table", { "data-testid": "tether-dashboard-table" },
-    h("thead", {}, h("tr", {}, ...COLUMNS.map((c) => h("th", { scope: "col" }, c)))), tbody);
+    h("thead", {}, h("tr", {}, ...COLUMNS.map(([c, label]) => h("th", { scope: "col", class: `tether-col-${c}` }, label)))), tbody);
   const empty = h("div", { class: "tether-dash-empty", "data-testid": "tether-dashboard-empty" }, "no runs");
   const error = h("div", { class: "tether-dash-error", role: "alert", "data-testid": "tether-dashboard-error" });
-  const root = h("div", { class: "tether-dashboard", "data-testid": "tether-dashboard" }, head, table, empty, error);
+  const disc = h("div", { class: "tether-note tether-disconnected", "data-testid": "tether-disconnected", hidden: true },
+    "Disconnected from the kernel: these rows are the last ones received; re-run the cell to reattach.");
+  const root = h("div", { class: "tether-dashboard", "data-testid": "tether-dashboard" }, head, disc, table, empty, error);
   el.append(root);
 
   function choose(id) {
+    if (disconnected) return;
     model.set("selected", model.get("selected") === id ? "" : id);
     model.save_changes();
   }
 
   function durationOf(r) {
     if (r.elapsed === null || r.elapsed === undefined) return null;
-    return r.elapsed + (r.status === "running" ? (performance.now() - receivedAt) / 1000 : 0);
+    return r.elapsed + (r.status === "running" && !disconnected ? (performance.now() - receivedAt) / 1000 : 0);
   }
 
   function row(r, selected) {
@@ -62,18 +97,22 @@ function render({ model, el }) {
     });
     const bar = h("span", { class: "tether-minibar" }, h("span", {}));
     bar.firstChild.style.width = r.percent === null || r.percent === undefined ? "0" : `${r.percent}%`;
-    const progress = r.total ? `${r.done}/${r.total}` : (r.done ? String(r.done) : "");
-    const name = h("td", { title: `run ${r.id} · key ${r.key_short}` }, `${r.pipeline} #${r.attempt}`);
-    const status = h("td", { "data-testid": "tether-dashboard-status" }, h("span", { class: "tether-badge", "data-status": r.status }, r.status));
+    const progress = r.total ? `${fmtCount(r.done)}/${fmtCount(r.total)}` : (r.done ? fmtCount(r.done) : "");
+    const name = h("td", { class: "tether-col-run tether-wrap", title: `run id ${r.id}` },
+      `${r.pipeline} #${r.attempt}`);
+    if (r.params) name.append(h("span", { class: "tether-row-params", "data-testid": "tether-dashboard-params" }, r.params));
+    const status = h("td", { class: "tether-col-status", "data-testid": "tether-dashboard-status" },
+      h("span", { class: "tether-badge", "data-status": r.status }, r.status));
     const bad = r.damaged || [];
     if (bad.length) {  // a row edited behind tether's back
       tr.dataset.damaged = "";
       if (r.status !== "damaged") status.append(" ", h("span", { class: "tether-damaged", title: bad.join("; ") }, "damaged"));
       status.title = `damaged row: ${bad.join("; ")}`;
     }
-    const duration = h("td", { "data-duration": "" }, fmtDuration(durationOf(r)));
-    tr.append(name, status, h("td", {}, r.phase || ""), h("td", {}, bar, progress),
-      h("td", {}, fmtStarted(r.started_at ?? r.created_at)), duration);
+    const duration = h("td", { class: "tether-col-duration", "data-duration": "" }, fmtDuration(durationOf(r)));
+    tr.append(name, status, h("td", { class: "tether-col-phase tether-wrap" }, r.phase || ""),
+      h("td", { class: "tether-col-progress" }, bar, progress),
+      h("td", { class: "tether-col-started" }, fmtClock(r.started_at ?? r.created_at)), duration);
     tr.addEventListener("click", () => choose(r.id));
     tr.addEventListener("keydown", (ev) => {
       if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); choose(r.id); }
@@ -82,6 +121,7 @@ function render({ model, el }) {
   }
 
   function update() {
+    if (cleaned) return;
     const rows = model.get("rows") || [];
     const sel = model.get("selected") || "";
     const focusedId = document.activeElement && document.activeElement.dataset
@@ -89,16 +129,37 @@ function render({ model, el }) {
     tbody.replaceChildren(...rows.map((r) => row(r, r.id === sel)));
     if (focusedId) tbody.querySelector(`tr[data-run-id="${CSS.escape(focusedId)}"]`)?.focus();
     filter.value = model.get("status_filter") || "";
+    filter.disabled = disconnected;
     db.textContent = model.get("db") || "";
     empty.hidden = rows.length > 0;
     table.hidden = rows.length === 0;
     const err = model.get("error") || "";
     error.textContent = err;
     error.hidden = !err;
+    disc.hidden = !disconnected;
     root.dataset.filter = filter.value;
+    root.dataset.mode = disconnected ? "disconnected" : "live";
+  }
+
+  function checkKernel() {
+    if (disconnected) return;
+    let gone = el.classList.contains("jupyter-widgets-disconnected");
+    try {
+      const wm = model.widget_manager;
+      if (wm && "kernel" in wm) {
+        const k = wm.kernel;
+        gone = gone || !k || k.isDisposed || k.status === "dead" || k.status === "restarting"
+          || k.status === "autorestarting";
+      }
+    } catch (e) { /* the front end does not say */ }
+    if (gone) { disconnected = true; update(); }
   }
 
   function tick() {
+    if (cleaned) return;
+    if (root.isConnected) wasConnected = true;
+    else if (wasConnected) { cleanup(); return; }
+    checkKernel();
     const rows = model.get("rows") || [];
     tbody.querySelectorAll("tr").forEach((tr, i) => {
       const r = rows[i];
@@ -109,22 +170,33 @@ function render({ model, el }) {
   const onFilter = () => { model.set("status_filter", filter.value); model.save_changes(); };
   filter.addEventListener("change", onFilter);
   const onRows = () => { receivedAt = performance.now(); update(); };
+  const onFallback = () => setTimeout(() => patchSavedOutputs(model, model.get("fallback")), 0);
+  const onCommLive = () => setTimeout(checkKernel, 0);
   model.on("change:rows", onRows);
   model.on("change:selected", update);
   model.on("change:status_filter", update);
   model.on("change:error", update);
+  model.on("change:fallback", onFallback);
+  model.on("comm_live_update", onCommLive);
   const timer = setInterval(tick, 1000);
+  checkKernel();
   update();
+  onFallback();
 
-  return () => {
+  function cleanup() {
+    if (cleaned) return;
+    cleaned = true;
     clearInterval(timer);
     filter.removeEventListener("change", onFilter);
     model.off("change:rows", onRows);
     model.off("change:selected", update);
     model.off("change:status_filter", update);
     model.off("change:error", update);
+    model.off("change:fallback", onFallback);
+    model.off("comm_live_update", onCommLive);
     root.remove();
-  };
+  }
+  return cleanup;
 }
 
 export default { render };
