@@ -480,6 +480,17 @@ run = chatty.start()
 """
 
 
+def _ipython_major() -> int:
+    import importlib.metadata
+
+    return int(importlib.metadata.version("ipython").split(".")[0])
+
+
+# Found by CI's fresh venv (IPython 9.18, ipykernel 7.4.0): the patched OutStream.write sees the
+# run's ctx, yet the run's print()/stderr lines reach the cell and not the run's log. Passes with
+# IPython 8.12. Open in issue 13 (print capture); strict, so the fix shows up as an XPASS failure.
+@pytest.mark.xfail(_ipython_major() >= 9, strict=True,
+                   reason="issue 13: output capture in a kernel does not work with IPython 9 yet")
 def test_in_a_real_kernel_nothing_of_a_run_reaches_the_executing_cell(
         kernel: Any, tmp_path: Path) -> None:
     kernel.cell(KERNEL_SETUP.format(db=str(tmp_path / "k.db")))
