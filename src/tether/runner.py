@@ -115,6 +115,10 @@ class Runner:
                     self._slots += 1
                 try:
                     rec = self.store.claim_next(self.owner, pipelines, config.settings().lease)
+                except _HELD_BACK:  # delivered while the claim waited for the lock: not claimed
+                    with self._lock:
+                        self._slots -= 1
+                    raise
                 except Exception:
                     self._record_error("claim")
                     rec = None
@@ -180,6 +184,11 @@ class Runner:
                     self._slots += 1
                 try:
                     claimed = self.store.claim(rec.id, self.owner, config.settings().lease)
+                except _HELD_BACK:  # delivered while the claim waited for the lock: not claimed
+                    with self._lock:
+                        self._slots -= 1
+                        self._queue.appendleft(rec)
+                    raise
                 except Exception as exc:
                     self._record_error("claim")
                     with self._lock:
@@ -238,6 +247,11 @@ class Runner:
                     self._slots += 1
                 try:
                     claimed = self.store.claim(rec.id, self.owner, config.settings().lease)
+                except _HELD_BACK:  # delivered while the claim waited for the lock: not claimed
+                    with self._lock:
+                        self._slots -= 1
+                        self._waiting[rec.id] = rec
+                    raise
                 except Exception:  # tried again at the next poll
                     self._record_error("claim")
                     with self._lock:
@@ -792,6 +806,12 @@ class Runner:
                 event.set()
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+# What a held-back signal raises at a safe point inside a claim (tether._interrupts): it comes
+# only while the claim waits for the write lock, before its transaction, so nothing was claimed
+# and the slot counted for it must be given back.
+_HELD_BACK = (KeyboardInterrupt, SystemExit)
 
 
 def _transient(exc: BaseException) -> bool:
