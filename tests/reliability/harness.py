@@ -39,6 +39,30 @@ checks the invariants on the database (read with plain sqlite3, so checking reco
   its checkpoints and its stored log lines; a child that was not killed exits 0 and its own run
   succeeded (no error such as ``database is locked`` reaching the user, no live run taken over).
 
+Other faults (issue 11)
+-----------------------
+``KillHarness(faults={"sigint": n, "fork": n, "sqlite": n, "pidns": n, "disk": n})`` adds, beside
+the SIGKILLed children of a round, an episode of some of these kinds (spread over the rounds):
+
+- ``sigint``: a child calls ``start()`` in a loop while a timer thread sends it SIGINT (one fault
+  per ``KeyboardInterrupt`` raised inside ``start()``); a thread of it takes the write lock now and
+  then through plain sqlite3. Then, still alive, it checks that another process can write, that
+  every run it created ends, that max_concurrency ``reliability.gate`` runs execute at once (no
+  leaked runner slot) and that new runs all execute;
+- ``fork``: runs of ``reliability.forker``, whose body forks a child that leaves in one of
+  FORK_HOWS; the parent checks each run ends with the parent's result and log lines, once;
+- ``sqlite``: a child holds a plain sqlite3 connection to the database, opened before tether,
+  through the round and its recovery while other processes come and go; -wal/-shm must keep their
+  inodes, no error, no run lost;
+- ``pidns``: a child under ``unshare --pid --fork --mount-proc`` (pid 1 or 2 there) runs a long
+  run while recovery runs outside (and ``tether gc`` inside); its run must end succeeded;
+- ``disk``: an epoch whose database is on a tmpfs that a filler fills and frees in every round;
+  once there is space again, every live process's run ends (within ``settle`` s), and only typed
+  errors reach a process.
+
+A child reports the checks it makes from inside as ``violations``; every check tags its message
+``[kind/what]`` (``violation_kind``). pidns and disk need root (``capabilities()``).
+
 Load scenarios
 --------------
 ``start_race``: N processes x K keys starting at once; ``readers_writers``: runs writing logs and
@@ -51,15 +75,20 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import errno
+import io
 import itertools
 import json
 import os
 import random
+import re
+import shutil
 import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -70,6 +99,7 @@ from typing import Any
 
 import tether
 from tether import context as tether_context
+from tether import errors as tether_errors
 from tether.store import Store
 
 TESTS = Path(__file__).resolve().parent.parent
@@ -83,6 +113,7 @@ BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
 # =============================================================================================
 
 _ARM: dict[str, Any] = {}  # what this child process was told to signal: trip / point
+_SPEC: dict[str, Any] = {}  # the spec this child executes
 _TRIPS: collections.Counter[str] = collections.Counter()
 _ORIG_TX = Store.tx
 
@@ -97,7 +128,7 @@ def _append(path: str, text: str) -> None:
 
 
 def _signal(text: str) -> None:
-    path = _ARM.get("signal")
+    path = _ARM.get("signal") or _SPEC.get("signal")
     if path and not os.path.exists(path):
         with open(path + ".tmp", "w") as fh:
             fh.write(text)
@@ -112,9 +143,18 @@ def _block() -> None:
     os._exit(86)
 
 
+def _await_go() -> None:
+    """A watched moment: go on once the parent says so (e.g. when the disk is full)."""
+    deadline = time.monotonic() + 10
+    while not os.path.exists(_ARM["signal"] + ".go") and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 def _point(name: str) -> None:
     if _ARM.get("point") == name:
         _signal(f"point {name}")
+        if _ARM.get("wait"):
+            _await_go()
 
 
 def _tx(self: Store) -> Any:
@@ -133,7 +173,10 @@ def _tripping(store: Store, op: str) -> Iterator[sqlite3.Connection]:
                 _block()
     if armed and _ARM.get("when") == "post" and _TRIPS[op] == _ARM.get("nth", 1):
         _signal(f"trip {op} post-commit #{_TRIPS[op]}")
-        _block()
+        if _ARM.get("wait"):
+            _await_go()
+        else:
+            _block()
 
 
 def _arm(arm: dict[str, Any] | None) -> None:
@@ -258,9 +301,15 @@ def serve() -> None:
     if not line:
         return
     spec = json.loads(line)
+    _SPEC.update(spec)
     _arm(spec.get("arm"))
     tether.configure(db=spec["db"], **spec.get("configure", {}))
     action = spec["action"]
+    if spec.get("sabotage") == "drop_end":  # the disk check catches an end that is never stored
+        def refuse(self: Store, *_args: Any, **_kwargs: Any) -> Any:
+            raise tether.StoreError("the end of this run is never stored (sabotage)")
+
+        Store.finish = refuse  # type: ignore[method-assign]
     if action == "run":
         run = _start_run(spec)
         _out({"id": run.id, "attempt": run.attempt, "pid": os.getpid()})
@@ -272,10 +321,21 @@ def serve() -> None:
             if spec["exit"] == "raise":
                 raise RuntimeError("the main thread died with a run in flight")
             return
+        if spec.get("settle"):  # the disk fills and frees meanwhile
+            _settle(run, spec["settle"])
+            return
         run.wait(timeout=SAFETY_S)
         _out({"id": run.id, "status": str(run.status)})
     elif action == "recover":
         _recover(spec)
+    elif action == "storm":
+        _storm(spec)
+    elif action == "forks":
+        _forks(spec)
+    elif action == "hold":
+        _hold(spec)
+    elif action == "linger":
+        _linger(spec)
     else:
         raise ValueError(f"unknown action {action!r}")
 
@@ -296,10 +356,16 @@ def _recover(spec: dict[str, Any]) -> None:
     from tether import cli
 
     mode, db = spec["mode"], spec["db"]
+    if spec.get("sabotage") == "presume_dead":  # the pidns check catches a live run taken over
+        from tether import owner
+
+        owner.gone_reason = lambda rec_owner, *_a, **_k: (  # type: ignore[assignment]
+            "presumed dead (sabotage)" if rec_owner is not None else None)
     if mode == "gc":
         code = cli.main(["gc", "--db", db])
-    elif mode == "ls":
-        code = cli.main(["ls", "--db", db, "--limit", "100000"])
+    elif mode == "ls":  # its table is not read: a large one must not fill the stdout pipe
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = cli.main(["ls", "--db", db, "--limit", "100000"])
     elif mode == "get_run":
         code = 0
         for run_id in spec["ids"]:
@@ -312,6 +378,454 @@ def _recover(spec: dict[str, Any]) -> None:
         raise ValueError(f"unknown recovery mode {mode!r}")
     if code:
         raise SystemExit(code)
+
+
+# =============================================================================================
+# child side: the other faults a kernel meets (issue 11)
+# =============================================================================================
+#
+# Each action below is one child process; it reports what it saw as JSON lines, and the checks it
+# can only make from inside (a transaction it left open, its own runs stranded, its runner's
+# slots) as ``"violations"``, each tagged ``[kind/what]``. The parent checks the database.
+
+FORK_WAIT_S = 10.0  # a fork child that has not exited by then is hung (killed, reported)
+FORK_HOWS = ["sysexit", "return", "raise", "os_exit", "log-sysexit", "log-return", "log-os_exit",
+             "mp"]
+PROBE = ("import sqlite3, sys\n"
+         "c = sqlite3.connect(sys.argv[1], timeout=float(sys.argv[2]), isolation_level=None)\n"
+         "try:\n"
+         "    c.execute('BEGIN IMMEDIATE'); c.execute('ROLLBACK')\n"
+         "except sqlite3.Error as exc:\n"
+         "    print(exc); sys.exit(3)\n")
+
+
+@tether.pipeline(name="reliability.forker", phases=["before", "after"])
+def forker(ctx: tether.Context, token: str, how: str, before: int = 3, after: int = 2,
+           flush: bool = False) -> dict[str, Any]:
+    """Logs F0.. (buffered, unless ``flush``), forks a child that leaves as ``how`` says, waits for
+    it, logs P0.. and returns the parent's outcome. Nothing the fork child does may reach the run."""
+    ctx.phase("before")
+    for i in range(before):
+        ctx.log("F%d", i)
+    if flush:
+        ctx.phase("after")  # a phase change is written at once: the F lines are stored first
+    if how == "mp":
+        import multiprocessing
+
+        proc = multiprocessing.get_context("fork").Process(target=_mp_child, daemon=True)
+        proc.start()
+        proc.join(FORK_WAIT_S)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+            outcome = "hung"
+        else:
+            outcome = f"exit {proc.exitcode}"
+    else:
+        pid = os.fork()
+        if pid == 0:  # the fork child: leave as told (return: fall off the body like its parent)
+            kind = how.removeprefix("log-")
+            if how.startswith("log-"):
+                ctx.log("C0")
+                ctx.advance()
+            if kind == "sysexit":
+                sys.exit(0)
+            if kind == "raise":
+                raise RuntimeError("raised in a fork child")
+            if kind == "os_exit":
+                os._exit(0)
+            return {"who": "child", "pid": os.getpid(), "token": token}
+        outcome = _reap(pid)
+    ctx.phase("after")
+    for i in range(after):
+        ctx.log("P%d", i)
+        ctx.advance()
+    return {"who": "parent", "pid": os.getpid(), "token": token, "child": outcome}
+
+
+def _mp_child() -> None:
+    ctx = tether_context.current()  # a multiprocessing 'fork' worker inherits the run thread
+    if ctx is not None:
+        ctx.log("C-mp")
+        ctx.advance()
+
+
+def _reap(pid: int) -> str:
+    deadline = time.monotonic() + FORK_WAIT_S
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return f"exit {os.waitstatus_to_exitcode(status)}"
+        time.sleep(0.002)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return "hung"
+
+
+@tether.pipeline(name="reliability.linger", phases=["linger"])
+def linger(ctx: tether.Context, token: str, stop: str, max_s: float = SAFETY_S) -> dict[str, Any]:
+    """Runs until the file ``stop`` exists (a long run of a process in another pid namespace)."""
+    ctx.phase("linger")
+    end = time.monotonic() + max_s
+    n = 0
+    while not os.path.exists(stop) and time.monotonic() < end:
+        ctx.advance()
+        if n % 10 == 0:
+            ctx.log("tick %d", n)
+        n += 1
+        time.sleep(0.02)
+    return {"token": token, "pid": os.getpid(), "ticks": n}
+
+
+@tether.pipeline(name="reliability.gate", phases=["gate"])
+def gate(ctx: tether.Context, token: int, n: int, folder: str, wait_s: float) -> dict[str, Any]:
+    """Waits (up to ``wait_s``) until ``n`` gate runs have entered their bodies: they all run at
+    once only if the runner has ``n`` free slots."""
+    ctx.phase("gate")
+    Path(folder, ctx.run_id).touch()
+    closed = Path(folder, "closed")  # a run left without meeting all the others
+    deadline = time.monotonic() + wait_s
+    while True:
+        met = not closed.exists() and len(os.listdir(folder)) >= n
+        if met or closed.exists() or time.monotonic() > deadline:
+            break
+        ctx.advance()
+        time.sleep(0.005)
+    if not met:
+        closed.touch()
+    return {"token": token, "met": met}
+
+
+_SIGINT: dict[str, Any] = {"armed": False, "ignored": 0,
+                           "where": collections.Counter()}  # where each interrupt landed
+
+
+def _on_sigint(_signum: int, frame: Any) -> None:
+    """A kernel interrupt, delivered only while the main thread is inside ``start()``."""
+    if not _SIGINT["armed"]:
+        _SIGINT["ignored"] += 1
+        return
+    _SIGINT["armed"] = False
+    code = frame.f_code if frame is not None else None
+    where = f"{Path(code.co_filename).name}:{code.co_name}" if code else "?"
+    _SIGINT["where"][where] += 1
+    raise KeyboardInterrupt
+
+
+def _own_runs(db: str, pipeline: str) -> list[tuple[str, str, str | None]]:
+    """(id, status, error type) of this process's runs of ``pipeline``, read with plain sqlite3."""
+    conn = connect(Path(db))
+    assert conn is not None
+    try:
+        rows = conn.execute("SELECT id, status, error FROM runs WHERE owner_pid = ? AND pipeline = ?",
+                            (os.getpid(), pipeline)).fetchall()
+    finally:
+        conn.close()
+    return [(i, s, json.loads(e).get("type") if e else None) for i, s, e in rows]
+
+
+def _settled(db: str, pipeline: str, ids: set[str] | None, within: float
+             ) -> list[tuple[str, str, str | None]]:
+    """Wait up to ``within`` s for every run of ours (or ``ids``) to end; returns those that did not."""
+    deadline = time.monotonic() + within
+    while True:
+        rows = [r for r in _own_runs(db, pipeline) if ids is None or r[0] in ids]
+        active = [r for r in rows if r[1] in ("pending", "running")]
+        if not active or time.monotonic() > deadline:
+            return active
+        time.sleep(0.02)
+
+
+def _storm(spec: dict[str, Any]) -> None:
+    """SIGINTs at random moments while the main thread calls ``start()`` in a loop (the way a
+    kernel interrupt lands), then the checks that need this process alive: another process can
+    write (no transaction left open), every run created here ends (none stranded pending or
+    running without a thread), and 2 x max_concurrency new runs all execute (no slot leaked)."""
+    from tether import runner
+
+    db = spec["db"]
+    rng = random.Random(spec.get("seed"))
+    settle = spec.get("settle", 10.0)
+    viol: list[str] = []
+    tether.runs(limit=1)  # open the database before the hog's connection (see _hold for why)
+    stop = threading.Event()
+    sent = [0]
+    hog_waits = [0]
+
+    def hog() -> None:  # another writer, so that start() often waits for the write lock
+        conn = sqlite3.connect(db, timeout=2.0, isolation_level=None)
+        try:
+            while not stop.is_set():
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    time.sleep(rng.uniform(0, 0.01))
+                    conn.execute("COMMIT")
+                except sqlite3.OperationalError:
+                    hog_waits[0] += 1  # locked out for 2 s
+                time.sleep(rng.uniform(0, 0.01))
+        finally:
+            conn.close()
+
+    def timer() -> None:
+        me = os.getpid()
+        while not stop.is_set():
+            time.sleep(rng.uniform(0, spec.get("gap", 0.005)))
+            os.kill(me, signal.SIGINT)
+            sent[0] += 1
+
+    signal.signal(signal.SIGINT, _on_sigint)
+    threads = [threading.Thread(target=timer, daemon=True)]
+    if spec.get("hog", True):
+        threads.append(threading.Thread(target=hog, daemon=True))
+    for t in threads:
+        t.start()
+    base, landed, starts, errors = spec["base"], 0, 0, collections.Counter()
+    recent: list[tuple[int, float]] = []
+    deadline = time.monotonic() + spec.get("max_s", 20.0)
+    t0 = time.monotonic()
+    if spec.get("sabotage"):  # a test of the checks below: no storm (and no real failure)
+        stop.set()
+    while (landed < spec["landings"] and time.monotonic() < deadline
+           and sum(errors.values()) < 20 and not stop.is_set()):
+        if recent and rng.random() < 0.2:
+            k, hold = rng.choice(recent)  # attach to (or find) a run started before
+        else:
+            k, hold = base + starts, rng.choice([0.0, 0.005, 0.02])
+            recent = [*recent, (k, hold)][-8:]
+        starts += 1
+        try:
+            try:
+                _SIGINT["armed"] = True
+                quick.start(k=k, hold=hold)
+                _SIGINT["armed"] = False
+            except KeyboardInterrupt:
+                landed += 1
+            except Exception as exc:  # an error reaching the user (not the interrupt)
+                _SIGINT["armed"] = False
+                errors[f"{type(exc).__name__}: {str(exc)[:300]}"] += 1
+        except KeyboardInterrupt:  # landed in this loop, outside start(): not ours to count
+            pass
+        _SIGINT["armed"] = False
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    t1 = time.monotonic()
+    for text, n in errors.items():
+        viol.append(f"[sigint/start-error] start() raised {n}x after interrupts: {text}")
+    if spec.get("sabotage") == "open_tx":  # the checks catch a transaction left open
+        tether.config.store().conn().execute("BEGIN IMMEDIATE")
+    elif spec.get("sabotage") == "strand":  # ... a run created but never submitted
+        own = runner.get(tether.config.store())
+        params = quick.bind(k=-1, hold=0.0)
+        tether.config.store().start(
+            pipeline=quick.name, key=quick.key_for(params), params_json=json.dumps(params),
+            version=None, phases=["work"], policy="attach", owner=own.owner, lease_s=30,
+            gone=lambda *_: None)
+    elif spec.get("sabotage") == "slots":  # ... a runner slot used by nothing
+        own = runner.get(tether.config.store())
+        own._slots += 1
+    # another process can write within a bound: no transaction stayed open here
+    probe_s = spec.get("probe", 5.0)
+    probe = subprocess.run([sys.executable, "-c", PROBE, db, str(probe_s)], capture_output=True,
+                           text=True, timeout=probe_s + 30)
+    if probe.returncode != 0:
+        viol.append(f"[sigint/locked-out] another process could not write for {probe_s:.0f} s "
+                    f"after the interrupts (a write transaction stayed open here): "
+                    f"{(probe.stdout + probe.stderr).strip()[-300:]}")
+    if spec.get("sabotage") == "open_tx":  # caught: let the other processes go on
+        tether.config.store().conn().execute("ROLLBACK")
+    # every run this process created ends (bodies take <= 20 ms)
+    stuck = _settled(db, quick.name, None, settle)
+    if stuck:
+        viol.append(f"[sigint/stranded] {len(stuck)} runs created by this live process still "
+                    f"{sorted({s for _, s, _ in stuck})} {settle:.0f} s after the interrupts "
+                    f"(e.g. {stuck[0][0]})")
+    failed = [r for r in _own_runs(db, quick.name) if r[1] == "failed"]
+    if failed:
+        viol.append(f"[sigint/failed] {len(failed)} runs failed ({failed[0][2]}), e.g. {failed[0][0]}")
+    # no runner slot leaked: max_concurrency runs can execute at once
+    slots = tether.config.settings().max_concurrency
+    folder = tempfile.mkdtemp(prefix="gate-")
+    try:
+        gates = {gate.start(token=base + i, n=slots, folder=folder, wait_s=settle).id
+                 for i in range(slots)}
+        _settled(db, gate.name, gates, 2 * settle + 5)
+        conn = connect(Path(db))
+        assert conn is not None
+        try:
+            results = [json.loads(r or "null") or {} for (r,) in conn.execute(
+                f"SELECT result FROM runs WHERE id IN ({', '.join('?' * len(gates))})",
+                list(gates))]
+        finally:
+            conn.close()
+        entered = sum(bool(r.get("met")) for r in results)
+    except Exception as exc:
+        entered = -1
+        viol.append(f"[sigint/start-error] start() after the interrupts raised "
+                    f"{type(exc).__name__}: {str(exc)[:300]}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if 0 <= entered < slots:
+        viol.append(f"[sigint/slots-leaked] {slots} runs could not execute at once "
+                    f"(max_concurrency={slots}; {entered} saw all the others): runner slots are "
+                    "used by nothing")
+    # the runner still executes new runs
+    fresh: set[str] = set()
+    n = 2 * tether.config.settings().max_concurrency
+    try:
+        for i in range(n):
+            fresh.add(quick.start(k=base + starts + 100 + i, hold=0.0).id)
+    except Exception as exc:
+        viol.append(f"[sigint/start-error] start() after the interrupts raised "
+                    f"{type(exc).__name__}: {str(exc)[:300]}")
+    if fresh:
+        left = _settled(db, quick.name, fresh, settle)
+        if left:
+            viol.append(f"[sigint/no-new-run] {len(left)} of {n} new runs never ended "
+                        f"({sorted({s for _, s, _ in left})}) {settle:.0f} s after start(): the "
+                        "runner executes nothing")
+    _out({"storm": {"landed": landed, "sent": sent[0], "starts": starts, "ignored":
+                    _SIGINT["ignored"], "where": dict(_SIGINT["where"]),
+                    "hog_lockouts": hog_waits[0], "storm_s": round(t1 - t0, 2),
+                    "checks_s": round(time.monotonic() - t1, 2)}, "violations": viol})
+
+
+def _forks(spec: dict[str, Any]) -> None:
+    """Runs of ``reliability.forker`` (each forks in its body), at once; reports their ends."""
+    runs = [(f, forker.start(**f)) for f in spec["forks"]]
+    for f, run in runs:
+        try:
+            run.wait(timeout=SAFETY_S)
+            _out({"token": f["token"], "id": run.id, "status": str(run.status)})
+        except Exception as exc:
+            _out({"token": f["token"], "id": run.id, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _inodes(db: str) -> tuple[int | None, int | None]:
+    out = []
+    for suffix in ("-wal", "-shm"):
+        try:
+            out.append(os.stat(db + suffix).st_ino)
+        except FileNotFoundError:
+            out.append(None)
+    return out[0], out[1]
+
+
+def _hold(spec: dict[str, Any]) -> None:
+    """A user's plain sqlite3 connection to runs.db (as pandas.read_sql would use), opened before
+    tether and held while this process uses tether and other processes come and go.
+
+    SQLite's locks are per process: if anything in this process closes a descriptor of the file
+    outside SQLite, this process holds no lock, and the next process to close the database thinks
+    it is the last, checkpoints and deletes -wal and -shm under our connections."""
+    db = spec["db"]
+    rng = random.Random(spec.get("seed"))
+    uri = "file:" + urllib.parse.quote(db) + f"?mode={spec.get('mode', 'rw')}"
+    held = sqlite3.connect(uri, uri=True, timeout=SAFETY_S)
+    held.execute("SELECT count(*) FROM runs").fetchone()  # WAL mode: -wal and -shm exist now
+    before = _inodes(db)
+    viol: dict[str, str] = {}
+    if spec.get("sabotage") == "drop_locks":  # the checks catch a lock dropped by a stray close
+        os.close(os.open(db, os.O_RDONLY))
+    _signal("connected")
+    done: list[str] = []
+    i = 0
+    deadline = time.monotonic() + SAFETY_S / 2
+    while time.monotonic() < deadline:
+        stopping = os.path.exists(spec["stop"])  # one more run after the stop: a write at the end
+        try:
+            run = quick.start(k=spec["base"] + i, hold=rng.choice([0.0, 0.01, 0.05]))
+            i += 1
+            run.wait(timeout=60)
+            if run.status == "succeeded":
+                done.append(run.id)
+            else:
+                viol.setdefault("run", f"[sqlite/run] run {run.id} ended {run.status}: {run.error}")
+        except Exception as exc:
+            tag = "io-error" if "disk I/O" in str(exc) else "error"
+            viol.setdefault(tag, f"[sqlite/{tag}] {type(exc).__name__}: {str(exc)[:300]}")
+        now = _inodes(db)
+        if now != before:
+            viol.setdefault("wal-deleted", f"[sqlite/wal-deleted] -wal/-shm of the database were "
+                                           f"deleted while this process held a connection "
+                                           f"(inodes {before} -> {now})")
+        try:
+            held.execute("SELECT count(*) FROM runs").fetchone()
+        except sqlite3.Error as exc:
+            viol.setdefault("held-read", f"[sqlite/held-read] the user's connection: {exc}")
+        if stopping:
+            break
+        time.sleep(rng.uniform(0.02, 0.15))  # a user's pace (and a database of a sane size)
+    try:  # everything that succeeded is visible through the user's connection
+        seen = {r[0] for r in held.execute("SELECT id FROM runs WHERE status = 'succeeded'")}
+        lost = [r for r in done if r not in seen]
+        if lost:
+            viol.setdefault("lost", f"[sqlite/lost] {len(lost)} succeeded runs not visible to the "
+                                    f"user's connection, e.g. {lost[0]}")
+    except sqlite3.Error as exc:
+        viol.setdefault("held-read", f"[sqlite/held-read] the user's connection: {exc}")
+    held.close()
+    _out({"hold": {"runs": len(done), "ids": done, "mode": spec.get("mode", "rw")},
+          "violations": list(viol.values())})
+
+
+def _linger(spec: dict[str, Any]) -> None:
+    """A long run (in another pid namespace, where this process may be pid 1), and, meanwhile,
+    recovery passes from in here (``tether gc``), which see none of the host's processes."""
+    from tether import cli
+
+    db = spec["db"]
+    run = linger.start(token=spec["token"], stop=spec["stop"])
+    _out({"id": run.id, "ns_pid": os.getpid()})
+    _signal("started")
+    passes, errors = 0, []
+    while not os.path.exists(spec["stop"]):
+        if spec.get("sweep"):
+            with contextlib.redirect_stdout(io.StringIO()):
+                code = cli.main(["gc", "--db", db])
+            passes += 1
+            if code:
+                errors.append(f"tether gc exited {code}")
+        time.sleep(0.2)
+    try:
+        run.wait(timeout=SAFETY_S)
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+    _out({"id": run.id, "status": str(run.status), "passes": passes, "errors": errors[:5]})
+
+
+def _settle(run: tether.Run, settle: dict[str, Any]) -> None:
+    """Disk full: wait for the run's end; once the disk has space again (the parent creates the
+    file ``settle["free"]``) its end must be stored within ``settle["after"]`` s."""
+    free, after = settle["free"], settle["after"]
+    t0 = time.monotonic()
+    free_at: float | None = None
+    raised = None
+
+    def give_up() -> bool:
+        nonlocal free_at
+        if free_at is None and os.path.exists(free):
+            free_at = time.monotonic()
+        late = free_at is not None and time.monotonic() - free_at > after
+        return late or time.monotonic() - t0 > SAFETY_S
+
+    while True:
+        try:
+            run.wait(timeout=0.1)
+            break
+        except TimeoutError:
+            pass
+        except tether.TetherError as exc:  # e.g. "its end could not be stored": typed
+            raised = f"{type(exc).__name__}: {exc}"
+            break
+        if give_up():
+            break
+    status = str(run.status)
+    while status in ("pending", "running") and not give_up():
+        time.sleep(0.05)
+        status = str(run.status)
+    _out({"id": run.id, "status": status, "final": True, "raised": raised,
+          "after_free": None if free_at is None else round(time.monotonic() - free_at, 2)})
 
 
 # =============================================================================================
@@ -329,12 +843,14 @@ def child_env() -> dict[str, str]:
 class Child:
     """One warm child process, used once."""
 
-    def __init__(self, no: int, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, no: int, workdir: Path, env: dict[str, str],
+                 prefix: list[str] | None = None) -> None:
         self.no = no
         self.err_path = workdir / f"child-{no}.err"
         self.signal = workdir / f"child-{no}.sig"
-        with open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen([sys.executable, "-c", BOOT, str(TESTS)], env=env,
+        with open(self.err_path, "w") as err:  # prefix: e.g. unshare (self.pid is unshare's)
+            self.proc = subprocess.Popen([*(prefix or []), sys.executable, "-c", BOOT, str(TESTS)],
+                                         env=env,
                                          cwd=workdir, stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=err, text=True)
         self.spec: dict[str, Any] = {}
@@ -445,6 +961,7 @@ class RunRow:
     result: str | None
     error: str | None
     ended_at: float | None
+    pipeline: str = work.name
 
     @property
     def active(self) -> bool:
@@ -481,22 +998,62 @@ def read_view(db: Path, keys: set[str] | None = None) -> View:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not {"runs", "events", "checkpoints"} <= tables:
             return view
-        for row in conn.execute(
-                "SELECT id, key, attempt, status, last_seq, owner_pid, resumed_from, created_by, "
-                "result, error, ended_at FROM runs"):
-            if keys is None or row[1] in keys:
-                view.runs[row[0]] = RunRow(*row)
-        for run_id, seq, kind, data in conn.execute(
-                "SELECT run_id, seq, kind, data FROM events ORDER BY run_id, seq"):
+        cols = ("SELECT id, key, attempt, status, last_seq, owner_pid, resumed_from, created_by, "
+                "result, error, ended_at, pipeline FROM runs")
+        if keys is None:
+            rows = conn.execute(cols).fetchall()
+        else:  # a few keys: through the (key, attempt) index, not a scan of every table
+            rows = [r for k in keys for r in conn.execute(cols + " WHERE key = ?", (k,))]
+        for row in rows:
+            view.runs[row[0]] = RunRow(*row)
+        if keys is None:
+            events = conn.execute("SELECT run_id, seq, kind, data FROM events ORDER BY run_id, seq")
+            cps = conn.execute("SELECT run_id, name, value FROM checkpoints")
+        else:
+            ids = list(view.runs)
+            events = (e for i in ids for e in conn.execute(
+                "SELECT run_id, seq, kind, data FROM events WHERE run_id = ? ORDER BY seq", (i,)))
+            cps = (c for i in ids for c in conn.execute(
+                "SELECT run_id, name, value FROM checkpoints WHERE run_id = ?", (i,)))
+        for run_id, seq, kind, data in events:
             if run_id in view.runs:
                 view.events.setdefault(run_id, []).append((seq, kind, data))
-        for run_id, name, value in conn.execute("SELECT run_id, name, value FROM checkpoints"):
+        for run_id, name, value in cps:
             if run_id in view.runs:
                 view.checkpoints.setdefault(run_id, {})[name] = json.loads(value)
         conn.execute("COMMIT")
     finally:
         conn.close()
     return view
+
+
+def run_rows(db: Path, where: str = "", args: tuple[Any, ...] = ()) -> dict[str, RunRow]:
+    """Rows of the runs table only (no events): ``where`` is an SQL condition."""
+    conn = connect(db)
+    if conn is None:
+        return {}
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
+            return {}
+        return {r[0]: RunRow(*r) for r in conn.execute(
+            "SELECT id, key, attempt, status, last_seq, owner_pid, resumed_from, created_by, "
+            "result, error, ended_at, pipeline FROM runs" + (f" WHERE {where}" if where else ""),
+            args)}
+    finally:
+        conn.close()
+
+
+def _has_runs(db: Path) -> bool:
+    """A tether database is there (its creator may have been killed before the tables)."""
+    conn = connect(db)
+    if conn is None:
+        return False
+    try:
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone() is not None
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
 
 
 def active_per_key(db: Path) -> list[tuple[str, int]]:
@@ -553,8 +1110,9 @@ def cp_name(kind: str, name: str) -> str:
 class Checker:
     """Invariant checks for one database; remembers what it saw to check later reads against."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path, *, typed_failures: bool = False) -> None:
         self.db = db
+        self.typed_failures = typed_failures  # a disk that fills: a run may fail with a StoreError
         self.seen: dict[str, list[EventRow]] = {}  # events read so far (the longest read)
         self.terminal: dict[str, tuple[Any, ...]] = {}  # row fingerprint of runs seen terminal
         self.checks = 0
@@ -628,8 +1186,9 @@ class Checker:
         if recovered:
             self.ok(not run.active, f"run {run.id} is still {run.status} after recovery "
                                     f"(owner pid {run.owner_pid})")
+        ours = run.pipeline == work.name  # the checks of the work pipeline's outcome
         logs = [json.loads(d).get("message", "") for _, k, d in evs if k == "log"]
-        body = [m for m in logs if m[:1] == "L" and m[1:].isdigit()]
+        body = [m for m in logs if m[:1] == "L" and m[1:].isdigit()] if ours else []
         self.ok(body == [f"L{i}" for i in range(len(body))],
                 f"run {run.id}: log lines with a gap or duplicate: {_log_gaps(body)}")
         fp = (run.status, run.result, run.error, run.ended_at, run.last_seq)
@@ -643,9 +1202,14 @@ class Checker:
             kinds = [k for _, k, _ in evs]
             self.ok(kinds.count(run.status) == 1 and kinds[-1] == run.status,
                     f"run {run.id} ({run.status}): status event not once and last: {kinds[-3:]}")
-        self.ok(run.status != "failed", f"run {run.id} failed, but the workload never fails: "
-                                        f"{json.loads(run.error or '{}').get('message')}")
-        if run.status == "succeeded":
+        if run.status == "failed" and self.typed_failures:
+            err = json.loads(run.error or "{}")
+            self.ok(_typed(err.get("type")), f"[disk/untyped-failure] run {run.id} failed with "
+                                             f"{err.get('type')}: {err.get('message')}")
+        else:
+            self.ok(run.status != "failed", f"run {run.id} failed, but the workload never fails: "
+                                            f"{json.loads(run.error or '{}').get('message')}")
+        if run.status == "succeeded" and ours:
             result = json.loads(run.result or "null") or {}
             cps = view.checkpoints.get(run.id, {})
             steps = [cps.get(f"step:s{k}") for k in range(len(result.get("steps", [])))]
@@ -703,6 +1267,12 @@ class Checker:
                         "journalled execution")
 
 
+def _typed(name: str | None) -> bool:
+    """``name`` is one of tether's typed errors (tether.errors)."""
+    cls = getattr(tether_errors, name or "", None)
+    return isinstance(cls, type) and issubclass(cls, tether_errors.TetherError)
+
+
 def _gaps(seqs: list[int]) -> str:
     missing = sorted(set(range(1, max(seqs, default=0) + 1)) - set(seqs))
     dups = [s for s, n in collections.Counter(seqs).items() if n > 1]
@@ -728,6 +1298,182 @@ def _first_diff(a: list[EventRow], b: list[EventRow]) -> str:
 # parent side: the kill harness
 # =============================================================================================
 
+# -- the other faults (issue 11): kinds, capabilities, pure checks ----------------------------
+
+FAULT_KINDS = ("sigint", "fork", "sqlite", "pidns", "disk")
+ROOT_KINDS = ("pidns", "disk")  # need root: unshare --pid, mount -t tmpfs
+# faults one episode brings, on average (to spread the episodes over the soak's rounds)
+PER_EPISODE = {"sigint": 20, "fork": 3.5, "sqlite": 1, "pidns": 1, "disk": 1}
+DISK_MB = 48  # the tmpfs of a disk epoch (an epoch's database and WAL stay far below)
+DISK_ROUNDS = 25  # rounds per disk epoch at most
+SETTLE_S = 10.0  # once a fault is over, a run's end is stored within this
+UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
+_CAPS: dict[str, str] | None = None
+
+
+def capabilities() -> dict[str, str]:
+    """Fault kinds that cannot be injected on this machine, with the reason (empty: all can)."""
+    global _CAPS
+    if _CAPS is not None:
+        return _CAPS
+    caps: dict[str, str] = {}
+    if os.geteuid() != 0:
+        for kind, what in (("pidns", "unshare --pid"), ("disk", "mounting a tmpfs")):
+            caps[kind] = f"{what} needs root (this is uid {os.geteuid()})"
+    else:
+        if shutil.which("unshare") is None:
+            caps["pidns"] = "no unshare command (util-linux)"
+        else:
+            out = subprocess.run([*UNSHARE, "true"], capture_output=True, text=True, timeout=60)
+            if out.returncode:
+                caps["pidns"] = f"{' '.join(UNSHARE)} failed: {out.stderr.strip()[-300:]}"
+        with tempfile.TemporaryDirectory() as tmp:
+            out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", tmp],
+                                 capture_output=True, text=True, timeout=60)
+            if out.returncode:
+                caps["disk"] = f"mount -t tmpfs failed: {out.stderr.strip()[-300:]}"
+            else:
+                subprocess.run(["umount", tmp], capture_output=True, timeout=60)
+    _CAPS = caps
+    return caps
+
+
+_GENERIC_KINDS = [  # violations of the kill harness's checks, by what they say
+    ("after recovery", "active after recovery"), ("active runs", "two active runs for a key"),
+    ("more than one active run", "two active runs for a key"),
+    ("tether gc exited", "a recovery's error"),
+    ("failed, but the workload never fails", "a run failed"), ("of live child", "a live run ended"),
+    ("(not killed) exited", "a child's error"), ("hung for", "a hung child"),
+    ("no longer a prefix", "lost events"), ("not contiguous", "seq gap"),
+    ("gap or duplicate", "log gap"), ("integrity_check", "corruption"),
+    ("changed", "a terminal run changed"), ("executed", "checkpoint re-executed"),
+    ("recovery", "a recovery's error"), ("status event", "status event"),
+    ("first event", "first event not 'created'"), ("resumed from", "resume chain"),
+    ("attempts", "attempt numbers"), ("journal", "journal"), ("printed no end", "a child's error"),
+    ("left (", "exit in flight"),
+]
+
+
+def violation_kind(text: str) -> str:
+    tag = re.search(r"\[(\w+/[\w-]+)\]", text)
+    if tag:
+        return tag.group(1)
+    for needle, kind in _GENERIC_KINDS:
+        if needle in text:
+            return kind
+    return text.split(": ", 1)[-1][:40]
+
+
+def fork_findings(run: RunRow | None, events: list[EventRow], entry: dict[str, Any]) -> list[str]:
+    """What is wrong with the run of one ``forker`` call: its parent's outcome, every line logged
+    by the parent once, nothing from the fork child."""
+    how = entry["how"]
+    if run is None:
+        return [f"[fork/lost] no run for {entry['token']} ({how})"]
+    out = []
+    err = json.loads(run.error or "{}")
+    result = json.loads(run.result or "null") or {}
+    if run.status != "succeeded":
+        out.append(f"[fork/parent-outcome] run {run.id} (fork child: {how}) ended {run.status} "
+                   f"({err.get('type')}: {str(err.get('message'))[:200]}), not with its parent's "
+                   "result")
+    elif result.get("who") != "parent" or result.get("pid") != run.owner_pid:
+        out.append(f"[fork/child-result] run {run.id} (fork child: {how}) has the fork child's "
+                   f"result {result}")
+    if result.get("child") == "hung":
+        out.append(f"[fork/child-hung] the fork child ({how}) of run {run.id} had not exited "
+                   f"after {FORK_WAIT_S:.0f} s")
+    logs = [json.loads(d).get("message", "") for _, k, d in events if k == "log"]
+    expected = [f"F{i}" for i in range(entry["before"])] + [f"P{i}" for i in range(entry["after"])]
+    child = [m for m in logs if m.startswith("C")]
+    dups = sorted({m for m in logs if logs.count(m) > 1})
+    if child:
+        out.append(f"[fork/child-wrote] run {run.id} ({how}): lines logged in the fork child were "
+                   f"stored: {child}")
+    if dups:
+        out.append(f"[fork/duplicated] run {run.id} ({how}): lines stored more than once: {dups}")
+    if not out and logs != expected:
+        out.append(f"[fork/logs] run {run.id} ({how}): log lines {logs}, expected {expected}")
+    return out
+
+
+@dataclass(eq=False)
+class FaultRun:
+    """One episode of a fault: its child process and what it was told."""
+
+    kind: str
+    child: Child
+    spec: dict[str, Any]
+    stop: Path | None = None  # lingering episodes end when this file exists
+    exits: int = 0  # sqlite: other processes that closed the database while this one held it
+
+    @property
+    def lingering(self) -> bool:  # lives through the round's recovery
+        return self.kind in ("sqlite", "pidns")
+
+
+class DiskFiller(threading.Thread):
+    """Fills the tmpfs under the database (ENOSPC for everyone), holds, frees it, then creates
+    ``free`` (children wait for it before they judge their runs' ends)."""
+
+    def __init__(self, mount: Path, free: Path, delay: float, hold: float,
+                 busy: Callable[[], bool], full: threading.Event, trigger: Path | None = None
+                 ) -> None:
+        super().__init__(daemon=True, name="disk-filler")
+        self.mount, self.free, self.delay, self.hold, self.busy = mount, free, delay, hold, busy
+        self.full = full  # set while the disk is full
+        self.trigger = trigger  # fill once this file exists (a body about to return), not later
+        # than ``delay``
+        self.overlapped = False  # a child of the round was running while the disk was full
+        self.filled = 0
+        self.error: str | None = None
+        self.triggered = self.emptied = False
+
+    def run(self) -> None:
+        path = self.mount / "filler"
+        try:
+            deadline = time.monotonic() + self.delay
+            while time.monotonic() < deadline and not (self.trigger and self.trigger.exists()):
+                time.sleep(0.001)
+            # SQLite reuses a WAL's pages after a checkpoint: empty it first, so that the next
+            # writes need new space (as they do in a young database on a filling disk)
+            self.triggered = bool(self.trigger and self.trigger.exists())
+            with contextlib.suppress(sqlite3.Error):
+                conn = connect(self.mount / "runs.db")
+                if conn is not None:
+                    conn.execute("PRAGMA busy_timeout = 200")
+                    self.emptied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+                    conn.close()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                for size in (1 << 20, 1 << 16, 4096, 512):
+                    chunk = b"\0" * size
+                    while True:
+                        try:
+                            self.filled += os.write(fd, chunk)
+                        except OSError as exc:
+                            if exc.errno != errno.ENOSPC:
+                                raise
+                            break
+            finally:
+                os.close(fd)
+            self.full.set()
+            if self.trigger is not None:  # the watched body returns now
+                Path(f"{self.trigger}.go").touch()
+            self.overlapped = self.busy()
+            time.sleep(self.hold)
+            self.overlapped = self.overlapped or self.busy()
+        except OSError as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            self.full.clear()
+            self.free.touch()
+            if self.trigger is not None:
+                Path(f"{self.trigger}.go").touch()
+
+
 TRIP_OPS = ["start", "claim", "flush", "put_checkpoint", "put_checkpoints", "finish"]
 POINTS = ["body", "step", "item", "return"]
 RECOVERY_MODES = ["gc", "gc", "get_run", "ls", "cancel", "start", "start", "gc-cli"]
@@ -737,7 +1483,7 @@ RECOVERY_MODES = ["gc", "gc", "get_run", "ls", "cancel", "start", "start", "gc-c
 class Plan:
     """When to kill one child."""
 
-    kind: str  # "random" | "trip" | "point" | "none"
+    kind: str  # "random" | "trip" | "point" | "none" | "watch" (signals at ``point``, not killed)
     delay: float = 0.0  # random: after the spec is sent; trip/point: after the signal
     op: str = ""
     when: str = ""  # "pre" | "post" (commit)
@@ -756,10 +1502,13 @@ class Plan:
         return self.kind
 
     def arm(self, signal_path: Path) -> dict[str, Any] | None:
+        if self.kind == "watch" and self.op:  # after the commit of ``op``: wait for the parent
+            return {"op": self.op, "when": "post", "nth": 1, "signal": str(signal_path),
+                    "wait": True}
         if self.kind == "trip":
             return {"op": self.op, "when": self.when, "nth": self.nth, "signal": str(signal_path)}
-        if self.kind == "point":
-            return {"point": self.point, "signal": str(signal_path)}
+        if self.kind in ("point", "watch"):
+            return {"point": self.point, "signal": str(signal_path), "wait": self.kind == "watch"}
         return None
 
 
@@ -797,6 +1546,33 @@ class Report:
     seconds: float = 0.0
     seed: int = 0
     unfired: list[str] = field(default_factory=list)  # chosen moments never reached
+    faults: collections.Counter[str] = field(default_factory=collections.Counter)  # by kind
+    fault_detail: dict[str, collections.Counter[str]] = field(
+        default_factory=lambda: collections.defaultdict(collections.Counter))
+    faults_skipped: dict[str, str] = field(default_factory=dict)  # kind -> why it cannot run here
+    fault_runs: collections.Counter[str] = field(default_factory=collections.Counter)  # by status
+
+    def violation_kinds(self) -> collections.Counter[str]:
+        """Violations by kind: the ``[kind/what]`` tag of a fault's check, else a short name."""
+        return collections.Counter(violation_kind(v) for v in self.violations)
+
+    def fault_lines(self) -> list[str]:
+        if not (self.faults or self.faults_skipped):
+            return []
+        total = sum(self.faults.values())
+        out = [f"faults           {self.kills + total} ({self.kills} SIGKILLs, "
+               + ", ".join(f"{k}: {self.faults[k]}" for k in FAULT_KINDS if k in self.faults)
+               + ")"]
+        for kind in FAULT_KINDS:
+            detail = self.fault_detail.get(kind)
+            if detail:
+                top = ", ".join(f"{k}: {v}" for k, v in detail.most_common(12))
+                out.append(f"  {kind:<14} {top}")
+        for kind, why in self.faults_skipped.items():
+            out.append(f"  {kind:<14} SKIPPED: {why}")
+        st = ", ".join(f"{k}: {v}" for k, v in sorted(self.fault_runs.items()))
+        out.append(f"  their runs     {sum(self.fault_runs.values())} ({st})")
+        return out
 
     def lines(self) -> list[str]:
         by = ", ".join(f"{k}: {v}" for k, v in sorted(self.kills_by.items()))
@@ -820,8 +1596,11 @@ class Report:
             f"resume skipped   {self.skipped} recorded steps/items; re-executed "
             f"{self.reexecuted} unrecorded ones",
             f"moments missed  {self.unfired or 'none'}",
+            *self.fault_lines(),
             f"invariant checks {self.checks}",
-            f"violations       {len(self.violations)}",
+            f"violations       {len(self.violations)}"
+            + (f" ({', '.join(f'{k}: {v}' for k, v in self.violation_kinds().most_common())})"
+               if self.violations else ""),
             f"duration         {self.seconds:.1f} s",
         ]
 
@@ -831,7 +1610,13 @@ class KillHarness:
 
     def __init__(self, workdir: Path, *, kills: int, seed: int | None = None, parallel: int = 3,
                  per_db: int = 100, race: float = 0.2, max_attempts: int = 10,
-                 say: Callable[[str], None] | None = None) -> None:
+                 say: Callable[[str], None] | None = None, faults: dict[str, int] | None = None,
+                 catalog: bool = True, sabotage: dict[str, str] | None = None,
+                 settle: float = SETTLE_S) -> None:
+        """``faults``: how many faults of each kind of FAULT_KINDS to inject besides the SIGKILLs
+        (kinds this machine cannot inject are skipped and listed in the report); ``catalog``:
+        kill at every chosen moment once first; ``sabotage``: kind -> a deliberate bug the
+        kind's checks must catch (tests of the checks)."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.target = kills
@@ -842,10 +1627,29 @@ class KillHarness:
         self.say = say or (lambda _msg: None)
         self.report = Report(seed=self.seed)
         self.pool: WarmPool | None = None
-        self.catalog = self._catalog()
+        self.catalog = self._catalog() if catalog else []
         self.tries: collections.Counter[Plan] = collections.Counter()
         self.fresh_db = False  # the first round of a database: kill some children early
         self.lineage_no = 0
+        unknown = sorted(set(faults or {}) - set(FAULT_KINDS))
+        if unknown:
+            raise ValueError(f"unknown fault kinds {unknown}; known: {', '.join(FAULT_KINDS)}")
+        self.targets = {k: n for k, n in (faults or {}).items() if n > 0}
+        missing = capabilities() if any(k in ROOT_KINDS for k in self.targets) else {}
+        for kind in list(self.targets):
+            if kind in missing:
+                self.report.faults_skipped[kind] = missing[kind]
+                del self.targets[kind]
+        self.sabotage = dict(sabotage or {})
+        self.settle = settle
+        self.fault_no = 0
+        self.hows: list[str] = []  # fork variants still to use in this cycle
+        self.holders: list[FaultRun] = []  # sqlite episodes holding their connection now
+        self.mount: Path | None = None  # the tmpfs of the current disk epoch
+        self.mounts: list[Path] = []
+        self.disk_full = threading.Event()
+        self.alive: list[Child] = []  # children of the current round still running
+        self.pending: collections.Counter[str] = collections.Counter()  # lingering, not judged
 
     # -- plans --------------------------------------------------------------------------------
 
@@ -869,7 +1673,7 @@ class KillHarness:
         """A plan for the next child of ``lineage``, and whether it comes from the catalog."""
         if lineage.children + 1 >= self.max_attempts:
             return Plan("none"), False  # let every key end some time
-        if self.catalog and not racer and not self.fresh_db:
+        if self.catalog and not racer and not self.fresh_db and self.mount is None:
             plan = self.catalog.pop()
             if plan.via != "resume" or lineage.has_runs:  # Run.resume() needs an ended attempt
                 return plan, True
@@ -888,6 +1692,8 @@ class KillHarness:
             elif plan.kind == "trip" and self.rng.random() < 0.5:
                 plan = dataclasses.replace(plan, op="interrupt_own", nth=1)
             plan = dataclasses.replace(plan, exit=exit_, linger=self.rng.uniform(0, 0.4))
+            if self.mount is not None:  # a disk epoch judges the ends of live children instead
+                plan = dataclasses.replace(plan, exit="", linger=0.0)
         return plan
 
     def _random_kill(self, lineage: Lineage) -> Plan:
@@ -932,47 +1738,101 @@ class KillHarness:
         t0 = time.monotonic()
         self.pool = WarmPool(self.workdir, self.parallel * 2 + 1)
         try:
-            while self.report.kills < self.target or self.catalog:
-                self._epoch(min(self.per_db, self.target - self.report.kills))
+            while self._want_more(disk=True):
+                if self.report.rounds > 100 + 5 * (self.target + sum(self.targets.values())):
+                    self.report.violations.append(  # e.g. every start() fails before a SIGINT
+                        f"gave up after {self.report.rounds} rounds: faults left to inject "
+                        f"{ {k: self._left(k) for k in self.targets if self._left(k) > 0} }")
+                    break
+                disk = self._left("disk") > 0 and (
+                    not self._want_more(disk=False)
+                    or (self.report.epochs > 0 and self.rng.random() < 0.35))
+                self._epoch(disk)
         finally:
             self.pool.close()
+            for mount in self.mounts:
+                self._unmount(mount)
             self.report.seconds = time.monotonic() - t0
         return self.report
 
-    def _epoch(self, kills: int) -> None:
+    def _left(self, kind: str) -> float:
+        return self.targets.get(kind, 0) - self.report.faults[kind] - self.pending[kind]
+
+    def _want_more(self, *, disk: bool) -> bool:
+        kinds = [k for k in self.targets if disk or k != "disk"]
+        return self.report.kills < self.target or bool(self.catalog) or any(
+            self._left(k) > 0 for k in kinds)
+
+    def _epoch(self, disk: bool = False) -> None:
         self.report.epochs += 1
         epoch_dir = self.workdir / f"db{self.report.epochs}"
         epoch_dir.mkdir()
-        db = epoch_dir / "runs.db"  # created by the first child (maybe killed while creating it)
-        checker = Checker(db)
+        if disk:  # the database on a small tmpfs that a filler fills and frees in every round
+            self.mount = epoch_dir / "tmpfs"
+            self.mount.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m,mode=0755", "tmpfs",
+                            str(self.mount)], check=True, capture_output=True, timeout=60)
+            self.mounts.append(self.mount)
+        db = (self.mount or epoch_dir) / "runs.db"  # created by the first child (maybe killed)
+        checker = Checker(db, typed_failures=disk)
         lineages = [self.new_lineage(epoch_dir) for _ in range(self.parallel)]
-        journals = {}
-        goal = self.report.kills + kills
+        journals: dict[str, Path] = {}
+        kills0 = self.report.kills
+        goal = kills0 + max(0, min(self.per_db, self.target - kills0))
         deferred = False
         self.fresh_db = True
-        while self.report.kills < goal or self.catalog:
-            self.report.rounds += 1
-            before = self.report.kills
-            self._round(db, checker, lineages)
-            self.fresh_db = False
-            last = self.report.kills >= goal
-            mode = self.rng.choice(RECOVERY_MODES)
-            if deferred or last:
-                mode = mode if mode != "start" else "gc"
-            deferred = mode == "start"
-            self._recover(db, checker, mode)
-            journals = self._journals(lineages, journals)
-            view = checker.check(journals, recovered=not deferred)
-            keys = {r.key for r in view.runs.values()}
-            for i, lin in enumerate(lineages):
-                lin.has_runs = work.key_for(work.bind(**lin.params)) in keys
-                if lin.done or lin.children >= self.max_attempts:
-                    lineages[i] = self.new_lineage(epoch_dir)
-            self.say(f"round {self.report.rounds}: kills {self.report.kills} (+"
-                     f"{self.report.kills - before}), recovery {mode}, "
-                     f"checks {self.report.checks + checker.checks}, "
-                     f"violations {len(self.report.violations) + len(checker.violations)}")
-        self._finish_epoch(db, checker, journals)
+        rounds = 0
+        try:
+            while True:
+                self.report.rounds += 1
+                rounds += 1
+                before = self.report.kills
+                kinds = self._round_faults(db) if not disk else ["disk"]
+                lingering = self._round(db, checker, lineages, kinds, epoch_dir, rounds)
+                self.fresh_db = False
+                if disk:
+                    over = self._left("disk") <= 0 or rounds >= DISK_ROUNDS
+                else:
+                    over = not self.catalog and (self.report.kills >= kills0 + self.per_db
+                                                 or not self._want_more(disk=False))
+                last = over or self.report.kills >= goal
+                mode = self.rng.choice(RECOVERY_MODES)
+                if deferred or last:
+                    mode = mode if mode != "start" else "gc"
+                deferred = mode == "start"
+                self._recover(db, checker, mode)
+                self._end_lingering(db, checker, lingering)
+                journals = self._journals(lineages, journals)
+                view = checker.check(journals, recovered=not deferred)
+                keys = {r.key for r in view.runs.values()}
+                for i, lin in enumerate(lineages):
+                    lin.has_runs = work.key_for(work.bind(**lin.params)) in keys
+                    if lin.done or lin.children >= self.max_attempts:
+                        lineages[i] = self.new_lineage(epoch_dir)
+                faults = sum(self.report.faults.values())
+                self.say(f"round {self.report.rounds}: kills {self.report.kills} (+"
+                         f"{self.report.kills - before}), "
+                         + (f"faults {faults} ({' '.join(kinds)}), " if self.targets else "")
+                         + f"recovery {mode}, checks {self.report.checks + checker.checks}, "
+                         f"violations {len(self.report.violations) + len(checker.violations)}")
+                if over:
+                    break
+            self._finish_epoch(db, checker, journals)
+        finally:
+            if self.mount is not None:
+                self._unmount(self.mount, keep=epoch_dir / "from-tmpfs")
+                self.mounts.remove(self.mount)
+                self.mount = None
+
+    def _unmount(self, mount: Path, keep: Path | None = None) -> None:
+        """Copy the database off the tmpfs (for a look after the soak), then unmount it."""
+        if keep is not None:
+            keep.mkdir(exist_ok=True)
+            for f in mount.glob("runs.db*"):
+                shutil.copy2(f, keep / f.name)
+        out = subprocess.run(["umount", str(mount)], capture_output=True, timeout=60)
+        if out.returncode:  # a process still has a file open there: detach it now
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=60)
 
     @staticmethod
     def _journals(lineages: list[Lineage], journals: dict[str, Path]) -> dict[str, Path]:
@@ -986,6 +1846,9 @@ class KillHarness:
     def _finish_epoch(self, db: Path, checker: Checker, journals: dict[str, Path]) -> None:
         view = read_view(db)
         rep = self.report
+        others = [r for r in view.runs.values() if r.pipeline != work.name]  # the faults' runs
+        rep.fault_runs.update(r.status for r in others)
+        view.runs = {i: r for i, r in view.runs.items() if r.pipeline == work.name}
         rep.runs += len(view.runs)
         rep.statuses.update(r.status for r in view.runs.values())
         per_key = collections.Counter(r.key for r in view.runs.values())
@@ -1000,8 +1863,25 @@ class KillHarness:
         rep.reexecuted += checker.reexecuted
         rep.skipped += checker.skipped
 
-    def _round(self, db: Path, checker: Checker, lineages: list[Lineage]) -> None:
+    def _round(self, db: Path, checker: Checker, lineages: list[Lineage],
+               kinds: list[str] | None = None, epoch_dir: Path | None = None, no: int = 0
+               ) -> list[FaultRun]:
+        """One round: the lineages' children (killed by their plans) and an episode of each fault
+        kind in ``kinds``. Returns the lingering episodes (ended after the round's recovery)."""
         assert self.pool is not None
+        epoch_dir = epoch_dir or db.parent
+        faults = [self._start_fault(k, db, epoch_dir) for k in sorted(
+            kinds or [], key=lambda k: k != "pidns") if k != "disk"]  # pidns: a cold child first
+        filler = None
+        settle = None
+        if "disk" in (kinds or []) and self.mount is not None:
+            free = epoch_dir / f"free-{no}"
+            settle = {"free": str(free), "after": self.settle}
+            watch = self.rng.random() < 0.5  # fill as a body returns: its end meets a full disk
+            filler = DiskFiller(self.mount, free, self.rng.uniform(0, 3.0 if watch else 0.25),
+                                self.rng.uniform(0.05, 1.2),
+                                lambda: any(c.proc.poll() is None for c in self.alive),
+                                self.disk_full)
         running: list[tuple[Child, Lineage | None, Plan]] = []
         catalogued: list[tuple[Child, Plan]] = []
         for lin in lineages:
@@ -1010,14 +1890,35 @@ class KillHarness:
             copies = 2 if self.rng.random() < self.race else 1
             for copy in range(copies):
                 plan, listed = self._plan(lin, racer=copy > 0)
-                child = self._send_run(db, lin, plan)
+                if filler is not None and watch and filler.trigger is None:
+                    # the disk fills as the run ends, or between its creation and its claim
+                    plan = self.rng.choice([Plan("watch", point="return"),
+                                            Plan("watch", op="start", when="post")])
+                    listed = False
+                child = self._send_run(db, lin, plan, settle)
+                if plan.kind == "watch" and filler is not None:
+                    filler.trigger = child.signal
                 running.append((child, lin, plan))
                 if listed:
                     catalogued.append((child, plan))
-        self._drive(db, checker, running)
+        finite = [f for f in faults if not f.lingering]
+        self.alive = [c for c, _, _ in running]
+        if filler is not None:
+            filler.start()
+        try:
+            self._drive(db, checker, running + [(f.child, None, Plan("none")) for f in finite])
+        finally:
+            if filler is not None:
+                filler.join()
+                self._count_fill(checker, filler)
         for child, lin, plan in running:
             assert lin is not None
-            self._judge_run_child(db, checker, child, lin, plan)
+            if settle is not None:
+                self._judge_disk_child(db, checker, child, lin)
+            else:
+                self._judge_run_child(db, checker, child, lin, plan)
+        for f in finite:
+            self._judge_fault(db, checker, f)
         for child, plan in catalogued:  # a chosen moment the child never reached: try again
             if not child.was_killed:
                 self.tries[plan] += 1
@@ -1025,15 +1926,18 @@ class KillHarness:
                     self.catalog.append(plan)
                 else:
                     self.report.unfired.append(plan.label)
+        return [f for f in faults if f.lingering]
 
-    def _send_run(self, db: Path, lin: Lineage, plan: Plan) -> Child:
+    def _send_run(self, db: Path, lin: Lineage, plan: Plan,
+                  settle: dict[str, Any] | None = None) -> Child:
         assert self.pool is not None
         child = self.pool.take()
         lin.children += 1
         cfg = {"max_auto_resumes": 10_000, "flush_interval": self.rng.choice([0.25, 0.25, 0.05])}
         child.send({"action": "run", "db": str(db), "params": lin.params, "configure": cfg,
                     "arm": plan.arm(child.signal), "exit": plan.exit, "linger": plan.linger,
-                    "via": plan.via})
+                    "via": plan.via, "settle": settle,
+                    "sabotage": self.sabotage.get("disk") if settle else None})
         if plan.kind == "random":
             child.kill_at = child.sent_at + plan.delay
         return child
@@ -1068,7 +1972,7 @@ class KillHarness:
                 if child.kill_at is not None and now >= child.kill_at:
                     if lin is not None:  # what was flushed before the kill must survive it
                         key = work.key_for(work.bind(**lin.params))
-                        checker.absorb(read_view(db, {key}))
+                        self._reading(lambda k=key: checker.absorb(read_view(db, {k})))
                     child.kill()
                     pending.remove(entry)
                     if child.proc.returncode == -signal.SIGKILL:
@@ -1080,12 +1984,27 @@ class KillHarness:
                     child.kill()
                     pending.remove(entry)
             if now >= next_sample:
-                checker.sample_active()
+                self._reading(checker.sample_active)
                 next_sample = now + 0.05
             time.sleep(0.002)
         for child, _, _ in running:
             child.collect()
             self.report.children += 1
+            if not child.was_killed:  # it closed the database: was it the last user?
+                for holder in self.holders:
+                    if holder.child is not child:
+                        holder.exits += 1
+
+    def _reading(self, read: Callable[[], Any]) -> None:
+        """A read of the parent's while children run; on a full disk SQLite may be unable to
+        create the -shm a reader needs: that read is skipped."""
+        if self.disk_full.is_set():
+            return
+        try:
+            read()
+        except sqlite3.OperationalError:
+            if self.mount is None:
+                raise
 
     def _judge_run_child(self, db: Path, checker: Checker, child: Child, lin: Lineage,
                          plan: Plan) -> None:
@@ -1133,6 +2052,219 @@ class KillHarness:
         if run.status == "succeeded":
             lin.done = True
 
+    # -- the other faults (issue 11) ----------------------------------------------------------
+
+    def _round_faults(self, db: Path) -> list[str]:
+        """The fault kinds of this round: spread over the rounds the SIGKILLs still need."""
+        kinds = [k for k in ("sigint", "fork", "sqlite", "pidns") if self._left(k) > 0]
+        if not kinds:
+            return []
+        rate = self.report.kills / max(1, self.report.rounds - 1) or 1.7  # kills per round
+        rounds_left = max(1.0, (self.target - self.report.kills) / rate)
+        out = []
+        for kind in kinds:
+            if kind == "sqlite" and not _has_runs(db):
+                continue  # the user's connection reads an existing tether database
+            episodes = -(-self._left(kind) // PER_EPISODE[kind])
+            if self.rng.random() < episodes / rounds_left:
+                out.append(kind)
+        return out
+
+    def _start_fault(self, kind: str, db: Path, epoch_dir: Path) -> FaultRun:
+        assert self.pool is not None
+        rng = self.rng
+        self.fault_no += 1
+        token = f"{kind}-{self.fault_no}"
+        spec: dict[str, Any] = {"db": str(db), "seed": rng.randrange(1 << 30),
+                                "configure": {"flush_interval": rng.choice([0.25, 0.05])},
+                                "base": self.fault_no * 1_000_000, "settle": self.settle}
+        stop = epoch_dir / f"{token}.stop" if kind in ("sqlite", "pidns") else None
+        if kind == "sigint":
+            spec |= {"action": "storm", "landings": int(max(1, min(self._left(kind),
+                                                                    rng.randint(10, 30)))),
+                     # mean gaps of 2 to 15 ms: many start() calls end untouched, the others
+                     # are hit anywhere in them
+                     "gap": rng.choice([0.004, 0.01, 0.03]), "hog": rng.random() < 0.75}
+        elif kind == "fork":
+            forks = []
+            for i in range(int(max(1, min(self._left(kind), rng.randint(2, 5))))):
+                if not self.hows:  # every variant once per cycle, in random order
+                    self.hows = rng.sample(FORK_HOWS, len(FORK_HOWS))
+                forks.append({"token": f"{token}.{i}", "how": self.hows.pop(),
+                              "before": rng.randint(1, 5), "after": rng.randint(0, 3),
+                              "flush": rng.random() < 0.3})
+            spec |= {"action": "forks", "forks": forks}
+        elif kind == "sqlite":
+            spec |= {"action": "hold", "stop": str(stop), "mode": rng.choice(["rw", "rw", "ro"])}
+        elif kind == "pidns":
+            shell = rng.random() < 0.3  # python is pid 2 there (under a shell), else pid 1
+            spec |= {"action": "linger", "token": token, "stop": str(stop),
+                     "sweep": rng.random() < 0.7, "shell": shell}
+        if kind in self.sabotage and kind != "pidns":  # pidns: sabotages the outside pass
+            spec["sabotage"] = self.sabotage[kind]
+        spec["signal"] = ""  # set below, once the child (and its signal file) is known
+        if kind == "pidns":
+            self.pool.count += 1
+            prefix = UNSHARE + (["sh", "-c", '"$@"; exit $?', "sh"] if spec["shell"] else [])
+            child = Child(self.pool.count, self.workdir, self.pool.env, prefix)
+            self.pool.all.append(child)
+            child.wait_ready()
+        else:
+            child = self.pool.take()
+        spec["signal"] = str(child.signal)
+        child.send(spec)
+        fault = FaultRun(kind, child, spec, stop)
+        if fault.lingering:
+            self.pending[kind] += 1
+        if kind == "sqlite":
+            self.holders.append(fault)
+        return fault
+
+    def _end_lingering(self, db: Path, checker: Checker, lingering: list[FaultRun]) -> None:
+        """After the round's recovery: one more process uses the database and exits while the
+        user's connection is held; more recovery from outside while each pid-namespaced run
+        lives. Then stop the lingering episodes and judge them."""
+        if any(f.kind == "sqlite" for f in lingering):
+            self._outside_pass(db, checker, "ls", [])
+        for f in lingering:
+            if f.kind == "pidns":
+                deadline = time.monotonic() + 30
+                while not f.child.signal.exists() and f.child.proc.poll() is None and (
+                        time.monotonic() < deadline):
+                    time.sleep(0.005)  # its run has started
+                mode = self.rng.choice(["gc", "ls", "get_run"])
+                key = linger.key_for(linger.bind(token=f.spec["token"], stop=f.spec["stop"]))
+                ids = [r.id for r in read_view(db, {key}).runs.values()]
+                self._outside_pass(db, checker, mode, ids, self.sabotage.get("pidns"))
+                self.report.fault_detail["pidns"][f"outside {mode}"] += 1
+        for f in lingering:
+            assert f.stop is not None
+            f.stop.touch()
+        self._drive(db, checker, [(f.child, None, Plan("none")) for f in lingering])
+        for f in lingering:
+            if f in self.holders:
+                self.holders.remove(f)
+            self.pending[f.kind] -= 1
+            self._judge_fault(db, checker, f)
+
+    def _outside_pass(self, db: Path, checker: Checker, mode: str, ids: list[str],
+                      sabotage: str | None = None) -> None:
+        assert self.pool is not None
+        child = self.pool.take()
+        child.send({"action": "recover", "mode": mode, "db": str(db), "ids": ids,
+                    "sabotage": sabotage})
+        self._drive(db, checker, [(child, None, Plan("none"))])
+        checker.ok(child.rc == 0, f"recovery {mode} exited {child.rc}: {child.stderr()[-3000:]}")
+
+    def _judge_fault(self, db: Path, checker: Checker, f: FaultRun) -> None:
+        child, kind = f.child, f.kind
+        detail = self.report.fault_detail[kind]
+        stderr = child.stderr()
+        if not checker.ok(child.rc == 0, f"[{kind}/exit] child {child.pid} ({kind}) exited "
+                                         f"{child.rc}: {stderr[-3000:]}"):
+            return
+        if kind != "fork":  # a fork child may print its own traceback (raise): that is Python's
+            bad = [ln for ln in stderr.splitlines()
+                   if "Traceback" in ln or "Exception ignored" in ln or "Fatal Python" in ln]
+            checker.ok(not bad, f"[{kind}/stderr] child {child.pid} ({kind}) wrote errors: "
+                                f"{stderr[-2000:]}")
+        outs = [o for o in child.out if isinstance(o, dict)]
+        for o in outs:
+            for v in o.get("violations", []):
+                checker.ok(False, f"{v} (child {child.pid})")
+        if kind == "sigint":
+            storm = next((o["storm"] for o in outs if "storm" in o), None)
+            if not checker.ok(storm is not None, f"[sigint/exit] child {child.pid}: no report"):
+                return
+            assert storm is not None
+            # a sabotaged episode (a test of the checks) has no storm: it counts once
+            self.report.faults[kind] += storm["landed"] or int("sabotage" in f.spec)
+            for where, n in storm["where"].items():
+                detail[f"in {where}"] += n
+            detail["start() calls"] += storm["starts"]
+            detail["hog locked out 2 s"] += storm["hog_lockouts"]
+        elif kind == "fork":
+            entries = f.spec["forks"]
+            keys = {forker.key_for(forker.bind(**e)): e for e in entries}
+            view = read_view(db, set(keys))
+            by_key = {r.key: r for r in view.runs.values()}
+            for key, e in keys.items():
+                run = by_key.get(key)
+                self.report.faults[kind] += 1
+                detail[e["how"]] += 1
+                for text in fork_findings(run, view.events.get(run.id, []) if run else [], e):
+                    checker.ok(False, text)
+        elif kind == "sqlite":
+            hold = next((o["hold"] for o in outs if "hold" in o), None)
+            if not checker.ok(hold is not None, f"[sqlite/exit] child {child.pid}: no report"):
+                return
+            assert hold is not None
+            self.report.faults[kind] += 1
+            detail[f"held {hold['mode']}"] += 1
+            detail["processes that closed the database meanwhile"] += f.exits
+            detail["runs of the holder"] += hold["runs"]
+            runs = run_rows(db, "pipeline = ?", (quick.name,))
+            gone = [i for i in hold["ids"] if i not in runs or runs[i].status != "succeeded"]
+            checker.ok(not gone, f"[sqlite/lost] {len(gone)} runs that succeeded in child "
+                                 f"{child.pid} (holding a connection) are missing or changed in "
+                                 f"the database, e.g. {gone[:1]}")
+        elif kind == "pidns":
+            ends = [o for o in outs if "status" in o]
+            start = next((o for o in outs if "ns_pid" in o), {})
+            if not checker.ok(bool(ends), f"[pidns/exit] child {child.pid}: no end {child.out}"):
+                return
+            end = ends[-1]
+            self.report.faults[kind] += 1
+            detail[f"pid {start.get('ns_pid')} in its namespace"] += 1
+            detail["sweeps from inside"] += end["passes"]
+            run = run_rows(db, "id = ?", (end["id"],)).get(end["id"])
+            reason = json.loads(run.error or "{}").get("message") if run else None
+            checker.ok(end["status"] == "succeeded" and run is not None
+                       and run.status == "succeeded",
+                       f"[pidns/interrupted] run {end['id']} of a live process in another pid "
+                       f"namespace (pid {start.get('ns_pid')} there) ended {end['status']}: "
+                       f"{reason}")
+            for err in end["errors"]:
+                checker.ok(False, f"[pidns/error] child {child.pid}: {err}")
+
+    def _count_fill(self, checker: Checker, filler: DiskFiller) -> None:
+        detail = self.report.fault_detail["disk"]
+        checker.ok(filler.error is None, f"[disk/filler] the filler failed: {filler.error}")
+        if filler.overlapped:
+            self.report.faults["disk"] += 1
+            detail[f"held full {'< 0.5 s' if filler.hold < 0.5 else '>= 0.5 s'}"] += 1
+            detail["at a watched write (an end, a claim)"] += filler.triggered
+            detail["WAL emptied first"] += filler.emptied
+        else:
+            detail["fills after the round's processes ended (not counted)"] += 1
+
+    def _judge_disk_child(self, db: Path, checker: Checker, child: Child, lin: Lineage) -> None:
+        """A disk epoch's child: only tether's typed errors reach it, and once the disk has space
+        again its run's end is stored within the settle time."""
+        if child.was_killed:
+            return
+        detail = self.report.fault_detail["disk"]
+        if child.rc != 0:
+            last = next((ln for ln in reversed(child.stderr().splitlines()) if ln.strip()), "")
+            typed = re.match(r"tether\.errors\.(\w+): ", last)
+            if checker.ok(bool(typed and _typed(typed.group(1))),
+                          f"[disk/untyped] child {child.pid} exited {child.rc} with an error that "
+                          f"is not one of tether's: {child.stderr()[-2000:]}"):
+                detail["typed errors that reached a process"] += 1
+            return
+        ends = [o for o in child.out if isinstance(o, dict) and o.get("final")]
+        if not checker.ok(bool(ends), f"[disk/exit] child {child.pid} printed no end: {child.out}"):
+            return
+        end = ends[-1]
+        if end["raised"]:
+            detail["typed errors that reached a process"] += 1
+        checker.ok(end["status"] not in ("pending", "running"),
+                   f"[disk/stuck] run {end['id']} of live child {child.pid} still {end['status']} "
+                   f"{end['after_free']} s after the disk had space again ({end['raised']})")
+        run = read_view(db, {work.key_for(work.bind(**lin.params))}).runs.get(end["id"])
+        if run is not None and run.status == "succeeded":
+            lin.done = True
+
     def _recover(self, db: Path, checker: Checker, mode: str) -> None:
         """Recovery from another process, maybe itself killed mid-recovery (then a plain gc)."""
         assert self.pool is not None
@@ -1144,8 +2276,12 @@ class KillHarness:
                                  env=child_env(), capture_output=True, text=True,
                                  timeout=SAFETY_S, cwd=self.workdir)
             checker.ok(out.returncode == 0, f"tether gc exited {out.returncode}: {out.stderr}")
+            for holder in self.holders:
+                holder.exits += 1
             return
-        ids = [r.id for r in read_view(db).runs.values() if r.active]
+        # the lineages' runs (a fault's lingering run is live: `tether cancel` would end it)
+        ids = [r.id for r in run_rows(db, "status IN ('pending', 'running') AND pipeline = ?",
+                                      (work.name,)).values()]
         self.report.orphans[mode] += len(ids)
         plan = Plan("none")
         if self.rng.random() < 0.2 and ids:
