@@ -58,7 +58,6 @@ ROOT = Path(__file__).resolve().parent.parent
 pc = time.perf_counter
 
 
-
 # -- sizes ---------------------------------------------------------------------------------------
 
 
@@ -83,14 +82,44 @@ class Sizes:
     ls_procs: int  # `tether ls` subprocesses (median taken)
 
 
-FULL = Sizes(loop_n=3_000_000, rich_adv_n=300_000, loop_reps=5, log_n=200_000, log_reps=5,
-             adv_n=3_000_000, raw_updates=200_000, seen_s=3.0, attach_calls=3000, first_runs=300,
-             poll_runs=1000, poll_events_per_run=1000, all_runs=10_000, polls=2000, lists=300,
-             ls_procs=9, claim_runs=2000)
-QUICK = Sizes(loop_n=300_000, rich_adv_n=30_000, loop_reps=5, log_n=50_000, log_reps=5,
-              adv_n=1_000_000, raw_updates=50_000, seen_s=1.5, attach_calls=500, first_runs=60,
-              poll_runs=100, poll_events_per_run=1000, all_runs=2000, polls=300, lists=60,
-              ls_procs=5, claim_runs=300)
+FULL = Sizes(
+    loop_n=3_000_000,
+    rich_adv_n=300_000,
+    loop_reps=5,
+    log_n=200_000,
+    log_reps=5,
+    adv_n=3_000_000,
+    raw_updates=200_000,
+    seen_s=3.0,
+    attach_calls=3000,
+    first_runs=300,
+    poll_runs=1000,
+    poll_events_per_run=1000,
+    all_runs=10_000,
+    polls=2000,
+    lists=300,
+    ls_procs=9,
+    claim_runs=2000,
+)
+QUICK = Sizes(
+    loop_n=300_000,
+    rich_adv_n=30_000,
+    loop_reps=5,
+    log_n=50_000,
+    log_reps=5,
+    adv_n=1_000_000,
+    raw_updates=50_000,
+    seen_s=1.5,
+    attach_calls=500,
+    first_runs=60,
+    poll_runs=100,
+    poll_events_per_run=1000,
+    all_runs=2000,
+    polls=300,
+    lists=60,
+    ls_procs=5,
+    claim_runs=300,
+)
 
 
 # -- pipelines (module level, so they are registered once under stable names) ----------------------
@@ -212,31 +241,68 @@ def bench_loops(sz: Sizes) -> list[Row]:
             gc.collect()
             times[m].append(result_of(loop_body.start(mode=m, n=size[m], rep=rep)) / size[m])
     med = {m: statistics.median(v) for m, v in times.items()}
-    say(f"  per item/call (median of {sz.loop_reps}): "
-        + ", ".join(f"{m} {ns(v)}" for m, v in med.items()))
+    say(f"  per item/call (median of {sz.loop_reps}): " + ", ".join(f"{m} {ns(v)}" for m, v in med.items()))
     bare = f"bare loop {ns(med['bare'])}"
     reps = f"median of {sz.loop_reps}"
     rows = [
-        Row("1a", f"`ctx.track(range(N))` per item vs tqdm, N={n:,} ({reps})", ns(med["track"]),
-            f"`tqdm(range(N))` {ns(med['tqdm'])} ({bare})", med["track"] / med["tqdm"],
-            "ratio <= 0.5", med["track"] / med["tqdm"] <= 0.5),
+        Row(
+            "1a",
+            f"`ctx.track(range(N))` per item vs tqdm, N={n:,} ({reps})",
+            ns(med["track"]),
+            f"`tqdm(range(N))` {ns(med['tqdm'])} ({bare})",
+            med["track"] / med["tqdm"],
+            "ratio <= 0.5",
+            med["track"] / med["tqdm"] <= 0.5,
+        ),
     ]
     if have_rich:
-        rows.append(Row("1b", f"`ctx.track(range(N))` per item vs rich, N={n:,} ({reps})",
-                        ns(med["track"]), f"`rich.progress.track(range(N))` {ns(med['rich'])}",
-                        med["track"] / med["rich"], "ratio <= 0.5", med["track"] / med["rich"] <= 0.5))
+        rows.append(
+            Row(
+                "1b",
+                f"`ctx.track(range(N))` per item vs rich, N={n:,} ({reps})",
+                ns(med["track"]),
+                f"`rich.progress.track(range(N))` {ns(med['rich'])}",
+                med["track"] / med["rich"],
+                "ratio <= 0.5",
+                med["track"] / med["rich"] <= 0.5,
+            )
+        )
     else:
-        rows.append(Row("1b", "`ctx.track()` vs `rich.progress.track`", ns(med["track"]),
-                        "not measured: rich is not installed (pip install -r bench/requirements.txt)",
-                        None, "ratio <= 0.5", None))
-    rows.append(Row("1c", f"`ctx.advance()` per call vs tqdm, N={n:,} ({reps})", ns(med["advance"]),
-                    f"`tqdm.update(1)` {ns(med['update'])} ({bare})", med["advance"] / med["update"],
-                    "ratio <= 0.5", med["advance"] / med["update"] <= 0.5))
+        rows.append(
+            Row(
+                "1b",
+                "`ctx.track()` vs `rich.progress.track`",
+                ns(med["track"]),
+                "not measured: rich is not installed (pip install -r bench/requirements.txt)",
+                None,
+                "ratio <= 0.5",
+                None,
+            )
+        )
+    rows.append(
+        Row(
+            "1c",
+            f"`ctx.advance()` per call vs tqdm, N={n:,} ({reps})",
+            ns(med["advance"]),
+            f"`tqdm.update(1)` {ns(med['update'])} ({bare})",
+            med["advance"] / med["update"],
+            "ratio <= 0.5",
+            med["advance"] / med["update"] <= 0.5,
+        )
+    )
     if have_rich:
         r = med["advance"] / med["rich_advance"]
-        rows.append(Row("1d", f"`ctx.advance()` per call vs rich, N={n:,} / {sz.rich_adv_n:,} ({reps})",
-                        ns(med["advance"]), f"`Progress.advance(task, 1)` {ns(med['rich_advance'])}",
-                        r, "ratio <= 0.5", r <= 0.5))
+        rows.append(
+            Row(
+                "1d",
+                f"`ctx.advance()` per call vs rich, N={n:,} / {sz.rich_adv_n:,} ({reps})",
+                ns(med["advance"]),
+                f"`Progress.advance(task, 1)` {ns(med['rich_advance'])}",
+                r,
+                "ratio <= 0.5",
+                r <= 0.5,
+            )
+        )
     return rows
 
 
@@ -263,15 +329,26 @@ def raw_log_insert(path: Path, n: int, batch: int = 1000) -> float:
     conn.execute(_ddl("events"))
     run_id = secrets.token_hex(6)
     now = time.time()
-    rows = [(run_id, i + 1, now, "log", "logging",
-             json.dumps({"level": "info", "message": f"processed item {i} of the benchmark"},
-                        separators=(",", ":"), sort_keys=True))
-            for i in range(n)]
+    rows = [
+        (
+            run_id,
+            i + 1,
+            now,
+            "log",
+            "logging",
+            json.dumps(
+                {"level": "info", "message": f"processed item {i} of the benchmark"},
+                separators=(",", ":"),
+                sort_keys=True,
+            ),
+        )
+        for i in range(n)
+    ]
     sql = "INSERT INTO events (run_id, seq, ts, kind, phase, data) VALUES (?, ?, ?, ?, ?, ?)"
     t0 = pc()
     for start in range(0, n, batch):
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(sql, rows[start:start + batch])
+        conn.executemany(sql, rows[start : start + batch])
         conn.execute("COMMIT")
     spent = pc() - t0
     conn.close()
@@ -284,9 +361,11 @@ def raw_progress_update(path: Path, n: int, batch: int = 1000) -> float:
     conn = _raw_conn(path)
     conn.execute(_ddl("runs"))
     run_id = secrets.token_hex(6)
-    conn.execute("INSERT INTO runs (id, key, attempt, pipeline, params, status, created_at, "
-                 "updated_at, done, total) VALUES (?, 'k', 1, 'p', '{}', 'running', 0, 0, 0, ?)",
-                 (run_id, n))
+    conn.execute(
+        "INSERT INTO runs (id, key, attempt, pipeline, params, status, created_at, "
+        "updated_at, done, total) VALUES (?, 'k', 1, 'p', '{}', 'running', 0, 0, 0, ?)",
+        (run_id, n),
+    )
     sql = "UPDATE runs SET done = ?, updated_at = ? WHERE id = ?"
     t0 = pc()
     for start in range(0, n, batch):
@@ -313,8 +392,9 @@ def bench_log(sz: Sizes, db: Path, tmp: Path) -> list[Row]:
         t_end = pc()
         t_first = result_of(run)
         conn = sqlite3.connect(db)
-        stored = conn.execute("SELECT count(*) FROM events WHERE run_id = ? AND kind = 'log'",
-                              (run.id,)).fetchone()[0]
+        stored = conn.execute(
+            "SELECT count(*) FROM events WHERE run_id = ? AND kind = 'log'", (run.id,)
+        ).fetchone()[0]
         conn.close()
         if stored != n:
             raise SystemExit(f"run {run.id}: {stored} log events stored, {n} logged")
@@ -322,11 +402,21 @@ def bench_log(sz: Sizes, db: Path, tmp: Path) -> list[Row]:
         gc.collect()
         raws.append(raw_log_insert(tmp / f"raw-log-{rep}.db", n))
     raw, rate = statistics.median(raws), statistics.median(rates)
-    say(f"  ctx.log: {rate:,.0f} lines/s (runs: {', '.join(f'{r:,.0f}' for r in rates)}); "
-        f"raw sqlite3: {raw:,.0f} rows/s ({', '.join(f'{r:,.0f}' for r in raws)})")
-    return [Row("4a", f"`ctx.log()` lines persisted per second, {n:,} lines (median of {sz.log_reps})",
-                f"{rate:,.0f} /s", f"raw sqlite3 batched INSERT {raw:,.0f} rows/s", rate / raw,
-                "ratio >= 0.5", rate / raw >= 0.5)]
+    say(
+        f"  ctx.log: {rate:,.0f} lines/s (runs: {', '.join(f'{r:,.0f}' for r in rates)}); "
+        f"raw sqlite3: {raw:,.0f} rows/s ({', '.join(f'{r:,.0f}' for r in raws)})"
+    )
+    return [
+        Row(
+            "4a",
+            f"`ctx.log()` lines persisted per second, {n:,} lines (median of {sz.log_reps})",
+            f"{rate:,.0f} /s",
+            f"raw sqlite3 batched INSERT {raw:,.0f} rows/s",
+            rate / raw,
+            "ratio >= 0.5",
+            rate / raw >= 0.5,
+        )
+    ]
 
 
 def bench_progress(sz: Sizes, db: Path, tmp: Path) -> list[Row]:
@@ -350,10 +440,18 @@ def bench_progress(sz: Sizes, db: Path, tmp: Path) -> list[Row]:
         raws.append(raw_progress_update(tmp / f"raw-progress-{rep}.db", sz.raw_updates))
     rate, raw = statistics.median(rates), statistics.median(raws)
     say(f"  ctx.advance persisted: {rate:,.0f} /s; raw sqlite3 UPDATE per update: {raw:,.0f} /s")
-    rows = [Row("4b", f"`ctx.advance()` updates persisted per second, {n:,} calls (median of "
-                f"{sz.log_reps}; coalesced: one row write per flush tick)", f"{rate:,.0f} /s",
-                f"raw sqlite3 batched UPDATE, one per update, {raw:,.0f} /s", rate / raw,
-                "ratio >= 0.5", rate / raw >= 0.5)]
+    rows = [
+        Row(
+            "4b",
+            f"`ctx.advance()` updates persisted per second, {n:,} calls (median of "
+            f"{sz.log_reps}; coalesced: one row write per flush tick)",
+            f"{rate:,.0f} /s",
+            f"raw sqlite3 batched UPDATE, one per update, {raw:,.0f} /s",
+            rate / raw,
+            "ratio >= 0.5",
+            rate / raw >= 0.5,
+        )
+    ]
 
     # 4c: a reader polling the run's row at 200 Hz from its own connection: distinct values seen
     seen: list[tuple[float, int]] = []
@@ -385,11 +483,19 @@ def bench_progress(sz: Sizes, db: Path, tmp: Path) -> list[Row]:
     per_s = len(gaps) / (seen[-1][0] - seen[0][0]) if gaps else 0.0  # changes per second
     flush = tether.configure().flush_interval
     gap = f", gap between values p50 {ms(pct(gaps, 0.5))}, max {ms(max(gaps))}" if gaps else ""
-    rows.append(Row("4c", f"progress values a reader sees: a run calls `ctx.advance()` for "
-                    f"{sz.seen_s:g} s ({calls / sz.seen_s:,.0f} calls/s), a 200 Hz reader polls "
-                    "its row", f"{per_s:.1f} distinct values/s{gap}",
-                    f"by design <= 1 / flush_interval = {1 / flush:.0f} /s", None,
-                    "(informative)", None))
+    rows.append(
+        Row(
+            "4c",
+            f"progress values a reader sees: a run calls `ctx.advance()` for "
+            f"{sz.seen_s:g} s ({calls / sz.seen_s:,.0f} calls/s), a 200 Hz reader polls "
+            "its row",
+            f"{per_s:.1f} distinct values/s{gap}",
+            f"by design <= 1 / flush_interval = {1 / flush:.0f} /s",
+            None,
+            "(informative)",
+            None,
+        )
+    )
     return rows
 
 
@@ -412,14 +518,23 @@ def bench_attach(sz: Sizes, db: Path) -> list[Row]:
     raw = []
     for _ in range(sz.attach_calls):
         t0 = pc()
-        conn.execute("SELECT * FROM runs WHERE key = ? ORDER BY attempt DESC LIMIT 1",
-                     (first.key,)).fetchone()
+        conn.execute(
+            "SELECT * FROM runs WHERE key = ? ORDER BY attempt DESC LIMIT 1", (first.key,)
+        ).fetchone()
         raw.append(pc() - t0)
     conn.close()
     p50, p99, r50 = pct(lat, 0.5), pct(lat, 0.99), pct(raw, 0.5)
-    return [Row("9a", f"`start()` of a succeeded run (attach), {sz.attach_calls:,} calls",
-                f"p50 {ms(p50)}, p99 {ms(p99)}", f"raw SELECT by key p50 {ms(r50)}", p50 / r50,
-                "p50 <= 0.15 ms", p50 <= 0.15e-3)]
+    return [
+        Row(
+            "9a",
+            f"`start()` of a succeeded run (attach), {sz.attach_calls:,} calls",
+            f"p50 {ms(p50)}, p99 {ms(p99)}",
+            f"raw SELECT by key p50 {ms(r50)}",
+            p50 / r50,
+            "p50 <= 0.15 ms",
+            p50 <= 0.15e-3,
+        )
+    ]
 
 
 def bench_first_line(sz: Sizes) -> list[Row]:
@@ -440,9 +555,17 @@ def bench_first_line(sz: Sizes) -> list[Row]:
         th.join()
         raw.append(seen[0] - t0)
     p50, p99, r50 = pct(lat, 0.5), pct(lat, 0.99), pct(raw, 0.5)
-    return [Row("9b", f"`start()` (new key) to the body's first line, {sz.first_runs} runs",
-                f"p50 {ms(p50)}, p99 {ms(p99)}", f"`Thread.start()` to first line p50 {ms(r50)}",
-                p50 / r50, "p50 <= 5 ms", p50 <= 5e-3)]
+    return [
+        Row(
+            "9b",
+            f"`start()` (new key) to the body's first line, {sz.first_runs} runs",
+            f"p50 {ms(p50)}, p99 {ms(p99)}",
+            f"`Thread.start()` to first line p50 {ms(r50)}",
+            p50 / r50,
+            "p50 <= 5 ms",
+            p50 <= 5e-3,
+        )
+    ]
 
 
 def bench_claim(sz: Sizes) -> list[Row]:
@@ -460,10 +583,19 @@ def bench_claim(sz: Sizes) -> list[Row]:
     ids: dict[str, list[str]] = {"free": [], "limited": []}
     for i in range(sz.claim_runs + 20):  # pending, for a worker (no runner claims them here)
         for kind, control in (("free", None), ("limited", Control(concurrency=4))):
-            out = store.start(pipeline=f"bench.claim.{kind}", key=f"claim:{kind}:{tag}:{i}",
-                              params_json="{}", version=None, phases=[], policy="attach",
-                              owner=me, lease_s=30.0, gone=owner.gone_reason, detach=True,
-                              control=control)
+            out = store.start(
+                pipeline=f"bench.claim.{kind}",
+                key=f"claim:{kind}:{tag}:{i}",
+                params_json="{}",
+                version=None,
+                phases=[],
+                policy="attach",
+                owner=me,
+                lease_s=30.0,
+                gone=owner.gone_reason,
+                detach=True,
+                control=control,
+            )
             ids[kind].append(out.record.id)
     lat: dict[str, list[float]] = {"free": [], "limited": []}
     for i in range(sz.claim_runs + 20):
@@ -476,14 +608,26 @@ def bench_claim(sz: Sizes) -> list[Row]:
                 raise SystemExit(f"the claim of {run_id} ({kind}) did not pass: {rec!r}")
             if i >= 20:  # the first ones warm up
                 lat[kind].append(dt)
-            store.finish(FlushItem(run_id, None, [], [], 0, None, None, []), me,
-                         tether.Status.SUCCEEDED, result_json="null", error=None)
+            store.finish(
+                FlushItem(run_id, None, [], [], 0, None, None, []),
+                me,
+                tether.Status.SUCCEEDED,
+                result_json="null",
+                error=None,
+            )
     free, lim = pct(lat["free"], 0.5), pct(lat["limited"], 0.5)
-    return [Row("9c", f"claim of a pending run with `concurrency=4` checked, {sz.claim_runs:,} "
-                f"claims, {sz.claim_runs:,} runs queued at first",
-                f"p50 {ms(lim)}, p99 {ms(pct(lat['limited'], 0.99))}",
-                f"the same claim without `concurrency=` p50 {ms(free)}", lim / free,
-                "ratio <= 1.5", lim / free <= 1.5)]
+    return [
+        Row(
+            "9c",
+            f"claim of a pending run with `concurrency=4` checked, {sz.claim_runs:,} "
+            f"claims, {sz.claim_runs:,} runs queued at first",
+            f"p50 {ms(lim)}, p99 {ms(pct(lat['limited'], 0.99))}",
+            f"the same claim without `concurrency=` p50 {ms(free)}",
+            lim / free,
+            "ratio <= 1.5",
+            lim / free <= 1.5,
+        )
+    ]
 
 
 # -- 5: panel poll and run listings on a big database ---------------------------------------------
@@ -510,28 +654,86 @@ def fill_poll_db(path: Path, sz: Sizes, owner: tuple[str, int, float]) -> list[t
         created = t_base + i * 5.0
         if rid in heavy:
             last = sz.poll_events_per_run
-            runs.append((rid, f"bench.poll:{i:016x}", 1, "bench.poll", json.dumps({"i": i}),
-                         "running", "work", '["setup","work"]', '["setup"]', last, 10 * last, None,
-                         created, created + 0.01, None, now, host, pid, started, instance,
-                         instance, now + 86_400, last))
+            runs.append(
+                (
+                    rid,
+                    f"bench.poll:{i:016x}",
+                    1,
+                    "bench.poll",
+                    json.dumps({"i": i}),
+                    "running",
+                    "work",
+                    '["setup","work"]',
+                    '["setup"]',
+                    last,
+                    10 * last,
+                    None,
+                    created,
+                    created + 0.01,
+                    None,
+                    now,
+                    host,
+                    pid,
+                    started,
+                    instance,
+                    instance,
+                    now + 86_400,
+                    last,
+                )
+            )
             big.append((rid, last))
         else:
-            runs.append((rid, f"bench.poll:{i:016x}", 1, "bench.poll", json.dumps({"i": i}),
-                         "succeeded", "work", '["setup","work"]', '["setup","work"]', 3, 3,
-                         '{"ok":true}', created, created + 0.01, created + 3.0, created + 3.0,
-                         None, None, None, None, None, None, 3))
+            runs.append(
+                (
+                    rid,
+                    f"bench.poll:{i:016x}",
+                    1,
+                    "bench.poll",
+                    json.dumps({"i": i}),
+                    "succeeded",
+                    "work",
+                    '["setup","work"]',
+                    '["setup","work"]',
+                    3,
+                    3,
+                    '{"ok":true}',
+                    created,
+                    created + 0.01,
+                    created + 3.0,
+                    created + 3.0,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    3,
+                )
+            )
     conn.execute("BEGIN")
     conn.executemany(
         "INSERT INTO runs (id, key, attempt, pipeline, params, status, phase, phases, phases_done, "
         "done, total, result, created_at, started_at, ended_at, updated_at, owner_host, owner_pid, "
         "owner_started, owner_instance, target, lease_until, last_seq) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", runs)
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        runs,
+    )
     sql = "INSERT INTO events (run_id, seq, ts, kind, phase, data) VALUES (?, ?, ?, ?, ?, ?)"
     for rid, *_, last in runs:
-        conn.executemany(sql, [
-            (rid, s, t_base + s * 0.001, "log", "work",
-             f'{{"level":"info","message":"processed item {s} of the benchmark"}}')
-            for s in range(1, last + 1)])
+        conn.executemany(
+            sql,
+            [
+                (
+                    rid,
+                    s,
+                    t_base + s * 0.001,
+                    "log",
+                    "work",
+                    f'{{"level":"info","message":"processed item {s} of the benchmark"}}',
+                )
+                for s in range(1, last + 1)
+            ],
+        )
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
@@ -561,7 +763,8 @@ RAW_LS_SCRIPT = (  # the baseline of `tether ls` in a new process: the same quer
     "import sqlite3, sys\n"
     "conn = sqlite3.connect(sys.argv[1])\n"
     f"rows = conn.execute({RAW_LIST!r}).fetchall()\n"
-    "print('\\n'.join('  '.join(map(str, r[:8])) for r in rows))\n")
+    "print('\\n'.join('  '.join(map(str, r[:8])) for r in rows))\n"
+)
 
 
 def raw_owner_check(pid: int, started: float) -> bool:
@@ -609,8 +812,10 @@ def _bench_poll(sz: Sizes, db: Path, owner: tuple[str, int, float]) -> list[Row]
 
     def raw_poll(rid: str, after: int) -> None:
         conn.execute("SELECT * FROM runs WHERE id = ?", (rid,)).fetchone()
-        conn.execute("SELECT seq, ts, kind, phase, data FROM events WHERE run_id = ? AND seq > ? "
-                     "ORDER BY seq", (rid, after)).fetchall()
+        conn.execute(
+            "SELECT seq, ts, kind, phase, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq",
+            (rid, after),
+        ).fetchall()
 
     def raw_poll_checked(rid: str, after: int) -> None:
         row = conn.execute("SELECT owner_pid, owner_started FROM runs WHERE id = ?", (rid,)).fetchone()
@@ -622,17 +827,31 @@ def _bench_poll(sz: Sizes, db: Path, owner: tuple[str, int, float]) -> list[Row]
     for ref, behind, label in (("5a", 0, "no new event"), ("5b", 10, "10 new events")):
         lat, raw = measure(store_poll, behind), measure(raw_poll, behind)
         p50, p99, r50 = pct(lat, 0.5), pct(lat, 0.99), pct(raw, 0.5)
-        rows.append(Row(ref, f"panel poll, DB reads: `store.get` + `store.events(after=seq)`, "
-                        f"{label}; {what}", f"p50 {ms(p50)}, p99 {ms(p99)}",
-                        f"raw SQL (same 2 queries) p50 {ms(r50)}", p50 / r50, "ratio <= 3",
-                        p50 / r50 <= 3))
+        rows.append(
+            Row(
+                ref,
+                f"panel poll, DB reads: `store.get` + `store.events(after=seq)`, {label}; {what}",
+                f"p50 {ms(p50)}, p99 {ms(p99)}",
+                f"raw SQL (same 2 queries) p50 {ms(r50)}",
+                p50 / r50,
+                "ratio <= 3",
+                p50 / r50 <= 3,
+            )
+        )
     lat, raw, raw_c = measure(panel_read, 10), measure(raw_poll, 10), measure(raw_poll_checked, 10)
     p50, p99, r50, c50 = pct(lat, 0.5), pct(lat, 0.99), pct(raw, 0.5), pct(raw_c, 0.5)
-    rows.append(Row("5c", "panel poll, the panel's code (`RunReader.read()`: `run.snapshot()` with "
-                    "the owner check + events) of a run another live process owns, 10 new events",
-                    f"p50 {ms(p50)}, p99 {ms(p99)}",
-                    f"raw SQL + the same owner check with psutil p50 {ms(c50)} (raw SQL alone "
-                    f"{ms(r50)})", p50 / c50, "ratio <= 3", p50 / c50 <= 3))
+    rows.append(
+        Row(
+            "5c",
+            "panel poll, the panel's code (`RunReader.read()`: `run.snapshot()` with "
+            "the owner check + events) of a run another live process owns, 10 new events",
+            f"p50 {ms(p50)}, p99 {ms(p99)}",
+            f"raw SQL + the same owner check with psutil p50 {ms(c50)} (raw SQL alone {ms(r50)})",
+            p50 / c50,
+            "ratio <= 3",
+            p50 / c50 <= 3,
+        )
+    )
 
     # listings: tether.runs(limit=50) and `tether ls` (in-process and as a new process)
     active = sum(r._last.status == "running" for r in tether.runs(limit=50))
@@ -647,8 +866,10 @@ def _bench_poll(sz: Sizes, db: Path, owner: tuple[str, int, float]) -> list[Row]
                 raise SystemExit("tether ls failed")
 
     fns: dict[str, Callable[[], Any]] = {
-        "runs": lambda: tether.runs(limit=50), "ls": ls_main,
-        "raw": lambda: conn.execute(RAW_LIST).fetchall()}
+        "runs": lambda: tether.runs(limit=50),
+        "ls": ls_main,
+        "raw": lambda: conn.execute(RAW_LIST).fetchall(),
+    }
     for _ in range(10):
         for fn in fns.values():
             fn()
@@ -661,22 +882,41 @@ def _bench_poll(sz: Sizes, db: Path, owner: tuple[str, int, float]) -> list[Row]
         raise SystemExit(f"tether ls printed {sink.getvalue().count(chr(10))} lines, expected 51")
     r50 = pct(lists["raw"], 0.5)
     p50, p99 = pct(lists["runs"], 0.5), pct(lists["runs"], 0.99)
-    rows.append(Row("5d", f"`tether.runs(limit=50)` with {n_runs:,} runs ({active} of the 50 "
-                    "running: owner check)", f"p50 {ms(p50)}, p99 {ms(p99)}",
-                    f"raw indexed query p50 {ms(r50)}", p50 / r50, "(informative)", None))
+    rows.append(
+        Row(
+            "5d",
+            f"`tether.runs(limit=50)` with {n_runs:,} runs ({active} of the 50 running: owner check)",
+            f"p50 {ms(p50)}, p99 {ms(p99)}",
+            f"raw indexed query p50 {ms(r50)}",
+            p50 / r50,
+            "(informative)",
+            None,
+        )
+    )
     p50, p99 = pct(lists["ls"], 0.5), pct(lists["ls"], 0.99)
-    rows.append(Row("5e", f"`tether ls` in-process (`cli.main(['ls'])`: 50 rows, owner check of "
-                    f"the {active} running, table printed), {n_runs:,} runs",
-                    f"p50 {ms(p50)}, p99 {ms(p99)}", f"raw indexed query p50 {ms(r50)}", p50 / r50,
-                    "ratio <= 3", p50 / r50 <= 3))
+    rows.append(
+        Row(
+            "5e",
+            f"`tether ls` in-process (`cli.main(['ls'])`: 50 rows, owner check of "
+            f"the {active} running, table printed), {n_runs:,} runs",
+            f"p50 {ms(p50)}, p99 {ms(p99)}",
+            f"raw indexed query p50 {ms(r50)}",
+            p50 / r50,
+            "ratio <= 3",
+            p50 / r50 <= 3,
+        )
+    )
     conn.close()
 
     # `tether ls` as a user types it: a new process, wall time; baseline: a new python process
     # running the raw query and printing the rows
     script = Path(sys.executable).with_name("tether")
     ls_cmd = [str(script)] if script.exists() else [sys.executable, "-m", "tether.cli"]
-    cmds = {"ls": [*ls_cmd, "ls", "--db", str(db)], "raw": [sys.executable, "-c", RAW_LS_SCRIPT, str(db)],
-            "pass": [sys.executable, "-c", "pass"]}
+    cmds = {
+        "ls": [*ls_cmd, "ls", "--db", str(db)],
+        "raw": [sys.executable, "-c", RAW_LS_SCRIPT, str(db)],
+        "pass": [sys.executable, "-c", "pass"],
+    }
     walls: dict[str, list[float]] = {k: [] for k in cmds}
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     for _ in range(sz.ls_procs):
@@ -687,10 +927,17 @@ def _bench_poll(sz: Sizes, db: Path, owner: tuple[str, int, float]) -> list[Row]
             if out.returncode != 0:
                 raise SystemExit(f"{cmd} failed: {out.stderr}")
     w = {k: statistics.median(v) for k, v in walls.items()}
-    rows.append(Row("5f", f"`tether ls` in a new process, wall (median of {sz.ls_procs}), "
-                    f"{n_runs:,} runs", f"{ms(w['ls'])}",
-                    f"`python -c` raw query + print {ms(w['raw'])} (`python -c pass` "
-                    f"{ms(w['pass'])})", w["ls"] / w["raw"], "ratio <= 3", w["ls"] / w["raw"] <= 3))
+    rows.append(
+        Row(
+            "5f",
+            f"`tether ls` in a new process, wall (median of {sz.ls_procs}), {n_runs:,} runs",
+            f"{ms(w['ls'])}",
+            f"`python -c` raw query + print {ms(w['raw'])} (`python -c pass` {ms(w['pass'])})",
+            w["ls"] / w["raw"],
+            "ratio <= 3",
+            w["ls"] / w["raw"] <= 3,
+        )
+    )
     return rows
 
 
@@ -702,12 +949,16 @@ SECTIONS = ("loops", "log", "progress", "poll", "attach", "first", "claim")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run (< 30 s)")
-    ap.add_argument("--only", choices=SECTIONS, action="append",
-                    help="run only this section (repeatable)")
+    ap.add_argument("--only", choices=SECTIONS, action="append", help="run only this section (repeatable)")
     ap.add_argument("--json", metavar="OUT", help="also write the rows as JSON (for bench/run.py)")
-    ap.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
-                    help="first wait up to SECONDS for other processes to leave >= 90%% of the CPU "
-                         "idle (a shared machine)")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for other processes to leave >= 90%% of the CPU "
+        "idle (a shared machine)",
+    )
     ap.add_argument("--write-docs", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.write_docs:

@@ -66,15 +66,21 @@ def trivial(x: int) -> int:
 
 
 @tether.pipeline(name="bench_fanout.timed_map")
-def timed_map(ctx: tether.Context, n: int, kind: str, executor: str = "", offset: int = 0,
-              fail_attempt: int = 0, checkpoint: bool = True) -> dict[str, float]:
+def timed_map(
+    ctx: tether.Context,
+    n: int,
+    kind: str,
+    executor: str = "",
+    offset: int = 0,
+    fail_attempt: int = 0,
+    checkpoint: bool = True,
+) -> dict[str, float]:
     """Time one ``ctx.map`` over ``range(offset, offset + n)``; attempt ``fail_attempt`` fails.
 
     Also returns the CPU time the run's thread spent in the call (``time.thread_time()``)."""
     fn = sleepy if kind == "sleepy" else trivial
     t0, c0 = pc(), time.thread_time()
-    out = ctx.map(fn, range(offset, offset + n), executor=EXECUTORS.get(executor),
-                  checkpoint=checkpoint)
+    out = ctx.map(fn, range(offset, offset + n), executor=EXECUTORS.get(executor), checkpoint=checkpoint)
     t1, c1 = pc(), time.thread_time()
     if out != list(range(offset, offset + n)):
         raise AssertionError("ctx.map returned wrong results")
@@ -100,14 +106,14 @@ CPU: dict[str, list[float]] = {}  # CPU seconds of the calling thread per repeti
 def run_map(n: int, kind: str, executor: str, offset: int, checkpoint: bool = True) -> float:
     """One tether run mapping ``n`` items; the body's own timing of its ``ctx.map`` call."""
     key = f"bench-{secrets.token_hex(6)}"
-    res = timed_map.start(n=n, kind=kind, executor=executor, offset=offset, key=key,
-                          checkpoint=checkpoint).result(600)
+    res = timed_map.start(
+        n=n, kind=kind, executor=executor, offset=offset, key=key, checkpoint=checkpoint
+    ).result(600)
     CPU.setdefault("ours" if checkpoint else "nocp", []).append(float(res["cpu"]))
     return float(res["seconds"])
 
 
-def overhead(ref: str, label: str, ex: Executor, sizes: Sizes, submit_baseline: bool = False
-             ) -> list[Row]:
+def overhead(ref: str, label: str, ex: Executor, sizes: Sizes, submit_baseline: bool = False) -> list[Row]:
     """Interleaved repetitions of plain ``ex.map`` and ``ctx.map`` on the same executor (and, with
     ``submit_baseline``, of a plain ``ex.submit`` per item + ``wait``, which is what ctx.map does)."""
     EXECUTORS[label] = ex
@@ -162,20 +168,42 @@ def overhead(ref: str, label: str, ex: Executor, sizes: Sizes, submit_baseline: 
     b, t = statistics.median(times["plain"]), statistics.median(times["ours"])
     cpu = {k: statistics.median(v) / n * 1e3 for k, v in CPU.items()}  # ms per item
     say(f"  {label} calling thread CPU ms/item: {cpu}")
-    rows = [Row(ref, f"`ctx.map` of {n} x 10 ms items, {label} (median of {sizes.reps})",
-                f"{t:.3f} s ({(t - b) / n * 1e3:+.2f} ms/item; run thread CPU "
-                f"{cpu['ours']:.2f} ms/item)", f"{b:.3f} s `executor.map` (caller CPU "
-                f"{cpu['plain']:.2f} ms/item)", t / b, "ratio <= 1.1", t / b <= 1.1)]
+    rows = [
+        Row(
+            ref,
+            f"`ctx.map` of {n} x 10 ms items, {label} (median of {sizes.reps})",
+            f"{t:.3f} s ({(t - b) / n * 1e3:+.2f} ms/item; run thread CPU {cpu['ours']:.2f} ms/item)",
+            f"{b:.3f} s `executor.map` (caller CPU {cpu['plain']:.2f} ms/item)",
+            t / b,
+            "ratio <= 1.1",
+            t / b <= 1.1,
+        )
+    ]
     if submit_baseline:
         s = statistics.median(times["submit"])
-        rows.append(Row(f"{ref}'", f"same, against a plain `submit()` per item + `wait()` ({label})",
-                        f"{t:.3f} s", f"{s:.3f} s submit + wait (caller CPU {cpu['submit']:.2f} "
-                        "ms/item)", t / s, "(informative)", None))
+        rows.append(
+            Row(
+                f"{ref}'",
+                f"same, against a plain `submit()` per item + `wait()` ({label})",
+                f"{t:.3f} s",
+                f"{s:.3f} s submit + wait (caller CPU {cpu['submit']:.2f} ms/item)",
+                t / s,
+                "(informative)",
+                None,
+            )
+        )
         c = statistics.median(times["nocp"])
-        rows.append(Row(f"{ref}''", f"same, `ctx.map(..., checkpoint=False)` ({label}): no "
-                        "checkpoint writes", f"{c:.3f} s ({(c - b) / n * 1e3:+.2f} ms/item; run "
-                        f"thread CPU {cpu['nocp']:.2f} ms/item)", f"{b:.3f} s `executor.map`", c / b,
-                        "(informative)", None))
+        rows.append(
+            Row(
+                f"{ref}''",
+                f"same, `ctx.map(..., checkpoint=False)` ({label}): no checkpoint writes",
+                f"{c:.3f} s ({(c - b) / n * 1e3:+.2f} ms/item; run thread CPU {cpu['nocp']:.2f} ms/item)",
+                f"{b:.3f} s `executor.map`",
+                c / b,
+                "(informative)",
+                None,
+            )
+        )
     return rows
 
 
@@ -188,18 +216,29 @@ def bench_overhead(sizes: Sizes) -> list[Row]:
         import distributed
     except ImportError:
         say("overhead: Dask skipped (pip install 'tether[dask]')")
-        return [*rows, Row("6b", "`ctx.map` on a Dask `LocalCluster`", "",
-                           "not measured: distributed is not installed (pip install 'tether[dask]')",
-                           None, "ratio <= 1.1", None)]
+        return [
+            *rows,
+            Row(
+                "6b",
+                "`ctx.map` on a Dask `LocalCluster`",
+                "",
+                "not measured: distributed is not installed (pip install 'tether[dask]')",
+                None,
+                "ratio <= 1.1",
+                None,
+            ),
+        ]
     say("overhead: Dask LocalCluster (2 worker processes x 2 threads)")
     with warnings.catch_warnings():  # its HTTP server falls back from a busy port 8787: fine
         warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
-                                           dashboard_address=None)
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+        )
     client = distributed.Client(cluster)
     try:
-        rows += overhead("6b", "Dask LocalCluster executor", client.get_executor(), sizes,
-                         submit_baseline=True)
+        rows += overhead(
+            "6b", "Dask LocalCluster executor", client.get_executor(), sizes, submit_baseline=True
+        )
     finally:
         client.close()
         cluster.close()
@@ -228,8 +267,10 @@ def bench_resume(sizes: Sizes, db: Path) -> list[Row]:
     conn = sqlite3.connect(db)
     try:
         t2 = pc()
-        rows = conn.execute("SELECT name, value FROM checkpoints WHERE run_id = ? AND "
-                            "substr(name, 1, 4) = 'map:'", (first.id,)).fetchall()
+        rows = conn.execute(
+            "SELECT name, value FROM checkpoints WHERE run_id = ? AND substr(name, 1, 4) = 'map:'",
+            (first.id,),
+        ).fetchall()
         values = {name: json.loads(value) for name, value in rows}
         raw_s = pc() - t2
     finally:
@@ -240,16 +281,42 @@ def bench_resume(sizes: Sizes, db: Path) -> list[Row]:
         assert list(pool.map(trivial, range(n))) == list(range(n))
         plain_s = pc() - t3
     return [
-        Row("6c", f"resume with {n:,} finished items: `resume()` until the resumed map returns",
-            f"{until_return:.3f} s", f"{raw_s:.3f} s raw SELECT + json.loads", until_return / raw_s,
-            "(informative)", None),
-        Row("6c'", "of which `run.resume()` (new attempt, checkpoints copied)", f"{resume_call:.3f} s",
-            "", None, "(informative)", None),
-        Row("6c''", "of which the resumed `ctx.map` call (no item runs)", f"{resumed_map:.3f} s", "",
-            None, "(informative)", None),
-        Row("6d", f"first attempt of 6c: a map of {n:,} trivial items, each checkpointed (32 threads)",
+        Row(
+            "6c",
+            f"resume with {n:,} finished items: `resume()` until the resumed map returns",
+            f"{until_return:.3f} s",
+            f"{raw_s:.3f} s raw SELECT + json.loads",
+            until_return / raw_s,
+            "(informative)",
+            None,
+        ),
+        Row(
+            "6c'",
+            "of which `run.resume()` (new attempt, checkpoints copied)",
+            f"{resume_call:.3f} s",
+            "",
+            None,
+            "(informative)",
+            None,
+        ),
+        Row(
+            "6c''",
+            "of which the resumed `ctx.map` call (no item runs)",
+            f"{resumed_map:.3f} s",
+            "",
+            None,
+            "(informative)",
+            None,
+        ),
+        Row(
+            "6d",
+            f"first attempt of 6c: a map of {n:,} trivial items, each checkpointed (32 threads)",
             f"{first_s:.2f} s ({first_s / n * 1e6:.0f} us/item)",
-            f"{plain_s:.2f} s `executor.map`, no run", first_s / plain_s, "(informative)", None),
+            f"{plain_s:.2f} s `executor.map`, no run",
+            first_s / plain_s,
+            "(informative)",
+            None,
+        ),
     ]
 
 

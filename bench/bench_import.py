@@ -25,8 +25,13 @@ from typing import Any
 from benchlib import CpuWatch, Row, machine, report, say, version_of
 
 pc = time.perf_counter
-MODULES = {"tether": "tether", "tqdm.notebook": "tqdm", "tqdm": "tqdm", "dbos": "dbos",
-           "rich.progress": "rich"}
+MODULES = {
+    "tether": "tether",
+    "tqdm.notebook": "tqdm",
+    "tqdm": "tqdm",
+    "dbos": "dbos",
+    "rich.progress": "rich",
+}
 
 
 def wall(code: str) -> float:
@@ -40,13 +45,17 @@ def wall(code: str) -> float:
 
 def importtime(module: str, top: int = 8) -> tuple[float, list[tuple[str, float]]]:
     """(cumulative ms of ``module``, the ``top`` modules by self time in ms) from -X importtime."""
-    out = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     rows = []
     for line in out.stderr.splitlines():
         if not line.startswith("import time:") or "self [us]" in line:
             continue
-        self_us, cum_us, name = line[len("import time:"):].split("|")
+        self_us, cum_us, name = line[len("import time:") :].split("|")
         rows.append((name.strip(), int(self_us) / 1000, int(cum_us) / 1000, name))
     cum = next((c for n, _s, c, raw in rows if n == module and not raw.startswith("  ")), 0.0)
     by_self = sorted(rows, key=lambda r: -r[1])[:top]
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = {k: [] for k in codes}
     names = list(codes)
     for i in range(rounds):
-        order = names[i % len(names):] + names[:i % len(names)]  # rotate: drift hits all alike
+        order = names[i % len(names) :] + names[: i % len(names)]  # rotate: drift hits all alike
         for name in order:
             times[name].append(wall(codes[name]))
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -83,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     say("  medians (ms): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in med.items()))
     cum, heavy = importtime("tether")
     info["`python -X importtime -c 'import tether'`, top self times"] = ", ".join(
-        f"{n} {s:.1f} ms" for n, s in heavy)
+        f"{n} {s:.1f} ms" for n, s in heavy
+    )
     info["`-X importtime` cumulative of tether"] = f"{cum:.1f} ms"
 
     def ms(x: float) -> str:
@@ -95,23 +105,66 @@ def main(argv: list[str] | None = None) -> int:
     if "tqdm.notebook" in net:
         r = t / net["tqdm.notebook"]
         plain = f"; plain `import tqdm` {ms(net['tqdm'])}" if "tqdm" in net else ""
-        rows.append(Row("8a", f"`import tether` in a fresh process ({each})", ms(t),
-                        f"`import tqdm.notebook` {ms(net['tqdm.notebook'])}{plain}", r,
-                        "ratio <= 1", r <= 1))
+        rows.append(
+            Row(
+                "8a",
+                f"`import tether` in a fresh process ({each})",
+                ms(t),
+                f"`import tqdm.notebook` {ms(net['tqdm.notebook'])}{plain}",
+                r,
+                "ratio <= 1",
+                r <= 1,
+            )
+        )
     else:
-        rows.append(Row("8a", "`import tether` vs `import tqdm.notebook`", ms(t),
-                        f"not measured: {missing.get('tqdm.notebook')}", None, "ratio <= 1", None))
+        rows.append(
+            Row(
+                "8a",
+                "`import tether` vs `import tqdm.notebook`",
+                ms(t),
+                f"not measured: {missing.get('tqdm.notebook')}",
+                None,
+                "ratio <= 1",
+                None,
+            )
+        )
     if "dbos" in net:
-        rows.append(Row("8b", f"`import tether` vs `import dbos` ({each})", ms(t),
-                        f"`import dbos` {ms(net['dbos'])}", t / net["dbos"], "(informative)", None))
+        rows.append(
+            Row(
+                "8b",
+                f"`import tether` vs `import dbos` ({each})",
+                ms(t),
+                f"`import dbos` {ms(net['dbos'])}",
+                t / net["dbos"],
+                "(informative)",
+                None,
+            )
+        )
     else:
-        rows.append(Row("8b", "`import tether` vs `import dbos`", ms(t),
-                        f"not measured: dbos is not installed in {sys.executable} "
-                        "(pip install -r bench/requirements.txt)", None, "(informative)", None))
+        rows.append(
+            Row(
+                "8b",
+                "`import tether` vs `import dbos`",
+                ms(t),
+                f"not measured: dbos is not installed in {sys.executable} "
+                "(pip install -r bench/requirements.txt)",
+                None,
+                "(informative)",
+                None,
+            )
+        )
     if "rich.progress" in net:
-        rows.append(Row("8c", f"`import tether` vs `import rich.progress` ({each})", ms(t),
-                        f"`import rich.progress` {ms(net['rich.progress'])}",
-                        t / net["rich.progress"], "(informative)", None))
+        rows.append(
+            Row(
+                "8c",
+                f"`import tether` vs `import rich.progress` ({each})",
+                ms(t),
+                f"`import rich.progress` {ms(net['rich.progress'])}",
+                t / net["rich.progress"],
+                "(informative)",
+                None,
+            )
+        )
     report(rows, info, watch, pc() - start, args.json, head="\n")
     return 0
 

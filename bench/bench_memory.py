@@ -135,8 +135,10 @@ def bench_runs(sz: Sizes) -> tuple[list[Row], dict[str, Any]]:
     r2, f2, c2 = rss(), proc.num_fds(), conns()
     took = pc() - t0
     kept = len(runner.get(store)._done)
-    say(f"  runs: RSS {r0 / MiB:.1f} -> {r1 / MiB:.1f} -> {r2 / MiB:.1f} MiB, fds {f0} -> {f1} -> {f2}, "
-        f"store connections {c0} -> {c1} -> {c2}, done-events kept {kept} ({took:.1f} s)")
+    say(
+        f"  runs: RSS {r0 / MiB:.1f} -> {r1 / MiB:.1f} -> {r2 / MiB:.1f} MiB, fds {f0} -> {f1} -> {f2}, "
+        f"store connections {c0} -> {c1} -> {c2}, done-events kept {kept} ({took:.1f} s)"
+    )
 
     fake = _FakeCtx()
     b0 = rss()
@@ -150,19 +152,33 @@ def bench_runs(sz: Sizes) -> tuple[list[Row], dict[str, Any]]:
     first = (r1 - r0) / WINDOW * 1000
     steady = (r2 - r1) / sz.runs * 1000
     fds = (f2 - f1) / sz.runs * 1000
-    info = {"runs: RSS MiB at 100 / 1,100 / end": f"{r0 / MiB:.1f} / {r1 / MiB:.1f} / {r2 / MiB:.1f}",
-            "runs: open fds at 100 / 1,100 / end": f"{f0} / {f1} / {f2}",
-            "runs: store connections at 100 / 1,100 / end": f"{c0} / {c1} / {c2}",
-            "runs: done-events kept by the runner": kept}
+    info = {
+        "runs: RSS MiB at 100 / 1,100 / end": f"{r0 / MiB:.1f} / {r1 / MiB:.1f} / {r2 / MiB:.1f}",
+        "runs: open fds at 100 / 1,100 / end": f"{f0} / {f1} / {f2}",
+        "runs: store connections at 100 / 1,100 / end": f"{c0} / {c1} / {c2}",
+        "runs: done-events kept by the runner": kept,
+    }
     rows = [
-        Row("7a", f"kernel RSS growth per 1,000 finished runs, steady state (runs 1,001 to "
+        Row(
+            "7a",
+            f"kernel RSS growth per 1,000 finished runs, steady state (runs 1,001 to "
             f"{n:,}, after the runner's window of {WINDOW:,} ended runs is full)",
             f"{steady / MiB:+.2f} MiB ({fds:+.0f} open fds, {(c2 - c1) / sz.runs * 1000:+.0f} SQLite "
-            "connections)", f"plain threads, same body: {base / MiB:+.2f} MiB", None,
-            "<= 1 MiB / 1,000 runs (bounded)", steady <= MiB),
-        Row("7a'", f"kernel RSS growth per 1,000 finished runs, the first {WINDOW:,} (the window "
-            "fills)", f"{first / MiB:+.2f} MiB ({(f1 - f0) / WINDOW * 1000:+.0f} open fds)",
-            f"plain threads: {base / MiB:+.2f} MiB", None, "(informative)", None),
+            "connections)",
+            f"plain threads, same body: {base / MiB:+.2f} MiB",
+            None,
+            "<= 1 MiB / 1,000 runs (bounded)",
+            steady <= MiB,
+        ),
+        Row(
+            "7a'",
+            f"kernel RSS growth per 1,000 finished runs, the first {WINDOW:,} (the window fills)",
+            f"{first / MiB:+.2f} MiB ({(f1 - f0) / WINDOW * 1000:+.0f} open fds)",
+            f"plain threads: {base / MiB:+.2f} MiB",
+            None,
+            "(informative)",
+            None,
+        ),
     ]
     return rows, info
 
@@ -183,23 +199,36 @@ def bench_panels(sz: Sizes, helper: tuple[int, float]) -> tuple[list[Row], dict[
     pid, started = helper
     conn = sqlite3.connect(store.path, isolation_level=None)
     cols = [r[1] for r in conn.execute("PRAGMA table_info(runs)")]
-    fixed = {"id": "?", "key": "key || ?", "status": "'running'", "ended_at": "NULL",
-             "owner_host": "?", "owner_pid": "?", "owner_started": "?",
-             "owner_instance": "'bench-helper'", "target": "'bench-helper'", "lease_until": "?"}
-    copy_run = (f"INSERT INTO runs ({', '.join(cols)}) SELECT "
-                f"{', '.join(fixed.get(c, c) for c in cols)} FROM runs WHERE id = ?")
+    fixed = {
+        "id": "?",
+        "key": "key || ?",
+        "status": "'running'",
+        "ended_at": "NULL",
+        "owner_host": "?",
+        "owner_pid": "?",
+        "owner_started": "?",
+        "owner_instance": "'bench-helper'",
+        "target": "'bench-helper'",
+        "lease_until": "?",
+    }
+    copy_run = (
+        f"INSERT INTO runs ({', '.join(cols)}) SELECT "
+        f"{', '.join(fixed.get(c, c) for c in cols)} FROM runs WHERE id = ?"
+    )
     poll_ids = []
     conn.execute("BEGIN")
-    for r in done[n + 1:]:
+    for r in done[n + 1 :]:
         new = "p" + secrets.token_hex(6)
-        conn.execute(copy_run, (new, "-poll", socket.gethostname(), pid, started,
-                                time.time() + 86_400, r.id))
-        conn.execute("INSERT INTO events (run_id, seq, ts, kind, phase, data) SELECT ?, seq, ts, "
-                     "kind, phase, data FROM events WHERE run_id = ?", (new, r.id))
+        conn.execute(copy_run, (new, "-poll", socket.gethostname(), pid, started, time.time() + 86_400, r.id))
+        conn.execute(
+            "INSERT INTO events (run_id, seq, ts, kind, phase, data) SELECT ?, seq, ts, "
+            "kind, phase, data FROM events WHERE run_id = ?",
+            (new, r.id),
+        )
         poll_ids.append(new)
     conn.execute("COMMIT")
     conn.close()
-    static_runs, poll_runs = done[1:n + 1], [tether.get_run(rid) for rid in poll_ids[1:]]
+    static_runs, poll_runs = done[1 : n + 1], [tether.get_run(rid) for rid in poll_ids[1:]]
     sink = open(os.devnull, "w")  # noqa: SIM115 - display() prints without a kernel
     keep: list[Any] = []
     with contextlib.redirect_stdout(sink):  # warm-up: first widget of each kind
@@ -233,17 +262,28 @@ def bench_panels(sz: Sizes, helper: tuple[int, float]) -> tuple[list[Row], dict[
         w.close()
     sink.close()
     kib = {k: (t / 1024, r / 1024) for k, (t, r) in figures.items()}
-    say("  per widget (traced KiB, RSS KiB): "
-        + ", ".join(f"{k} {t:.1f}, {r:.1f}" for k, (t, r) in kib.items()))
+    say(
+        "  per widget (traced KiB, RSS KiB): "
+        + ", ".join(f"{k} {t:.1f}, {r:.1f}" for k, (t, r) in kib.items())
+    )
     tq = kib["tqdm"]
     rows = []
-    for ref, key, what in (("7a''", "static", "a finished run"),
-                           ("7a'''", "poll", "a run another live process owns (poll mode)")):
+    for ref, key, what in (
+        ("7a''", "static", "a finished run"),
+        ("7a'''", "poll", "a run another live process owns (poll mode)"),
+    ):
         t, r = kib[key]
-        rows.append(Row(ref, f"memory per open panel: `tether.panel(run)` of {what}, 100 log lines, "
-                        f"{n} panels kept open", f"{t:.1f} KiB traced (RSS {r:+.1f} KiB)",
-                        f"`tqdm.notebook` bar: {tq[0]:.1f} KiB traced (RSS {tq[1]:+.1f} KiB)",
-                        t / tq[0] if tq[0] > 0 else None, "(informative)", None))
+        rows.append(
+            Row(
+                ref,
+                f"memory per open panel: `tether.panel(run)` of {what}, 100 log lines, {n} panels kept open",
+                f"{t:.1f} KiB traced (RSS {r:+.1f} KiB)",
+                f"`tqdm.notebook` bar: {tq[0]:.1f} KiB traced (RSS {tq[1]:+.1f} KiB)",
+                t / tq[0] if tq[0] > 0 else None,
+                "(informative)",
+                None,
+            )
+        )
     return rows, {"panel modes seen": ", ".join(sorted(modes))}
 
 
@@ -276,8 +316,17 @@ def main(argv: list[str] | None = None) -> int:
                     rows += got
                     info.update(extra)
                 except ImportError as exc:
-                    rows.append(Row("7a''", "memory per open panel", "", f"not measured: {exc}", None,
-                                    "(informative)", None))
+                    rows.append(
+                        Row(
+                            "7a''",
+                            "memory per open panel",
+                            "",
+                            f"not measured: {exc}",
+                            None,
+                            "(informative)",
+                            None,
+                        )
+                    )
             finally:
                 runner.shutdown_all()
     finally:

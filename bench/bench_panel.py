@@ -57,8 +57,9 @@ print("BENCH", json.dumps({{"cpu": c1 - c0, "wall": w1 - w0, "run": rec.ended_at
 def kernel_cost(calls: int, reps: int, tmp: Path) -> dict[str, Any]:
     from jupyter_client.manager import start_new_kernel
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in [str(TESTS), os.environ.get("PYTHONPATH")] if p))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(p for p in [str(TESTS), os.environ.get("PYTHONPATH")] if p)
+    )
     env.pop("TETHER_DB", None)
     km, kc = start_new_kernel(kernel_name="python3", env=env)
     results: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
@@ -70,8 +71,9 @@ def kernel_cost(calls: int, reps: int, tmp: Path) -> dict[str, Any]:
                 out: list[str] = []
                 msgs = 0
                 comm: set[str] = set()
-                code = KERNEL_RUN.format(db=str(tmp / "kernel.db"), calls=calls,
-                                         tag=f"{variant}-{rep}", show=variant == "with")
+                code = KERNEL_RUN.format(
+                    db=str(tmp / "kernel.db"), calls=calls, tag=f"{variant}-{rep}", show=variant == "with"
+                )
 
                 def hook(msg: dict[str, Any], out: list[str] = out, comm: set[str] = comm) -> None:
                     nonlocal msgs
@@ -100,10 +102,16 @@ def kernel_cost(calls: int, reps: int, tmp: Path) -> dict[str, Any]:
         return statistics.median(100 * r["cpu"] / r["wall"] for r in results[variant])
 
     with_msgs = statistics.median(r["msgs"] / r["run"] for r in results["with"])
-    return {"calls": calls, "reps": reps,
-            "cpu_without": pct("without"), "cpu_with": pct("with"),
-            "run_without": med("without", "run"), "run_with": med("with", "run"),
-            "display": med("with", "display"), "msgs_per_s": with_msgs}
+    return {
+        "calls": calls,
+        "reps": reps,
+        "cpu_without": pct("without"),
+        "cpu_with": pct("with"),
+        "run_without": med("without", "run"),
+        "run_with": med("with", "run"),
+        "display": med("with", "display"),
+        "msgs_per_s": with_msgs,
+    }
 
 
 # -- browser -------------------------------------------------------------------------------------
@@ -146,27 +154,33 @@ def dom_latency(count: int, tmp: Path) -> dict[str, list[float]]:
                 folder.mkdir()
                 db = tmp / f"{mode}.db"
                 if mode == "stream":
-                    show = (f"run = pp.relay.start(folder={str(folder)!r}, count={count}, "
-                            "tag='stream')\nrun")
+                    show = f"run = pp.relay.start(folder={str(folder)!r}, count={count}, tag='stream')\nrun"
                 else:
                     child = subprocess.Popen(
                         [sys.executable, "-c", CHILD_RELAY, str(db), str(folder), str(count)],
-                        env=dict(os.environ, **env), stdout=subprocess.PIPE, text=True)
+                        env=dict(os.environ, **env),
+                        stdout=subprocess.PIPE,
+                        text=True,
+                    )
                     assert child.stdout is not None
                     run_id = child.stdout.readline().strip()
                     show = f"run = tether.get_run({run_id!r})\nrun"
                 name = f"{mode}.ipynb"
-                make_notebook(root / name, [
-                    f"import tether\nfrom helpers import pipes_panel as pp\n"
-                    f"tether.configure(db={str(db)!r})", show])
+                make_notebook(
+                    root / name,
+                    [
+                        f"import tether\nfrom helpers import pipes_panel as pp\n"
+                        f"tether.configure(db={str(db)!r})",
+                        show,
+                    ],
+                )
                 page = browser.new_page(viewport={"width": 1200, "height": 800})
                 page.goto(srv.page_url(name).replace("?", "?reset&", 1))
                 fr = Front(page, name)
                 fr.wait_ready()
                 page.evaluate(RECORD_PHASES)
                 fr.run_all()
-                page.wait_for_selector(f"[data-testid=tether-panel][data-mode={mode}]",
-                                       timeout=30_000)
+                page.wait_for_selector(f"[data-testid=tether-panel][data-mode={mode}]", timeout=30_000)
                 lat = []
                 for i in range(count):
                     # a random pause: samples fall anywhere in the poller's 1 s cycle
@@ -174,10 +188,9 @@ def dom_latency(count: int, tmp: Path) -> dict[str, list[float]]:
                     t = time.time()
                     (folder / str(i)).write_text("go")
                     page.wait_for_function(
-                        "(p) => window.__phases.some(x => x.phase === p)", arg=f"step{i}",
-                        timeout=15_000)
-                    rec = page.evaluate(
-                        "(p) => window.__phases.find(x => x.phase === p).t", f"step{i}")
+                        "(p) => window.__phases.some(x => x.phase === p)", arg=f"step{i}", timeout=15_000
+                    )
+                    rec = page.evaluate("(p) => window.__phases.find(x => x.phase === p).t", f"step{i}")
                     lat.append(rec / 1000 - t)
                 out[mode] = lat
                 page.close()
@@ -203,22 +216,34 @@ def main(argv: list[str] | None = None) -> int:
         k = kernel_cost(calls, reps, tmp)
         extra = 100 * (k["run_with"] / k["run_without"] - 1)
         rows += [
-            (f"kernel process CPU % during a {calls:,}-advance run, no panel",
-             f"{k['cpu_without']:.0f}% (run {k['run_without']:.2f} s)", "(baseline)"),
-            ("kernel process CPU % during the same run, panel displayed",
-             f"{k['cpu_with']:.0f}% (run {k['run_with']:.2f} s)",
-             f"run time {extra:+.1f}% (goal <= +5%)"),
-            ("displaying the panel (create model, open comm, first state)",
-             f"{k['display'] * 1000:.0f} ms", "once per run per kernel"),
+            (
+                f"kernel process CPU % during a {calls:,}-advance run, no panel",
+                f"{k['cpu_without']:.0f}% (run {k['run_without']:.2f} s)",
+                "(baseline)",
+            ),
+            (
+                "kernel process CPU % during the same run, panel displayed",
+                f"{k['cpu_with']:.0f}% (run {k['run_with']:.2f} s)",
+                f"run time {extra:+.1f}% (goal <= +5%)",
+            ),
+            (
+                "displaying the panel (create model, open comm, first state)",
+                f"{k['display'] * 1000:.0f} ms",
+                "once per run per kernel",
+            ),
             ("panel comm messages per second of run", f"{k['msgs_per_s']:.1f}", "goal <= 10"),
         ]
         if not args.no_browser and Path("/usr/bin/chromium").exists():
             lat = dom_latency(count, tmp)
             for mode, goal in (("stream", "goal p50 <= 0.4 s"), ("poll", "goal p50 <= 1.5 s")):
                 xs = sorted(lat[mode])
-                rows.append((f"state change -> DOM, {mode} mode (JupyterLab, n={len(xs)})",
-                             f"p50 {statistics.median(xs) * 1000:.0f} ms, max {xs[-1] * 1000:.0f} ms",
-                             goal))
+                rows.append(
+                    (
+                        f"state change -> DOM, {mode} mode (JupyterLab, n={len(xs)})",
+                        f"p50 {statistics.median(xs) * 1000:.0f} ms, max {xs[-1] * 1000:.0f} ms",
+                        goal,
+                    )
+                )
     print("| figure | value | note |\n|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} |")

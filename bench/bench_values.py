@@ -87,13 +87,19 @@ def bench_array(sizes: dict[str, int], folder: Path) -> list[Row]:
         r_base.append(t2 - t1)
         t_base.append(t2 - t0)
     ours, base = statistics.median(t_ours), statistics.median(t_base)
-    return [Row("10a", f"float64 array result of {sizes['array_mb']} MB: `start()` -> ended, then "
-                f"`get_run(id).result()` (median of {sizes['reps']}, a new file each time)",
-                f"{ours:.2f} s (write {statistics.median(w_ours):.2f} s, read "
-                f"{statistics.median(r_ours):.2f} s)",
-                f"`np.save` + `np.load` {base:.2f} s (write {statistics.median(w_base):.2f} s, read "
-                f"{statistics.median(r_base):.2f} s)",
-                base / ours, "speed ratio >= 0.5", base / ours >= 0.5)]
+    return [
+        Row(
+            "10a",
+            f"float64 array result of {sizes['array_mb']} MB: `start()` -> ended, then "
+            f"`get_run(id).result()` (median of {sizes['reps']}, a new file each time)",
+            f"{ours:.2f} s (write {statistics.median(w_ours):.2f} s, read {statistics.median(r_ours):.2f} s)",
+            f"`np.save` + `np.load` {base:.2f} s (write {statistics.median(w_base):.2f} s, read "
+            f"{statistics.median(r_base):.2f} s)",
+            base / ours,
+            "speed ratio >= 0.5",
+            base / ours >= 0.5,
+        )
+    ]
 
 
 def bench_frame(sizes: dict[str, int], folder: Path) -> list[Row]:
@@ -103,13 +109,15 @@ def bench_frame(sizes: dict[str, int], folder: Path) -> list[Row]:
     import pyarrow.parquet as pq
 
     rows = sizes["rows"]
-    frame = pd.DataFrame({
-        "id": np.arange(rows, dtype=np.int64),
-        "x": np.linspace(0, 1, rows),
-        "name": [f"user{i % 10_000}" for i in range(rows)],
-        "when": pd.date_range("2024-01-01", periods=rows, freq="s"),
-        "kind": pd.Categorical(np.array(["a", "b", "c"])[np.arange(rows) % 3]),
-    })
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(rows, dtype=np.int64),
+            "x": np.linspace(0, 1, rows),
+            "name": [f"user{i % 10_000}" for i in range(rows)],
+            "when": pd.date_range("2024-01-01", periods=rows, freq="s"),
+            "kind": pd.Categorical(np.array(["a", "b", "c"])[np.arange(rows) % 3]),
+        }
+    )
     t_ours, t_base, w_ours, r_ours, w_base, r_base = [], [], [], [], [], []
     for rep in range(sizes["reps"]):
         frame.iloc[0, 0] = rep  # new content: a new file each time
@@ -133,14 +141,20 @@ def bench_frame(sizes: dict[str, int], folder: Path) -> list[Row]:
         r_base.append(t2 - t1)
         t_base.append(t2 - t0)
     ours, base = statistics.median(t_ours), statistics.median(t_base)
-    return [Row("10b", f"DataFrame result of {rows:,} rows x 5 columns (int, float, str, datetime, "
-                f"category): `start()` -> ended, then `get_run(id).result()` (median of "
-                f"{sizes['reps']})",
-                f"{ours:.2f} s (write {statistics.median(w_ours):.2f} s, read "
-                f"{statistics.median(r_ours):.2f} s)",
-                f"Parquet via pyarrow (`write_table` + `read_table().to_pandas()`) {base:.2f} s "
-                f"(write {statistics.median(w_base):.2f} s, read {statistics.median(r_base):.2f} s)",
-                base / ours, "speed ratio >= 0.5", base / ours >= 0.5)]
+    return [
+        Row(
+            "10b",
+            f"DataFrame result of {rows:,} rows x 5 columns (int, float, str, datetime, "
+            f"category): `start()` -> ended, then `get_run(id).result()` (median of "
+            f"{sizes['reps']})",
+            f"{ours:.2f} s (write {statistics.median(w_ours):.2f} s, read {statistics.median(r_ours):.2f} s)",
+            f"Parquet via pyarrow (`write_table` + `read_table().to_pandas()`) {base:.2f} s "
+            f"(write {statistics.median(w_base):.2f} s, read {statistics.median(r_base):.2f} s)",
+            base / ours,
+            "speed ratio >= 0.5",
+            base / ours >= 0.5,
+        )
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,9 +185,17 @@ def main(argv: list[str] | None = None) -> int:
             runner.shutdown_all()
         size = sum(os.path.getsize(p) for p in (db, Path(f"{db}-wal")) if p.exists())
         files = sum(f.stat().st_size for f in Path(f"{db}.artifacts").glob("*/*"))
-        rows.append(Row("10c", "database size (file + WAL) after 10a and 10b; the values' files "
-                        "beside it", f"{size / 1024:.0f} KiB (files: {files / 1e6:,.0f} MB)",
-                        "", None, "< 1 MiB", size < 1 << 20))
+        rows.append(
+            Row(
+                "10c",
+                "database size (file + WAL) after 10a and 10b; the values' files beside it",
+                f"{size / 1024:.0f} KiB (files: {files / 1e6:,.0f} MB)",
+                "",
+                None,
+                "< 1 MiB",
+                size < 1 << 20,
+            )
+        )
     report(rows, info, watch, pc() - start, args.json)
     return 0
 

@@ -19,8 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CpuWatch", "Row", "dump", "machine", "ms", "ns", "pct", "say", "table", "version_of",
-           "wait_idle"]
+__all__ = ["CpuWatch", "Row", "dump", "machine", "ms", "ns", "pct", "say", "table", "version_of", "wait_idle"]
 
 
 @dataclass
@@ -44,18 +43,25 @@ class Row:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Row:
-        return cls(str(d["ref"]), str(d["name"]), str(d["tether"]), str(d["baseline"]),
-                   None if d.get("ratio") is None else float(d["ratio"]), str(d["goal"]),
-                   None if d.get("ok") is None else bool(d["ok"]))
+        return cls(
+            str(d["ref"]),
+            str(d["name"]),
+            str(d["tether"]),
+            str(d["baseline"]),
+            None if d.get("ratio") is None else float(d["ratio"]),
+            str(d["goal"]),
+            None if d.get("ok") is None else bool(d["ok"]),
+        )
 
 
 def table(rows: Sequence[Row]) -> str:
-    out = ["| # | figure | tether | baseline / peer | ratio | goal | result |",
-           "|---|---|---|---|---|---|---|"]
+    out = [
+        "| # | figure | tether | baseline / peer | ratio | goal | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
-        out.append(f"| {r.ref} | {r.name} | {r.tether} | {r.baseline} | {ratio} | {r.goal} | "
-                   f"{r.verdict} |")
+        out.append(f"| {r.ref} | {r.name} | {r.tether} | {r.baseline} | {ratio} | {r.goal} | {r.verdict} |")
     return "\n".join(out)
 
 
@@ -64,8 +70,14 @@ def dump(path: str | os.PathLike[str], rows: Sequence[Row], info: dict[str, Any]
     Path(path).write_text(json.dumps({"info": info, "rows": [asdict(r) for r in rows]}, indent=1))
 
 
-def report(rows: Sequence[Row], info: dict[str, Any], watch: CpuWatch, seconds: float,
-           json_path: str | os.PathLike[str] | None, head: str = "") -> None:
+def report(
+    rows: Sequence[Row],
+    info: dict[str, Any],
+    watch: CpuWatch,
+    seconds: float,
+    json_path: str | os.PathLike[str] | None,
+    head: str = "",
+) -> None:
     """The end of every section script: the table, a PASS/MISS summary with the CPU other
     processes took, and the ``--json`` file for bench/run.py."""
     misses = sum(r.ok is False for r in rows)
@@ -144,10 +156,16 @@ def _commit() -> str:
     """`` at commit abc1234`` (``+ changes`` if src/ differs from it), or '' outside a git clone."""
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
-                              capture_output=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=root, text=True,
-                               capture_output=True, timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True, capture_output=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=root,
+            text=True,
+            capture_output=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     if head.returncode != 0:

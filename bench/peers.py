@@ -207,13 +207,21 @@ def launch_dbos(path: Path) -> str:
     conn.close()
     if mode != "wal":
         raise SystemExit(f"could not switch {path} to WAL (journal_mode={mode})")
-    DBOS(config={"name": "tether-peers", "system_database_url": f"sqlite:///{path}",
-                 "run_admin_server": False, "log_level": "WARNING"})
+    DBOS(
+        config={
+            "name": "tether-peers",
+            "system_database_url": f"sqlite:///{path}",
+            "run_admin_server": False,
+            "log_level": "WARNING",
+        }
+    )
     DBOS.launch()
-    return (f"system database sqlite:///…/{path.name}; {pragmas(path)} (WAL set on the file by this "
-            "script before launch: DBOS does not set a journal mode; synchronous: DBOS does not set "
-            "it); DBOS connections: busy_timeout=30000, foreign_keys=ON, BEGIN IMMEDIATE; workflow "
-            "called directly inside SetWorkflowID")
+    return (
+        f"system database sqlite:///…/{path.name}; {pragmas(path)} (WAL set on the file by this "
+        "script before launch: DBOS does not set a journal mode; synchronous: DBOS does not set "
+        "it); DBOS connections: busy_timeout=30000, foreign_keys=ON, BEGIN IMMEDIATE; workflow "
+        "called directly inside SetWorkflowID"
+    )
 
 
 def bench_durable(sz: Sizes, tether_db: Path, dbos_db: Path) -> list[Row]:
@@ -230,7 +238,9 @@ def bench_durable(sz: Sizes, tether_db: Path, dbos_db: Path) -> list[Row]:
     for b in range(sz.batches):
         ids = range(b * sz.batch_runs, (b + 1) * sz.batch_runs)
         sides: list[tuple[Callable[[int], float], list[float], list[float]]] = [
-            (tether_run, lat_t, rate_t), (dbos_run, lat_d, rate_d)]
+            (tether_run, lat_t, rate_t),
+            (dbos_run, lat_d, rate_d),
+        ]
         if b % 2:
             sides.reverse()
         for fn, lat, rate in sides:
@@ -240,15 +250,24 @@ def bench_durable(sz: Sizes, tether_db: Path, dbos_db: Path) -> list[Row]:
             rate.append(sz.batch_runs / (pc() - t0))
     n = sz.batches * sz.batch_runs
     rt, rd = statistics.median(rate_t), statistics.median(rate_d)
-    say(f"  2a: tether {rt:,.0f} runs/s ({', '.join(f'{r:,.0f}' for r in rate_t)}), p50 "
+    say(
+        f"  2a: tether {rt:,.0f} runs/s ({', '.join(f'{r:,.0f}' for r in rate_t)}), p50 "
         f"{ms(pct(lat_t, 0.5))}; DBOS {rd:,.0f} runs/s ({', '.join(f'{r:,.0f}' for r in rate_d)}), "
-        f"p50 {ms(pct(lat_d, 0.5))}")
-    rows = [Row("2a", f"durable trivial runs (3 checkpointed steps), {n} runs one after the other: "
-                f"throughput (median of {sz.batches} interleaved batches of {sz.batch_runs}) and "
-                "latency start -> result",
-                f"{rt:,.0f} runs/s, p50 {ms(pct(lat_t, 0.5))}, p99 {ms(pct(lat_t, 0.99))}",
-                f"DBOS on SQLite (WAL) {rd:,.0f} runs/s, p50 {ms(pct(lat_d, 0.5))}, p99 "
-                f"{ms(pct(lat_d, 0.99))}", rt / rd, "ratio >= 10", rt / rd >= 10)]
+        f"p50 {ms(pct(lat_d, 0.5))}"
+    )
+    rows = [
+        Row(
+            "2a",
+            f"durable trivial runs (3 checkpointed steps), {n} runs one after the other: "
+            f"throughput (median of {sz.batches} interleaved batches of {sz.batch_runs}) and "
+            "latency start -> result",
+            f"{rt:,.0f} runs/s, p50 {ms(pct(lat_t, 0.5))}, p99 {ms(pct(lat_t, 0.99))}",
+            f"DBOS on SQLite (WAL) {rd:,.0f} runs/s, p50 {ms(pct(lat_d, 0.5))}, p99 {ms(pct(lat_d, 0.99))}",
+            rt / rd,
+            "ratio >= 10",
+            rt / rd >= 10,
+        )
+    ]
 
     # 7b: bytes per run
     end_t, end_d = db_bytes(tether_db), db_bytes(dbos_db)
@@ -257,13 +276,22 @@ def bench_durable(sz: Sizes, tether_db: Path, dbos_db: Path) -> list[Row]:
     if all_t != all_d or all_t != n + sz.warmup:
         raise SystemExit(f"runs stored: tether {all_t}, DBOS {all_d}, expected {n + sz.warmup}")
     per_t, per_d = (end_t - base_t) / n, (end_d - base_d) / n
-    say(f"  7b: tether {end_t:,} B for {all_t} runs ({per_t:,.0f} B/run over the {n} measured); "
-        f"DBOS {end_d:,} B ({per_d:,.0f} B/run)")
-    rows.append(Row("7b", f"database bytes per run (file + WAL after a TRUNCATE checkpoint): growth "
-                    f"over the {n} runs of 2a / {n} (in brackets: total size / all {all_t} runs)",
-                    f"{kb(per_t)} ({kb(end_t / all_t)})",
-                    f"DBOS {kb(per_d)} ({kb(end_d / all_d)})", per_t / per_d, "ratio <= 1",
-                    per_t <= per_d))
+    say(
+        f"  7b: tether {end_t:,} B for {all_t} runs ({per_t:,.0f} B/run over the {n} measured); "
+        f"DBOS {end_d:,} B ({per_d:,.0f} B/run)"
+    )
+    rows.append(
+        Row(
+            "7b",
+            f"database bytes per run (file + WAL after a TRUNCATE checkpoint): growth "
+            f"over the {n} runs of 2a / {n} (in brackets: total size / all {all_t} runs)",
+            f"{kb(per_t)} ({kb(end_t / all_t)})",
+            f"DBOS {kb(per_d)} ({kb(end_d / all_d)})",
+            per_t / per_d,
+            "ratio <= 1",
+            per_t <= per_d,
+        )
+    )
 
     # 3: idempotent re-start of a finished key, in blocks of BLOCK calls per form (call by call,
     # each side would mostly measure the cold caches the other one left)
@@ -274,7 +302,7 @@ def bench_durable(sz: Sizes, tether_db: Path, dbos_db: Path) -> list[Row]:
     d_call: list[float] = []
     d_start: list[float] = []
     for b in range(0, len(keys), BLOCK):
-        block = keys[b:b + BLOCK]
+        block = keys[b : b + BLOCK]
         for i in block:
             t0 = pc()
             run = three_steps.start(i=i)
@@ -306,14 +334,23 @@ def bench_durable(sz: Sizes, tether_db: Path, dbos_db: Path) -> list[Row]:
     t50, r50 = pct(st, 0.5), pct(st_res, 0.5)
     c50, s50 = pct(d_call, 0.5), pct(d_start, 0.5)
     base = min(c50, s50)
-    say(f"  3: tether start() p50 {ms(t50)} (+ result() {ms(r50)}); DBOS call {ms(c50)}, "
-        f"start_workflow {ms(s50)}")
-    rows.insert(1, Row(
-        "3", f"idempotent re-start of a finished run (same params / same workflow id), "
-        f"{len(keys)} calls per form", f"`start()` p50 {ms(t50)}, p99 {ms(pct(st, 0.99))} "
-        f"(`start().result()` p50 {ms(r50)})",
-        f"DBOS `SetWorkflowID` + call p50 {ms(c50)}, + `start_workflow` p50 {ms(s50)}",
-        t50 / base, "ratio <= 0.1", t50 / base <= 0.1))
+    say(
+        f"  3: tether start() p50 {ms(t50)} (+ result() {ms(r50)}); DBOS call {ms(c50)}, "
+        f"start_workflow {ms(s50)}"
+    )
+    rows.insert(
+        1,
+        Row(
+            "3",
+            f"idempotent re-start of a finished run (same params / same workflow id), "
+            f"{len(keys)} calls per form",
+            f"`start()` p50 {ms(t50)}, p99 {ms(pct(st, 0.99))} (`start().result()` p50 {ms(r50)})",
+            f"DBOS `SetWorkflowID` + call p50 {ms(c50)}, + `start_workflow` p50 {ms(s50)}",
+            t50 / base,
+            "ratio <= 0.1",
+            t50 / base <= 0.1,
+        ),
+    )
     return rows
 
 
@@ -335,8 +372,9 @@ def tether_single(i: int) -> float:
     return spent
 
 
-def huey_latencies(huey: Any, task: Any, n: int, first: int, consumer_opts: dict[str, float],
-                   result_opts: dict[str, float]) -> tuple[list[float], list[float]]:
+def huey_latencies(
+    huey: Any, task: Any, n: int, first: int, consumer_opts: dict[str, float], result_opts: dict[str, float]
+) -> tuple[list[float], list[float]]:
     """Runs ``n`` Huey tasks and ``n`` tether runs, alternating blocks; returns (tether, huey)
     latencies."""
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
@@ -379,25 +417,43 @@ def bench_huey(sz: Sizes, tmp: Path) -> tuple[list[Row], str]:
     lat_t, lat_h = huey_latencies(huey, value_task, n, 1_000_000, {}, {})
     t50, h50 = pct(lat_t, 0.5), pct(lat_h, 0.5)
     say(f"  2b: tether p50 {ms(t50)}; Huey (defaults) p50 {ms(h50)}")
-    rows = [Row("2b", f"single run, start -> result, trivial body returning a value ({n} runs each, "
-                f"alternating blocks of {BLOCK})", f"p50 {ms(t50)}, p99 {ms(pct(lat_t, 0.99))}",
-                f"Huey `SqliteHuey`, in-process thread consumer, documented defaults: p50 "
-                f"{ms(h50)}, p99 {ms(pct(lat_h, 0.99))}", t50 / h50, "ratio <= 0.2", t50 / h50 <= 0.2)]
+    rows = [
+        Row(
+            "2b",
+            f"single run, start -> result, trivial body returning a value ({n} runs each, "
+            f"alternating blocks of {BLOCK})",
+            f"p50 {ms(t50)}, p99 {ms(pct(lat_t, 0.99))}",
+            f"Huey `SqliteHuey`, in-process thread consumer, documented defaults: p50 "
+            f"{ms(h50)}, p99 {ms(pct(lat_h, 0.99))}",
+            t50 / h50,
+            "ratio <= 0.2",
+            t50 / h50 <= 0.2,
+        )
+    ]
     lat_t, lat_h = huey_latencies(huey, value_task, n, 2_000_000, HUEY_FAST, RESULT_FAST)
     t50, h50 = pct(lat_t, 0.5), pct(lat_h, 0.5)
     say(f"  2c: tether p50 {ms(t50)}; Huey (1 ms polls) p50 {ms(h50)}")
-    rows.append(Row("2c", f"the same, Huey polling every 1 ms ({n} runs each, alternating blocks of {BLOCK})",
-                    f"p50 {ms(t50)}, p99 {ms(pct(lat_t, 0.99))}",
-                    f"Huey, worker and result polls every 1 ms: p50 {ms(h50)}, p99 "
-                    f"{ms(pct(lat_h, 0.99))}", t50 / h50, "(informative)", None))
-    settings = (f"SqliteHuey defaults ({pragmas(tmp / 'huey.db')}, cache_mb=8, fsync unset); "
-                "consumer `huey.create_consumer(workers=1, worker_type='thread')` + `start()` in "
-                "this process; 2b: its documented defaults, the worker polls the queue after "
-                "initial_delay=0.1 s, x backoff=1.15 per empty poll, up to max_delay=10 s; "
-                "`result.get(blocking=True)` polls from 0.05 s, x1.15, up to 1.0 s. 2c: "
-                "initial_delay=0.001, backoff=1.0, max_delay=0.001 and "
-                "`get(blocking=True, backoff=1.0, max_delay=0.001)` (huey documents no lower bound "
-                "for the delay; backoff must be >= 1)")
+    rows.append(
+        Row(
+            "2c",
+            f"the same, Huey polling every 1 ms ({n} runs each, alternating blocks of {BLOCK})",
+            f"p50 {ms(t50)}, p99 {ms(pct(lat_t, 0.99))}",
+            f"Huey, worker and result polls every 1 ms: p50 {ms(h50)}, p99 {ms(pct(lat_h, 0.99))}",
+            t50 / h50,
+            "(informative)",
+            None,
+        )
+    )
+    settings = (
+        f"SqliteHuey defaults ({pragmas(tmp / 'huey.db')}, cache_mb=8, fsync unset); "
+        "consumer `huey.create_consumer(workers=1, worker_type='thread')` + `start()` in "
+        "this process; 2b: its documented defaults, the worker polls the queue after "
+        "initial_delay=0.1 s, x backoff=1.15 per empty poll, up to max_delay=10 s; "
+        "`result.get(blocking=True)` polls from 0.05 s, x1.15, up to 1.0 s. 2c: "
+        "initial_delay=0.001, backoff=1.0, max_delay=0.001 and "
+        "`get(blocking=True, backoff=1.0, max_delay=0.001)` (huey documents no lower bound "
+        "for the delay; backoff must be >= 1)"
+    )
     return rows, settings
 
 
@@ -408,9 +464,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run (< 40 s)")
     ap.add_argument("--json", metavar="OUT", help="also write the rows as JSON (for bench/run.py)")
-    ap.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
-                    help="first wait up to SECONDS for other processes to leave >= 90%% of the CPU "
-                         "idle (a shared machine)")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for other processes to leave >= 90%% of the CPU "
+        "idle (a shared machine)",
+    )
     args = ap.parse_args(argv)
     sz = QUICK if args.quick else FULL
     info = machine()
@@ -435,10 +496,11 @@ def main(argv: list[str] | None = None) -> int:
             if DBOS is None:
                 info["dbos settings"] = "not measured: DBOS is not installed"
                 say(f"DBOS is not installed: its rows are not measured ({INSTALL})")
-                rows += [not_installed("2a", "durable trivial runs, throughput", "DBOS", "ratio >= 10"),
-                         not_installed("3", "idempotent re-start of a finished run", "DBOS",
-                                       "ratio <= 0.1"),
-                         not_installed("7b", "database bytes per run", "DBOS", "ratio <= 1")]
+                rows += [
+                    not_installed("2a", "durable trivial runs, throughput", "DBOS", "ratio >= 10"),
+                    not_installed("3", "idempotent re-start of a finished run", "DBOS", "ratio <= 0.1"),
+                    not_installed("7b", "database bytes per run", "DBOS", "ratio <= 1"),
+                ]
             else:
                 say(f"[2a, 3, 7b] tether vs DBOS: {n} durable runs, re-starts, bytes ...")
                 dbos_db = tmp / "dbos.sqlite"
@@ -450,9 +512,10 @@ def main(argv: list[str] | None = None) -> int:
             if SqliteHuey is None:
                 info["huey settings"] = "not measured: Huey is not installed"
                 say(f"Huey is not installed: its rows are not measured ({INSTALL})")
-                rows += [not_installed("2b", "single run, start -> result", "Huey", "ratio <= 0.2"),
-                         not_installed("2c", "single run, Huey polling every 1 ms", "Huey",
-                                       "(informative)")]
+                rows += [
+                    not_installed("2b", "single run, start -> result", "Huey", "ratio <= 0.2"),
+                    not_installed("2c", "single run, Huey polling every 1 ms", "Huey", "(informative)"),
+                ]
             else:
                 say(f"[2b, 2c] tether vs Huey: {sz.single_runs} single runs, twice ...")
                 huey_rows, info["huey settings"] = bench_huey(sz, tmp)
@@ -462,8 +525,14 @@ def main(argv: list[str] | None = None) -> int:
     order = {"2a": 0, "2b": 1, "2c": 2, "3": 3, "7b": 4}
     rows.sort(key=lambda r: order.get(r.ref, 9))
     head = "\n".join(f"- **{k}**: {v}" for k, v in info.items())
-    report(rows, info, watch, pc() - started, args.json,
-           head=f"## tether vs peers ({'quick' if args.quick else 'full'})\n\n{head}\n\n")
+    report(
+        rows,
+        info,
+        watch,
+        pc() - started,
+        args.json,
+        head=f"## tether vs peers ({'quick' if args.quick else 'full'})\n\n{head}\n\n",
+    )
     return 0
 
 

@@ -331,8 +331,9 @@ next run to reuse (up to 8 idle), and connections of other ended threads are clo
 }
 
 
-def _sections_text(sections: Sequence[tuple[Sequence[str], str, dict[str, Any], str | None]],
-                   base: dict[str, str]) -> str:
+def _sections_text(
+    sections: Sequence[tuple[Sequence[str], str, dict[str, Any], str | None]], base: dict[str, str]
+) -> str:
     out = []
     for refs, title, info, error in sections:
         extra = {k: v for k, v in info.items() if k not in SKIP and (k not in base or v != base[k])}
@@ -355,13 +356,24 @@ def _misses_text(rows: Sequence[Row]) -> str:
     return "\n\n".join(parts)
 
 
-def write_doc(*, command: str, machine: dict[str, str], rows: Sequence[Row], summary: str,
-              per_section: str, sections: Sequence[tuple[Sequence[str], str, dict[str, Any],
-                                                         str | None]]) -> None:
+def write_doc(
+    *,
+    command: str,
+    machine: dict[str, str],
+    rows: Sequence[Row],
+    summary: str,
+    per_section: str,
+    sections: Sequence[tuple[Sequence[str], str, dict[str, Any], str | None]],
+) -> None:
     text = HEAD.format(
-        date=time.strftime("%Y-%m-%d %H:%M %Z"), command=command,
-        machine="\n".join(f"- **{k}**: {v}" for k, v in machine.items()), table=table(rows),
-        summary=summary, per_section=per_section, misses=_misses_text(rows),
-        sections=_sections_text(sections, machine))
+        date=time.strftime("%Y-%m-%d %H:%M %Z"),
+        command=command,
+        machine="\n".join(f"- **{k}**: {v}" for k, v in machine.items()),
+        table=table(rows),
+        summary=summary,
+        per_section=per_section,
+        misses=_misses_text(rows),
+        sections=_sections_text(sections, machine),
+    )
     DOC.write_text(text + "\n" + FIGURES)
     say(f"wrote {DOC}")

@@ -55,8 +55,12 @@ SECTIONS = (
     Section(("6",), "fan-out", ("bench_fanout.py",), 200),
     Section(("7a",), "memory", ("bench_memory.py",), 120),
     Section(("8",), "import time", ("bench_import.py",), 120),
-    Section(("9",), "start() latency", ("bench_engine.py", "--only", "attach", "--only", "first",
-                                        "--only", "claim"), 120),
+    Section(
+        ("9",),
+        "start() latency",
+        ("bench_engine.py", "--only", "attach", "--only", "first", "--only", "claim"),
+        120,
+    ),
     Section(("10",), "values: arrays and frames", ("bench_values.py",), 150),
 )
 
@@ -65,8 +69,9 @@ def selected(only: list[str] | None) -> list[Section]:
     if not only:
         return list(SECTIONS)
     want = set(only)
-    return [s for s in SECTIONS if want & set(s.refs) or ("7" in want and any(
-        r.startswith("7") for r in s.refs))]
+    return [
+        s for s in SECTIONS if want & set(s.refs) or ("7" in want and any(r.startswith("7") for r in s.refs))
+    ]
 
 
 def ref_key(ref: str) -> tuple[int, str, int]:
@@ -100,8 +105,9 @@ def run_section(sec: Section, quick: bool, tmp: Path) -> Outcome:
     tail: deque[str] = deque(maxlen=20)
     stdout = tmp / "stdout.txt"
     with open(stdout, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True, cwd=tmp)
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=tmp
+        )
 
         def pump() -> None:
             assert proc.stderr is not None
@@ -128,8 +134,15 @@ def run_section(sec: Section, quick: bool, tmp: Path) -> Outcome:
     if error is not None:
         text = stdout.read_text()[-2000:]
         say(f"  section failed: {error}\n{text}")
-        row = Row(sec.refs[0], f"section {', '.join(sec.refs)}: {sec.title}", "not measured",
-                  f"`{' '.join(sec.args)}` failed: {error}", None, "", None)
+        row = Row(
+            sec.refs[0],
+            f"section {', '.join(sec.refs)}: {sec.title}",
+            "not measured",
+            f"`{' '.join(sec.args)}` failed: {error}",
+            None,
+            "",
+            None,
+        )
         return Outcome(sec, [row], {}, seconds, others, error)
     data = json.loads(out.read_text())
     rows = [Row.from_dict(d) for d in data.get("rows", [])]
@@ -139,13 +152,24 @@ def run_section(sec: Section, quick: bool, tmp: Path) -> Outcome:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, a smoke run (< 2 min)")
-    ap.add_argument("--only", action="append", choices=CHOICES, metavar="N",
-                    help=f"run only the section(s) of figure N (repeatable): {', '.join(CHOICES)}")
-    ap.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
-                    help="first wait up to SECONDS for other processes to leave >= 90%% of the CPU "
-                         "idle, and up to 30 s more before each section (a shared machine)")
-    ap.add_argument("--write-docs", action="store_true",
-                    help="rewrite docs/performance.md with this run's table")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=CHOICES,
+        metavar="N",
+        help=f"run only the section(s) of figure N (repeatable): {', '.join(CHOICES)}",
+    )
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for other processes to leave >= 90%% of the CPU "
+        "idle, and up to 30 s more before each section (a shared machine)",
+    )
+    ap.add_argument(
+        "--write-docs", action="store_true", help="rewrite docs/performance.md with this run's table"
+    )
     args = ap.parse_args(argv)
     sections = selected(args.only)
     info = machine()
@@ -174,19 +198,33 @@ def main(argv: list[str] | None = None) -> int:
     if others is not None:
         summary += f" Other processes used {others:.0%} of the machine's CPU meanwhile"
         summary += " (busy machine: the figures are pessimistic)." if others > 0.10 else "."
-    per = "; ".join(f"{', '.join(o.section.refs)} {o.seconds:.0f} s"
-                    + ("" if o.others is None else f" (others {o.others:.0%})") for o in outcomes)
+    per = "; ".join(
+        f"{', '.join(o.section.refs)} {o.seconds:.0f} s"
+        + ("" if o.others is None else f" (others {o.others:.0%})")
+        for o in outcomes
+    )
     mode = "quick" if args.quick else "full"
-    print(f"## tether benchmarks ({mode})\n\n{head}\n\n{table(rows)}\n\n{summary}\n\nPer section: "
-          f"{per}.", flush=True)
+    print(
+        f"## tether benchmarks ({mode})\n\n{head}\n\n{table(rows)}\n\n{summary}\n\nPer section: {per}.",
+        flush=True,
+    )
     if args.write_docs:
         if args.quick or args.only:
             say("note: --write-docs with --quick/--only writes a partial or noisy table")
-        command = "python bench/run.py" + (" --quick" if args.quick else "") + "".join(
-            f" --only {s}" for s in args.only or ()) + (
-            f" --wait-idle {args.wait_idle:g}" if args.wait_idle else "")
-        write_doc(command=command, machine=info, rows=rows, summary=summary, per_section=per,
-                  sections=[(o.section.refs, o.section.title, o.info, o.error) for o in outcomes])
+        command = (
+            "python bench/run.py"
+            + (" --quick" if args.quick else "")
+            + "".join(f" --only {s}" for s in args.only or ())
+            + (f" --wait-idle {args.wait_idle:g}" if args.wait_idle else "")
+        )
+        write_doc(
+            command=command,
+            machine=info,
+            rows=rows,
+            summary=summary,
+            per_section=per,
+            sections=[(o.section.refs, o.section.title, o.info, o.error) for o in outcomes],
+        )
     return 0
 
 

@@ -89,51 +89,89 @@ def bench_load(work: Path, quick: bool) -> list[str]:
     say(f"load: {procs} processes x {keys} keys starting at once (new database) ...")
     race = harness.start_race(work / "race", procs=procs, keys=keys, hold=0.2)
     ok = not race["errors"] and race["runs"] == keys and not race["keys_with_more_than_one_run"]
-    rows.append(row(f"{procs} processes x {keys} keys, `start()` at once: runs per key, errors",
-                    f"{race['runs']} runs for {race['keys_with_runs']} keys, "
-                    f"{len(race['errors'])} errors, {race['attached_to_active']} calls attached "
-                    f"to an active run, wall {race['wall']:.1f} s",
-                    "exactly 1 run per key, 0 errors", ok))
-    rows.append(row("... `start()` latency in that race", f"p50 {ms(race['start_p50'])}, "
-                    f"worst process p99 {ms(race['start_p99_worst'])}, max {ms(race['start_max'])}"))
+    rows.append(
+        row(
+            f"{procs} processes x {keys} keys, `start()` at once: runs per key, errors",
+            f"{race['runs']} runs for {race['keys_with_runs']} keys, "
+            f"{len(race['errors'])} errors, {race['attached_to_active']} calls attached "
+            f"to an active run, wall {race['wall']:.1f} s",
+            "exactly 1 run per key, 0 errors",
+            ok,
+        )
+    )
+    rows.append(
+        row(
+            "... `start()` latency in that race",
+            f"p50 {ms(race['start_p50'])}, "
+            f"worst process p99 {ms(race['start_p99_worst'])}, max {ms(race['start_max'])}",
+        )
+    )
     lines = 300 if quick else 2000
     results = {}
     for label, readers in (("without readers", False), ("with readers", True)):
         say(f"load: 8 runs x {lines} log lines in 4 processes, {label} ...")
         results[label] = harness.readers_writers(
-            work / label.replace(" ", "-"), runs=8, writer_procs=4, lines=lines, pace=0.005,
-            pollers=2 if readers else 0, dashboard=readers, cli=readers)
+            work / label.replace(" ", "-"),
+            runs=8,
+            writer_procs=4,
+            lines=lines,
+            pace=0.005,
+            pollers=2 if readers else 0,
+            dashboard=readers,
+            cli=readers,
+        )
     base, rw = results["without readers"], results["with readers"]
     errors = base["errors"] + rw["errors"]
-    ok = not errors and all(v == lines for v in rw["stored_logs"].values()) and all(
-        seen == rw["stored_logs"] for seen in rw["reader_logs"])
-    rows.append(row("8 runs writing logs + progress while 2 pollers (`store.get` + "
-                    "`store.events(after=)`), a dashboard (`store.list_runs(limit=50)`) and a "
-                    "`tether ls` loop read: errors, events stored and seen",
-                    f"{len(errors)} errors; {sum(rw['stored_logs'].values()):,} log events stored, "
-                    f"every one seen by each poller; {rw['cli_runs']} `tether ls` runs",
-                    "0 errors, nothing missing", ok))
+    ok = (
+        not errors
+        and all(v == lines for v in rw["stored_logs"].values())
+        and all(seen == rw["stored_logs"] for seen in rw["reader_logs"])
+    )
+    rows.append(
+        row(
+            "8 runs writing logs + progress while 2 pollers (`store.get` + "
+            "`store.events(after=)`), a dashboard (`store.list_runs(limit=50)`) and a "
+            "`tether ls` loop read: errors, events stored and seen",
+            f"{len(errors)} errors; {sum(rw['stored_logs'].values()):,} log events stored, "
+            f"every one seen by each poller; {rw['cli_runs']} `tether ls` runs",
+            "0 errors, nothing missing",
+            ok,
+        )
+    )
     for label, r in results.items():
-        rows.append(row(f"flush transaction (`Store.flush`, incl. waiting for the write lock), "
-                        f"{label}", f"p50 {ms(r['flush_p50'])}, p99 {ms(r['flush_p99'])}, "
-                        f"max {ms(r['flush_max'])} ({r['flushes']} flushes)"))
+        rows.append(
+            row(
+                f"flush transaction (`Store.flush`, incl. waiting for the write lock), {label}",
+                f"p50 {ms(r['flush_p50'])}, p99 {ms(r['flush_p99'])}, "
+                f"max {ms(r['flush_max'])} ({r['flushes']} flushes)",
+            )
+        )
     for label, r in results.items():
         if r["visible_n"]:
-            rows.append(row(f"`ctx.log()` in the body to the line visible to a poller, {label}",
-                            f"p50 {ms(r['visible_p50'])}, p99 {ms(r['visible_p99'])}, "
-                            f"max {ms(r['visible_max'])} ({r['visible_n']:,} lines)",
-                            "p99 <= flush_interval (250 ms) + 50 ms",
-                            r["visible_p99"] <= 0.300))
-    rows.append(row("one poller pass over the 8 runs / one dashboard query, under that load",
-                    f"p99 {ms(rw['poll_call_p99'])} / p99 {ms(rw['dashboard_call_p99'])}"))
+            rows.append(
+                row(
+                    f"`ctx.log()` in the body to the line visible to a poller, {label}",
+                    f"p50 {ms(r['visible_p50'])}, p99 {ms(r['visible_p99'])}, "
+                    f"max {ms(r['visible_max'])} ({r['visible_n']:,} lines)",
+                    "p99 <= flush_interval (250 ms) + 50 ms",
+                    r["visible_p99"] <= 0.300,
+                )
+            )
+    rows.append(
+        row(
+            "one poller pass over the 8 runs / one dashboard query, under that load",
+            f"p99 {ms(rw['poll_call_p99'])} / p99 {ms(rw['dashboard_call_p99'])}",
+        )
+    )
     return rows
 
 
 # -- scale -------------------------------------------------------------------------------------
 
 
-def fill(db: Path, n_runs: int, n_events: int, heavy: int, heavy_events: int,
-         owner: tuple[str, int, float]) -> dict[str, Any]:
+def fill(
+    db: Path, n_runs: int, n_events: int, heavy: int, heavy_events: int, owner: tuple[str, int, float]
+) -> dict[str, Any]:
     """``n_runs`` runs and ``n_events`` events, written with raw executemany in tether's schema.
 
     ``heavy`` runs carry ``heavy_events`` events each; the rest share the remainder. A few runs are
@@ -169,16 +207,44 @@ def fill(db: Path, n_runs: int, n_events: int, heavy: int, heavy_events: int,
         if status == "running":
             running_ids.append(rid)
         alive = status == "running"
-        err = None if status in ("succeeded", "running") else json.dumps(
-            {"type": "RuntimeError", "message": f"run {i} {status}", "traceback": ""})
-        runs.append((
-            rid, f"bench.p{i % 20}:{i:016x}", 1, f"bench.p{i % 20}", None, json.dumps({"i": i}),
-            status, "work", '["setup","work"]', '["setup"]', n, n, f"processed item {n}", err,
-            '{"ok":true}' if status == "succeeded" else None, created, created + 0.01,
-            None if alive else created + 60, now if alive else created + 60,
-            host if alive else None, pid if alive else None, started if alive else None,
-            instance if alive else None, instance if alive else None,
-            now + 86_400 if alive else None, 0, None, "start", n))
+        err = (
+            None
+            if status in ("succeeded", "running")
+            else json.dumps({"type": "RuntimeError", "message": f"run {i} {status}", "traceback": ""})
+        )
+        runs.append(
+            (
+                rid,
+                f"bench.p{i % 20}:{i:016x}",
+                1,
+                f"bench.p{i % 20}",
+                None,
+                json.dumps({"i": i}),
+                status,
+                "work",
+                '["setup","work"]',
+                '["setup"]',
+                n,
+                n,
+                f"processed item {n}",
+                err,
+                '{"ok":true}' if status == "succeeded" else None,
+                created,
+                created + 0.01,
+                None if alive else created + 60,
+                now if alive else created + 60,
+                host if alive else None,
+                pid if alive else None,
+                started if alive else None,
+                instance if alive else None,
+                instance if alive else None,
+                now + 86_400 if alive else None,
+                0,
+                None,
+                "start",
+                n,
+            )
+        )
     conn.execute("BEGIN")
     conn.executemany(
         "INSERT INTO runs (id, key, attempt, pipeline, version, params, status, phase, phases, "
@@ -186,7 +252,9 @@ def fill(db: Path, n_runs: int, n_events: int, heavy: int, heavy_events: int,
         "updated_at, owner_host, owner_pid, owner_started, owner_instance, target, lease_until, "
         "cancel_requested, resumed_from, created_by, last_seq) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-        "?, ?)", runs)
+        "?, ?)",
+        runs,
+    )
     sql = "INSERT INTO events (run_id, seq, ts, kind, phase, data) VALUES (?, ?, ?, ?, ?, ?)"
     done = 0
     for k, r in enumerate(runs):
@@ -197,11 +265,16 @@ def fill(db: Path, n_runs: int, n_events: int, heavy: int, heavy_events: int,
             yield (rid, 2, created, "started", None, '{"host":"h","pid":1}')
             for s in range(3, n + 1):
                 if s % 500 == 3:
-                    yield (rid, s, created + s * 1e-3, "phase", "work",
-                           '{"name":"work","total":null}')
+                    yield (rid, s, created + s * 1e-3, "phase", "work", '{"name":"work","total":null}')
                 else:
-                    yield (rid, s, created + s * 1e-3, "log", "work",
-                           f'{{"level":"info","message":"processed item {s} of the benchmark"}}')
+                    yield (
+                        rid,
+                        s,
+                        created + s * 1e-3,
+                        "log",
+                        "work",
+                        f'{{"level":"info","message":"processed item {s} of the benchmark"}}',
+                    )
 
         conn.executemany(sql, rows())
         done += n
@@ -242,9 +315,11 @@ def bench_scale(work: Path, quick: bool, db_arg: str | None) -> list[str]:
             meta = json.loads(meta_path.read_text())
             conn = sqlite3.connect(db)
             with conn:
-                conn.execute("UPDATE runs SET owner_host = ?, owner_pid = ?, owner_started = ?, "
-                             "lease_until = ? WHERE status = 'running'",
-                             (owner[0], owner[1], owner[2], time.time() + 86_400))
+                conn.execute(
+                    "UPDATE runs SET owner_host = ?, owner_pid = ?, owner_started = ?, "
+                    "lease_until = ? WHERE status = 'running'",
+                    (owner[0], owner[1], owner[2], time.time() + 86_400),
+                )
             conn.close()
             fill_s = None
         else:
@@ -259,8 +334,7 @@ def bench_scale(work: Path, quick: bool, db_arg: str | None) -> list[str]:
         conn.close()
         size = db.stat().st_size
         filled = f" (filled in {fill_s:.0f} s)" if fill_s else ""
-        rows.append(row("database", f"{runs_n:,} runs, {events_n:,} events, "
-                        f"{size / 2**20:,.0f} MiB{filled}"))
+        rows.append(row("database", f"{runs_n:,} runs, {events_n:,} events, {size / 2**20:,.0f} MiB{filled}"))
         env = harness.child_env()
         script = Path(sys.executable).with_name("tether")
         ls = [str(script)] if script.exists() else [sys.executable, "-m", "tether.cli"]
@@ -280,8 +354,10 @@ def bench_scale(work: Path, quick: bool, db_arg: str | None) -> list[str]:
         tiny_store.close()
         conn = sqlite3.connect(tiny)
         with conn:
-            conn.execute("INSERT INTO runs (id, key, attempt, pipeline, params, status, created_at, "
-                         "updated_at) VALUES ('x', 'k', 1, 'p', '{}', 'succeeded', 0, 0)")
+            conn.execute(
+                "INSERT INTO runs (id, key, attempt, pipeline, params, status, created_at, "
+                "updated_at) VALUES ('x', 'k', 1, 'p', '{}', 'succeeded', 0, 0)"
+            )
         conn.close()
         n_sub = 5 if quick else 21
         walls: dict[str, list[float]] = {"big": [], "tiny": [], "import": []}
@@ -297,26 +373,53 @@ def bench_scale(work: Path, quick: bool, db_arg: str | None) -> list[str]:
                 cli.main(["ls", "--db", str(db)])
 
         m = measure(ls_in_process, 50)
-        rows.append(row(f"`tether ls` in a new process, wall (median of {n_sub})",
-                        f"{ms(big_med)} (the same on a 1-run DB: {ms(tiny_med)}; "
-                        f"`python -c 'import tether.cli'`: {ms(imp_med)})",
-                        "what the DB adds (the difference) < 50 ms", big_med - tiny_med < GOAL_S))
-        rows.append(row("`tether ls` command in-process (`cli.main(['ls'])`: list, owner check "
-                        "of running runs, table)", f"p50 {ms(m['p50'])}, p99 {ms(m['p99'])}",
-                        "p99 < 50 ms", m["p99"] < GOAL_S))
+        rows.append(
+            row(
+                f"`tether ls` in a new process, wall (median of {n_sub})",
+                f"{ms(big_med)} (the same on a 1-run DB: {ms(tiny_med)}; "
+                f"`python -c 'import tether.cli'`: {ms(imp_med)})",
+                "what the DB adds (the difference) < 50 ms",
+                big_med - tiny_med < GOAL_S,
+            )
+        )
+        rows.append(
+            row(
+                "`tether ls` command in-process (`cli.main(['ls'])`: list, owner check "
+                "of running runs, table)",
+                f"p50 {ms(m['p50'])}, p99 {ms(m['p99'])}",
+                "p99 < 50 ms",
+                m["p99"] < GOAL_S,
+            )
+        )
         m = measure(lambda: store.list_runs(limit=50), 200)
-        rows.append(row("`store.list_runs(limit=50)`", f"p50 {ms(m['p50'])}, p99 {ms(m['p99'])}",
-                        "p99 < 50 ms", m["p99"] < GOAL_S))
+        rows.append(
+            row(
+                "`store.list_runs(limit=50)`",
+                f"p50 {ms(m['p50'])}, p99 {ms(m['p99'])}",
+                "p99 < 50 ms",
+                m["p99"] < GOAL_S,
+            )
+        )
         for status in ("running", "failed"):
             m = measure(lambda status=status: store.list_runs(status=status, limit=50), 200)
-            rows.append(row(f"`store.list_runs(status={status!r}, limit=50)`",
-                            f"p50 {ms(m['p50'])}, p99 {ms(m['p99'])}", "p99 < 50 ms",
-                            m["p99"] < GOAL_S))
+            rows.append(
+                row(
+                    f"`store.list_runs(status={status!r}, limit=50)`",
+                    f"p50 {ms(m['p50'])}, p99 {ms(m['p99'])}",
+                    "p99 < 50 ms",
+                    m["p99"] < GOAL_S,
+                )
+            )
         tether.configure(db=db)
         m = measure(lambda: tether.runs(limit=50), 200)
-        rows.append(row("`tether.runs(limit=50)` (with the owner check of active runs)",
-                        f"p50 {ms(m['p50'])}, p99 {ms(m['p99'])}", "p99 < 50 ms",
-                        m["p99"] < GOAL_S))
+        rows.append(
+            row(
+                "`tether.runs(limit=50)` (with the owner check of active runs)",
+                f"p50 {ms(m['p50'])}, p99 {ms(m['p99'])}",
+                "p99 < 50 ms",
+                m["p99"] < GOAL_S,
+            )
+        )
         from tether.widget.dashboard import Dashboard
 
         for status in (None, "running"):
@@ -330,36 +433,54 @@ def bench_scale(work: Path, quick: bool, db_arg: str | None) -> list[str]:
 
             for sweep in (False, True):
                 m = measure(lambda sweep=sweep: refresh(sweep), 200)
-                what = "with its orphan sweep (owner check of the active rows)" if sweep else (
-                    "between sweeps")
+                what = (
+                    "with its orphan sweep (owner check of the active rows)" if sweep else ("between sweeps")
+                )
                 filt = f"status={status!r}, " if status else ""
-                rows.append(row(f"dashboard query (`Dashboard.refresh()`, {filt}{shown} rows), "
-                                f"{what}", f"p50 {ms(m['p50'])}, p99 {ms(m['p99'])}",
-                                "p99 < 50 ms", m["p99"] < GOAL_S))
+                rows.append(
+                    row(
+                        f"dashboard query (`Dashboard.refresh()`, {filt}{shown} rows), {what}",
+                        f"p50 {ms(m['p50'])}, p99 {ms(m['p99'])}",
+                        "p99 < 50 ms",
+                        m["p99"] < GOAL_S,
+                    )
+                )
             dash.close()
         big_id, big_n = max(meta["heavy"], key=lambda x: x[1])
         small = store.list_runs(status="succeeded", limit=1)[0]
-        for label, rid, last in ((f"a run with {big_n:,} events", big_id, big_n),
-                                 (f"a run with {small.last_seq:,} events", small.id,
-                                  small.last_seq)):
+        for label, rid, last in (
+            (f"a run with {big_n:,} events", big_id, big_n),
+            (f"a run with {small.last_seq:,} events", small.id, small.last_seq),
+        ):
             for behind in (0, 10):
+
                 def poll(rid: str = rid, after: int = last - behind) -> None:
                     store.get(rid)
                     store.events(rid, after=after)
 
                 m = measure(poll, 500)
-                rows.append(row(f"panel poll `store.get` + `store.events(id, after=seq)`, "
-                                f"{label}, {behind} new", f"p50 {ms(m['p50'])}, "
-                                f"p99 {ms(m['p99'])}", "p99 < 50 ms", m["p99"] < GOAL_S))
+                rows.append(
+                    row(
+                        f"panel poll `store.get` + `store.events(id, after=seq)`, {label}, {behind} new",
+                        f"p50 {ms(m['p50'])}, p99 {ms(m['p99'])}",
+                        "p99 < 50 ms",
+                        m["p99"] < GOAL_S,
+                    )
+                )
         from tether.widget.reader import RunReader
 
         def first_read() -> None:
             RunReader(tether.Run(store, big_id)).read()
 
         m = measure(first_read, 100)
-        rows.append(row(f"panel first read (`RunReader.read()`: snapshot + log tail), a run with "
-                        f"{big_n:,} events", f"p50 {ms(m['p50'])}, p99 {ms(m['p99'])}",
-                        "p99 < 50 ms", m["p99"] < GOAL_S))
+        rows.append(
+            row(
+                f"panel first read (`RunReader.read()`: snapshot + log tail), a run with {big_n:,} events",
+                f"p50 {ms(m['p50'])}, p99 {ms(m['p99'])}",
+                "p99 < 50 ms",
+                m["p99"] < GOAL_S,
+            )
+        )
     finally:
         proc.kill()
         proc.wait()
@@ -377,9 +498,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cmd = " ".join(["python bench/scale.py", *(argv if argv is not None else sys.argv[1:])])
     print(f"command: {cmd}")
-    print(f"tether {tether.__version__}, Python {platform.python_version()}, SQLite "
-          f"{sqlite3.sqlite_version}, {os.cpu_count()} CPUs, load average "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(
+        f"tether {tether.__version__}, Python {platform.python_version()}, SQLite "
+        f"{sqlite3.sqlite_version}, {os.cpu_count()} CPUs, load average "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
     rows = list(HEADER)
     with tempfile.TemporaryDirectory(prefix="tether-scale-") as tmp:
         work = Path(tmp)

@@ -59,7 +59,8 @@ def parse_mix(text: str) -> dict[str, float]:
         kind, _, weight = part.partition("=")
         if kind.strip() not in FAULT_KINDS:
             raise argparse.ArgumentTypeError(
-                f"unknown fault kind {kind.strip()!r}; known: {', '.join(FAULT_KINDS)}")
+                f"unknown fault kind {kind.strip()!r}; known: {', '.join(FAULT_KINDS)}"
+            )
         mix[kind.strip()] = float(weight or 1)
     return mix
 
@@ -67,14 +68,25 @@ def parse_mix(text: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=500, help="SIGKILLs to deliver (default 500)")
-    ap.add_argument("--faults", type=int, default=500,
-                    help="other faults to inject besides the SIGKILLs (default 500; 0: none)")
-    ap.add_argument("--mix", type=parse_mix, default=MIX,
-                    help="shares of the other faults, e.g. sigint=30,fork=20,sqlite=20,pidns=15,"
-                         "disk=15 (the default); a kind left out is not injected")
-    ap.add_argument("--settle", type=float, default=10.0,
-                    help="seconds within which, once a fault is over, a live process's run must "
-                         "end (default 10)")
+    ap.add_argument(
+        "--faults",
+        type=int,
+        default=500,
+        help="other faults to inject besides the SIGKILLs (default 500; 0: none)",
+    )
+    ap.add_argument(
+        "--mix",
+        type=parse_mix,
+        default=MIX,
+        help="shares of the other faults, e.g. sigint=30,fork=20,sqlite=20,pidns=15,"
+        "disk=15 (the default); a kind left out is not injected",
+    )
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=10.0,
+        help="seconds within which, once a fault is over, a live process's run must end (default 10)",
+    )
     ap.add_argument("--parallel", type=int, default=3, help="keys (child processes) per round")
     ap.add_argument("--per-db", type=int, default=100, help="kills per database file")
     ap.add_argument("--seed", type=int, default=None, help="seed of the plan choices")
@@ -84,17 +96,27 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="tether-soak-"))
     say = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    print(f"tether {tether.__version__}, Python {platform.python_version()}, SQLite "
-          f"{sqlite3.sqlite_version}, {os.cpu_count()} CPUs, load average "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(
+        f"tether {tether.__version__}, Python {platform.python_version()}, SQLite "
+        f"{sqlite3.sqlite_version}, {os.cpu_count()} CPUs, load average "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
     print(f"command: python bench/soak.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     targets, skipped = fault_targets(args.faults, args.mix)
     for kind, why in skipped.items():
         print(f"SKIPPED {kind} faults: {why}")
     if targets:
         print(f"fault targets: {', '.join(f'{k} {n}' for k, n in targets.items())}")
-    harness = KillHarness(work, kills=args.kills, seed=args.seed, parallel=args.parallel,
-                          per_db=args.per_db, say=say, faults=targets, settle=args.settle)
+    harness = KillHarness(
+        work,
+        kills=args.kills,
+        seed=args.seed,
+        parallel=args.parallel,
+        per_db=args.per_db,
+        say=say,
+        faults=targets,
+        settle=args.settle,
+    )
     harness.report.faults_skipped.update(skipped)
     t0 = time.monotonic()
     report = harness.run()
@@ -106,10 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     faults = sum(report.faults.values())
     enough = report.kills >= args.kills and all(report.faults[k] >= n for k, n in targets.items())
     verdict = "PASS" if not report.violations and enough and wall < 15 * 60 else "FAIL"
-    print(f"{verdict}: {report.kills} kills and {faults} other faults, {len(report.violations)} "
-          f"violations, {wall / 60:.1f} min (goal: >= {args.kills} kills and >= "
-          f"{sum(targets.values())} other faults, 0 violations, < 15 min)"
-          + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
+    print(
+        f"{verdict}: {report.kills} kills and {faults} other faults, {len(report.violations)} "
+        f"violations, {wall / 60:.1f} min (goal: >= {args.kills} kills and >= "
+        f"{sum(targets.values())} other faults, 0 violations, < 15 min)"
+        + (f"; skipped: {', '.join(skipped)}" if skipped else "")
+    )
     if args.keep or report.violations:
         print(f"work directory kept: {work}")
     else:

@@ -67,8 +67,7 @@ def etl(ctx: tether.Context, log: str, n: int = 12, delay: float = 0.3) -> dict[
     files = ctx.step("list_files", _list_files, log, n)
     ctx.phase("processing", total=len(files))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        parts = ctx.map(lambda name: _process(log, name, delay), files, executor=pool,
-                        name="process")
+        parts = ctx.map(lambda name: _process(log, name, delay), files, executor=pool, name="process")
     ctx.phase("summarising")
     summary = ctx.step("summarise", _summarise, log, parts)
     ctx.log("processed %d files, %d rows", summary["files"], summary["rows"])

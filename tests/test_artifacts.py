@@ -32,8 +32,13 @@ def files_of(db: Path) -> list[Path]:
 
 
 def gc(db: Path, env: dict[str, str]) -> str:
-    out = subprocess.run([sys.executable, "-m", "tether.cli", "gc", "--db", str(db)], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "tether.cli", "gc", "--db", str(db)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -125,7 +130,8 @@ def test_a_damaged_checkpoint_file_is_a_store_error_on_resume_not_a_wrong_value(
 
 
 def test_gc_removes_the_files_no_run_refers_to_and_says_how_many_bytes(
-        db: Path, child_env: dict[str, str]) -> None:
+    db: Path, child_env: dict[str, str]
+) -> None:
     keep = array_of.start(n=300_000)
     shared = array_of.start(n=300_000, step=True)  # same content as keep: one file
     drop = array_of.start(n=200_000, seed=7)

@@ -41,8 +41,7 @@ def levels(run: tether.Run) -> list[tuple[str, str]]:
 # -- print() and stdout/stderr ------------------------------------------------------------------
 
 
-def test_print_and_stderr_in_a_body_are_log_lines(db: Path, capsys: pytest.CaptureFixture[str]
-                                                  ) -> None:
+def test_print_and_stderr_in_a_body_are_log_lines(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     @tether.pipeline
     def chatty(ctx: tether.Context) -> int:
         print("hello", 1)
@@ -57,17 +56,25 @@ def test_print_and_stderr_in_a_body_are_log_lines(db: Path, capsys: pytest.Captu
 
     run = chatty.start()
     assert run.result(timeout=20) == 1
-    assert levels(run) == [("stdout", "hello 1"), ("stdout", "two"), ("stdout", "lines"),
-                           ("stdout", "no end until now"), ("stderr", "to stderr"),
-                           ("stdout", "100%"), ("stdout", "a"), ("stdout", "b"),
-                           ("stdout", "crlf")]
+    assert levels(run) == [
+        ("stdout", "hello 1"),
+        ("stdout", "two"),
+        ("stdout", "lines"),
+        ("stdout", "no end until now"),
+        ("stderr", "to stderr"),
+        ("stdout", "100%"),
+        ("stdout", "a"),
+        ("stdout", "b"),
+        ("stdout", "crlf"),
+    ]
     out = capsys.readouterr()  # not a kernel: the lines are passed on as well, as before
     assert "hello 1\ntwo\nlines\nno end until now\n" in out.out
     assert out.err == "to stderr\n"
 
 
 def test_map_items_are_the_runs_and_other_threads_are_untouched(
-        db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     started = threading.Event()
     stop = threading.Event()
 
@@ -170,7 +177,8 @@ def test_a_logging_record_is_logged_once(db: Path, capsys: pytest.CaptureFixture
 
 @pytest.mark.parametrize("printed", [True, False])
 def test_output_of_a_thread_outliving_its_run_is_passed_on_not_logged(
-        db: Path, capsys: pytest.CaptureFixture[str], printed: bool) -> None:
+    db: Path, capsys: pytest.CaptureFixture[str], printed: bool
+) -> None:
     import contextvars
 
     go = threading.Event()
@@ -210,7 +218,7 @@ def test_a_stream_replaced_later_is_wrapped_at_the_next_run(db: Path) -> None:
     assert buffer.getvalue() == "second\n"  # passed on to the stream that was there
 
 
-FLOOD_CHILD = r'''
+FLOOD_CHILD = r"""
 import json, sys, time
 import tether
 
@@ -241,27 +249,35 @@ rates = {"print": flood.start(n=n, how="print").result(timeout=600)}
 grew = status("VmHWM") - before  # (VmHWM: the peak of this process image)
 rates["log"] = flood.start(n=n, how="log").result(timeout=600)
 print(json.dumps({"rates": rates, "grew_kib": grew}), file=sys.stderr)
-'''
+"""
 
 
 @pytest.mark.slow
-def test_a_million_line_print_flood_keeps_the_logs_limits(db: Path, child_env: dict[str, str]
-                                                          ) -> None:
+def test_a_million_line_print_flood_keeps_the_logs_limits(db: Path, child_env: dict[str, str]) -> None:
     """Every line stored, in order; memory bounded by the log buffer; a print costs about what
     a ctx.log does (print's own work on top)."""
     n = 1_000_000
-    out = subprocess.run([sys.executable, "-c", FLOOD_CHILD, str(db), str(n)], env=child_env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-c", FLOOD_CHILD, str(db), str(n)],
+        env=child_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stderr.strip().splitlines()[-1])
     (run_id,) = raw(db, "SELECT id FROM runs WHERE params LIKE '%print%' ORDER BY created_at DESC")[0]
-    count, first, last = raw(db, "SELECT count(*), min(seq), max(seq) FROM events WHERE run_id = ? "
-                                 "AND kind = 'log'", run_id)[0]
+    count, first, last = raw(
+        db, "SELECT count(*), min(seq), max(seq) FROM events WHERE run_id = ? AND kind = 'log'", run_id
+    )[0]
     assert count == n and last - first == n - 1  # every line, nothing dropped
     assert raw(db, "SELECT data FROM events WHERE run_id = ? AND seq = ?", run_id, first) == [
-        ('{"level":"stdout","message":"L0"}',)]
+        ('{"level":"stdout","message":"L0"}',)
+    ]
     assert raw(db, "SELECT data FROM events WHERE run_id = ? AND seq = ?", run_id, last) == [
-        (f'{{"level":"stdout","message":"L{n - 1}"}}',)]
+        (f'{{"level":"stdout","message":"L{n - 1}"}}',)
+    ]
     # an unbounded buffer of a million lines would hold ~150 MB
     assert report["grew_kib"] < 32 * 1024, report
     assert report["rates"]["print"] > 0.2 * report["rates"]["log"], report
@@ -272,7 +288,8 @@ def test_a_million_line_print_flood_keeps_the_logs_limits(db: Path, child_env: d
 
 
 def test_a_tqdm_loop_feeds_the_progress_and_draws_nothing(
-        db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     seen: list[tuple[Any, ...]] = []
 
     @tether.pipeline
@@ -319,7 +336,8 @@ def test_nested_bars_the_outer_one_feeds_and_a_manual_bar_counts_its_updates(db:
 
 
 def test_the_bodys_own_phase_is_kept_and_bars_in_map_items_leave_progress_to_the_map(
-        db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     seen: list[tuple[Any, ...]] = []
 
     def item(i: int) -> int:
@@ -394,7 +412,7 @@ def test_an_async_tqdm_in_an_async_body(db: Path) -> None:
     assert run.phase == "async" and run.progress == (25, 25)
 
 
-LATE_IMPORT_CHILD = r'''
+LATE_IMPORT_CHILD = r"""
 import sys
 import tether
 
@@ -420,14 +438,19 @@ def late(ctx):
 
 
 print(late.start().result(timeout=30))
-'''
+"""
 
 
-def test_tqdm_stays_optional_and_is_hooked_when_a_body_imports_it(db: Path,
-                                                                  child_env: dict[str, str]
-                                                                  ) -> None:
-    out = subprocess.run([sys.executable, "-c", LATE_IMPORT_CHILD, str(db)], env=child_env,
-                         capture_output=True, text=True, timeout=60)
+def test_tqdm_stays_optional_and_is_hooked_when_a_body_imports_it(
+    db: Path, child_env: dict[str, str]
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", LATE_IMPORT_CHILD, str(db)],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['late', 30, 30]"
     assert out.stderr == ""  # no bar drawn
@@ -489,17 +512,25 @@ def _ipython_major() -> int:
 # Found by CI's fresh venv (IPython 9.18, ipykernel 7.4.0): the patched OutStream.write sees the
 # run's ctx, yet the run's print()/stderr lines reach the cell and not the run's log. Passes with
 # IPython 8.12. Open in issue 13 (print capture); strict, so the fix shows up as an XPASS failure.
-@pytest.mark.xfail(_ipython_major() >= 9, strict=True,
-                   reason="issue 13: output capture in a kernel does not work with IPython 9 yet")
-def test_in_a_real_kernel_nothing_of_a_run_reaches_the_executing_cell(
-        kernel: Any, tmp_path: Path) -> None:
+@pytest.mark.xfail(
+    _ipython_major() >= 9,
+    strict=True,
+    reason="issue 13: output capture in a kernel does not work with IPython 9 yet",
+)
+def test_in_a_real_kernel_nothing_of_a_run_reaches_the_executing_cell(kernel: Any, tmp_path: Path) -> None:
     kernel.cell(KERNEL_SETUP.format(db=str(tmp_path / "k.db")))
     # the run prints while this cell executes: without capture its lines land here
-    busy = kernel.cell("go.set()\nfor i in range(3):\n    print('cell', i)\n    time.sleep(0.05)\n"
-                       "run.wait(60)\nprint('PROGRESS', run.phases, tuple(run.progress))")
+    busy = kernel.cell(
+        "go.set()\nfor i in range(3):\n    print('cell', i)\n    time.sleep(0.05)\n"
+        "run.wait(60)\nprint('PROGRESS', run.phases, tuple(run.progress))"
+    )
     assert busy.stderr == ""
     assert busy.stdout.splitlines() == [
-        "cell 0", "cell 1", "cell 2", "PROGRESS ['notebook bar', 'auto bar', 'fan'] (5, 5)"]
+        "cell 0",
+        "cell 1",
+        "cell 2",
+        "PROGRESS ['notebook bar', 'auto bar', 'fan'] (5, 5)",
+    ]
     logs = json.loads(kernel.cell("import json\nprint(json.dumps(run.logs()))").stdout)
     kernel.drain(0.5)
     assert logs[:30] == [f"OUT {i}" for i in range(30)]

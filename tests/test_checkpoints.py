@@ -63,11 +63,13 @@ def test_a_step_runs_once_resume_skips_it_and_rerun_runs_it_again(db: Path, tmp_
     assert names(out["values"]) == [("prepare", 3), ("s0", 3), ("s1", 3), ("s2", 3), ("s0", 3)]
     assert [e.kind for e in again.events()].count("checkpoint") == 4
     assert [(r.attempt, str(r.status)) for r in again.attempts()] == [
-        (1, "failed"), (2, "succeeded"), (3, "succeeded")]
+        (1, "failed"),
+        (2, "succeeded"),
+        (3, "succeeded"),
+    ]
 
 
-def test_a_step_with_an_unstorable_value_fails_the_run_naming_the_step(
-        db: Path, tmp_path: Path) -> None:
+def test_a_step_with_an_unstorable_value_fails_the_run_naming_the_step(db: Path, tmp_path: Path) -> None:
     log = str(tmp_path / "bad.log")
     run = pipes_c.bad_step.start(log=log)
     with pytest.raises(tether.RunFailed) as info:
@@ -99,18 +101,22 @@ def test_checkpoint_false_opts_out_a_step_runs_again_on_resume(db: Path, tmp_pat
 
 @pytest.mark.parametrize("how", ["run.resume", "start-policy-resume"])
 def test_sigkill_mid_run_then_resume_skips_the_completed_steps(
-        db: Path, children: Children, tmp_path: Path, how: str) -> None:
+    db: Path, children: Children, tmp_path: Path, how: str
+) -> None:
     log = str(tmp_path / "steps.log")
     params = {"log": log, "n": 4, "hang_at": 2}
     proc = children.spawn(pipeline="steps", params=params)
     run_id = first_line(proc)["id"]
     # s2 has started (its line is logged) and blocks; prepare, s0 and s1 are stored
-    wait_until(lambda: checkpoint_names(db, run_id) == {"step:prepare", "step:s0", "step:s1"}
-               and "s2" in lines(log), what="three checkpoints and s2 in flight")
+    wait_until(
+        lambda: checkpoint_names(db, run_id) == {"step:prepare", "step:s0", "step:s1"} and "s2" in lines(log),
+        what="three checkpoints and s2 in flight",
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert raw(db, "SELECT status, phases_done FROM runs WHERE id = ?", run_id) == [
-        ("running", '["prepare"]')]
+        ("running", '["prepare"]')
+    ]
 
     if how == "run.resume":
         old = tether.get_run(run_id)
@@ -125,7 +131,12 @@ def test_sigkill_mid_run_then_resume_skips_the_completed_steps(
     child_pid = out["values"][0]["pid"]
     assert child_pid != os.getpid()
     assert [(v["name"], v["attempt"], v["pid"] == child_pid) for v in out["values"]] == [
-        ("prepare", 1, True), ("s0", 1, True), ("s1", 1, True), ("s2", 2, False), ("s3", 2, False)]
+        ("prepare", 1, True),
+        ("s0", 1, True),
+        ("s1", 1, True),
+        ("s2", 2, False),
+        ("s3", 2, False),
+    ]
     # completed steps ran once; s2 was in flight when the process died, so it ran again
     assert lines(log) == ["prepare", "s0", "s1", "s2", "s2", "s3"]
     assert new.phases_done == ["prepare", "steps", "finish"]
@@ -141,8 +152,12 @@ CAP = 2
 
 def start_in_child(children: Children, log: str, heal: str) -> tuple[int, list[str]]:
     """A child calls suicide.start(policy="resume") with max_auto_resumes=CAP; (exit code, stdout)."""
-    proc = children.spawn(configure={"max_auto_resumes": CAP}, pipeline="suicide",
-                          params={"log": log, "heal": heal}, policy="resume")
+    proc = children.spawn(
+        configure={"max_auto_resumes": CAP},
+        pipeline="suicide",
+        params={"log": log, "heal": heal},
+        policy="resume",
+    )
     out, err = proc.communicate(timeout=60)
     assert proc.returncode in (0, -signal.SIGKILL), err
     return proc.returncode, out.splitlines()
@@ -161,7 +176,8 @@ def crash_until_capped(db: Path, children: Children, log: str, heal: str) -> str
 
 
 def test_automatic_resumes_are_capped_and_a_manual_resume_is_not(
-        db: Path, children: Children, tmp_path: Path) -> None:
+    db: Path, children: Children, tmp_path: Path
+) -> None:
     log, heal = str(tmp_path / "suicide.log"), str(tmp_path / "heal")
     capped_id = crash_until_capped(db, children, log, heal)
 
@@ -194,7 +210,8 @@ def test_automatic_resumes_are_capped_and_a_manual_resume_is_not(
 
 
 def test_after_the_cap_is_reached_a_later_start_with_policy_resume_does_not_resume_again(
-        db: Path, children: Children, tmp_path: Path) -> None:
+    db: Path, children: Children, tmp_path: Path
+) -> None:
     # The cap exists so that "a run that crashes its process every time ends as failed instead of
     # looping at every kernel start" (DESIGN, semantics 5). The next kernel start with
     # policy="resume" must therefore not crash the process again.

@@ -117,8 +117,12 @@ def _poll(fn: Callable[[], Any], timeout: float = 10) -> Any:
 
 def _spawn_hang(env: dict[str, str], marker: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A child process running pipes_b.hang; returns it and its run id once the run is running."""
-    proc = subprocess.Popen([sys.executable, "-c", pipes_b.CHILD, str(marker)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", pipes_b.CHILD, str(marker)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 30
     while not marker.exists():
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
@@ -152,8 +156,9 @@ def test_ls_filters_and_limit(db, env, history):
     assert [r[0] for r in rows] == [history["good2"].id, history["good1"].id]
     rows = _rows(ok(env, "ls", "--db", str(db), "--limit", "1"))
     assert [r[0] for r in rows] == [history["bad"].id]
-    rows = _rows(ok(env, "ls", "--db", str(db), "--pipeline", cli_good.name, "--status", "succeeded",
-                    "--limit", "1"))
+    rows = _rows(
+        ok(env, "ls", "--db", str(db), "--pipeline", cli_good.name, "--status", "succeeded", "--limit", "1")
+    )
     assert [r[0] for r in rows] == [history["good2"].id]
     assert "no runs" in ok(env, "ls", "--db", str(db), "--status", "cancelled")
 
@@ -296,8 +301,9 @@ def test_unknown_id_is_a_one_line_error_exit_2(db, env, history, command):
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("args", [["ls"], ["ls", "--json"], ["show", "abc"], ["cancel", "abc"],
-                                  ["gc"]], ids=lambda a: "-".join(a))
+@pytest.mark.parametrize(
+    "args", [["ls"], ["ls", "--json"], ["show", "abc"], ["cancel", "abc"], ["gc"]], ids=lambda a: "-".join(a)
+)
 def test_non_sqlite_db_is_a_one_line_error_exit_1(db, env, tmp_path, args):
     path = tmp_path / "notes.txt"
     path.write_text("these are my notes, not a database\n" * 20)

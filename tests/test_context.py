@@ -55,7 +55,8 @@ def test_phase_switch_is_persisted_at_once(db):
         with closing(sqlite3.connect(db)) as conn:
             seen["last_event"] = conn.execute(
                 "SELECT kind, phase, data FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1",
-                (ctx.run_id,)).fetchone()
+                (ctx.run_id,),
+            ).fetchone()
         return "ok"
 
     run = phased.start()
@@ -298,8 +299,13 @@ def test_logging_records_of_a_run_are_captured(db, caplog):
     assert records == [("hello a", "info"), ("careful a", "warning")]
     # other handlers still see every record, inside and outside runs
     seen = [r.getMessage() for r in caplog.records if r.name == log.name]
-    assert seen == ["before any run", "hello a", "careful a", "outside, while a run is running",
-                    "after the run"]
+    assert seen == [
+        "before any run",
+        "hello a",
+        "careful a",
+        "outside, while a run is running",
+        "after the run",
+    ]
 
 
 def test_logging_capture_keeps_concurrent_runs_apart(db):
@@ -465,11 +471,14 @@ def test_generator_pipeline_yields_advance_and_return_is_result(db):
 # -- results and events ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [
-    pytest.param({1, 2}, id="set"),
-    pytest.param(float("nan"), id="nan"),
-    pytest.param({"path": Path("x")}, id="nested-path"),
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param({1, 2}, id="set"),
+        pytest.param(float("nan"), id="nan"),
+        pytest.param({"path": Path("x")}, id="nested-path"),
+    ],
+)
 def test_non_json_result_tether_stores_round_trips(db, value):
     @tether.pipeline
     def stored_result(ctx, case: str):
@@ -481,10 +490,13 @@ def test_non_json_result_tether_stores_round_trips(db, value):
     assert out == value or (out != out and value != value)  # nan
 
 
-@pytest.mark.parametrize(("value", "where"), [
-    pytest.param(object(), "result: object (", id="object"),
-    pytest.param({"rows": [1, 2, {"x": object()}]}, "result['rows'][2]['x']: object (", id="nested"),
-])
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        pytest.param(object(), "result: object (", id="object"),
+        pytest.param({"rows": [1, 2, {"x": object()}]}, "result['rows'][2]['x']: object (", id="nested"),
+    ],
+)
 def test_unstorable_result_fails_naming_its_type_and_path(db, value, where):
     @tether.pipeline
     def bad_result(ctx, case: str):
@@ -537,8 +549,7 @@ def test_log_capture_leaves_basic_config_and_last_resort_alone(db, tmp_path):
         "logging.getLogger('outside').info('basicConfig works')\n"
         "print(run.logs())\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "last resort still prints" in out.stderr
     assert "basicConfig works" in out.stderr

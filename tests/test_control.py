@@ -107,14 +107,19 @@ def grand(ctx: tether.Context) -> None:
     spin_parent.start(n=2).result()
 
 
-def test_cancel_of_a_parent_cascades_to_its_active_children(db: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cancel_of_a_parent_cascades_to_its_active_children(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(detached_kid, "_check_importable", lambda: None)
     run = grand.start()
     parent = wait_until(lambda: (c := run.children()) and c[0], what="the parent")
-    wait_until(lambda: len(parent.children()) == 3
-               and [k.status for k in parent.children()] == ["running", "running", "pending"],
-               what="two running children and a pending (detached) one")
+    wait_until(
+        lambda: (
+            len(parent.children()) == 3
+            and [k.status for k in parent.children()] == ["running", "running", "pending"]
+        ),
+        what="two running children and a pending (detached) one",
+    )
     t0 = time.monotonic()
     run.cancel()
     run.wait(timeout=10)
@@ -195,14 +200,21 @@ def test_retries_keep_the_checkpoints_of_the_run(db: Path, tmp_path: Path) -> No
     out = run.result(timeout=20)
     assert out == {"a": "a", "items": [0, 10], "b": "b", "tries": 3}
     # try 1: a, item0, item1 (fails); try 2: item1 again, b (fails); try 3: b again
-    assert pipes_ctl.lines(log) == ["a@1", "body@1", "item0@1", "item1@1",
-                                    "body@2", "item1@2", "b@2",
-                                    "body@3", "b@3"]
+    assert pipes_ctl.lines(log) == [
+        "a@1",
+        "body@1",
+        "item0@1",
+        "item1@1",
+        "body@2",
+        "item1@2",
+        "b@2",
+        "body@3",
+        "b@3",
+    ]
     assert run.tries == 3 and run.max_tries == 4 and run.retry_at is None
     assert [r.id for r in run.attempts()] == [run.id]  # within the same run
     retries = run.events(kinds=["retry"])
-    assert [(e.data["try"], e.data["type"]) for e in retries] == [
-        (1, "MapItemError"), (2, "ConnectionError")]
+    assert [(e.data["try"], e.data["type"]) for e in retries] == [(1, "MapItemError"), (2, "ConnectionError")]
     assert "item 1 fails the first time" in retries[0].data["message"]
     assert "ConnectionError" in retries[1].data["traceback"]
     assert [e.data["try"] for e in run.events(kinds=["try"])] == [2, 3]
@@ -292,15 +304,18 @@ def test_a_parents_retry_resumes_its_failed_child(db: Path, tmp_path: Path) -> N
 
 
 def test_retry_after_a_sigkill_of_the_owner_counts_the_tries_used(
-        db: Path, child_env: dict[str, str], tmp_path: Path) -> None:
+    db: Path, child_env: dict[str, str], tmp_path: Path
+) -> None:
     tether.runs()
     log = str(tmp_path / "log")
     kids = Children(child_env, tmp_path, pipes_ctl.CHILD)
     try:
         proc = kids.spawn(runs=[["killed", {"log": log}]], wait=False, hold=str(tmp_path / "no"))
         run_id = json.loads(proc.stdout.readline())["ids"][0]  # type: ignore[union-attr]
-        wait_until(lambda: raw(db, "SELECT phase FROM runs WHERE id = ?", run_id) == [("hanging",)],
-                   what="try 2 to hang")
+        wait_until(
+            lambda: raw(db, "SELECT phase FROM runs WHERE id = ?", run_id) == [("hanging",)],
+            what="try 2 to hang",
+        )
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
@@ -340,7 +355,10 @@ def test_an_async_body_is_retried_after_a_failure_and_a_timeout(db: Path, tmp_pa
     assert run.result(timeout=10) == 4
     assert pipes_ctl.lines(log) == ["a@1", "body@1", "body@2", "body@3", "body@4"]
     assert [e.data["type"] for e in run.events(kinds=["retry"])] == [
-        "ConnectionError", "TimeoutError", "TimeoutError"]
+        "ConnectionError",
+        "TimeoutError",
+        "TimeoutError",
+    ]
 
 
 # -- timeouts --------------------------------------------------------------------------------
@@ -379,7 +397,8 @@ def deaf(ctx: tether.Context, gate: str) -> str:
 
 
 def test_a_body_that_makes_no_ctx_call_is_shown_past_its_timeout(
-        db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     gate = tmp_path / "gate"
     run = deaf.start(gate=str(gate))
     wait_until(lambda: (run.overdue or 0) > 0.6, what="the run to be 0.6 s past its timeout")
@@ -438,9 +457,11 @@ class Sampler:
         conn = sqlite3.connect(self.db, timeout=30)
         try:
             while not self._stop.is_set():
-                self.samples.append(conn.execute(
-                    "SELECT rowid, status FROM runs WHERE pipeline = ? ORDER BY rowid",
-                    (self.pipeline,)).fetchall())
+                self.samples.append(
+                    conn.execute(
+                        "SELECT rowid, status FROM runs WHERE pipeline = ? ORDER BY rowid", (self.pipeline,)
+                    ).fetchall()
+                )
                 time.sleep(0.01)
         finally:
             conn.close()
@@ -451,10 +472,13 @@ class Sampler:
 
 
 def test_concurrency_caps_running_runs_across_processes_in_start_order(
-        db: Path, children: Children, tmp_path: Path) -> None:
+    db: Path, children: Children, tmp_path: Path
+) -> None:
     go = tmp_path / "go"
-    procs = [children.spawn(go=str(go), runs=[["limited", {"tag": f"p{p}r{r}"}] for r in range(4)])
-             for p in range(3)]
+    procs = [
+        children.spawn(go=str(go), runs=[["limited", {"tag": f"p{p}r{r}"}] for r in range(4)])
+        for p in range(3)
+    ]
     sampler = Sampler(db, pipes_ctl.limited.name)
     go.touch()
     try:
@@ -470,8 +494,12 @@ def test_concurrency_caps_running_runs_across_processes_in_start_order(
         statuses = [s for _, s in sample]
         pending_from = statuses.index("pending") if "pending" in statuses else len(statuses)
         assert set(statuses[pending_from:]) <= {"pending"}, sample
-    queued = raw(db, "SELECT count(*) FROM events e JOIN runs r ON r.id = e.run_id "
-                     "WHERE r.pipeline = ? AND e.kind = 'queued'", pipes_ctl.limited.name)[0][0]
+    queued = raw(
+        db,
+        "SELECT count(*) FROM events e JOIN runs r ON r.id = e.run_id "
+        "WHERE r.pipeline = ? AND e.kind = 'queued'",
+        pipes_ctl.limited.name,
+    )[0][0]
     assert queued >= 6  # at least the runs of the last rounds waited in line
 
 
@@ -488,25 +516,35 @@ def test_a_queued_run_tells_how_many_are_ahead_of_it(db: Path, tmp_path: Path) -
     assert started == sorted(started)
 
 
-def _queued_behind_a_dead_starter(db: Path, children: Children, tmp_path: Path
-                                  ) -> tuple[str, str]:
+def _queued_behind_a_dead_starter(db: Path, children: Children, tmp_path: Path) -> tuple[str, str]:
     """A child starts two runs of ``single`` (concurrency=1): the first holds the slot, the
     second waits in line; then the child is killed. Returns the two run ids."""
-    proc = children.spawn(runs=[["single", {"tag": "first", "gate": str(tmp_path / "never")}],
-                                ["single", {"tag": "second"}]], wait=False, hold=str(tmp_path / "no"))
+    proc = children.spawn(
+        runs=[["single", {"tag": "first", "gate": str(tmp_path / "never")}], ["single", {"tag": "second"}]],
+        wait=False,
+        hold=str(tmp_path / "no"),
+    )
     first, second = json.loads(proc.stdout.readline())["ids"]  # type: ignore[union-attr]
-    wait_until(lambda: raw(db, "SELECT status FROM runs WHERE id IN (?, ?) ORDER BY rowid",
-                           first, second) == [("running",), ("pending",)], what="one running, one queued")
+    wait_until(
+        lambda: (
+            raw(db, "SELECT status FROM runs WHERE id IN (?, ?) ORDER BY rowid", first, second)
+            == [("running",), ("pending",)]
+        ),
+        what="one running, one queued",
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     return first, second
 
 
 def test_a_queued_run_whose_starter_was_killed_is_picked_up_by_a_worker(
-        db: Path, children: Children, tmp_path: Path) -> None:
+    db: Path, children: Children, tmp_path: Path
+) -> None:
     worker = children.popen("-m", "tether.cli", "worker", "helpers.pipes_ctl", "--poll", "0.05")
-    wait_until(lambda: raw(db, "SELECT count(*) FROM workers WHERE pipeline = ?",
-                           pipes_ctl.single.name)[0][0], what="the worker to register")
+    wait_until(
+        lambda: raw(db, "SELECT count(*) FROM workers WHERE pipeline = ?", pipes_ctl.single.name)[0][0],
+        what="the worker to register",
+    )
     first, second = _queued_behind_a_dead_starter(db, children, tmp_path)
     tether.runs()  # whoever looks first (here: this process) finds the starter dead
     run = tether.get_run(second)
@@ -519,7 +557,8 @@ def test_a_queued_run_whose_starter_was_killed_is_picked_up_by_a_worker(
 
 
 def test_without_a_worker_a_queued_run_of_a_dead_starter_is_interrupted(
-        db: Path, children: Children, tmp_path: Path) -> None:
+    db: Path, children: Children, tmp_path: Path
+) -> None:
     first, second = _queued_behind_a_dead_starter(db, children, tmp_path)
     tether.runs()
     assert [tether.get_run(i).status for i in (first, second)] == ["interrupted", "interrupted"]
@@ -541,14 +580,16 @@ def test_a_parent_waiting_for_its_child_is_not_counted_by_its_limit(db: Path) ->
 
 
 def test_a_callback_on_a_run_of_another_process_is_called_when_it_ends(
-        db: Path, children: Children, tmp_path: Path) -> None:
+    db: Path, children: Children, tmp_path: Path
+) -> None:
     gate = tmp_path / "gate"
     proc = children.spawn(runs=[["single", {"tag": "theirs", "gate": str(gate)}]])
     run = tether.get_run(json.loads(proc.stdout.readline())["ids"][0])  # type: ignore[union-attr]
     seen: list[tuple[str, str]] = []
     ended = threading.Event()
-    run.add_done_callback(lambda r: (seen.append((threading.current_thread().name,
-                                                  str(r.status))), ended.set()))
+    run.add_done_callback(
+        lambda r: (seen.append((threading.current_thread().name, str(r.status))), ended.set())
+    )
     assert seen == []
     gate.touch()
     assert ended.wait(20)
@@ -657,8 +698,11 @@ def test_callbacks_and_await_in_a_real_kernel(tmp_path: Path, child_env: dict[st
     env.pop("TETHER_DB", None)
     km, kc = start_new_kernel(kernel_name="python3", env=env)
     try:
-        names = {"db": str(tmp_path / "kernel.db"), "gate": str(tmp_path / "gate"),
-                 "gate2": str(tmp_path / "gate2")}
+        names = {
+            "db": str(tmp_path / "kernel.db"),
+            "gate": str(tmp_path / "gate"),
+            "gate2": str(tmp_path / "gate2"),
+        }
         out, err = _run_cells(kc, [cell.format(**names) for cell in KERNEL_CELLS])
     finally:
         kc.stop_channels()
@@ -682,10 +726,14 @@ def test_a_schema_0002_database_migrates_and_its_runs_read_as_before(db: Path) -
         conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0004_code'")
         undo_control_migration(conn)
         conn.commit()
-    assert [r[0] for r in raw(db, "SELECT name FROM _sqlite_migrations")] == [
-        "0001_initial", "0002_owner_ns"]
+    assert [r[0] for r in raw(db, "SELECT name FROM _sqlite_migrations")] == ["0001_initial", "0002_owner_ns"]
     again = tether.get_run(old.id)  # opens and migrates
     assert [r[0] for r in raw(db, "SELECT name FROM _sqlite_migrations")][-1] == "0004_code"
     assert (again.status, again.tries, again.max_tries, again.parent, again.children()) == (
-        "succeeded", 0, 1, None, [])
+        "succeeded",
+        0,
+        1,
+        None,
+        [],
+    )
     assert leaf.start(i=7).id == old.id and leaf.start(i=8).result(timeout=10) == 8

@@ -70,7 +70,8 @@ def _section(text: str, command: str) -> str:
 def test_every_public_name_is_documented(name: str) -> None:
     assert re.search(rf"\btether\.{re.escape(name)}\b", _docs_text()), (
         f"tether.{name} is public (in tether.__all__) but docs/ never mentions `tether.{name}`; "
-        "describe it, e.g. in docs/api.md")
+        "describe it, e.g. in docs/api.md"
+    )
 
 
 @pytest.mark.parametrize("command", sorted(_subcommands()))
@@ -85,14 +86,28 @@ def test_every_cli_argument_is_documented(command: str, word: str) -> None:
     where = text if word in _shared_options() else _section(text, command)
     assert word.lower() in where.lower(), (
         f"`tether {command}` takes {word}, but docs/cli.md does not mention it "
-        f"{'anywhere' if where is text else 'in its section'}")
+        f"{'anywhere' if where is text else 'in its section'}"
+    )
 
 
 def test_mkdocs_builds_strict(tmp_path: Path) -> None:
     pytest.importorskip("mkdocs", reason="mkdocs is in the test extra: pip install -e '.[test]'")
     proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
-         str(ROOT / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(tmp_path / "site"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}{proc.stderr}"
     assert (tmp_path / "site" / "index.html").exists()

@@ -32,8 +32,9 @@ def dask_client() -> Iterator[Any]:
     distributed = pytest.importorskip("distributed")  # the "dask" extra
     with warnings.catch_warnings():  # its HTTP server falls back from a busy port 8787: fine
         warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=None)
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        )
     client = distributed.Client(cluster)
     yield client
     client.close()
@@ -81,8 +82,14 @@ def expected(n: int) -> list[dict[str, int]]:
 
 
 def item_checkpoints(db: Path, run_id: str) -> list[str]:
-    return [r[0] for r in raw(db, "SELECT name FROM checkpoints WHERE run_id = ? AND name LIKE "
-                                  "'map:%' ORDER BY ts, name", run_id)]
+    return [
+        r[0]
+        for r in raw(
+            db,
+            "SELECT name FROM checkpoints WHERE run_id = ? AND name LIKE 'map:%' ORDER BY ts, name",
+            run_id,
+        )
+    ]
 
 
 # -- results, progress, checkpoints ----------------------------------------------------------
@@ -90,7 +97,8 @@ def item_checkpoints(db: Path, run_id: str) -> list[str]:
 
 @pytest.mark.parametrize("executor", EXECUTORS, indirect=True)
 def test_map_returns_results_in_item_order_and_records_each_item(
-        db: Path, tmp_path: Path, executor: str) -> None:
+    db: Path, tmp_path: Path, executor: str
+) -> None:
     n = 8
     # later items finish first (item i sleeps (n-1-i) * 30 ms), so the order comes from tether
     run = pipes_c.mapper.start(dir=str(tmp_path), n=n, executor=executor, delay_step=0.03)
@@ -117,22 +125,25 @@ def test_progress_counts_each_finished_item(db: Path, tmp_path: Path, executor: 
         return min(running) if running else None
 
     for k in range(n):
-        i = wait_until(lambda: (started_item(),) if started_item() is not None else None,
-                       what=f"a {k + 1}th item to start")[0]
+        i = wait_until(
+            lambda: (started_item(),) if started_item() is not None else None,
+            what=f"a {k + 1}th item to start",
+        )[0]
         assert run.progress == (k, n)
         Path(gate.format(i=i)).touch()
         released.add(i)
         # the other items wait for their gates, so progress reaches k + 1 and stops there
         wait_until(lambda k=k: run.progress == (k + 1, n), what=f"progress {k + 1}/{n}")
         if k == 1:  # and the store has it too, within the flush interval (no read of live state)
-            wait_until(lambda: raw(db, "SELECT done, total FROM runs WHERE id = ?", run.id)
-                       == [(2, n)], what="progress 2/4 in the store")
+            wait_until(
+                lambda: raw(db, "SELECT done, total FROM runs WHERE id = ?", run.id) == [(2, n)],
+                what="progress 2/4 in the store",
+            )
     assert run.result(timeout=30) == expected(n)
     assert executions(tmp_path, n) == [1] * n
 
 
-def test_map_with_checkpoint_false_stores_nothing_and_accepts_any_result(
-        db: Path, tmp_path: Path) -> None:
+def test_map_with_checkpoint_false_stores_nothing_and_accepts_any_result(db: Path, tmp_path: Path) -> None:
     run = pipes_c.mapper.start(dir=str(tmp_path), n=3, checkpoint=False, bad_at=1)
     with pytest.raises(tether.RunFailed, match=r"result\[1\]\['rows'\]\[0\]: .*Opaque"):  # its result
         run.result(timeout=30)
@@ -144,11 +155,9 @@ def test_map_with_checkpoint_false_stores_nothing_and_accepts_any_result(
 
 
 @pytest.mark.parametrize("executor", EXECUTORS, indirect=True)
-def test_first_failure_raises_map_item_error_naming_the_item(
-        db: Path, tmp_path: Path, executor: str) -> None:
+def test_first_failure_raises_map_item_error_naming_the_item(db: Path, tmp_path: Path, executor: str) -> None:
     (tmp_path / "a").mkdir()
-    caught = pipes_c.mapper.start(dir=str(tmp_path / "a"), n=6, executor=executor, fail_at=3,
-                                  catch=True)
+    caught = pipes_c.mapper.start(dir=str(tmp_path / "a"), n=6, executor=executor, fail_at=3, catch=True)
     out = caught.result(timeout=60)
     assert out["index"] == 3 and out["cause"] == "ValueError"
     assert out["item"] == pipes_c.make_items(str(tmp_path / "a"), 6, fail_at=3)[3]
@@ -170,8 +179,9 @@ def test_failure_cancels_the_items_not_started(db: Path, tmp_path: Path) -> None
     try:
         spec = pipes_c.lend("one-thread", pool)
         # item 0 fine, item 1 fails, item 2 is in flight (waits for the gate), 3..9 queued
-        run = pipes_c.mapper.start(dir=str(tmp_path), n=10, executor=spec, fail_at=1,
-                                   gate=str(gate), gate_from=2)
+        run = pipes_c.mapper.start(
+            dir=str(tmp_path), n=10, executor=spec, fail_at=1, gate=str(gate), gate_from=2
+        )
         with pytest.raises(tether.RunFailed, match="item 1"):
             run.result(timeout=30)
         gate.touch()
@@ -184,7 +194,8 @@ def test_failure_cancels_the_items_not_started(db: Path, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("executor", ["default", "processes", "dask-client"], indirect=True)
 def test_an_unstorable_item_result_fails_the_run_naming_the_item(
-        db: Path, tmp_path: Path, executor: str) -> None:
+    db: Path, tmp_path: Path, executor: str
+) -> None:
     run = pipes_c.mapper.start(dir=str(tmp_path), n=5, executor=executor, bad_at=2)
     with pytest.raises(tether.RunFailed) as info:
         run.result(timeout=60)
@@ -220,7 +231,8 @@ def test_cancel_mid_map_cancels_the_items_not_started(db: Path, tmp_path: Path) 
 
 
 def test_cancel_mid_map_on_dask_cancels_the_outstanding_tasks(
-        db: Path, tmp_path: Path, dask_client: Any) -> None:
+    db: Path, tmp_path: Path, dask_client: Any
+) -> None:
     gate = tmp_path / "gate"
     n = 10
     spec = pipes_c.lend("dask-cancel", dask_client.get_executor())
@@ -236,19 +248,23 @@ def test_cancel_mid_map_on_dask_cancels_the_outstanding_tasks(
             # the scheduler has no task left to run; each worker keeps only its running task, as
             # cancelled (tasks of earlier tests may linger, erred or in memory, until garbage collected)
             sched = dask_client.run_on_scheduler(
-                lambda dask_scheduler: [ts.state for ts in dask_scheduler.tasks.values()])
+                lambda dask_scheduler: [ts.state for ts in dask_scheduler.tasks.values()]
+            )
             states = dask_client.run(
-                lambda dask_worker: [ts.state for ts in dask_worker.state.tasks.values()])
-            return (not set(sched) & {"queued", "processing", "waiting", "no-worker"}
-                    and all(set(s) <= {"cancelled", "error", "memory"} and s.count("cancelled") <= 1
-                            for s in states.values()))
+                lambda dask_worker: [ts.state for ts in dask_worker.state.tasks.values()]
+            )
+            return not set(sched) & {"queued", "processing", "waiting", "no-worker"} and all(
+                set(s) <= {"cancelled", "error", "memory"} and s.count("cancelled") <= 1
+                for s in states.values()
+            )
 
         wait_until(settled, what="Dask to drop the cancelled tasks")
         gate.touch()
 
         def idle() -> bool:
             states = dask_client.run(
-                lambda dask_worker: [ts.state for ts in dask_worker.state.tasks.values()])
+                lambda dask_worker: [ts.state for ts in dask_worker.state.tasks.values()]
+            )
             return all("cancelled" not in s for s in states.values())
 
         wait_until(idle, what="the two running tasks to end")
@@ -264,17 +280,21 @@ def test_cancel_mid_map_on_dask_cancels_the_outstanding_tasks(
 
 
 def test_sigkill_mid_map_then_resume_skips_the_finished_items(
-        db: Path, children: Children, tmp_path: Path) -> None:
+    db: Path, children: Children, tmp_path: Path
+) -> None:
     n, finished = 12, 6
     gate = tmp_path / "gate"
-    params = {"dir": str(tmp_path), "n": n, "executor": "pool:2", "gate": str(gate),
-              "gate_from": finished}
+    params = {"dir": str(tmp_path), "n": n, "executor": "pool:2", "gate": str(gate), "gate_from": finished}
     proc = children.spawn(pipeline="mapper", params=params)
     run_id = first_line(proc)["id"]
     # items 0..5 are stored; 6 and 7 started (one per pool thread) and wait for the gate
-    wait_until(lambda: len(item_checkpoints(db, run_id)) == finished
-               and executions(tmp_path, n)[finished:finished + 2] == [1, 1],
-               what="six stored items and two in flight")
+    wait_until(
+        lambda: (
+            len(item_checkpoints(db, run_id)) == finished
+            and executions(tmp_path, n)[finished : finished + 2] == [1, 1]
+        ),
+        what="six stored items and two in flight",
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert sorted(item_checkpoints(db, run_id)) == sorted(f"map:work#1:{i}" for i in range(finished))
@@ -286,7 +306,7 @@ def test_sigkill_mid_map_then_resume_skips_the_finished_items(
     assert new.result(timeout=30) == expected(n)
     counts = executions(tmp_path, n)
     assert counts[:finished] == [1] * finished  # finished items did not run again
-    assert counts[finished:finished + 2] == [2, 2]  # in flight when the process died: ran again
-    assert counts[finished + 2:] == [1] * (n - finished - 2)
+    assert counts[finished : finished + 2] == [2, 2]  # in flight when the process died: ran again
+    assert counts[finished + 2 :] == [1] * (n - finished - 2)
     assert new.progress == (n, n)
     assert len(item_checkpoints(db, new.id)) == n

@@ -51,7 +51,7 @@ def process(ctx, n=3):
     return total
 '''
 
-SAME_BUT_COMMENTS = '''
+SAME_BUT_COMMENTS = """
 @tether.pipeline(name="process", phases=["a"])
 def process(ctx, n=3):
     # the doc string went, comments and blank lines came: the same code
@@ -61,7 +61,7 @@ def process(ctx, n=3):
 
         total += 2
     return total
-'''
+"""
 
 EDITED = '''
 @tether.pipeline(name="process")
@@ -84,8 +84,10 @@ def test_comments_blank_lines_docstrings_and_decorators_do_not_count_the_body_do
     assert define(BODY.replace("    ", "        ")).code == base.code  # indentation
     assert define(EDITED).code != base.code
     assert define(BODY.replace("n=3", "n=4")).code != base.code  # a default is code too
-    nested = BODY.replace("    total = 0\n", "    def helper():\n        '''inner doc'''\n"
-                          "        return 0\n    total = helper()\n")
+    nested = BODY.replace(
+        "    total = 0\n",
+        "    def helper():\n        '''inner doc'''\n        return 0\n    total = helper()\n",
+    )
     assert define(nested).code == define(nested.replace("'''inner doc'''\n        ", "")).code
 
 
@@ -104,8 +106,7 @@ def test_without_source_the_compiled_code_is_hashed_and_without_code_there_is_no
 # -- start() -------------------------------------------------------------------------------------
 
 
-def test_an_edited_body_makes_a_new_attempt_and_an_unchanged_or_comment_only_one_attaches(
-        db: Path) -> None:
+def test_an_edited_body_makes_a_new_attempt_and_an_unchanged_or_comment_only_one_attaches(db: Path) -> None:
     first = define(BODY).start()
     assert first.result(timeout=20) == 6
     assert first.code == define(BODY).code and first.created_by == "start"
@@ -120,8 +121,7 @@ def test_an_edited_body_makes_a_new_attempt_and_an_unchanged_or_comment_only_one
     created = second.events(kinds=["created"])[0].data
     assert created["by"] == "start:code"
     assert created["code_changed"] == f"code {first.code} -> {edited.code}"
-    assert [(r.attempt, r.created_by) for r in second.attempts()] == [(1, "start"),
-                                                                         (2, "start:code")]
+    assert [(r.attempt, r.created_by) for r in second.attempts()] == [(1, "start"), (2, "start:code")]
     assert edited.start() == second
     assert tether.get_run(first.id).result() == 6  # history kept
     # the panel (and its text and html renderings) says why attempt 2 exists
@@ -147,7 +147,8 @@ print(run.attempt, run.result(timeout=30))
 
 
 def test_two_notebooks_with_one_name_and_params_never_share_results(
-        db: Path, tmp_path: Path, child_env: dict[str, str]) -> None:
+    db: Path, tmp_path: Path, child_env: dict[str, str]
+) -> None:
     """Two kernels (processes) define ``process(ctx, n=3)`` with other bodies over one DB."""
     import subprocess
     import sys
@@ -156,8 +157,13 @@ def test_two_notebooks_with_one_name_and_params_never_share_results(
         (tmp_path / f"notebook_{name}.py").write_text(NOTEBOOK.replace("FACTOR", str(factor)))
 
     def execute(name: str) -> str:
-        out = subprocess.run([sys.executable, str(tmp_path / f"notebook_{name}.py"), str(db)],
-                             env=child_env, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, str(tmp_path / f"notebook_{name}.py"), str(db)],
+            env=child_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
@@ -170,8 +176,9 @@ def test_two_notebooks_with_one_name_and_params_never_share_results(
 def test_a_pending_run_of_older_code_executes_the_code_that_created_it(db: Path) -> None:
     tether.configure(max_concurrency=1)
     gate = threading.Event()
-    blocker = define("@tether.pipeline(name='blocker')\ndef blocker(ctx):\n    gate.wait(30)\n",
-                     gate=gate).start()
+    blocker = define(
+        "@tether.pipeline(name='blocker')\ndef blocker(ctx):\n    gate.wait(30)\n", gate=gate
+    ).start()
     wait_until(lambda: blocker.status == "running", what="the blocker to take the slot")
     try:
         pending = define(BODY).start()
@@ -188,12 +195,12 @@ def test_the_policies_with_edited_code(db: Path) -> None:
     rerun: a new attempt, recorded as of the new code; resume: a new attempt that reuses the
     checkpoints, even after a success."""
     calls: list[str] = []
-    step_body = '''
+    step_body = """
 @tether.pipeline(name="stepper")
 def stepper(ctx):
     a = ctx.step("a", lambda: calls.append("a") or 1)
     return a + FACTOR
-'''
+"""
     one = define(step_body.replace("FACTOR", "10"), calls=calls).start()
     assert one.result(timeout=20) == 11 and calls == ["a"]
     resumed = define(step_body.replace("FACTOR", "20"), calls=calls).start(policy="resume")
@@ -207,16 +214,15 @@ def stepper(ctx):
     assert again.events(kinds=["created"])[0].data["code_changed"].startswith("code ast:")
 
 
-def test_an_active_run_of_older_code_is_returned_with_one_warning_naming_the_fix(
-        db: Path) -> None:
+def test_an_active_run_of_older_code_is_returned_with_one_warning_naming_the_fix(db: Path) -> None:
     gate = threading.Event()
-    slow = '''
+    slow = """
 @tether.pipeline(name="slow")
 def slow(ctx):
     while not gate.wait(0.005):
         ctx.advance()  # sees a cancel
     return VALUE
-'''
+"""
     old = define(slow.replace("VALUE", "1"), gate=gate).start()
     wait_until(lambda: old.status == "running", what="the old code's run to start")
     new = define(slow.replace("VALUE", "2"), gate=gate)
@@ -249,8 +255,7 @@ def test_a_declared_version_pins_the_code(db: Path) -> None:
     bumped = define(pinned.replace("2024-06", "2024-07"))
     second = bumped.start()
     assert second.attempt == 2 and second.created_by == "start:code"
-    assert second.events(kinds=["created"])[0].data["code_changed"] == (
-        "version '2024-06' -> '2024-07'")
+    assert second.events(kinds=["created"])[0].data["code_changed"] == ("version '2024-06' -> '2024-07'")
 
 
 def test_a_rerun_from_a_handle_records_the_code_that_executes_it(db: Path) -> None:
@@ -309,17 +314,18 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         k.close()
 
 
-KERNEL_CELL = '''
+KERNEL_CELL = """
 @tether.pipeline
 def process(ctx, n=3):
     {body}
 run = process.start()
 print("RUN", run.id, run.attempt, run.created_by, run.result(timeout=30))
-'''
+"""
 
 
 def test_in_a_real_kernel_an_edited_cell_runs_again_and_a_comment_only_edit_does_not(
-        kernel: Any, tmp_path: Path) -> None:
+    kernel: Any, tmp_path: Path
+) -> None:
     kernel.cell(f"import tether\ntether.configure(db={str(tmp_path / 'k.db')!r})")
 
     def cell(body: str) -> list[str]:

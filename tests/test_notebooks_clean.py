@@ -24,15 +24,23 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _code(nb: dict[str, Any]) -> list[str]:
-    return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-            for c in nb["cells"] if c["cell_type"] == "code"]
+    return [
+        "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+        for c in nb["cells"]
+        if c["cell_type"] == "code"
+    ]
 
 
 def test_there_are_example_notebooks() -> None:
     names = {p.name for p in NOTEBOOKS}
-    assert {"01_quickstart.ipynb", "02_idempotency_and_policies.ipynb",
-            "03_crash_and_recover.ipynb", "05_async_and_fan_out.ipynb", "06_control.ipynb",
-            "07_values_and_artifacts.ipynb"} <= names
+    assert {
+        "01_quickstart.ipynb",
+        "02_idempotency_and_policies.ipynb",
+        "03_crash_and_recover.ipynb",
+        "05_async_and_fan_out.ipynb",
+        "06_control.ipynb",
+        "07_values_and_artifacts.ipynb",
+    } <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -41,7 +49,8 @@ def test_notebook_has_no_outputs_and_no_widget_state(path: Path) -> None:
     assert nb["nbformat"] == 4
     assert "widgets" not in nb["metadata"], (
         f"{path.name} holds widget state (metadata.widgets); clear it, e.g. "
-        "jupyter nbconvert --clear-output --inplace, then delete metadata.widgets")
+        "jupyter nbconvert --clear-output --inplace, then delete metadata.widgets"
+    )
     assert nb["metadata"].get("kernelspec", {}).get("name") == "python3"
     for i, cell in enumerate(nb["cells"]):
         where = f"{path.name}, cell {i}"
@@ -58,4 +67,5 @@ def test_notebook_checks_itself_on_a_temporary_database(path: Path) -> None:
     assert "assert " in code, f"{path.name} has no assert cell: nbval --nbval-lax would check nothing"
     assert "tempfile.mkdtemp(" in code and "tether.configure(db=" in code, (
         f"{path.name} must write its database under a temporary folder "
-        "(tempfile.mkdtemp() + tether.configure(db=...)), not into ./.tether")
+        "(tempfile.mkdtemp() + tether.configure(db=...)), not into ./.tether"
+    )

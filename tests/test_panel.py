@@ -37,8 +37,9 @@ class Child:
     """A separate Python process owning a run (helpers.pipes_panel.CHILD)."""
 
     def __init__(self, env: dict[str, str], kind: str, arg: str, tag: str, fate: str = "wait"):
-        self.proc = subprocess.Popen([sys.executable, "-c", pp.CHILD, kind, arg, tag, fate],
-                                     env=env, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", pp.CHILD, kind, arg, tag, fate], env=env, stdout=subprocess.PIPE, text=True
+        )
         assert self.proc.stdout is not None
         self.run_id = self.proc.stdout.readline().strip()
         assert self.run_id, "the child process did not start its run"
@@ -74,15 +75,19 @@ def release(path: Path, text: str) -> None:
 
 
 def settle(w: RunPanel, status: str, mode: str | None = None) -> dict[str, Any]:
-    until(lambda: w.snapshot.get("status") == status and (mode is None or w.mode == mode),
-          what=f"panel {status}/{mode} (now {w.snapshot.get('status')}/{w.mode})")
+    until(
+        lambda: w.snapshot.get("status") == status and (mode is None or w.mode == mode),
+        what=f"panel {status}/{mode} (now {w.snapshot.get('status')}/{w.mode})",
+    )
     return w.snapshot
 
 
 # -- snapshots ---------------------------------------------------------------------------------
 
-def test_snapshot_contents_for_every_status(db: Path, tmp_path: Path, child: Any,
-                                            fast_poller: poller.Poller) -> None:
+
+def test_snapshot_contents_for_every_status(
+    db: Path, tmp_path: Path, child: Any, fast_poller: poller.Poller
+) -> None:
     tether.configure(max_concurrency=1)
     gate = tmp_path / "gate"
     running = pp.gate.start(path=str(gate), tag="running")
@@ -162,6 +167,7 @@ def test_static_renderings_escape_run_text(db: Path) -> None:
 
 # -- one model per run -------------------------------------------------------------------------
 
+
 def _instances() -> int:
     return len(ipw_widget._instances)
 
@@ -212,14 +218,17 @@ def test_one_widget_model_per_run_and_a_panel_keeps_its_attempt(db: Path, tmp_pa
 
 
 def test_an_older_attempt_learns_of_a_newer_one_made_by_another_process(
-        db: Path, child_env: dict[str, str]) -> None:
+    db: Path, child_env: dict[str, str]
+) -> None:
     run = pp.four_phase.start(n=1, delay=0.001, tag="cross")
     run.wait(20)
     w = panel(tether.get_run(run.id))
     assert w.snapshot["newer"] is None and w.snapshot["stored"]
-    code = ("import sys, tether; tether.configure(db=sys.argv[1]); "
-            "from helpers import pipes_panel as pp; "
-            "r = pp.four_phase.start(n=1, delay=0.001, tag='cross', policy='rerun'); r.wait(30)")
+    code = (
+        "import sys, tether; tether.configure(db=sys.argv[1]); "
+        "from helpers import pipes_panel as pp; "
+        "r = pp.four_phase.start(n=1, delay=0.001, tag='cross', policy='rerun'); r.wait(30)"
+    )
     subprocess.run([sys.executable, "-c", code, str(db)], env=child_env, check=True, timeout=60)
     # the front end asks an ended run's panel to refresh every few seconds (panel.js PING_MS)
     assert w.handle({"id": 1, "action": "refresh"})["ok"]  # type: ignore[index]
@@ -227,6 +236,7 @@ def test_an_older_attempt_learns_of_a_newer_one_made_by_another_process(
 
 
 # -- buttons -----------------------------------------------------------------------------------
+
 
 def test_button_messages_reply_and_show_errors(db: Path, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
@@ -281,8 +291,10 @@ def test_rerun_of_a_pipeline_not_defined_here_is_shown(db: Path) -> None:
 
 # -- modes -------------------------------------------------------------------------------------
 
-def test_mode_for_own_foreign_and_ended_runs(db: Path, tmp_path: Path, child: Any,
-                                             fast_poller: poller.Poller) -> None:
+
+def test_mode_for_own_foreign_and_ended_runs(
+    db: Path, tmp_path: Path, child: Any, fast_poller: poller.Poller
+) -> None:
     own = pp.gate.start(path=str(tmp_path / "own"), tag="own")
     w_own = panel(own)
     assert w_own.mode == "stream" and fast_poller.watching(w_own) == "stream"
@@ -308,8 +320,10 @@ def test_mode_for_own_foreign_and_ended_runs(db: Path, tmp_path: Path, child: An
 
 # -- the poller --------------------------------------------------------------------------------
 
-def test_poller_reads_only_new_rows_and_stops_at_the_end(db: Path, child: Any,
-                                                         fast_poller: poller.Poller) -> None:
+
+def test_poller_reads_only_new_rows_and_stops_at_the_end(
+    db: Path, child: Any, fast_poller: poller.Poller
+) -> None:
     foreign = child("four", "12", "polled")  # 4 phases x 12 steps x 50 ms, in another process
     run = tether.get_run(foreign.run_id)
     store = run.store
@@ -359,8 +373,7 @@ def test_stream_updates_are_coalesced(db: Path) -> None:
     assert w.snapshot["done"] == 399 and w.snapshot["result"] == "400"  # the final state
 
 
-def test_dashboard_lists_filters_and_selects(db: Path, tmp_path: Path,
-                                             fast_poller: poller.Poller) -> None:
+def test_dashboard_lists_filters_and_selects(db: Path, tmp_path: Path, fast_poller: poller.Poller) -> None:
     done = pp.four_phase.start(n=1, delay=0.001, tag="d1")
     done.wait(20)
     gate = tmp_path / "gate"
@@ -377,8 +390,10 @@ def test_dashboard_lists_filters_and_selects(db: Path, tmp_path: Path,
     (shown,) = d.holder.children
     assert shown is panel(live)
     release(gate, "ok")
-    until(lambda: {r["id"]: r["status"] for r in d.table.rows}.get(live.id) == "succeeded",
-          what="the dashboard row to turn succeeded")
+    until(
+        lambda: {r["id"]: r["status"] for r in d.table.rows}.get(live.id) == "succeeded",
+        what="the dashboard row to turn succeeded",
+    )
     with pytest.raises(Exception, match="not a status"):
         d.table.status_filter = "nope"
     d.select("no-such-run")
@@ -458,8 +473,7 @@ print("RUN", rec.started_at, rec.ended_at, run.id)
 
 
 @pytest.mark.slow
-def test_comm_messages_per_second_through_a_real_kernel(tmp_path: Path,
-                                                        child_env: dict[str, str]) -> None:
+def test_comm_messages_per_second_through_a_real_kernel(tmp_path: Path, child_env: dict[str, str]) -> None:
     from jupyter_client.manager import start_new_kernel
 
     env = dict(child_env)
@@ -479,8 +493,11 @@ def test_comm_messages_per_second_through_a_real_kernel(tmp_path: Path,
             except Exception:  # queue.Empty
                 continue
             kind, content = msg["msg_type"], msg["content"]
-            if kind == "comm_open" and content["data"]["state"].get("_model_name") == "AnyModel" \
-                    and "snapshot" in content["data"]["state"]:
+            if (
+                kind == "comm_open"
+                and content["data"]["state"].get("_model_name") == "AnyModel"
+                and "snapshot" in content["data"]["state"]
+            ):
                 comm_ids.add(content["comm_id"])
             elif kind == "comm_msg" and content["comm_id"] in comm_ids:
                 updates.append(content["data"])
@@ -503,7 +520,6 @@ def test_comm_messages_per_second_through_a_real_kernel(tmp_path: Path,
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
-
 
 
 def test_reader_never_skips_rows_committed_between_its_reads(db: Path) -> None:
@@ -551,6 +567,7 @@ def test_reader_never_skips_rows_committed_between_its_reads(db: Path) -> None:
 
 # -- small items (issue 12, point 10) and params in sight (issue 13, item 7) --------------------
 
+
 def test_dir_of_tether_is_its_public_api() -> None:
     names = dir(tether)
     assert "annotations" not in names  # was: from __future__ import annotations
@@ -564,8 +581,11 @@ def test_a_pipeline_written_without_ctx_is_told_so(db: Path) -> None:
         return 1
 
     for call in (lambda: total_sales.start(path="sales.csv"), lambda: total_sales.start("x")):
-        with pytest.raises(tether.ParamsError, match="the first parameter of a pipeline receives "
-                           r"ctx.*write def total_sales\(ctx, path, \.\.\.\)"):
+        with pytest.raises(
+            tether.ParamsError,
+            match="the first parameter of a pipeline receives "
+            r"ctx.*write def total_sales\(ctx, path, \.\.\.\)",
+        ):
             call()
     with pytest.raises(tether.ParamsError) as info:  # an ordinary mistake gets no such hint
         pp.four_phase.start(n=1, nope=2)
@@ -574,8 +594,9 @@ def test_a_pipeline_written_without_ctx_is_told_so(db: Path) -> None:
 
 def test_runs_filter_on_equal_param_values(db: Path) -> None:
     @tether.pipeline(name="test_panel.params")
-    def params(ctx: Any, repo: str, n: float = 1, flag: bool = False,
-               opts: dict[str, Any] | None = None) -> int:
+    def params(
+        ctx: Any, repo: str, n: float = 1, flag: bool = False, opts: dict[str, Any] | None = None
+    ) -> int:
         return 1
 
     a = params.start(repo="a")
@@ -623,14 +644,20 @@ def test_cli_ls_shows_params_clipped_and_wide(db: Path, capsys: pytest.CaptureFi
     assert f"tag='{long}'" in capsys.readouterr().out
 
 
-def test_cancel_origin_is_recorded_for_each_way_of_cancelling(db: Path, tmp_path: Path,
-                                                              child_env: dict[str, str]) -> None:
+def test_cancel_origin_is_recorded_for_each_way_of_cancelling(
+    db: Path, tmp_path: Path, child_env: dict[str, str]
+) -> None:
     by_api = pp.gate.start(path=str(tmp_path / "a"), tag="api")
     by_cli = pp.gate.start(path=str(tmp_path / "b"), tag="cli")
     until(lambda: by_api.status == "running" and by_cli.status == "running")
     by_api.cancel()
-    proc = subprocess.run([sys.executable, "-m", "tether.cli", "cancel", by_cli.id, "--db", str(db)],
-                          env=child_env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tether.cli", "cancel", by_cli.id, "--db", str(db)],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     for run in (by_api, by_cli):
         run.wait(20)
@@ -644,8 +671,7 @@ def test_cancel_origin_is_recorded_for_each_way_of_cancelling(db: Path, tmp_path
 
     origin = next(e.data["origin"] for e in by_api.events() if e.kind == "cancel_requested")
     assert origin["via"] == "api" and origin["pid"] == os.getpid()
-    assert cancel_origin(origin, {"instance": "another process"}) == (
-        f"by run.cancel() in pid {os.getpid()}")
+    assert cancel_origin(origin, {"instance": "another process"}) == (f"by run.cancel() in pid {os.getpid()}")
 
 
 def test_stored_outcomes_are_labelled(db: Path) -> None:
@@ -673,12 +699,15 @@ def test_a_pending_detached_run_names_the_worker_command(db: Path) -> None:
     run = pp.four_phase.start(n=1, tag="detached", detach=True)
     snap = panel(run).snapshot
     assert snap["status"] == "pending"
-    assert snap["waiting"] == (f"waiting for a tether worker to take it; in a shell, run: "
-                               f"tether worker helpers.pipes_panel --db {db}")
+    assert snap["waiting"] == (
+        f"waiting for a tether worker to take it; in a shell, run: "
+        f"tether worker helpers.pipes_panel --db {db}"
+    )
     assert snap["waiting"] in text_snapshot(snap)
 
 
 # -- honest numbers ------------------------------------------------------------------------------
+
 
 @tether.pipeline(name="test_panel.mapped", phases=["items"])
 def mapped(ctx: tether.Context, flag: str, n: int = 60, pause: float = 0.05) -> int:
@@ -781,8 +810,7 @@ SAVED_CELLS = [
 
 
 @pytest.mark.slow
-def test_an_executed_notebook_shows_how_each_run_ended(tmp_path: Path,
-                                                       child_env: dict[str, str]) -> None:
+def test_an_executed_notebook_shows_how_each_run_ended(tmp_path: Path, child_env: dict[str, str]) -> None:
     """BUG (before): `jupyter nbconvert --execute` (nbclient, nbval) saved each panel's static
     text as it was when its cell ran: `four_phase #1 [running] ... 0/3`, and the dashboard as
     `<tether.dashboard ... rows=2>`. The panel's display is now updated (by its display id) when
@@ -807,7 +835,8 @@ def test_an_executed_notebook_shows_how_each_run_ended(tmp_path: Path,
 
 
 def test_an_active_runs_snapshot_beats_even_when_nothing_changes(
-        db: Path, tmp_path: Path, fast_poller: poller.Poller, monkeypatch: Any) -> None:
+    db: Path, tmp_path: Path, fast_poller: poller.Poller, monkeypatch: Any
+) -> None:
     """The front end can tell a quiet run from a kernel gone quiet (panel.js QUIET_MS) only if an
     active run's panel hears from the kernel now and then."""
     import importlib

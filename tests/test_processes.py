@@ -47,15 +47,19 @@ def contiguous(events: list[tether.Event]) -> bool:
 
 @pytest.mark.parametrize("fresh_db", [False, True], ids=["existing-db", "fresh-db"])
 def test_eight_processes_racing_start_make_exactly_one_run(
-        db: Path, children: Children, tmp_path: Path, fresh_db: bool) -> None:
+    db: Path, children: Children, tmp_path: Path, fresh_db: bool
+) -> None:
     if not fresh_db:
         assert tether.runs() == []  # creates and migrates the database before the race
     marker, go = tmp_path / "executions.txt", tmp_path / "go"
     params = {"marker": str(marker), "hold": 0.5}
-    procs = [children.spawn(pipeline="count_once", params=params, ready=str(tmp_path / f"ready{i}"),
-                            go=str(go)) for i in range(8)]
-    wait_until(lambda: all((tmp_path / f"ready{i}").exists() for i in range(8)),
-               what="every child to be ready")
+    procs = [
+        children.spawn(pipeline="count_once", params=params, ready=str(tmp_path / f"ready{i}"), go=str(go))
+        for i in range(8)
+    ]
+    wait_until(
+        lambda: all((tmp_path / f"ready{i}").exists() for i in range(8)), what="every child to be ready"
+    )
     go.touch()
     outs = [finish(p) for p in procs]
 
@@ -75,8 +79,7 @@ def test_eight_processes_racing_start_make_exactly_one_run(
     assert contiguous(here.events())
 
 
-def test_a_run_started_in_another_process_is_seen_here(
-        db: Path, children: Children, tmp_path: Path) -> None:
+def test_a_run_started_in_another_process_is_seen_here(db: Path, children: Children, tmp_path: Path) -> None:
     tether.runs()
     gate = tmp_path / "gate"
     proc = children.spawn(pipeline="gated", params={"gate": str(gate), "lines": 3})
@@ -107,8 +110,9 @@ def test_cancel_from_another_process(db: Path, children: Children) -> None:
     tether.runs()
     proc = children.spawn(pipeline="spinner", params={"tag": "cancel-me"})
     run = only_run(pipes_a.spinner)
-    wait_until(lambda: run.status == "running" and run.progress.done > 0,
-               what="the child's run to make progress")
+    wait_until(
+        lambda: run.status == "running" and run.progress.done > 0, what="the child's run to make progress"
+    )
 
     t0 = time.monotonic()
     run.cancel()
@@ -126,7 +130,8 @@ def test_cancel_from_another_process(db: Path, children: Children) -> None:
 
 
 def test_a_run_owned_by_a_live_process_is_never_interrupted_from_here(
-        db: Path, children: Children, tmp_path: Path) -> None:
+    db: Path, children: Children, tmp_path: Path
+) -> None:
     # this process sweeps for orphans as often as it can, while the child's run stays quiet
     tether.configure(sweep_interval=0.05, flush_interval=0.05)
     tether.runs()

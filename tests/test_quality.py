@@ -15,15 +15,43 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # names the engine issue promises; docs, notebooks and other tests rely on them
 PROMISED = {
-    "pipeline", "Run", "runs", "get_run", "configure", "Status", "Progress",
-    "RunNotFound", "RunFailed", "RunCancelled", "RunInterrupted", "ParamsError", "StoreError",
-    "KeyConflict", "TetherError",
+    "pipeline",
+    "Run",
+    "runs",
+    "get_run",
+    "configure",
+    "Status",
+    "Progress",
+    "RunNotFound",
+    "RunFailed",
+    "RunCancelled",
+    "RunInterrupted",
+    "ParamsError",
+    "StoreError",
+    "KeyConflict",
+    "TetherError",
 }
 
 
 def test_ruff_check_passes():
-    out = subprocess.run([sys.executable, "-m", "ruff", "check", "src", "tests", "bench"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "src", "tests", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_ruff_format_is_applied():
+    out = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", "src", "tests", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -33,8 +61,10 @@ def test_all_names_are_importable():
     for name in tether.__all__:
         assert getattr(tether, name) is not None, name
     # `from tether import *` in a fresh interpreter binds exactly __all__
-    code = ("import tether\nns = {}\nexec('from tether import *', ns)\n"
-            "missing = set(tether.__all__) - set(ns)\nassert not missing, missing\nprint('ok')")
+    code = (
+        "import tether\nns = {}\nexec('from tether import *', ns)\n"
+        "missing = set(tether.__all__) - set(ns)\nassert not missing, missing\nprint('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 

@@ -37,8 +37,12 @@ def run_of(db: Path, pipeline: tether.Pipeline, proc: subprocess.Popen[str]) -> 
     """The id of the run ``proc`` owns, once it is running (read without tether)."""
 
     def found() -> str | None:
-        rows = raw(db, "SELECT id FROM runs WHERE pipeline = ? AND status = 'running' "
-                       "AND owner_pid = ?", pipeline.name, proc.pid)
+        rows = raw(
+            db,
+            "SELECT id FROM runs WHERE pipeline = ? AND status = 'running' AND owner_pid = ?",
+            pipeline.name,
+            proc.pid,
+        )
         if proc.poll() is not None:
             raise AssertionError(f"the child exited early: {proc.communicate()}")
         return rows[0][0] if rows else None
@@ -50,8 +54,9 @@ def logged(db: Path, run_id: str) -> int:
     return raw(db, "SELECT count(*) FROM events WHERE run_id = ? AND kind = 'log'", run_id)[0][0]
 
 
-def crash_mid_run(db: Path, children: Children, tag: str, reap: bool = True
-                  ) -> tuple[subprocess.Popen[str], str, list[tether.Event]]:
+def crash_mid_run(
+    db: Path, children: Children, tag: str, reap: bool = True
+) -> tuple[subprocess.Popen[str], str, list[tether.Event]]:
     """A child running ``crashy`` killed with SIGKILL once it has flushed a few log lines.
 
     Returns the process, the run id, and the events stored just before the kill.
@@ -98,7 +103,8 @@ def test_sigkill_mid_run_is_interrupted_on_the_next_get_run(db: Path, children: 
 
 
 def test_start_after_sigkill_returns_the_interrupted_run_and_rerun_succeeds(
-        db: Path, children: Children) -> None:
+    db: Path, children: Children
+) -> None:
     _, run_id, before = crash_mid_run(db, children, "start")
 
     t0 = time.monotonic()
@@ -113,8 +119,7 @@ def test_start_after_sigkill_returns_the_interrupted_run_and_rerun_succeeds(
     second = pipes_a.crashy.start(tag="start", policy="rerun")
     assert second.attempt == 2 and second.id != run_id
     assert second.result(timeout=30) == {"attempt": 2, "pid": os.getpid()}
-    assert [(r.attempt, str(r.status)) for r in second.attempts()] == [
-        (1, "interrupted"), (2, "succeeded")]
+    assert [(r.attempt, str(r.status)) for r in second.attempts()] == [(1, "interrupted"), (2, "succeeded")]
 
 
 def test_cancel_of_a_run_whose_owner_is_dead_ends_it_at_once(db: Path, children: Children) -> None:
@@ -140,8 +145,10 @@ def test_cancel_of_a_run_whose_owner_is_dead_ends_it_at_once(db: Path, children:
 
 def test_a_zombie_owner_counts_as_dead(db: Path, children: Children) -> None:
     proc, run_id, before = crash_mid_run(db, children, "zombie", reap=False)
-    wait_until(lambda: psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE,
-               what="the killed child to become a zombie")
+    wait_until(
+        lambda: psutil.Process(proc.pid).status() == psutil.STATUS_ZOMBIE,
+        what="the killed child to become a zombie",
+    )
     assert psutil.pid_exists(proc.pid)  # not reaped: the pid still exists, as a zombie
 
     t0 = time.monotonic()
@@ -170,10 +177,12 @@ EXITS = [("exit", 0), ("sysexit", 3), ("raise", 1)]  # fall off the end, sys.exi
 
 @pytest.mark.parametrize(("mode", "code"), EXITS, ids=[m for m, _ in EXITS])
 def test_interpreter_exit_with_a_blocked_run_in_flight_marks_it_interrupted(
-        db: Path, children: Children, tmp_path: Path, mode: str, code: int) -> None:
+    db: Path, children: Children, tmp_path: Path, mode: str, code: int
+) -> None:
     # the child exits once its run waits for a file (no progress calls)
-    proc = children.spawn(pipeline="gated", params={"gate": str(tmp_path / "never")}, mode=mode,
-                          phase="applying")
+    proc = children.spawn(
+        pipeline="gated", params={"gate": str(tmp_path / "never")}, mode=mode, phase="applying"
+    )
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     if mode == "raise":
@@ -186,13 +195,20 @@ def test_interpreter_exit_with_a_blocked_run_in_flight_marks_it_interrupted(
 
 
 def test_interpreter_exit_while_the_body_keeps_reporting_progress_marks_it_interrupted(
-        db: Path, children: Children) -> None:
+    db: Path, children: Children
+) -> None:
     # The shutdown asks the body to stop, and the body's next ctx.advance() raises: the run must
     # still end "interrupted" (the process exited), never "cancelled" (nobody cancelled it).
     # Which of the two threads gets there first is a race, so several children each try it.
-    procs = [(children.spawn(pipeline="spinner", params={"tag": f"{mode}{i}"}, mode=mode,
-                             phase="spinning"), mode, code)
-             for i in range(3) for mode, code in EXITS]
+    procs = [
+        (
+            children.spawn(pipeline="spinner", params={"tag": f"{mode}{i}"}, mode=mode, phase="spinning"),
+            mode,
+            code,
+        )
+        for i in range(3)
+        for mode, code in EXITS
+    ]
     for proc, _, code in procs:
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == code, err
@@ -205,16 +221,23 @@ def test_interpreter_exit_while_the_body_keeps_reporting_progress_marks_it_inter
     assert raw(db, "PRAGMA integrity_check") == [("ok",)]
 
 
-def test_gc_cli_reports_and_marks_orphans(db: Path, children: Children, tmp_path: Path,
-                                         child_env: dict[str, str]) -> None:
+def test_gc_cli_reports_and_marks_orphans(
+    db: Path, children: Children, tmp_path: Path, child_env: dict[str, str]
+) -> None:
     gate = tmp_path / "gate"
     alive = children.spawn(pipeline="gated", params={"gate": str(gate)})
     alive_id = run_of(db, pipes_a.gated, alive)
     _, dead_id, _ = crash_mid_run(db, children, "gc")
 
     def gc(*command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*command, "gc", "--db", str(db)], env=child_env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [*command, "gc", "--db", str(db)],
+            env=child_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     first = gc(sys.executable, "-m", "tether.cli")
     assert first.returncode == 0, first.stderr
@@ -222,7 +245,9 @@ def test_gc_cli_reports_and_marks_orphans(db: Path, children: Children, tmp_path
     assert alive_id not in first.stdout
     assert "checked 2 active run(s); marked 1 interrupted" in first.stdout
     assert raw(db, "SELECT id, status FROM runs ORDER BY status") == [
-        (dead_id, "interrupted"), (alive_id, "running")]
+        (dead_id, "interrupted"),
+        (alive_id, "running"),
+    ]
 
     script = Path(sys.executable).with_name("tether")
     second = gc(str(script)) if script.exists() else gc(sys.executable, "-m", "tether.cli")
@@ -236,7 +261,8 @@ def test_gc_cli_reports_and_marks_orphans(db: Path, children: Children, tmp_path
 
 
 def test_a_live_owner_on_this_host_keeps_its_run_even_with_an_expired_lease(
-        db: Path, children: Children) -> None:
+    db: Path, children: Children
+) -> None:
     """On this host a live pid is proof of life: a stopped process (SIGSTOP, a body holding the
     GIL) whose lease ran out is not recovered by a neighbour; once it is dead, it is."""
     proc = children.spawn(pipeline="crashy", params={"tag": "stopped"})
@@ -247,8 +273,7 @@ def test_a_live_owner_on_this_host_keeps_its_run_even_with_an_expired_lease(
             conn.execute("UPDATE runs SET lease_until = 1 WHERE id = ?", (run_id,))
         assert tether.get_run(run_id).status == "running"
         assert [r.id for r in tether.runs(status="running")] == [run_id]
-        assert tether.config.store().recover(tether.config.store().active(),
-                                             tether.owner.gone_reason) == []
+        assert tether.config.store().recover(tether.config.store().active(), tether.owner.gone_reason) == []
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     os.kill(proc.pid, signal.SIGKILL)
@@ -256,15 +281,16 @@ def test_a_live_owner_on_this_host_keeps_its_run_even_with_an_expired_lease(
     assert tether.get_run(run_id).status == "interrupted"
 
 
-def test_an_owner_on_another_host_is_gone_once_its_lease_expires(
-        db: Path, children: Children) -> None:
+def test_an_owner_on_another_host_is_gone_once_its_lease_expires(db: Path, children: Children) -> None:
     proc = children.spawn(pipeline="crashy", params={"tag": "remote"})
     run_id = run_of(db, pipes_a.crashy, proc)
     os.kill(proc.pid, signal.SIGSTOP)
     try:
         with sqlite3.connect(db) as conn:  # pretend the owner lives on another machine
-            conn.execute("UPDATE runs SET owner_host = 'elsewhere', lease_until = ? WHERE id = ?",
-                         (time.time() + 60, run_id))
+            conn.execute(
+                "UPDATE runs SET owner_host = 'elsewhere', lease_until = ? WHERE id = ?",
+                (time.time() + 60, run_id),
+            )
         assert tether.get_run(run_id).status == "running"  # lease still valid
         with sqlite3.connect(db) as conn:
             conn.execute("UPDATE runs SET lease_until = ? WHERE id = ?", (time.time() - 1, run_id))

@@ -146,8 +146,7 @@ def test_a_version_change_is_a_code_change_a_new_attempt(db: Path) -> None:
 # -- policies -----------------------------------------------------------------------------------
 
 
-def test_policy_attach_is_the_default_and_attaches_to_an_active_run(
-        db: Path, gate: threading.Event) -> None:
+def test_policy_attach_is_the_default_and_attaches_to_an_active_run(db: Path, gate: threading.Event) -> None:
     calls: list[int] = []
 
     @tether.pipeline
@@ -173,7 +172,8 @@ def test_policy_attach_is_the_default_and_attaches_to_an_active_run(
 
 
 def test_policy_fail_raises_on_an_active_run_and_returns_an_ended_one(
-        db: Path, gate: threading.Event) -> None:
+    db: Path, gate: threading.Event
+) -> None:
     calls: list[int] = []
 
     @tether.pipeline
@@ -209,7 +209,9 @@ def test_policy_rerun_makes_a_new_attempt_and_keeps_attempt_1(db: Path) -> None:
     assert second.resumed_from is None
     assert second.result(timeout=20) == 2
     assert [(r.attempt, r.status, r.result()) for r in first.attempts()] == [
-        (1, "succeeded", 1), (2, "succeeded", 2)]
+        (1, "succeeded", 1),
+        (2, "succeeded", 2),
+    ]
     assert p.start(x=5).id == second.id  # "the run for a key" is its latest attempt
 
 
@@ -253,8 +255,7 @@ def test_policy_resume_reuses_step_results(db: Path) -> None:
     assert calls == {"a": 2, "b": 3, "body": 3}
 
 
-def test_a_succeeded_run_is_returned_with_its_result_and_not_executed_again(
-        db: Path, tmp_path: Path) -> None:
+def test_a_succeeded_run_is_returned_with_its_result_and_not_executed_again(db: Path, tmp_path: Path) -> None:
     marker = tmp_path / "executions.txt"
 
     @tether.pipeline
@@ -350,7 +351,8 @@ def test_rerun_while_active_raises_run_active(db: Path, gate: threading.Event) -
 
 
 def test_rerun_in_a_process_without_the_pipeline_raises_pipeline_not_found(
-        db: Path, child_env: dict[str, str], tmp_path: Path) -> None:
+    db: Path, child_env: dict[str, str], tmp_path: Path
+) -> None:
     code = (
         "import tether\n"
         "@tether.pipeline\n"
@@ -360,8 +362,9 @@ def test_rerun_in_a_process_without_the_pipeline_raises_pipeline_not_found(
         "assert run.result(timeout=30) == 42\n"
         "print(run.id)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], env=child_env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=child_env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     run = tether.get_run(proc.stdout.strip())
     assert run.pipeline == "defined_only_in_the_child"
@@ -401,8 +404,7 @@ def test_runs_lists_every_attempt_newest_first_with_filters(db: Path) -> None:
     assert [r.id for r in tether.runs(pipeline=p)] == [i for i in newest_first if i != made[3].id]
     assert [r.id for r in tether.runs(pipeline=q.name)] == [made[3].id]
     assert [r.id for r in tether.runs(status="failed")] == [made[2].id]
-    assert [r.id for r in tether.runs(pipeline=p, status="succeeded")] == [
-        made[4].id, made[1].id, made[0].id]
+    assert [r.id for r in tether.runs(pipeline=p, status="succeeded")] == [made[4].id, made[1].id, made[0].id]
     assert [r.id for r in tether.runs(key=made[0].key)] == [made[4].id, made[0].id]
     assert [r.id for r in tether.runs(limit=2)] == newest_first[:2]
     assert tether.runs(pipeline="no-such-pipeline") == []
@@ -457,7 +459,8 @@ class Opaque:
     ids=["object", "nan", "inf", "int-key", "nested", "set", "bytes", "kwargs"],
 )
 def test_non_json_params_raise_params_error_naming_the_parameter(
-        db: Path, params: dict[str, Any], named: str) -> None:
+    db: Path, params: dict[str, Any], named: str
+) -> None:
     calls: list[int] = []
 
     @tether.pipeline

@@ -92,8 +92,9 @@ def test_import_and_decorating_open_no_database(tmp_path):
     """)
     env = {k: v for k, v in os.environ.items() if k != "TETHER_DB"}
     env["TETHER_DB"] = str(env_db)
-    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout)
     assert seen == {"cwd": [], "env_db": False, "conf_db": False, "threads": 1, "after_use": True}
@@ -105,8 +106,12 @@ def test_import_and_decorating_open_no_database(tmp_path):
 def test_import_alone_creates_no_default_database(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", "import tether\n@tether.pipeline\ndef f(ctx):\n    pass\n"],
-        cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "TETHER_DB"},
-        capture_output=True, text=True, timeout=60)
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "TETHER_DB"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -135,11 +140,14 @@ def test_created_folder_and_file_are_private(db, tmp_path):
 # -- refusing files -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content", [
-    pytest.param(os.urandom(8192), id="random-bytes"),
-    pytest.param(b"id,name\n1,hello\n" * 50, id="text"),
-    pytest.param(b"SQLite format 2\x00" + bytes(4080), id="almost-header"),
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(os.urandom(8192), id="random-bytes"),
+        pytest.param(b"id,name\n1,hello\n" * 50, id="text"),
+        pytest.param(b"SQLite format 2\x00" + bytes(4080), id="almost-header"),
+    ],
+)
 def test_non_sqlite_file_is_refused_untouched(db, tmp_path, content):
     path = tmp_path / "notes.db"
     path.write_bytes(content)
@@ -179,7 +187,7 @@ def test_corrupt_table_page_is_a_store_error(db, tmp_path, table):
     with closing(sqlite3.connect(tmp_path / "good.db")) as conn:
         root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
         page = conn.execute("PRAGMA page_size").fetchone()[0]
-    data[(root - 1) * page: root * page] = b"\xff" * page
+    data[(root - 1) * page : root * page] = b"\xff" * page
     path = tmp_path / "corrupt.db"
     path.write_bytes(bytes(data))
     message = _refused(path)
@@ -203,10 +211,14 @@ def test_other_sqlite_utils_app_with_a_runs_table_is_refused_untouched(db, tmp_p
     """Another app using sqlite-utils migrations and a table called `runs` is not tether's."""
     path = tmp_path / "app.db"
     with closing(sqlite3.connect(path)) as conn:
-        conn.execute("CREATE TABLE _sqlite_migrations (id INTEGER PRIMARY KEY, migration_set TEXT, "
-                     "name TEXT, applied_at TEXT)")
-        conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
-                     "VALUES ('myapp', '0001_init', '2024-01-01')")
+        conn.execute(
+            "CREATE TABLE _sqlite_migrations (id INTEGER PRIMARY KEY, migration_set TEXT, "
+            "name TEXT, applied_at TEXT)"
+        )
+        conn.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+            "VALUES ('myapp', '0001_init', '2024-01-01')"
+        )
         conn.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, score REAL)")
         conn.commit()
     message = _refused(path)
@@ -217,8 +229,10 @@ def test_database_from_a_newer_schema_is_refused_untouched(db, tmp_path):
     path = tmp_path / "newer.db"
     _real_db(db, path, runs=3)
     with closing(sqlite3.connect(path)) as conn:
-        conn.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
-                     "VALUES ('tether', '9999_from_the_future', '2099-01-01')")
+        conn.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) "
+            "VALUES ('tether', '9999_from_the_future', '2099-01-01')"
+        )
         conn.commit()
     message = _refused(path)
     assert "newer" in message
@@ -274,8 +288,9 @@ def test_tables_are_plain_and_readable_with_sqlite3(db):
     assert run.result(timeout=30) == {"rows": [1, 2, 3]}
     with closing(sqlite3.connect(db)) as conn:
         conn.row_factory = sqlite3.Row
-        row = conn.execute("SELECT *, datetime(created_at, 'unixepoch') AS created FROM runs "
-                           "WHERE id = ?", (run.id,)).fetchone()
+        row = conn.execute(
+            "SELECT *, datetime(created_at, 'unixepoch') AS created FROM runs WHERE id = ?", (run.id,)
+        ).fetchone()
         assert row["status"] == "succeeded"
         assert row["pipeline"] == readable.name
         assert row["key"] == run.key
@@ -286,8 +301,9 @@ def test_tables_are_plain_and_readable_with_sqlite3(db):
         assert (row["done"], row["total"]) == (2, 2)
         assert row["message"] == "loaded 3 rows"
         assert row["created"][:2] == "20"
-        events = conn.execute("SELECT seq, kind, data FROM events WHERE run_id = ? ORDER BY seq",
-                              (run.id,)).fetchall()
+        events = conn.execute(
+            "SELECT seq, kind, data FROM events WHERE run_id = ? ORDER BY seq", (run.id,)
+        ).fetchall()
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
         assert events[-1]["kind"] == "succeeded"
         assert {"message": "loaded 3 rows", "level": "info"} in [json.loads(e["data"]) for e in events]

@@ -29,15 +29,24 @@ from helpers import values
 from helpers.util import raw
 from tether import codec, config
 
-FUZZ = settings(max_examples=80, deadline=None, database=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                       HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=80,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
 SAMPLES = list(values.samples())
 
 
 def child(env: dict[str, str], code: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 # -- every listed type -------------------------------------------------------------------------
@@ -64,7 +73,8 @@ print(json.dumps({"bad": bad, "pickle_imported_by_tether": False}))
 
 
 def test_every_listed_type_round_trips_in_process_and_in_a_process_that_cannot_unpickle(
-        db: Path, child_env: dict[str, str]) -> None:
+    db: Path, child_env: dict[str, str]
+) -> None:
     expected = values.samples()
     ids = {}
     for name in SAMPLES:
@@ -87,24 +97,26 @@ def test_every_listed_type_round_trips_in_process_and_in_a_process_that_cannot_u
 
 
 def test_a_pickle_is_read_only_by_a_process_that_defines_its_pipeline_with_pickle(
-        db: Path, child_env: dict[str, str]) -> None:
+    db: Path, child_env: dict[str, str]
+) -> None:
     """The reader of the test above would notice an unpickle: here the same check catches it in
     a process that defined the pipeline with serializer="pickle" (helpers.values.pickled); a
     process that did not is refused before anything is unpickled."""
     run = values.pickled.start()
     assert run.result(timeout=30)["p"] == values.Plain(1, 2)
     read = f"tether.get_run({run.id!r}).result()"
-    opted_in = child(child_env, "import tether\nfrom helpers import values\nvalues.block_pickle()\n"
-                     + read)
+    opted_in = child(child_env, "import tether\nfrom helpers import values\nvalues.block_pickle()\n" + read)
     assert opted_in.returncode != 0 and "something was unpickled" in opted_in.stderr
-    plain = child(child_env, "import tether\nfrom helpers.values import block_pickle\n"
-                  "import helpers.values as v\ntether.pipeline(name='helpers.values.pickled')(\n"
-                  "    v.pickled.fn)\nblock_pickle()\n" + read)
+    plain = child(
+        child_env,
+        "import tether\nfrom helpers.values import block_pickle\n"
+        "import helpers.values as v\ntether.pipeline(name='helpers.values.pickled')(\n"
+        "    v.pickled.fn)\nblock_pickle()\n" + read,
+    )
     assert plain.returncode != 0 and "something was unpickled" not in plain.stderr
     assert "StoreError" in plain.stderr and "serializer='pickle'" in plain.stderr
     assert "'helpers.values.pickled'" in plain.stderr and run.id in plain.stderr
-    ok = child(child_env, "import tether\nfrom helpers import values\n"
-               f"print({read})")
+    ok = child(child_env, f"import tether\nfrom helpers import values\nprint({read})")
     assert ok.returncode == 0 and ok.stdout.strip() == "{'n': 3, 'p': Plain(1, 2)}", ok.stderr
 
 
@@ -118,20 +130,24 @@ def test_plain_json_is_stored_exactly_as_before(db: Path) -> None:
     run = plain.start()
     assert run.result(timeout=30) == {"b": [1, 2.5, None, True], "a": "é", "c": {"z": 1, "y": []}}
     assert raw(db, "SELECT result FROM runs WHERE id = ?", run.id) == [
-        ('{"a":"\\u00e9","b":[1,2.5,null,true],"c":{"y":[],"z":1}}',)]
+        ('{"a":"\\u00e9","b":[1,2.5,null,true],"c":{"y":[],"z":1}}',)
+    ]
 
 
 def test_importing_tether_imports_no_numpy_pandas_pyarrow_or_pickle() -> None:
-    code = ("import sys, tether\n"
-            "print(sorted(m for m in ('numpy', 'pandas', 'pyarrow', 'pickle', 'decimal', 'uuid',"
-            " 'zoneinfo', 'base64') if m in sys.modules))")
+    code = (
+        "import sys, tether\n"
+        "print(sorted(m for m in ('numpy', 'pandas', 'pyarrow', 'pickle', 'decimal', 'uuid',"
+        " 'zoneinfo', 'base64') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
 
 def test_a_numpy_result_is_read_by_a_process_that_never_imported_numpy_itself(
-        db: Path, child_env: dict[str, str]) -> None:
+    db: Path, child_env: dict[str, str]
+) -> None:
     """numpy is imported by the reader only when such a value is read, and only then."""
 
     @tether.pipeline
@@ -140,13 +156,15 @@ def test_a_numpy_result_is_read_by_a_process_that_never_imported_numpy_itself(
 
     run = arr.start()
     run.result(timeout=30)
-    code = ("import sys, tether\n"
-            f"run = tether.get_run({run.id!r})\n"
-            "assert 'numpy' not in sys.modules\n"
-            "print(run.snapshot().result_summary)\n"  # a summary needs no numpy either
-            "assert 'numpy' not in sys.modules\n"
-            "out = run.result()\n"
-            "print(type(out['a']).__module__, out['a'].dtype, out['a'].tolist(), out['when'])")
+    code = (
+        "import sys, tether\n"
+        f"run = tether.get_run({run.id!r})\n"
+        "assert 'numpy' not in sys.modules\n"
+        "print(run.snapshot().result_summary)\n"  # a summary needs no numpy either
+        "assert 'numpy' not in sys.modules\n"
+        "out = run.result()\n"
+        "print(type(out['a']).__module__, out['a'].dtype, out['a'].tolist(), out['when'])"
+    )
     proc = child(child_env, code)
     assert proc.returncode == 0, proc.stderr
     first, second = proc.stdout.strip().splitlines()
@@ -158,23 +176,42 @@ def test_a_numpy_result_is_read_by_a_process_that_never_imported_numpy_itself(
 
 TEXT = st.text(st.characters(exclude_categories=()), max_size=8)
 HASHABLE = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(0, 3).map(lambda k: (-1) ** k * 10**5000 + k),
-    st.floats(allow_nan=False), TEXT, st.binary(max_size=8),
-    st.decimals(allow_nan=False), st.uuids(), st.dates(),
-    st.timedeltas(), st.times(), st.datetimes(timezones=st.none() | st.timezones()),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(0, 3).map(lambda k: (-1) ** k * 10**5000 + k),
+    st.floats(allow_nan=False),
+    TEXT,
+    st.binary(max_size=8),
+    st.decimals(allow_nan=False),
+    st.uuids(),
+    st.dates(),
+    st.timedeltas(),
+    st.times(),
+    st.datetimes(timezones=st.none() | st.timezones()),
     st.builds(pathlib.PurePosixPath, TEXT.filter(lambda s: "\x00" not in s)),
 )
 LEAVES = st.one_of(
-    HASHABLE, st.floats(), st.sets(HASHABLE, max_size=3), st.frozensets(HASHABLE, max_size=3),
-    st.builds(bytearray, st.binary(max_size=8)), st.complex_numbers(),
+    HASHABLE,
+    st.floats(),
+    st.sets(HASHABLE, max_size=3),
+    st.frozensets(HASHABLE, max_size=3),
+    st.builds(bytearray, st.binary(max_size=8)),
+    st.complex_numbers(),
     hnp.scalar_dtypes().flatmap(hnp.from_dtype),
-    hnp.arrays(hnp.scalar_dtypes() | hnp.byte_string_dtypes() | hnp.unicode_string_dtypes(),
-               hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=3)),
+    hnp.arrays(
+        hnp.scalar_dtypes() | hnp.byte_string_dtypes() | hnp.unicode_string_dtypes(),
+        hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=3),
+    ),
 )
 VALUES = st.recursive(
     LEAVES,
-    lambda kids: st.lists(kids, max_size=4) | st.tuples(kids, kids)
-    | st.dictionaries(TEXT, kids, max_size=4) | st.dictionaries(HASHABLE, kids, max_size=3),
+    lambda kids: (
+        st.lists(kids, max_size=4)
+        | st.tuples(kids, kids)
+        | st.dictionaries(TEXT, kids, max_size=4)
+        | st.dictionaries(HASHABLE, kids, max_size=3)
+    ),
     max_leaves=10,
 )
 
@@ -194,9 +231,17 @@ def test_fuzz_nested_values_round_trip_through_the_codec_and_a_file(tmp_path: Pa
     assert codec.encode(value) == text  # canonical: the same value, the same text
 
 
-@settings(max_examples=20, deadline=None, database=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large])
+@settings(
+    max_examples=20,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
 @given(value=VALUES)
 def test_fuzz_nested_values_round_trip_as_results(db: Path, value: Any) -> None:
     token = f"v{len(_VALUES)}"
@@ -218,7 +263,8 @@ def returns(ctx: tether.Context, token: str) -> Any:
 
 
 def test_register_codec_round_trips_a_user_type_here_and_in_a_process_that_registers_it(
-        db: Path, child_env: dict[str, str]) -> None:
+    db: Path, child_env: dict[str, str]
+) -> None:
     values.register_point()
 
     @tether.pipeline
@@ -227,13 +273,15 @@ def test_register_codec_round_trips_a_user_type_here_and_in_a_process_that_regis
         return {"pts": [first, values.Point(3.5, -1)], "set": frozenset({values.Point(0, 0)})}
 
     run = points.start()
-    expected = {"pts": [values.Point(1, 2), values.Point(3.5, -1)],
-                "set": frozenset({values.Point(0, 0)})}
+    expected = {"pts": [values.Point(1, 2), values.Point(3.5, -1)], "set": frozenset({values.Point(0, 0)})}
     assert run.result(timeout=30) == expected
     [(stored,)] = raw(db, "SELECT result FROM runs WHERE id = ?", run.id)
     assert '"name":"tests.Point"' in stored and '"x":3.5' in stored  # readable in the row
-    ok = child(child_env, "import tether\nfrom helpers import values\nvalues.register_point()\n"
-               f"print(tether.get_run({run.id!r}).result()['pts'])")
+    ok = child(
+        child_env,
+        "import tether\nfrom helpers import values\nvalues.register_point()\n"
+        f"print(tether.get_run({run.id!r}).result()['pts'])",
+    )
     assert ok.returncode == 0 and ok.stdout.strip() == "[Point(1, 2), Point(3.5, -1)]", ok.stderr
     missing = child(child_env, f"import tether\ntether.get_run({run.id!r}).result()")
     assert missing.returncode != 0
@@ -267,7 +315,8 @@ def test_a_codec_returning_its_own_type_or_raising_is_a_params_error(db: Path) -
 
 
 def test_pickle_serializer_is_opt_in_and_refuses_a_database_owned_by_another_user(
-        db: Path, child_env: dict[str, str]) -> None:
+    db: Path, child_env: dict[str, str]
+) -> None:
     run = values.pickled.start()
     assert run.result(timeout=30) == {"p": values.Plain(1, 2), "n": 3}
     [(stored,)] = raw(db, "SELECT result FROM runs WHERE id = ?", run.id)
@@ -278,8 +327,11 @@ def test_pickle_serializer_is_opt_in_and_refuses_a_database_owned_by_another_use
         return {"p": values.Plain(1, 2)}
 
     refused = not_opted_in.start()
-    with pytest.raises(tether.RunFailed, match=r"result\['p'\]: helpers.values.Plain \(Plain\(1, 2\)\) "
-                                                "cannot be stored"):
+    with pytest.raises(
+        tether.RunFailed,
+        match=r"result\['p'\]: helpers.values.Plain \(Plain\(1, 2\)\) "
+        "cannot be stored",
+    ):
         refused.result(timeout=30)
     with pytest.raises(tether.PipelineError, match="serializer='json'"):
         tether.pipeline(serializer="json")(lambda ctx: None)  # type: ignore[call-overload]
@@ -295,8 +347,7 @@ def test_pickle_serializer_is_opt_in_and_refuses_a_database_owned_by_another_use
         assert proc.returncode != 0
         assert "StoreError" in proc.stderr and "owned by another user" in proc.stderr
         assert "unpickles only what you own" in proc.stderr
-        summary = child(env, f"import tether\nprint(tether.get_run({run.id!r}).snapshot()"
-                             ".result_summary)")
+        summary = child(env, f"import tether\nprint(tether.get_run({run.id!r}).snapshot().result_summary)")
         assert summary.returncode == 0 and "<pickled helpers.values.Plain>" in summary.stdout
     finally:
         os.chown(db, os.getuid(), os.getgid())
@@ -343,22 +394,26 @@ def test_step_and_map_values_tether_cannot_store_raise_at_once_naming_type_and_p
 
     run = reacts.start()
     assert run.result(timeout=30) == "reacted"
-    assert seen["step"].startswith("step 'load': value['rows'][3]: test_values.Foo (Foo()) cannot be "
-                                   "stored"), seen["step"]
+    assert seen["step"].startswith(
+        "step 'load': value['rows'][3]: test_values.Foo (Foo()) cannot be stored"
+    ), seen["step"]
     assert "register_codec" in seen["step"] and "checkpoint=False" in seen["step"]
     assert seen["map"].startswith("ctx.map(items): item 2: value['rows'][2]: test_values.Foo"), seen["map"]
     names = [n for (n,) in raw(db, "SELECT name FROM checkpoints WHERE run_id = ?", run.id)]
     assert "step:load" not in names and "map:items:2" not in names
 
 
-@pytest.mark.parametrize(("value", "path"), [
-    ({"rows": [1, 2, 3, Foo()]}, "result['rows'][3]: test_values.Foo (Foo())"),
-    ([(1, {2: Foo()})], "result[0][1][2]: test_values.Foo"),
-    ({"s": {1, Foo()}}, "result['s'] (the item Foo()): test_values.Foo"),
-    ({(1, Foo()): "key"}, "result (the key (1, Foo()))[1]: test_values.Foo"),
-    (np.array([1, None, "x"], dtype=object), "result: numpy.ndarray"),
-    ({"t": dt.datetime(2024, 1, 1, tzinfo=Odd())}, "result['t']: test_values.Odd"),
-])
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        ({"rows": [1, 2, 3, Foo()]}, "result['rows'][3]: test_values.Foo (Foo())"),
+        ([(1, {2: Foo()})], "result[0][1][2]: test_values.Foo"),
+        ({"s": {1, Foo()}}, "result['s'] (the item Foo()): test_values.Foo"),
+        ({(1, Foo()): "key"}, "result (the key (1, Foo()))[1]: test_values.Foo"),
+        (np.array([1, None, "x"], dtype=object), "result: numpy.ndarray"),
+        ({"t": dt.datetime(2024, 1, 1, tzinfo=Odd())}, "result['t']: test_values.Odd"),
+    ],
+)
 def test_paths_in_messages(value: Any, path: str) -> None:
     with pytest.raises(tether.ParamsError) as info:
         codec.encode(value)
@@ -366,7 +421,8 @@ def test_paths_in_messages(value: Any, path: str) -> None:
 
 
 def test_unstorable_result_fails_the_run_keeping_checkpoints_so_resume_redoes_only_the_end(
-        db: Path, tmp_path: Path) -> None:
+    db: Path, tmp_path: Path
+) -> None:
     log = tmp_path / "steps.log"
     fixed = {"yes": False}
 
@@ -374,8 +430,9 @@ def test_unstorable_result_fails_the_run_keeping_checkpoints_so_resume_redoes_on
     def long_job(ctx: tether.Context) -> Any:
         parts = []
         for k in range(3):
-            parts.append(ctx.step(f"part{k}", lambda k=k: (log.open("a").write(f"part{k}\n"),
-                                                          np.full(3, k))[1]))
+            parts.append(
+                ctx.step(f"part{k}", lambda k=k: (log.open("a").write(f"part{k}\n"), np.full(3, k))[1])
+            )
         return {"parts": parts, "summary": (parts[0] if fixed["yes"] else Foo())}
 
     run = long_job.start()
@@ -406,8 +463,14 @@ def test_nesting_deeper_than_the_limit_names_where(db: Path) -> None:
 def test_summary_shows_values_without_reading_files(db: Path, child_env: dict[str, str]) -> None:
     @tether.pipeline
     def big(ctx: tether.Context) -> Any:
-        return {"arr": np.zeros(500_000), "when": dt.date(2024, 5, 1), "n": 3,
-                "d": decimal.Decimal("1.5"), "u": uuid.UUID(int=1), "x": math.nan}
+        return {
+            "arr": np.zeros(500_000),
+            "when": dt.date(2024, 5, 1),
+            "n": 3,
+            "d": decimal.Decimal("1.5"),
+            "u": uuid.UUID(int=1),
+            "x": math.nan,
+        }
 
     run = big.start()
     run.result(timeout=30)
@@ -417,8 +480,13 @@ def test_summary_shows_values_without_reading_files(db: Path, child_env: dict[st
     assert summary["arr"] == "<ndarray <f8 (500000,) in a file, 3.8 MiB>"
     assert summary["n"] == 3 and summary["when"] == "datetime.date(2024, 5, 1)"
     assert summary["x"] == "nan"
-    show = subprocess.run([sys.executable, "-m", "tether.cli", "show", run.id, "--db", str(db)],
-                          env=child_env, capture_output=True, text=True, timeout=60)
+    show = subprocess.run(
+        [sys.executable, "-m", "tether.cli", "show", run.id, "--db", str(db)],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert show.returncode == 0, show.stderr
     assert "<ndarray <f8 (500000,) in a file, 3.8 MiB>" in show.stdout
     with pytest.raises(tether.StoreError, match="missing"):
@@ -448,8 +516,10 @@ def test_a_pickle_written_behind_tethers_back_is_never_unpickled(db: Path, tmp_p
     marker = tmp_path / "unpickled"
     payload = base64.b64encode(pickle.dumps(_Marker(str(marker)))).decode()
     conn = sqlite3.connect(db)
-    conn.execute("UPDATE runs SET result = ? WHERE id = ?",
-                 (json.dumps({"$tether": "pickle", "type": "x._Marker", "b64": payload}), run.id))
+    conn.execute(
+        "UPDATE runs SET result = ? WHERE id = ?",
+        (json.dumps({"$tether": "pickle", "type": "x._Marker", "b64": payload}), run.id),
+    )
     conn.commit()
     conn.close()
     with pytest.raises(tether.StoreError, match="serializer='pickle'"):

@@ -45,7 +45,8 @@ def executed(log: Path) -> list[tuple[str, int]]:
 
 
 def test_detached_start_leaves_the_run_pending_for_a_worker(
-        db: Path, children: Children, tmp_path: Path) -> None:
+    db: Path, children: Children, tmp_path: Path
+) -> None:
     log = tmp_path / "job.log"
     run = pipes_c.job.start(log=str(log), detach=True)
     rec = run.snapshot()
@@ -64,7 +65,8 @@ def test_detached_start_leaves_the_run_pending_for_a_worker(
 
 @pytest.mark.parametrize("death", ["exit", "kill"])
 def test_a_detached_run_survives_the_death_of_the_process_that_started_it(
-        db: Path, children: Children, tmp_path: Path, death: str) -> None:
+    db: Path, children: Children, tmp_path: Path, death: str
+) -> None:
     log = tmp_path / "job.log"
     proc = children.spawn(pipeline="job", params={"log": str(log)}, detach=True, mode=death)
     run_id = first_line(proc)["id"]
@@ -87,14 +89,26 @@ def test_two_workers_never_execute_the_same_run(db: Path, children: Children, tm
     log = tmp_path / "job.log"
     n = 20
     # the first runs wait until both workers have started one, so the two really race
-    ids = [pipes_c.job.start(log=str(log), tag=i, hold=0.05, pids=2, detach=True).id
-           for i in range(n)]
+    ids = [pipes_c.job.start(log=str(log), tag=i, hold=0.05, pids=2, detach=True).id for i in range(n)]
     go = tmp_path / "go"
-    workers = [children.popen(*pipes_c.GATED_WORKER, str(tmp_path / f"ready{w}"), str(go), "worker",
-                              "helpers.pipes_c", "--once", "--concurrency", "3", "--poll", "0.02")
-               for w in range(2)]
-    wait_until(lambda: all((tmp_path / f"ready{w}").exists() for w in range(2)),
-               what="both workers to be ready")
+    workers = [
+        children.popen(
+            *pipes_c.GATED_WORKER,
+            str(tmp_path / f"ready{w}"),
+            str(go),
+            "worker",
+            "helpers.pipes_c",
+            "--once",
+            "--concurrency",
+            "3",
+            "--poll",
+            "0.02",
+        )
+        for w in range(2)
+    ]
+    wait_until(
+        lambda: all((tmp_path / f"ready{w}").exists() for w in range(2)), what="both workers to be ready"
+    )
     go.touch()  # both start claiming at the same moment
     outs = []
     for proc in workers:
@@ -115,12 +129,18 @@ def test_two_workers_never_execute_the_same_run(db: Path, children: Children, tm
 
 
 def test_sigterm_stops_a_worker_mid_run_and_the_run_is_interrupted_then_resumable(
-        db: Path, children: Children, tmp_path: Path) -> None:
+    db: Path, children: Children, tmp_path: Path
+) -> None:
     log, gate = tmp_path / "spin.log", tmp_path / "gate"
     run = pipes_c.spin.start(log=str(log), gate=str(gate), detach=True)
     worker = children.worker("--poll", "0.05")
-    wait_until(lambda: raw(db, "SELECT status, phase FROM runs WHERE id = ?", run.id)
-               == [("running", "spin")] and len(lines(log)) == 2, what="the run to be spinning")
+    wait_until(
+        lambda: (
+            raw(db, "SELECT status, phase FROM runs WHERE id = ?", run.id) == [("running", "spin")]
+            and len(lines(log)) == 2
+        ),
+        what="the run to be spinning",
+    )
     worker.send_signal(signal.SIGTERM)
     out, err = worker.communicate(timeout=30)
     assert worker.returncode == 0, err
@@ -164,11 +184,17 @@ def test_detach_of_a_pipeline_a_worker_cannot_import_is_a_clear_error(db: Path) 
 
 
 def test_worker_of_a_module_that_does_not_exist_exits_1_with_a_one_line_error(
-        child_env: dict[str, str], tmp_path: Path) -> None:
+    child_env: dict[str, str], tmp_path: Path
+) -> None:
     fresh = tmp_path / "never" / "runs.db"
-    proc = subprocess.run([sys.executable, "-m", "tether.cli", "worker", "nonexistent_module_c",
-                           "--once", "--db", str(fresh)], env=child_env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tether.cli", "worker", "nonexistent_module_c", "--once", "--db", str(fresh)],
+        env=child_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     assert proc.stdout == ""
     err = proc.stderr.strip()
@@ -186,7 +212,8 @@ def failed_detached_run(children: Children, log: Path) -> tether.Run:
 
 
 def test_resume_of_a_detached_run_is_left_to_a_worker_and_not_claimed_here(
-        db: Path, children: Children, tmp_path: Path) -> None:
+    db: Path, children: Children, tmp_path: Path
+) -> None:
     log = tmp_path / "steps.log"
     run = failed_detached_run(children, log)
     resumed = run.resume()
@@ -201,13 +228,13 @@ def test_resume_of_a_detached_run_is_left_to_a_worker_and_not_claimed_here(
 
 
 def test_a_detached_run_can_be_resumed_from_a_process_that_does_not_define_its_pipeline(
-        db: Path, children: Children, tmp_path: Path) -> None:
+    db: Path, children: Children, tmp_path: Path
+) -> None:
     # e.g. the panel's Resume button in a fresh kernel: a worker executes the new attempt, so
     # this process needs no pipeline code (as for start(detach=True) it needs an importable one)
     log = tmp_path / "steps.log"
     run = failed_detached_run(children, log)
-    proc = children.popen("-c", "import sys, tether; print(tether.get_run(sys.argv[1]).resume().id)",
-                          run.id)
+    proc = children.popen("-c", "import sys, tether; print(tether.get_run(sys.argv[1]).resume().id)", run.id)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     resumed = tether.get_run(out.strip())

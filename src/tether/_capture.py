@@ -271,8 +271,11 @@ def install() -> None:
     kernel_cls = _patch_kernel_streams() if "ipykernel.iostream" in sys.modules else None
     for name in _STREAMS:
         stream = getattr(sys, name)
-        if stream is None or type(stream) is _Stream or (
-                kernel_cls is not None and isinstance(stream, kernel_cls)):
+        if (
+            stream is None
+            or type(stream) is _Stream
+            or (kernel_cls is not None and isinstance(stream, kernel_cls))
+        ):
             continue
         with _install_lock:
             stream = getattr(sys, name)
@@ -347,8 +350,13 @@ def _patch_tqdm(module: Any) -> None:
         @functools.wraps(original)
         def init(self: Any, *args: Any, **kwargs: Any) -> None:
             ctx = _get()
-            if (ctx is None or kwargs.get("disable") is True or len(args) > 10
-                    or ctx._runner._forked or (ctx._output is not None and ctx._output.ended)):
+            if (
+                ctx is None
+                or kwargs.get("disable") is True
+                or len(args) > 10
+                or ctx._runner._forked
+                or (ctx._output is not None and ctx._output.ended)
+            ):
                 original(self, *args, **kwargs)
                 return
             kwargs["disable"] = True  # draws nothing: no output, no widget, no monitor thread

@@ -67,8 +67,12 @@ def _strip_docstrings(root: ast.AST) -> None:
     for node in ast.walk(root):
         if isinstance(node, (*_DEFS, ast.ClassDef)):
             body = node.body
-            if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                    and isinstance(body[0].value.value, str)):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
 
 

@@ -29,8 +29,9 @@ except ImportError:  # pragma: no cover - not CPython
 
 __all__ = ["critical", "in_main_thread", "safe_point"]
 
-_SIGNALS = tuple(s for s in (getattr(_sig, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP"))
-                 if s is not None)
+_SIGNALS = tuple(
+    s for s in (getattr(_sig, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None
+)
 _MAIN = threading.main_thread().ident
 
 _depth = 0
@@ -93,8 +94,9 @@ class _Critical:
                 raise
         _depth += 1
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         global _depth
         if threading.get_ident() != _MAIN:
             return

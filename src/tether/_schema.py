@@ -135,22 +135,20 @@ def _control(db: Database) -> None:
         db.execute(statement)
 
 
-
-
 def _code(db: Database) -> None:
     # the fingerprint of the body's code that created the run (tether._code: "ast:<hex>", or
     # "bytecode:<hex>"); NULL for runs recorded before, or of a callable without code
     db.execute("ALTER TABLE runs ADD COLUMN code TEXT")
 
 
-_STEPS = {"0001_initial": _initial, "0002_owner_ns": _owner_ns, "0003_control": _control,
-          "0004_code": _code}
+_STEPS = {"0001_initial": _initial, "0002_owner_ns": _owner_ns, "0003_control": _control, "0004_code": _code}
 
 
 def applied(conn: sqlite3.Connection) -> list[str]:
     """Names of the tether migrations recorded in the database, in the order applied."""
-    rows = conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE} WHERE migration_set = ? "
-                        "ORDER BY rowid", (MIGRATION_SET,)).fetchall()
+    rows = conn.execute(
+        f"SELECT name FROM {MIGRATIONS_TABLE} WHERE migration_set = ? ORDER BY rowid", (MIGRATION_SET,)
+    ).fetchall()
     return [r[0] for r in rows]
 
 

@@ -54,8 +54,9 @@ class _Overlapped:
         if len(chunk) < _READ_CHUNK:
             self._hash.update(chunk)
             return
-        self._busy = threading.Thread(target=self._hash.update, args=(chunk,), daemon=True,
-                                      name="tether-hash")
+        self._busy = threading.Thread(
+            target=self._hash.update, args=(chunk,), daemon=True, name="tether-hash"
+        )
         self._busy.start()
 
     def hexdigest(self) -> str:
@@ -72,8 +73,7 @@ def _hex(name: str) -> bool:
 class Artifacts:
     """The files of one database (``<db>.artifacts``). Holds no state but its paths."""
 
-    def __init__(self, db_path: Path, pipeline_of: Callable[[str], str | None] | None = None
-                 ) -> None:
+    def __init__(self, db_path: Path, pipeline_of: Callable[[str], str | None] | None = None) -> None:
         self.db_path = db_path
         self.root = Path(f"{db_path}.artifacts")
         self.pipeline_of = pipeline_of  # run id -> its pipeline's name (the store's lookup)
@@ -85,9 +85,11 @@ class Artifacts:
 
     def _error(self, what: str, exc: OSError) -> StoreError:
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        err = StoreError(f"tether could not {what} in {str(self.root)!r}"
-                         + (f": the disk is full ({exc})" if full else f": {exc}")
-                         + ". Free some space, or make the folder writable by you.")
+        err = StoreError(
+            f"tether could not {what} in {str(self.root)!r}"
+            + (f": the disk is full ({exc})" if full else f": {exc}")
+            + ". Free some space, or make the folder writable by you."
+        )
         err.transient = exc.errno in _TRANSIENT
         return err
 
@@ -116,12 +118,11 @@ class Artifacts:
                 os.mkdir(self.root, 0o700)
             except FileExistsError:
                 pass
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                         0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
             try:
                 done = 0
                 while done < len(view):
-                    chunk = view[done:done + _READ_CHUNK]
+                    chunk = view[done : done + _READ_CHUNK]
                     hasher.update(chunk)  # hashed by a helper thread meanwhile
                     while chunk:
                         n = os.write(fd, chunk)
@@ -167,8 +168,7 @@ class Artifacts:
                     os.mkdir(where, 0o700)
                 except FileExistsError:
                     pass
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                         0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
             try:
                 view = memoryview(data).cast("B")
                 while view:
@@ -190,46 +190,59 @@ class Artifacts:
         """The content of file ``digest`` (a bytearray, or ``into`` filled), checked against its
         size and digest; StoreError naming ``where`` and the file otherwise."""
         if len(digest) != 64 or not _hex(digest):
-            raise StoreError(f"{where} refers to a file named {digest!r:.80}, which is not a "
-                             "SHA-256; the database is damaged; it was left untouched")
+            raise StoreError(
+                f"{where} refers to a file named {digest!r:.80}, which is not a "
+                "SHA-256; the database is damaged; it was left untouched"
+            )
         path = self.path(digest)
-        fix = ("the value cannot be read back; restore the file from a backup, or start a "
-               "new attempt with run.rerun()")
+        fix = (
+            "the value cannot be read back; restore the file from a backup, or start a "
+            "new attempt with run.rerun()"
+        )
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
-            raise StoreError(f"{where} refers to the file {str(path)!r} ({size} bytes), which is "
-                             f"missing; {fix}") from None
+            raise StoreError(
+                f"{where} refers to the file {str(path)!r} ({size} bytes), which is missing; {fix}"
+            ) from None
         except OSError as exc:
-            raise StoreError(f"{where} refers to the file {str(path)!r}, which cannot be read: "
-                             f"{exc}") from None
+            raise StoreError(
+                f"{where} refers to the file {str(path)!r}, which cannot be read: {exc}"
+            ) from None
         try:
             actual = os.fstat(fd).st_size
             if actual != size:
-                raise StoreError(f"{where} refers to the file {str(path)!r}, which holds {actual} "
-                                 f"bytes, not {size} (cut or altered); {fix}")
+                raise StoreError(
+                    f"{where} refers to the file {str(path)!r}, which holds {actual} "
+                    f"bytes, not {size} (cut or altered); {fix}"
+                )
             out = into if into is not None else bytearray(size)
             view = memoryview(out).cast("B")
             hasher = _Overlapped()
             got = 0
             with open(fd, "rb", buffering=0, closefd=False) as f:
                 while got < size:
-                    n = f.readinto(view[got:got + _READ_CHUNK])
+                    n = f.readinto(view[got : got + _READ_CHUNK])
                     if not n:
                         break
-                    hasher.update(view[got:got + n])
+                    hasher.update(view[got : got + n])
                     got += n
             if got != size:
-                raise StoreError(f"{where} refers to the file {str(path)!r}, which ended after "
-                                 f"{got} of {size} bytes; {fix}")
+                raise StoreError(
+                    f"{where} refers to the file {str(path)!r}, which ended after "
+                    f"{got} of {size} bytes; {fix}"
+                )
         except OSError as exc:
-            raise StoreError(f"{where} refers to the file {str(path)!r}, which cannot be read: "
-                             f"{exc}") from None
+            raise StoreError(
+                f"{where} refers to the file {str(path)!r}, which cannot be read: {exc}"
+            ) from None
         finally:
             os.close(fd)
         if hasher.hexdigest() != digest:
-            raise StoreError(f"{where} refers to the file {str(path)!r}, whose content does not "
-                             f"match its SHA-256 (damaged or altered); {fix}")
+            raise StoreError(
+                f"{where} refers to the file {str(path)!r}, whose content does not "
+                f"match its SHA-256 (damaged or altered); {fix}"
+            )
         return out
 
     def check_pickle(self, where: str, run_id: str, digest: str | None = None) -> None:
@@ -242,7 +255,8 @@ class Artifacts:
             raise StoreError(
                 f"{where} holds a pickle, and tether unpickles only the values of a pipeline "
                 f"defined in this process with serializer='pickle': define pipeline "
-                f"{pipeline!r} (run the cell or import the module that defines it) first")
+                f"{pipeline!r} (run the cell or import the module that defines it) first"
+            )
         if not hasattr(os, "geteuid"):
             return
         me = os.geteuid()
@@ -250,13 +264,15 @@ class Artifacts:
             try:
                 uid = os.stat(path).st_uid
             except OSError as exc:
-                raise StoreError(f"{where} holds a pickle, and {str(path)!r} cannot be checked: "
-                                 f"{exc}") from None
+                raise StoreError(
+                    f"{where} holds a pickle, and {str(path)!r} cannot be checked: {exc}"
+                ) from None
             if uid != me:
                 raise StoreError(
                     f"{where} holds a pickle, and {str(path)!r} is owned by another user (uid "
                     f"{uid}), not by you (uid {me}): tether unpickles only what you own, since "
-                    "unpickling runs code (allow_foreign_db does not change this)")
+                    "unpickling runs code (allow_foreign_db does not change this)"
+                )
 
     # -- garbage collection --------------------------------------------------------------------
 

@@ -75,15 +75,27 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return 0
     rows = [["ID", "PIPELINE", "#", "STATUS", "PHASE", "PROGRESS", "STARTED", "DURATION", "PARAMS"]]
     now = time.time()
-    rows += [[_safe(r.id), _safe(r.pipeline), str(r.attempt), _status(r, now), _safe(r.phase or "-"),
-              _progress(r),
-              _when(r.started_at or r.created_at), _duration(r), _params(r, args.wide)]
-             for r in recs]
+    rows += [
+        [
+            _safe(r.id),
+            _safe(r.pipeline),
+            str(r.attempt),
+            _status(r, now),
+            _safe(r.phase or "-"),
+            _progress(r),
+            _when(r.started_at or r.created_at),
+            _duration(r),
+            _params(r, args.wide),
+        ]
+        for r in recs
+    ]
     print(_table(rows))
     damaged = sum(1 for r in recs if r.damaged)
     if damaged:
-        print(f"{damaged} damaged row(s) (edited by hand or by another tool?): "
-              "`tether show ID` names the damaged columns")
+        print(
+            f"{damaged} damaged row(s) (edited by hand or by another tool?): "
+            "`tether show ID` names the damaged columns"
+        )
     return 0
 
 
@@ -135,13 +147,29 @@ def _as_dict(rec: RunRecord) -> dict[str, object]:
     damaged = list(rec.damaged)
     params, error = _decoded(rec, "params", damaged), _decoded(rec, "error", damaged)
     result = _summary(rec, damaged)
-    return {"id": rec.id, "key": rec.key, "attempt": rec.attempt, "pipeline": rec.pipeline,
-            "status": rec.status_text, "phase": rec.phase, "done": rec.done, "total": rec.total,
-            "params": params, "created_at": rec.created_at, "started_at": rec.started_at,
-            "ended_at": rec.ended_at, "error": error, "result": result, "damaged": damaged,
-            "parent": rec.parent_id, "tries": rec.tries, "max_tries": rec.max_tries,
-            "retry_at": rec.retry_at, "timeout": rec.timeout,
-            "overdue": rec.overdue(time.time())}
+    return {
+        "id": rec.id,
+        "key": rec.key,
+        "attempt": rec.attempt,
+        "pipeline": rec.pipeline,
+        "status": rec.status_text,
+        "phase": rec.phase,
+        "done": rec.done,
+        "total": rec.total,
+        "params": params,
+        "created_at": rec.created_at,
+        "started_at": rec.started_at,
+        "ended_at": rec.ended_at,
+        "error": error,
+        "result": result,
+        "damaged": damaged,
+        "parent": rec.parent_id,
+        "tries": rec.tries,
+        "max_tries": rec.max_tries,
+        "retry_at": rec.retry_at,
+        "timeout": rec.timeout,
+        "overdue": rec.overdue(time.time()),
+    }
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -202,13 +230,19 @@ def _show_control(store: Store, rec: RunRecord) -> None:
             line += f"  next in {max(0.0, rec.retry_at - now):.0f} s"
         print(line)
         for ev in store.events(rec.id, kinds=["retry"]):
-            print(f"  try {ev.data.get('try')}: {_safe(ev.data.get('type'))}: "
-                  f"{_safe(ev.data.get('message'))}")
+            print(
+                f"  try {ev.data.get('try')}: {_safe(ev.data.get('type'))}: {_safe(ev.data.get('message'))}"
+            )
     if rec.timeout is not None:
         overdue = rec.overdue(now)
-        print(f"timeout   {rec.timeout:g} s per try"
-              + (f"  (past its timeout by {overdue:.0f} s: it stops at its next ctx call)"
-                 if overdue is not None else ""))
+        print(
+            f"timeout   {rec.timeout:g} s per try"
+            + (
+                f"  (past its timeout by {overdue:.0f} s: it stops at its next ctx call)"
+                if overdue is not None
+                else ""
+            )
+        )
     if rec.parent_id:
         print(f"parent    {rec.parent_id}")
     kids = store.children(rec.id)
@@ -220,13 +254,16 @@ def _show_control(store: Store, rec: RunRecord) -> None:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     store = _existing_store(args.db)
-    rec = store.request_cancel(args.id, owner.gone_reason,
-                               origin={"via": "cli", "pid": os.getpid(), "host": owner.current().host})
+    rec = store.request_cancel(
+        args.id, owner.gone_reason, origin={"via": "cli", "pid": os.getpid(), "host": owner.current().host}
+    )
     if rec.status.terminal:
         print(f"{_safe(rec.id)}: {_status(rec, time.time())}")
     else:
-        print(f"{_safe(rec.id)}: cancel requested; its owner "
-              f"(pid {rec.owner.pid if rec.owner else '?'}) stops it at its next progress call")
+        print(
+            f"{_safe(rec.id)}: cancel requested; its owner "
+            f"(pid {rec.owner.pid if rec.owner else '?'}) stops it at its next progress call"
+        )
     return 0
 
 
@@ -245,8 +282,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .worker import serve
 
-    started = serve(args.targets, db=args.db, concurrency=args.concurrency, once=args.once,
-                    poll=args.poll)
+    started = serve(args.targets, db=args.db, concurrency=args.concurrency, once=args.once, poll=args.poll)
     print(f"worker stopped; executed {started} run(s)")
     return 0
 
@@ -262,8 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--wide", action="store_true",
-                   help="show every param in full (the PARAMS column is clipped otherwise)")
+    p.add_argument(
+        "--wide",
+        action="store_true",
+        help="show every param in full (the PARAMS column is clipped otherwise)",
+    )
     p.set_defaults(fn=cmd_ls)
 
     p = sub.add_parser("show", help="one run: status, phases, progress, last log lines, error")
@@ -276,14 +315,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.set_defaults(fn=cmd_cancel)
 
-    p = sub.add_parser("gc", help="mark runs whose owner is gone as interrupted, remove value files "
-                       "no run refers to; print counts")
+    p = sub.add_parser(
+        "gc",
+        help="mark runs whose owner is gone as interrupted, remove value files "
+        "no run refers to; print counts",
+    )
     p.set_defaults(fn=cmd_gc)
 
-    p = sub.add_parser("worker", help="execute detached runs (start(..., detach=True)) of the "
-                       "pipelines in the given modules")
-    p.add_argument("targets", nargs="+", metavar="MODULE[:FUNCTION]",
-                   help="modules (or module:function) defining the pipelines to execute")
+    p = sub.add_parser(
+        "worker", help="execute detached runs (start(..., detach=True)) of the pipelines in the given modules"
+    )
+    p.add_argument(
+        "targets",
+        nargs="+",
+        metavar="MODULE[:FUNCTION]",
+        help="modules (or module:function) defining the pipelines to execute",
+    )
     p.add_argument("--concurrency", type=int, default=4, help="runs at once (default 4)")
     p.add_argument("--once", action="store_true", help="exit when no detached run is left")
     p.add_argument("--poll", type=float, default=0.5, help="seconds between looks for new runs")

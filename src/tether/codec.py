@@ -82,8 +82,9 @@ _BY_TYPE: dict[type, tuple[str, Callable[[Any], Any]]] = {}
 _BY_NAME: dict[str, Callable[[Any], Any]] = {}
 
 
-def register_codec(cls: type, encode: Callable[[Any], Any], decode: Callable[[Any], Any], *,
-                   name: str | None = None) -> None:
+def register_codec(
+    cls: type, encode: Callable[[Any], Any], decode: Callable[[Any], Any], *, name: str | None = None
+) -> None:
     """Let tether store instances of ``cls`` (exactly that class, not its subclasses).
 
     ``encode(obj)`` returns a value tether can store (JSON data, numpy, pandas, other registered
@@ -96,8 +97,7 @@ def register_codec(cls: type, encode: Callable[[Any], Any], decode: Callable[[An
     if not callable(encode) or not callable(decode):
         raise TypeError("register_codec(cls, encode, decode): encode and decode must be callables")
     if cls in _LEAVES or cls in (list, dict) or _builtin(cls) is not None:
-        raise TypeError(f"tether stores {cls.__name__} values itself; register_codec() is for "
-                        "other types")
+        raise TypeError(f"tether stores {cls.__name__} values itself; register_codec() is for other types")
     key = name if name is not None else f"{cls.__module__}.{cls.__qualname__}"
     if not isinstance(key, str) or not key:
         raise TypeError(f"register_codec(name=...) must be a non-empty str, got {key!r}")
@@ -159,8 +159,15 @@ def _no_pair(value: Any) -> bool:
     return True
 
 
-def encode(value: Any, root: str = "result", *, context: str = "", fix: str = "",
-           pickle: bool = False, files: Files | None = None) -> str:
+def encode(
+    value: Any,
+    root: str = "result",
+    *,
+    context: str = "",
+    fix: str = "",
+    pickle: bool = False,
+    files: Files | None = None,
+) -> str:
     """The stored text of ``value`` (an ``Encoded`` when it refers to files).
 
     ParamsError when tether cannot store it, naming the type and where it is inside the value:
@@ -195,17 +202,20 @@ class _Unstorable(Exception):
 
 def _refuse(obj: Any, why: str = "") -> _Unstorable:
     t = type(obj)
-    name = t.__qualname__ if t.__module__ in ("builtins", "__main__") else (
-        f"{t.__module__}.{t.__qualname__}")
+    name = (
+        t.__qualname__ if t.__module__ in ("builtins", "__main__") else (f"{t.__module__}.{t.__qualname__}")
+    )
     try:
         shown = repr(obj)
     except Exception:  # a broken __repr__ must not hide the real message
         shown = "?"
     if len(shown) > 80:
         shown = shown[:79] + "…"
-    reason = why or ("tether stores JSON data, numpy, pandas, datetime, Decimal, UUID, paths, "
-                     "bytes, sets and tuples; convert it, give its type a codec with "
-                     "tether.register_codec(), or use @tether.pipeline(serializer='pickle')")
+    reason = why or (
+        "tether stores JSON data, numpy, pandas, datetime, Decimal, UUID, paths, "
+        "bytes, sets and tuples; convert it, give its type a codec with "
+        "tether.register_codec(), or use @tether.pipeline(serializer='pickle')"
+    )
     return _Unstorable(f"{name} ({shown}) cannot be stored: {reason}")
 
 
@@ -219,15 +229,17 @@ def _tz_node(tz: Any) -> Any:
         offset = tz.utcoffset(None)
         name = tz.tzname(None)
         plain = dt.timezone(offset)
-        return {"offset": offset.total_seconds(),
-                "name": None if name == plain.tzname(None) else name}
+        return {"offset": offset.total_seconds(), "name": None if name == plain.tzname(None) else name}
     module = type(tz).__module__
     if module == "zoneinfo" and type(tz).__name__ == "ZoneInfo" and tz.key:
         return {"zone": tz.key}
     if module.startswith("pytz") and getattr(tz, "zone", None):
         return {"pytz": tz.zone}
-    raise _refuse(tz, "only datetime.timezone, zoneinfo.ZoneInfo and pytz time zones can be "
-                      "stored; convert it, e.g. .astimezone(zoneinfo.ZoneInfo(...))")
+    raise _refuse(
+        tz,
+        "only datetime.timezone, zoneinfo.ZoneInfo and pytz time zones can be "
+        "stored; convert it, e.g. .astimezone(zoneinfo.ZoneInfo(...))",
+    )
 
 
 class _Encoder:
@@ -277,8 +289,7 @@ class _Encoder:
             return self.items(obj, depth + 1, lambda i, v: f"[{i}]")
         if t is dict:
             keys = list(obj)
-            if TAG not in obj and all(type(k) is str and (k.isascii() or not _PAIR(k))
-                                      for k in keys):
+            if TAG not in obj and all(type(k) is str and (k.isascii() or not _PAIR(k)) for k in keys):
                 out = {}
                 for k, v in obj.items():
                     try:
@@ -342,8 +353,11 @@ class _Encoder:
         except Exception as exc:
             raise _refuse(obj, f"its codec {name!r} raised {type(exc).__name__}: {exc}") from exc
         if type(payload) is type(obj):
-            raise _refuse(obj, f"its codec {name!r} returned the same type; return something "
-                               "tether stores (e.g. a dict of JSON data)")
+            raise _refuse(
+                obj,
+                f"its codec {name!r} returned the same type; return something "
+                "tether stores (e.g. a dict of JSON data)",
+            )
         try:
             inner = self.value(payload, depth + 1)
         except _Unstorable as exc:
@@ -359,25 +373,27 @@ class _Encoder:
 
         if type(obj) is np.ndarray:
             if obj.dtype.hasobject:
-                return self.last_resort(obj, "an array of dtype object holds Python objects; "
-                                        "convert it (e.g. .astype(str) or .astype(float)), or use "
-                                        "@tether.pipeline(serializer='pickle')")
+                return self.last_resort(
+                    obj,
+                    "an array of dtype object holds Python objects; "
+                    "convert it (e.g. .astype(str) or .astype(float)), or use "
+                    "@tether.pipeline(serializer='pickle')",
+                )
             descr = npformat.dtype_to_descr(obj.dtype)
             fortran = obj.ndim > 1 and obj.flags.f_contiguous and not obj.flags.c_contiguous
             flat = (obj.T if fortran else np.ascontiguousarray(obj)).reshape(-1)
             node = {TAG: "ndarray", "dtype": descr, "shape": list(obj.shape)}
             if fortran:
                 node["order"] = "F"
-            return self.blob(node, memoryview(flat.view(np.uint8)) if flat.dtype.itemsize
-                             else b"")
+            return self.blob(node, memoryview(flat.view(np.uint8)) if flat.dtype.itemsize else b"")
         if isinstance(obj, np.generic) and not obj.dtype.hasobject:
             dtype = obj.dtype
             descr = npformat.dtype_to_descr(dtype)
-            if dtype.kind in "biu" or (dtype.kind == "f" and dtype.itemsize <= 8
-                                        and math.isfinite(obj)):
+            if dtype.kind in "biu" or (dtype.kind == "f" and dtype.itemsize <= 8 and math.isfinite(obj)):
                 return {TAG: "numpy", "dtype": descr, "v": obj.item()}
-            return self.blob({TAG: "numpy", "dtype": descr},
-                             np.array(obj).reshape(1).view(np.uint8).tobytes())
+            return self.blob(
+                {TAG: "numpy", "dtype": descr}, np.array(obj).reshape(1).view(np.uint8).tobytes()
+            )
         return self.last_resort(obj)
 
     # -- pandas --------------------------------------------------------------------------------
@@ -414,8 +430,11 @@ class _Encoder:
         try:
             import pyarrow as pa
         except ImportError:
-            return self.last_resort(obj, "pandas values are stored through pyarrow, which is not "
-                                         "installed: pip install 'tether[data]' (or pyarrow)")
+            return self.last_resort(
+                obj,
+                "pandas values are stored through pyarrow, which is not "
+                "installed: pip install 'tether[data]' (or pyarrow)",
+            )
         try:
             table = pa.Table.from_pandas(frame)  # a RangeIndex as metadata, others as columns
             sink = pa.BufferOutputStream()
@@ -423,9 +442,12 @@ class _Encoder:
                 writer.write_table(table)
             data = sink.getvalue()
         except Exception as exc:  # mixed object columns, duplicate column names ...
-            return self.last_resort(obj, f"Arrow cannot hold it ({type(exc).__name__}: "
-                                    f"{str(exc).splitlines()[0][:200]}); convert the columns named "
-                                    "there, or use @tether.pipeline(serializer='pickle')")
+            return self.last_resort(
+                obj,
+                f"Arrow cannot hold it ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]}); convert the columns named "
+                "there, or use @tether.pipeline(serializer='pickle')",
+            )
         return self.blob(node, memoryview(data))
 
     def timestamp(self, ts: Any) -> dict[str, Any]:
@@ -475,7 +497,6 @@ class _Encoder:
         out = Encoded(_ENCODER.encode(row))
         out.files = files
         return out
-
 
     def digest(self, data: Any) -> str:
         """The SHA-256 of a payload that goes to a file (written now when ``files`` is given)."""
@@ -534,8 +555,11 @@ def _enc_str_of(tag: str) -> Callable[[_Encoder, Any, int], Any]:
 
 def _enc_path(enc: _Encoder, obj: Any, depth: int) -> Any:
     text = str(obj)
-    return {TAG: "path", "kind": type(obj).__name__,
-            "v": text if text.isascii() or not _PAIR(text) else enc.value(text, depth + 1)}
+    return {
+        TAG: "path",
+        "kind": type(obj).__name__,
+        "v": text if text.isascii() or not _PAIR(text) else enc.value(text, depth + 1),
+    }
 
 
 def _enc_bytes(enc: _Encoder, obj: Any, depth: int) -> Any:
@@ -602,8 +626,9 @@ class Files(Protocol):
 
 
 def _not_json(where: str, exc: BaseException) -> StoreError:
-    return StoreError(f"{where} is not valid JSON ({type(exc).__name__}); the database is "
-                      "damaged; it was left untouched")
+    return StoreError(
+        f"{where} is not valid JSON ({type(exc).__name__}); the database is damaged; it was left untouched"
+    )
 
 
 def decode(text: Any, run_id: str, column: str = "result", files: Files | None = None) -> Any:
@@ -612,8 +637,10 @@ def decode(text: Any, run_id: str, column: str = "result", files: Files | None =
     if text is None:
         return None
     if type(text) is not str:
-        raise StoreError(f"{_where(run_id, column)} holds {type(text).__name__}, not JSON text; "
-                         "the database is damaged; it was left untouched")
+        raise StoreError(
+            f"{_where(run_id, column)} holds {type(text).__name__}, not JSON text; "
+            "the database is damaged; it was left untouched"
+        )
     if _QUOTED_TAG not in text:
         try:
             return _decode_json(text)
@@ -633,7 +660,7 @@ def summary(text: Any, run_id: str, column: str = "result") -> Any:
 
 def _where(run_id: str, column: str) -> str:
     if column.startswith("checkpoint "):
-        return f"run {run_id}: its checkpoint {column[len('checkpoint '):]!r}"
+        return f"run {run_id}: its checkpoint {column[len('checkpoint ') :]!r}"
     return f"run {run_id}: its {column!r} column"
 
 
@@ -664,8 +691,7 @@ def _size(n: int) -> str:
 
 
 class _Decoder:
-    def __init__(self, files: Files | None, where: str, summary: bool = False,
-                 run_id: str = "") -> None:
+    def __init__(self, files: Files | None, where: str, summary: bool = False, run_id: str = "") -> None:
         self.files = files
         self.where = where
         self.run_id = run_id
@@ -678,8 +704,9 @@ class _Decoder:
             raise
         except (ValueError, TypeError, RecursionError) as exc:
             if isinstance(exc, _Damaged):
-                raise StoreError(f"{self.where} holds a damaged value ({exc}); it was left "
-                                 "untouched") from None
+                raise StoreError(
+                    f"{self.where} holds a damaged value ({exc}); it was left untouched"
+                ) from None
             raise _not_json(self.where, exc) from None
 
     def hook(self, node: dict[str, Any]) -> Any:
@@ -700,8 +727,9 @@ class _Decoder:
         """The payload of ``node``: bytes from the row, or a bytearray (or ``into``) from a file."""
         if "file" in node:
             if self.files is None:
-                raise StoreError(f"{self.where} refers to a file beside the database, which "
-                                 "this reader cannot reach")
+                raise StoreError(
+                    f"{self.where} refers to a file beside the database, which this reader cannot reach"
+                )
             return self.files.read(node["file"], int(node["size"]), self.where, into)
         import base64
 
@@ -791,8 +819,7 @@ def _dec_path(dec: _Decoder, node: dict[str, Any]) -> Any:
     try:
         return cls(node["v"])
     except NotImplementedError:  # a WindowsPath read on POSIX (or the reverse)
-        return (pathlib.PureWindowsPath if "Windows" in node["kind"] else pathlib.PurePosixPath)(
-            node["v"])
+        return (pathlib.PureWindowsPath if "Windows" in node["kind"] else pathlib.PurePosixPath)(node["v"])
 
 
 def _dec_bytes(dec: _Decoder, node: dict[str, Any]) -> Any:
@@ -871,9 +898,11 @@ def _dec_codec(dec: _Decoder, node: dict[str, Any]) -> Any:
     if fn is None or dec.summary:
         if dec.summary:
             return _Shown(f"<{name}>")
-        raise StoreError(f"{dec.where} holds a {name!r} value, and no codec of that name is "
-                         "registered in this process: call tether.register_codec(...) for it "
-                         "(as the process that stored it did) before reading")
+        raise StoreError(
+            f"{dec.where} holds a {name!r} value, and no codec of that name is "
+            "registered in this process: call tether.register_codec(...) for it "
+            "(as the process that stored it did) before reading"
+        )
     return fn(node["v"])
 
 
@@ -881,8 +910,9 @@ def _dec_pickle(dec: _Decoder, node: dict[str, Any]) -> Any:
     if dec.summary:
         return dec.placeholder(node, f"pickled {node['type']}")
     if dec.files is None:
-        raise StoreError(f"{dec.where} holds a pickle, which tether unpickles only from a "
-                         "database it can check you own")
+        raise StoreError(
+            f"{dec.where} holds a pickle, which tether unpickles only from a database it can check you own"
+        )
     dec.files.check_pickle(dec.where, dec.run_id, node.get("file"))
     import pickle
 
@@ -891,8 +921,11 @@ def _dec_pickle(dec: _Decoder, node: dict[str, Any]) -> Any:
 
 def _dec_numpy(dec: _Decoder, node: dict[str, Any]) -> Any:
     if dec.summary:
-        return _Shown(f"<numpy {node['dtype']!s:.40}: {node['v']!r}>" if "v" in node else
-                      f"<numpy {node['dtype']!s:.40}>")
+        return _Shown(
+            f"<numpy {node['dtype']!s:.40}: {node['v']!r}>"
+            if "v" in node
+            else f"<numpy {node['dtype']!s:.40}>"
+        )
     import numpy as np
     from numpy.lib import format as npformat
 
@@ -934,8 +967,10 @@ def _dec_pandas(dec: _Decoder, node: dict[str, Any]) -> Any:
     try:
         import pyarrow as pa
     except ImportError:
-        raise StoreError(f"{dec.where} holds a {kind} stored through pyarrow, which is not "
-                         "installed here: pip install 'tether[data]' (or pyarrow)") from None
+        raise StoreError(
+            f"{dec.where} holds a {kind} stored through pyarrow, which is not "
+            "installed here: pip install 'tether[data]' (or pyarrow)"
+        ) from None
     import pandas as pd
 
     raw = dec.data(node)
@@ -985,16 +1020,38 @@ def _dec_na(dec: _Decoder, node: dict[str, Any]) -> Any:
 
 
 _DECODERS: dict[str, Callable[[_Decoder, dict[str, Any]], Any]] = {
-    "tuple": _dec_items(tuple), "set": _dec_items(set), "frozenset": _dec_items(frozenset),
-    "dict": _dec_items(dict), "OrderedDict": _dec_items(_ordered), "Counter": _dec_items(_counter),
-    "int": _dec_int, "float": _dec_float, "complex": _dec_complex, "range": _dec_range,
-    "str": _dec_str, "bytes": _dec_bytes, "bytearray": _dec_bytes,
-    "datetime": _dec_datetime, "date": _dec_date, "time": _dec_time, "timedelta": _dec_timedelta,
-    "tz": _dec_tz, "decimal": _dec_decimal, "uuid": _dec_uuid, "path": _dec_path,
-    "json": _dec_json, "codec": _dec_codec, "pickle": _dec_pickle,
-    "numpy": _dec_numpy, "ndarray": _dec_ndarray,
-    "pd.DataFrame": _dec_pandas, "pd.Series": _dec_pandas, "pd.Index": _dec_pandas,
-    "pd.Timestamp": _dec_timestamp, "pd.Timedelta": _dec_timedelta_pd, "pd.NaT": _dec_nat,
+    "tuple": _dec_items(tuple),
+    "set": _dec_items(set),
+    "frozenset": _dec_items(frozenset),
+    "dict": _dec_items(dict),
+    "OrderedDict": _dec_items(_ordered),
+    "Counter": _dec_items(_counter),
+    "int": _dec_int,
+    "float": _dec_float,
+    "complex": _dec_complex,
+    "range": _dec_range,
+    "str": _dec_str,
+    "bytes": _dec_bytes,
+    "bytearray": _dec_bytes,
+    "datetime": _dec_datetime,
+    "date": _dec_date,
+    "time": _dec_time,
+    "timedelta": _dec_timedelta,
+    "tz": _dec_tz,
+    "decimal": _dec_decimal,
+    "uuid": _dec_uuid,
+    "path": _dec_path,
+    "json": _dec_json,
+    "codec": _dec_codec,
+    "pickle": _dec_pickle,
+    "numpy": _dec_numpy,
+    "ndarray": _dec_ndarray,
+    "pd.DataFrame": _dec_pandas,
+    "pd.Series": _dec_pandas,
+    "pd.Index": _dec_pandas,
+    "pd.Timestamp": _dec_timestamp,
+    "pd.Timedelta": _dec_timedelta_pd,
+    "pd.NaT": _dec_nat,
     "pd.NA": _dec_na,
 }
 

@@ -51,18 +51,24 @@ def configure(db: str | os.PathLike[str] | None = None, **options: float | int |
     known = {f.name for f in fields(Settings)} - {"db"}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise TypeError(f"tether.configure() got unknown option(s) {', '.join(unknown)}; "
-                        f"known options: db, {', '.join(sorted(known))}")
+        raise TypeError(
+            f"tether.configure() got unknown option(s) {', '.join(unknown)}; "
+            f"known options: db, {', '.join(sorted(known))}"
+        )
     if "allow_foreign_db" in options and not isinstance(options["allow_foreign_db"], bool):
-        raise TypeError("tether.configure(allow_foreign_db=...) must be True or False, got "
-                        f"{options['allow_foreign_db']!r}")
+        raise TypeError(
+            "tether.configure(allow_foreign_db=...) must be True or False, got "
+            f"{options['allow_foreign_db']!r}"
+        )
     for name, value in options.items():
         if name == "allow_foreign_db":
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"tether.configure({name}=...) must be a positive number, got {value!r}")
-    if options.get("max_concurrency") is not None and int(options["max_concurrency"]) != options[
-            "max_concurrency"]:
+    if (
+        options.get("max_concurrency") is not None
+        and int(options["max_concurrency"]) != options["max_concurrency"]
+    ):
         raise ValueError("tether.configure(max_concurrency=...) must be a whole number")
     new = replace(_settings, **options)  # type: ignore[arg-type]
     if db is not None:
@@ -96,10 +102,14 @@ def _not_a_url(raw: str, where: str) -> None:
     scheme = m.group(1)
     what = f"{where} = '{scheme}://...'" if where else f"'{scheme}://...'"
     if scheme.lower().startswith("postgres"):
-        raise StoreError(f"{what} is not a file path; PostgreSQL is not supported yet: tether "
-                         "keeps runs in a SQLite file. Pass a file path such as .tether/runs.db.")
-    raise StoreError(f"{what} is not a file path ({scheme}:// URL); a file path is expected, "
-                     "the SQLite file tether keeps runs in, such as .tether/runs.db.")
+        raise StoreError(
+            f"{what} is not a file path; PostgreSQL is not supported yet: tether "
+            "keeps runs in a SQLite file. Pass a file path such as .tether/runs.db."
+        )
+    raise StoreError(
+        f"{what} is not a file path ({scheme}:// URL); a file path is expected, "
+        "the SQLite file tether keeps runs in, such as .tether/runs.db."
+    )
 
 
 def _resolve(raw: str, where: str = "the database path") -> Path:
@@ -110,8 +120,10 @@ def _resolve(raw: str, where: str = "the database path") -> Path:
     try:
         key = (raw, "" if absolute else os.getcwd())
     except FileNotFoundError:
-        raise StoreError(f"{where} = {raw!r} is relative, and the current folder no longer exists; "
-                         "pass an absolute path to tether.configure(db=...) or TETHER_DB.") from None
+        raise StoreError(
+            f"{where} = {raw!r} is relative, and the current folder no longer exists; "
+            "pass an absolute path to tether.configure(db=...) or TETHER_DB."
+        ) from None
     p = _resolved.get(key)
     if p is None:
         _not_a_url(raw, where)
@@ -128,8 +140,10 @@ def _foreign_db_allowed() -> bool:
         return False
     if raw in ("1", "true", "yes"):
         return True
-    raise StoreError(f"TETHER_ALLOW_FOREIGN_DB={raw!r} must be 1 (use a database another user "
-                     "owns) or 0; unset it to refuse such databases.")
+    raise StoreError(
+        f"TETHER_ALLOW_FOREIGN_DB={raw!r} must be 1 (use a database another user "
+        "owns) or 0; unset it to refuse such databases."
+    )
 
 
 def store(path: str | os.PathLike[str] | None = None) -> Store:
@@ -150,8 +164,10 @@ def existing_store(path: str | os.PathLike[str] | None = None) -> Store:
     p = _resolve(os.fspath(path)) if path else db_path()
     s = store(p)
     if s._stat() is None:
-        raise StoreError(f"tether database {str(p)!r} does not exist; pass --db PATH "
-                         "(or set TETHER_DB) to point at the runs.db your notebook uses")
+        raise StoreError(
+            f"tether database {str(p)!r} does not exist; pass --db PATH "
+            "(or set TETHER_DB) to point at the runs.db your notebook uses"
+        )
     return s
 
 

@@ -251,8 +251,12 @@ class Context:
                     self._ev_cap -= len(ev[3]) // LOG_SLOT_CHARS
                     return
                 left = deadline - time.monotonic()
-                if (self._cancel or self._stalled or runner._forked
-                        or threading.current_thread() is runner._flusher):
+                if (
+                    self._cancel
+                    or self._stalled
+                    or runner._forked
+                    or threading.current_thread() is runner._flusher
+                ):
                     self._dropped += 1
                     return
                 if left <= 0:
@@ -276,8 +280,7 @@ class Context:
 
     # -- checkpoints -------------------------------------------------------------------------
 
-    def step(self, name: str, fn: Callable[..., T], *args: Any, checkpoint: bool = True,
-             **kwargs: Any) -> T:
+    def step(self, name: str, fn: Callable[..., T], *args: Any, checkpoint: bool = True, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` once per run lineage and store its value.
 
         On a resumed attempt a completed step returns its stored value without calling ``fn``.
@@ -292,9 +295,14 @@ class Context:
         if found:
             return value  # type: ignore[no-any-return]
         value = fn(*args, **kwargs)
-        text = codec.encode(value, "value", context=f"step {name!r}: ",
-                            fix="or pass checkpoint=False", pickle=self._pickles(),
-                            files=self._runner.store.files)
+        text = codec.encode(
+            value,
+            "value",
+            context=f"step {name!r}: ",
+            fix="or pass checkpoint=False",
+            pickle=self._pickles(),
+            files=self._runner.store.files,
+        )
         self._runner.checkpoint(self, cp, text)
         return value
 
@@ -305,8 +313,14 @@ class Context:
         pipe = lookup(self.pipeline)
         return pipe is not None and pipe.serializer == "pickle"
 
-    def map(self, fn: Callable[[Any], T], items: Iterable[Any], executor: Any = None,
-            checkpoint: bool = True, name: str | None = None) -> list[T]:
+    def map(
+        self,
+        fn: Callable[[Any], T],
+        items: Iterable[Any],
+        executor: Any = None,
+        checkpoint: bool = True,
+        name: str | None = None,
+    ) -> list[T]:
         """``[fn(item) for item in items]`` on an executor, in item order, counting progress.
 
         ``executor``: any ``concurrent.futures.Executor`` (default: a thread pool) or a
@@ -383,8 +397,9 @@ class Context:
             self._events, self._ev_cap = merged, cap
         self._flushed = None
 
-    def _trim(self, events: list[tuple[float, str, str | None, str]]
-              ) -> tuple[list[tuple[float, str, str | None, str]], int]:
+    def _trim(
+        self, events: list[tuple[float, str, str | None, str]]
+    ) -> tuple[list[tuple[float, str, str | None, str]], int]:
         """``events`` within the buffer's slots, and its ``_ev_cap`` (``_ev_lock`` held).
 
         The newest log lines go; phase events and earlier drop notes stay. The lines dropped
@@ -404,22 +419,32 @@ class Context:
         if dropped:
             before = kept[gap_at - 1] if gap_at > 0 else None
             if before is not None and _is_note(before):  # the same gap: one note
-                kept[gap_at - 1] = self._drop_note(json.loads(before[3])["dropped"] + dropped,
-                                                   before[0])
+                kept[gap_at - 1] = self._drop_note(json.loads(before[3])["dropped"] + dropped, before[0])
             else:
                 kept.insert(gap_at, self._drop_note(dropped, gap_ts))
         return kept, cap
 
     def _drop_note(self, n: int, ts: float) -> tuple[float, str, str | None, str]:
-        data = dumps({"dropped": n, "level": "warning",
-                      "message": f"{n:,} log lines dropped: the store did not take them in time "
-                                 f"(a run buffers at most {LOG_BUFFER_EVENTS:,} lines)"})
+        data = dumps(
+            {
+                "dropped": n,
+                "level": "warning",
+                "message": f"{n:,} log lines dropped: the store did not take them in time "
+                f"(a run buffers at most {LOG_BUFFER_EVENTS:,} lines)",
+            }
+        )
         return (ts, "log", self.phase_name, data)
 
     def _flush_item(self, force: bool = False) -> FlushItem | None:
         """What changed since the last flush (taking the buffered events), or None."""
-        state = (self.phase_name, self.done, self.total, self.message, len(self.phases),
-                 len(self.phases_done))
+        state = (
+            self.phase_name,
+            self.done,
+            self.total,
+            self.message,
+            len(self.phases),
+            len(self.phases_done),
+        )
         with self._ev_lock:
             events, self._events, self._ev_cap = self._events, [], LOG_BUFFER_EVENTS
             dropped, self._dropped, self._stalled = self._dropped, 0, False
@@ -429,8 +454,16 @@ class Context:
         if not events and not force and state == self._flushed:
             return None
         self._flushed = state
-        return FlushItem(self.run_id, self.phase_name, list(self.phases), list(self.phases_done),
-                         self.done, self.total, self.message, events)
+        return FlushItem(
+            self.run_id,
+            self.phase_name,
+            list(self.phases),
+            list(self.phases_done),
+            self.done,
+            self.total,
+            self.message,
+            events,
+        )
 
 
 def _is_note(ev: tuple[float, str, str | None, str]) -> bool:

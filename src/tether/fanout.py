@@ -32,12 +32,20 @@ def _as_executor(executor: Any) -> Executor:
     if hasattr(executor, "get_executor"):  # dask.distributed.Client
         # pure=False: equal items are separate calls, as with any other executor
         return executor.get_executor(pure=False)  # type: ignore[no-any-return]
-    raise TypeError(f"ctx.map(executor=...) takes a concurrent.futures.Executor or a "
-                    f"dask.distributed.Client, got {type(executor).__name__}")
+    raise TypeError(
+        f"ctx.map(executor=...) takes a concurrent.futures.Executor or a "
+        f"dask.distributed.Client, got {type(executor).__name__}"
+    )
 
 
-def run_map(ctx: Context, fn: Callable[[T], R], items: Iterable[T], executor: Any = None,
-            checkpoint: bool = True, name: str | None = None) -> list[R]:
+def run_map(
+    ctx: Context,
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    executor: Any = None,
+    checkpoint: bool = True,
+    name: str | None = None,
+) -> list[R]:
     items = list(items)
     ctx._map_calls += 1
     label = name or f"{getattr(fn, '__qualname__', 'fn')}#{ctx._map_calls}"
@@ -46,7 +54,7 @@ def run_map(ctx: Context, fn: Callable[[T], R], items: Iterable[T], executor: An
     results: dict[int, Any] = {}
     if checkpoint:
         for cp_name, value in store.checkpoints(ctx.run_id, prefix).items():
-            index = int(cp_name[len(prefix):])
+            index = int(cp_name[len(prefix) :])
             if index < len(items):
                 results[index] = value
     pickles = checkpoint and ctx._pickles()
@@ -83,9 +91,14 @@ def run_map(ctx: Context, fn: Callable[[T], R], items: Iterable[T], executor: An
                     continue
                 value = fut.result()
                 if checkpoint:
-                    text = codec.encode(value, "value", context=f"ctx.map({label}): item {i}: ",
-                                        fix="or pass checkpoint=False", pickle=pickles,
-                                        files=store.files)
+                    text = codec.encode(
+                        value,
+                        "value",
+                        context=f"ctx.map({label}): item {i}: ",
+                        fix="or pass checkpoint=False",
+                        pickle=pickles,
+                        files=store.files,
+                    )
                     batch.append((f"{prefix}{i}", text))
                 results[i] = value
             if batch:
@@ -93,8 +106,11 @@ def run_map(ctx: Context, fn: Callable[[T], R], items: Iterable[T], executor: An
                 store.put_checkpoints(ctx.run_id, runner.owner, batch)
             if failure is not None:
                 i, exc = failure
-                raise MapItemError(f"ctx.map({label}): item {i} ({items[i]!r:.80}) failed: "
-                                   f"{type(exc).__name__}: {exc}", index=i, item=items[i]) from exc
+                raise MapItemError(
+                    f"ctx.map({label}): item {i} ({items[i]!r:.80}) failed: {type(exc).__name__}: {exc}",
+                    index=i,
+                    item=items[i],
+                ) from exc
             ctx.advance(len(finished))  # raises RunCancelled once cancelled
     except BaseException:
         for fut in futures:
@@ -105,4 +121,3 @@ def run_map(ctx: Context, fn: Callable[[T], R], items: Iterable[T], executor: An
             pool.shutdown(wait=False, cancel_futures=True)
         futures.clear()  # a traceback keeping this frame alive must not pin remote tasks
     return [results[i] for i in range(len(items))]
-

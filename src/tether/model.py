@@ -153,7 +153,7 @@ class RunRecord:
             for column in columns:
                 entry = self.damage(column)
                 if entry is not None:
-                    raw = entry[len(column) + 1:]
+                    raw = entry[len(column) + 1 :]
                     raise StoreError(damaged_message(self.id, column, f"holds {raw}"))
 
     def decoded(self, name: str) -> tuple[Any, str | None]:
@@ -172,8 +172,12 @@ class RunRecord:
     def overdue(self, now: float) -> float | None:
         """Seconds a running try is past its timeout (a body that makes no ctx call cannot be
         stopped in a thread), or None."""
-        if self.status is Status.RUNNING and self.deadline is not None and now > self.deadline \
-                and self.retry_at is None:
+        if (
+            self.status is Status.RUNNING
+            and self.deadline is not None
+            and now > self.deadline
+            and self.retry_at is None
+        ):
             return now - self.deadline
         return None
 
@@ -192,10 +196,13 @@ class RunRecord:
         if value is None:
             return None
         if type(value) is not dict or any(
-                not isinstance(value.get(k), (str, type(None))) for k in ("type", "message",
-                                                                           "traceback")):
-            raise StoreError(damaged_message(
-                self.id, "error", "is not a JSON object of text fields type, message, traceback"))
+            not isinstance(value.get(k), (str, type(None))) for k in ("type", "message", "traceback")
+        ):
+            raise StoreError(
+                damaged_message(
+                    self.id, "error", "is not a JSON object of text fields type, message, traceback"
+                )
+            )
         return value
 
     @cached_property
@@ -221,9 +228,11 @@ def raw_text(value: Any) -> str:
 
 
 def damaged_message(run_id: str, column: str, what: str) -> str:
-    return (f"run {run_id}: its {column!r} column {what}; the database is damaged (edited by "
-            "hand or by another tool?); it was left untouched: repair the row with sqlite3 or "
-            "restore a backup")
+    return (
+        f"run {run_id}: its {column!r} column {what}; the database is damaged (edited by "
+        "hand or by another tool?); it was left untouched: repair the row with sqlite3 or "
+        "restore a backup"
+    )
 
 
 def decode_column(text: str | None, run_id: str, column: str) -> Any:
@@ -235,9 +244,10 @@ def decode_column(text: str | None, run_id: str, column: str) -> Any:
     try:
         return _decode(text)
     except (ValueError, TypeError, RecursionError) as exc:
-        raise StoreError(f"run {run_id}: its {column!r} column is not valid JSON "
-                         f"({type(exc).__name__}); the database is damaged; it was left untouched"
-                         ) from None
+        raise StoreError(
+            f"run {run_id}: its {column!r} column is not valid JSON "
+            f"({type(exc).__name__}); the database is damaged; it was left untouched"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -263,8 +273,13 @@ def event_of(row: Sequence[Any]) -> Event:
         data = _decode(text)
     except (ValueError, TypeError, RecursionError):  # not JSON, or not text (a BLOB)
         data = None
-    if (type(data) is dict and type(seq) is int and type(ts) is float and type(kind) is str
-            and (phase is None or type(phase) is str)):
+    if (
+        type(data) is dict
+        and type(seq) is int
+        and type(ts) is float
+        and type(kind) is str
+        and (phase is None or type(phase) is str)
+    ):
         return Event(run_id, seq, ts, kind, phase, data)
     bad = []
     if type(data) is not dict:

@@ -39,8 +39,7 @@ def _make() -> Owner:
     else:
         started = fast[0]
     ns, _PROC_IS_OURS = _namespace(pid)
-    return Owner(host=socket.gethostname(), pid=pid, started=started,
-                 instance=os.urandom(8).hex(), ns=ns)
+    return Owner(host=socket.gethostname(), pid=pid, started=started, instance=os.urandom(8).hex(), ns=ns)
 
 
 def _namespace(pid: int) -> tuple[str | None, bool]:
@@ -101,7 +100,7 @@ def _proc_stat(pid: int | str) -> tuple[float, str] | None:
     except OSError:
         return None
     try:
-        fields = data[data.rindex(b")") + 2:].split()  # the name may hold spaces and ')'
+        fields = data[data.rindex(b")") + 2 :].split()  # the name may hold spaces and ')'
         if _BOOT is None:
             _BOOT = _boot_time()
         return _BOOT + int(fields[19]) / _TICKS, fields[0].decode()
@@ -122,8 +121,10 @@ def gone_reason(owner: Owner | None, lease_until: float | None, now: float) -> s
         boot, _, pidns = owner.ns.partition("/")
         my_boot, _, my_pidns = me.ns.partition("/")
         if boot != my_boot:
-            return (f"its owner process (pid {owner.pid}) is gone: host {owner.host} has restarted "
-                    "since (another boot id)")
+            return (
+                f"its owner process (pid {owner.pid}) is gone: host {owner.host} has restarted "
+                "since (another boot id)"
+            )
         if pidns != my_pidns:  # its pid is another process here, or none: only its lease can tell
             return _lease_expired(owner, lease_until, now, " in another pid namespace")
     elif owner.ns:  # recorded where a namespace is known, judged where none is
@@ -155,6 +156,5 @@ def gone_reason(owner: Owner | None, lease_until: float | None, now: float) -> s
 
 def _lease_expired(owner: Owner, lease_until: float | None, now: float, where: str) -> str | None:
     if lease_until is not None and now > lease_until:
-        return (f"its owner on host {owner.host} (pid {owner.pid}{where}) stopped renewing its "
-                "lease")
+        return f"its owner on host {owner.host} (pid {owner.pid}{where}) stopped renewing its lease"
     return None

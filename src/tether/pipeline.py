@@ -64,8 +64,10 @@ def _check_json(value: Any, path: str, depth: int = 0) -> Any:
         return value
     if isinstance(value, str):
         if not value.isascii() and _SURROGATE_PAIR.search(value):
-            raise ParamsError(f"{path} holds a lone high surrogate followed by a low one, which "
-                              "JSON reads back as one other character; encode it first")
+            raise ParamsError(
+                f"{path} holds a lone high surrogate followed by a low one, which "
+                "JSON reads back as one other character; encode it first"
+            )
         return value
     if isinstance(value, int):
         digits = sys.get_int_max_str_digits()
@@ -73,13 +75,14 @@ def _check_json(value: Any, path: str, depth: int = 0) -> Any:
             try:
                 str(value)
             except ValueError:
-                raise ParamsError(f"{path} is an int of more than {digits} digits, which JSON "
-                                  "cannot hold here; pass it as a str") from None
+                raise ParamsError(
+                    f"{path} is an int of more than {digits} digits, which JSON "
+                    "cannot hold here; pass it as a str"
+                ) from None
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ParamsError(f"{path} is {value!r}, which JSON cannot hold; pass a finite number "
-                              "or None")
+            raise ParamsError(f"{path} is {value!r}, which JSON cannot hold; pass a finite number or None")
         return float(value)
     if isinstance(value, (list, tuple, dict)) and depth >= MAX_DEPTH:
         raise ParamsError(f"{path} is nested deeper than {MAX_DEPTH} levels")
@@ -89,12 +92,15 @@ def _check_json(value: Any, path: str, depth: int = 0) -> Any:
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise ParamsError(f"{path} has the key {k!r} ({type(k).__name__}); JSON object "
-                                  "keys must be str")
+                raise ParamsError(
+                    f"{path} has the key {k!r} ({type(k).__name__}); JSON object keys must be str"
+                )
             out[k] = _check_json(v, f"{path}[{k!r}]", depth + 1)
         return out
-    raise ParamsError(f"{path} has type {type(value).__name__} ({value!r:.80}), which is not JSON; "
-                      "pass str, int, float, bool, None, or lists/dicts of them (e.g. str(path))")
+    raise ParamsError(
+        f"{path} has type {type(value).__name__} ({value!r:.80}), which is not JSON; "
+        "pass str, int, float, bool, None, or lists/dicts of them (e.g. str(path))"
+    )
 
 
 def _outside_stacklevel() -> int:
@@ -116,30 +122,47 @@ def _utf8(text: str) -> bool:
 class Pipeline:
     """A registered multi-phase function. Call ``.start(**params)`` or call it directly."""
 
-    def __init__(self, fn: Callable[..., Any], phases: Sequence[str] | None = None,
-                 version: str | int | None = None, name: str | None = None, *,
-                 retries: int = 0, retry_delay: float = 0.0, retry_backoff: float = 2.0,
-                 retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-                 timeout: float | None = None, concurrency: int | None = None,
-                 serializer: Serializer = "default") -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        phases: Sequence[str] | None = None,
+        version: str | int | None = None,
+        name: str | None = None,
+        *,
+        retries: int = 0,
+        retry_delay: float = 0.0,
+        retry_backoff: float = 2.0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        timeout: float | None = None,
+        concurrency: int | None = None,
+        serializer: Serializer = "default",
+    ) -> None:
         if not callable(fn):
             raise PipelineError(f"@tether.pipeline needs a function, got {fn!r}")
         if serializer not in SERIALIZERS:
-            raise PipelineError(f"serializer={serializer!r} is not one of "
-                                f"{', '.join(map(repr, SERIALIZERS))}")
+            raise PipelineError(
+                f"serializer={serializer!r} is not one of {', '.join(map(repr, SERIALIZERS))}"
+            )
         # "pickle": values nothing else can store are pickled (read back only from a database
         # the reader owns); never the default
         self.serializer = serializer
         self.fn = fn
         self.name = name or _name_of(fn)
-        (self.retries, self.retry_delay, self.retry_backoff, self.retry_on, self.timeout,
-         self.concurrency) = _control_options(retries, retry_delay, retry_backoff, retry_on,
-                                              timeout, concurrency)
-        self._control = Control(max_tries=self.retries + 1, timeout=self.timeout,
-                                concurrency=self.concurrency)
+        (
+            self.retries,
+            self.retry_delay,
+            self.retry_backoff,
+            self.retry_on,
+            self.timeout,
+            self.concurrency,
+        ) = _control_options(retries, retry_delay, retry_backoff, retry_on, timeout, concurrency)
+        self._control = Control(
+            max_tries=self.retries + 1, timeout=self.timeout, concurrency=self.concurrency
+        )
         if not isinstance(self.name, str) or not _utf8(self.name):
-            raise PipelineError(f"pipeline name {self.name!r} must be a str of valid text "
-                                "(no lone surrogates)")
+            raise PipelineError(
+                f"pipeline name {self.name!r} must be a str of valid text (no lone surrogates)"
+            )
         self.phases = [str(p) for p in (phases or [])]
         if len(set(self.phases)) != len(self.phases):
             raise PipelineError(f"pipeline {self.name!r} declares a phase twice: {self.phases}")
@@ -150,23 +173,30 @@ class Pipeline:
         self.signature = inspect.signature(fn)
         self.is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
         params = list(self.signature.parameters.values())
-        if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
-                                                 inspect.Parameter.POSITIONAL_OR_KEYWORD):
-            raise PipelineError(f"pipeline {self.name!r} must take ctx as its first parameter: "
-                                f"def {fn.__name__}(ctx, ...)")
+        if not params or params[0].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            raise PipelineError(
+                f"pipeline {self.name!r} must take ctx as its first parameter: def {fn.__name__}(ctx, ...)"
+            )
         for p in params[1:]:
             if p.name in RESERVED:
                 raise PipelineError(
                     f"pipeline {self.name!r} has a parameter named {p.name!r}, which start() "
-                    f"reserves ({', '.join(RESERVED)}); rename it, e.g. {p.name}_")
+                    f"reserves ({', '.join(RESERVED)}); rename it, e.g. {p.name}_"
+                )
             if p.kind == inspect.Parameter.VAR_POSITIONAL:
-                raise PipelineError(f"pipeline {self.name!r} takes *{p.name}; parameters must "
-                                    "have names so they can be stored as JSON")
+                raise PipelineError(
+                    f"pipeline {self.name!r} takes *{p.name}; parameters must "
+                    "have names so they can be stored as JSON"
+                )
         rest = params[1:]
         self._kinds = {p.name: p.kind for p in rest}
         # keyword-bindable params only (no *args/**kwargs/positional-only): bind() skips inspect
-        self._simple = all(p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                      inspect.Parameter.KEYWORD_ONLY) for p in rest)
+        self._simple = all(
+            p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY) for p in rest
+        )
         self._named = frozenset(p.name for p in rest)
         self._required = frozenset(p.name for p in rest if p.default is inspect.Parameter.empty)
         self._defaults = {p.name: p.default for p in rest if p.default is not inspect.Parameter.empty}
@@ -206,8 +236,10 @@ class Pipeline:
         first = next(iter(self.signature.parameters))
         if first in kwargs or (len(args) > len(self._kinds) and first not in ("ctx", "context")):
             fn = getattr(self.fn, "__name__", "fn")
-            return (f"; the first parameter of a pipeline receives ctx, so {first!r} is not a "
-                    f"parameter of {self.name!r}: write def {fn}(ctx, {first}, ...)")
+            return (
+                f"; the first parameter of a pipeline receives ctx, so {first!r} is not a "
+                f"parameter of {self.name!r}: write def {fn}(ctx, {first}, ...)"
+            )
         return ""
 
     def _collect(self, arguments: dict[str, Any], params: dict[str, Any]) -> None:
@@ -220,7 +252,7 @@ class Pipeline:
                 except ParamsError as exc:
                     text = str(exc)
                     if text.startswith(f"{k} "):  # the parameter itself, not inside it
-                        raise ParamsError(f"parameter {k!r} {text[len(k) + 1:]}") from None
+                        raise ParamsError(f"parameter {k!r} {text[len(k) + 1 :]}") from None
                     raise ParamsError(f"parameter {k!r}: {text}") from None
 
     def key_for(self, params: dict[str, Any], params_json: str | None = None) -> str:
@@ -229,8 +261,14 @@ class Pipeline:
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         return f"{self.name}:{digest}"
 
-    def start(self, *args: Any, key: str | None = None, policy: Policy = "attach",
-              detach: bool = False, **kwargs: Any) -> Run:
+    def start(
+        self,
+        *args: Any,
+        key: str | None = None,
+        policy: Policy = "attach",
+        detach: bool = False,
+        **kwargs: Any,
+    ) -> Run:
         """Start (or find) the run for these params. Idempotent; see the policies in the docs.
 
         - an active run for the key: returned (``policy="fail"`` raises KeyConflict);
@@ -257,41 +295,58 @@ class Pipeline:
         control = self._control
         parent = current()  # started from a run body: that run is its parent
         if parent is not None and parent._runner.store is store:
-            control = Control(parent.run_id, parent.lineage(), control.max_tries, control.timeout,
-                              control.concurrency)
+            control = Control(
+                parent.run_id, parent.lineage(), control.max_tries, control.timeout, control.concurrency
+            )
         else:
             parent = None
         # From the decision to the hand-over to the runner, a kernel interrupt waits (it lands
         # while start() waits for another process's lock, or right after): otherwise it could
         # leave a committed pending run that no thread will ever start.
         with _interrupts.critical():
-            outcome = store.start(pipeline=self.name, key=key, params_json=params_json,
-                                  version=self.version, phases=self.phases, policy=policy,
-                                  owner=run_.owner, lease_s=config.settings().lease,
-                                  gone=owner.gone_reason, detach=detach,
-                                  max_auto_resumes=config.settings().max_auto_resumes,
-                                  control=control, code=self.code)
+            outcome = store.start(
+                pipeline=self.name,
+                key=key,
+                params_json=params_json,
+                version=self.version,
+                phases=self.phases,
+                policy=policy,
+                owner=run_.owner,
+                lease_s=config.settings().lease,
+                gone=owner.gone_reason,
+                detach=detach,
+                max_auto_resumes=config.settings().max_auto_resumes,
+                control=control,
+                code=self.code,
+            )
             rec = outcome.record
-            if not detach and (outcome.created or (
-                    rec.status == Status.PENDING and rec.target == run_.owner.instance
-                    and not run_.owns(rec.id))):
+            if not detach and (
+                outcome.created
+                or (
+                    rec.status == Status.PENDING
+                    and rec.target == run_.owner.instance
+                    and not run_.owns(rec.id)
+                )
+            ):
                 run_.submit(rec)  # new, or ours yet never handed over: runs now
         handle = Run(store, outcome.record.id, outcome.record)
         if parent is not None and not outcome.conflict:  # children(): created and attached to
-            parent._emit("child", {"id": rec.id, "pipeline": self.name, "key": key,
-                                   "created": outcome.created})
+            parent._emit(
+                "child", {"id": rec.id, "pipeline": self.name, "key": key, "created": outcome.created}
+            )
         if outcome.other_code and not outcome.conflict:
             warnings.warn(
                 f"{self.name}: run {rec.id} is still {rec.status}, started by other code "
                 f"({outcome.other_code}); it is returned as it is. To run the new code: "
-                f"run.cancel(), run.wait(), then start it again", UserWarning,
-                stacklevel=_outside_stacklevel())
+                f"run.cancel(), run.wait(), then start it again",
+                UserWarning,
+                stacklevel=_outside_stacklevel(),
+            )
         if outcome.conflict:
             if " has pipeline " in outcome.conflict:
                 fix = "; a key belongs to one pipeline: pass another key="
             elif "params" in outcome.conflict or "version" in outcome.conflict:
-                fix = ("; pass policy='rerun' to start a new attempt with these params, or "
-                       "another key=")
+                fix = "; pass policy='rerun' to start a new attempt with these params, or another key="
             else:
                 fix = "; use policy='attach' to get it, or cancel it first"
             raise KeyConflict(f"{self.name}: {outcome.conflict}{fix}", run=handle)
@@ -301,15 +356,25 @@ class Pipeline:
         module = getattr(self.fn, "__module__", None)
         qual = getattr(self.fn, "__qualname__", "")
         if module in (None, "__main__") or "<locals>" in qual:
-            where = "a notebook cell or script (__main__)" if module in (None, "__main__") else (
-                "inside another function")
+            where = (
+                "a notebook cell or script (__main__)"
+                if module in (None, "__main__")
+                else ("inside another function")
+            )
             raise PipelineError(
                 f"pipeline {self.name!r} is defined in {where}, so a worker process cannot import "
                 "it; move it to a module (e.g. pipelines.py beside the notebook), import it from "
-                "there, and run `tether worker <module>`; or start it without detach=True")
+                "there, and run `tether worker <module>`; or start it without detach=True"
+            )
 
-    def __call__(self, *args: Any, key: str | None = None, policy: Policy = "attach",
-                 detach: bool = False, **kwargs: Any) -> Any:
+    def __call__(
+        self,
+        *args: Any,
+        key: str | None = None,
+        policy: Policy = "attach",
+        detach: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         """Start (or find) the run, show it in a notebook, and return its result.
 
         A kernel interrupt (KeyboardInterrupt) while waiting cancels the run.
@@ -330,21 +395,36 @@ class Pipeline:
 @overload
 def pipeline(fn: F, /) -> Pipeline: ...
 @overload
-def pipeline(*, phases: Sequence[str] | None = None, version: str | int | None = None,
-             name: str | None = None, retries: int = 0, retry_delay: float = 0.0,
-             retry_backoff: float = 2.0,
-             retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-             timeout: float | None = None, concurrency: int | None = None,
-             serializer: Serializer = "default"
-             ) -> Callable[[F], Pipeline]: ...
+def pipeline(
+    *,
+    phases: Sequence[str] | None = None,
+    version: str | int | None = None,
+    name: str | None = None,
+    retries: int = 0,
+    retry_delay: float = 0.0,
+    retry_backoff: float = 2.0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    timeout: float | None = None,
+    concurrency: int | None = None,
+    serializer: Serializer = "default",
+) -> Callable[[F], Pipeline]: ...
 
 
-def pipeline(fn: Callable[..., Any] | None = None, /, *, phases: Sequence[str] | None = None,
-             version: str | int | None = None, name: str | None = None, retries: int = 0,
-             retry_delay: float = 0.0, retry_backoff: float = 2.0,
-             retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-             timeout: float | None = None, concurrency: int | None = None,
-             serializer: Serializer = "default") -> Any:
+def pipeline(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    phases: Sequence[str] | None = None,
+    version: str | int | None = None,
+    name: str | None = None,
+    retries: int = 0,
+    retry_delay: float = 0.0,
+    retry_backoff: float = 2.0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    timeout: float | None = None,
+    concurrency: int | None = None,
+    serializer: Serializer = "default",
+) -> Any:
     """Register a function as a pipeline: ``@tether.pipeline`` or ``@tether.pipeline(phases=[...])``.
 
     ``version``: bump it when the code changes meaning; a stored run of another version is then
@@ -364,32 +444,39 @@ def pipeline(fn: Callable[..., Any] | None = None, /, *, phases: Sequence[str] |
         return Pipeline(fn)
     if isinstance(phases, str):
         raise PipelineError("phases= takes a list of names, e.g. phases=['scanning', 'applying']")
-    options: dict[str, Any] = dict(retries=retries, retry_delay=retry_delay,
-                                   retry_backoff=retry_backoff, retry_on=retry_on,
-                                   timeout=timeout, concurrency=concurrency)
+    options: dict[str, Any] = dict(
+        retries=retries,
+        retry_delay=retry_delay,
+        retry_backoff=retry_backoff,
+        retry_on=retry_on,
+        timeout=timeout,
+        concurrency=concurrency,
+    )
     _control_options(**options)  # a bad option fails at the decorator line
 
     def decorate(f: Callable[..., Any]) -> Pipeline:
-        return Pipeline(f, phases=phases, version=version, name=name, serializer=serializer,
-                        **options)
+        return Pipeline(f, phases=phases, version=version, name=name, serializer=serializer, **options)
 
     return decorate
 
 
-def _control_options(retries: Any, retry_delay: Any, retry_backoff: Any, retry_on: Any,
-                     timeout: Any, concurrency: Any) -> tuple[Any, ...]:
+def _control_options(
+    retries: Any, retry_delay: Any, retry_backoff: Any, retry_on: Any, timeout: Any, concurrency: Any
+) -> tuple[Any, ...]:
     """The control options checked (PipelineError naming the bad one) and normalised."""
-    return (_whole(retries, "retries", 0), _number(retry_delay, "retry_delay", "seconds", True),
-            _number(retry_backoff, "retry_backoff", "(a factor)", False),
-            _exception_types(retry_on),
-            None if timeout is None else _number(timeout, "timeout", "seconds", False),
-            None if concurrency is None else _whole(concurrency, "concurrency", 1))
+    return (
+        _whole(retries, "retries", 0),
+        _number(retry_delay, "retry_delay", "seconds", True),
+        _number(retry_backoff, "retry_backoff", "(a factor)", False),
+        _exception_types(retry_on),
+        None if timeout is None else _number(timeout, "timeout", "seconds", False),
+        None if concurrency is None else _whole(concurrency, "concurrency", 1),
+    )
 
 
 def _whole(value: Any, what: str, least: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise PipelineError(f"@tether.pipeline({what}=...) must be a whole number >= {least}, "
-                            f"got {value!r}")
+        raise PipelineError(f"@tether.pipeline({what}=...) must be a whole number >= {least}, got {value!r}")
     return value
 
 
@@ -397,15 +484,17 @@ def _number(value: Any, what: str, unit: str, zero: bool) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not zero):
         bound = ">= 0" if zero else "> 0"
-        raise PipelineError(f"@tether.pipeline({what}=...) must be a finite number {bound} "
-                            f"{unit}, got {value!r}")
+        raise PipelineError(
+            f"@tether.pipeline({what}=...) must be a finite number {bound} {unit}, got {value!r}"
+        )
     return float(value)
 
 
 def _exception_types(value: Any) -> tuple[type[BaseException], ...]:
     types = value if isinstance(value, tuple) else (value,)
     if not types or not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
-        raise PipelineError("@tether.pipeline(retry_on=...) takes an exception class or a tuple "
-                            f"of them, e.g. retry_on=(ConnectionError, TimeoutError); got {value!r}")
+        raise PipelineError(
+            "@tether.pipeline(retry_on=...) takes an exception class or a tuple "
+            f"of them, e.g. retry_on=(ConnectionError, TimeoutError); got {value!r}"
+        )
     return types
-

@@ -232,7 +232,8 @@ class Run:
         if _on_loop(ctx):
             raise PipelineError(
                 f"run {self.id}: result()/wait() inside an async pipeline would block the event "
-                "loop its child may need; use `await run` (or `await asyncio.to_thread(run.wait)`)")
+                "loop its child may need; use `await run` (or `await asyncio.to_thread(run.wait)`)"
+            )
         with ctx._runner.parked(ctx):
             return self._wait(timeout, ctx)
 
@@ -256,26 +257,34 @@ class Run:
                 why = run_.retrying(self.id)
                 if why and not warned:
                     warned = True
-                    warnings.warn(f"run {self.id}: its end could not be written yet ({why}); "
-                                  "tether tries again until it is written "
-                                  "(free some space?), and this wait goes on meanwhile",
-                                  RuntimeWarning, stacklevel=5)
+                    warnings.warn(
+                        f"run {self.id}: its end could not be written yet ({why}); "
+                        "tether tries again until it is written "
+                        "(free some space?), and this wait goes on meanwhile",
+                        RuntimeWarning,
+                        stacklevel=5,
+                    )
 
             if not _wait_event(event, deadline, unstored):
                 why = run_.retrying(self.id)
-                raise TimeoutError(f"run {self.id} has not ended after {timeout} s"
-                                   + (f" (its end could not be written yet: {why})" if why else ""))
+                raise TimeoutError(
+                    f"run {self.id} has not ended after {timeout} s"
+                    + (f" (its end could not be written yet: {why})" if why else "")
+                )
             if self.id in run_.unstored:  # ended here, and its end can never be stored
-                raise StoreError(f"run {self.id} ended in this process but its end could not be "
-                                 f"stored ({run_.unstored[self.id]})")
+                raise StoreError(
+                    f"run {self.id} ended in this process but its end could not be "
+                    f"stored ({run_.unstored[self.id]})"
+                )
         pause = 0.005
         while not self.snapshot().status.terminal:
             if parent is not None and parent._cancel:
                 parent._raise_cancelled()
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise TimeoutError(f"run {self.id} has not ended after {timeout} s "
-                                   f"(status {self._last.status})")
+                raise TimeoutError(
+                    f"run {self.id} has not ended after {timeout} s (status {self._last.status})"
+                )
             time.sleep(pause if left is None else min(pause, left))
             pause = min(pause * 2, 0.25)
         return self
@@ -335,8 +344,7 @@ class Run:
         text = f"run {self.id} ({self.pipeline}, attempt {self.attempt}) {rec.status}"
         if err.get("message"):
             text += f": {err.get('type', 'Error')}: {err['message']}"
-        cls = {Status.FAILED: RunFailed, Status.CANCELLED: RunCancelled}.get(
-            rec.status, RunInterrupted)
+        cls = {Status.FAILED: RunFailed, Status.CANCELLED: RunCancelled}.get(rec.status, RunInterrupted)
         if rec.status == Status.FAILED and err.get("traceback"):
             text += "\n\nTraceback of the run:\n" + err["traceback"]
         raise cls(text, run=self, error=rec.error)
@@ -384,14 +392,20 @@ class Run:
             raise PipelineNotFound(
                 f"pipeline {self.pipeline!r} is not defined in this process, so run {self.id} "
                 "cannot be executed here; run the cell that defines it (or import its module) "
-                "and try again")
+                "and try again"
+            )
         run_ = runner.get(self._store)
         pipe = lookup(self.pipeline)
         with _interrupts.critical():  # see Pipeline.start: never a committed run left unstarted
-            rec = self._store.new_attempt(self.id, owner=run_.owner, resume=resume,
-                                          lease_s=config.settings().lease, gone=owner.gone_reason,
-                                          control=None if pipe is None else pipe._control,
-                                          code=None if pipe is None else (pipe.version, pipe.code))
+            rec = self._store.new_attempt(
+                self.id,
+                owner=run_.owner,
+                resume=resume,
+                lease_s=config.settings().lease,
+                gone=owner.gone_reason,
+                control=None if pipe is None else pipe._control,
+                code=None if pipe is None else (pipe.version, pipe.code),
+            )
             if rec.target != "worker":  # a detached run's new attempt is for a worker too
                 run_.submit(rec)
         return Run(self._store, rec.id, rec)
@@ -401,8 +415,10 @@ class Run:
     def __repr__(self) -> str:
         rec = self._last
         damaged = f" damaged: {', '.join(rec.damaged)}" if rec.damaged else ""
-        return safe(f"<tether.Run {self.pipeline} #{self.attempt} id={self.id} "
-                    f"status={rec.status_text} phase={rec.phase!r}{damaged}>")
+        return safe(
+            f"<tether.Run {self.pipeline} #{self.attempt} id={self.id} "
+            f"status={rec.status_text} phase={rec.phase!r}{damaged}>"
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Run) and other.id == self.id and other._store is self._store
@@ -423,8 +439,9 @@ class Run:
         show(self)
 
 
-def _wait_event(event: threading.Event, deadline: float | None,
-                each: Callable[[], None] | None = None) -> bool:
+def _wait_event(
+    event: threading.Event, deadline: float | None, each: Callable[[], None] | None = None
+) -> bool:
     # short waits keep KeyboardInterrupt responsive in the main thread
     while not event.is_set():
         left = None if deadline is None else deadline - time.monotonic()
@@ -490,8 +507,7 @@ class _Watcher:
         with self.lock:
             self.watched.append((run, once))
             if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._loop, daemon=True,
-                                               name="tether-callbacks")
+                self.thread = threading.Thread(target=self._loop, daemon=True, name="tether-callbacks")
                 self.thread.start()
 
     def _loop(self) -> None:
@@ -575,8 +591,13 @@ def get_run(run_id: str) -> Run:
     return run
 
 
-def runs(pipeline: Any = None, status: str | list[str] | None = None, key: str | None = None,
-         limit: int | None = 100, params: dict[str, Any] | None = None) -> list[Run]:
+def runs(
+    pipeline: Any = None,
+    status: str | list[str] | None = None,
+    key: str | None = None,
+    limit: int | None = 100,
+    params: dict[str, Any] | None = None,
+) -> list[Run]:
     """Every attempt matching the filters, newest first. ``pipeline``: a name or a Pipeline.
 
     ``params``: only runs whose params include each given name with an equal value, compared
@@ -596,14 +617,18 @@ def runs(pipeline: Any = None, status: str | list[str] | None = None, key: str |
 def _params_filter(params: Any) -> dict[str, Any]:
     """``params=`` of runs(): a dict of str names to JSON values, else ParamsError."""
     if not isinstance(params, dict):
-        raise ParamsError(f"tether.runs(params=...) takes a dict of parameter values, e.g. "
-                          f"params={{'repo': './app'}}; got {type(params).__name__}")
+        raise ParamsError(
+            f"tether.runs(params=...) takes a dict of parameter values, e.g. "
+            f"params={{'repo': './app'}}; got {type(params).__name__}"
+        )
     for k, v in params.items():
         if not isinstance(k, str):
             raise ParamsError(f"tether.runs(params=...): the name {k!r} is not a str")
         try:
             dumps(v)
         except (TypeError, ValueError) as exc:
-            raise ParamsError(f"tether.runs(params=...): {k!r} is {type(v).__name__} "
-                              f"({safe(repr(v))[:80]}), not a JSON value ({exc})") from None
+            raise ParamsError(
+                f"tether.runs(params=...): {k!r} is {type(v).__name__} "
+                f"({safe(repr(v))[:80]}), not a JSON value ({exc})"
+            ) from None
     return params

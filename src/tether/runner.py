@@ -51,8 +51,9 @@ class _End:
 
     __slots__ = ("delay", "due", "error", "item", "reason", "result_json", "run_id", "status")
 
-    def __init__(self, item: FlushItem, status: Status, result_json: str | None,
-                 error: dict[str, Any] | None) -> None:
+    def __init__(
+        self, item: FlushItem, status: Status, result_json: str | None, error: dict[str, Any] | None
+    ) -> None:
         self.run_id, self.item, self.status = item.run_id, item, status
         self.result_json, self.error = result_json, error
         self.reason = ""
@@ -177,8 +178,13 @@ class Runner:
         while True:
             with _interrupts.critical():
                 with self._lock:
-                    if (self._closing or self._forked or not self._queue or self._slots >= limit
-                            or time.monotonic() < self._pump_due):
+                    if (
+                        self._closing
+                        or self._forked
+                        or not self._queue
+                        or self._slots >= limit
+                        or time.monotonic() < self._pump_due
+                    ):
                         return
                     rec = self._queue.popleft()
                     self._slots += 1
@@ -326,8 +332,9 @@ class Runner:
                 asyncio.run_coroutine_threadsafe(self._run_async(ctx, pipe), loop)
             else:
                 # the thread registers itself in _threads: a thread in that set has started
-                threading.Thread(target=self._run_sync, args=(ctx, pipe), daemon=True,
-                                 name=f"tether-run-{rec.id}").start()
+                threading.Thread(
+                    target=self._run_sync, args=(ctx, pipe), daemon=True, name=f"tether-run-{rec.id}"
+                ).start()
         except Exception as exc:  # e.g. "can't start new thread": the run fails, the slot frees
             self._finish(ctx, Status.FAILED, None, _error(exc))
 
@@ -358,8 +365,14 @@ class Runner:
                     self._finish(ctx, *end)
                     return
                 if not self._between_tries(ctx, end):
-                    self._finish(ctx, Status.CANCELLED, None, _error(RunCancelled(
-                        f"run {ctx.run_id} was {ctx._cancel_reason} while waiting to retry")))
+                    self._finish(
+                        ctx,
+                        Status.CANCELLED,
+                        None,
+                        _error(
+                            RunCancelled(f"run {ctx.run_id} was {ctx._cancel_reason} while waiting to retry")
+                        ),
+                    )
                     return
                 if not self._next_try(ctx):
                     self._finish(ctx, Status.FAILED, None, ctx._last_error)
@@ -413,8 +426,12 @@ class Runner:
                 except asyncio.CancelledError:
                     continue
             if ctx._cancel:
-                self._finish(ctx, Status.CANCELLED, None, _error(RunCancelled(
-                    f"run {ctx.run_id} was {ctx._cancel_reason} while waiting to retry")))
+                self._finish(
+                    ctx,
+                    Status.CANCELLED,
+                    None,
+                    _error(RunCancelled(f"run {ctx.run_id} was {ctx._cancel_reason} while waiting to retry")),
+                )
                 return
             if not self._next_try(ctx):
                 self._finish(ctx, Status.FAILED, None, ctx._last_error)
@@ -422,8 +439,9 @@ class Runner:
 
     # -- retries and timeouts ----------------------------------------------------------------
 
-    def _after_try(self, ctx: Context, pipe: Pipeline, exc: BaseException | None
-                   ) -> tuple[Status, None, dict[str, Any] | None] | float:
+    def _after_try(
+        self, ctx: Context, pipe: Pipeline, exc: BaseException | None
+    ) -> tuple[Status, None, dict[str, Any] | None] | float:
         """A try ended without a result (``exc``; None: it returned past its timeout). Either
         the run's end (status, result, error) or, written already, the delay before the next
         try."""
@@ -431,9 +449,13 @@ class Runner:
         if kind == "timeout":
             failure: BaseException = TimeoutError(
                 f"run {ctx.run_id} passed its timeout of {_seconds(ctx.timeout)} "
-                f"(try {ctx.tries} of {ctx.max_tries}); it was stopped at its next ctx call")
-            error = {"type": "TimeoutError", "message": str(failure),
-                     "traceback": _error(exc)["traceback"] if exc is not None else ""}
+                f"(try {ctx.tries} of {ctx.max_tries}); it was stopped at its next ctx call"
+            )
+            error = {
+                "type": "TimeoutError",
+                "message": str(failure),
+                "traceback": _error(exc)["traceback"] if exc is not None else "",
+            }
         elif isinstance(exc, RunCancelled) or _is_async_cancel(exc):
             return Status.CANCELLED, None, _error(exc) if ctx._cancel else None  # type: ignore[arg-type]
         else:
@@ -463,9 +485,14 @@ class Runner:
     def _retryable(self, ctx: Context, pipe: Pipeline, failure: BaseException) -> bool:
         if isinstance(failure, MapItemError) and failure.__cause__ is not None:
             failure = failure.__cause__  # retry_on names what the item raised
-        return (not self._closing and not self._forked
-                and ctx._cancel_kind in (None, "timeout") and ctx.tries < ctx.max_tries
-                and not isinstance(failure, _NOT_RETRIED) and isinstance(failure, pipe.retry_on))
+        return (
+            not self._closing
+            and not self._forked
+            and ctx._cancel_kind in (None, "timeout")
+            and ctx.tries < ctx.max_tries
+            and not isinstance(failure, _NOT_RETRIED)
+            and isinstance(failure, pipe.retry_on)
+        )
 
     @staticmethod
     def _between_tries(ctx: Context, delay: float) -> bool:
@@ -502,8 +529,7 @@ class Runner:
         for ctx in ctxs:
             if ctx._deadline is not None and now >= ctx._deadline and not ctx._cancel:
                 ctx._deadline = None
-                ctx._request_cancel(f"stopped: its timeout of {_seconds(ctx.timeout)} passed",
-                                    kind="timeout")
+                ctx._request_cancel(f"stopped: its timeout of {_seconds(ctx.timeout)} passed", kind="timeout")
                 try:
                     kids = self.store.cancel_children(ctx.run_id, owner.gone_reason)
                 except Exception:
@@ -518,8 +544,9 @@ class Runner:
         try:
             text = codec.encode(result, "result", pickle=ctx._pickles(), files=self.store.files)
         except ParamsError as exc:
-            self._finish(ctx, Status.FAILED, None,
-                         {"type": "ParamsError", "traceback": "", "message": str(exc)})
+            self._finish(
+                ctx, Status.FAILED, None, {"type": "ParamsError", "traceback": "", "message": str(exc)}
+            )
             return
         if ctx._cancel and ctx._cancel_kind != "timeout":  # it saw the cancel and returned early
             self._finish(ctx, Status.CANCELLED, text, None)
@@ -528,8 +555,9 @@ class Runner:
             ctx.phases_done.append(ctx.phase_name)
         self._finish(ctx, Status.SUCCEEDED, text, None)
 
-    def _finish(self, ctx: Context, status: Status, result_json: str | None,
-                error: dict[str, Any] | None) -> None:
+    def _finish(
+        self, ctx: Context, status: Status, result_json: str | None, error: dict[str, Any] | None
+    ) -> None:
         """Write a run's end. If the write fails, the run stays ``running`` in the store (its
         lease renewed: it is not an orphan) and the flusher writes the same end again later."""
         if self._forked:
@@ -556,8 +584,7 @@ class Runner:
         """One try at writing ``end``; False (and queued for another try) if it failed."""
         run_id = end.run_id
         try:
-            self.store.finish(end.item, self.owner, end.status, result_json=end.result_json,
-                              error=end.error)
+            self.store.finish(end.item, self.owner, end.status, result_json=end.result_json, error=end.error)
         except Exception as exc:
             self._record_error("finish")
             if not _transient(exc):  # e.g. the database deleted: no later try can store it
@@ -667,8 +694,7 @@ class Runner:
                 items = [it for c in ctxs if (it := c._flush_item()) is not None]
                 if items or beat:
                     try:
-                        self._apply(self.store.flush(items, self.owner,
-                                                     now + cfg.lease if beat else None))
+                        self._apply(self.store.flush(items, self.owner, now + cfg.lease if beat else None))
                     except BaseException:
                         for it in items:  # not written: they go with the next write (or the end)
                             if (c := self._live.get(it.run_id)) is not None:
@@ -700,8 +726,9 @@ class Runner:
         for run_id in lost:
             ctx = self._live.get(run_id)
             if ctx is not None:
-                ctx._request_cancel("taken over: the store no longer lists this process as owner",
-                                    kind="lost")
+                ctx._request_cancel(
+                    "taken over: the store no longer lists this process as owner", kind="lost"
+                )
         for run_id in cancels:
             ctx = self._live.get(run_id)
             if ctx is not None:
@@ -715,8 +742,9 @@ class Runner:
             with self._lock:
                 if self._flusher is None:
                     install_log_capture()
-                    self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
-                                                     name="tether-flusher")
+                    self._flusher = threading.Thread(
+                        target=self._flush_loop, daemon=True, name="tether-flusher"
+                    )
                     self._flusher.start()
 
     def _flush_loop(self) -> None:

@@ -35,8 +35,16 @@ __all__ = ["FlushItem", "MAX_DEPTH", "StartOutcome", "Store", "dumps"]
 BUSY_TIMEOUT_S = 30.0
 
 # issue 14 (control): columns of migration 0003_control, in RunRecord field names
-_CONTROL_FIELDS = ("parent_id", "tries", "max_tries", "retry_at", "timeout", "deadline", "concurrency",
-                   "parked")
+_CONTROL_FIELDS = (
+    "parent_id",
+    "tries",
+    "max_tries",
+    "retry_at",
+    "timeout",
+    "deadline",
+    "concurrency",
+    "parked",
+)
 _RUN_COLS = (
     "id, key, attempt, pipeline, version, params, status, phase, phases, phases_done, done, total, "
     "message, error, result, created_at, started_at, ended_at, updated_at, owner_host, owner_pid, "
@@ -82,8 +90,11 @@ def _errname(exc: sqlite3.Error) -> str:
     if name:
         return "_".join(str(name).split("_")[:2])  # SQLITE_CANTOPEN_ISDIR -> SQLITE_CANTOPEN
     text = str(exc)
-    for fragment, code in (("not a database", "SQLITE_NOTADB"), ("malformed", "SQLITE_CORRUPT"),
-                           ("unable to open", "SQLITE_CANTOPEN")):
+    for fragment, code in (
+        ("not a database", "SQLITE_NOTADB"),
+        ("malformed", "SQLITE_CORRUPT"),
+        ("unable to open", "SQLITE_CANTOPEN"),
+    ):
         if fragment in text:
             return code
     return "SQLITE_ERROR"
@@ -116,13 +127,34 @@ _ANY = frozenset({str, int, float, bytes, _NONE})  # checked on its own (status,
 # The types each column may hold: SQLite does not enforce declared types. A column missing here
 # (added to _RUN_COLS later) is passed on as it is read.
 _KINDS = {
-    "id": _TEXT, "key": _TEXT, "attempt": _INT, "pipeline": _TEXT, "version": _OPT_TEXT,
-    "phase": _OPT_TEXT, "done": _NUM, "total": _OPT_NUM, "message": _OPT_TEXT,
-    "result": _OPT_TEXT, "created_at": _NUM, "started_at": _OPT_NUM, "ended_at": _OPT_NUM,
-    "updated_at": _NUM, "target": _OPT_TEXT, "lease_until": _OPT_NUM, "cancel_requested": _INT,
-    "resumed_from": _OPT_TEXT, "last_seq": _INT, "created_by": _TEXT, "code": _OPT_TEXT,
-    "parent_id": _OPT_TEXT, "tries": _INT, "max_tries": _INT, "retry_at": _OPT_NUM,
-    "timeout": _OPT_NUM, "deadline": _OPT_NUM, "concurrency": frozenset({int, _NONE}),
+    "id": _TEXT,
+    "key": _TEXT,
+    "attempt": _INT,
+    "pipeline": _TEXT,
+    "version": _OPT_TEXT,
+    "phase": _OPT_TEXT,
+    "done": _NUM,
+    "total": _OPT_NUM,
+    "message": _OPT_TEXT,
+    "result": _OPT_TEXT,
+    "created_at": _NUM,
+    "started_at": _OPT_NUM,
+    "ended_at": _OPT_NUM,
+    "updated_at": _NUM,
+    "target": _OPT_TEXT,
+    "lease_until": _OPT_NUM,
+    "cancel_requested": _INT,
+    "resumed_from": _OPT_TEXT,
+    "last_seq": _INT,
+    "created_by": _TEXT,
+    "code": _OPT_TEXT,
+    "parent_id": _OPT_TEXT,
+    "tries": _INT,
+    "max_tries": _INT,
+    "retry_at": _OPT_NUM,
+    "timeout": _OPT_NUM,
+    "deadline": _OPT_NUM,
+    "concurrency": frozenset({int, _NONE}),
     "parked": _INT,
 }
 _TYPES = tuple(_KINDS.get(name, _ANY) for name in _Row._fields)
@@ -137,8 +169,9 @@ def _retype(row: _Row, bad: list[str]) -> _Row:
         value = getattr(row, name)
         if type(value) not in kinds:
             bad.append(f"{name}={raw_text(value)}")
-            fixes[name] = (raw_text(value) if kinds is _TEXT or kinds is _OPT_TEXT
-                           else None if _NONE in kinds else 0)
+            fixes[name] = (
+                raw_text(value) if kinds is _TEXT or kinds is _OPT_TEXT else None if _NONE in kinds else 0
+            )
     return row._replace(**fixes)
 
 
@@ -162,14 +195,23 @@ def _owner(row: _Row, bad: list[str]) -> Owner | None:
     instance, host, pid, started = row.owner_instance, row.owner_host, row.owner_pid, row.owner_started
     if instance is None:
         return None
-    if (type(pid) is int and 0 < pid <= _MAX_PID and type(host) is str and host
-            and type(started) in _NUM and type(instance) is str and instance):
+    if (
+        type(pid) is int
+        and 0 < pid <= _MAX_PID
+        and type(host) is str
+        and host
+        and type(started) in _NUM
+        and type(instance) is str
+        and instance
+    ):
         ns = row.owner_ns
         return Owner(host, pid, float(started), instance, ns if type(ns) is str else None)
-    for name, ok in (("owner_pid", type(pid) is int and 0 < pid <= _MAX_PID),
-                     ("owner_host", type(host) is str and host != ""),
-                     ("owner_started", type(started) in _NUM),
-                     ("owner_instance", type(instance) is str and instance != "")):
+    for name, ok in (
+        ("owner_pid", type(pid) is int and 0 < pid <= _MAX_PID),
+        ("owner_host", type(host) is str and host != ""),
+        ("owner_started", type(started) in _NUM),
+        ("owner_instance", type(instance) is str and instance != ""),
+    ):
         if not ok:
             bad.append(f"{name}={raw_text(getattr(row, name))}")
     return None
@@ -204,18 +246,42 @@ def _record(values: Sequence[Any]) -> RunRecord:
         _out_of_range(row, bad)
     phases, phases_done = row.phases, row.phases_done
     return RunRecord(
-        id=row.id, key=row.key, attempt=row.attempt, pipeline=row.pipeline, version=row.version,
-        params_json=params, status=status, phase=row.phase,
-        phases=[] if phases == "[]" else _names(row, "phases", bad), done=row.done,
-        total=row.total, message=row.message, error_json=error, result_json=row.result,
-        created_at=row.created_at, started_at=row.started_at, ended_at=row.ended_at,
-        updated_at=row.updated_at, owner=_owner(row, bad), target=row.target, lease_until=row.lease_until,
-        cancel_requested=bool(row.cancel_requested), resumed_from=row.resumed_from,
+        id=row.id,
+        key=row.key,
+        attempt=row.attempt,
+        pipeline=row.pipeline,
+        version=row.version,
+        params_json=params,
+        status=status,
+        phase=row.phase,
+        phases=[] if phases == "[]" else _names(row, "phases", bad),
+        done=row.done,
+        total=row.total,
+        message=row.message,
+        error_json=error,
+        result_json=row.result,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        updated_at=row.updated_at,
+        owner=_owner(row, bad),
+        target=row.target,
+        lease_until=row.lease_until,
+        cancel_requested=bool(row.cancel_requested),
+        resumed_from=row.resumed_from,
         last_seq=row.last_seq,
         phases_done=[] if phases_done == "[]" else _names(row, "phases_done", bad),
-        created_by=row.created_by, code=row.code, damaged=tuple(bad) if bad else (),
-        parent_id=row.parent_id, tries=row.tries, max_tries=row.max_tries, retry_at=row.retry_at,
-        timeout=row.timeout, deadline=row.deadline, concurrency=row.concurrency, parked=row.parked,
+        created_by=row.created_by,
+        code=row.code,
+        damaged=tuple(bad) if bad else (),
+        parent_id=row.parent_id,
+        tries=row.tries,
+        max_tries=row.max_tries,
+        retry_at=row.retry_at,
+        timeout=row.timeout,
+        deadline=row.deadline,
+        concurrency=row.concurrency,
+        parked=row.parked,
     )
 
 
@@ -272,8 +338,7 @@ def _guarded(fn: F) -> F:
 class Store:
     """A tether database file. Cheap to create; opens (and migrates) on first use."""
 
-    def __init__(self, path: str | os.PathLike[str],
-                 allow_foreign: Callable[[], bool] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], allow_foreign: Callable[[], bool] | None = None) -> None:
         self.path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
         # asked when the file is opened: may a file owned by another user be used?
         self._allow_foreign = allow_foreign or (lambda: False)
@@ -303,9 +368,11 @@ class Store:
         if self._closed:
             raise self._fail("is closed", fix="Call tether.configure() again to reopen it.")
         if self._stat() is None:
-            raise self._fail("no longer exists (was it deleted?)",
-                             fix="tether never recreates a database behind your back; "
-                                 "restart the process to start a new one.")
+            raise self._fail(
+                "no longer exists (was it deleted?)",
+                fix="tether never recreates a database behind your back; "
+                "restart the process to start a new one.",
+            )
         with self._open_lock:
             # connections of threads that ended without giving theirs back (a user's threads)
             dead = [c for c, t in self._conns.items() if not t.is_alive()]
@@ -319,8 +386,13 @@ class Store:
             return reused
         conn = None
         try:
-            conn = sqlite3.connect(self._uri("mode=rw"), uri=True, timeout=BUSY_TIMEOUT_S,
-                                   isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self._uri("mode=rw"),
+                uri=True,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+            )
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
@@ -340,13 +412,17 @@ class Store:
             return None
         except PermissionError as exc:
             raise self._fail(
-                "cannot be reached (permission denied)", exc,
+                "cannot be reached (permission denied)",
+                exc,
                 fix="Every folder on its path must be open to you (chmod u+x, or ask its owner); "
-                    "or choose another path with tether.configure(db=...) or TETHER_DB.") from None
+                "or choose another path with tether.configure(db=...) or TETHER_DB.",
+            ) from None
         except OSError as exc:
-            raise self._fail("cannot be reached", exc,
-                             fix="Choose another path with tether.configure(db=...) or TETHER_DB."
-                             ) from None
+            raise self._fail(
+                "cannot be reached",
+                exc,
+                fix="Choose another path with tether.configure(db=...) or TETHER_DB.",
+            ) from None
 
     def _check_owner(self) -> None:
         """Refuse a database, -wal, -shm or -journal owned by another user (root included): its
@@ -364,8 +440,9 @@ class Store:
                 f"is owned by another user{where} ({_user(st.st_uid)}), not by you ({_user(me)}); "
                 "it was left untouched",
                 fix="Whoever owns it can read and change your runs. Use your own file with "
-                    "tether.configure(db=...) or TETHER_DB, or if you trust its owner allow it with "
-                    "tether.configure(allow_foreign_db=True) or TETHER_ALLOW_FOREIGN_DB=1.")
+                "tether.configure(db=...) or TETHER_DB, or if you trust its owner allow it with "
+                "tether.configure(allow_foreign_db=True) or TETHER_ALLOW_FOREIGN_DB=1.",
+            )
 
     def _uri(self, mode: str) -> str:
         return "file:" + urllib.parse.quote(str(self.path)) + "?" + mode
@@ -393,15 +470,18 @@ class Store:
             pass
         except OSError as exc:
             raise self._fail(
-                "cannot be created", exc,
+                "cannot be created",
+                exc,
                 fix="Choose a writable location with tether.configure(db=...) or TETHER_DB.",
             ) from exc
 
     def _sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """(size, mtime) of the file and of its WAL ((0, 0): none). os.stat opens no descriptor."""
         main, wal = self._stat(), self._stat("-wal")
-        return ((main.st_size, main.st_mtime_ns) if main else (0, 0),
-                (wal.st_size, wal.st_mtime_ns) if wal else (0, 0))
+        return (
+            (main.st_size, main.st_mtime_ns) if main else (0, 0),
+            (wal.st_size, wal.st_mtime_ns) if wal else (0, 0),
+        )
 
     def _check_header(self) -> None:
         """Refuse a file that is not a whole SQLite database, reading it through SQLite only.
@@ -419,8 +499,9 @@ class Store:
             # mode=rw: no O_CREAT (a file deleted meanwhile is not recreated), and the descriptor
             # SQLite keeps after close is reused by the next connection (a read-only file still
             # opens: SQLite falls back to read-only)
-            probe = sqlite3.connect(self._uri("mode=rw&immutable=1"), uri=True, isolation_level=None,
-                                    check_same_thread=False)
+            probe = sqlite3.connect(
+                self._uri("mode=rw&immutable=1"), uri=True, isolation_level=None, check_same_thread=False
+            )
             try:
                 probe.execute("PRAGMA page_count").fetchone()
                 counted_pages_missing = False
@@ -435,11 +516,15 @@ class Store:
             if _errname(exc) == "SQLITE_NOTADB":
                 raise self._fail(
                     "is not a SQLite database (wrong file header); it was left untouched",
-                    fix="Point tether at another file with tether.configure(db=...).") from exc
+                    fix="Point tether at another file with tether.configure(db=...).",
+                ) from exc
             if _errname(exc) == "SQLITE_CANTOPEN":
-                raise self._fail("cannot be read (permission denied?)", exc,
-                                 fix="It must be readable and writable by you (chmod u+rw); or "
-                                     "choose another path with tether.configure(db=...).") from exc
+                raise self._fail(
+                    "cannot be read (permission denied?)",
+                    exc,
+                    fix="It must be readable and writable by you (chmod u+rw); or "
+                    "choose another path with tether.configure(db=...).",
+                ) from exc
             raise self._fail("is corrupt or unreadable; it was left untouched", exc) from exc
         finally:
             if probe is not None:
@@ -451,8 +536,10 @@ class Store:
         if size % page or (counted_pages_missing and wal_size == 0):
             if self._sizes() != before:  # another process wrote meanwhile: look again
                 raise _Busy
-            raise self._fail(f"is truncated ({size} bytes, pages of {page}); it was left untouched",
-                             fix="Restore a backup or use tether.configure(db=...).")
+            raise self._fail(
+                f"is truncated ({size} bytes, pages of {page}); it was left untouched",
+                fix="Restore a backup or use tether.configure(db=...).",
+            )
 
     def _open(self) -> None:
         # Switching to WAL and migrating need locks that SQLite may refuse at once (SQLITE_BUSY
@@ -463,8 +550,9 @@ class Store:
                 return self._open_once()
             except _Busy as busy:
                 if time.monotonic() > deadline:
-                    raise self._fail(f"stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s",
-                                     busy.__cause__) from busy.__cause__
+                    raise self._fail(
+                        f"stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s", busy.__cause__
+                    ) from busy.__cause__
                 time.sleep(0.02)
                 _interrupts.safe_point()  # nothing is held here: a held-back interrupt lands
 
@@ -472,8 +560,7 @@ class Store:
         st = self._stat()
         if st is not None:
             if stat.S_ISDIR(st.st_mode):
-                raise self._fail("is a directory",
-                                 fix="Pass the path of a file, e.g. .tether/runs.db.")
+                raise self._fail("is a directory", fix="Pass the path of a file, e.g. .tether/runs.db.")
             self._check_owner()
             self._check_header()
         else:
@@ -487,17 +574,20 @@ class Store:
                 if _schema.MIGRATIONS_TABLE not in tables or "runs" not in tables:
                     raise self._fail(
                         "is a SQLite database but not a tether one; it was left untouched",
-                        fix="Point tether at another file with tether.configure(db=...).")
+                        fix="Point tether at another file with tether.configure(db=...).",
+                    )
                 applied = _schema.applied(conn)
                 if not applied:
                     raise self._fail(
                         "is a SQLite database but not a tether one; it was left untouched",
-                        fix="Point tether at another file with tether.configure(db=...).")
+                        fix="Point tether at another file with tether.configure(db=...).",
+                    )
             unknown = [name for name in applied if name not in _schema.KNOWN]
             if unknown:
                 raise self._fail(
                     f"was written by a newer tether (schema {unknown[-1]!r}); it was left untouched",
-                    fix="Upgrade tether (pip install -U tether) to use it.")
+                    fix="Upgrade tether (pip install -U tether) to use it.",
+                )
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode = WAL")
             if len(applied) < len(_schema.KNOWN):
@@ -520,8 +610,9 @@ class Store:
         except sqlite3.DatabaseError as exc:
             self._drop(conn)
             if "readonly" in str(exc) or "unable to open" in str(exc):
-                raise self._fail("is not writable", exc,
-                                 fix="Fix its permissions or choose another path.") from exc
+                raise self._fail(
+                    "is not writable", exc, fix="Fix its permissions or choose another path."
+                ) from exc
             raise self._fail("is corrupt or unreadable; it was left untouched", exc) from exc
         st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)
@@ -586,8 +677,11 @@ class Store:
             raise self._write_error(exc) from exc
         except sqlite3.DatabaseError as exc:
             if type(exc) is sqlite3.DatabaseError:  # SQLITE_CORRUPT / SQLITE_NOTADB
-                raise self._fail("is corrupt; it was left untouched", exc,
-                                 fix="Restore a backup or use tether.configure(db=...).") from exc
+                raise self._fail(
+                    "is corrupt; it was left untouched",
+                    exc,
+                    fix="Restore a backup or use tether.configure(db=...).",
+                ) from exc
             raise
 
     def _check_same_file(self) -> None:
@@ -601,9 +695,11 @@ class Store:
             same = False
         if not same:
             self._empty_wal()
-            raise self._fail("was deleted or replaced while in use; nothing more is written to it",
-                             fix="tether never recreates a database behind your back; restart "
-                                 "the process (or call tether.configure(db=...)) to start afresh.")
+            raise self._fail(
+                "was deleted or replaced while in use; nothing more is written to it",
+                fix="tether never recreates a database behind your back; restart "
+                "the process (or call tether.configure(db=...)) to start afresh.",
+            )
 
     def _empty_wal(self) -> None:
         """SQLite keeps the WAL of a database moved or unlinked while open (no checkpoint on
@@ -715,8 +811,10 @@ class Store:
     def get(self, run_id: str) -> RunRecord:
         row = self.conn().execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
-            raise RunNotFound(f"no run with id {run_id!r} in {str(self.path)!r}; "
-                              "list runs with tether.runs() or `tether ls`.")
+            raise RunNotFound(
+                f"no run with id {run_id!r} in {str(self.path)!r}; "
+                "list runs with tether.runs() or `tether ls`."
+            )
         return self._rec(row)
 
     def latest(self, key: str, conn: sqlite3.Connection | None = None) -> RunRecord | None:
@@ -724,11 +822,14 @@ class Store:
         return self._rec(row) if row else None
 
     @_guarded
-    def _latest_row(self, key: str, conn: sqlite3.Connection | None = None
-                    ) -> Sequence[Any] | None:
-        return (conn or self.conn()).execute(  # type: ignore[no-any-return]
-            f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt DESC LIMIT 1", (key,)
-        ).fetchone()
+    def _latest_row(self, key: str, conn: sqlite3.Connection | None = None) -> Sequence[Any] | None:
+        return (
+            (conn or self.conn())
+            .execute(  # type: ignore[no-any-return]
+                f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt DESC LIMIT 1", (key,)
+            )
+            .fetchone()
+        )
 
     @_guarded
     def newest(self, keys: Sequence[str]) -> dict[str, tuple[str, int, str]]:
@@ -737,26 +838,36 @@ class Store:
         out: dict[str, tuple[str, int, str]] = {}
         keys = list(dict.fromkeys(keys))
         for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
+            chunk = keys[i : i + 500]
             # SQLite: the bare columns of an aggregate query come from the row holding the MAX;
             # a damaged row (an attempt that is no integer) is never the newest
             for key, attempt, run_id, status in self.conn().execute(
-                    "SELECT key, MAX(attempt), id, status FROM runs WHERE key IN "
-                    f"({','.join('?' * len(chunk))}) AND typeof(attempt) = 'integer' "
-                    "GROUP BY key", chunk):
+                "SELECT key, MAX(attempt), id, status FROM runs WHERE key IN "
+                f"({','.join('?' * len(chunk))}) AND typeof(attempt) = 'integer' "
+                "GROUP BY key",
+                chunk,
+            ):
                 out[key] = (str(run_id), attempt, str(status))
         return out
 
     @_guarded
     def attempts(self, key: str) -> list[RunRecord]:
-        rows = self.conn().execute(
-            f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt", (key,)).fetchall()
+        rows = (
+            self.conn()
+            .execute(f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt", (key,))
+            .fetchall()
+        )
         return [self._rec(r) for r in rows]
 
     @_guarded
-    def list_runs(self, pipeline: str | None = None, status: str | Sequence[str] | None = None,
-                  key: str | None = None, limit: int | None = 100,
-                  params: dict[str, Any] | None = None) -> list[RunRecord]:
+    def list_runs(
+        self,
+        pipeline: str | None = None,
+        status: str | Sequence[str] | None = None,
+        key: str | None = None,
+        limit: int | None = 100,
+        params: dict[str, Any] | None = None,
+    ) -> list[RunRecord]:
         where: list[str] = []
         args: list[Any] = []
         if pipeline is not None:
@@ -772,8 +883,10 @@ class Store:
         for name, value in (params or {}).items():
             test, more = _param_test(value)
             # CASE: json_each is never reached for a damaged (non-JSON) params column
-            where.append("CASE WHEN json_valid(params) THEN EXISTS (SELECT 1 FROM "
-                         f"json_each(runs.params) AS j WHERE j.key = ? AND {test}) ELSE 0 END")
+            where.append(
+                "CASE WHEN json_valid(params) THEN EXISTS (SELECT 1 FROM "
+                f"json_each(runs.params) AS j WHERE j.key = ? AND {test}) ELSE 0 END"
+            )
             args.extend([name, *more])
         sql = f"SELECT {_RUN_COLS} FROM runs"
         if where:
@@ -785,8 +898,9 @@ class Store:
         return [self._rec(r) for r in self.conn().execute(sql, args).fetchall()]
 
     @_guarded
-    def events(self, run_id: str, after: int = 0, limit: int | None = None,
-               kinds: Sequence[str] | None = None) -> list[Event]:
+    def events(
+        self, run_id: str, after: int = 0, limit: int | None = None, kinds: Sequence[str] | None = None
+    ) -> list[Event]:
         sql = "SELECT run_id, seq, ts, kind, phase, data FROM events WHERE run_id = ? AND seq > ?"
         args: list[Any] = [run_id, after]
         if kinds:
@@ -801,27 +915,44 @@ class Store:
     @_guarded
     def tail(self, run_id: str, kind: str, n: int) -> list[Event]:
         """The last ``n`` events of one kind, oldest first."""
-        rows = self.conn().execute(
-            "SELECT run_id, seq, ts, kind, phase, data FROM events WHERE run_id = ? AND kind = ? "
-            "ORDER BY seq DESC LIMIT ?", (run_id, kind, n)).fetchall()
+        rows = (
+            self.conn()
+            .execute(
+                "SELECT run_id, seq, ts, kind, phase, data FROM events WHERE run_id = ? AND kind = ? "
+                "ORDER BY seq DESC LIMIT ?",
+                (run_id, kind, n),
+            )
+            .fetchall()
+        )
         return [event_of(r) for r in reversed(rows)]
 
     @_guarded
     def active(self) -> list[RunRecord]:
-        rows = self.conn().execute(
-            f"SELECT {_RUN_COLS} FROM runs WHERE status IN ('pending', 'running')").fetchall()
+        rows = (
+            self.conn()
+            .execute(f"SELECT {_RUN_COLS} FROM runs WHERE status IN ('pending', 'running')")
+            .fetchall()
+        )
         return [self._rec(r) for r in rows]
 
     @_guarded
     def cancel_requests(self, owner: Owner) -> set[str]:
-        return {r[0] for r in self.conn().execute(
-            "SELECT id FROM runs WHERE status = 'running' AND owner_instance = ? "
-            "AND cancel_requested = 1", (owner.instance,))}
+        return {
+            r[0]
+            for r in self.conn().execute(
+                "SELECT id FROM runs WHERE status = 'running' AND owner_instance = ? "
+                "AND cancel_requested = 1",
+                (owner.instance,),
+            )
+        }
 
     @_guarded
     def checkpoint(self, run_id: str, name: str) -> tuple[bool, Any]:
-        row = self.conn().execute(
-            "SELECT value FROM checkpoints WHERE run_id = ? AND name = ?", (run_id, name)).fetchone()
+        row = (
+            self.conn()
+            .execute("SELECT value FROM checkpoints WHERE run_id = ? AND name = ?", (run_id, name))
+            .fetchone()
+        )
         if row is None:
             return False, None
         return True, codec.decode(row[0], run_id, f"checkpoint {name}", self.files)
@@ -830,23 +961,31 @@ class Store:
     def checkpoints(self, run_id: str, prefix: str = "") -> dict[str, Any]:
         rows = self.conn().execute(
             "SELECT name, value FROM checkpoints WHERE run_id = ? AND substr(name, 1, ?) = ?",
-            (run_id, len(prefix), prefix))
-        return {name: codec.decode(value, run_id, f"checkpoint {name}", self.files)
-                for name, value in rows}
+            (run_id, len(prefix), prefix),
+        )
+        return {name: codec.decode(value, run_id, f"checkpoint {name}", self.files) for name, value in rows}
 
     # -- writes ------------------------------------------------------------------------------
 
     @staticmethod
-    def _append(conn: sqlite3.Connection, run_id: str, last_seq: int,
-                events: Sequence[tuple[float, str, str | None, str]]) -> int:
+    def _append(
+        conn: sqlite3.Connection,
+        run_id: str,
+        last_seq: int,
+        events: Sequence[tuple[float, str, str | None, str]],
+    ) -> int:
         conn.executemany(
             "INSERT INTO events (run_id, seq, ts, kind, phase, data) VALUES (?, ?, ?, ?, ?, ?)",
-            [(run_id, last_seq + i, ts, kind, _text(phase), data)
-             for i, (ts, kind, phase, data) in enumerate(events, 1)])
+            [
+                (run_id, last_seq + i, ts, kind, _text(phase), data)
+                for i, (ts, kind, phase, data) in enumerate(events, 1)
+            ],
+        )
         return last_seq + len(events)
 
-    def _event(self, conn: sqlite3.Connection, rec: RunRecord, kind: str,
-               data: dict[str, Any], now: float) -> int:
+    def _event(
+        self, conn: sqlite3.Connection, rec: RunRecord, kind: str, data: dict[str, Any], now: float
+    ) -> int:
         seq = self._append(conn, rec.id, rec.last_seq, [(now, kind, rec.phase, dumps(data))])
         conn.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (seq, rec.id))
         return seq
@@ -856,17 +995,30 @@ class Store:
         cur = conn.execute(
             "UPDATE runs SET status = 'interrupted', ended_at = ?, updated_at = ?, error = ? "
             "WHERE id = ? AND status = ? AND owner_instance IS ?",
-            (now, now, dumps(error), rec.id, str(rec.status),
-             rec.owner.instance if rec.owner else None))
+            (now, now, dumps(error), rec.id, str(rec.status), rec.owner.instance if rec.owner else None),
+        )
         if cur.rowcount != 1:
             return False
         self._event(conn, rec, "interrupted", {"reason": reason}, now)
         return True
 
-    def start(self, *, pipeline: str, key: str, params_json: str, version: str | None,
-              phases: list[str], policy: str, owner: Owner, lease_s: float,
-              gone: GoneCheck, detach: bool = False, max_auto_resumes: int = 3,
-              control: Control | None = None, code: str | None = None) -> StartOutcome:
+    def start(
+        self,
+        *,
+        pipeline: str,
+        key: str,
+        params_json: str,
+        version: str | None,
+        phases: list[str],
+        policy: str,
+        owner: Owner,
+        lease_s: float,
+        gone: GoneCheck,
+        detach: bool = False,
+        max_auto_resumes: int = 3,
+        control: Control | None = None,
+        code: str | None = None,
+    ) -> StartOutcome:
         """Decide, in one transaction, what a start() call means for ``key``.
 
         ``control``: the pipeline's control options, and the parent run when a body starts it.
@@ -878,12 +1030,16 @@ class Store:
         # the params and code compared as stored text first
         row = self._latest_row(key)
         latest = None if row is None else self._rec(row)
-        if (latest is not None and latest.status.terminal
-                and _same_code(row[_VERSION_AT], row[_CODE_AT], version, code)
-                and _difference(latest, params_json, pipeline, row[_PARAMS_AT]) is None and (
+        if (
+            latest is not None
+            and latest.status.terminal
+            and _same_code(row[_VERSION_AT], row[_CODE_AT], version, code)
+            and _difference(latest, params_json, pipeline, row[_PARAMS_AT]) is None
+            and (
                 (policy == "fail" or (policy == "attach" and not _child_resume(latest, control)))
-                or (policy == "resume" and (
-                    latest.status == Status.SUCCEEDED or _capped(latest))))):
+                or (policy == "resume" and (latest.status == Status.SUCCEEDED or _capped(latest)))
+            )
+        ):
             return StartOutcome(latest, False)
         with self.tx() as conn:
             latest = self.latest(key, conn)
@@ -894,59 +1050,133 @@ class Store:
                     recovered = reason
                     latest = self.latest(key, conn)
             if latest is None:
-                rec = self._create(conn, pipeline, key, 1, params_json, version, phases, owner,
-                                   lease_s, now, "start", None, detach, control, code=code)
+                rec = self._create(
+                    conn,
+                    pipeline,
+                    key,
+                    1,
+                    params_json,
+                    version,
+                    phases,
+                    owner,
+                    lease_s,
+                    now,
+                    "start",
+                    None,
+                    detach,
+                    control,
+                    code=code,
+                )
                 return StartOutcome(rec, True)
             assert latest is not None
             mismatch = _difference(latest, params_json, pipeline)
             changed = _other_code(latest, version, code)
             if latest.status.active:
                 if mismatch:
-                    return StartOutcome(latest, False, f"the {latest.status} run for key "
-                                        f"{key!r} has {mismatch}", recovered)
+                    return StartOutcome(
+                        latest, False, f"the {latest.status} run for key {key!r} has {mismatch}", recovered
+                    )
                 if policy == "fail":
-                    return StartOutcome(latest, False, f"a run for key {key!r} is already "
-                                        f"{latest.status} (id {latest.id})", recovered)
+                    return StartOutcome(
+                        latest,
+                        False,
+                        f"a run for key {key!r} is already {latest.status} (id {latest.id})",
+                        recovered,
+                    )
                 return StartOutcome(latest, False, None, recovered, other_code=changed)
             # the latest attempt has ended
             resumable = latest.status != Status.SUCCEEDED and not _capped(latest)
             if mismatch and mismatch.startswith("pipeline"):
-                return StartOutcome(latest, False, f"the run for key {key!r} has {mismatch}",
-                                    recovered)
+                return StartOutcome(latest, False, f"the run for key {key!r} has {mismatch}", recovered)
             if policy == "resume" and changed and not mismatch:
                 resumable = True  # the code changed: resume it, cap or success notwithstanding
             if policy == "rerun" or (policy == "resume" and resumable):
                 if mismatch and policy == "resume":
-                    return StartOutcome(latest, False, f"the run for key {key!r} has {mismatch}; "
-                                        "resume continues the same work", recovered)
+                    return StartOutcome(
+                        latest,
+                        False,
+                        f"the run for key {key!r} has {mismatch}; resume continues the same work",
+                        recovered,
+                    )
                 resumed = latest.id if policy == "resume" else None
                 by = f"start:{policy}" + (":code" if changed and policy == "resume" else "")
-                rec = self._create(conn, pipeline, key, latest.attempt + 1, params_json, version,
-                                   phases, owner, lease_s, now, by, resumed, detach, control,
-                                   code=code, changed=changed)
-                if (policy == "resume" and not changed
-                        and self._auto_resumes(conn, key) > max_auto_resumes):
+                rec = self._create(
+                    conn,
+                    pipeline,
+                    key,
+                    latest.attempt + 1,
+                    params_json,
+                    version,
+                    phases,
+                    owner,
+                    lease_s,
+                    now,
+                    by,
+                    resumed,
+                    detach,
+                    control,
+                    code=code,
+                    changed=changed,
+                )
+                if policy == "resume" and not changed and self._auto_resumes(conn, key) > max_auto_resumes:
                     rec = self._give_up(conn, rec, max_auto_resumes, now)
                 return StartOutcome(rec, True, None, recovered)
             if policy == "attach" and not mismatch and _child_resume(latest, control):
                 # the parent's new try (or resumed attempt) goes on where its child stopped
-                rec = self._create(conn, pipeline, key, latest.attempt + 1, params_json, version,
-                                   phases, owner, lease_s, now, "start:child", latest.id, detach,
-                                   control)
+                rec = self._create(
+                    conn,
+                    pipeline,
+                    key,
+                    latest.attempt + 1,
+                    params_json,
+                    version,
+                    phases,
+                    owner,
+                    lease_s,
+                    now,
+                    "start:child",
+                    latest.id,
+                    detach,
+                    control,
+                )
                 return StartOutcome(rec, True, None, recovered)
             if mismatch:
-                return StartOutcome(latest, False, f"the {latest.status} run for key {key!r} has "
-                                    f"{mismatch}", recovered)
+                return StartOutcome(
+                    latest, False, f"the {latest.status} run for key {key!r} has {mismatch}", recovered
+                )
             if changed:  # never an ended run of other code as if it were this code's
-                rec = self._create(conn, pipeline, key, latest.attempt + 1, params_json, version,
-                                   phases, owner, lease_s, now, "start:code", None, detach,
-                                   control, code=code, changed=changed)
+                rec = self._create(
+                    conn,
+                    pipeline,
+                    key,
+                    latest.attempt + 1,
+                    params_json,
+                    version,
+                    phases,
+                    owner,
+                    lease_s,
+                    now,
+                    "start:code",
+                    None,
+                    detach,
+                    control,
+                    code=code,
+                    changed=changed,
+                )
                 return StartOutcome(rec, True, None, recovered)
             return StartOutcome(latest, False, None, recovered)
 
-    def new_attempt(self, run_id: str, *, owner: Owner, lease_s: float, resume: bool,
-                    gone: GoneCheck, control: Control | None = None,
-                    code: tuple[str | None, str | None] | None = None) -> RunRecord:
+    def new_attempt(
+        self,
+        run_id: str,
+        *,
+        owner: Owner,
+        lease_s: float,
+        resume: bool,
+        gone: GoneCheck,
+        control: Control | None = None,
+        code: tuple[str | None, str | None] | None = None,
+    ) -> RunRecord:
         """A new attempt of ``run_id``'s key (rerun, or resume reusing its checkpoints).
 
         ``control``: the pipeline's options as defined now (default: those of ``run_id``); the new
@@ -964,22 +1194,38 @@ class Store:
                 if not (reason and self._interrupt(conn, latest, reason, now)):
                     raise RunActive(
                         f"run {latest.id} (attempt {latest.attempt} of key {base.key!r}) is still "
-                        f"{latest.status}; cancel it or wait for it to end before a new attempt.")
-            ctl = control or Control(max_tries=base.max_tries, timeout=base.timeout,
-                                     concurrency=base.concurrency)
+                        f"{latest.status}; cancel it or wait for it to end before a new attempt."
+                    )
+            ctl = control or Control(
+                max_tries=base.max_tries, timeout=base.timeout, concurrency=base.concurrency
+            )
             ctl = Control(base.parent_id, (), ctl.max_tries, ctl.timeout, ctl.concurrency)
             version, fingerprint = code if code is not None else (base.version, base.code)
-            return self._create(conn, base.pipeline, base.key, latest.attempt + 1,
-                                dumps(base.params), version, base.phases, owner, lease_s,
-                                now, "resume" if resume else "rerun", base.id if resume else None,
-                                detach=base.target == "worker", control=ctl, code=fingerprint,
-                                changed=_other_code(base, version, fingerprint))
+            return self._create(
+                conn,
+                base.pipeline,
+                base.key,
+                latest.attempt + 1,
+                dumps(base.params),
+                version,
+                base.phases,
+                owner,
+                lease_s,
+                now,
+                "resume" if resume else "rerun",
+                base.id if resume else None,
+                detach=base.target == "worker",
+                control=ctl,
+                code=fingerprint,
+                changed=_other_code(base, version, fingerprint),
+            )
 
     @staticmethod
     def _auto_resumes(conn: sqlite3.Connection, key: str) -> int:
         """Automatic resumes in a row for ``key``: the new one plus those that were interrupted."""
-        rows = conn.execute("SELECT created_by, status FROM runs WHERE key = ? "
-                            "ORDER BY attempt DESC", (key,)).fetchall()
+        rows = conn.execute(
+            "SELECT created_by, status FROM runs WHERE key = ? ORDER BY attempt DESC", (key,)
+        ).fetchall()
         count = 1
         for created_by, status in rows[1:]:
             if created_by != "start:resume" or status != "interrupted":
@@ -988,20 +1234,42 @@ class Store:
         return count
 
     def _give_up(self, conn: sqlite3.Connection, rec: RunRecord, cap: int, now: float) -> RunRecord:
-        error = {"type": "ResumeCapReached", "traceback": "", "message": (
-            f"automatic resume stopped: {cap} resumed attempts in a row were interrupted "
-            f"(max_auto_resumes={cap}), so the run may be crashing its process; fix the cause, "
-            "then call run.resume() or start(..., policy='rerun')")}
-        conn.execute("UPDATE runs SET status = 'failed', ended_at = ?, updated_at = ?, error = ?, "
-                     "target = NULL WHERE id = ?", (now, now, dumps(error), rec.id))
+        error = {
+            "type": "ResumeCapReached",
+            "traceback": "",
+            "message": (
+                f"automatic resume stopped: {cap} resumed attempts in a row were interrupted "
+                f"(max_auto_resumes={cap}), so the run may be crashing its process; fix the cause, "
+                "then call run.resume() or start(..., policy='rerun')"
+            ),
+        }
+        conn.execute(
+            "UPDATE runs SET status = 'failed', ended_at = ?, updated_at = ?, error = ?, "
+            "target = NULL WHERE id = ?",
+            (now, now, dumps(error), rec.id),
+        )
         self._event(conn, rec, "failed", {"type": error["type"], "message": error["message"]}, now)
         return self.get(rec.id)
 
-    def _create(self, conn: sqlite3.Connection, pipeline: str, key: str, attempt: int,
-                params_json: str, version: str | None, phases: list[str], owner: Owner,
-                lease_s: float, now: float, created_by: str, resumed_from: str | None,
-                detach: bool = False, control: Control | None = None,
-                code: str | None = None, changed: str | None = None) -> RunRecord:
+    def _create(
+        self,
+        conn: sqlite3.Connection,
+        pipeline: str,
+        key: str,
+        attempt: int,
+        params_json: str,
+        version: str | None,
+        phases: list[str],
+        owner: Owner,
+        lease_s: float,
+        now: float,
+        created_by: str,
+        resumed_from: str | None,
+        detach: bool = False,
+        control: Control | None = None,
+        code: str | None = None,
+        changed: str | None = None,
+    ) -> RunRecord:
         run_id = os.urandom(6).hex()  # what secrets.token_hex does, without its imports
         phases_done: list[str] = []
         control = control or _NO_CONTROL
@@ -1012,7 +1280,9 @@ class Store:
             tries = prev.tries  # a resumed attempt goes on counting its lineage's tries
             conn.execute(
                 "INSERT INTO checkpoints (run_id, name, value, ts) "
-                "SELECT ?, name, value, ts FROM checkpoints WHERE run_id = ?", (run_id, resumed_from))
+                "SELECT ?, name, value, ts FROM checkpoints WHERE run_id = ?",
+                (run_id, resumed_from),
+            )
         conn.execute(
             "INSERT INTO runs (id, key, attempt, pipeline, version, params, status, phases, "
             "phases_done, created_at, updated_at, owner_host, owner_pid, owner_started, "
@@ -1020,13 +1290,34 @@ class Store:
             "parent_id, tries, max_tries, timeout, concurrency, code) "
             "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, "
             "?, ?, ?, ?, ?, ?)",
-            (run_id, key, attempt, pipeline, version, params_json, dumps(phases),
-             dumps(phases_done), now, now, None if detach else owner.host,
-             None if detach else owner.pid, None if detach else owner.started,
-             None if detach else owner.instance, "worker" if detach else owner.instance,
-             None if detach else now + lease_s, resumed_from, created_by,
-             None if detach else owner.ns, control.parent, tries, control.max_tries,
-             control.timeout, control.concurrency, code))
+            (
+                run_id,
+                key,
+                attempt,
+                pipeline,
+                version,
+                params_json,
+                dumps(phases),
+                dumps(phases_done),
+                now,
+                now,
+                None if detach else owner.host,
+                None if detach else owner.pid,
+                None if detach else owner.started,
+                None if detach else owner.instance,
+                "worker" if detach else owner.instance,
+                None if detach else now + lease_s,
+                resumed_from,
+                created_by,
+                None if detach else owner.ns,
+                control.parent,
+                tries,
+                control.max_tries,
+                control.timeout,
+                control.concurrency,
+                code,
+            ),
+        )
         data: dict[str, Any] = {"by": created_by}
         if changed:
             data["code_changed"] = changed
@@ -1046,10 +1337,15 @@ class Store:
             return None
         marks = ",".join("?" * len(pipelines))
         while True:  # a claim lost to another worker is no reason to stop: try the next run
-            rows = self.conn().execute(  # only runs whose pipeline's concurrency has room
-                f"SELECT id FROM runs WHERE {_ROOM} AND status = 'pending' AND target = 'worker' "
-                f"AND pipeline IN ({marks}) ORDER BY created_at, rowid LIMIT 16",
-                [time.time(), *pipelines]).fetchall()
+            rows = (
+                self.conn()
+                .execute(  # only runs whose pipeline's concurrency has room
+                    f"SELECT id FROM runs WHERE {_ROOM} AND status = 'pending' AND target = 'worker' "
+                    f"AND pipeline IN ({marks}) ORDER BY created_at, rowid LIMIT 16",
+                    [time.time(), *pipelines],
+                )
+                .fetchall()
+            )
             if not rows:
                 return None
             lost = False
@@ -1061,8 +1357,9 @@ class Store:
             if not lost:  # each one waits for its pipeline's limit: nothing to claim now
                 return None
 
-    def claim(self, run_id: str, owner: Owner, lease_s: float,
-              target: str | None = None) -> RunRecord | Queued | None:
+    def claim(
+        self, run_id: str, owner: Owner, lease_s: float, target: str | None = None
+    ) -> RunRecord | Queued | None:
         """pending -> running, only for the run's target (process, or 'worker'). None if not
         claimable; ``Queued`` if its pipeline's ``concurrency`` has no room for it yet, or older
         runs of the pipeline wait before it (start order, across processes)."""
@@ -1074,18 +1371,34 @@ class Store:
                 "owner_ns = ?, lease_until = ?, last_seq = last_seq + 1, tries = tries + 1, "
                 "retry_at = NULL, deadline = ? + timeout "
                 f"WHERE id = ? AND status = 'pending' AND target = ? AND {_ROOM}",
-                (now, now, owner.host, owner.pid, owner.started, owner.instance, owner.ns,
-                 now + lease_s, now, run_id, target or owner.instance))
+                (
+                    now,
+                    now,
+                    owner.host,
+                    owner.pid,
+                    owner.started,
+                    owner.instance,
+                    owner.ns,
+                    now + lease_s,
+                    now,
+                    run_id,
+                    target or owner.instance,
+                ),
+            )
             if cur.rowcount != 1:
                 return self._queued(conn, run_id, target or owner.instance, now)
-            rec = self._rec(conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?",
-                                       (run_id,)).fetchone())
-            self._append(conn, run_id, rec.last_seq - 1,
-                         [(now, "started", None, dumps({"pid": owner.pid, "host": owner.host}))])
+            rec = self._rec(conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone())
+            self._append(
+                conn,
+                run_id,
+                rec.last_seq - 1,
+                [(now, "started", None, dumps({"pid": owner.pid, "host": owner.host}))],
+            )
             return rec
 
-    def flush(self, items: Sequence[FlushItem], owner: Owner, lease_until: float | None
-              ) -> tuple[set[str], set[str]]:
+    def flush(
+        self, items: Sequence[FlushItem], owner: Owner, lease_until: float | None
+    ) -> tuple[set[str], set[str]]:
         """Persist progress and events of runs ``owner`` executes, in one transaction.
 
         Returns (runs no longer ours, runs with a cancel request).
@@ -1095,8 +1408,9 @@ class Store:
         with self.tx() as conn:
             for it in items:
                 row = conn.execute(
-                    "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' "
-                    "AND owner_instance = ?", (it.run_id, owner.instance)).fetchone()
+                    "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' AND owner_instance = ?",
+                    (it.run_id, owner.instance),
+                ).fetchone()
                 if row is None:
                     lost.add(it.run_id)
                     continue
@@ -1104,19 +1418,43 @@ class Store:
                 conn.execute(
                     "UPDATE runs SET phase = ?, phases = ?, phases_done = ?, done = ?, total = ?, "
                     "message = ?, updated_at = ?, last_seq = ? WHERE id = ?",
-                    (_text(it.phase), dumps(it.phases), dumps(it.phases_done), _num(it.done),
-                     _num(it.total), _text(it.message), now, seq, it.run_id))
+                    (
+                        _text(it.phase),
+                        dumps(it.phases),
+                        dumps(it.phases_done),
+                        _num(it.done),
+                        _num(it.total),
+                        _text(it.message),
+                        now,
+                        seq,
+                        it.run_id,
+                    ),
+                )
             if lease_until is not None:
                 conn.execute(
                     "UPDATE runs SET lease_until = ? WHERE owner_instance = ? "
-                    "AND status IN ('pending', 'running')", (lease_until, owner.instance))
-            cancels = {r[0] for r in conn.execute(
-                "SELECT id FROM runs WHERE status = 'running' AND owner_instance = ? "
-                "AND cancel_requested = 1", (owner.instance,))}
+                    "AND status IN ('pending', 'running')",
+                    (lease_until, owner.instance),
+                )
+            cancels = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM runs WHERE status = 'running' AND owner_instance = ? "
+                    "AND cancel_requested = 1",
+                    (owner.instance,),
+                )
+            }
         return lost, cancels
 
-    def finish(self, item: FlushItem, owner: Owner, status: Status, *, result_json: str | None,
-               error: dict[str, Any] | None) -> bool:
+    def finish(
+        self,
+        item: FlushItem,
+        owner: Owner,
+        status: Status,
+        *,
+        result_json: str | None,
+        error: dict[str, Any] | None,
+    ) -> bool:
         """running -> terminal, with the last progress and events. False if no longer ours."""
         now = time.time()
         data: dict[str, Any] = {}
@@ -1129,8 +1467,9 @@ class Store:
             if files:
                 self.files.ensure(files)
             row = conn.execute(
-                "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' "
-                "AND owner_instance = ?", (item.run_id, owner.instance)).fetchone()
+                "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' AND owner_instance = ?",
+                (item.run_id, owner.instance),
+            ).fetchone()
             if row is None:
                 return False
             events = [*item.events, (now, str(status), item.phase, dumps(data))]
@@ -1139,10 +1478,22 @@ class Store:
                 "UPDATE runs SET status = ?, phase = ?, phases = ?, phases_done = ?, done = ?, "
                 "total = ?, message = ?, result = ?, error = ?, ended_at = ?, updated_at = ?, "
                 "last_seq = ? WHERE id = ?",
-                (str(status), _text(item.phase), dumps(item.phases), dumps(item.phases_done),
-                 _num(item.done), _num(item.total), _text(item.message), result_json,
-                 dumps(error) if error else None, now, now,
-                 seq, item.run_id))
+                (
+                    str(status),
+                    _text(item.phase),
+                    dumps(item.phases),
+                    dumps(item.phases_done),
+                    _num(item.done),
+                    _num(item.total),
+                    _text(item.message),
+                    result_json,
+                    dumps(error) if error else None,
+                    now,
+                    now,
+                    seq,
+                    item.run_id,
+                ),
+            )
         return True
 
     def put_checkpoint(self, item: FlushItem, owner: Owner, name: str, value_json: str) -> bool:
@@ -1157,19 +1508,32 @@ class Store:
             if files:
                 self.files.ensure(files)
             row = conn.execute(
-                "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' "
-                "AND owner_instance = ?", (item.run_id, owner.instance)).fetchone()
+                "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' AND owner_instance = ?",
+                (item.run_id, owner.instance),
+            ).fetchone()
             if row is None:
                 return False
-            conn.execute("INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) "
-                         "VALUES (?, ?, ?, ?)", (item.run_id, name, value_json, now))
+            conn.execute(
+                "INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) VALUES (?, ?, ?, ?)",
+                (item.run_id, name, value_json, now),
+            )
             events = [*item.events, (now, "checkpoint", item.phase, dumps({"name": name}))]
             seq = self._append(conn, item.run_id, row[0], events)
             conn.execute(
                 "UPDATE runs SET phase = ?, phases = ?, phases_done = ?, done = ?, total = ?, "
                 "message = ?, updated_at = ?, last_seq = ? WHERE id = ?",
-                (_text(item.phase), dumps(item.phases), dumps(item.phases_done), _num(item.done),
-                 _num(item.total), _text(item.message), now, seq, item.run_id))
+                (
+                    _text(item.phase),
+                    dumps(item.phases),
+                    dumps(item.phases_done),
+                    _num(item.done),
+                    _num(item.total),
+                    _text(item.message),
+                    now,
+                    seq,
+                    item.run_id,
+                ),
+            )
         return True
 
     def put_checkpoints(self, run_id: str, owner: Owner, items: Sequence[tuple[str, str]]) -> bool:
@@ -1183,11 +1547,14 @@ class Store:
                 self.files.ensure(files)
             row = conn.execute(
                 "SELECT 1 FROM runs WHERE id = ? AND status = 'running' AND owner_instance = ?",
-                (run_id, owner.instance)).fetchone()
+                (run_id, owner.instance),
+            ).fetchone()
             if row is None:
                 return False
-            conn.executemany("INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) "
-                             "VALUES (?, ?, ?, ?)", [(run_id, n, v, now) for n, v in items])
+            conn.executemany(
+                "INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) VALUES (?, ?, ?, ?)",
+                [(run_id, n, v, now) for n, v in items],
+            )
         return True
 
     def collect_files(self) -> tuple[int, int]:
@@ -1198,14 +1565,15 @@ class Store:
             return 0, 0
         with self.tx() as conn:
             referenced: set[str] = set()
-            for sql in ("SELECT result FROM runs WHERE instr(result, ?) > 0",
-                        "SELECT value FROM checkpoints WHERE instr(value, ?) > 0"):
+            for sql in (
+                "SELECT result FROM runs WHERE instr(result, ?) > 0",
+                "SELECT value FROM checkpoints WHERE instr(value, ?) > 0",
+            ):
                 for (text,) in conn.execute(sql, (codec.TAG_TEXT,)):
                     referenced |= codec.references(text)
             return self.files.collect(referenced)
 
-    def request_cancel(self, run_id: str, gone: GoneCheck,
-                       origin: dict[str, Any] | None = None) -> RunRecord:
+    def request_cancel(self, run_id: str, gone: GoneCheck, origin: dict[str, Any] | None = None) -> RunRecord:
         """Cancel: a pending run (or one whose owner is gone) ends at once; a running one is
         flagged. Its active descendants (runs its body started, and theirs) are cancelled too.
 
@@ -1231,8 +1599,9 @@ class Store:
                 self._cancel_one(conn, child, gone, now, {"by": "parent", "parent": run_id})
         return [k.id for k in kids]
 
-    def _cancel_one(self, conn: sqlite3.Connection, rec: RunRecord, gone: GoneCheck, now: float,
-                    data: dict[str, Any]) -> None:
+    def _cancel_one(
+        self, conn: sqlite3.Connection, rec: RunRecord, gone: GoneCheck, now: float, data: dict[str, Any]
+    ) -> None:
         ends_now = rec.status == Status.PENDING or gone(rec.owner, rec.lease_until, now)
         if ends_now:
             error = {"type": "Cancelled", "message": "run cancelled", "traceback": ""}
@@ -1241,12 +1610,12 @@ class Store:
             cur = conn.execute(
                 "UPDATE runs SET status = 'cancelled', cancel_requested = 1, ended_at = ?, "
                 "updated_at = ?, error = ? WHERE id = ? AND status = ?",
-                (now, now, dumps(error), rec.id, str(rec.status)))
+                (now, now, dumps(error), rec.id, str(rec.status)),
+            )
             if cur.rowcount == 1:
                 self._event(conn, rec, "cancelled", data, now)
         elif not rec.cancel_requested:
-            conn.execute("UPDATE runs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
-                         (now, rec.id))
+            conn.execute("UPDATE runs SET cancel_requested = 1, updated_at = ? WHERE id = ?", (now, rec.id))
             asked = {k: v for k, v in data.items() if k != "by"} if data.get("by") == "request" else data
             self._event(conn, rec, "cancel_requested", asked, now)
 
@@ -1276,8 +1645,11 @@ class Store:
                     try:
                         fresh = self.get(rec.id)
                         same = fresh.status == rec.status and fresh.owner == rec.owner
-                        if same and fresh.status == Status.PENDING and self._hand_over(
-                                conn, fresh, why, now, gone):
+                        if (
+                            same
+                            and fresh.status == Status.PENDING
+                            and self._hand_over(conn, fresh, why, now, gone)
+                        ):
                             done = False
                         else:
                             done = same and self._interrupt(conn, fresh, why, now)
@@ -1297,30 +1669,39 @@ class Store:
         n = 0
         with self.tx() as conn:
             rows = conn.execute(
-                f"SELECT {_RUN_COLS} FROM runs WHERE status IN ('pending', 'running') "
-                "AND owner_instance = ?", (owner.instance,)).fetchall()
+                f"SELECT {_RUN_COLS} FROM runs WHERE status IN ('pending', 'running') AND owner_instance = ?",
+                (owner.instance,),
+            ).fetchall()
             for row in rows:
                 n += self._interrupt(conn, self._rec(row), reason, now)
         return n
 
-
     # -- control (issue 14): limits, retries, parents and children, workers -------------------
 
-    def _queued(self, conn: sqlite3.Connection, run_id: str, target: str, now: float
-                ) -> Queued | None:
+    def _queued(self, conn: sqlite3.Connection, run_id: str, target: str, now: float) -> Queued | None:
         """After a claim that changed nothing: Queued if the run waits for its pipeline's limit
         (a ``queued`` event the first time), else None."""
         row = conn.execute(
             f"SELECT concurrency, last_seq, phase, {_AHEAD} FROM runs WHERE id = ? "
-            "AND status = 'pending' AND target = ?", (now, run_id, target)).fetchone()
+            "AND status = 'pending' AND target = ?",
+            (now, run_id, target),
+        ).fetchone()
         if row is None or row[0] is None:
             return None
         concurrency, last_seq, phase, ahead = row
-        first = conn.execute("SELECT 1 FROM events WHERE run_id = ? AND kind = 'queued' LIMIT 1",
-                             (run_id,)).fetchone() is None
+        first = (
+            conn.execute(
+                "SELECT 1 FROM events WHERE run_id = ? AND kind = 'queued' LIMIT 1", (run_id,)
+            ).fetchone()
+            is None
+        )
         if first:
-            seq = self._append(conn, run_id, last_seq, [(now, "queued", phase, dumps(
-                {"ahead": ahead, "concurrency": concurrency}))])
+            seq = self._append(
+                conn,
+                run_id,
+                last_seq,
+                [(now, "queued", phase, dumps({"ahead": ahead, "concurrency": concurrency}))],
+            )
             conn.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (seq, run_id))
         return Queued(ahead)
 
@@ -1331,44 +1712,73 @@ class Store:
         if not run_ids:
             return {}
         now = time.time()
-        rows = self.conn().execute(
-            f"SELECT id, {_ROOM} FROM runs WHERE status = 'pending' AND id IN "
-            f"({','.join('?' * len(run_ids))})", (now, *run_ids)).fetchall()
+        rows = (
+            self.conn()
+            .execute(
+                f"SELECT id, {_ROOM} FROM runs WHERE status = 'pending' AND id IN "
+                f"({','.join('?' * len(run_ids))})",
+                (now, *run_ids),
+            )
+            .fetchall()
+        )
         return {r[0]: bool(r[1]) for r in rows}
 
     @_guarded
     def queue_ahead(self, run_id: str) -> int | None:
         """Runs of the same pipeline that start before this pending run (its ``concurrency=``
         queue, start order across processes); None unless it waits in such a queue."""
-        row = self.conn().execute(
-            f"SELECT concurrency, {_AHEAD} FROM runs WHERE id = ? AND status = 'pending'",
-            (time.time(), run_id)).fetchone()
+        row = (
+            self.conn()
+            .execute(
+                f"SELECT concurrency, {_AHEAD} FROM runs WHERE id = ? AND status = 'pending'",
+                (time.time(), run_id),
+            )
+            .fetchone()
+        )
         return None if row is None or row[0] is None else int(row[1])
 
-    def retry_wait(self, item: FlushItem, owner: Owner, error: dict[str, Any], delay: float
-                   ) -> bool:
+    def retry_wait(self, item: FlushItem, owner: Owner, error: dict[str, Any], delay: float) -> bool:
         """A try failed and another follows after ``delay`` s: its error kept in a ``retry``
         event, ``retry_at`` set. False if the run is no longer ours."""
         now = time.time()
         with self.tx() as conn:
             row = conn.execute(
                 "SELECT last_seq, tries, max_tries FROM runs WHERE id = ? AND status = 'running' "
-                "AND owner_instance = ?", (item.run_id, owner.instance)).fetchone()
+                "AND owner_instance = ?",
+                (item.run_id, owner.instance),
+            ).fetchone()
             if row is None:
                 return False
             last_seq, tries, max_tries = row
-            data = {"try": tries, "of": max_tries, "type": error.get("type"),
-                    "message": error.get("message"),
-                    "traceback": (error.get("traceback") or "")[-_MAX_TRY_TRACEBACK:],
-                    "delay": delay, "at": now + delay}
-            seq = self._append(conn, item.run_id, last_seq,
-                               [*item.events, (now, "retry", item.phase, dumps(data))])
+            data = {
+                "try": tries,
+                "of": max_tries,
+                "type": error.get("type"),
+                "message": error.get("message"),
+                "traceback": (error.get("traceback") or "")[-_MAX_TRY_TRACEBACK:],
+                "delay": delay,
+                "at": now + delay,
+            }
+            seq = self._append(
+                conn, item.run_id, last_seq, [*item.events, (now, "retry", item.phase, dumps(data))]
+            )
             conn.execute(
                 "UPDATE runs SET phase = ?, phases = ?, phases_done = ?, done = ?, total = ?, "
                 "message = ?, updated_at = ?, last_seq = ?, retry_at = ?, deadline = NULL "
                 "WHERE id = ?",
-                (_text(item.phase), dumps(item.phases), dumps(item.phases_done), _num(item.done),
-                 _num(item.total), _text(item.message), now, seq, now + delay, item.run_id))
+                (
+                    _text(item.phase),
+                    dumps(item.phases),
+                    dumps(item.phases_done),
+                    _num(item.done),
+                    _num(item.total),
+                    _text(item.message),
+                    now,
+                    seq,
+                    now + delay,
+                    item.run_id,
+                ),
+            )
         return True
 
     def next_try(self, item: FlushItem, owner: Owner) -> RunRecord | None:
@@ -1376,36 +1786,61 @@ class Store:
         now = time.time()
         with self.tx() as conn:
             row = conn.execute(
-                "SELECT last_seq, tries FROM runs WHERE id = ? AND status = 'running' "
-                "AND owner_instance = ?", (item.run_id, owner.instance)).fetchone()
+                "SELECT last_seq, tries FROM runs WHERE id = ? AND status = 'running' AND owner_instance = ?",
+                (item.run_id, owner.instance),
+            ).fetchone()
             if row is None:
                 return None
-            seq = self._append(conn, item.run_id, row[0], [
-                *item.events, (now, "try", item.phase, dumps({"try": row[1] + 1}))])
+            seq = self._append(
+                conn,
+                item.run_id,
+                row[0],
+                [*item.events, (now, "try", item.phase, dumps({"try": row[1] + 1}))],
+            )
             conn.execute(
                 "UPDATE runs SET phase = ?, phases = ?, phases_done = ?, done = ?, total = ?, "
                 "message = ?, updated_at = ?, last_seq = ?, tries = tries + 1, retry_at = NULL, "
                 "deadline = ? + timeout WHERE id = ?",
-                (_text(item.phase), dumps(item.phases), dumps(item.phases_done), _num(item.done),
-                 _num(item.total), _text(item.message), now, seq, now, item.run_id))
-            return self._rec(conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?",
-                                        (item.run_id,)).fetchone())
+                (
+                    _text(item.phase),
+                    dumps(item.phases),
+                    dumps(item.phases_done),
+                    _num(item.done),
+                    _num(item.total),
+                    _text(item.message),
+                    now,
+                    seq,
+                    now,
+                    item.run_id,
+                ),
+            )
+            return self._rec(
+                conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (item.run_id,)).fetchone()
+            )
 
     def park(self, run_id: str, owner: Owner, parked: bool) -> None:
         """A parent waits for a child (parked: not counted by its pipeline's concurrency) or
         goes on."""
         with self.tx() as conn:
-            conn.execute("UPDATE runs SET parked = ? WHERE id = ? AND owner_instance = ? "
-                         "AND status = 'running'", (int(parked), run_id, owner.instance))
+            conn.execute(
+                "UPDATE runs SET parked = ? WHERE id = ? AND owner_instance = ? AND status = 'running'",
+                (int(parked), run_id, owner.instance),
+            )
 
     @_guarded
     def children(self, run_id: str) -> list[RunRecord]:
         """Runs started by ``run_id``'s body (and those it attached to, once its events are
         flushed), oldest first."""
-        rows = self.conn().execute(
-            f"SELECT {_RUN_COLS} FROM runs WHERE parent_id = ? OR id IN (SELECT json_extract("
-            "data, '$.id') FROM events WHERE run_id = ? AND kind = 'child') "
-            "ORDER BY created_at, rowid", (run_id, run_id)).fetchall()
+        rows = (
+            self.conn()
+            .execute(
+                f"SELECT {_RUN_COLS} FROM runs WHERE parent_id = ? OR id IN (SELECT json_extract("
+                "data, '$.id') FROM events WHERE run_id = ? AND kind = 'child') "
+                "ORDER BY created_at, rowid",
+                (run_id, run_id),
+            )
+            .fetchall()
+        )
         return [self._rec(r) for r in rows]
 
     def _descendants(self, conn: sqlite3.Connection, run_id: str) -> list[RunRecord]:
@@ -1415,7 +1850,9 @@ class Store:
             "UNION SELECT r.id, below.depth + 1 FROM runs r JOIN below ON r.parent_id = below.id "
             "WHERE below.depth < 100) "
             f"SELECT {_RUN_COLS} FROM runs WHERE id IN (SELECT id FROM below) "
-            "AND status IN ('pending', 'running') ORDER BY created_at", (run_id,)).fetchall()
+            "AND status IN ('pending', 'running') ORDER BY created_at",
+            (run_id,),
+        ).fetchall()
         return [self._rec(r) for r in rows]
 
     @_guarded
@@ -1430,30 +1867,37 @@ class Store:
             conn.executemany(
                 "INSERT INTO workers (instance, pipeline, host, pid, started, ns, lease_until) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(owner.instance, p, owner.host, owner.pid, owner.started, owner.ns, lease_until)
-                 for p in pipelines])
+                [
+                    (owner.instance, p, owner.host, owner.pid, owner.started, owner.ns, lease_until)
+                    for p in pipelines
+                ],
+            )
             conn.execute("DELETE FROM workers WHERE lease_until < ?", (time.time() - 3600,))
 
     def unregister_worker(self, owner: Owner) -> None:
         with self.tx() as conn:
             conn.execute("DELETE FROM workers WHERE instance = ?", (owner.instance,))
 
-    def _hand_over(self, conn: sqlite3.Connection, rec: RunRecord, why: str, now: float,
-                   gone: GoneCheck) -> bool:
+    def _hand_over(
+        self, conn: sqlite3.Connection, rec: RunRecord, why: str, now: float, gone: GoneCheck
+    ) -> bool:
         """A pending run whose starter is gone goes to a live worker serving its pipeline, if
         there is one (it never started, so nothing of it ran): True if handed over."""
         if rec.target == "worker":
             return False
-        rows = conn.execute("SELECT host, pid, started, instance, ns, lease_until FROM workers "
-                            "WHERE pipeline = ? AND lease_until > ?", (rec.pipeline, now)).fetchall()
-        if not any(gone(Owner(h, p, s, i, ns), lease, now) is None
-                   for h, p, s, i, ns, lease in rows):
+        rows = conn.execute(
+            "SELECT host, pid, started, instance, ns, lease_until FROM workers "
+            "WHERE pipeline = ? AND lease_until > ?",
+            (rec.pipeline, now),
+        ).fetchall()
+        if not any(gone(Owner(h, p, s, i, ns), lease, now) is None for h, p, s, i, ns, lease in rows):
             return False
         cur = conn.execute(
             "UPDATE runs SET target = 'worker', owner_host = NULL, owner_pid = NULL, "
             "owner_started = NULL, owner_instance = NULL, owner_ns = NULL, lease_until = NULL, "
             "updated_at = ? WHERE id = ? AND status = 'pending' AND owner_instance IS ?",
-            (now, rec.id, rec.owner.instance if rec.owner else None))
+            (now, rec.id, rec.owner.instance if rec.owner else None),
+        )
         if cur.rowcount != 1:
             return False
         self._event(conn, rec, "handed_over", {"to": "worker", "reason": why}, now)
@@ -1474,13 +1918,15 @@ _MAX_TRY_TRACEBACK = 20_000
 _BEFORE = (
     "FROM runs AS o WHERE o.pipeline = runs.pipeline AND o.status = 'pending' "
     "AND o.concurrency IS NOT NULL AND o.rowid < runs.rowid AND (o.target != 'worker' OR "
-    "EXISTS (SELECT 1 FROM workers AS w WHERE w.pipeline = o.pipeline AND w.lease_until > ?1))")
+    "EXISTS (SELECT 1 FROM workers AS w WHERE w.pipeline = o.pipeline AND w.lease_until > ?1))"
+)
 _AHEAD = f"(SELECT count(*) {_BEFORE})"
 # A claim of the run passes its pipeline's concurrency check (parked parents are not counted)
 _ROOM = (
     "(runs.concurrency IS NULL OR ((SELECT count(*) FROM runs AS o WHERE o.pipeline = "
     "runs.pipeline AND o.status = 'running' AND o.parked = 0) < runs.concurrency "
-    f"AND NOT EXISTS (SELECT 1 {_BEFORE})))")
+    f"AND NOT EXISTS (SELECT 1 {_BEFORE})))"
+)
 
 
 def _param_test(value: Any) -> tuple[str, list[Any]]:
@@ -1506,8 +1952,7 @@ def _capped(rec: RunRecord) -> bool:
     return rec.status == Status.FAILED and (rec.error or {}).get("type") == "ResumeCapReached"
 
 
-def _same_code(stored_version: Any, stored_code: Any, version: str | None,
-               code: str | None) -> bool:
+def _same_code(stored_version: Any, stored_code: Any, version: str | None, code: str | None) -> bool:
     """Whether a stored run was made by the code asking (versions and fingerprints as text).
 
     An explicit ``version`` pins the code: equal versions are the same code whatever the
@@ -1527,8 +1972,9 @@ def _other_code(rec: RunRecord, version: str | None, code: str | None) -> str | 
     return f"code {rec.code} -> {code}"
 
 
-def _difference(rec: RunRecord, params_json: str, pipeline: str | None = None,
-                stored_json: str | None = None) -> str | None:
+def _difference(
+    rec: RunRecord, params_json: str, pipeline: str | None = None, stored_json: str | None = None
+) -> str | None:
     """A readable description of how a new start() differs from a stored run, or None.
 
     ``stored_json``: the run's params column as stored; both are canonical JSON, so equal text
@@ -1538,7 +1984,7 @@ def _difference(rec: RunRecord, params_json: str, pipeline: str | None = None,
     shown, clip = 5, 60
 
     def cut(text: str) -> str:
-        return text if len(text) <= clip else text[:clip - 1] + "…"
+        return text if len(text) <= clip else text[: clip - 1] + "…"
 
     if pipeline is not None and rec.pipeline != pipeline:
         return f"pipeline {cut(repr(rec.pipeline))}, not {cut(repr(pipeline))}"
@@ -1558,8 +2004,7 @@ def _difference(rec: RunRecord, params_json: str, pipeline: str | None = None,
         if name not in rec.params:
             parts.append(f"no parameter {cut(repr(name))}")
         elif name not in new:
-            parts.append(f"parameter {cut(repr(name))}={cut(dumps(rec.params[name]))} that this "
-                         "call lacks")
+            parts.append(f"parameter {cut(repr(name))}={cut(dumps(rec.params[name]))} that this call lacks")
         else:
             parts.append(f"{cut(name)}={cut(dumps(rec.params[name]))}, not {cut(dumps(new[name]))}")
     if more:
@@ -1573,9 +2018,14 @@ _NO_CONTROL = Control()
 def _child_resume(latest: RunRecord, control: Control | None) -> bool:
     """A child started (policy "attach") from the body of a run of the lineage that started it
     before, whose run ended badly: resumed (within the parent's retry or resume), not returned."""
-    return (control is not None and latest.parent_id is not None
-            and latest.parent_id in control.lineage and latest.status.terminal
-            and latest.status != Status.SUCCEEDED and not _capped(latest))
+    return (
+        control is not None
+        and latest.parent_id is not None
+        and latest.parent_id in control.lineage
+        and latest.status.terminal
+        and latest.status != Status.SUCCEEDED
+        and not _capped(latest)
+    )
 
 
 # Every Store of this process, for the fork hook below.

@@ -42,16 +42,26 @@ def load(targets: Sequence[str]) -> list[str]:
                 raise TypeError(f"{target} is not a @tether.pipeline")
             names.append(obj.name)
         else:
-            found = [p.name for p in _registry.values()
-                     if p.fn.__module__ == module.__name__ or p.name not in before]
+            found = [
+                p.name
+                for p in _registry.values()
+                if p.fn.__module__ == module.__name__ or p.name not in before
+            ]
             if not found:
                 raise TypeError(f"module {module_name!r} defines no @tether.pipeline")
             names.extend(found)
     return sorted(set(names))
 
 
-def serve(targets: Sequence[str], *, db: str | None = None, concurrency: int = 4,
-          once: bool = False, poll: float = 0.5, stop: threading.Event | None = None) -> int:
+def serve(
+    targets: Sequence[str],
+    *,
+    db: str | None = None,
+    concurrency: int = 4,
+    once: bool = False,
+    poll: float = 0.5,
+    stop: threading.Event | None = None,
+) -> int:
     """Execute detached runs until stopped (or, with ``once``, until none are left). Returns the
     number of runs started."""
     if db:

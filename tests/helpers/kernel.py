@@ -57,8 +57,9 @@ class Kernel:
             mine = msg["parent_header"].get("msg_id") == msg_id
             kind, content = msg["msg_type"], msg["content"]
             if kind == "stream":
-                self.streams.append((msg["parent_header"].get("msg_id", ""), content["name"],
-                                     content["text"]))
+                self.streams.append(
+                    (msg["parent_header"].get("msg_id", ""), content["name"], content["text"])
+                )
                 if mine:
                     setattr(out, content["name"], getattr(out, content["name"]) + content["text"])
             elif not mine:
@@ -80,8 +81,9 @@ class Kernel:
                 return
             self.messages.append(msg)
             if msg["msg_type"] == "stream":
-                self.streams.append((msg["parent_header"].get("msg_id", ""),
-                                     msg["content"]["name"], msg["content"]["text"]))
+                self.streams.append(
+                    (msg["parent_header"].get("msg_id", ""), msg["content"]["name"], msg["content"]["text"])
+                )
 
     def all_stream_text(self) -> str:
         return "".join(text for _, _, text in self.streams)

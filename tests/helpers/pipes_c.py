@@ -36,8 +36,6 @@ CHILD = ["-c", "import sys; from helpers.pipes_c import child; child(sys.argv[1]
 GATED_WORKER = ["-c", "import sys; from helpers.pipes_c import gated_worker; gated_worker(sys.argv[1:])"]
 
 
-
-
 # -- test utilities (used by the test process) -----------------------------------------------
 
 
@@ -122,8 +120,15 @@ def make_opaque(log: str, name: str) -> dict[str, Any]:
 
 
 @tether.pipeline(phases=["prepare", "steps", "finish"])
-def steps(ctx: tether.Context, log: str, n: int = 4, hang_at: int = -1, fail_attempt: int = 0,
-          twice: bool = False, loose: bool = False) -> dict[str, Any]:
+def steps(
+    ctx: tether.Context,
+    log: str,
+    n: int = 4,
+    hang_at: int = -1,
+    fail_attempt: int = 0,
+    twice: bool = False,
+    loose: bool = False,
+) -> dict[str, Any]:
     """Step "prepare", then steps s0..s{n-1} (each logs a line per execution).
 
     ``hang_at``: on attempt 1 the step s{hang_at} logs its line, then blocks until the process is
@@ -135,8 +140,9 @@ def steps(ctx: tether.Context, log: str, n: int = 4, hang_at: int = -1, fail_att
     values = [ctx.step("prepare", record, log, "prepare", ctx.attempt)]
     ctx.phase("steps", total=n)
     for k in range(n):
-        values.append(ctx.step(f"s{k}", record, log, f"s{k}", ctx.attempt,
-                               hang=(k == hang_at and ctx.attempt == 1)))
+        values.append(
+            ctx.step(f"s{k}", record, log, f"s{k}", ctx.attempt, hang=(k == hang_at and ctx.attempt == 1))
+        )
         ctx.advance()
     if twice:
         values.append(ctx.step("s0", record, log, "s0-again", ctx.attempt))
@@ -189,12 +195,27 @@ def executions(directory: str | os.PathLike[str], n: int) -> list[int]:
     return [len(lines(os.path.join(directory, f"item-{i}"))) for i in range(n)]
 
 
-def make_items(directory: str, n: int, gate: str = "", gate_from: int = 0, delay_step: float = 0.0,
-               fail_at: int = -1, bad_at: int = -1) -> list[dict[str, Any]]:
+def make_items(
+    directory: str,
+    n: int,
+    gate: str = "",
+    gate_from: int = 0,
+    delay_step: float = 0.0,
+    fail_at: int = -1,
+    bad_at: int = -1,
+) -> list[dict[str, Any]]:
     """Items for ``work``; ``gate`` may contain ``{i}`` (one gate file per item)."""
-    return [{"i": i, "dir": directory, "gate": gate.format(i=i) if gate and i >= gate_from else "",
-             "delay": round((n - 1 - i) * delay_step, 4), "fail": i == fail_at, "bad": i == bad_at}
-            for i in range(n)]
+    return [
+        {
+            "i": i,
+            "dir": directory,
+            "gate": gate.format(i=i) if gate and i >= gate_from else "",
+            "delay": round((n - 1 - i) * delay_step, 4),
+            "fail": i == fail_at,
+            "bad": i == bad_at,
+        }
+        for i in range(n)
+    ]
 
 
 def _executor(spec: str) -> tuple[Any, bool]:
@@ -209,9 +230,19 @@ def _executor(spec: str) -> tuple[Any, bool]:
 
 
 @tether.pipeline(phases=["mapping"])
-def mapper(ctx: tether.Context, dir: str, n: int, executor: str = "default", gate: str = "",
-           gate_from: int = 0, delay_step: float = 0.0, fail_at: int = -1, bad_at: int = -1,
-           catch: bool = False, checkpoint: bool = True) -> Any:
+def mapper(
+    ctx: tether.Context,
+    dir: str,
+    n: int,
+    executor: str = "default",
+    gate: str = "",
+    gate_from: int = 0,
+    delay_step: float = 0.0,
+    fail_at: int = -1,
+    bad_at: int = -1,
+    catch: bool = False,
+    checkpoint: bool = True,
+) -> Any:
     """``ctx.map(work, items)`` on the executor named by ``executor`` (see ``_executor``).
 
     ``catch``: a MapItemError is returned as {"index", "item", "cause"} instead of raised.
@@ -224,8 +255,12 @@ def mapper(ctx: tether.Context, dir: str, n: int, executor: str = "default", gat
     except tether.MapItemError as exc:
         if not catch:
             raise
-        return {"index": exc.index, "item": exc.item, "cause": type(exc.__cause__).__name__,
-                "message": str(exc)}
+        return {
+            "index": exc.index,
+            "item": exc.item,
+            "cause": type(exc.__cause__).__name__,
+            "message": str(exc),
+        }
     finally:
         if owned:
             ex.shutdown(wait=False, cancel_futures=True)
@@ -235,8 +270,7 @@ def mapper(ctx: tether.Context, dir: str, n: int, executor: str = "default", gat
 
 
 @tether.pipeline(phases=["work"])
-def job(ctx: tether.Context, log: str, tag: int = 0, hold: float = 0.0,
-        pids: int = 0) -> dict[str, Any]:
+def job(ctx: tether.Context, log: str, tag: int = 0, hold: float = 0.0, pids: int = 0) -> dict[str, Any]:
     """Log "<run id> <pid>" once per execution, then report progress for ``hold`` seconds.
 
     ``pids``: first wait until executions by that many processes are logged, so that one worker
@@ -293,8 +327,9 @@ def child(spec_json: str) -> None:
         run = tether.get_run(spec["resume"]).resume()
     else:
         pipe = PIPELINES[spec["pipeline"]]
-        run = pipe.start(**spec["params"], policy=spec.get("policy", "attach"),
-                         detach=spec.get("detach", False))
+        run = pipe.start(
+            **spec["params"], policy=spec.get("policy", "attach"), detach=spec.get("detach", False)
+        )
     print(json.dumps({"id": run.id, "pid": os.getpid()}), flush=True)
     mode = spec.get("mode", "wait")
     if mode == "kill":

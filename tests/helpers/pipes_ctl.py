@@ -67,8 +67,7 @@ def flaky(ctx: tether.Context, log: str, fail_b: int = 1) -> dict[str, Any]:
     a = ctx.step("a", _step, log, "a")
     append(log, f"body@{ctx.tries}")
     with ThreadPoolExecutor(max_workers=1) as pool:  # one at a time: item 0 ends before item 1
-        items = ctx.map(_item, [{"log": log, "i": 0}, {"log": log, "i": 1}], executor=pool,
-                        name="items")
+        items = ctx.map(_item, [{"log": log, "i": 0}, {"log": log, "i": 1}], executor=pool, name="items")
 
     def b() -> str:
         append(log, f"b@{ctx.tries}")

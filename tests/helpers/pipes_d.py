@@ -25,13 +25,21 @@ from tether import config, runner
 SAFETY_S = 60.0
 
 # argv for the full-disk child: ``[sys.executable, *FULL_DISK_CHILD, json.dumps(spec)]``
-FULL_DISK_CHILD = ["-c", "import sys; from helpers.pipes_d import full_disk_child; "
-                         "full_disk_child(sys.argv[1])"]
+FULL_DISK_CHILD = [
+    "-c",
+    "import sys; from helpers.pipes_d import full_disk_child; full_disk_child(sys.argv[1])",
+]
 
 
 @tether.pipeline(phases=["logging"])
-def chatty(ctx: tether.Context, lines: int, width: int = 200, quiet: float = 0.0,
-           result_bytes: int = 0, tag: str = "") -> Any:
+def chatty(
+    ctx: tether.Context,
+    lines: int,
+    width: int = 200,
+    quiet: float = 0.0,
+    result_bytes: int = 0,
+    tag: str = "",
+) -> Any:
     """Log ``lines`` lines of ``width`` characters, stay quiet ``quiet`` s (no progress calls,
     so the flusher has ticks with nothing new), then return ``result_bytes`` characters (or a
     small dict)."""
@@ -63,8 +71,7 @@ def full_disk_child(spec_json: str) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     tether.configure(db=spec["db"])
     tether.runs()  # open (and create) the database before the limit applies
-    sizes = [os.path.getsize(spec["db"] + ext) for ext in ("", "-wal")
-             if os.path.exists(spec["db"] + ext)]
+    sizes = [os.path.getsize(spec["db"] + ext) for ext in ("", "-wal") if os.path.exists(spec["db"] + ext)]
     cap = max(sizes) + int(spec["limit"])
     resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap))
     out: dict[str, Any] = {}
@@ -73,8 +80,7 @@ def full_disk_child(spec_json: str) -> None:
     rn = runner.get(config.store())
     deadline = time.monotonic() + SAFETY_S
     # an end that cannot be written is retried for the life of the process: say so and stop
-    while (run.id not in rn.unstored and not rn.done_event(run.id).is_set()
-           and time.monotonic() < deadline):
+    while run.id not in rn.unstored and not rn.done_event(run.id).is_set() and time.monotonic() < deadline:
         time.sleep(0.01)
     if run.id in rn.unstored and not rn.done_event(run.id).is_set():
         out["unstored"] = rn.unstored[run.id]

@@ -48,8 +48,14 @@ class Children:
         self.procs: list[subprocess.Popen[str]] = []
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, *args], env=self.env, cwd=self.cwd,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            env=self.env,
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.procs.append(proc)
         return proc
 
@@ -71,7 +77,15 @@ def undo_control_migration(conn: Any) -> None:
     conn.execute("DROP TABLE workers")
     conn.execute("DROP INDEX runs_parent")
     conn.execute("DROP INDEX runs_queue")
-    for col in ("parent_id", "tries", "max_tries", "retry_at", "timeout", "deadline",
-                "concurrency", "parked"):
+    for col in (
+        "parent_id",
+        "tries",
+        "max_tries",
+        "retry_at",
+        "timeout",
+        "deadline",
+        "concurrency",
+        "parked",
+    ):
         conn.execute(f"ALTER TABLE runs DROP COLUMN {col}")
     conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0003_control'")

@@ -41,8 +41,9 @@ def samples() -> dict[str, Any]:
         "complex": 1.5 - 2j,
         "datetime-naive": dt.datetime(2024, 2, 29, 12, 30, 15, 123456),
         "datetime-utc": dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
-        "datetime-offset": dt.datetime(2024, 1, 1, 9, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30),
-                                                                         "IST")),
+        "datetime-offset": dt.datetime(
+            2024, 1, 1, 9, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30), "IST")
+        ),
         "datetime-zone-fold": dt.datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=PARIS),
         "date": dt.date(1999, 12, 31),
         "time": dt.time(23, 59, 59, 999999),
@@ -56,26 +57,48 @@ def samples() -> dict[str, Any]:
         "ordered": OrderedDict([("z", 1), ("a", 2)]),
         "counter": Counter("hello"),
         "range": range(3, 30, 4),
-        "np-scalars": [np.int8(-5), np.uint64(2**64 - 1), np.float32(0.1), np.float64(np.nan),
-                       np.bool_(False), np.complex128(1 + 1j), np.datetime64("2024-01-01T00:00", "m"),
-                       np.timedelta64(5, "ns"), np.str_("é"), np.longdouble(1) / 3],
-        "np-arrays": [np.arange(12, dtype=np.int32).reshape(3, 4),
-                      np.asfortranarray(np.linspace(0, 1, 12).reshape(3, 4)),
-                      np.arange(20)[::3], np.zeros((0, 5)), np.array(7.5),
-                      np.array([1, 2, 3], dtype=">u2"), np.array(["ab", "c"]),
-                      np.array(["2024-01-01", "NaT"], dtype="M8[D]"),
-                      np.array([True, False]), np.array([np.nan, 1.0]),
-                      np.zeros(2, dtype=[("id", "<i4"), ("xy", "<f8", (2,))])],
+        "np-scalars": [
+            np.int8(-5),
+            np.uint64(2**64 - 1),
+            np.float32(0.1),
+            np.float64(np.nan),
+            np.bool_(False),
+            np.complex128(1 + 1j),
+            np.datetime64("2024-01-01T00:00", "m"),
+            np.timedelta64(5, "ns"),
+            np.str_("é"),
+            np.longdouble(1) / 3,
+        ],
+        "np-arrays": [
+            np.arange(12, dtype=np.int32).reshape(3, 4),
+            np.asfortranarray(np.linspace(0, 1, 12).reshape(3, 4)),
+            np.arange(20)[::3],
+            np.zeros((0, 5)),
+            np.array(7.5),
+            np.array([1, 2, 3], dtype=">u2"),
+            np.array(["ab", "c"]),
+            np.array(["2024-01-01", "NaT"], dtype="M8[D]"),
+            np.array([True, False]),
+            np.array([np.nan, 1.0]),
+            np.zeros(2, dtype=[("id", "<i4"), ("xy", "<f8", (2,))]),
+        ],
         "np-large": np.arange(300_000, dtype=np.float64),  # 2.4 MB: a file beside the DB
-        "frame": pd.DataFrame({
-            "i": [1, 2, 3], "f": [0.5, np.nan, 2.0], "s": ["x", None, "z"],
-            "cat": pd.Categorical(["a", "b", "a"], categories=["b", "a"], ordered=True),
-            "t": pd.date_range("2024-01-01", periods=3, tz="Europe/Paris"),
-            "n": pd.array([1, None, 3], dtype="Int64"),
-        }, index=pd.Index(["p", "q", "r"], name="key")),
+        "frame": pd.DataFrame(
+            {
+                "i": [1, 2, 3],
+                "f": [0.5, np.nan, 2.0],
+                "s": ["x", None, "z"],
+                "cat": pd.Categorical(["a", "b", "a"], categories=["b", "a"], ordered=True),
+                "t": pd.date_range("2024-01-01", periods=3, tz="Europe/Paris"),
+                "n": pd.array([1, None, 3], dtype="Int64"),
+            },
+            index=pd.Index(["p", "q", "r"], name="key"),
+        ),
         "frame-multi": pd.DataFrame(
-            [[1, 2], [3, 4]], columns=pd.MultiIndex.from_tuples([("a", "x"), ("a", "y")]),
-            index=pd.MultiIndex.from_tuples([("k", 1), ("k", 2)], names=["l1", "l2"])),
+            [[1, 2], [3, 4]],
+            columns=pd.MultiIndex.from_tuples([("a", "x"), ("a", "y")]),
+            index=pd.MultiIndex.from_tuples([("k", 1), ("k", 2)], names=["l1", "l2"]),
+        ),
         "frame-freq": pd.DataFrame({"v": [1.0, 2.0]}, index=pd.date_range("2024", periods=2, freq="D")),
         "frame-large": pd.DataFrame({"a": np.arange(200_000), "b": np.arange(200_000) * 0.5}),
         "series": pd.Series([1.5, 2.5], name=("named", 1), index=pd.Index([10, 20], name="at")),
@@ -83,11 +106,17 @@ def samples() -> dict[str, Any]:
         "index": pd.Index([3, 1, 2], name="n"),
         "range-index": pd.RangeIndex(2, 20, 3, name="r"),
         "datetime-index": pd.date_range("2024-01-01", periods=4, freq="h", tz="UTC", name="when"),
-        "pd-scalars": [pd.Timestamp("2024-03-30 02:30:00.000000001", tz="Europe/Paris"),
-                       pd.Timestamp("2024-01-01"), pd.Timedelta("1 day 3ns"), pd.NaT],
+        "pd-scalars": [
+            pd.Timestamp("2024-03-30 02:30:00.000000001", tz="Europe/Paris"),
+            pd.Timestamp("2024-01-01"),
+            pd.Timedelta("1 day 3ns"),
+            pd.NaT,
+        ],
     }
-    out["nested"] = {"rows": [out["tuple"], {"when": out["date"], "vals": out["np-arrays"][0]}],
-                     "meta": {"frame": out["frame"], "ids": frozenset({out["uuid"]})}}
+    out["nested"] = {
+        "rows": [out["tuple"], {"when": out["date"], "vals": out["np-arrays"][0]}],
+        "meta": {"frame": out["frame"], "ids": frozenset({out["uuid"]})},
+    }
     return out
 
 
@@ -169,8 +198,9 @@ class Plain(Point):
 
 
 def register_point() -> None:
-    tether.register_codec(Point, lambda p: {"x": p.x, "y": p.y}, lambda d: Point(d["x"], d["y"]),
-                          name="tests.Point")
+    tether.register_codec(
+        Point, lambda p: {"x": p.x, "y": p.y}, lambda d: Point(d["x"], d["y"]), name="tests.Point"
+    )
 
 
 def pick(name: str) -> Any:

@@ -105,8 +105,7 @@ from tether.store import Store
 TESTS = Path(__file__).resolve().parent.parent
 SAFETY_S = 120.0  # no child waits longer than this; a parent declares a child hung after it
 PHASES = ["setup", "steps", "map", "finish"]
-BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
-        "from reliability.harness import serve; serve()")
+BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from reliability.harness import serve; serve()"
 
 # =============================================================================================
 # child side
@@ -206,8 +205,15 @@ def _item_body(item: dict[str, Any]) -> dict[str, Any]:
 
 
 @tether.pipeline(name="reliability.work", phases=PHASES)
-def work(ctx: tether.Context, journal: str, n_steps: int = 4, n_items: int = 8, logs: int = 30,
-         burst: int = 200, pace: float = 0.002) -> dict[str, Any]:
+def work(
+    ctx: tether.Context,
+    journal: str,
+    n_steps: int = 4,
+    n_items: int = 8,
+    logs: int = 30,
+    burst: int = 200,
+    pace: float = 0.002,
+) -> dict[str, Any]:
     """The kill harness's pipeline: logs L0, L1, ... in order, steps s0.., map items, a log burst."""
     count = 0
 
@@ -272,8 +278,7 @@ def _slow_item(item: dict[str, Any]) -> int:
 def two_maps(ctx: tether.Context, marker: str, hold: float = 0.5) -> list[int]:
     """Two fan-outs in a row; the items of the first one take ``hold`` s."""
     ctx.phase("first")
-    first = ctx.map(_slow_item, [{"i": i, "marker": marker, "hold": hold} for i in range(2)],
-                    name="first")
+    first = ctx.map(_slow_item, [{"i": i, "marker": marker, "hold": hold} for i in range(2)], name="first")
     ctx.phase("second")
     return first + ctx.map(_slow_item, [{"i": 2, "marker": marker, "hold": 0.0}], name="second")
 
@@ -306,6 +311,7 @@ def serve() -> None:
     tether.configure(db=spec["db"], **spec.get("configure", {}))
     action = spec["action"]
     if spec.get("sabotage") == "drop_end":  # the disk check catches an end that is never stored
+
         def refuse(self: Store, *_args: Any, **_kwargs: Any) -> Any:
             raise tether.StoreError("the end of this run is never stored (sabotage)")
 
@@ -360,7 +366,8 @@ def _recover(spec: dict[str, Any]) -> None:
         from tether import owner
 
         owner.gone_reason = lambda rec_owner, *_a, **_k: (  # type: ignore[assignment]
-            "presumed dead (sabotage)" if rec_owner is not None else None)
+            "presumed dead (sabotage)" if rec_owner is not None else None
+        )
     if mode == "gc":
         code = cli.main(["gc", "--db", db])
     elif mode == "ls":  # its table is not read: a large one must not fill the stdout pipe
@@ -389,19 +396,21 @@ def _recover(spec: dict[str, Any]) -> None:
 # slots) as ``"violations"``, each tagged ``[kind/what]``. The parent checks the database.
 
 FORK_WAIT_S = 10.0  # a fork child that has not exited by then is hung (killed, reported)
-FORK_HOWS = ["sysexit", "return", "raise", "os_exit", "log-sysexit", "log-return", "log-os_exit",
-             "mp"]
-PROBE = ("import sqlite3, sys\n"
-         "c = sqlite3.connect(sys.argv[1], timeout=float(sys.argv[2]), isolation_level=None)\n"
-         "try:\n"
-         "    c.execute('BEGIN IMMEDIATE'); c.execute('ROLLBACK')\n"
-         "except sqlite3.Error as exc:\n"
-         "    print(exc); sys.exit(3)\n")
+FORK_HOWS = ["sysexit", "return", "raise", "os_exit", "log-sysexit", "log-return", "log-os_exit", "mp"]
+PROBE = (
+    "import sqlite3, sys\n"
+    "c = sqlite3.connect(sys.argv[1], timeout=float(sys.argv[2]), isolation_level=None)\n"
+    "try:\n"
+    "    c.execute('BEGIN IMMEDIATE'); c.execute('ROLLBACK')\n"
+    "except sqlite3.Error as exc:\n"
+    "    print(exc); sys.exit(3)\n"
+)
 
 
 @tether.pipeline(name="reliability.forker", phases=["before", "after"])
-def forker(ctx: tether.Context, token: str, how: str, before: int = 3, after: int = 2,
-           flush: bool = False) -> dict[str, Any]:
+def forker(
+    ctx: tether.Context, token: str, how: str, before: int = 3, after: int = 2, flush: bool = False
+) -> dict[str, Any]:
     """Logs F0.. (buffered, unless ``flush``), forks a child that leaves as ``how`` says, waits for
     it, logs P0.. and returns the parent's outcome. Nothing the fork child does may reach the run."""
     ctx.phase("before")
@@ -496,8 +505,11 @@ def gate(ctx: tether.Context, token: int, n: int, folder: str, wait_s: float) ->
     return {"token": token, "met": met}
 
 
-_SIGINT: dict[str, Any] = {"armed": False, "ignored": 0,
-                           "where": collections.Counter()}  # where each interrupt landed
+_SIGINT: dict[str, Any] = {
+    "armed": False,
+    "ignored": 0,
+    "where": collections.Counter(),
+}  # where each interrupt landed
 
 
 def _on_sigint(_signum: int, frame: Any) -> None:
@@ -517,15 +529,17 @@ def _own_runs(db: str, pipeline: str) -> list[tuple[str, str, str | None]]:
     conn = connect(Path(db))
     assert conn is not None
     try:
-        rows = conn.execute("SELECT id, status, error FROM runs WHERE owner_pid = ? AND pipeline = ?",
-                            (os.getpid(), pipeline)).fetchall()
+        rows = conn.execute(
+            "SELECT id, status, error FROM runs WHERE owner_pid = ? AND pipeline = ?", (os.getpid(), pipeline)
+        ).fetchall()
     finally:
         conn.close()
     return [(i, s, json.loads(e).get("type") if e else None) for i, s, e in rows]
 
 
-def _settled(db: str, pipeline: str, ids: set[str] | None, within: float
-             ) -> list[tuple[str, str, str | None]]:
+def _settled(
+    db: str, pipeline: str, ids: set[str] | None, within: float
+) -> list[tuple[str, str, str | None]]:
     """Wait up to ``within`` s for every run of ours (or ``ids``) to end; returns those that did not."""
     deadline = time.monotonic() + within
     while True:
@@ -585,8 +599,12 @@ def _storm(spec: dict[str, Any]) -> None:
     t0 = time.monotonic()
     if spec.get("sabotage"):  # a test of the checks below: no storm (and no real failure)
         stop.set()
-    while (landed < spec["landings"] and time.monotonic() < deadline
-           and sum(errors.values()) < 20 and not stop.is_set()):
+    while (
+        landed < spec["landings"]
+        and time.monotonic() < deadline
+        and sum(errors.values()) < 20
+        and not stop.is_set()
+    ):
         if recent and rng.random() < 0.2:
             k, hold = rng.choice(recent)  # attach to (or find) a run started before
         else:
@@ -618,28 +636,40 @@ def _storm(spec: dict[str, Any]) -> None:
         own = runner.get(tether.config.store())
         params = quick.bind(k=-1, hold=0.0)
         tether.config.store().start(
-            pipeline=quick.name, key=quick.key_for(params), params_json=json.dumps(params),
-            version=None, phases=["work"], policy="attach", owner=own.owner, lease_s=30,
-            gone=lambda *_: None)
+            pipeline=quick.name,
+            key=quick.key_for(params),
+            params_json=json.dumps(params),
+            version=None,
+            phases=["work"],
+            policy="attach",
+            owner=own.owner,
+            lease_s=30,
+            gone=lambda *_: None,
+        )
     elif spec.get("sabotage") == "slots":  # ... a runner slot used by nothing
         own = runner.get(tether.config.store())
         own._slots += 1
     # another process can write within a bound: no transaction stayed open here
     probe_s = spec.get("probe", 5.0)
-    probe = subprocess.run([sys.executable, "-c", PROBE, db, str(probe_s)], capture_output=True,
-                           text=True, timeout=probe_s + 30)
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE, db, str(probe_s)], capture_output=True, text=True, timeout=probe_s + 30
+    )
     if probe.returncode != 0:
-        viol.append(f"[sigint/locked-out] another process could not write for {probe_s:.0f} s "
-                    f"after the interrupts (a write transaction stayed open here): "
-                    f"{(probe.stdout + probe.stderr).strip()[-300:]}")
+        viol.append(
+            f"[sigint/locked-out] another process could not write for {probe_s:.0f} s "
+            f"after the interrupts (a write transaction stayed open here): "
+            f"{(probe.stdout + probe.stderr).strip()[-300:]}"
+        )
     if spec.get("sabotage") == "open_tx":  # caught: let the other processes go on
         tether.config.store().conn().execute("ROLLBACK")
     # every run this process created ends (bodies take <= 20 ms)
     stuck = _settled(db, quick.name, None, settle)
     if stuck:
-        viol.append(f"[sigint/stranded] {len(stuck)} runs created by this live process still "
-                    f"{sorted({s for _, s, _ in stuck})} {settle:.0f} s after the interrupts "
-                    f"(e.g. {stuck[0][0]})")
+        viol.append(
+            f"[sigint/stranded] {len(stuck)} runs created by this live process still "
+            f"{sorted({s for _, s, _ in stuck})} {settle:.0f} s after the interrupts "
+            f"(e.g. {stuck[0][0]})"
+        )
     failed = [r for r in _own_runs(db, quick.name) if r[1] == "failed"]
     if failed:
         viol.append(f"[sigint/failed] {len(failed)} runs failed ({failed[0][2]}), e.g. {failed[0][0]}")
@@ -647,28 +677,33 @@ def _storm(spec: dict[str, Any]) -> None:
     slots = tether.config.settings().max_concurrency
     folder = tempfile.mkdtemp(prefix="gate-")
     try:
-        gates = {gate.start(token=base + i, n=slots, folder=folder, wait_s=settle).id
-                 for i in range(slots)}
+        gates = {gate.start(token=base + i, n=slots, folder=folder, wait_s=settle).id for i in range(slots)}
         _settled(db, gate.name, gates, 2 * settle + 5)
         conn = connect(Path(db))
         assert conn is not None
         try:
-            results = [json.loads(r or "null") or {} for (r,) in conn.execute(
-                f"SELECT result FROM runs WHERE id IN ({', '.join('?' * len(gates))})",
-                list(gates))]
+            results = [
+                json.loads(r or "null") or {}
+                for (r,) in conn.execute(
+                    f"SELECT result FROM runs WHERE id IN ({', '.join('?' * len(gates))})", list(gates)
+                )
+            ]
         finally:
             conn.close()
         entered = sum(bool(r.get("met")) for r in results)
     except Exception as exc:
         entered = -1
-        viol.append(f"[sigint/start-error] start() after the interrupts raised "
-                    f"{type(exc).__name__}: {str(exc)[:300]}")
+        viol.append(
+            f"[sigint/start-error] start() after the interrupts raised {type(exc).__name__}: {str(exc)[:300]}"
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if 0 <= entered < slots:
-        viol.append(f"[sigint/slots-leaked] {slots} runs could not execute at once "
-                    f"(max_concurrency={slots}; {entered} saw all the others): runner slots are "
-                    "used by nothing")
+        viol.append(
+            f"[sigint/slots-leaked] {slots} runs could not execute at once "
+            f"(max_concurrency={slots}; {entered} saw all the others): runner slots are "
+            "used by nothing"
+        )
     # the runner still executes new runs
     fresh: set[str] = set()
     n = 2 * tether.config.settings().max_concurrency
@@ -676,18 +711,32 @@ def _storm(spec: dict[str, Any]) -> None:
         for i in range(n):
             fresh.add(quick.start(k=base + starts + 100 + i, hold=0.0).id)
     except Exception as exc:
-        viol.append(f"[sigint/start-error] start() after the interrupts raised "
-                    f"{type(exc).__name__}: {str(exc)[:300]}")
+        viol.append(
+            f"[sigint/start-error] start() after the interrupts raised {type(exc).__name__}: {str(exc)[:300]}"
+        )
     if fresh:
         left = _settled(db, quick.name, fresh, settle)
         if left:
-            viol.append(f"[sigint/no-new-run] {len(left)} of {n} new runs never ended "
-                        f"({sorted({s for _, s, _ in left})}) {settle:.0f} s after start(): the "
-                        "runner executes nothing")
-    _out({"storm": {"landed": landed, "sent": sent[0], "starts": starts, "ignored":
-                    _SIGINT["ignored"], "where": dict(_SIGINT["where"]),
-                    "hog_lockouts": hog_waits[0], "storm_s": round(t1 - t0, 2),
-                    "checks_s": round(time.monotonic() - t1, 2)}, "violations": viol})
+            viol.append(
+                f"[sigint/no-new-run] {len(left)} of {n} new runs never ended "
+                f"({sorted({s for _, s, _ in left})}) {settle:.0f} s after start(): the "
+                "runner executes nothing"
+            )
+    _out(
+        {
+            "storm": {
+                "landed": landed,
+                "sent": sent[0],
+                "starts": starts,
+                "ignored": _SIGINT["ignored"],
+                "where": dict(_SIGINT["where"]),
+                "hog_lockouts": hog_waits[0],
+                "storm_s": round(t1 - t0, 2),
+                "checks_s": round(time.monotonic() - t1, 2),
+            },
+            "violations": viol,
+        }
+    )
 
 
 def _forks(spec: dict[str, Any]) -> None:
@@ -746,9 +795,12 @@ def _hold(spec: dict[str, Any]) -> None:
             viol.setdefault(tag, f"[sqlite/{tag}] {type(exc).__name__}: {str(exc)[:300]}")
         now = _inodes(db)
         if now != before:
-            viol.setdefault("wal-deleted", f"[sqlite/wal-deleted] -wal/-shm of the database were "
-                                           f"deleted while this process held a connection "
-                                           f"(inodes {before} -> {now})")
+            viol.setdefault(
+                "wal-deleted",
+                f"[sqlite/wal-deleted] -wal/-shm of the database were "
+                f"deleted while this process held a connection "
+                f"(inodes {before} -> {now})",
+            )
         try:
             held.execute("SELECT count(*) FROM runs").fetchone()
         except sqlite3.Error as exc:
@@ -760,13 +812,20 @@ def _hold(spec: dict[str, Any]) -> None:
         seen = {r[0] for r in held.execute("SELECT id FROM runs WHERE status = 'succeeded'")}
         lost = [r for r in done if r not in seen]
         if lost:
-            viol.setdefault("lost", f"[sqlite/lost] {len(lost)} succeeded runs not visible to the "
-                                    f"user's connection, e.g. {lost[0]}")
+            viol.setdefault(
+                "lost",
+                f"[sqlite/lost] {len(lost)} succeeded runs not visible to the "
+                f"user's connection, e.g. {lost[0]}",
+            )
     except sqlite3.Error as exc:
         viol.setdefault("held-read", f"[sqlite/held-read] the user's connection: {exc}")
     held.close()
-    _out({"hold": {"runs": len(done), "ids": done, "mode": spec.get("mode", "rw")},
-          "violations": list(viol.values())})
+    _out(
+        {
+            "hold": {"runs": len(done), "ids": done, "mode": spec.get("mode", "rw")},
+            "violations": list(viol.values()),
+        }
+    )
 
 
 def _linger(spec: dict[str, Any]) -> None:
@@ -824,8 +883,15 @@ def _settle(run: tether.Run, settle: dict[str, Any]) -> None:
     while status in ("pending", "running") and not give_up():
         time.sleep(0.05)
         status = str(run.status)
-    _out({"id": run.id, "status": status, "final": True, "raised": raised,
-          "after_free": None if free_at is None else round(time.monotonic() - free_at, 2)})
+    _out(
+        {
+            "id": run.id,
+            "status": status,
+            "final": True,
+            "raised": raised,
+            "after_free": None if free_at is None else round(time.monotonic() - free_at, 2),
+        }
+    )
 
 
 # =============================================================================================
@@ -843,16 +909,20 @@ def child_env() -> dict[str, str]:
 class Child:
     """One warm child process, used once."""
 
-    def __init__(self, no: int, workdir: Path, env: dict[str, str],
-                 prefix: list[str] | None = None) -> None:
+    def __init__(self, no: int, workdir: Path, env: dict[str, str], prefix: list[str] | None = None) -> None:
         self.no = no
         self.err_path = workdir / f"child-{no}.err"
         self.signal = workdir / f"child-{no}.sig"
         with open(self.err_path, "w") as err:  # prefix: e.g. unshare (self.pid is unshare's)
-            self.proc = subprocess.Popen([*(prefix or []), sys.executable, "-c", BOOT, str(TESTS)],
-                                         env=env,
-                                         cwd=workdir, stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=err, text=True)
+            self.proc = subprocess.Popen(
+                [*(prefix or []), sys.executable, "-c", BOOT, str(TESTS)],
+                env=env,
+                cwd=workdir,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
         self.spec: dict[str, Any] = {}
         self.sent_at = 0.0
         self.kill_at: float | None = None
@@ -870,8 +940,7 @@ class Child:
         if line.strip() != '"ready"':
             self.proc.kill()
             self.proc.wait()
-            raise RuntimeError(f"warm child {self.pid} failed to start: {line!r} "
-                               f"{self.stderr()[-3000:]}")
+            raise RuntimeError(f"warm child {self.pid} failed to start: {line!r} {self.stderr()[-3000:]}")
 
     def send(self, spec: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -998,8 +1067,10 @@ def read_view(db: Path, keys: set[str] | None = None) -> View:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not {"runs", "events", "checkpoints"} <= tables:
             return view
-        cols = ("SELECT id, key, attempt, status, last_seq, owner_pid, resumed_from, created_by, "
-                "result, error, ended_at, pipeline FROM runs")
+        cols = (
+            "SELECT id, key, attempt, status, last_seq, owner_pid, resumed_from, created_by, "
+            "result, error, ended_at, pipeline FROM runs"
+        )
         if keys is None:
             rows = conn.execute(cols).fetchall()
         else:  # a few keys: through the (key, attempt) index, not a scan of every table
@@ -1011,10 +1082,18 @@ def read_view(db: Path, keys: set[str] | None = None) -> View:
             cps = conn.execute("SELECT run_id, name, value FROM checkpoints")
         else:
             ids = list(view.runs)
-            events = (e for i in ids for e in conn.execute(
-                "SELECT run_id, seq, kind, data FROM events WHERE run_id = ? ORDER BY seq", (i,)))
-            cps = (c for i in ids for c in conn.execute(
-                "SELECT run_id, name, value FROM checkpoints WHERE run_id = ?", (i,)))
+            events = (
+                e
+                for i in ids
+                for e in conn.execute(
+                    "SELECT run_id, seq, kind, data FROM events WHERE run_id = ? ORDER BY seq", (i,)
+                )
+            )
+            cps = (
+                c
+                for i in ids
+                for c in conn.execute("SELECT run_id, name, value FROM checkpoints WHERE run_id = ?", (i,))
+            )
         for run_id, seq, kind, data in events:
             if run_id in view.runs:
                 view.events.setdefault(run_id, []).append((seq, kind, data))
@@ -1035,10 +1114,14 @@ def run_rows(db: Path, where: str = "", args: tuple[Any, ...] = ()) -> dict[str,
     try:
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
             return {}
-        return {r[0]: RunRow(*r) for r in conn.execute(
-            "SELECT id, key, attempt, status, last_seq, owner_pid, resumed_from, created_by, "
-            "result, error, ended_at, pipeline FROM runs" + (f" WHERE {where}" if where else ""),
-            args)}
+        return {
+            r[0]: RunRow(*r)
+            for r in conn.execute(
+                "SELECT id, key, attempt, status, last_seq, owner_pid, resumed_from, created_by, "
+                "result, error, ended_at, pipeline FROM runs" + (f" WHERE {where}" if where else ""),
+                args,
+            )
+        }
     finally:
         conn.close()
 
@@ -1066,7 +1149,8 @@ def active_per_key(db: Path) -> list[tuple[str, int]]:
             return []
         return conn.execute(
             "SELECT key, count(*) FROM runs WHERE status IN ('pending', 'running') "
-            "GROUP BY key HAVING count(*) > 1").fetchall()
+            "GROUP BY key HAVING count(*) > 1"
+        ).fetchall()
     finally:
         conn.close()
 
@@ -1097,8 +1181,7 @@ def read_journal(path: Path) -> tuple[Journal, list[str]]:
             bad.append(line)
             continue
         kind, name, run_id, attempt, pid = parts
-        out.append((kind, name if kind == "step" else f"{int(name)}", run_id, int(attempt),
-                    int(pid)))
+        out.append((kind, name if kind == "step" else f"{int(name)}", run_id, int(attempt), int(pid)))
     return out, bad
 
 
@@ -1134,9 +1217,11 @@ class Checker:
         """Events read now must extend what was read before; remember the longer read."""
         for run_id, evs in view.events.items():
             prev = self.seen.get(run_id, [])
-            same = self.ok(evs[: len(prev)] == prev,
-                           f"run {run_id}: events read earlier are no longer a prefix "
-                           f"(had {len(prev)}, now {len(evs)}: {_first_diff(prev, evs)})")
+            same = self.ok(
+                evs[: len(prev)] == prev,
+                f"run {run_id}: events read earlier are no longer a prefix "
+                f"(had {len(prev)}, now {len(evs)}: {_first_diff(prev, evs)})",
+            )
             if same and len(evs) > len(prev):
                 self.seen[run_id] = evs
 
@@ -1159,16 +1244,23 @@ class Checker:
             runs.sort(key=lambda r: r.attempt)
             active = [r.id for r in runs if r.active]
             self.ok(len(active) <= 1, f"key {key}: {len(active)} active runs {active}")
-            self.ok([r.attempt for r in runs] == list(range(1, len(runs) + 1)),
-                    f"key {key}: attempts {[r.attempt for r in runs]}")
+            self.ok(
+                [r.attempt for r in runs] == list(range(1, len(runs) + 1)),
+                f"key {key}: attempts {[r.attempt for r in runs]}",
+            )
             for prev, run in itertools.pairwise(runs):
                 # start(policy="resume") resumes the latest attempt; Run.resume() the attempt it
                 # was called on, which another process may have followed with a newer one
-                allowed = {prev.id} if run.created_by == "start:resume" else {
-                    r.id for r in runs if r.attempt < run.attempt}
-                self.ok(run.resumed_from in allowed,
-                        f"run {run.id} (attempt {run.attempt}, {run.created_by}) resumed from "
-                        f"{run.resumed_from}, not from attempt {prev.attempt} ({prev.id})")
+                allowed = (
+                    {prev.id}
+                    if run.created_by == "start:resume"
+                    else {r.id for r in runs if r.attempt < run.attempt}
+                )
+                self.ok(
+                    run.resumed_from in allowed,
+                    f"run {run.id} (attempt {run.attempt}, {run.created_by}) resumed from "
+                    f"{run.resumed_from}, not from attempt {prev.attempt} ({prev.id})",
+                )
         for run in view.runs.values():
             self._check_run(view, run, recovered)
         for key, path in journals.items():
@@ -1179,51 +1271,71 @@ class Checker:
     def _check_run(self, view: View, run: RunRow, recovered: bool) -> None:
         evs = view.events.get(run.id, [])
         seqs = [e[0] for e in evs]
-        self.ok(seqs == list(range(1, len(evs) + 1)) and run.last_seq == len(evs),
-                f"run {run.id}: seqs not contiguous 1..last_seq={run.last_seq}: "
-                f"{_gaps(seqs)} ({len(evs)} events)")
+        self.ok(
+            seqs == list(range(1, len(evs) + 1)) and run.last_seq == len(evs),
+            f"run {run.id}: seqs not contiguous 1..last_seq={run.last_seq}: "
+            f"{_gaps(seqs)} ({len(evs)} events)",
+        )
         self.ok(bool(evs) and evs[0][1] == "created", f"run {run.id}: first event is not 'created'")
         if recovered:
-            self.ok(not run.active, f"run {run.id} is still {run.status} after recovery "
-                                    f"(owner pid {run.owner_pid})")
+            self.ok(
+                not run.active,
+                f"run {run.id} is still {run.status} after recovery (owner pid {run.owner_pid})",
+            )
         ours = run.pipeline == work.name  # the checks of the work pipeline's outcome
         logs = [json.loads(d).get("message", "") for _, k, d in evs if k == "log"]
         body = [m for m in logs if m[:1] == "L" and m[1:].isdigit()] if ours else []
-        self.ok(body == [f"L{i}" for i in range(len(body))],
-                f"run {run.id}: log lines with a gap or duplicate: {_log_gaps(body)}")
+        self.ok(
+            body == [f"L{i}" for i in range(len(body))],
+            f"run {run.id}: log lines with a gap or duplicate: {_log_gaps(body)}",
+        )
         fp = (run.status, run.result, run.error, run.ended_at, run.last_seq)
         if run.id in self.terminal:
             old = self.terminal[run.id]
-            self.ok(fp == old, f"terminal run {run.id} changed: {old[0]} -> {fp[0]} "
-                               f"(last_seq {old[4]} -> {fp[4]})")
+            self.ok(
+                fp == old,
+                f"terminal run {run.id} changed: {old[0]} -> {fp[0]} (last_seq {old[4]} -> {fp[4]})",
+            )
             self.ok(evs == self.seen.get(run.id), f"terminal run {run.id}: its events changed")
         if not run.active:
             self.terminal.setdefault(run.id, fp)
             kinds = [k for _, k, _ in evs]
-            self.ok(kinds.count(run.status) == 1 and kinds[-1] == run.status,
-                    f"run {run.id} ({run.status}): status event not once and last: {kinds[-3:]}")
+            self.ok(
+                kinds.count(run.status) == 1 and kinds[-1] == run.status,
+                f"run {run.id} ({run.status}): status event not once and last: {kinds[-3:]}",
+            )
         if run.status == "failed" and self.typed_failures:
             err = json.loads(run.error or "{}")
-            self.ok(_typed(err.get("type")), f"[disk/untyped-failure] run {run.id} failed with "
-                                             f"{err.get('type')}: {err.get('message')}")
+            self.ok(
+                _typed(err.get("type")),
+                f"[disk/untyped-failure] run {run.id} failed with {err.get('type')}: {err.get('message')}",
+            )
         else:
-            self.ok(run.status != "failed", f"run {run.id} failed, but the workload never fails: "
-                                            f"{json.loads(run.error or '{}').get('message')}")
+            self.ok(
+                run.status != "failed",
+                f"run {run.id} failed, but the workload never fails: "
+                f"{json.loads(run.error or '{}').get('message')}",
+            )
         if run.status == "succeeded" and ours:
             result = json.loads(run.result or "null") or {}
             cps = view.checkpoints.get(run.id, {})
             steps = [cps.get(f"step:s{k}") for k in range(len(result.get("steps", [])))]
             items = [cps.get(f"map:items:{i}") for i in range(len(result.get("items", [])))]
-            self.ok(result.get("steps") == steps and result.get("items") == items,
-                    f"run {run.id}: result disagrees with its checkpoints")
-            self.ok(result.get("logs") == len(body),
-                    f"run {run.id}: returned after {result.get('logs')} log lines, "
-                    f"{len(body)} stored")
+            self.ok(
+                result.get("steps") == steps and result.get("items") == items,
+                f"run {run.id}: result disagrees with its checkpoints",
+            )
+            self.ok(
+                result.get("logs") == len(body),
+                f"run {run.id}: returned after {result.get('logs')} log lines, {len(body)} stored",
+            )
         if run.resumed_from is not None and run.resumed_from in view.runs:
             parent = view.checkpoints.get(run.resumed_from, {})
             mine = view.checkpoints.get(run.id, {})
-            self.ok(all(mine.get(n) == v for n, v in parent.items()),
-                    f"run {run.id}: checkpoints of {run.resumed_from} not copied unchanged")
+            self.ok(
+                all(mine.get(n) == v for n, v in parent.items()),
+                f"run {run.id}: checkpoints of {run.resumed_from} not copied unchanged",
+            )
 
     def _check_journal(self, view: View, runs: list[RunRow], path: Path) -> None:
         entries, bad = read_journal(path)
@@ -1234,19 +1346,25 @@ class Checker:
         for kind, name, run_id, attempt, pid in entries:
             cp = cp_name(kind, name)
             run = view.runs.get(run_id)
-            if not self.ok(run is not None and run_id in ids,
-                           f"{path.name}: {kind} {name} executed by unknown run {run_id}"):
+            if not self.ok(
+                run is not None and run_id in ids,
+                f"{path.name}: {kind} {name} executed by unknown run {run_id}",
+            ):
                 continue
             assert run is not None
             done[(run_id, cp)] += 1
             executed.add((run_id, cp))
-            self.ok(pid == run.owner_pid and attempt == run.attempt,
-                    f"run {run_id}: {cp} executed by pid {pid} attempt {attempt}, the owner is "
-                    f"pid {run.owner_pid} attempt {run.attempt}")
+            self.ok(
+                pid == run.owner_pid and attempt == run.attempt,
+                f"run {run_id}: {cp} executed by pid {pid} attempt {attempt}, the owner is "
+                f"pid {run.owner_pid} attempt {run.attempt}",
+            )
             inherited = view.checkpoints.get(run.resumed_from or "", {})
-            self.ok(cp not in inherited,
-                    f"run {run_id} (attempt {run.attempt}) executed {cp} again although "
-                    f"{run.resumed_from} recorded it")
+            self.ok(
+                cp not in inherited,
+                f"run {run_id} (attempt {run.attempt}) executed {cp} again although "
+                f"{run.resumed_from} recorded it",
+            )
         by_attempt = {r.attempt: r.id for r in runs}
         for run_id, cp in executed:  # at-least-once: an unrecorded execution repeated on resume
             run = view.runs[run_id]
@@ -1261,10 +1379,10 @@ class Checker:
                     if (run.id, cp) not in executed:
                         self.skipped += 1
                     continue
-                self.ok(isinstance(value, dict) and value.get("run") == run.id
-                        and (run.id, cp) in executed,
-                        f"run {run.id}: checkpoint {cp} = {value} not produced by its own "
-                        "journalled execution")
+                self.ok(
+                    isinstance(value, dict) and value.get("run") == run.id and (run.id, cp) in executed,
+                    f"run {run.id}: checkpoint {cp} = {value} not produced by its own journalled execution",
+                )
 
 
 def _typed(name: str | None) -> bool:
@@ -1328,8 +1446,12 @@ def capabilities() -> dict[str, str]:
             if out.returncode:
                 caps["pidns"] = f"{' '.join(UNSHARE)} failed: {out.stderr.strip()[-300:]}"
         with tempfile.TemporaryDirectory() as tmp:
-            out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", tmp],
-                                 capture_output=True, text=True, timeout=60)
+            out = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", tmp],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             if out.returncode:
                 caps["disk"] = f"mount -t tmpfs failed: {out.stderr.strip()[-300:]}"
             else:
@@ -1339,17 +1461,27 @@ def capabilities() -> dict[str, str]:
 
 
 _GENERIC_KINDS = [  # violations of the kill harness's checks, by what they say
-    ("after recovery", "active after recovery"), ("active runs", "two active runs for a key"),
+    ("after recovery", "active after recovery"),
+    ("active runs", "two active runs for a key"),
     ("more than one active run", "two active runs for a key"),
     ("tether gc exited", "a recovery's error"),
-    ("failed, but the workload never fails", "a run failed"), ("of live child", "a live run ended"),
-    ("(not killed) exited", "a child's error"), ("hung for", "a hung child"),
-    ("no longer a prefix", "lost events"), ("not contiguous", "seq gap"),
-    ("gap or duplicate", "log gap"), ("integrity_check", "corruption"),
-    ("changed", "a terminal run changed"), ("executed", "checkpoint re-executed"),
-    ("recovery", "a recovery's error"), ("status event", "status event"),
-    ("first event", "first event not 'created'"), ("resumed from", "resume chain"),
-    ("attempts", "attempt numbers"), ("journal", "journal"), ("printed no end", "a child's error"),
+    ("failed, but the workload never fails", "a run failed"),
+    ("of live child", "a live run ended"),
+    ("(not killed) exited", "a child's error"),
+    ("hung for", "a hung child"),
+    ("no longer a prefix", "lost events"),
+    ("not contiguous", "seq gap"),
+    ("gap or duplicate", "log gap"),
+    ("integrity_check", "corruption"),
+    ("changed", "a terminal run changed"),
+    ("executed", "checkpoint re-executed"),
+    ("recovery", "a recovery's error"),
+    ("status event", "status event"),
+    ("first event", "first event not 'created'"),
+    ("resumed from", "resume chain"),
+    ("attempts", "attempt numbers"),
+    ("journal", "journal"),
+    ("printed no end", "a child's error"),
     ("left (", "exit in flight"),
 ]
 
@@ -1374,22 +1506,28 @@ def fork_findings(run: RunRow | None, events: list[EventRow], entry: dict[str, A
     err = json.loads(run.error or "{}")
     result = json.loads(run.result or "null") or {}
     if run.status != "succeeded":
-        out.append(f"[fork/parent-outcome] run {run.id} (fork child: {how}) ended {run.status} "
-                   f"({err.get('type')}: {str(err.get('message'))[:200]}), not with its parent's "
-                   "result")
+        out.append(
+            f"[fork/parent-outcome] run {run.id} (fork child: {how}) ended {run.status} "
+            f"({err.get('type')}: {str(err.get('message'))[:200]}), not with its parent's "
+            "result"
+        )
     elif result.get("who") != "parent" or result.get("pid") != run.owner_pid:
-        out.append(f"[fork/child-result] run {run.id} (fork child: {how}) has the fork child's "
-                   f"result {result}")
+        out.append(
+            f"[fork/child-result] run {run.id} (fork child: {how}) has the fork child's result {result}"
+        )
     if result.get("child") == "hung":
-        out.append(f"[fork/child-hung] the fork child ({how}) of run {run.id} had not exited "
-                   f"after {FORK_WAIT_S:.0f} s")
+        out.append(
+            f"[fork/child-hung] the fork child ({how}) of run {run.id} had not exited "
+            f"after {FORK_WAIT_S:.0f} s"
+        )
     logs = [json.loads(d).get("message", "") for _, k, d in events if k == "log"]
     expected = [f"F{i}" for i in range(entry["before"])] + [f"P{i}" for i in range(entry["after"])]
     child = [m for m in logs if m.startswith("C")]
     dups = sorted({m for m in logs if logs.count(m) > 1})
     if child:
-        out.append(f"[fork/child-wrote] run {run.id} ({how}): lines logged in the fork child were "
-                   f"stored: {child}")
+        out.append(
+            f"[fork/child-wrote] run {run.id} ({how}): lines logged in the fork child were stored: {child}"
+        )
     if dups:
         out.append(f"[fork/duplicated] run {run.id} ({how}): lines stored more than once: {dups}")
     if not out and logs != expected:
@@ -1416,9 +1554,16 @@ class DiskFiller(threading.Thread):
     """Fills the tmpfs under the database (ENOSPC for everyone), holds, frees it, then creates
     ``free`` (children wait for it before they judge their runs' ends)."""
 
-    def __init__(self, mount: Path, free: Path, delay: float, hold: float,
-                 busy: Callable[[], bool], full: threading.Event, trigger: Path | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        mount: Path,
+        free: Path,
+        delay: float,
+        hold: float,
+        busy: Callable[[], bool],
+        full: threading.Event,
+        trigger: Path | None = None,
+    ) -> None:
         super().__init__(daemon=True, name="disk-filler")
         self.mount, self.free, self.delay, self.hold, self.busy = mount, free, delay, hold, busy
         self.full = full  # set while the disk is full
@@ -1503,8 +1648,7 @@ class Plan:
 
     def arm(self, signal_path: Path) -> dict[str, Any] | None:
         if self.kind == "watch" and self.op:  # after the commit of ``op``: wait for the parent
-            return {"op": self.op, "when": "post", "nth": 1, "signal": str(signal_path),
-                    "wait": True}
+            return {"op": self.op, "when": "post", "nth": 1, "signal": str(signal_path), "wait": True}
         if self.kind == "trip":
             return {"op": self.op, "when": self.when, "nth": self.nth, "signal": str(signal_path)}
         if self.kind in ("point", "watch"):
@@ -1548,7 +1692,8 @@ class Report:
     unfired: list[str] = field(default_factory=list)  # chosen moments never reached
     faults: collections.Counter[str] = field(default_factory=collections.Counter)  # by kind
     fault_detail: dict[str, collections.Counter[str]] = field(
-        default_factory=lambda: collections.defaultdict(collections.Counter))
+        default_factory=lambda: collections.defaultdict(collections.Counter)
+    )
     faults_skipped: dict[str, str] = field(default_factory=dict)  # kind -> why it cannot run here
     fault_runs: collections.Counter[str] = field(default_factory=collections.Counter)  # by status
 
@@ -1560,9 +1705,11 @@ class Report:
         if not (self.faults or self.faults_skipped):
             return []
         total = sum(self.faults.values())
-        out = [f"faults           {self.kills + total} ({self.kills} SIGKILLs, "
-               + ", ".join(f"{k}: {self.faults[k]}" for k in FAULT_KINDS if k in self.faults)
-               + ")"]
+        out = [
+            f"faults           {self.kills + total} ({self.kills} SIGKILLs, "
+            + ", ".join(f"{k}: {self.faults[k]}" for k in FAULT_KINDS if k in self.faults)
+            + ")"
+        ]
         for kind in FAULT_KINDS:
             detail = self.fault_detail.get(kind)
             if detail:
@@ -1588,8 +1735,7 @@ class Report:
             f"keys             {self.lineages} ({self.lineages_succeeded} succeeded in the end; "
             f"up to {self.max_attempts} attempts per key)",
             f"recoveries       {rec}",
-            f"  runs found active by them: "
-            f"{', '.join(f'{k}: {v}' for k, v in sorted(self.orphans.items()))}",
+            f"  runs found active by them: {', '.join(f'{k}: {v}' for k, v in sorted(self.orphans.items()))}",
             f"exits in flight  "
             f"{', '.join(f'{k}: {v}' for k, v in sorted(self.exits.items())) or 'none'} "
             "(not killed: the process left with its run in flight)",
@@ -1599,8 +1745,11 @@ class Report:
             *self.fault_lines(),
             f"invariant checks {self.checks}",
             f"violations       {len(self.violations)}"
-            + (f" ({', '.join(f'{k}: {v}' for k, v in self.violation_kinds().most_common())})"
-               if self.violations else ""),
+            + (
+                f" ({', '.join(f'{k}: {v}' for k, v in self.violation_kinds().most_common())})"
+                if self.violations
+                else ""
+            ),
             f"duration         {self.seconds:.1f} s",
         ]
 
@@ -1608,11 +1757,22 @@ class Report:
 class KillHarness:
     """Rounds of children killed at chosen and random moments, recovery, invariant checks."""
 
-    def __init__(self, workdir: Path, *, kills: int, seed: int | None = None, parallel: int = 3,
-                 per_db: int = 100, race: float = 0.2, max_attempts: int = 10,
-                 say: Callable[[str], None] | None = None, faults: dict[str, int] | None = None,
-                 catalog: bool = True, sabotage: dict[str, str] | None = None,
-                 settle: float = SETTLE_S) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        kills: int,
+        seed: int | None = None,
+        parallel: int = 3,
+        per_db: int = 100,
+        race: float = 0.2,
+        max_attempts: int = 10,
+        say: Callable[[str], None] | None = None,
+        faults: dict[str, int] | None = None,
+        catalog: bool = True,
+        sabotage: dict[str, str] | None = None,
+        settle: float = SETTLE_S,
+    ) -> None:
         """``faults``: how many faults of each kind of FAULT_KINDS to inject besides the SIGKILLs
         (kinds this machine cannot inject are skipped and listed in the report); ``catalog``:
         kill at every chosen moment once first; ``sabotage``: kind -> a deliberate bug the
@@ -1655,17 +1815,36 @@ class KillHarness:
 
     def _catalog(self) -> list[Plan]:
         """Every chosen moment once (in random order), before random plans take over."""
-        plans = [Plan("trip", self.rng.uniform(0, 0.003), op, when,
-                      nth=self.rng.randint(1, 3) if op in ("flush", "put_checkpoint") else 1)
-                 for op in TRIP_OPS for when in ("pre", "post")]
-        plans += [Plan("point", self.rng.uniform(0, 0.02), point=p) for p in
-                  ("body", "step:s1", "item:2", "return")]
+        plans = [
+            Plan(
+                "trip",
+                self.rng.uniform(0, 0.003),
+                op,
+                when,
+                nth=self.rng.randint(1, 3) if op in ("flush", "put_checkpoint") else 1,
+            )
+            for op in TRIP_OPS
+            for when in ("pre", "post")
+        ]
+        plans += [
+            Plan("point", self.rng.uniform(0, 0.02), point=p) for p in ("body", "step:s1", "item:2", "return")
+        ]
         plans += [Plan("random", self.rng.uniform(0.0, 0.05))]  # while opening / starting
-        plans += [Plan("trip", self.rng.uniform(0, 0.003), "new_attempt", when, via="resume")
-                  for when in ("pre", "post")]  # Run.resume()
-        plans += [Plan("trip", self.rng.uniform(0, 0.003), "interrupt_own", when,  # at exit
-                       exit=exit_, linger=self.rng.uniform(0, 0.3))
-                  for when, exit_ in (("pre", "sysexit"), ("post", "raise"))]
+        plans += [
+            Plan("trip", self.rng.uniform(0, 0.003), "new_attempt", when, via="resume")
+            for when in ("pre", "post")
+        ]  # Run.resume()
+        plans += [
+            Plan(
+                "trip",
+                self.rng.uniform(0, 0.003),
+                "interrupt_own",
+                when,  # at exit
+                exit=exit_,
+                linger=self.rng.uniform(0, 0.3),
+            )
+            for when, exit_ in (("pre", "sysexit"), ("post", "raise"))
+        ]
         self.rng.shuffle(plans)
         return plans
 
@@ -1711,8 +1890,7 @@ class KillHarness:
                 nth = self.rng.randint(1, lineage.params["n_steps"])
             elif op == "put_checkpoints":
                 nth = self.rng.randint(1, 3)
-            return Plan("trip", self.rng.uniform(0, 0.003), op, self.rng.choice(["pre", "post"]),
-                        nth)
+            return Plan("trip", self.rng.uniform(0, 0.003), op, self.rng.choice(["pre", "post"]), nth)
         if r < 0.92:
             p = self.rng.choice(POINTS)
             if p == "step":
@@ -1726,9 +1904,14 @@ class KillHarness:
         self.lineage_no += 1
         rng = self.rng
         journal = epoch_dir / f"journal-{self.lineage_no}.txt"
-        params = {"journal": str(journal), "n_steps": rng.randint(2, 5),
-                  "n_items": rng.randint(3, 10), "logs": rng.randint(5, 40),
-                  "burst": rng.randint(20, 400), "pace": rng.choice([0.001, 0.002, 0.004])}
+        params = {
+            "journal": str(journal),
+            "n_steps": rng.randint(2, 5),
+            "n_items": rng.randint(3, 10),
+            "logs": rng.randint(5, 40),
+            "burst": rng.randint(20, 400),
+            "pace": rng.choice([0.001, 0.002, 0.004]),
+        }
         self.report.lineages += 1
         return Lineage(self.lineage_no, journal, params)
 
@@ -1742,11 +1925,12 @@ class KillHarness:
                 if self.report.rounds > 100 + 5 * (self.target + sum(self.targets.values())):
                     self.report.violations.append(  # e.g. every start() fails before a SIGINT
                         f"gave up after {self.report.rounds} rounds: faults left to inject "
-                        f"{ {k: self._left(k) for k in self.targets if self._left(k) > 0} }")
+                        f"{ {k: self._left(k) for k in self.targets if self._left(k) > 0} }"
+                    )
                     break
                 disk = self._left("disk") > 0 and (
-                    not self._want_more(disk=False)
-                    or (self.report.epochs > 0 and self.rng.random() < 0.35))
+                    not self._want_more(disk=False) or (self.report.epochs > 0 and self.rng.random() < 0.35)
+                )
                 self._epoch(disk)
         finally:
             self.pool.close()
@@ -1760,8 +1944,7 @@ class KillHarness:
 
     def _want_more(self, *, disk: bool) -> bool:
         kinds = [k for k in self.targets if disk or k != "disk"]
-        return self.report.kills < self.target or bool(self.catalog) or any(
-            self._left(k) > 0 for k in kinds)
+        return self.report.kills < self.target or bool(self.catalog) or any(self._left(k) > 0 for k in kinds)
 
     def _epoch(self, disk: bool = False) -> None:
         self.report.epochs += 1
@@ -1770,8 +1953,12 @@ class KillHarness:
         if disk:  # the database on a small tmpfs that a filler fills and frees in every round
             self.mount = epoch_dir / "tmpfs"
             self.mount.mkdir()
-            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m,mode=0755", "tmpfs",
-                            str(self.mount)], check=True, capture_output=True, timeout=60)
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m,mode=0755", "tmpfs", str(self.mount)],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
             self.mounts.append(self.mount)
         db = (self.mount or epoch_dir) / "runs.db"  # created by the first child (maybe killed)
         checker = Checker(db, typed_failures=disk)
@@ -1793,8 +1980,9 @@ class KillHarness:
                 if disk:
                     over = self._left("disk") <= 0 or rounds >= DISK_ROUNDS
                 else:
-                    over = not self.catalog and (self.report.kills >= kills0 + self.per_db
-                                                 or not self._want_more(disk=False))
+                    over = not self.catalog and (
+                        self.report.kills >= kills0 + self.per_db or not self._want_more(disk=False)
+                    )
                 last = over or self.report.kills >= goal
                 mode = self.rng.choice(RECOVERY_MODES)
                 if deferred or last:
@@ -1810,11 +1998,13 @@ class KillHarness:
                     if lin.done or lin.children >= self.max_attempts:
                         lineages[i] = self.new_lineage(epoch_dir)
                 faults = sum(self.report.faults.values())
-                self.say(f"round {self.report.rounds}: kills {self.report.kills} (+"
-                         f"{self.report.kills - before}), "
-                         + (f"faults {faults} ({' '.join(kinds)}), " if self.targets else "")
-                         + f"recovery {mode}, checks {self.report.checks + checker.checks}, "
-                         f"violations {len(self.report.violations) + len(checker.violations)}")
+                self.say(
+                    f"round {self.report.rounds}: kills {self.report.kills} (+"
+                    f"{self.report.kills - before}), "
+                    + (f"faults {faults} ({' '.join(kinds)}), " if self.targets else "")
+                    + f"recovery {mode}, checks {self.report.checks + checker.checks}, "
+                    f"violations {len(self.report.violations) + len(checker.violations)}"
+                )
                 if over:
                     break
             self._finish_epoch(db, checker, journals)
@@ -1863,25 +2053,38 @@ class KillHarness:
         rep.reexecuted += checker.reexecuted
         rep.skipped += checker.skipped
 
-    def _round(self, db: Path, checker: Checker, lineages: list[Lineage],
-               kinds: list[str] | None = None, epoch_dir: Path | None = None, no: int = 0
-               ) -> list[FaultRun]:
+    def _round(
+        self,
+        db: Path,
+        checker: Checker,
+        lineages: list[Lineage],
+        kinds: list[str] | None = None,
+        epoch_dir: Path | None = None,
+        no: int = 0,
+    ) -> list[FaultRun]:
         """One round: the lineages' children (killed by their plans) and an episode of each fault
         kind in ``kinds``. Returns the lingering episodes (ended after the round's recovery)."""
         assert self.pool is not None
         epoch_dir = epoch_dir or db.parent
-        faults = [self._start_fault(k, db, epoch_dir) for k in sorted(
-            kinds or [], key=lambda k: k != "pidns") if k != "disk"]  # pidns: a cold child first
+        faults = [
+            self._start_fault(k, db, epoch_dir)
+            for k in sorted(kinds or [], key=lambda k: k != "pidns")
+            if k != "disk"
+        ]  # pidns: a cold child first
         filler = None
         settle = None
         if "disk" in (kinds or []) and self.mount is not None:
             free = epoch_dir / f"free-{no}"
             settle = {"free": str(free), "after": self.settle}
             watch = self.rng.random() < 0.5  # fill as a body returns: its end meets a full disk
-            filler = DiskFiller(self.mount, free, self.rng.uniform(0, 3.0 if watch else 0.25),
-                                self.rng.uniform(0.05, 1.2),
-                                lambda: any(c.proc.poll() is None for c in self.alive),
-                                self.disk_full)
+            filler = DiskFiller(
+                self.mount,
+                free,
+                self.rng.uniform(0, 3.0 if watch else 0.25),
+                self.rng.uniform(0.05, 1.2),
+                lambda: any(c.proc.poll() is None for c in self.alive),
+                self.disk_full,
+            )
         running: list[tuple[Child, Lineage | None, Plan]] = []
         catalogued: list[tuple[Child, Plan]] = []
         for lin in lineages:
@@ -1892,8 +2095,9 @@ class KillHarness:
                 plan, listed = self._plan(lin, racer=copy > 0)
                 if filler is not None and watch and filler.trigger is None:
                     # the disk fills as the run ends, or between its creation and its claim
-                    plan = self.rng.choice([Plan("watch", point="return"),
-                                            Plan("watch", op="start", when="post")])
+                    plan = self.rng.choice(
+                        [Plan("watch", point="return"), Plan("watch", op="start", when="post")]
+                    )
                     listed = False
                 child = self._send_run(db, lin, plan, settle)
                 if plan.kind == "watch" and filler is not None:
@@ -1928,16 +2132,25 @@ class KillHarness:
                     self.report.unfired.append(plan.label)
         return [f for f in faults if f.lingering]
 
-    def _send_run(self, db: Path, lin: Lineage, plan: Plan,
-                  settle: dict[str, Any] | None = None) -> Child:
+    def _send_run(self, db: Path, lin: Lineage, plan: Plan, settle: dict[str, Any] | None = None) -> Child:
         assert self.pool is not None
         child = self.pool.take()
         lin.children += 1
         cfg = {"max_auto_resumes": 10_000, "flush_interval": self.rng.choice([0.25, 0.25, 0.05])}
-        child.send({"action": "run", "db": str(db), "params": lin.params, "configure": cfg,
-                    "arm": plan.arm(child.signal), "exit": plan.exit, "linger": plan.linger,
-                    "via": plan.via, "settle": settle,
-                    "sabotage": self.sabotage.get("disk") if settle else None})
+        child.send(
+            {
+                "action": "run",
+                "db": str(db),
+                "params": lin.params,
+                "configure": cfg,
+                "arm": plan.arm(child.signal),
+                "exit": plan.exit,
+                "linger": plan.linger,
+                "via": plan.via,
+                "settle": settle,
+                "sabotage": self.sabotage.get("disk") if settle else None,
+            }
+        )
         if plan.kind == "random":
             child.kill_at = child.sent_at + plan.delay
         return child
@@ -1955,8 +2168,7 @@ class KillHarness:
         if self.pool is not None:
             self.pool.close()
 
-    def _drive(self, db: Path, checker: Checker,
-               running: list[tuple[Child, Lineage | None, Plan]]) -> None:
+    def _drive(self, db: Path, checker: Checker, running: list[tuple[Child, Lineage | None, Plan]]) -> None:
         """Kill the children by their plans; wait for all of them to end."""
         pending = list(running)
         next_sample = 0.0
@@ -1979,8 +2191,10 @@ class KillHarness:
                         self.report.kills += 1
                         self.report.kills_by[plan.label] += 1
                 elif now - child.sent_at > SAFETY_S:
-                    checker.ok(False, f"child {child.pid} ({plan.label}) hung for {SAFETY_S} s: "
-                                      f"{child.stderr()[-2000:]}")
+                    checker.ok(
+                        False,
+                        f"child {child.pid} ({plan.label}) hung for {SAFETY_S} s: {child.stderr()[-2000:]}",
+                    )
                     child.kill()
                     pending.remove(entry)
             if now >= next_sample:
@@ -2006,15 +2220,15 @@ class KillHarness:
             if self.mount is None:
                 raise
 
-    def _judge_run_child(self, db: Path, checker: Checker, child: Child, lin: Lineage,
-                         plan: Plan) -> None:
+    def _judge_run_child(self, db: Path, checker: Checker, child: Child, lin: Lineage, plan: Plan) -> None:
         if child.was_killed:
             return
         if plan.exit:
             self._judge_exit(db, checker, child, lin, plan)
             return
-        ok = checker.ok(child.rc == 0, f"child {child.pid} (not killed) exited {child.rc}: "
-                                       f"{child.stderr()[-3000:]}")
+        ok = checker.ok(
+            child.rc == 0, f"child {child.pid} (not killed) exited {child.rc}: {child.stderr()[-3000:]}"
+        )
         ends = [o for o in child.out if isinstance(o, dict) and "status" in o]
         if not ok or not ends:
             checker.ok(bool(ends), f"child {child.pid} printed no end status: {child.out}")
@@ -2026,17 +2240,20 @@ class KillHarness:
             checker.ok(False, f"child {child.pid}: run {end['id']} not in the database")
             return
         if run.owner_pid == child.pid:  # its own run: a live owner's run always ends succeeded
-            checker.ok(run.status == "succeeded",
-                       f"run {run.id} of live child {child.pid} ended {run.status}: {run.error}")
+            checker.ok(
+                run.status == "succeeded",
+                f"run {run.id} of live child {child.pid} ended {run.status}: {run.error}",
+            )
         if run.status == "succeeded":
             lin.done = True
 
-    def _judge_exit(self, db: Path, checker: Checker, child: Child, lin: Lineage,
-                    plan: Plan) -> None:
+    def _judge_exit(self, db: Path, checker: Checker, child: Child, lin: Lineage, plan: Plan) -> None:
         """A child that left with its run in flight marked the run interrupted itself."""
         code = {"return": 0, "sysexit": 3, "raise": 1}[plan.exit]
-        checker.ok(child.rc == code, f"child {child.pid} ({plan.exit}) exited {child.rc}, not "
-                                     f"{code}: {child.stderr()[-3000:]}")
+        checker.ok(
+            child.rc == code,
+            f"child {child.pid} ({plan.exit}) exited {child.rc}, not {code}: {child.stderr()[-3000:]}",
+        )
         ids = [o["id"] for o in child.out if isinstance(o, dict) and "exit" in o]
         if not checker.ok(bool(ids), f"child {child.pid} ({plan.exit}) never left: {child.out}"):
             return
@@ -2045,10 +2262,12 @@ class KillHarness:
             return  # it attached to another process's run: nothing of its own to mark
         reason = json.loads(run.error or "{}").get("message", "")
         self.report.exits[f"{plan.exit}: {run.status}"] += 1
-        checker.ok(run.status == "succeeded" or (
-            run.status == "interrupted" and "exited before the run ended" in reason),
+        checker.ok(
+            run.status == "succeeded"
+            or (run.status == "interrupted" and "exited before the run ended" in reason),
             f"run {run.id}: its owner {child.pid} left ({plan.exit}) and the run is "
-            f"{run.status} ({reason!r}), not interrupted by its own exit")
+            f"{run.status} ({reason!r}), not interrupted by its own exit",
+        )
         if run.status == "succeeded":
             lin.done = True
 
@@ -2075,31 +2294,49 @@ class KillHarness:
         rng = self.rng
         self.fault_no += 1
         token = f"{kind}-{self.fault_no}"
-        spec: dict[str, Any] = {"db": str(db), "seed": rng.randrange(1 << 30),
-                                "configure": {"flush_interval": rng.choice([0.25, 0.05])},
-                                "base": self.fault_no * 1_000_000, "settle": self.settle}
+        spec: dict[str, Any] = {
+            "db": str(db),
+            "seed": rng.randrange(1 << 30),
+            "configure": {"flush_interval": rng.choice([0.25, 0.05])},
+            "base": self.fault_no * 1_000_000,
+            "settle": self.settle,
+        }
         stop = epoch_dir / f"{token}.stop" if kind in ("sqlite", "pidns") else None
         if kind == "sigint":
-            spec |= {"action": "storm", "landings": int(max(1, min(self._left(kind),
-                                                                    rng.randint(10, 30)))),
-                     # mean gaps of 2 to 15 ms: many start() calls end untouched, the others
-                     # are hit anywhere in them
-                     "gap": rng.choice([0.004, 0.01, 0.03]), "hog": rng.random() < 0.75}
+            spec |= {
+                "action": "storm",
+                "landings": int(max(1, min(self._left(kind), rng.randint(10, 30)))),
+                # mean gaps of 2 to 15 ms: many start() calls end untouched, the others
+                # are hit anywhere in them
+                "gap": rng.choice([0.004, 0.01, 0.03]),
+                "hog": rng.random() < 0.75,
+            }
         elif kind == "fork":
             forks = []
             for i in range(int(max(1, min(self._left(kind), rng.randint(2, 5))))):
                 if not self.hows:  # every variant once per cycle, in random order
                     self.hows = rng.sample(FORK_HOWS, len(FORK_HOWS))
-                forks.append({"token": f"{token}.{i}", "how": self.hows.pop(),
-                              "before": rng.randint(1, 5), "after": rng.randint(0, 3),
-                              "flush": rng.random() < 0.3})
+                forks.append(
+                    {
+                        "token": f"{token}.{i}",
+                        "how": self.hows.pop(),
+                        "before": rng.randint(1, 5),
+                        "after": rng.randint(0, 3),
+                        "flush": rng.random() < 0.3,
+                    }
+                )
             spec |= {"action": "forks", "forks": forks}
         elif kind == "sqlite":
             spec |= {"action": "hold", "stop": str(stop), "mode": rng.choice(["rw", "rw", "ro"])}
         elif kind == "pidns":
             shell = rng.random() < 0.3  # python is pid 2 there (under a shell), else pid 1
-            spec |= {"action": "linger", "token": token, "stop": str(stop),
-                     "sweep": rng.random() < 0.7, "shell": shell}
+            spec |= {
+                "action": "linger",
+                "token": token,
+                "stop": str(stop),
+                "sweep": rng.random() < 0.7,
+                "shell": shell,
+            }
         if kind in self.sabotage and kind != "pidns":  # pidns: sabotages the outside pass
             spec["sabotage"] = self.sabotage[kind]
         spec["signal"] = ""  # set below, once the child (and its signal file) is known
@@ -2129,8 +2366,11 @@ class KillHarness:
         for f in lingering:
             if f.kind == "pidns":
                 deadline = time.monotonic() + 30
-                while not f.child.signal.exists() and f.child.proc.poll() is None and (
-                        time.monotonic() < deadline):
+                while (
+                    not f.child.signal.exists()
+                    and f.child.proc.poll() is None
+                    and (time.monotonic() < deadline)
+                ):
                     time.sleep(0.005)  # its run has started
                 mode = self.rng.choice(["gc", "ls", "get_run"])
                 key = linger.key_for(linger.bind(token=f.spec["token"], stop=f.spec["stop"]))
@@ -2147,12 +2387,12 @@ class KillHarness:
             self.pending[f.kind] -= 1
             self._judge_fault(db, checker, f)
 
-    def _outside_pass(self, db: Path, checker: Checker, mode: str, ids: list[str],
-                      sabotage: str | None = None) -> None:
+    def _outside_pass(
+        self, db: Path, checker: Checker, mode: str, ids: list[str], sabotage: str | None = None
+    ) -> None:
         assert self.pool is not None
         child = self.pool.take()
-        child.send({"action": "recover", "mode": mode, "db": str(db), "ids": ids,
-                    "sabotage": sabotage})
+        child.send({"action": "recover", "mode": mode, "db": str(db), "ids": ids, "sabotage": sabotage})
         self._drive(db, checker, [(child, None, Plan("none"))])
         checker.ok(child.rc == 0, f"recovery {mode} exited {child.rc}: {child.stderr()[-3000:]}")
 
@@ -2160,14 +2400,17 @@ class KillHarness:
         child, kind = f.child, f.kind
         detail = self.report.fault_detail[kind]
         stderr = child.stderr()
-        if not checker.ok(child.rc == 0, f"[{kind}/exit] child {child.pid} ({kind}) exited "
-                                         f"{child.rc}: {stderr[-3000:]}"):
+        if not checker.ok(
+            child.rc == 0, f"[{kind}/exit] child {child.pid} ({kind}) exited {child.rc}: {stderr[-3000:]}"
+        ):
             return
         if kind != "fork":  # a fork child may print its own traceback (raise): that is Python's
-            bad = [ln for ln in stderr.splitlines()
-                   if "Traceback" in ln or "Exception ignored" in ln or "Fatal Python" in ln]
-            checker.ok(not bad, f"[{kind}/stderr] child {child.pid} ({kind}) wrote errors: "
-                                f"{stderr[-2000:]}")
+            bad = [
+                ln
+                for ln in stderr.splitlines()
+                if "Traceback" in ln or "Exception ignored" in ln or "Fatal Python" in ln
+            ]
+            checker.ok(not bad, f"[{kind}/stderr] child {child.pid} ({kind}) wrote errors: {stderr[-2000:]}")
         outs = [o for o in child.out if isinstance(o, dict)]
         for o in outs:
             for v in o.get("violations", []):
@@ -2205,9 +2448,12 @@ class KillHarness:
             detail["runs of the holder"] += hold["runs"]
             runs = run_rows(db, "pipeline = ?", (quick.name,))
             gone = [i for i in hold["ids"] if i not in runs or runs[i].status != "succeeded"]
-            checker.ok(not gone, f"[sqlite/lost] {len(gone)} runs that succeeded in child "
-                                 f"{child.pid} (holding a connection) are missing or changed in "
-                                 f"the database, e.g. {gone[:1]}")
+            checker.ok(
+                not gone,
+                f"[sqlite/lost] {len(gone)} runs that succeeded in child "
+                f"{child.pid} (holding a connection) are missing or changed in "
+                f"the database, e.g. {gone[:1]}",
+            )
         elif kind == "pidns":
             ends = [o for o in outs if "status" in o]
             start = next((o for o in outs if "ns_pid" in o), {})
@@ -2219,11 +2465,12 @@ class KillHarness:
             detail["sweeps from inside"] += end["passes"]
             run = run_rows(db, "id = ?", (end["id"],)).get(end["id"])
             reason = json.loads(run.error or "{}").get("message") if run else None
-            checker.ok(end["status"] == "succeeded" and run is not None
-                       and run.status == "succeeded",
-                       f"[pidns/interrupted] run {end['id']} of a live process in another pid "
-                       f"namespace (pid {start.get('ns_pid')} there) ended {end['status']}: "
-                       f"{reason}")
+            checker.ok(
+                end["status"] == "succeeded" and run is not None and run.status == "succeeded",
+                f"[pidns/interrupted] run {end['id']} of a live process in another pid "
+                f"namespace (pid {start.get('ns_pid')} there) ended {end['status']}: "
+                f"{reason}",
+            )
             for err in end["errors"]:
                 checker.ok(False, f"[pidns/error] child {child.pid}: {err}")
 
@@ -2247,9 +2494,11 @@ class KillHarness:
         if child.rc != 0:
             last = next((ln for ln in reversed(child.stderr().splitlines()) if ln.strip()), "")
             typed = re.match(r"tether\.errors\.(\w+): ", last)
-            if checker.ok(bool(typed and _typed(typed.group(1))),
-                          f"[disk/untyped] child {child.pid} exited {child.rc} with an error that "
-                          f"is not one of tether's: {child.stderr()[-2000:]}"):
+            if checker.ok(
+                bool(typed and _typed(typed.group(1))),
+                f"[disk/untyped] child {child.pid} exited {child.rc} with an error that "
+                f"is not one of tether's: {child.stderr()[-2000:]}",
+            ):
                 detail["typed errors that reached a process"] += 1
             return
         ends = [o for o in child.out if isinstance(o, dict) and o.get("final")]
@@ -2258,9 +2507,11 @@ class KillHarness:
         end = ends[-1]
         if end["raised"]:
             detail["typed errors that reached a process"] += 1
-        checker.ok(end["status"] not in ("pending", "running"),
-                   f"[disk/stuck] run {end['id']} of live child {child.pid} still {end['status']} "
-                   f"{end['after_free']} s after the disk had space again ({end['raised']})")
+        checker.ok(
+            end["status"] not in ("pending", "running"),
+            f"[disk/stuck] run {end['id']} of live child {child.pid} still {end['status']} "
+            f"{end['after_free']} s after the disk had space again ({end['raised']})",
+        )
         run = read_view(db, {work.key_for(work.bind(**lin.params))}).runs.get(end["id"])
         if run is not None and run.status == "succeeded":
             lin.done = True
@@ -2272,24 +2523,32 @@ class KillHarness:
         if mode == "start":
             return  # the next round's start(policy="resume") recovers
         if mode == "gc-cli":
-            out = subprocess.run([sys.executable, "-m", "tether.cli", "gc", "--db", str(db)],
-                                 env=child_env(), capture_output=True, text=True,
-                                 timeout=SAFETY_S, cwd=self.workdir)
+            out = subprocess.run(
+                [sys.executable, "-m", "tether.cli", "gc", "--db", str(db)],
+                env=child_env(),
+                capture_output=True,
+                text=True,
+                timeout=SAFETY_S,
+                cwd=self.workdir,
+            )
             checker.ok(out.returncode == 0, f"tether gc exited {out.returncode}: {out.stderr}")
             for holder in self.holders:
                 holder.exits += 1
             return
         # the lineages' runs (a fault's lingering run is live: `tether cancel` would end it)
-        ids = [r.id for r in run_rows(db, "status IN ('pending', 'running') AND pipeline = ?",
-                                      (work.name,)).values()]
+        ids = [
+            r.id
+            for r in run_rows(db, "status IN ('pending', 'running') AND pipeline = ?", (work.name,)).values()
+        ]
         self.report.orphans[mode] += len(ids)
         plan = Plan("none")
         if self.rng.random() < 0.2 and ids:
             op = "request_cancel" if mode == "cancel" else "recover"
             plan = Plan("trip", self.rng.uniform(0, 0.003), op, "pre")
         child = self.pool.take()
-        child.send({"action": "recover", "mode": mode, "db": str(db), "ids": ids,
-                    "arm": plan.arm(child.signal)})
+        child.send(
+            {"action": "recover", "mode": mode, "db": str(db), "ids": ids, "arm": plan.arm(child.signal)}
+        )
         self._drive(db, checker, [(child, None, plan)])
         if child.was_killed:
             self.report.recoveries["killed, then gc"] += 1
@@ -2347,13 +2606,21 @@ def starter(spec_json: str) -> None:
             h.wait(timeout=SAFETY_S)
         except Exception as exc:
             errors.append(f"wait({h.id}): {type(exc).__name__}: {exc}")
-    _out({"errors": errors, "created": len(own), "attached": attached, "seconds": started,
-          "p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99), "max": max(lat),
-          "runner_errors": runner.get(tether.config.store()).errors})
+    _out(
+        {
+            "errors": errors,
+            "created": len(own),
+            "attached": attached,
+            "seconds": started,
+            "p50": _pct(lat, 0.5),
+            "p99": _pct(lat, 0.99),
+            "max": max(lat),
+            "runner_errors": runner.get(tether.config.store()).errors,
+        }
+    )
 
 
-def start_race(workdir: Path, procs: int = 16, keys: int = 200, hold: float = 0.2
-               ) -> dict[str, Any]:
+def start_race(workdir: Path, procs: int = 16, keys: int = 200, hold: float = 0.2) -> dict[str, Any]:
     """``procs`` processes start the same ``keys`` keys at once on a new database (each process in
     its own order); each run stays active ``hold`` s, so most calls attach to an active run."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -2362,13 +2629,28 @@ def start_race(workdir: Path, procs: int = 16, keys: int = 200, hold: float = 0.
     env = child_env()
     children = []
     for i in range(procs):
-        spec = {"db": str(db), "keys": keys, "seed": i, "ready": str(workdir / f"ready-{i}"),
-                "go": str(go), "hold": hold}
-        code = ("import sys; sys.path.insert(0, sys.argv[1]); "
-                "from reliability.harness import starter; starter(sys.argv[2])")
-        children.append(subprocess.Popen([sys.executable, "-c", code, str(TESTS), json.dumps(spec)],
-                                         env=env, cwd=workdir, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True))
+        spec = {
+            "db": str(db),
+            "keys": keys,
+            "seed": i,
+            "ready": str(workdir / f"ready-{i}"),
+            "go": str(go),
+            "hold": hold,
+        }
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[1]); "
+            "from reliability.harness import starter; starter(sys.argv[2])"
+        )
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(TESTS), json.dumps(spec)],
+                env=env,
+                cwd=workdir,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         for i in range(procs):
             _wait_file(str(workdir / f"ready-{i}"))
@@ -2395,8 +2677,9 @@ def start_race(workdir: Path, procs: int = 16, keys: int = 200, hold: float = 0.
     conn = connect(db)
     assert conn is not None
     try:
-        rows = conn.execute("SELECT key, count(*), min(attempt), max(status), min(status) "
-                            "FROM runs GROUP BY key").fetchall()
+        rows = conn.execute(
+            "SELECT key, count(*), min(attempt), max(status), min(status) FROM runs GROUP BY key"
+        ).fetchall()
         bad_seq = conn.execute(
             "SELECT r.id FROM runs r JOIN (SELECT run_id, count(*) n, max(seq) m FROM events "
             "GROUP BY run_id) e ON e.run_id = r.id WHERE e.n != r.last_seq OR e.m != r.last_seq"
@@ -2405,8 +2688,12 @@ def start_race(workdir: Path, procs: int = 16, keys: int = 200, hold: float = 0.
     finally:
         conn.close()
     return {
-        "procs": procs, "keys": keys, "wall": wall, "errors": errors,
-        "runs": sum(r[1] for r in rows), "keys_with_runs": len(rows),
+        "procs": procs,
+        "keys": keys,
+        "wall": wall,
+        "errors": errors,
+        "runs": sum(r[1] for r in rows),
+        "keys_with_runs": len(rows),
         "keys_with_more_than_one_run": [r[0] for r in rows if r[1] != 1],
         "not_succeeded": [r[0] for r in rows if r[3] != "succeeded" or r[4] != "succeeded"],
         "created": sum(r["created"] for r in reports),
@@ -2414,7 +2701,8 @@ def start_race(workdir: Path, procs: int = 16, keys: int = 200, hold: float = 0.
         "start_p50": _pct([r["p50"] for r in reports], 0.5),
         "start_p99_worst": max((r["p99"] for r in reports), default=float("nan")),
         "start_max": max((r["max"] for r in reports), default=float("nan")),
-        "bad_seq": bad_seq, "integrity": check,
+        "bad_seq": bad_seq,
+        "integrity": check,
     }
 
 
@@ -2486,13 +2774,29 @@ def reader_proc(spec_json: str) -> None:
         calls.append(time.perf_counter() - t)
     if not done:
         errors.append(f"{role}: did not see every run end within {SAFETY_S} s")
-    _out({"role": role, "errors": errors, "lat": lat, "calls": len(calls),
-          "call_p50": _pct(calls, 0.5), "call_p99": _pct(calls, 0.99), "logs": logs})
+    _out(
+        {
+            "role": role,
+            "errors": errors,
+            "lat": lat,
+            "calls": len(calls),
+            "call_p50": _pct(calls, 0.5),
+            "call_p99": _pct(calls, 0.99),
+            "logs": logs,
+        }
+    )
 
 
-def readers_writers(workdir: Path, runs: int = 8, writer_procs: int = 4, lines: int = 400,
-                    pace: float = 0.005, pollers: int = 2, dashboard: bool = True, cli: bool = True
-                    ) -> dict[str, Any]:
+def readers_writers(
+    workdir: Path,
+    runs: int = 8,
+    writer_procs: int = 4,
+    lines: int = 400,
+    pace: float = 0.005,
+    pollers: int = 2,
+    dashboard: bool = True,
+    cli: bool = True,
+) -> dict[str, Any]:
     """``runs`` runs (in ``writer_procs`` processes) log ``lines`` lines each while ``pollers``
     poller processes, a dashboard process and a ``tether ls`` loop read the database (readers
     off: the baseline of the writers' figures)."""
@@ -2508,11 +2812,23 @@ def readers_writers(workdir: Path, runs: int = 8, writer_procs: int = 4, lines: 
     def spawn(fn: str, spec: dict[str, Any]) -> None:
         n = len(procs)
         spec |= {"db": str(db), "ready": str(workdir / f"ready-{n}"), "go": str(go)}
-        code = (f"import sys; sys.path.insert(0, sys.argv[1]); "
-                f"from reliability.harness import {fn}; {fn}(sys.argv[2])")
-        procs.append((fn, subprocess.Popen([sys.executable, "-c", code, str(TESTS), json.dumps(spec)],
-                                           env=env, cwd=workdir, stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True)))
+        code = (
+            f"import sys; sys.path.insert(0, sys.argv[1]); "
+            f"from reliability.harness import {fn}; {fn}(sys.argv[2])"
+        )
+        procs.append(
+            (
+                fn,
+                subprocess.Popen(
+                    [sys.executable, "-c", code, str(TESTS), json.dumps(spec)],
+                    env=env,
+                    cwd=workdir,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+            )
+        )
 
     ws = list(range(runs))
     for i in range(writer_procs):
@@ -2530,8 +2846,9 @@ def readers_writers(workdir: Path, runs: int = 8, writer_procs: int = 4, lines: 
     def cli_loop() -> None:
         while not stop.is_set():
             t = time.perf_counter()
-            out = subprocess.run([*ls, "ls", "--db", str(db)], capture_output=True, text=True,
-                                 env=env, timeout=SAFETY_S)
+            out = subprocess.run(
+                [*ls, "ls", "--db", str(db)], capture_output=True, text=True, env=env, timeout=SAFETY_S
+            )
             cli_times.append(time.perf_counter() - t)
             if out.returncode != 0 or out.stderr:
                 cli_errors.append(f"tether ls exited {out.returncode}: {out.stderr[-2000:]}")
@@ -2589,15 +2906,25 @@ def readers_writers(workdir: Path, runs: int = 8, writer_procs: int = 4, lines: 
     finally:
         store.close()
     return {
-        "runs": len(recs), "statuses": collections.Counter(str(r.status) for r in recs),
-        "lines": lines, "stored_logs": stored, "reader_logs": reader_logs, "bad_seq": bad_seq,
-        "errors": errors, "wall": wall,
-        "flushes": len(flush), "flush_p50": _pct(flush, 0.5), "flush_p99": _pct(flush, 0.99),
+        "runs": len(recs),
+        "statuses": collections.Counter(str(r.status) for r in recs),
+        "lines": lines,
+        "stored_logs": stored,
+        "reader_logs": reader_logs,
+        "bad_seq": bad_seq,
+        "errors": errors,
+        "wall": wall,
+        "flushes": len(flush),
+        "flush_p50": _pct(flush, 0.5),
+        "flush_p99": _pct(flush, 0.99),
         "flush_max": max(flush, default=float("nan")),
-        "visible_p50": _pct(lat, 0.5), "visible_p99": _pct(lat, 0.99),
-        "visible_max": max(lat, default=float("nan")), "visible_n": len(lat),
+        "visible_p50": _pct(lat, 0.5),
+        "visible_p99": _pct(lat, 0.99),
+        "visible_max": max(lat, default=float("nan")),
+        "visible_n": len(lat),
         "poll_call_p99": max(calls["poller"], default=float("nan")),
         "dashboard_call_p99": max(calls["dashboard"], default=float("nan")),
-        "cli_runs": len(cli_times), "cli_median": statistics.median(cli_times) if cli_times else 0,
+        "cli_runs": len(cli_times),
+        "cli_median": statistics.median(cli_times) if cli_times else 0,
         "integrity": integrity(db),
     }

@@ -52,23 +52,52 @@ FUZZ = settings(
     deadline=None,
     database=None,
     derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.data_too_large, HealthCheck.large_base_example],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
 )
 RESERVED = ("key", "policy", "detach", "ctx")  # names start() (or the signature) takes itself
 
 # -- strategies -----------------------------------------------------------------------------------
 
 # characters a user's data really contains now and then, made frequent
-ODD = ["\x00", "\ud800", "\udcff", "\udfff", "\ud83d", "%", "%s", "%%", "%(x)s", "%c", "\u202e",
-       "\ufeff", "\U0001f600", "\n", "\r", "'", '"', "\\", "\x1b", "\u2028", "\uffff", "\U0010ffff"]
+ODD = [
+    "\x00",
+    "\ud800",
+    "\udcff",
+    "\udfff",
+    "\ud83d",
+    "%",
+    "%s",
+    "%%",
+    "%(x)s",
+    "%c",
+    "\u202e",
+    "\ufeff",
+    "\U0001f600",
+    "\n",
+    "\r",
+    "'",
+    '"',
+    "\\",
+    "\x1b",
+    "\u2028",
+    "\uffff",
+    "\U0010ffff",
+]
 PIECES = st.lists(st.one_of(st.characters(exclude_categories=()), st.sampled_from(ODD)), max_size=16)
 # any code point, lone surrogates included; but a high surrogate directly followed by a low one is
 # split apart here: that pair has its own (failing) test, test_adjacent_lone_surrogates_round_trip
 TEXT = PIECES.map(lambda parts: re.sub("([\ud800-\udbff])(?=[\udc00-\udfff])", "\\1.", "".join(parts)))
 UTF8_TEXT = TEXT.map(lambda s: "".join(c for c in s if not 0xD800 <= ord(c) <= 0xDFFF))
-INTS = st.one_of(st.integers(), st.integers(-(10**300), 10**300),
-                 st.sampled_from([2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 10**4299]))
+INTS = st.one_of(
+    st.integers(),
+    st.integers(-(10**300), 10**300),
+    st.sampled_from([2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 10**4299]),
+)
 FLOATS = st.floats(allow_nan=False, allow_infinity=False)
 JSON = st.recursive(
     st.none() | st.booleans() | INTS | FLOATS | TEXT,
@@ -84,8 +113,20 @@ class _Opaque:
 
 # values JSON cannot hold (params refuse them; results store all but _Opaque, see docs/values.md);
 # non-str dict keys are kept apart (test_result_with_non_str_keys_is_kept_or_refused)
-NOT_JSON_LEAVES = [math.nan, math.inf, -math.inf, b"bytes", {1, 2}, frozenset(), _Opaque(), 1 + 2j,
-                   Decimal("1.5"), Path("p"), {("t",): "tuple key"}, range(3)]
+NOT_JSON_LEAVES = [
+    math.nan,
+    math.inf,
+    -math.inf,
+    b"bytes",
+    {1, 2},
+    frozenset(),
+    _Opaque(),
+    1 + 2j,
+    Decimal("1.5"),
+    Path("p"),
+    {("t",): "tuple key"},
+    range(3),
+]
 NON_STR_KEYS = [{1: "int key"}, {None: "none key"}, {True: "bool key"}, {2.5: "float key"}]
 
 
@@ -140,8 +181,13 @@ def at_depth(n: int, fn: Callable[[], Any]) -> Any:
 
 
 def cli(db: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tether.cli", *args, "--db", str(db)],
-                          env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "tether.cli", *args, "--db", str(db)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def reopen(path: Path) -> None:
@@ -153,8 +199,7 @@ def reopen(path: Path) -> None:
 
 def digest(path: Path) -> dict[str, bytes]:
     """The bytes of a database and its WAL (those that exist)."""
-    return {ext: Path(str(path) + ext).read_bytes() for ext in ("", "-wal")
-            if Path(str(path) + ext).exists()}
+    return {ext: Path(str(path) + ext).read_bytes() for ext in ("", "-wal") if Path(str(path) + ext).exists()}
 
 
 def seqs_contiguous(db: Path) -> bool:
@@ -279,8 +324,7 @@ def test_moderately_deep_params_round_trip(db: Path, kind: str) -> None:
 
 @pytest.mark.parametrize("depth", [5_000, 100_000])
 @pytest.mark.parametrize("kind", ["list", "dict"])
-def test_params_nested_beyond_the_recursion_limit_are_a_params_error(db: Path, kind: str,
-                                                                      depth: int) -> None:
+def test_params_nested_beyond_the_recursion_limit_are_a_params_error(db: Path, kind: str, depth: int) -> None:
     """BUG (now): pipeline._check_json recurses, so start() raises a bare RecursionError."""
     before = count_runs(db)
     with pytest.raises(tether.ParamsError) as info:
@@ -300,18 +344,20 @@ def test_int_param_beyond_the_int_to_str_limit_is_a_params_error(db: Path) -> No
     assert count_runs(db) == before
 
 
-@pytest.mark.parametrize("blob", [
-    pytest.param("a" * (1 << 20), id="1MB-ascii"),
-    pytest.param("\u00e9\U0001f600\x00" * (1 << 18), id="1MB-unicode-nul"),
-    pytest.param("\udcff" * (1 << 20), id="1MB-lone-surrogates"),
-])
+@pytest.mark.parametrize(
+    "blob",
+    [
+        pytest.param("a" * (1 << 20), id="1MB-ascii"),
+        pytest.param("\u00e9\U0001f600\x00" * (1 << 18), id="1MB-unicode-nul"),
+        pytest.param("\udcff" * (1 << 20), id="1MB-lone-surrogates"),
+    ],
+)
 def test_huge_param_log_and_result_round_trip(db: Path, blob: str) -> None:
     run = huge.start(blob=blob)
     assert run.result(timeout=60) == blob
     assert run.params == {"blob": blob}
     # a log line is clipped (docs/reliability.md, "Floods and sizes"); params and results are not
-    assert run.logs() == [f"{blob[:LOG_LINE_MAX]}… [{len(blob) - LOG_LINE_MAX:,} characters cut]",
-                          "after"]
+    assert run.logs() == [f"{blob[:LOG_LINE_MAX]}… [{len(blob) - LOG_LINE_MAX:,} characters cut]", "after"]
     assert huge.start(blob=blob).id == run.id
     if _utf8(blob):  # as an explicit key too
         keyed = echo.start(v=1, key=blob)
@@ -364,7 +410,8 @@ def test_an_explicit_key_shared_by_two_pipelines_is_not_a_silent_attach(db: Path
         assert echo.name in str(exc) and other.name in str(exc)
     else:
         assert second.pipeline == other.name, (
-            f"{other.name}.start(key='shared') returned run {second.id} of {second.pipeline}")
+            f"{other.name}.start(key='shared') returned run {second.id} of {second.pipeline}"
+        )
 
 
 # -- pipeline names -------------------------------------------------------------------------------
@@ -630,8 +677,9 @@ def _db_with_wal(db: Path, dest: Path) -> None:
 
 
 @pytest.mark.parametrize("fraction", [0.25, 0.5, 0.9])
-def test_main_file_truncated_with_a_wal_present_is_refused_untouched(db: Path, tmp_path: Path,
-                                                                    fraction: float) -> None:
+def test_main_file_truncated_with_a_wal_present_is_refused_untouched(
+    db: Path, tmp_path: Path, fraction: float
+) -> None:
     path = tmp_path / "cut.db"
     _db_with_wal(db, path)
     with open(path, "r+b") as fh:
@@ -683,11 +731,14 @@ def test_torn_wal_loses_only_the_torn_transaction(db: Path, tmp_path: Path) -> N
     assert seqs_contiguous(path)
 
 
-@pytest.mark.parametrize(("column", "value"), [
-    pytest.param("result", b"\x80\x04\x95\x00", id="blob-in-result"),
-    pytest.param("params", "{not json", id="text-in-params"),
-    pytest.param("error", b"\xff\xfe", id="blob-in-error"),
-])
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        pytest.param("result", b"\x80\x04\x95\x00", id="blob-in-result"),
+        pytest.param("params", "{not json", id="text-in-params"),
+        pytest.param("error", b"\xff\xfe", id="blob-in-error"),
+    ],
+)
 def test_a_tampered_json_column_is_a_store_error(db: Path, column: str, value: Any) -> None:
     """A row whose JSON column holds a BLOB or broken JSON (a hand edit, another tool): reading
     that value is a StoreError naming the run (it once was a bare UnicodeDecodeError /
@@ -701,8 +752,7 @@ def test_a_tampered_json_column_is_a_store_error(db: Path, column: str, value: A
         conn.execute(f"UPDATE runs SET {column} = ? WHERE id = ?", (value, bad.id))
         conn.commit()
     reopen(db)
-    read = {"result": lambda r: r.result(), "params": lambda r: r.params,
-            "error": lambda r: r.error}[column]
+    read = {"result": lambda r: r.result(), "params": lambda r: r.params, "error": lambda r: r.error}[column]
     with pytest.raises(tether.StoreError) as info:
         read(tether.get_run(bad.id))
     assert bad.id in str(info.value)
@@ -819,13 +869,17 @@ def test_existing_database_on_a_read_only_mount_is_refused_untouched(db: Path, t
 # -- a full disk ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("params", "limit"), [
-    pytest.param({"lines": 20, "result_bytes": 3_000_000}, 256 * 1024, id="large-result"),
-    # 1 KB lines: even the smallest batch the flusher takes (a 512-event burst) exceeds the limit
-    pytest.param({"lines": 3000, "width": 1000, "quiet": 1.0}, 256 * 1024, id="many-logs-then-quiet"),
-])
+@pytest.mark.parametrize(
+    ("params", "limit"),
+    [
+        pytest.param({"lines": 20, "result_bytes": 3_000_000}, 256 * 1024, id="large-result"),
+        # 1 KB lines: even the smallest batch the flusher takes (a 512-event burst) exceeds the limit
+        pytest.param({"lines": 3000, "width": 1000, "quiet": 1.0}, 256 * 1024, id="many-logs-then-quiet"),
+    ],
+)
 def test_full_disk_rlimit_fsize_is_a_store_error_and_nothing_is_corrupted(
-        db: Path, child_env: dict[str, str], params: dict[str, Any], limit: int) -> None:
+    db: Path, child_env: dict[str, str], params: dict[str, Any], limit: int
+) -> None:
     """A child process may grow no file past ``limit`` bytes (RLIMIT_FSIZE, SIGXFSZ ignored, so
     SQLite gets EFBIG and says "disk I/O error"). What the user sees: ``run.result()`` raises
     StoreError naming the database; the process is not killed; the file is not corrupted.
@@ -834,8 +888,13 @@ def test_full_disk_rlimit_fsize_is_a_store_error_and_nothing_is_corrupted(
     ctx._flush_item empties the buffer), the later small finish fits, and the run *succeeds* with
     most of its log lines silently missing."""
     spec = {"db": str(db), "limit": limit, "params": params}
-    out = subprocess.run([sys.executable, *pipes_d.FULL_DISK_CHILD, json.dumps(spec)],
-                         env=child_env, capture_output=True, text=True, timeout=90)
+    out = subprocess.run(
+        [sys.executable, *pipes_d.FULL_DISK_CHILD, json.dumps(spec)],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert out.returncode == 0, (out.returncode, out.stderr[-2000:])  # not killed by SIGXFSZ
     got = json.loads(out.stdout.strip().splitlines()[-1])
     if "unstored" in got:  # the end is retried until the process exits (issue 11, item 6)
@@ -848,7 +907,8 @@ def test_full_disk_rlimit_fsize_is_a_store_error_and_nothing_is_corrupted(
     else:
         assert got.get("logs") == params["lines"], (
             f"the run succeeded but kept {got.get('logs')} of its {params['lines']} log lines; "
-            f"runner errors: {got['runner_errors']}")
+            f"runner errors: {got['runner_errors']}"
+        )
     assert raw(db, "PRAGMA integrity_check") == [("ok",)]
     assert seqs_contiguous(db)
     run = tether.get_run(got["id"])  # this process recovers what the child could not write
@@ -868,8 +928,10 @@ def test_full_tmpfs_is_a_store_error_saying_the_disk_is_full(db: Path, tmp_path:
         run = pipes_d.chatty.start(lines=100, width=50, quiet=1.0, result_bytes=2_000_000)
         rn = runner.get(config.store())
         wait_until(lambda: run.id in rn.unstored, timeout=60, what="the end write to fail")
-        with pytest.warns(RuntimeWarning, match="disk is full"), \
-                pytest.raises(TimeoutError, match="disk is full") as info:
+        with (
+            pytest.warns(RuntimeWarning, match="disk is full"),
+            pytest.raises(TimeoutError, match="disk is full") as info,
+        ):
             run.result(timeout=0.5)
         assert str(path) in str(info.value)
         assert run.status == "running"
@@ -939,7 +1001,8 @@ def test_database_deleted_or_replaced_while_a_run_is_active(db: Path, tmp_path: 
         statuses = [r[0] for r in raw(db, "SELECT status FROM runs")]
         assert statuses == ["succeeded"] * 3, (
             f"the next reader of {db.name} sees {statuses}, not the file that replaced it: the old "
-            f"database's WAL ({db.name}-wal, left behind by tether's connections) was applied to it")
+            f"database's WAL ({db.name}-wal, left behind by tether's connections) was applied to it"
+        )
         assert raw(db, "PRAGMA integrity_check") == [("ok",)]
 
 

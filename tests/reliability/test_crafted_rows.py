@@ -35,8 +35,14 @@ XSS = '<img src=x onerror="window.__tether_xss=1">'
 ESC = "\x1b]0;pwned\x07\x1b[2J\rover\x9b31m\x7f"
 HOST = socket.gethostname()
 # a running row owned by a process of this host (the owner fields are overridden per case)
-RUNNING = {"status": "running", "ended_at": None, "owner_host": HOST, "owner_pid": os.getpid(),
-           "owner_started": 1.0, "owner_instance": "crafted-instance"}
+RUNNING = {
+    "status": "running",
+    "ended_at": None,
+    "owner_host": HOST,
+    "owner_pid": os.getpid(),
+    "owner_started": 1.0,
+    "owner_instance": "crafted-instance",
+}
 
 # case -> (columns to overwrite, a read of the value that needs the damaged column, or None)
 CASES: dict[str, tuple[dict[str, Any], Callable[[tether.Run], Any] | None]] = {
@@ -59,8 +65,10 @@ CASES: dict[str, tuple[dict[str, Any], Callable[[tether.Run], Any] | None]] = {
     "phases-done-string": ({"phases_done": '"abc"'}, lambda r: r.phases_done),
     "error-number": ({"status": "failed", "error": "7"}, lambda r: r.error),
     "error-list": ({"status": "failed", "error": '["x"]'}, lambda r: r.result(timeout=5)),
-    "error-fields": ({"status": "failed", "error": '{"type": 5, "message": ["x"], "traceback": 3}'},
-                     lambda r: r.error),
+    "error-fields": (
+        {"status": "failed", "error": '{"type": 5, "message": ["x"], "traceback": 3}'},
+        lambda r: r.error,
+    ),
     "params-list": ({"params": "[1, 2]"}, lambda r: r.params),
     "result-not-json": ({"result": "[1"}, lambda r: r.result(timeout=5)),
     "created-at-text": ({"created_at": "yesterday"}, None),
@@ -73,9 +81,14 @@ CASES: dict[str, tuple[dict[str, Any], Callable[[tether.Run], Any] | None]] = {
 }
 
 # the column a case damages, where it is not the first one it writes
-DAMAGED_COLUMN = {"owner-started-text": "owner_started", "owner-host-null": "owner_host",
-                  "lease-text-remote-owner": "lease_until", "error-number": "error",
-                  "error-list": "error", "error-fields": "error"}
+DAMAGED_COLUMN = {
+    "owner-started-text": "owner_started",
+    "owner-host-null": "owner_host",
+    "lease-text-remote-owner": "lease_until",
+    "error-number": "error",
+    "error-list": "error",
+    "error-fields": "error",
+}
 for _case, (_cols, _need) in CASES.items():
     if _case.startswith("owner-pid"):
         DAMAGED_COLUMN[_case] = "owner_pid"
@@ -95,8 +108,13 @@ def craft(db: Path, run_id: str, **cols: Any) -> None:
 
 
 def cli(env: dict[str, str], db: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "tether.cli", *args, "--db", str(db)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tether.cli", *args, "--db", str(db)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finished(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
@@ -131,8 +149,7 @@ def children(child_env: dict[str, str], tmp_path: Path) -> Iterator[Children]:
 
 def orphan(db: Path, children: Children, tmp_path: Path, tag: str) -> str:
     """A run whose owner (a real child process) was killed with SIGKILL while it ran."""
-    proc = children.spawn(pipeline="gated", params={"gate": str(tmp_path / f"never-{tag}"),
-                                                    "lines": 1})
+    proc = children.spawn(pipeline="gated", params={"gate": str(tmp_path / f"never-{tag}"), "lines": 1})
 
     def running() -> str | None:
         if proc.poll() is not None:
@@ -194,7 +211,8 @@ def test_every_reader_shows_a_damaged_row_as_damaged(db: Path, case: str) -> Non
     store = config.store()
     store.recover(store.active(), owner.gone_reason)  # the runner's sweep: no error
     assert raw(db, "SELECT status FROM runs WHERE id = ?", bad.id)[0][0] == (
-        CASES[case][0].get("status") or "succeeded")  # never acted on
+        CASES[case][0].get("status") or "succeeded"
+    )  # never acted on
     need = CASES[case][1]
     if need is not None:
         with pytest.raises(tether.StoreError) as info:
@@ -227,10 +245,15 @@ def test_cli_listings_and_gc_over_every_damaged_row(db: Path, child_env: dict[st
     odd = pipes_d.benign.start(tag="odd times")  # sound, but no calendar holds these times
     odd.wait(timeout=30)
     craft(db, odd.id, started_at=1e300, ended_at=-1e300, created_at=-1e300)
-    procs = [cli(child_env, db, "show", odd.id), cli(child_env, db, "ls", "--limit", "100"),
-             cli(child_env, db, "ls", "--json", "--limit", "100"), cli(child_env, db, "gc")]
+    procs = [
+        cli(child_env, db, "show", odd.id),
+        cli(child_env, db, "ls", "--limit", "100"),
+        cli(child_env, db, "ls", "--json", "--limit", "100"),
+        cli(child_env, db, "gc"),
+    ]
     (ocode, oout, oerr), (code, out, err), (jcode, jout, jerr), (gcode, gout, gerr) = (
-        finished(p) for p in procs)
+        finished(p) for p in procs
+    )
     assert ocode == 0 and "Traceback" not in oerr and "1e+300" in oout, oerr[-2000:]
     assert code == 0 and "Traceback" not in err, err[-2000:]
     assert controls(out) == [] and out.count("damaged") >= len(bad) - 1, out
@@ -245,10 +268,20 @@ def test_cli_listings_and_gc_over_every_damaged_row(db: Path, child_env: dict[st
 # -- events -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("data", ["7", "[1]", '"text"', "null", "{oops", b"\x80\x04K\x01.",
-                                  '{"message": 5}', '{"message": "' + "\\u001b[2J" + '"}'])
-def test_a_damaged_event_is_marked_never_a_crash(db: Path, child_env: dict[str, str],
-                                                 data: Any) -> None:
+@pytest.mark.parametrize(
+    "data",
+    [
+        "7",
+        "[1]",
+        '"text"',
+        "null",
+        "{oops",
+        b"\x80\x04K\x01.",
+        '{"message": 5}',
+        '{"message": "' + "\\u001b[2J" + '"}',
+    ],
+)
+def test_a_damaged_event_is_marked_never_a_crash(db: Path, child_env: dict[str, str], data: Any) -> None:
     """BUG (before): non-object JSON in ``events.data`` -> AttributeError in run.logs(), the
     panel's reader and ``tether show``; broken JSON -> StoreError for the whole listing."""
     run = pipes_d.benign.start(tag="events", log="")
@@ -281,17 +314,27 @@ def test_a_damaged_event_is_marked_never_a_crash(db: Path, child_env: dict[str, 
 
 
 def test_every_html_output_escapes_every_field_and_text_carries_no_controls(
-        db: Path, child_env: dict[str, str]) -> None:
+    db: Path, child_env: dict[str, str]
+) -> None:
     """BUG (before): text in ``attempt`` reached the static text/html raw (``#1 <img ...>``), and
     text/plain (Run repr, mimebundles) passed ESC, BEL and CR from run text to the terminal.
     Hostile text in every field a row holds: attempt, phase, message, key, pipeline, params keys,
     phases, error."""
     run = pipes_d.benign.start(tag="html")
     run.wait(timeout=30)
-    craft(db, run.id, attempt="1 " + XSS, phase=XSS + ESC, message=XSS + ESC, key="k" + XSS + ESC,
-          pipeline="p" + XSS + ESC, params=json.dumps({XSS + ESC: XSS + ESC}),
-          phases=json.dumps([XSS + ESC, "b" + ESC]), status="failed",
-          error=json.dumps({"type": XSS + ESC, "message": XSS + ESC, "traceback": XSS + ESC}))
+    craft(
+        db,
+        run.id,
+        attempt="1 " + XSS,
+        phase=XSS + ESC,
+        message=XSS + ESC,
+        key="k" + XSS + ESC,
+        pipeline="p" + XSS + ESC,
+        params=json.dumps({XSS + ESC: XSS + ESC}),
+        phases=json.dumps([XSS + ESC, "b" + ESC]),
+        status="failed",
+        error=json.dumps({"type": XSS + ESC, "message": XSS + ESC, "traceback": XSS + ESC}),
+    )
     fresh = tether.get_run(run.id)
     for text in (repr(fresh), repr(tether.runs()), repr(panel(fresh))):
         assert controls(text, "") == [] and "\\x1b" in text, text
@@ -344,7 +387,7 @@ def _gc(env: dict[str, str], db: Path) -> None:
 
 @pytest.mark.parametrize("reader", ["runs", "sweep", "gc"])
 def test_a_damaged_owner_never_stops_the_recovery_of_a_real_orphan(
-        db: Path, child_env: dict[str, str], tmp_path: Path, children: Children, reader: str
+    db: Path, child_env: dict[str, str], tmp_path: Path, children: Children, reader: str
 ) -> None:
     """BUG (before): one running row with ``owner_pid=-1`` made every recovery raise ValueError
     (psutil), so a genuinely orphaned run (its owner SIGKILLed) stayed ``running`` for good."""
@@ -360,7 +403,8 @@ def test_a_damaged_owner_never_stops_the_recovery_of_a_real_orphan(
 
 
 def test_a_row_that_cannot_be_interrupted_does_not_stop_the_others(
-        db: Path, child_env: dict[str, str], tmp_path: Path, children: Children) -> None:
+    db: Path, child_env: dict[str, str], tmp_path: Path, children: Children
+) -> None:
     """Two real orphans; one has a ``last_seq`` behind its stored events, so marking it
     interrupted hits the events' primary key. BUG (before): that IntegrityError rolled back the
     whole recovery (and was a traceback from ``tether gc``): the other orphan stayed running."""
@@ -371,8 +415,7 @@ def test_a_row_that_cannot_be_interrupted_does_not_stop_the_others(
     assert code == 0 and "Traceback" not in err, err[-2000:]
     assert status_of(db, second) == "interrupted", out
     assert status_of(db, first) == "running"  # left as it was: its write failed, nothing half-done
-    assert raw(db, "SELECT count(*) FROM events WHERE run_id = ? AND kind = 'interrupted'",
-               first) == [(0,)]
+    assert raw(db, "SELECT count(*) FROM events WHERE run_id = ? AND kind = 'interrupted'", first) == [(0,)]
     tether.runs()  # and in-process: no error either
     assert status_of(db, first) == "running"
 
@@ -387,25 +430,33 @@ def test_panel_snapshot_stays_small_for_huge_runs(db: Path) -> None:
     run.wait(timeout=30)
     names = [f"phase-{i:06d}" for i in range(100_000)]
     big = "m" * 50_000_000
-    craft(db, run.id, phases=json.dumps(names), phases_done=json.dumps(names[:60_000]),
-          phase=names[60_000], message=big, key="k" * 1_000_000, status="failed",
-          error=json.dumps({"type": "T" * 100_000, "message": big[:5_000_000],
-                            "traceback": big[:5_000_000]}))
+    craft(
+        db,
+        run.id,
+        phases=json.dumps(names),
+        phases_done=json.dumps(names[:60_000]),
+        phase=names[60_000],
+        message=big,
+        key="k" * 1_000_000,
+        status="failed",
+        error=json.dumps({"type": "T" * 100_000, "message": big[:5_000_000], "traceback": big[:5_000_000]}),
+    )
     with closing(sqlite3.connect(db)) as conn:
-        conn.execute("UPDATE events SET data = ? WHERE run_id = ? AND kind = 'log'",
-                     (json.dumps({"message": big[:2_000_000]}), run.id))
+        conn.execute(
+            "UPDATE events SET data = ? WHERE run_id = ? AND kind = 'log'",
+            (json.dumps({"message": big[:2_000_000]}), run.id),
+        )
         seq = conn.execute("SELECT max(seq) FROM events WHERE run_id = ?", (run.id,)).fetchone()[0]
-        conn.executemany("INSERT INTO events (run_id, seq, ts, kind, phase, data) "
-                         "VALUES (?, ?, 1.0, 'log', NULL, ?)",
-                         [(run.id, seq + i, json.dumps({"message": big[:1_000_000]}))
-                          for i in range(1, 41)])
+        conn.executemany(
+            "INSERT INTO events (run_id, seq, ts, kind, phase, data) VALUES (?, ?, 1.0, 'log', NULL, ?)",
+            [(run.id, seq + i, json.dumps({"message": big[:1_000_000]})) for i in range(1, 41)],
+        )
         conn.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (seq + 40, run.id))
         conn.commit()
     snap = panel(tether.get_run(run.id)).snapshot
     size = len(json.dumps(snap))
     assert size < 64 * 1024, size
-    assert snap["phases_hidden"]["before"] + snap["phases_hidden"]["after"] == 100_000 - len(
-        snap["phases"])
+    assert snap["phases_hidden"]["before"] + snap["phases_hidden"]["after"] == 100_000 - len(snap["phases"])
     current = [p for p in snap["phases"] if p["state"] == "failed"]
     assert [p["name"] for p in current] == [names[60_000]]  # the phase that matters is kept
     bundle = tether.get_run(run.id)._repr_mimebundle_()

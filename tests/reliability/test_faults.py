@@ -36,11 +36,25 @@ def _need(kind: str) -> None:
         pytest.skip(why)
 
 
-def _soak(tmp_path: Path, faults: dict[str, int], *, parallel: int = 1,
-          sabotage: dict[str, str] | None = None, settle: float = 3.0) -> Report:
+def _soak(
+    tmp_path: Path,
+    faults: dict[str, int],
+    *,
+    parallel: int = 1,
+    sabotage: dict[str, str] | None = None,
+    settle: float = 3.0,
+) -> Report:
     seed = int(os.environ["TETHER_KILL_SEED"]) if os.environ.get("TETHER_KILL_SEED") else None
-    return KillHarness(tmp_path, kills=0, faults=faults, parallel=parallel, catalog=False,
-                       seed=seed, sabotage=sabotage, settle=settle).run()
+    return KillHarness(
+        tmp_path,
+        kills=0,
+        faults=faults,
+        parallel=parallel,
+        catalog=False,
+        seed=seed,
+        sabotage=sabotage,
+        settle=settle,
+    ).run()
 
 
 def _clean(rep: Report) -> None:
@@ -52,7 +66,8 @@ def _clean(rep: Report) -> None:
 
 
 def test_sigints_during_start_leave_no_transaction_open_no_run_stranded_no_slot_leaked(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     rep = _soak(tmp_path, {"sigint": 25})
     assert rep.faults["sigint"] >= 25, rep.lines()
     _clean(rep)
@@ -64,8 +79,7 @@ def test_a_fork_in_a_body_leaves_the_parents_run_to_the_parent(tmp_path: Path) -
     _clean(rep)
 
 
-def test_a_users_sqlite3_connection_keeps_its_wal_while_processes_come_and_go(
-        tmp_path: Path) -> None:
+def test_a_users_sqlite3_connection_keeps_its_wal_while_processes_come_and_go(tmp_path: Path) -> None:
     rep = _soak(tmp_path, {"sqlite": 3}, parallel=2)
     assert rep.faults["sqlite"] >= 3, rep.lines()
     assert rep.fault_detail["sqlite"]["processes that closed the database meanwhile"] >= 3
@@ -79,8 +93,7 @@ def test_a_live_run_in_another_pid_namespace_is_never_marked_interrupted(tmp_pat
     _clean(rep)
 
 
-def test_a_disk_that_fills_and_frees_leaves_no_run_active_and_only_typed_errors(
-        tmp_path: Path) -> None:
+def test_a_disk_that_fills_and_frees_leaves_no_run_active_and_only_typed_errors(tmp_path: Path) -> None:
     _need("disk")
     rep = _soak(tmp_path, {"disk": 6}, parallel=2)
     assert rep.faults["disk"] >= 6, rep.lines()
@@ -159,27 +172,38 @@ print(json.dumps({"interrupted": interrupted, "status": str(run.status),
 
 
 def test_an_interrupt_while_the_claim_waits_for_the_write_lock_strands_no_run_and_no_slot(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Found by the sigint faults of the soak on main: start() has committed the run and the
     runner, having counted a slot, waits for another process's write lock to claim it; the
     interrupt held back meanwhile is delivered there. The run must still execute, and
     max_concurrency runs must still run at once."""
-    out = subprocess.run([sys.executable, "-c", CLAIM_INTERRUPT, str(tmp_path / "runs.db")],
-                         env=harness.child_env(), capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", CLAIM_INTERRUPT, str(tmp_path / "runs.db")],
+        env=harness.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.splitlines()[-1]) == {
-        "interrupted": True, "status": "succeeded",
-        "together": 4}, out.stdout
+        "interrupted": True,
+        "status": "succeeded",
+        "together": 4,
+    }, out.stdout
 
 
 # -- the checks catch what they claim to catch ------------------------------------------------
 
 
-@pytest.mark.parametrize(("sabotage", "kind"), [
-    ("open_tx", "sigint/locked-out"),  # a write transaction left open in the interrupted process
-    ("strand", "sigint/stranded"),  # a run committed but never handed to the runner
-    ("slots", "sigint/slots-leaked"),  # runner slots counted for nothing
-])
+@pytest.mark.parametrize(
+    ("sabotage", "kind"),
+    [
+        ("open_tx", "sigint/locked-out"),  # a write transaction left open in the interrupted process
+        ("strand", "sigint/stranded"),  # a run committed but never handed to the runner
+        ("slots", "sigint/slots-leaked"),  # runner slots counted for nothing
+    ],
+)
 def test_the_sigint_checks_catch(sabotage: str, kind: str, tmp_path: Path) -> None:
     rep = _soak(tmp_path, {"sigint": 1}, sabotage={"sigint": sabotage}, settle=2.0)
     assert kind in rep.violation_kinds(), rep.lines()
@@ -204,12 +228,24 @@ def test_the_disk_check_catches_an_end_that_is_never_stored(tmp_path: Path) -> N
     assert "disk/stuck" in rep.violation_kinds(), rep.lines()
 
 
-def _forked(status: str = "succeeded", who: str = "parent", child: str = "exit 0",
-            logs: list[str] | None = None) -> tuple[RunRow, list[tuple[int, str, str]]]:
+def _forked(
+    status: str = "succeeded", who: str = "parent", child: str = "exit 0", logs: list[str] | None = None
+) -> tuple[RunRow, list[tuple[int, str, str]]]:
     result = {"who": who, "pid": 7 if who == "parent" else 8, "token": "t", "child": child}
-    run = RunRow("r1", "k", 1, status, 0, 7, None, "start", json.dumps(result),
-                 json.dumps({"type": "SystemExit", "message": "0"}) if status == "failed" else None,
-                 1.0, harness.forker.name)
+    run = RunRow(
+        "r1",
+        "k",
+        1,
+        status,
+        0,
+        7,
+        None,
+        "start",
+        json.dumps(result),
+        json.dumps({"type": "SystemExit", "message": "0"}) if status == "failed" else None,
+        1.0,
+        harness.forker.name,
+    )
     lines = ["F0", "F1", "P0"] if logs is None else logs
     events = [(i + 1, "log", json.dumps({"message": m})) for i, m in enumerate(lines)]
     return run, events
@@ -220,7 +256,9 @@ FORK_TAMPERS: dict[str, tuple[dict[str, Any], str]] = {
     "the run ends with the fork child's result": ({"who": "child"}, "fork/child-result"),
     "a line of the fork child is stored": ({"logs": ["F0", "F1", "C0", "P0"]}, "fork/child-wrote"),
     "a line buffered before the fork is stored twice": (
-        {"logs": ["F0", "F1", "F0", "F1", "P0"]}, "fork/duplicated"),
+        {"logs": ["F0", "F1", "F0", "F1", "P0"]},
+        "fork/duplicated",
+    ),
     "a line of the parent is lost": ({"logs": ["F0", "P0"]}, "fork/logs"),
     "the fork child never exits": ({"child": "hung"}, "fork/child-hung"),
 }

@@ -57,8 +57,12 @@ def _attempt(fn: Callable[[], Any]) -> dict[str, Any]:
     try:
         return {"ok": fn()}
     except BaseException as exc:  # what the user would see, whatever it is
-        return {"raised": type(exc).__name__, "message": str(exc),
-                "typed": isinstance(exc, tether.StoreError), "traceback": traceback.format_exc()}
+        return {
+            "raised": type(exc).__name__,
+            "message": str(exc),
+            "typed": isinstance(exc, tether.StoreError),
+            "traceback": traceback.format_exc(),
+        }
 
 
 def _cli(*args: str) -> dict[str, Any]:
@@ -85,7 +89,7 @@ def _unprivileged(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
             os.setuid(user.pw_uid)
             data = json.dumps(_attempt(fn)).encode()
             while data:
-                data = data[os.write(write, data):]
+                data = data[os.write(write, data) :]
             status = 0
         finally:
             os._exit(status)
@@ -131,18 +135,20 @@ def _one_line_store_error(got: dict[str, Any], path: Path) -> str:
 # -- folders and files the user cannot reach ------------------------------------------------------
 
 
-def test_a_database_under_a_folder_the_user_cannot_enter_is_a_store_error(
-        warm: None, tmp_path: Path) -> None:
+def test_a_database_under_a_folder_the_user_cannot_enter_is_a_store_error(warm: None, tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     (locked / ".tether").mkdir(parents=True)
     path = locked / ".tether" / "runs.db"
     locked.chmod(0)
     try:
+
         def use() -> dict[str, Any]:
             tether.configure(db=path)
-            return {"start": _attempt(lambda: quick.start(n=1).result(timeout=30)),
-                    "runs": _attempt(lambda: tether.runs()),
-                    "get_run": _attempt(lambda: tether.get_run("0123456789ab"))}
+            return {
+                "start": _attempt(lambda: quick.start(n=1).result(timeout=30)),
+                "runs": _attempt(lambda: tether.runs()),
+                "get_run": _attempt(lambda: tether.get_run("0123456789ab")),
+            }
 
         got = _unprivileged(use)
     finally:
@@ -153,8 +159,7 @@ def test_a_database_under_a_folder_the_user_cannot_enter_is_a_store_error(
     assert not path.exists()
 
 
-def test_tether_ls_on_a_database_under_a_folder_the_user_cannot_enter(warm: None,
-                                                                    tmp_path: Path) -> None:
+def test_tether_ls_on_a_database_under_a_folder_the_user_cannot_enter(warm: None, tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
     path = locked / "runs.db"
@@ -168,8 +173,7 @@ def test_tether_ls_on_a_database_under_a_folder_the_user_cannot_enter(warm: None
     assert len(got["stderr"].strip().splitlines()) == 1
 
 
-def test_existing_store_reports_an_unreachable_folder_as_a_store_error(warm: None,
-                                                                       tmp_path: Path) -> None:
+def test_existing_store_reports_an_unreachable_folder_as_a_store_error(warm: None, tmp_path: Path) -> None:
     """What the CLI needs: a StoreError for a database that is missing or out of reach."""
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -194,8 +198,11 @@ def test_a_database_file_the_user_cannot_read_is_a_store_error(warm: None, reach
         runner.shutdown_all()
         config._stores.clear()
         path.chmod(0)
-        return {"made": made, "runs": _attempt(lambda: tether.runs()),
-                "start": _attempt(lambda: quick.start(n=2).result(timeout=30))}
+        return {
+            "made": made,
+            "runs": _attempt(lambda: tether.runs()),
+            "start": _attempt(lambda: quick.start(n=2).result(timeout=30)),
+        }
 
     got = _unprivileged(use)
     if os.geteuid() == 0:
@@ -226,8 +233,9 @@ def _foreign_db(db: Path, tmp_path: Path) -> Path:
     return path
 
 
-def test_a_database_owned_by_another_user_is_refused_untouched(db: Path, tmp_path: Path,
-                                                              child_env: dict[str, str]) -> None:
+def test_a_database_owned_by_another_user_is_refused_untouched(
+    db: Path, tmp_path: Path, child_env: dict[str, str]
+) -> None:
     _needs_root("a file owned by another user is made with chown")
     path = _foreign_db(db, tmp_path)
     before = path.read_bytes()
@@ -243,8 +251,9 @@ def test_a_database_owned_by_another_user_is_refused_untouched(db: Path, tmp_pat
     # the CLI says so in one line
     env = {**child_env, "TETHER_DB": str(path)}
     env.pop("TETHER_ALLOW_FOREIGN_DB", None)
-    out = subprocess.run([sys.executable, "-m", "tether.cli", "ls"], env=env, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "tether.cli", "ls"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 1 and out.stderr.startswith("tether: error:"), out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "owned by another user" in out.stderr
     assert path.read_bytes() == before
@@ -252,9 +261,13 @@ def test_a_database_owned_by_another_user_is_refused_untouched(db: Path, tmp_pat
     tether.configure(allow_foreign_db=True)
     assert [r.params for r in tether.runs()] == [{"n": 1}]
     assert quick.start(n=3).result(timeout=30) == 3
-    out = subprocess.run([sys.executable, "-m", "tether.cli", "ls"],
-                         env={**env, "TETHER_ALLOW_FOREIGN_DB": "1"}, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "tether.cli", "ls"],
+        env={**env, "TETHER_ALLOW_FOREIGN_DB": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and "succeeded" in out.stdout, out.stderr
 
 
@@ -275,8 +288,9 @@ def test_a_foreign_wal_beside_a_database_of_ours_is_refused(db: Path, tmp_path: 
     assert str(wal) in str(info.value)
 
 
-def test_root_is_not_exempt_and_the_owner_is_checked_by_effective_uid(db: Path, tmp_path: Path,
-                                                                     reachable: Path) -> None:
+def test_root_is_not_exempt_and_the_owner_is_checked_by_effective_uid(
+    db: Path, tmp_path: Path, reachable: Path
+) -> None:
     """A database nobody made is refused to root; nobody itself uses it."""
     _needs_root("needs another user to own a file")
     path = reachable / "theirs.db"
@@ -300,9 +314,14 @@ def test_allow_foreign_db_is_validated(db: Path, child_env: dict[str, str], tmp_
     assert tether.configure(allow_foreign_db=False).allow_foreign_db is False
     code = "import tether; tether.runs()"
     for value, ok in (("1", True), ("0", True), ("", True), ("maybe", False)):
-        out = subprocess.run([sys.executable, "-c", code],
-                             env={**child_env, "TETHER_ALLOW_FOREIGN_DB": value},
-                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**child_env, "TETHER_ALLOW_FOREIGN_DB": value},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
         if ok:
             assert out.returncode == 0, out.stderr[-2000:]
         else:
@@ -312,25 +331,26 @@ def test_allow_foreign_db_is_validated(db: Path, child_env: dict[str, str], tmp_
 # -- URLs are not file paths ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("url", "says"), [
-    ("postgresql://alice:s3cret@db.example.com:5432/runs", "PostgreSQL is not supported yet"),
-    ("postgres://db/runs", "PostgreSQL is not supported yet"),
-    ("mysql://localhost/runs", "a file path is expected"),
-    ("sqlite:///tmp/runs.db", "a file path is expected"),
-    ("https://example.com/runs.db", "a file path is expected"),
-])
-def test_a_url_is_not_a_database_path(db: Path, tmp_path: Path, child_env: dict[str, str],
-                                      url: str, says: str) -> None:
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://alice:s3cret@db.example.com:5432/runs", "PostgreSQL is not supported yet"),
+        ("postgres://db/runs", "PostgreSQL is not supported yet"),
+        ("mysql://localhost/runs", "a file path is expected"),
+        ("sqlite:///tmp/runs.db", "a file path is expected"),
+        ("https://example.com/runs.db", "a file path is expected"),
+    ],
+)
+def test_a_url_is_not_a_database_path(
+    db: Path, tmp_path: Path, child_env: dict[str, str], url: str, says: str
+) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     env = {**child_env, "TETHER_DB": url}
-    code = ("import tether\n"
-            "try:\n"
-            "    tether.runs()\n"
-            "except tether.StoreError as exc:\n"
-            "    print(exc)\n")
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True,
-                         text=True, timeout=60)
+    code = "import tether\ntry:\n    tether.runs()\nexcept tether.StoreError as exc:\n    print(exc)\n"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     message = out.stdout.strip()
     assert "not a file path" in message and says in message and "TETHER_DB" in message, message
@@ -343,8 +363,14 @@ def test_a_url_is_not_a_database_path(db: Path, tmp_path: Path, child_env: dict[
     assert "s3cret" not in str(info.value)
     assert tether.configure() == before
     # the CLI: one line, nothing created
-    out = subprocess.run([sys.executable, "-m", "tether.cli", "ls"], env=env, cwd=cwd,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "tether.cli", "ls"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1 and out.stderr.startswith("tether: error:"), out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "not a file path" in out.stderr
     assert os.listdir(cwd) == []

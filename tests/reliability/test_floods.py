@@ -41,7 +41,7 @@ from tether.context import LOG_BUFFER_EVENTS, LOG_WAIT_S
 
 LOST_LINES_MAX = 2 * LOG_BUFFER_EVENTS  # the batch being written + the buffer behind it (docs)
 
-FLOOD_CHILD = r'''
+FLOOD_CHILD = r"""
 import json, logging, os, resource, signal, struct, sys, time
 import tether
 
@@ -105,13 +105,19 @@ out = {"id": run.id, "status": str(run.status), "ended": time.time(),
 if out["status"] == "succeeded":
     out.update(run.result())
 print(json.dumps(out), flush=True)
-'''
+"""
 
 
 def _flood(child_env: dict[str, str], tmp_path: Path, **spec: Any) -> subprocess.Popen[str]:
     spec.setdefault("counter", str(tmp_path / "emitted"))
-    return subprocess.Popen([sys.executable, "-c", FLOOD_CHILD, json.dumps(spec)], env=child_env,
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", FLOOD_CHILD, json.dumps(spec)],
+        env=child_env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
@@ -129,13 +135,17 @@ def _emitted(counter: Path) -> int:
 
 
 def _stored_logs(db: Path) -> list[dict[str, Any]]:
-    return [json.loads(d) for (d,) in raw(db, "SELECT data FROM events WHERE kind = 'log' "
-                                              "ORDER BY run_id, seq")]
+    return [
+        json.loads(d) for (d,) in raw(db, "SELECT data FROM events WHERE kind = 'log' ORDER BY run_id, seq")
+    ]
 
 
 def _line_numbers(logs: list[dict[str, Any]]) -> list[int]:
-    return [int(re.match(r"L(\d+)", e["message"]).group(1))  # type: ignore[union-attr]
-            for e in logs if "dropped" not in e]
+    return [
+        int(re.match(r"L(\d+)", e["message"]).group(1))  # type: ignore[union-attr]
+        for e in logs
+        if "dropped" not in e
+    ]
 
 
 def _assert_contiguous(numbers: list[int]) -> None:
@@ -145,13 +155,17 @@ def _assert_contiguous(numbers: list[int]) -> None:
 
 @pytest.mark.parametrize("via", ["ctx", "logging"])
 def test_a_sigkill_mid_flood_loses_at_most_the_documented_lines(
-        db: Path, child_env: dict[str, str], tmp_path: Path, via: str) -> None:
+    db: Path, child_env: dict[str, str], tmp_path: Path, via: str
+) -> None:
     counter = tmp_path / "emitted"
     proc = _flood(child_env, tmp_path, seconds=60, via=via, counter=str(counter), every=100)
     try:
         # flooding for a while: an unbounded buffer has fallen far behind by now
-        wait_until(lambda: _emitted(counter) >= 150_000 or proc.poll() is not None, timeout=60,
-                   what="the child to emit 150,000 lines")
+        wait_until(
+            lambda: _emitted(counter) >= 150_000 or proc.poll() is not None,
+            timeout=60,
+            what="the child to emit 150,000 lines",
+        )
         assert proc.poll() is None, proc.communicate()[1]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -167,7 +181,8 @@ def test_a_sigkill_mid_flood_loses_at_most_the_documented_lines(
 
 
 def test_a_flooding_child_keeps_its_memory_bounded(
-        db: Path, child_env: dict[str, str], tmp_path: Path) -> None:
+    db: Path, child_env: dict[str, str], tmp_path: Path
+) -> None:
     # 1,000-character lines: an unbounded buffer holds ~2 KiB per line not yet written
     out = _finish(_flood(child_env, tmp_path, seconds=3, width=1000))
     assert out["status"] == "succeeded"
@@ -178,7 +193,8 @@ def test_a_flooding_child_keeps_its_memory_bounded(
 
 
 def test_a_2_s_flood_ends_soon_after_its_body_returns(
-        db: Path, child_env: dict[str, str], tmp_path: Path) -> None:
+    db: Path, child_env: dict[str, str], tmp_path: Path
+) -> None:
     # long lines: the body makes them faster than the store writes them
     out = _finish(_flood(child_env, tmp_path, seconds=2, width=1000))
     assert out["status"] == "succeeded"
@@ -189,7 +205,8 @@ def test_a_2_s_flood_ends_soon_after_its_body_returns(
 
 
 def test_lines_the_store_cannot_take_are_dropped_and_counted_in_one_event(
-        db: Path, child_env: dict[str, str], tmp_path: Path) -> None:
+    db: Path, child_env: dict[str, str], tmp_path: Path
+) -> None:
     # after 0.5 s of flooding, no file may grow for 1.5 s (RLIMIT_FSIZE): every write fails
     out = _finish(_flood(child_env, tmp_path, seconds=3, outage=[0.5, 1.5], width=50))
     assert out["status"] == "succeeded"
@@ -216,6 +233,7 @@ def test_lines_the_store_cannot_take_are_dropped_and_counted_in_one_event(
 
 # -- a store that takes nothing (another connection holds the write lock) --------------------------
 
+
 @contextmanager
 def _write_lock_held(db: Path) -> Iterator[None]:
     """Another connection holds the database's write lock: every tether write waits."""
@@ -228,8 +246,7 @@ def _write_lock_held(db: Path) -> Iterator[None]:
         conn.close()
 
 
-def _blocking_flood(lines: int) -> tuple[tether.Pipeline, threading.Event, threading.Event,
-                                          list[int]]:
+def _blocking_flood(lines: int) -> tuple[tether.Pipeline, threading.Event, threading.Event, list[int]]:
     """A pipeline that floods once ``go`` is set; ``returned`` is set when its body returns."""
     go, returned = threading.Event(), threading.Event()
     emitted = [0]
@@ -254,6 +271,7 @@ def test_a_cancel_wakes_a_body_waiting_for_room_in_the_log_buffer(db: Path) -> N
     ctx = wait_until(lambda: runner.get(config.store()).live(run.id), timeout=10)
     with _write_lock_held(db):  # the run is claimed: now nothing more can be written
         go.set()
+
         # the flusher took one batch and waits for the lock; the body filled the buffer behind it
         # and waits with the next line
         def waiting() -> int:
@@ -282,7 +300,8 @@ def test_a_cancel_wakes_a_body_waiting_for_room_in_the_log_buffer(db: Path) -> N
 
 
 def test_a_body_waits_for_a_stuck_store_at_most_log_wait_s_then_drops_and_counts(
-        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(context, "LOG_WAIT_S", 0.3)
     lines = 50_000
     blocked, go, returned, emitted = _blocking_flood(lines)

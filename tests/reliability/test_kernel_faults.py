@@ -92,8 +92,7 @@ def quick(ctx: tether.Context, i: int = 0) -> int:
     return i
 
 
-def test_interrupt_while_start_waits_for_the_lock_leaves_no_transaction(db: Path,
-                                                                        tmp_path: Path) -> None:
+def test_interrupt_while_start_waits_for_the_lock_leaves_no_transaction(db: Path, tmp_path: Path) -> None:
     """Item 2: SIGINT while start() waits for another process's write lock raises
     KeyboardInterrupt while the lock is still held elsewhere (not 30 s later), and leaves no
     transaction open: other processes can write, and the next start() works."""
@@ -193,8 +192,13 @@ def test_random_interrupts_in_start_strand_no_run_and_leak_no_slot(db: Path) -> 
 
 def _child(db: Path, code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, TETHER_DB=str(db))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 FORK_BODY = """
@@ -236,8 +240,10 @@ def test_fork_in_a_body_leaves_the_parents_run_alone(db: Path, how: str) -> None
     assert report["result"]["parent"] == report["pid"]
     run_id = report["id"]
     assert raw(db, "SELECT status FROM runs WHERE id = ?", run_id) == [("succeeded",)]
-    logs = [json.loads(d)["message"] for (d,) in raw(
-        db, "SELECT data FROM events WHERE run_id = ? AND kind = 'log' ORDER BY seq", run_id)]
+    logs = [
+        json.loads(d)["message"]
+        for (d,) in raw(db, "SELECT data FROM events WHERE run_id = ? AND kind = 'log' ORDER BY seq", run_id)
+    ]
     assert logs == ["before fork", "after fork"]
     phases = raw(db, "SELECT count(*) FROM events WHERE run_id = ? AND kind = 'phase'", run_id)
     assert phases == [(0,)]
@@ -249,7 +255,9 @@ def test_fork_in_a_body_leaves_the_parents_run_alone(db: Path, how: str) -> None
 def test_multiprocessing_fork_children_inside_a_body(db: Path) -> None:
     """Item 4 with multiprocessing's 'fork' start method: workers log through logging (captured
     into the run in the parent) and exit; the parent's run is untouched by them."""
-    out = _child(db, """
+    out = _child(
+        db,
+        """
         import json, logging, multiprocessing as mp, os, tether
 
         def work(q, ctx):
@@ -274,12 +282,17 @@ def test_multiprocessing_fork_children_inside_a_body(db: Path) -> None:
 
         run = pool.start(n=3)
         print(json.dumps({"id": run.id, "result": run.result(timeout=60)}))
-    """)
+    """,
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["result"] == [0, 0, 0]
-    logs = [json.loads(d)["message"] for (d,) in raw(
-        db, "SELECT data FROM events WHERE run_id = ? AND kind = 'log' ORDER BY seq", report["id"])]
+    logs = [
+        json.loads(d)["message"]
+        for (d,) in raw(
+            db, "SELECT data FROM events WHERE run_id = ? AND kind = 'log' ORDER BY seq", report["id"]
+        )
+    ]
     assert logs == ["starting workers", "workers done"]
     assert raw(db, "SELECT count(*) FROM events WHERE kind = 'phase'") == [(0,)]
 
@@ -324,8 +337,9 @@ def small_disk(db: Path, tmp_path: Path) -> Iterator[Path]:
         if CI:
             pytest.fail("CI runs as root: the full-disk test must run")
         pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         if CI:
             pytest.fail(f"cannot mount a tmpfs: {done.stderr}")
@@ -362,8 +376,9 @@ def gated(ctx: tether.Context, gate: str, size: int = 0) -> str:
     return "x" * size
 
 
-def test_an_end_that_cannot_be_written_is_written_once_space_is_back(small_disk: Path,
-                                                                    tmp_path: Path) -> None:
+def test_an_end_that_cannot_be_written_is_written_once_space_is_back(
+    small_disk: Path, tmp_path: Path
+) -> None:
     """Item 6: the disk is full when a run ends. The run stays truthfully `running` (its end is
     not in the store yet), result() says why while it waits, a queued run whose claim fails is
     not lost, and once space is freed both land without anyone's help."""
@@ -378,8 +393,10 @@ def test_an_end_that_cannot_be_written_is_written_once_space_is_back(small_disk:
     run_ = runner.get(config.store())
     wait_until(lambda: first.id in run_.unstored, what="the end write to fail")
     assert first.status == "running"
-    with pytest.warns(RuntimeWarning, match="could not be written"), \
-            pytest.raises(TimeoutError, match="could not be written"):
+    with (
+        pytest.warns(RuntimeWarning, match="could not be written"),
+        pytest.raises(TimeoutError, match="could not be written"),
+    ):
         first.result(timeout=0.5)
     with pytest.raises(StoreError):  # a new start needs space too: a typed error
         gated.start(gate=str(gate), size=2)

@@ -26,8 +26,11 @@ from reliability.harness import Checker, KillHarness, Plan
 
 pytestmark = pytest.mark.slow
 
-CATALOG = {f"trip {op} {when}-commit" for op in [*harness.TRIP_OPS, "interrupt_own", "new_attempt"]
-           for when in ("pre", "post")} | {f"point {p}" for p in harness.POINTS}
+CATALOG = {
+    f"trip {op} {when}-commit"
+    for op in [*harness.TRIP_OPS, "interrupt_own", "new_attempt"]
+    for when in ("pre", "post")
+} | {f"point {p}" for p in harness.POINTS}
 
 
 def test_sigkill_at_random_and_chosen_moments_keeps_every_invariant(tmp_path: Path) -> None:
@@ -43,8 +46,7 @@ def test_sigkill_at_random_and_chosen_moments_keeps_every_invariant(tmp_path: Pa
     assert rep.statuses["succeeded"] >= 1 and rep.statuses["interrupted"] >= 1, summary
 
 
-def test_interpreter_exit_during_ctx_map_marks_the_run_interrupted_not_failed(
-        tmp_path: Path) -> None:
+def test_interpreter_exit_during_ctx_map_marks_the_run_interrupted_not_failed(tmp_path: Path) -> None:
     """A script ends while its run is inside ``ctx.map``: the run must end ``interrupted`` by the
     exit (as with any other body, see tests/test_recovery.py), not ``failed``.
 
@@ -55,10 +57,17 @@ def test_interpreter_exit_during_ctx_map_marks_the_run_interrupted_not_failed(
     """
     db, marker = tmp_path / "runs.db", tmp_path / "item-started"
     spec = json.dumps({"db": str(db), "marker": str(marker), "hold": 0.5})
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
-            "from reliability.harness import exit_in_map; exit_in_map(sys.argv[2])")
-    out = subprocess.run([sys.executable, "-c", code, str(harness.TESTS), spec],
-                         env=harness.child_env(), capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from reliability.harness import exit_in_map; exit_in_map(sys.argv[2])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(harness.TESTS), spec],
+        env=harness.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     run_id = json.loads(out.stdout.splitlines()[0])["id"]
     conn = harness.connect(db)
@@ -67,7 +76,9 @@ def test_interpreter_exit_during_ctx_map_marks_the_run_interrupted_not_failed(
     conn.close()
     message = json.loads(error or "{}").get("message")
     assert (status, "exited before the run ended" in (message or "")) == ("interrupted", True), (
-        status, message)
+        status,
+        message,
+    )
 
 
 # -- the checks catch what they claim to catch -----------------------------------------------
@@ -146,8 +157,10 @@ def _journal_line(kind: str, name: str, pid_of: str = "owner") -> Callable[[Path
         pid = conn.execute("SELECT owner_pid FROM runs WHERE id = ?", (second,)).fetchone()[0]
         item = name
         if name == "recorded":
-            cp = conn.execute("SELECT name FROM checkpoints WHERE run_id = ? AND name LIKE "
-                              "'map:items:%' ORDER BY name", (first,)).fetchone()[0]
+            cp = conn.execute(
+                "SELECT name FROM checkpoints WHERE run_id = ? AND name LIKE 'map:items:%' ORDER BY name",
+                (first,),
+            ).fetchone()[0]
             item = cp.rsplit(":", 1)[1]
         conn.close()
         harness._append(str(journal), f"{kind} {item} {second} 2 {pid if pid_of == 'owner' else 1}")
@@ -157,26 +170,37 @@ def _journal_line(kind: str, name: str, pid_of: str = "owner") -> Callable[[Path
 
 TAMPERS = {
     "an event flushed before is lost": (
-        _sql("DELETE FROM events WHERE run_id = '{first}' AND seq = 5"), "no longer a prefix"),
-    "a gap in seq": (
-        _sql("UPDATE runs SET last_seq = last_seq + 1 WHERE id = '{second}'"), "not contiguous"),
+        _sql("DELETE FROM events WHERE run_id = '{first}' AND seq = 5"),
+        "no longer a prefix",
+    ),
+    "a gap in seq": (_sql("UPDATE runs SET last_seq = last_seq + 1 WHERE id = '{second}'"), "not contiguous"),
     "a log line lost in the middle": (
-        _sql("UPDATE events SET data = json_set(data, '$.message', 'L9999') "
-             "WHERE run_id = '{second}' AND seq = (SELECT min(seq) FROM events "
-             "WHERE run_id = '{second}' AND kind = 'log')"), "gap or duplicate"),
+        _sql(
+            "UPDATE events SET data = json_set(data, '$.message', 'L9999') "
+            "WHERE run_id = '{second}' AND seq = (SELECT min(seq) FROM events "
+            "WHERE run_id = '{second}' AND kind = 'log')"
+        ),
+        "gap or duplicate",
+    ),
     "a terminal status changes": (
-        _sql("UPDATE runs SET status = 'failed' WHERE id = '{second}'"), "changed: succeeded -> failed"),
+        _sql("UPDATE runs SET status = 'failed' WHERE id = '{second}'"),
+        "changed: succeeded -> failed",
+    ),
     "two active runs for a key": (
-        _sql("UPDATE runs SET status = 'running' WHERE id IN ('{first}', '{second}')"), "2 active runs"),
+        _sql("UPDATE runs SET status = 'running' WHERE id IN ('{first}', '{second}')"),
+        "2 active runs",
+    ),
     "a run still running after recovery": (
-        _sql("UPDATE runs SET status = 'running' WHERE id = '{second}'"), "after recovery"),
+        _sql("UPDATE runs SET status = 'running' WHERE id = '{second}'"),
+        "after recovery",
+    ),
     "a recorded step executed again": (_journal_line("step", "s0"), "executed step:s0 again"),
     "a recorded map item executed again": (_journal_line("item", "recorded"), "executed map:items:"),
-    "a step executed by another process": (_journal_line("step", "s3", pid_of="other"),
-                                           "executed by pid 1"),
+    "a step executed by another process": (_journal_line("step", "s3", pid_of="other"), "executed by pid 1"),
     "a checkpoint not copied on resume": (
         _sql("UPDATE checkpoints SET value = '{{}}' WHERE run_id = '{second}' AND name = 'step:s0'"),
-        "not copied unchanged"),
+        "not copied unchanged",
+    ),
 }
 
 

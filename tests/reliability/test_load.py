@@ -15,8 +15,7 @@ from reliability import harness
 pytestmark = pytest.mark.slow
 
 
-def test_16_processes_starting_the_same_200_keys_make_exactly_one_run_per_key(
-        tmp_path: Path) -> None:
+def test_16_processes_starting_the_same_200_keys_make_exactly_one_run_per_key(tmp_path: Path) -> None:
     # the database does not exist yet: the 16 processes also race to create and migrate it
     out = harness.start_race(tmp_path, procs=16, keys=200, hold=0.2)
     assert out["errors"] == []  # no "database is locked" (nor any other StoreError) reached start()
@@ -29,8 +28,9 @@ def test_16_processes_starting_the_same_200_keys_make_exactly_one_run_per_key(
 
 def test_readers_hammering_the_database_while_8_runs_write(tmp_path: Path) -> None:
     lines = 300
-    out = harness.readers_writers(tmp_path, runs=8, writer_procs=4, lines=lines, pace=0.005,
-                                  pollers=2, dashboard=True, cli=True)
+    out = harness.readers_writers(
+        tmp_path, runs=8, writer_procs=4, lines=lines, pace=0.005, pollers=2, dashboard=True, cli=True
+    )
     assert out["errors"] == []  # writers, pollers, the dashboard query and `tether ls` alike
     assert out["runs"] == 8 and out["statuses"] == {"succeeded": 8}
     assert sorted(out["stored_logs"].values()) == [lines] * 8

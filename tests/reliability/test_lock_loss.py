@@ -60,18 +60,21 @@ def _start_in_child(env: dict[str, str], db: Path, v: str) -> None:
 
 
 def _results_seen_by_another_process(env: dict[str, str], db: Path) -> list[str]:
-    code = ("import json, sqlite3, sys\n"
-            "conn = sqlite3.connect(sys.argv[1])\n"
-            "rows = conn.execute(\"SELECT json_extract(result, '$') FROM runs WHERE status = "
-            "'succeeded'\").fetchall()\n"
-            "print(json.dumps(sorted(r[0] for r in rows)))\n")
+    code = (
+        "import json, sqlite3, sys\n"
+        "conn = sqlite3.connect(sys.argv[1])\n"
+        "rows = conn.execute(\"SELECT json_extract(result, '$') FROM runs WHERE status = "
+        "'succeeded'\").fetchall()\n"
+        "print(json.dumps(sorted(r[0] for r in rows)))\n"
+    )
     out = _child(env, "-c", code, str(db))
     return sorted(__import__("json").loads(out.stdout))
 
 
 @pytest.fixture
-def held(request: pytest.FixtureRequest, db: Path, child_env: dict[str, str], tmp_path: Path
-         ) -> Iterator[Path]:
+def held(
+    request: pytest.FixtureRequest, db: Path, child_env: dict[str, str], tmp_path: Path
+) -> Iterator[Path]:
     """An existing database, and a connection to it this process holds while tether opens it.
     Yields the path tether is pointed at."""
     _start_in_child(child_env, db, "created")  # the database exists, used and closed
@@ -93,15 +96,17 @@ def held(request: pytest.FixtureRequest, db: Path, child_env: dict[str, str], tm
 
 
 @pytest.mark.parametrize("held", ["user-sqlite3", "second-store"], indirect=True)
-def test_opening_the_database_keeps_every_lock_of_the_process(held: Path, db: Path,
-                                                              child_env: dict[str, str]) -> None:
+def test_opening_the_database_keeps_every_lock_of_the_process(
+    held: Path, db: Path, child_env: dict[str, str]
+) -> None:
     assert tether.runs(limit=1)  # tether opens the existing database: its checks run now
     assert echo.start(v="a").result(timeout=30) == "a"
     # another process uses the database and exits: it must not think it was the last user
     _child(child_env, "-m", "tether.cli", "ls", "--db", str(db))
     assert Path(f"{db}-wal").exists() and Path(f"{db}-shm").exists(), (
         "another process deleted the WAL under this process's live connections: tether dropped "
-        "this process's SQLite locks by closing a descriptor of the database")
+        "this process's SQLite locks by closing a descriptor of the database"
+    )
     # this process's writes are seen by the others, and theirs by this one
     assert echo.start(v="b").result(timeout=30) == "b"
     assert "b" in _results_seen_by_another_process(child_env, db)
@@ -115,8 +120,7 @@ def test_opening_the_database_keeps_every_lock_of_the_process(held: Path, db: Pa
     assert raw(db, "PRAGMA integrity_check") == [("ok",)]
 
 
-def test_no_descriptor_of_the_database_is_opened_outside_sqlite(db: Path, child_env: dict[str, str]
-                                                                ) -> None:
+def test_no_descriptor_of_the_database_is_opened_outside_sqlite(db: Path, child_env: dict[str, str]) -> None:
     """The mechanism, seen directly: after tether opened an existing database, every descriptor of
     this process on the file is one of SQLite's, so the process still holds its shared lock:
     another process cannot lock the file exclusively."""
@@ -124,15 +128,18 @@ def test_no_descriptor_of_the_database_is_opened_outside_sqlite(db: Path, child_
     with closing(sqlite3.connect(db)) as user:
         user.execute("SELECT count(*) FROM runs").fetchall()
         tether.runs()
-        code = ("import sqlite3, sys\n"
-                "conn = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
-                "conn.execute('PRAGMA locking_mode = EXCLUSIVE')\n"
-                "try:\n"
-                "    conn.execute('SELECT count(*) FROM runs').fetchall()\n"
-                "    print('exclusive')\n"
-                "except sqlite3.OperationalError as exc:\n"
-                "    print('refused:', exc)\n")
+        code = (
+            "import sqlite3, sys\n"
+            "conn = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
+            "conn.execute('PRAGMA locking_mode = EXCLUSIVE')\n"
+            "try:\n"
+            "    conn.execute('SELECT count(*) FROM runs').fetchall()\n"
+            "    print('exclusive')\n"
+            "except sqlite3.OperationalError as exc:\n"
+            "    print('refused:', exc)\n"
+        )
         out = _child(child_env, "-c", code, str(db))
         assert out.stdout.startswith("refused"), (
             "another process locked the database exclusively although this process holds "
-            f"connections to it: {out.stdout}")
+            f"connections to it: {out.stdout}"
+        )

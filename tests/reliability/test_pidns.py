@@ -71,8 +71,9 @@ def _need_unshare() -> None:
     elif shutil.which("unshare") is None:
         why = "unshare (util-linux) is not installed"
     else:
-        out = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, text=True, timeout=30
+        )
         if out.returncode != 0:
             why = f"unshare --pid --fork --mount-proc fails here: {out.stderr.strip()}"
     if why:
@@ -100,18 +101,24 @@ def quick(ctx: tether.Context, n: int) -> int:
 
 
 @contextmanager
-def _namespaced(db: Path, child_env: dict[str, str], tmp_path: Path
-                ) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+def _namespaced(
+    db: Path, child_env: dict[str, str], tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
     """A Python process that is pid 1 of a new pid namespace (with its own /proc), running a long
     run against the shared database. Yields (the ``unshare`` process, what the child reported)."""
     _need_unshare()
     GATE.clear()
     ready = tmp_path / "ready.json"
     spec = {"db": str(db), "lease": LEASE_S, "beat": BEAT_S, "ready": str(ready)}
-    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
-                             _INNER, json.dumps(spec)], env=child_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", _INNER, json.dumps(spec)],
+        env=child_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         def reported() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"the namespaced child exited: {proc.communicate()}")
@@ -127,8 +134,9 @@ def _namespaced(db: Path, child_env: dict[str, str], tmp_path: Path
 
 
 @pytest.fixture
-def namespaced(db: Path, child_env: dict[str, str], tmp_path: Path
-               ) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+def namespaced(
+    db: Path, child_env: dict[str, str], tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
     with _namespaced(db, child_env, tmp_path) as ns:
         yield ns
 
@@ -141,8 +149,13 @@ def _inner(proc: subprocess.Popen[str]) -> list[psutil.Process]:
 
 
 def _cli(db: Path, env: dict[str, str], *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "tether.cli", *args, "--db", str(db)], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "tether.cli", *args, "--db", str(db)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
@@ -155,8 +168,8 @@ def _sweep() -> None:
 
 
 def test_a_live_owner_in_another_pid_namespace_keeps_its_run(
-        db: Path, child_env: dict[str, str],
-        namespaced: tuple[subprocess.Popen[str], dict[str, Any]]) -> None:
+    db: Path, child_env: dict[str, str], namespaced: tuple[subprocess.Popen[str], dict[str, Any]]
+) -> None:
     proc, child = namespaced
     assert child["pid"] == 1, "the child is not pid 1 of a new pid namespace"
     run_id = child["id"]
@@ -204,7 +217,8 @@ def test_a_live_owner_in_another_pid_namespace_keeps_its_run(
 
 
 def test_the_namespaced_process_does_not_end_runs_of_this_namespace(
-        db: Path, child_env: dict[str, str], tmp_path: Path) -> None:
+    db: Path, child_env: dict[str, str], tmp_path: Path
+) -> None:
     """The other way round: a run of this process is live while a process in a new pid namespace
     lists the runs (its own /proc does not show this process)."""
     _need_unshare()
@@ -264,8 +278,7 @@ def test_owner_identity_is_recorded_with_its_namespace(db: Path) -> None:
     assert tether.runs()[0].snapshot().owner == owner.current()
 
 
-def test_a_schema_0001_database_migrates_on_open_and_keeps_judging_its_runs(
-        db: Path, tmp_path: Path) -> None:
+def test_a_schema_0001_database_migrates_on_open_and_keeps_judging_its_runs(db: Path, tmp_path: Path) -> None:
     """An older tether's database: no owner_ns column. It migrates on first use (0002_owner_ns);
     its runs are judged by host and pid as before, a live one stays live."""
     assert quick.start(n=1).result(timeout=30) == 1
@@ -279,22 +292,39 @@ def test_a_schema_0001_database_migrates_on_open_and_keeps_judging_its_runs(
         template = conn.execute("SELECT * FROM runs").fetchone()
         cols = [d[1] for d in conn.execute("PRAGMA table_info(runs)")]
         me = owner.current()
-        for run_id, pid, started in (("olddead", _dead_pid(), me.started),
-                                     ("oldlive", me.pid, me.started)):
+        for run_id, pid, started in (("olddead", _dead_pid(), me.started), ("oldlive", me.pid, me.started)):
             row = dict(zip(cols, template))
-            row.update(id=run_id, key=run_id, status="running", ended_at=None, result=None,
-                       owner_host=socket.gethostname(), owner_pid=pid, owner_started=started,
-                       owner_instance="old-" + run_id, lease_until=time.time() - 1, last_seq=1)
-            conn.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                         list(row.values()))
-            conn.execute("INSERT INTO events (run_id, seq, ts, kind, data) VALUES (?, 1, ?, "
-                         "'created', '{}')", (run_id, time.time()))
+            row.update(
+                id=run_id,
+                key=run_id,
+                status="running",
+                ended_at=None,
+                result=None,
+                owner_host=socket.gethostname(),
+                owner_pid=pid,
+                owner_started=started,
+                owner_instance="old-" + run_id,
+                lease_until=time.time() - 1,
+                last_seq=1,
+            )
+            conn.execute(
+                f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                list(row.values()),
+            )
+            conn.execute(
+                "INSERT INTO events (run_id, seq, ts, kind, data) VALUES (?, 1, ?, 'created', '{}')",
+                (run_id, time.time()),
+            )
         conn.commit()
     assert [r[0] for r in raw(db, "SELECT name FROM _sqlite_migrations")] == ["0001_initial"]
     statuses = {r.id: str(r.status) for r in tether.runs()}
     assert statuses["olddead"] == "interrupted" and statuses["oldlive"] == "running"
     assert [r[0] for r in raw(db, "SELECT name FROM _sqlite_migrations")] == [
-        "0001_initial", "0002_owner_ns", "0003_control", "0004_code"]
+        "0001_initial",
+        "0002_owner_ns",
+        "0003_control",
+        "0004_code",
+    ]
     assert raw(db, "SELECT owner_ns FROM runs WHERE id = 'oldlive'") == [(None,)]
     assert quick.start(n=2).result(timeout=30) == 2
     assert raw(db, "SELECT count(*) FROM runs WHERE owner_ns IS NOT NULL") == [(1,)]

@@ -58,10 +58,17 @@ def write(db: Path, sql: str, *args: Any) -> None:
         conn.commit()
 
 
-def cli(env: dict[str, str], db: Path, *args: str, cwd: Path | None = None
-        ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tether.cli", *args, "--db", str(db)], env=env,
-                          cwd=cwd, capture_output=True, text=True, timeout=60)
+def cli(
+    env: dict[str, str], db: Path, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tether.cli", *args, "--db", str(db)],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def mode(path: Path) -> int:
@@ -92,8 +99,9 @@ _MODES_CHILD = textwrap.dedent("""
 
 
 def _modes_with_umask_0(db: Path, top: Path) -> dict[str, int]:
-    out = subprocess.run([sys.executable, "-c", _MODES_CHILD, str(db), str(top)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", _MODES_CHILD, str(db), str(top)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     return {k: v for k, v in json.loads(out.stdout).items() if k != "."}
 
@@ -103,8 +111,12 @@ def test_database_folder_file_wal_and_shm_are_private_under_umask_0(tmp_path: Pa
     top = tmp_path / "top"
     top.mkdir()
     modes = _modes_with_umask_0(top / "state" / "runs.db", top)
-    assert modes == {"state": 0o700, "state/runs.db": 0o600, "state/runs.db-wal": 0o600,
-                     "state/runs.db-shm": 0o600}, {k: oct(v) for k, v in modes.items()}
+    assert modes == {
+        "state": 0o700,
+        "state/runs.db": 0o600,
+        "state/runs.db-wal": 0o600,
+        "state/runs.db-shm": 0o600,
+    }, {k: oct(v) for k, v in modes.items()}
 
 
 def test_every_folder_tether_creates_is_private(tmp_path: Path) -> None:
@@ -120,8 +132,17 @@ def test_every_folder_tether_creates_is_private(tmp_path: Path) -> None:
 
 # -- never unpickle: static -----------------------------------------------------------------------
 
-FORBIDDEN = {"pickle", "_pickle", "cPickle", "marshal", "shelve", "dill", "cloudpickle",
-             "jsonpickle", "joblib"}
+FORBIDDEN = {
+    "pickle",
+    "_pickle",
+    "cPickle",
+    "marshal",
+    "shelve",
+    "dill",
+    "cloudpickle",
+    "jsonpickle",
+    "joblib",
+}
 
 
 def _imports(tree: ast.AST) -> set[str]:
@@ -131,9 +152,13 @@ def _imports(tree: ast.AST) -> set[str]:
             names.update(a.name.split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module.split(".")[0])
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-              and node.func.id == "__import__" and node.args
-              and isinstance(node.args[0], ast.Constant)):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "__import__"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
             names.add(str(node.args[0].value).split(".")[0])
     return names
 
@@ -153,11 +178,13 @@ def test_no_module_of_tether_imports_a_deserialiser_that_runs_code() -> None:
     loads = {}
     for fn in ast.walk(tree):
         if isinstance(fn, ast.FunctionDef):
-            calls = [n for n in ast.walk(fn) if isinstance(n, ast.Call)
-                     and isinstance(n.func, ast.Attribute)]
+            calls = [n for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
             for call in calls:
-                if call.func.attr in ("loads", "load", "Unpickler") and isinstance(
-                        call.func.value, ast.Name) and call.func.value.id == "pickle":
+                if (
+                    call.func.attr in ("loads", "load", "Unpickler")
+                    and isinstance(call.func.value, ast.Name)
+                    and call.func.value.id == "pickle"
+                ):
                     checks = [c.lineno for c in calls if c.func.attr == "check_pickle"]
                     loads[fn.name] = bool(checks) and min(checks) < call.lineno
     assert loads == {"_dec_pickle": True}
@@ -173,10 +200,15 @@ def test_only_the_worker_imports_modules_by_name_and_nothing_evaluates_code() ->
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
                 fn = node.func
-                name = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(
-                    fn, ast.Attribute) else ""
-                if name in ("import_module", "__import__", "find_spec", "spec_from_file_location",
-                            "run_path", "run_module"):
+                name = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(fn, ast.Attribute) else ""
+                if name in (
+                    "import_module",
+                    "__import__",
+                    "find_spec",
+                    "spec_from_file_location",
+                    "run_path",
+                    "run_module",
+                ):
                     dynamic.setdefault(rel, set()).add(name)
                 if name in ("eval", "exec", "compile") and isinstance(fn, ast.Name):
                     evals.setdefault(rel, set()).add(name)
@@ -251,10 +283,21 @@ def _read_everything(run_ids: list[str]) -> list[str]:
 
     attempt("runs", lambda: [r.snapshot() for r in tether.runs(limit=None)])
     for run_id in run_ids:
+
         def one(run_id: str = run_id) -> None:
             run = tether.get_run(run_id)
-            for prop in ("status", "phase", "phases", "phases_done", "progress", "error", "message",
-                         "params", "version", "resumed_from"):
+            for prop in (
+                "status",
+                "phase",
+                "phases",
+                "phases_done",
+                "progress",
+                "error",
+                "message",
+                "params",
+                "version",
+                "resumed_from",
+            ):
                 getattr(run, prop)
             run.events()
             run.logs()
@@ -265,8 +308,9 @@ def _read_everything(run_ids: list[str]) -> list[str]:
                 run.result()
 
         attempt(f"run {run_id}", one)
-        attempt(f"checkpoints {run_id}", lambda r=run_id: (store.checkpoints(r),
-                                                          store.checkpoint(r, "step:blob")))
+        attempt(
+            f"checkpoints {run_id}", lambda r=run_id: (store.checkpoints(r), store.checkpoint(r, "step:blob"))
+        )
         attempt(f"events {run_id}", lambda r=run_id: (store.events(r), store.tail(r, "log", 5)))
 
         def widgets(run_id: str = run_id) -> None:
@@ -313,18 +357,23 @@ def _cli_everything(env: dict[str, str], db: Path, run_ids: list[str], strict: b
     interpreter start instead of 3 + 3 per run); ``strict``: each must exit 0 quietly."""
     commands = [["ls"], ["ls", "--json"], ["gc"]]
     for run_id in run_ids:
-        commands += [["show", run_id, "--lines", "50"], ["show", run_id, "--json"],
-                     ["cancel", run_id]]
+        commands += [["show", run_id, "--lines", "50"], ["show", run_id, "--json"], ["cancel", run_id]]
     commands = [[*args, "--db", str(db)] for args in commands]
-    out = subprocess.run([sys.executable, "-c", _CLI_BATCH, json.dumps(commands)], env=env,
-                         capture_output=True, text=True, timeout=90)
+    out = subprocess.run(
+        [sys.executable, "-c", _CLI_BATCH, json.dumps(commands)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert out.returncode == 0, out.stderr[-800:]
     if strict:
         assert [c for c in json.loads(out.stdout) if c[1] != 0 or c[2]] == []
 
 
-def test_pickles_stored_as_run_text_are_never_loaded(db: Path, tmp_path: Path,
-                                                    child_env: dict[str, str]) -> None:
+def test_pickles_stored_as_run_text_are_never_loaded(
+    db: Path, tmp_path: Path, child_env: dict[str, str]
+) -> None:
     carried, markers = payloads(tmp_path)
     ok = carrier.start(**carried)
     assert ok.result(timeout=30) == carried
@@ -343,7 +392,8 @@ def test_pickles_stored_as_run_text_are_never_loaded(db: Path, tmp_path: Path,
 
 
 def test_pickles_written_as_blobs_behind_tethers_back_are_never_loaded(
-        db: Path, tmp_path: Path, child_env: dict[str, str]) -> None:
+    db: Path, tmp_path: Path, child_env: dict[str, str]
+) -> None:
     """Raw pickle bytes in every JSON column (another program, or an attacker with write access to
     the file): reading may fail (see test_bad_input's tampered-column test) but never unpickles."""
     carried, markers = payloads(tmp_path)
@@ -369,13 +419,15 @@ def test_pickles_written_as_blobs_behind_tethers_back_are_never_loaded(
 # -- the CLI and the worker execute only what the command line names ------------------------------
 
 
-def test_cli_and_worker_never_import_what_the_database_names(db: Path, tmp_path: Path,
-                                                            child_env: dict[str, str]) -> None:
+def test_cli_and_worker_never_import_what_the_database_names(
+    db: Path, tmp_path: Path, child_env: dict[str, str]
+) -> None:
     here = tmp_path / "cwd"  # the worker puts its cwd on sys.path: the evil module sits there
     here.mkdir()
     marker = tmp_path / "EVIL-IMPORTED"
     for name in ("evil_mod", "evil_pkg_mod"):
-        (here / f"{name}.py").write_text(textwrap.dedent(f"""
+        (here / f"{name}.py").write_text(
+            textwrap.dedent(f"""
             open({str(marker)!r}, "a").write({name!r} + " imported\\n")
             import tether
 
@@ -383,15 +435,15 @@ def test_cli_and_worker_never_import_what_the_database_names(db: Path, tmp_path:
             def run(ctx, tag: str, log: str = ""):
                 open({str(marker)!r}, "a").write({name!r} + " executed\\n")
                 return {{"pwned": True}}
-        """))
+        """)
+        )
     env = dict(child_env, PYTHONPATH=os.pathsep.join([str(here), child_env["PYTHONPATH"]]))
     log = tmp_path / "benign.log"
     good = pipes_d.benign.start(tag="good", log=str(log), detach=True)
     evil = pipes_d.benign.start(tag="evil", log=str(log), detach=True)
     other = pipes_d.benign.start(tag="other", log=str(log), detach=True)
     # the database (written by anyone) names modules: as a pipeline, with a function, as a key
-    write(db, "UPDATE runs SET pipeline = 'evil_mod.run', key = 'evil_pkg_mod:run' WHERE id = ?",
-          evil.id)
+    write(db, "UPDATE runs SET pipeline = 'evil_mod.run', key = 'evil_pkg_mod:run' WHERE id = ?", evil.id)
     write(db, "UPDATE runs SET pipeline = 'evil_pkg_mod:run' WHERE id = ?", other.id)
 
     for args in (["ls"], ["ls", "--json"], ["show", evil.id], ["show", other.id, "--json"], ["gc"]):
@@ -401,8 +453,24 @@ def test_cli_and_worker_never_import_what_the_database_names(db: Path, tmp_path:
         assert not marker.exists(), f"`tether {' '.join(args)}` imported a module named by the DB"
 
     worker = subprocess.run(
-        [sys.executable, "-m", "tether.cli", "worker", "helpers.pipes_d", "--once", "--poll", "0.05",
-         "--db", str(db)], env=env, cwd=here, capture_output=True, text=True, timeout=90)
+        [
+            sys.executable,
+            "-m",
+            "tether.cli",
+            "worker",
+            "helpers.pipes_d",
+            "--once",
+            "--poll",
+            "0.05",
+            "--db",
+            str(db),
+        ],
+        env=env,
+        cwd=here,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert worker.returncode == 0, worker.stderr
     assert "executed 1 run" in worker.stdout
     assert not marker.exists(), marker.read_text()
@@ -440,7 +508,8 @@ def shouty(ctx: tether.Context, what: str) -> str:
 
 
 def test_cli_output_contains_no_terminal_control_characters_from_run_text(
-        db: Path, child_env: dict[str, str]) -> None:
+    db: Path, child_env: dict[str, str]
+) -> None:
     """BUG (now): `tether ls` / `tether show` print pipeline names, phases, log lines and error
     messages raw, so a run's text can drive the user's terminal (retitle it, clear it, hide or
     overwrite lines; OSC 52 can write the clipboard). JSON output (--json, params, results) is

@@ -24,7 +24,7 @@ import tether
 from helpers.util import raw
 from tether.context import LOG_LINE_MAX, PHASES_MAX
 
-SIZES_CHILD = r'''
+SIZES_CHILD = r"""
 import json, sys, time
 import tether
 
@@ -61,52 +61,55 @@ run = pipe.start(**spec)
 run.wait(timeout=300)
 print(json.dumps({"id": run.id, "status": str(run.status), "elapsed": time.perf_counter() - t0,
                   "written": written() - w0}), flush=True)
-'''
+"""
 
 
 def _child(child_env: dict[str, str], tmp_path: Path, **spec: Any) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-c", SIZES_CHILD, json.dumps(spec)], env=child_env,
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SIZES_CHILD, json.dumps(spec)],
+        env=child_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["status"] == "succeeded", out
     return out
 
 
-def test_8000_phases_cost_what_8000_phases_do(db: Path, child_env: dict[str, str],
-                                               tmp_path: Path) -> None:
+def test_8000_phases_cost_what_8000_phases_do(db: Path, child_env: dict[str, str], tmp_path: Path) -> None:
     out = _child(child_env, tmp_path, pipeline="phases", n=8000)
     mib = out["written"] / 2**20
     # each phase is one small transaction (a few pages of WAL); an uncapped list made phase i
     # rewrite i names twice: 18.8 s and 2.5 GB for 8,000
     assert mib < 400, f"8,000 phases wrote {mib:.0f} MiB"
     assert out["elapsed"] < 15, f"8,000 phases took {out['elapsed']:.1f} s"
-    (phase, listed, done), = raw(db, "SELECT phase, phases, phases_done FROM runs WHERE id = ?",
-                                 out["id"])
+    ((phase, listed, done),) = raw(db, "SELECT phase, phases, phases_done FROM runs WHERE id = ?", out["id"])
     listed, done = json.loads(listed), json.loads(done)
     assert phase == "step 7999"  # the current phase is named even beyond the list
     assert listed == [f"step {i}" for i in range(PHASES_MAX)]
     # every listed phase is done; the last one joins them at the end of the run
     assert done == [*listed, "step 7999"]
-    (last,), = raw(db, "SELECT data FROM events WHERE run_id = ? AND kind = 'phase' "
-                       "ORDER BY seq DESC LIMIT 1", out["id"])
+    ((last,),) = raw(
+        db, "SELECT data FROM events WHERE run_id = ? AND kind = 'phase' ORDER BY seq DESC LIMIT 1", out["id"]
+    )
     assert json.loads(last) == {"name": "step 7999", "total": None, "unlisted": 8000 - PHASES_MAX}
-    (phase_events,), = raw(db, "SELECT count(*) FROM events WHERE run_id = ? AND kind = 'phase'",
-                           out["id"])
+    ((phase_events,),) = raw(db, "SELECT count(*) FROM events WHERE run_id = ? AND kind = 'phase'", out["id"])
     assert phase_events == 8000  # every phase change is still an event
 
 
-def test_a_50_mb_log_line_is_stored_clipped(db: Path, child_env: dict[str, str],
-                                            tmp_path: Path) -> None:
+def test_a_50_mb_log_line_is_stored_clipped(db: Path, child_env: dict[str, str], tmp_path: Path) -> None:
     chars = 50_000_000
     out = _child(child_env, tmp_path, pipeline="long_line", chars=chars, seconds=1.5)
     mib = out["written"] / 2**20
     assert mib < 16, f"one long line and 1.5 s of progress wrote {mib:.0f} MiB"
     marker = f"… [{chars - LOG_LINE_MAX:,} characters cut]"
-    (data,), = raw(db, "SELECT data FROM events WHERE run_id = ? AND kind = 'log'", out["id"])
+    ((data,),) = raw(db, "SELECT data FROM events WHERE run_id = ? AND kind = 'log'", out["id"])
     message = json.loads(data)["message"]
     assert message == "y" * LOG_LINE_MAX + marker
-    (column,), = raw(db, "SELECT message FROM runs WHERE id = ?", out["id"])
+    ((column,),) = raw(db, "SELECT message FROM runs WHERE id = ?", out["id"])
     assert column == message
 
 
@@ -124,8 +127,11 @@ def test_a_long_line_through_logging_and_ctx_log_reads_back_clipped(db: Path) ->
 
     run = chatty.start()
     run.wait(timeout=30)
-    assert run.logs() == ["a" * LOG_LINE_MAX + "… [5 characters cut]",
-                          "b" * LOG_LINE_MAX + "… [7 characters cut]", "c" * LOG_LINE_MAX]
+    assert run.logs() == [
+        "a" * LOG_LINE_MAX + "… [5 characters cut]",
+        "b" * LOG_LINE_MAX + "… [7 characters cut]",
+        "c" * LOG_LINE_MAX,
+    ]
 
 
 def test_a_kwargs_params_conflict_names_a_few_differences_and_counts_the_rest(db: Path) -> None:

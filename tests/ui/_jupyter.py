@@ -22,9 +22,16 @@ from typing import Any
 import nbformat
 
 CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def make_notebook(path: Path, cells: list[str]) -> Path:
@@ -53,30 +60,43 @@ class JupyterServer:
 
     def start(self, timeout: float = 60) -> JupyterServer:
         state = Path(tempfile.mkdtemp(prefix="jp-state-", dir=self.root.parent))
-        env = dict(os.environ, **self.extra_env,
-                   JUPYTER_CONFIG_DIR=str(state / "config"),
-                   JUPYTERLAB_SETTINGS_DIR=str(state / "settings"),
-                   JUPYTERLAB_WORKSPACES_DIR=str(state / "workspaces"),
-                   JUPYTER_RUNTIME_DIR=str(state / "runtime"))
+        env = dict(
+            os.environ,
+            **self.extra_env,
+            JUPYTER_CONFIG_DIR=str(state / "config"),
+            JUPYTERLAB_SETTINGS_DIR=str(state / "settings"),
+            JUPYTERLAB_WORKSPACES_DIR=str(state / "workspaces"),
+            JUPYTER_RUNTIME_DIR=str(state / "runtime"),
+        )
         env.pop("TETHER_DB", None)
         notif = state / "settings" / "@jupyterlab" / "apputils-extension"
         notif.mkdir(parents=True)
         (notif / "notification.jupyterlab-settings").write_text(
-            json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+            json.dumps({"fetchNews": "false", "checkForUpdates": False})
+        )
         exe = Path(sys.executable).parent / "jupyter"
-        cmd = [str(exe), self.app, "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
-               "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
-               "--allow-root", f"--ServerApp.root_dir={self.root}", "--expose-app-in-browser"]
+        cmd = [
+            str(exe),
+            self.app,
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            "--allow-root",
+            f"--ServerApp.root_dir={self.root}",
+            "--expose-app-in-browser",
+        ]
         self.logf = open(self.log, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.app} exited early; see {self.log}")
             try:
-                with urllib.request.urlopen(f"{self.url}/api/status?token={self.token}",
-                                            timeout=2) as r:
+                with urllib.request.urlopen(f"{self.url}/api/status?token={self.token}", timeout=2) as r:
                     if r.status == 200:
                         return self
             except OSError:
@@ -88,8 +108,9 @@ class JupyterServer:
         return f"{self.url}/{path}?token={self.token}"
 
     def api(self, method: str, path: str) -> Any:
-        req = urllib.request.Request(f"{self.url}/api/{path}", method=method,
-                                     headers={"Authorization": f"token {self.token}"})
+        req = urllib.request.Request(
+            f"{self.url}/api/{path}", method=method, headers={"Authorization": f"token {self.token}"}
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             body = r.read()
         return json.loads(body) if body else None
@@ -130,25 +151,31 @@ class Front:
                 const panel = ({self.PANEL})(path);
                 if (!panel) throw new Error('notebook panel not found');
                 return await (async (panel, arg) => {{ {body} }})(panel, arg);
-            }}""", [self.nb, arg])
+            }}""",
+            [self.nb, arg],
+        )
 
     def wait_ready(self, timeout: float = 90_000) -> None:
-        self.page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell",
-                                    timeout=timeout)
+        self.page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell", timeout=timeout)
         self.page.wait_for_function(
             f"""(path) => {{ const p = ({self.PANEL})(path);
                 return p && p.context.isReady && p.sessionContext.session?.kernel
                        && p.sessionContext.session.kernel.connectionStatus === 'connected'
                        && p.sessionContext.session.kernel.status === 'idle'; }}""",
-            arg=self.nb, timeout=timeout)
+            arg=self.nb,
+            timeout=timeout,
+        )
 
     def run_all(self) -> Any:
         return self.js("""panel.content.activate();
             return await window.jupyterapp.commands.execute('notebook:run-all-cells');""")
 
     def run_cell(self, index: int) -> Any:
-        return self.js("""panel.content.activate(); panel.content.activeCellIndex = arg;
-            return await window.jupyterapp.commands.execute('notebook:run-cell');""", index)
+        return self.js(
+            """panel.content.activate(); panel.content.activeCellIndex = arg;
+            return await window.jupyterapp.commands.execute('notebook:run-cell');""",
+            index,
+        )
 
     def save(self) -> None:
         self.js("""panel.content.activate();
@@ -178,5 +205,7 @@ class Front:
             f"""(path) => {{ const k = ({self.PANEL})(path)?.sessionContext.session?.kernel;
                 return window.__e2e_restarted && k && k.status === 'idle'
                        && k.connectionStatus === 'connected'; }}""",
-            arg=self.nb, timeout=timeout)
+            arg=self.nb,
+            timeout=timeout,
+        )
         return clicked

@@ -46,8 +46,9 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
 
 
 @pytest.fixture(scope="session", params=FRONTENDS)
-def jupyter(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[JupyterServer]:
+def jupyter(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[JupyterServer]:
     root = tmp_path_factory.mktemp(f"nb-{request.param}")
     env = {"PYTHONPATH": os.pathsep.join(p for p in [str(TESTS), os.environ.get("PYTHONPATH")] if p)}
     srv = JupyterServer(request.param, root, root.parent / f"{request.param}-server.log", env)
@@ -108,8 +109,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture
-def open_notebook(request: pytest.FixtureRequest, jupyter: JupyterServer, ui_context: Any
-                  ) -> Iterator[Callable[..., Notebook]]:
+def open_notebook(
+    request: pytest.FixtureRequest, jupyter: JupyterServer, ui_context: Any
+) -> Iterator[Callable[..., Notebook]]:
     """``open_notebook(cells)``: write <test>.ipynb (prelude + cells), open it, wait for the kernel."""
     opened: list[Notebook] = []
     test = request.node.originalname
@@ -124,8 +126,14 @@ def open_notebook(request: pytest.FixtureRequest, jupyter: JupyterServer, ui_con
         nb = Notebook(jupyter, page, Front(page, name), db, test)
         page.on("dialog", lambda d: d.accept())
         page.on("pageerror", lambda e: nb.errors.append(str(e)[:300]))
-        page.on("request", lambda r: nb.foreign.append(r.url) if r.url.startswith("http")
-                and not r.url.startswith(jupyter.url) else None)
+        page.on(
+            "request",
+            lambda r: (
+                nb.foreign.append(r.url)
+                if r.url.startswith("http") and not r.url.startswith(jupyter.url)
+                else None
+            ),
+        )
         opened.append(nb)
         page.goto(_fresh(jupyter.page_url(name), jupyter.app))
         nb.front.wait_ready()
@@ -151,4 +159,3 @@ def open_notebook(request: pytest.FixtureRequest, jupyter: JupyterServer, ui_con
 def _fresh(url: str, app: str) -> str:
     # JupyterLab restores the last workspace (earlier tests' notebooks) unless told to reset
     return url.replace("?", "?reset&", 1) if app == "lab" else url
-

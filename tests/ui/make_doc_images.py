@@ -22,12 +22,12 @@ from _jupyter import CHROMIUM, CHROMIUM_ARGS, Front, JupyterServer, make_noteboo
 
 REPO = Path(__file__).resolve().parents[2]
 
-SETUP = '''import os, time
+SETUP = """import os, time
 import tether
 HOLD = {hold!r}
-_ = tether.configure(db={db!r})'''
+_ = tether.configure(db={db!r})"""
 
-PIPELINES = '''@tether.pipeline(phases=["scanning", "analyzing", "generating", "applying"])
+PIPELINES = """@tether.pipeline(phases=["scanning", "analyzing", "generating", "applying"])
 def refactor(ctx, repo: str, files: int = 40, delay: float = 0.05):
     for phase in ["scanning", "analyzing", "generating", "applying"]:
         ctx.phase(phase, total=files)
@@ -46,9 +46,9 @@ def total_sales(ctx, path: str):
     for part in ctx.track(["2024", "2025", "2026"]):
         ctx.log("read %s/%s.csv", path, part)
     ctx.phase("summarising")
-    raise KeyError("column 'amount' is missing in 2026.csv")'''
+    raise KeyError("column 'amount' is missing in 2026.csv")"""
 
-WORKER_MODULE = '''import time
+WORKER_MODULE = """import time
 import tether
 
 
@@ -57,7 +57,7 @@ def nightly_etl(ctx, table: str):
     ctx.phase("extract")
     time.sleep(1)
     return table
-'''
+"""
 
 
 class Shots:
@@ -66,8 +66,10 @@ class Shots:
         self.sizes: dict[str, int] = {}
 
     def theme(self, name: str) -> None:
-        self.front.js("await window.jupyterapp.commands.execute('apputils:change-theme', "
-                      f"{{theme: '{name}'}}); return null;")
+        self.front.js(
+            "await window.jupyterapp.commands.execute('apputils:change-theme', "
+            f"{{theme: '{name}'}}); return null;"
+        )
         light = "true" if name.endswith("Light") else "false"
         self.page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'")
         self.page.wait_for_timeout(300)  # the theme's CSS transition (a picture, not a test)
@@ -99,18 +101,21 @@ def main(out: Path) -> None:
     hold.mkdir()
     (root / "pipelines.py").write_text(WORKER_MODULE)
     db = root / "runs.db"
-    cells = [SETUP.format(hold=str(hold), db=str(db)), PIPELINES,
-             # 2: running, 3: stored, 4: failed, 5: cancelled, 6: newer, 7: detached, 8: dashboard
-             "run = refactor.start(repo='./app', files=300, delay=0.04)\nrun",
-             "refactor.start(repo='./lib', files=6, delay=0.01).wait(30)\n"
-             "refactor.start(repo='./lib', files=6, delay=0.01)  # again: the stored result",
-             "total_sales.start(path='sales')",
-             "slow = refactor.start(repo='./web', files=400, delay=0.05)\nslow",
-             "old = refactor.start(repo='./lib', files=6, delay=0.01)\n"
-             "new = old.rerun()\nnew.wait(30)\ntether.get_run(old.id)",
-             "import pipelines\npipelines.nightly_etl.start(table='orders', detach=True)",
-             "tether.dashboard()",
-             "run"]
+    cells = [
+        SETUP.format(hold=str(hold), db=str(db)),
+        PIPELINES,
+        # 2: running, 3: stored, 4: failed, 5: cancelled, 6: newer, 7: detached, 8: dashboard
+        "run = refactor.start(repo='./app', files=300, delay=0.04)\nrun",
+        "refactor.start(repo='./lib', files=6, delay=0.01).wait(30)\n"
+        "refactor.start(repo='./lib', files=6, delay=0.01)  # again: the stored result",
+        "total_sales.start(path='sales')",
+        "slow = refactor.start(repo='./web', files=400, delay=0.05)\nslow",
+        "old = refactor.start(repo='./lib', files=6, delay=0.01)\n"
+        "new = old.rerun()\nnew.wait(30)\ntether.get_run(old.id)",
+        "import pipelines\npipelines.nightly_etl.start(table='orders', detach=True)",
+        "tether.dashboard()",
+        "run",
+    ]
     make_notebook(root / "panel.ipynb", cells)
     # JupyterLab's "Save Widget State Automatically", to check what a reload without kernel shows
     settings = work / "jp-settings" / "@jupyter-widgets" / "jupyterlab-manager"
@@ -147,8 +152,9 @@ def main(out: Path) -> None:
         print(f"{size / 1024:6.1f} KiB  {name}")
 
 
-def _shoot(page: Any, front: Front, shots: Shots, cell: Any, hold: Path, srv: JupyterServer,
-           expect: Any) -> None:
+def _shoot(
+    page: Any, front: Front, shots: Shots, cell: Any, hold: Path, srv: JupyterServer, expect: Any
+) -> None:
     for i in range(2):
         assert front.run_cell(i) is True
     # running, with a rate and a phase ETA: held at item 60 of "analyzing"

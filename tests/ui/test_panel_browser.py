@@ -52,7 +52,8 @@ def states(nb: Notebook) -> list[dict[str, Any]]:
 
 
 def panel_state(nb: Notebook) -> dict[str, Any]:
-    return dict(nb.page.evaluate("""() => {
+    return dict(
+        nb.page.evaluate("""() => {
       const p = document.querySelector('[data-testid=tether-panel]');
       if (!p) return {};
       const bar = p.querySelector('[role=progressbar]');
@@ -60,7 +61,8 @@ def panel_state(nb: Notebook) -> dict[str, Any]:
               attempt: p.dataset.attempt, phase: p.dataset.phase,
               now: Number(bar.getAttribute('aria-valuenow')),
               steps: [...p.querySelectorAll('[data-testid=tether-step]')].map(li => li.dataset.state)};
-    }"""))
+    }""")
+    )
 
 
 # true once the saved (static) text/html of the notebook's outputs includes the argument
@@ -107,6 +109,7 @@ def wait_db(db: Path, pred: Any, timeout: float = 30.0) -> list[Any]:
 
 # -- 1 ------------------------------------------------------------------------------------------
 
+
 def test_stream_bar_and_stepper_advance(open_notebook: Any) -> None:
     nb = open_notebook(["run = pp.four_phase.start(n=16, delay=0.08, tag='s1')\nrun"])
     nb.page.evaluate(RECORDER)
@@ -143,14 +146,14 @@ def test_stream_bar_and_stepper_advance(open_notebook: Any) -> None:
 
 # -- 7 ------------------------------------------------------------------------------------------
 
+
 def test_run_text_is_never_html(open_notebook: Any) -> None:
     nb = open_notebook(["run = pp.evil.start(tag='x')\nrun"], run=True)
     panel = nb.panel()
     expect(panel).to_have_attribute("data-status", "failed", timeout=20_000)
     evil = '<img src=x onerror="window.__tether_xss=1"> <script>window.__tether_xss=2</script>'
     expect(panel.get_by_test_id("tether-log")).to_contain_text(evil)
-    expect(panel.get_by_test_id("tether-error-message")).to_have_text(
-        "ValueError: bad input " + evil)
+    expect(panel.get_by_test_id("tether-error-message")).to_have_text("ValueError: bad input " + evil)
     panel.locator("summary", has_text="Traceback").click()
     expect(panel.get_by_test_id("tether-traceback")).to_contain_text("bad input <img src=x")
     expect(panel.get_by_test_id("tether-traceback")).to_be_visible()
@@ -166,21 +169,27 @@ def test_run_text_is_never_html(open_notebook: Any) -> None:
     nb.shot("7-text-not-html")
     # the panel follows the front end's dark theme through its CSS variables
     light = _background_luminance(panel)
-    nb.front.js("await window.jupyterapp.commands.execute('apputils:change-theme', "
-                "{theme: 'JupyterLab Dark'}); return null;")
+    nb.front.js(
+        "await window.jupyterapp.commands.execute('apputils:change-theme', "
+        "{theme: 'JupyterLab Dark'}); return null;"
+    )
     try:
-        nb.page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'"
-                                  " && !document.querySelector('#jupyterlab-splash')")
+        nb.page.wait_for_function(
+            "() => document.body.dataset.jpThemeLight === 'false'"
+            " && !document.querySelector('#jupyterlab-splash')"
+        )
         assert light > 0.5 and _background_luminance(panel) < 0.3
         nb.shot("7-text-not-html-dark")
     finally:
-        nb.front.js("await window.jupyterapp.commands.execute('apputils:change-theme', "
-                    "{theme: 'JupyterLab Light'}); return null;")
+        nb.front.js(
+            "await window.jupyterapp.commands.execute('apputils:change-theme', "
+            "{theme: 'JupyterLab Light'}); return null;"
+        )
 
 
 def _rgb(loc: Any, prop: str) -> tuple[int, int, int]:
     rgb = loc.evaluate(f"el => getComputedStyle(el).{prop}")
-    r, g, b = (int(float(x)) for x in rgb[rgb.index("(") + 1:rgb.index(")")].split(",")[:3])
+    r, g, b = (int(float(x)) for x in rgb[rgb.index("(") + 1 : rgb.index(")")].split(",")[:3])
     return r, g, b
 
 
@@ -190,6 +199,7 @@ def _background_luminance(loc: Any) -> float:
 
 
 # -- 2 ------------------------------------------------------------------------------------------
+
 
 def test_reexecuting_the_cell_rebinds_to_the_same_run(open_notebook: Any, tmp_path: Path) -> None:
     hold = tmp_path / "hold"  # the run waits halfway through "analyzing" until this exists
@@ -213,7 +223,9 @@ def test_reexecuting_the_cell_rebinds_to_the_same_run(open_notebook: Any, tmp_pa
         """([phase, now]) => { const p = document.querySelector('[data-testid=tether-panel]');
              const v = Number(p.querySelector('[role=progressbar]').getAttribute('aria-valuenow'));
              return p.dataset.phase !== phase || v > now; }""",
-        arg=[first["phase"], first["now"]], timeout=10_000)
+        arg=[first["phase"], first["now"]],
+        timeout=10_000,
+    )
     after = panel_state(nb)
     assert progress_key(after) > progress_key(first)
     keys = [progress_key(s) for s in states(nb) if s["status"] == "running"]
@@ -226,8 +238,8 @@ def test_reexecuting_the_cell_rebinds_to_the_same_run(open_notebook: Any, tmp_pa
 
 # -- 3 ------------------------------------------------------------------------------------------
 
-def test_reload_of_a_saved_notebook_rerenders_the_current_state(open_notebook: Any,
-                                                                tmp_path: Path) -> None:
+
+def test_reload_of_a_saved_notebook_rerenders_the_current_state(open_notebook: Any, tmp_path: Path) -> None:
     """Reloading re-renders the panel from the live kernel's widget state within 2 s.
 
     Only for a *saved* notebook: an unsaved one reloads from disk without outputs, so there is
@@ -261,8 +273,10 @@ def test_reload_of_a_saved_notebook_rerenders_the_current_state(open_notebook: A
 
 # -- 4 ------------------------------------------------------------------------------------------
 
-def test_kernel_restart_shows_interrupted_and_rerun_runs_attempt_2(open_notebook: Any,
-                                                                   tmp_path: Path) -> None:
+
+def test_kernel_restart_shows_interrupted_and_rerun_runs_attempt_2(
+    open_notebook: Any, tmp_path: Path
+) -> None:
     hold = tmp_path / "hold"  # attempt 1 waits halfway through "analyzing" until this exists
     cell = f"run = pp.four_phase.start(n=8, delay=0.05, tag='s4', hold={str(hold)!r})\nrun"
     nb = open_notebook([cell], run=True)
@@ -272,8 +286,9 @@ def test_kernel_restart_shows_interrupted_and_rerun_runs_attempt_2(open_notebook
     clicked = nb.front.restart_kernel()
     # the old panel says at once that nothing drives it any more (it used to look alive, its
     # clock and ETA running on): disconnected within 5 s, clock stopped, buttons disabled
-    expect(panel).to_have_attribute("data-mode", "disconnected",
-                                    timeout=max(1, 5_000 - (now_ms(nb) - clicked)))
+    expect(panel).to_have_attribute(
+        "data-mode", "disconnected", timeout=max(1, 5_000 - (now_ms(nb) - clicked))
+    )
     assert now_ms(nb) - clicked < 5_000 or panel.get_attribute("data-mode") == "disconnected"
     expect(panel.get_by_test_id("tether-status")).to_have_text(re.compile(r"^was running at \d\d:\d\d$"))
     expect(panel.get_by_test_id("tether-disconnected")).to_contain_text("re-run the cell to reattach")
@@ -282,8 +297,12 @@ def test_kernel_restart_shows_interrupted_and_rerun_runs_attempt_2(open_notebook
     assert "re-run the cell to reattach" in (cancel.get_attribute("title") or "")
     clock = panel.get_by_test_id("tether-elapsed").inner_text()
     ticks = int(panel.get_attribute("data-ticks") or 0)
-    nb.page.wait_for_function("""(n) => Number(document.querySelector(
-        '[data-testid=tether-panel]').dataset.ticks) >= n""", arg=ticks + 2, timeout=10_000)
+    nb.page.wait_for_function(
+        """(n) => Number(document.querySelector(
+        '[data-testid=tether-panel]').dataset.ticks) >= n""",
+        arg=ticks + 2,
+        timeout=10_000,
+    )
     assert panel.get_by_test_id("tether-elapsed").inner_text() == clock  # the clock stopped
     expect(panel.get_by_test_id("tether-eta")).to_have_text("")
     nb.shot("4-restart-disconnected")
@@ -309,6 +328,7 @@ def test_kernel_restart_shows_interrupted_and_rerun_runs_attempt_2(open_notebook
 
 # -- 5 ------------------------------------------------------------------------------------------
 
+
 def test_run_of_another_process_is_polled_to_the_end(open_notebook: Any, tmp_path: Path) -> None:
     id_file = tmp_path / "run-id"
     nb = open_notebook([f"run = tether.get_run(open({str(id_file)!r}).read())\nrun"])
@@ -319,9 +339,11 @@ def test_run_of_another_process_is_polled_to_the_end(open_notebook: Any, tmp_pat
         "run = pp.four_phase.start(n=10, delay=0.2, tag='s5')\n"
         "open(sys.argv[2] + '.tmp', 'w').write(run.id)\n"
         "import os; os.replace(sys.argv[2] + '.tmp', sys.argv[2])\n"
-        "run.wait(120)\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in [str(TESTS), os.environ.get("PYTHONPATH")] if p))
+        "run.wait(120)\n"
+    )
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(p for p in [str(TESTS), os.environ.get("PYTHONPATH")] if p)
+    )
     child = subprocess.Popen([sys.executable, "-c", script, str(nb.db), str(id_file)], env=env)
     try:
         runs = wait_db(nb.db, lambda rs: bool(rs) and rs[0].status == "running")
@@ -347,6 +369,7 @@ def test_run_of_another_process_is_polled_to_the_end(open_notebook: Any, tmp_pat
 
 # -- 6 ------------------------------------------------------------------------------------------
 
+
 def test_cancel_ends_a_running_run_as_cancelled(open_notebook: Any, tmp_path: Path) -> None:
     hold = tmp_path / "never"
     cell = f"run = pp.four_phase.start(n=10, delay=0.05, tag='s6', hold={str(hold)!r})\nrun"
@@ -368,7 +391,8 @@ def test_cancel_ends_a_running_run_as_cancelled(open_notebook: Any, tmp_path: Pa
     expect(panel.get_by_test_id("tether-traceback")).to_be_hidden()
     assert "RunCancelled" not in panel.inner_text() and "_raise_cancelled" not in panel.inner_text()
     expect(panel.get_by_test_id("tether-cancel-origin")).to_have_text(
-        re.compile(r"^cancelled from this panel at \d\d:\d\d:\d\d$"))
+        re.compile(r"^cancelled from this panel at \d\d:\d\d:\d\d$")
+    )
     r, g, b = _rgb(panel.get_by_test_id("tether-status"), "backgroundColor")
     assert max(r, g, b) - min(r, g, b) < 40, (r, g, b)  # grey, not red or orange
     expect(panel.locator("[data-testid=tether-step][data-state=stopped]")).to_have_count(1)
@@ -384,13 +408,17 @@ def test_cancel_ends_a_running_run_as_cancelled(open_notebook: Any, tmp_path: Pa
 
 # -- 8 ------------------------------------------------------------------------------------------
 
+
 def test_dashboard_lists_runs_with_live_status(open_notebook: Any, tmp_path: Path) -> None:
     hold = tmp_path / "hold"
-    nb = open_notebook([
-        "quick = pp.four_phase.start(n=2, delay=0.01, tag='quick')\n_ = quick.wait(30)",
-        f"slow = pp.four_phase.start(n=6, delay=0.05, tag='slow', hold={str(hold)!r})",
-        "import tether\ntether.dashboard()",
-    ], run=True)
+    nb = open_notebook(
+        [
+            "quick = pp.four_phase.start(n=2, delay=0.01, tag='quick')\n_ = quick.wait(30)",
+            f"slow = pp.four_phase.start(n=6, delay=0.05, tag='slow', hold={str(hold)!r})",
+            "import tether\ntether.dashboard()",
+        ],
+        run=True,
+    )
     runs = wait_db(nb.db, lambda rs: len(rs) == 2)
     slow = next(r for r in runs if r.params["tag"] == "slow")
     quick = next(r for r in runs if r.params["tag"] == "quick")
@@ -423,16 +451,19 @@ def test_dashboard_lists_runs_with_live_status(open_notebook: Any, tmp_path: Pat
 
 # -- 9 ------------------------------------------------------------------------------------------
 
+
 def test_a_panel_keeps_its_attempt_and_a_rerun_in_it_moves_it(open_notebook: Any) -> None:
     """A panel shows the attempt it was given, offers a newer one (tether-newer) and moves only
     when asked in it: Re-run (which asks once for a long run) or the newer attempt's link."""
-    nb = open_notebook([
-        # every Re-run asks here; the real threshold is a run of more than a minute
-        "from tether.widget import snapshot\nsnapshot.CONFIRM_RERUN_AFTER = 0",
-        "first = pp.four_phase.start(n=2, delay=0.01, tag='s9')\n_ = first.wait(30)\nfirst",
-        "tether.get_run(first.id)",
-        "third = tether.get_run(first.id).rerun()\n_ = third.wait(30)",
-    ])
+    nb = open_notebook(
+        [
+            # every Re-run asks here; the real threshold is a run of more than a minute
+            "from tether.widget import snapshot\nsnapshot.CONFIRM_RERUN_AFTER = 0",
+            "first = pp.four_phase.start(n=2, delay=0.01, tag='s9')\n_ = first.wait(30)\nfirst",
+            "tether.get_run(first.id)",
+            "third = tether.get_run(first.id).rerun()\n_ = third.wait(30)",
+        ]
+    )
     for i in (0, 1, 2):
         assert nb.front.run_cell(i) is True
     moved = nb.cell(2).get_by_test_id("tether-panel")
@@ -470,13 +501,17 @@ def test_a_panel_keeps_its_attempt_and_a_rerun_in_it_moves_it(open_notebook: Any
 
 # -- 10 -----------------------------------------------------------------------------------------
 
+
 def test_dashboards_keep_their_own_filters_and_fit_700px(open_notebook: Any) -> None:
-    nb = open_notebook([
-        "ok = pp.four_phase.start(n=2, delay=0.01, tag='x' * 90)\n_ = ok.wait(30)",
-        "bad = pp.evil.start(tag='bad')\n_ = bad.wait(30)",
-        "tether.dashboard()",
-        "tether.dashboard(status='failed')",
-    ], run=True)
+    nb = open_notebook(
+        [
+            "ok = pp.four_phase.start(n=2, delay=0.01, tag='x' * 90)\n_ = ok.wait(30)",
+            "bad = pp.evil.start(tag='bad')\n_ = bad.wait(30)",
+            "tether.dashboard()",
+            "tether.dashboard(status='failed')",
+        ],
+        run=True,
+    )
     runs = wait_db(nb.db, lambda rs: len(rs) == 2 and all(r.status.terminal for r in rs))
     ok = next(r for r in runs if r.status == "succeeded")
     bad = next(r for r in runs if r.status == "failed")
@@ -493,19 +528,25 @@ def test_dashboards_keep_their_own_filters_and_fit_700px(open_notebook: Any) -> 
     every.get_by_test_id("tether-dashboard-filter").select_option("")
     expect(every.get_by_test_id("tether-dashboard-row")).to_have_count(2)
     # the params tell runs apart; the started time is 24-hour
-    expect(every.locator(f"tr[data-run-id='{ok.id}'] [data-testid=tether-dashboard-params]")
-           ).to_contain_text("tag='xxx")
+    expect(every.locator(f"tr[data-run-id='{ok.id}'] [data-testid=tether-dashboard-params]")).to_contain_text(
+        "tag='xxx"
+    )
     expect(every.locator(f"tr[data-run-id='{ok.id}'] .tether-col-started")).to_have_text(
-        re.compile(r"^\d\d:\d\d:\d\d$"))
+        re.compile(r"^\d\d:\d\d:\d\d$")
+    )
     # 700 px wide, light then dark: no horizontal scrolling, in the table or around it
     nb.page.set_viewport_size({"width": 700, "height": 900})
     try:
         for theme in ("JupyterLab Light", "JupyterLab Dark"):
-            nb.front.js("await window.jupyterapp.commands.execute('apputils:change-theme', "
-                        f"{{theme: '{theme}'}}); return null;")
+            nb.front.js(
+                "await window.jupyterapp.commands.execute('apputils:change-theme', "
+                f"{{theme: '{theme}'}}); return null;"
+            )
             light = "true" if theme.endswith("Light") else "false"
-            nb.page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'"
-                                      " && !document.querySelector('#jupyterlab-splash')")
+            nb.page.wait_for_function(
+                f"() => document.body.dataset.jpThemeLight === '{light}'"
+                " && !document.querySelector('#jupyterlab-splash')"
+            )
             for dash in (every, failed):
                 expect(dash).to_be_visible()
                 over = dash.evaluate("""el => { const out = [];
@@ -517,23 +558,28 @@ def test_dashboards_keep_their_own_filters_and_fit_700px(open_notebook: Any) -> 
             nb.shot(f"10-dashboards-700px-{'light' if light == 'true' else 'dark'}")
         assert _background_luminance(every) < 0.3  # the dark theme reached the table
     finally:
-        nb.front.js("await window.jupyterapp.commands.execute('apputils:change-theme', "
-                    "{theme: 'JupyterLab Light'}); return null;")
+        nb.front.js(
+            "await window.jupyterapp.commands.execute('apputils:change-theme', "
+            "{theme: 'JupyterLab Light'}); return null;"
+        )
         nb.page.set_viewport_size({"width": 1280, "height": 900})
 
 
 # -- 11 -----------------------------------------------------------------------------------------
 
-def test_a_saved_notebook_exports_the_final_state_of_each_run(open_notebook: Any,
-                                                            tmp_path: Path) -> None:
+
+def test_a_saved_notebook_exports_the_final_state_of_each_run(open_notebook: Any, tmp_path: Path) -> None:
     """BUG (before): the exported HTML read `running · scanning: 6/40` for a run that succeeded,
     and `<tether.dashboard ... rows=2>` for the dashboard."""
     hold = tmp_path / "hold"
-    nb = open_notebook([
-        f"run = pp.four_phase.start(n=4, delay=0.02, tag='s11', hold={str(hold)!r})\nrun",
-        "failing = pp.evil.start(tag='s11')\nfailing",
-        "tether.dashboard()",
-    ], run=True)
+    nb = open_notebook(
+        [
+            f"run = pp.four_phase.start(n=4, delay=0.02, tag='s11', hold={str(hold)!r})\nrun",
+            "failing = pp.evil.start(tag='s11')\nfailing",
+            "tether.dashboard()",
+        ],
+        run=True,
+    )
     panels = nb.panel()
     expect(panels).to_have_count(2, timeout=15_000)
     expect(panels.nth(0)).to_have_attribute("data-status", "running", timeout=15_000)
@@ -542,16 +588,22 @@ def test_a_saved_notebook_exports_the_final_state_of_each_run(open_notebook: Any
         expect(panels.nth(i)).to_have_attribute("data-mode", "static", timeout=30_000)
     dash = nb.page.get_by_test_id("tether-dashboard")
     expect(dash.locator("tr[data-status=running]")).to_have_count(0, timeout=15_000)
-    ids = {panels.nth(i).get_attribute("data-run-id"): panels.nth(i).get_attribute("data-status")
-           for i in range(2)}
+    ids = {
+        panels.nth(i).get_attribute("data-run-id"): panels.nth(i).get_attribute("data-status")
+        for i in range(2)
+    }
     assert sorted(ids.values()) == ["failed", "succeeded"]
     # the saved outputs follow (the kernel's update by display id, and the front end's own)
     path = nb.server.root / f"{nb.name}.ipynb"
     for status in ("succeeded", "failed"):
         nb.page.wait_for_function(SAVED_HTML_SAYS, arg=f'data-status="{status}"', timeout=15_000)
     nb.front.save()
-    out = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "--stdout",
-                          str(path)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "--stdout", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     html = out.stdout
     for run_id, status in ids.items():

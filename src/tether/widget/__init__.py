@@ -49,11 +49,20 @@ def static_bundle(run: Run) -> dict[str, Any]:
     here = _runner.get(run.store)
     cancel = None
     if reader.cancel is not None:
-        cancel = {"origin": cancel_origin(reader.cancel["origin"], {"instance": here.owner.instance}),
-                  "at": reader.cancel["ts"]}
+        cancel = {
+            "origin": cancel_origin(reader.cancel["origin"], {"instance": here.owner.instance}),
+            "at": reader.cancel["ts"],
+        }
     waiting = waiting_text(rec, str(run.store.path), _module_of(rec.pipeline), here.owns(rec.id))
-    snap = build(rec, mode="static", log=reader.log, now=time.time(),
-                 stored=bool(getattr(run, "_found_ended", False)), cancel=cancel, waiting=waiting)
+    snap = build(
+        rec,
+        mode="static",
+        log=reader.log,
+        now=time.time(),
+        stored=bool(getattr(run, "_found_ended", False)),
+        cancel=cancel,
+        waiting=waiting,
+    )
     return {"text/plain": text_snapshot(snap), "text/html": html_snapshot(snap)}
 
 

@@ -59,8 +59,9 @@ class DashboardTable(anywidget.AnyWidget):
     def _check_filter(self, proposal: Any) -> str:
         value = str(proposal["value"] or "")
         if value and value not in _STATUSES:
-            raise traitlets.TraitError(f"status filter {value!r} is not a status; use one of "
-                                       f"{', '.join(_STATUSES)} or '' for all")
+            raise traitlets.TraitError(
+                f"status filter {value!r} is not a status; use one of {', '.join(_STATUSES)} or '' for all"
+            )
         return value
 
     def __repr__(self) -> str:
@@ -70,8 +71,14 @@ class DashboardTable(anywidget.AnyWidget):
 class Dashboard(ipywidgets.VBox):  # type: ignore[misc]
     """Recent runs of one store, refreshed by the shared poller; the selected run's panel below."""
 
-    def __init__(self, store: Store, *, status: str | None = None, limit: int = 50,
-                 poller: _poller.Poller | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        poller: _poller.Poller | None = None,
+    ) -> None:
         self.store = store
         self.table = DashboardTable(status_filter=status or "", limit=limit, db=str(store.path))
         self.holder = ipywidgets.VBox()
@@ -89,8 +96,7 @@ class Dashboard(ipywidgets.VBox):  # type: ignore[misc]
 
     def __repr__(self) -> str:
         flt = self.table.status_filter or "all"
-        return safe(f"<tether.dashboard {str(self.store.path)!r} rows={len(self.table.rows)} "
-                    f"status={flt}>")
+        return safe(f"<tether.dashboard {str(self.store.path)!r} rows={len(self.table.rows)} status={flt}>")
 
     def refresh(self) -> None:
         """Re-read the runs and send the rows if anything but the clock changed."""
@@ -169,8 +175,7 @@ class Dashboard(ipywidgets.VBox):  # type: ignore[misc]
         settled = not any(r["status"] in ("pending", "running") for r in rows)
         static = self.static()
         self.table.fallback = {"model_id": self.model_id, "final": settled, **static}
-        if settled and self._displays and (static["text/plain"], static["text/html"]) != \
-                self._shown_static:
+        if settled and self._displays and (static["text/plain"], static["text/html"]) != self._shown_static:
             self._shown_static = (static["text/plain"], static["text/html"])
             data, meta = _widget_bundle(self, Dashboard)
             _update_displays(self._displays, {**data, **static}, meta)
@@ -219,8 +224,10 @@ def _row(rec: RunRecord, now: float, here: bool) -> dict[str, Any]:
 def _same_rows(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
     if len(a) != len(b):
         return False
-    return all({k: v for k, v in x.items() if k != "elapsed"} ==
-               {k: v for k, v in y.items() if k != "elapsed"} for x, y in zip(a, b))
+    return all(
+        {k: v for k, v in x.items() if k != "elapsed"} == {k: v for k, v in y.items() if k != "elapsed"}
+        for x, y in zip(a, b)
+    )
 
 
 def _progress(r: dict[str, Any]) -> str:
@@ -231,9 +238,16 @@ def _progress(r: dict[str, Any]) -> str:
 
 def _cells(r: dict[str, Any]) -> list[str]:
     status = r["status"] + (" (damaged)" if r["damaged"] and r["status"] != "damaged" else "")
-    return [f"{r['pipeline']} #{r['attempt']}", r["params"], status, r["phase"] or "",
-            _progress(r), fmt_time(r["started_at"] or r["created_at"]),
-            fmt_duration(r["elapsed"]) if r["elapsed"] is not None else "", r["id"]]
+    return [
+        f"{r['pipeline']} #{r['attempt']}",
+        r["params"],
+        status,
+        r["phase"] or "",
+        _progress(r),
+        fmt_time(r["started_at"] or r["created_at"]),
+        fmt_duration(r["elapsed"]) if r["elapsed"] is not None else "",
+        r["id"],
+    ]
 
 
 _HEAD = ["run", "params", "status", "phase", "progress", "started", "duration", "id"]
@@ -256,12 +270,21 @@ def table_html(rows: list[dict[str, Any]], title: str) -> str:
     head = "".join(f'<th style="{style}">{e(h)}</th>' for h in _HEAD)
     body = "".join(
         f'<tr data-run-id="{e(r["id"])}" data-status="{e(r["status"])}">'
-        + "".join(f'<td style="{style}">{e(c)}</td>' for c in _cells(r)) + "</tr>"
-        for r in rows)
-    return (f'<div class="tether-static-dashboard" style="font-family:system-ui,sans-serif;'
-            f'font-size:13px;max-width:100%;overflow-x:auto"><div><strong>{e(title)}</strong></div>'
-            + (f'<table style="border-collapse:collapse"><thead><tr>{head}</tr></thead>'
-               f"<tbody>{body}</tbody></table>" if rows else "<div>no runs</div>") + "</div>")
+        + "".join(f'<td style="{style}">{e(c)}</td>' for c in _cells(r))
+        + "</tr>"
+        for r in rows
+    )
+    return (
+        f'<div class="tether-static-dashboard" style="font-family:system-ui,sans-serif;'
+        f'font-size:13px;max-width:100%;overflow-x:auto"><div><strong>{e(title)}</strong></div>'
+        + (
+            f'<table style="border-collapse:collapse"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table>"
+            if rows
+            else "<div>no runs</div>"
+        )
+        + "</div>"
+    )
 
 
 def _cell_request() -> tuple[str, str] | None:

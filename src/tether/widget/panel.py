@@ -64,8 +64,10 @@ class RunPanel(anywidget.AnyWidget):
 
     def __init__(self, run: Run, *, poller: _poller.Poller | None = None) -> None:
         if not isinstance(run, Run):
-            raise TypeError(f"tether.panel() takes a tether.Run, got {type(run).__name__} "
-                            f"({run!r:.80}); get one with pipeline.start(...) or tether.get_run(id)")
+            raise TypeError(
+                f"tether.panel() takes a tether.Run, got {type(run).__name__} "
+                f"({run!r:.80}); get one with pipeline.start(...) or tether.get_run(id)"
+            )
         super().__init__()
         self._plock = threading.RLock()
         self._poller = poller or _poller.get()
@@ -86,8 +88,10 @@ class RunPanel(anywidget.AnyWidget):
 
     def __repr__(self) -> str:
         snap = self.snapshot or {}
-        return safe(f"<tether.panel {snap.get('pipeline')} #{snap.get('attempt')} "
-                    f"id={snap.get('id')} status={snap.get('status')} mode={snap.get('mode')}>")
+        return safe(
+            f"<tether.panel {snap.get('pipeline')} #{snap.get('attempt')} "
+            f"id={snap.get('id')} status={snap.get('status')} mode={snap.get('mode')}>"
+        )
 
     @property
     def run(self) -> Run:
@@ -143,14 +147,26 @@ class RunPanel(anywidget.AnyWidget):
         cancel = None
         if reader.cancel is not None:
             here = {"instance": _runner.get(self._run.store).owner.instance, "panel": self.model_id}
-            cancel = {"origin": _snap.cancel_origin(reader.cancel["origin"], here),
-                      "at": reader.cancel["ts"]}
+            cancel = {"origin": _snap.cancel_origin(reader.cancel["origin"], here), "at": reader.cancel["ts"]}
         waiting = None
         if rec.status.active and rec.status.value == "pending":
-            waiting = _snap.waiting_text(rec, str(self._run.store.path), _module_of(rec.pipeline),
-                                         here=_runner.get(self._run.store).owns(rec.id))
-        return _snap.build(rec, mode=mode, log=reader.log, rate=reader.rate(now), now=now,
-                           stored=self._stored, newer=self._newer, cancel=cancel, waiting=waiting)
+            waiting = _snap.waiting_text(
+                rec,
+                str(self._run.store.path),
+                _module_of(rec.pipeline),
+                here=_runner.get(self._run.store).owns(rec.id),
+            )
+        return _snap.build(
+            rec,
+            mode=mode,
+            log=reader.log,
+            rate=reader.rate(now),
+            now=now,
+            stored=self._stored,
+            newer=self._newer,
+            cancel=cancel,
+            waiting=waiting,
+        )
 
     def _check_newer(self, rec: RunRecord) -> None:
         """Look (one light read) for a newer attempt of the run's key."""
@@ -160,8 +176,11 @@ class RunPanel(anywidget.AnyWidget):
             return
         newer = None
         if found is not None and isinstance(rec.attempt, int) and found[1] > rec.attempt:
-            newer = {"id": _snap._clip(found[0], _snap.MAX_ID), "attempt": found[1],
-                     "status": _snap._clip(found[2], _snap.MAX_NAME)}
+            newer = {
+                "id": _snap._clip(found[0], _snap.MAX_ID),
+                "attempt": found[1],
+                "status": _snap._clip(found[2], _snap.MAX_NAME),
+            }
         self._newer = newer
 
     def _feed_refresh(self) -> bool:  # called by the poller thread
@@ -190,7 +209,8 @@ class RunPanel(anywidget.AnyWidget):
             self._poller.watch(self, poll=False)
             poller = self._poller
             self._unsubscribe = _runner.get(self._run.store).subscribe(
-                self._run.id, lambda _id: poller.poke(self))
+                self._run.id, lambda _id: poller.poke(self)
+            )
             poller.poke(self)  # in case the run ended before the subscription
 
     def bind(self, run: Run) -> None:
@@ -235,8 +255,7 @@ class RunPanel(anywidget.AnyWidget):
         req_id, action = content.get("id"), content.get("action")
         try:
             if action not in ACTIONS:
-                raise ValueError(f"unknown panel action {action!r}; expected one of "
-                                 f"{', '.join(ACTIONS)}")
+                raise ValueError(f"unknown panel action {action!r}; expected one of {', '.join(ACTIONS)}")
             if action == "refresh":
                 with self._plock:
                     if self._rec is not None and self._rec.status.terminal:
@@ -254,8 +273,12 @@ class RunPanel(anywidget.AnyWidget):
                 _tell_key(new, self)
         except Exception as exc:
             text = f"{_label(action)} failed: {type(exc).__name__}: {exc}"
-            self.notice = {"level": "error", "text": text, "action": str(action),
-                           "detail": traceback.format_exc(limit=5)}
+            self.notice = {
+                "level": "error",
+                "text": text,
+                "action": str(action),
+                "detail": traceback.format_exc(limit=5),
+            }
             return {"id": req_id, "ok": False, "error": text}
         if action != "refresh":
             self.notice = {}
@@ -299,14 +322,19 @@ class RunPanel(anywidget.AnyWidget):
         """Keep the static renderings of the panel's displays current where it matters: when the
         run ends (or, ended, changes what it says: a newer attempt, a stored outcome)."""
         final = snap["status"] not in ("pending", "running")
-        key = (snap["id"], snap["status"], snap["stored"], snap["newer"], snap["cancel"],
-               tuple(snap["damaged"]))
+        key = (
+            snap["id"],
+            snap["status"],
+            snap["stored"],
+            snap["newer"],
+            snap["cancel"],
+            tuple(snap["damaged"]),
+        )
         if key == self._fallback_key:
             return
         self._fallback_key = key
         text, html = _snap.text_snapshot(snap), _snap.html_snapshot(snap)
-        self.fallback = {"model_id": self.model_id, "final": final, "text/plain": text,
-                         "text/html": html}
+        self.fallback = {"model_id": self.model_id, "final": final, "text/plain": text, "text/html": html}
         if final and self._displays:
             data, meta = _widget_bundle(self, RunPanel)
             _update_displays(self._displays, {**data, "text/plain": text, "text/html": html}, meta)
@@ -331,8 +359,12 @@ def _now() -> float:
 
 
 def _label(action: Any) -> str:
-    return {"cancel": "Cancel", "rerun": "Re-run", "resume": "Resume",
-            "newer": "Showing the newer attempt"}.get(str(action), str(action))
+    return {
+        "cancel": "Cancel",
+        "rerun": "Re-run",
+        "resume": "Resume",
+        "newer": "Showing the newer attempt",
+    }.get(str(action), str(action))
 
 
 def _module_of(pipeline: str) -> str | None:
@@ -347,9 +379,11 @@ def _module_of(pipeline: str) -> str | None:
 def _tell_key(run: Run, source: RunPanel) -> None:
     """A new attempt of ``run``'s key was made here: the key's other panels show the link now."""
     with _lock:
-        others = [w for (path, _id), w in _by_id.items()
-                  if w is not source and not w._closed and path == str(run.store.path)
-                  and w.run.key == run.key]
+        others = [
+            w
+            for (path, _id), w in _by_id.items()
+            if w is not source and not w._closed and path == str(run.store.path) and w.run.key == run.key
+        ]
     for w in others:
         try:
             w.refresh()
@@ -358,6 +392,7 @@ def _tell_key(run: Run, source: RunPanel) -> None:
 
 
 # -- display ids ----------------------------------------------------------------------------------
+
 
 def _parent_header() -> dict[str, Any]:
     """The header of the request (cell) being executed, as the kernel's display publisher has it."""
@@ -370,8 +405,9 @@ def _parent_header() -> dict[str, Any]:
         return {}
 
 
-def _update_displays(displays: list[tuple[str, dict[str, Any]]], data: dict[str, Any],
-                     meta: dict[str, Any]) -> None:
+def _update_displays(
+    displays: list[tuple[str, dict[str, Any]]], data: dict[str, Any], meta: dict[str, Any]
+) -> None:
     """``update_display_data`` of each ``(display id, parent header)`` with ``data``.
 
     Sent twice: once as from the cell that displayed it (JupyterLab and Notebook 7 route a
@@ -414,8 +450,10 @@ def panel(run: Run) -> RunPanel:
     A panel shows the attempt it was given; a newer attempt of the key is offered in it, never
     swapped in behind your back."""
     if not isinstance(run, Run):
-        raise TypeError(f"tether.panel() takes a tether.Run, got {type(run).__name__} "
-                        f"({run!r:.80}); get one with pipeline.start(...) or tether.get_run(id)")
+        raise TypeError(
+            f"tether.panel() takes a tether.Run, got {type(run).__name__} "
+            f"({run!r:.80}); get one with pipeline.start(...) or tether.get_run(id)"
+        )
     path = str(run.store.path)
     with _lock:
         found = _by_id.get((path, run.id))

@@ -55,8 +55,9 @@ class Poller:
         self._stopping = False
 
     def __repr__(self) -> str:
-        return (f"<tether.widget.Poller interval={self.interval} targets={len(self._entries)} "
-                f"alive={self.alive}>")
+        return (
+            f"<tether.widget.Poller interval={self.interval} targets={len(self._entries)} alive={self.alive}>"
+        )
 
     @property
     def alive(self) -> bool:
@@ -112,8 +113,7 @@ class Poller:
 
     def _ensure_thread(self) -> None:  # called with the lock held
         if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._loop, name="tether-panel-poller",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._loop, name="tether-panel-poller", daemon=True)
             self._thread.start()
 
     def _loop(self) -> None:

@@ -24,8 +24,16 @@ from ..errors import StoreError
 from ..model import RunRecord, Status, raw_text
 from ..run import params_text
 
-__all__ = ["Snapshot", "build", "cancel_origin", "html_snapshot", "phase_states", "text_snapshot",
-           "VOLATILE", "waiting_text"]
+__all__ = [
+    "Snapshot",
+    "build",
+    "cancel_origin",
+    "html_snapshot",
+    "phase_states",
+    "text_snapshot",
+    "VOLATILE",
+    "waiting_text",
+]
 
 Snapshot = dict[str, Any]
 
@@ -60,8 +68,9 @@ def phase_states(rec: RunRecord, limit: int | None = None) -> list[dict[str, str
     return phase_window(rec, limit)[0]
 
 
-def phase_window(rec: RunRecord, limit: int | None = MAX_PHASES
-                 ) -> tuple[list[dict[str, str]], dict[str, int]]:
+def phase_window(
+    rec: RunRecord, limit: int | None = MAX_PHASES
+) -> tuple[list[dict[str, str]], dict[str, int]]:
     """Phase states (at most ``limit``, the current phase among them, names clipped) and the
     number of phases left out before and after them."""
     names = rec.phases
@@ -112,9 +121,18 @@ def actions(rec: RunRecord) -> dict[str, bool]:
     }
 
 
-def build(rec: RunRecord, *, mode: str, log: Sequence[str] = (), rate: float | None = None,
-          now: float | None = None, stored: bool = False, newer: dict[str, Any] | None = None,
-          cancel: dict[str, Any] | None = None, waiting: str | None = None) -> Snapshot:
+def build(
+    rec: RunRecord,
+    *,
+    mode: str,
+    log: Sequence[str] = (),
+    rate: float | None = None,
+    now: float | None = None,
+    stored: bool = False,
+    newer: dict[str, Any] | None = None,
+    cancel: dict[str, Any] | None = None,
+    waiting: str | None = None,
+) -> Snapshot:
     """The full snapshot of ``rec`` as a panel shows it in ``mode`` (stream | poll | static).
 
     ``rate``: items/s of the current phase from recent progress (see reader.RateMeter), or None;
@@ -145,9 +163,11 @@ def build(rec: RunRecord, *, mode: str, log: Sequence[str] = (), rate: float | N
     if bad is not None:
         damaged.append(bad)
     elif err and status != Status.CANCELLED:  # a cancel is no error: its origin is shown instead
-        error = {"type": _clip(str(err.get("type") or "Error"), MAX_NAME),
-                 "message": _clip(err.get("message") or "", 4 * MAX_LINE),
-                 "traceback": _clip(err.get("traceback") or "", MAX_TRACEBACK)}
+        error = {
+            "type": _clip(str(err.get("type") or "Error"), MAX_NAME),
+            "message": _clip(err.get("message") or "", 4 * MAX_LINE),
+            "traceback": _clip(err.get("traceback") or "", MAX_TRACEBACK),
+        }
     result = None
     if status == Status.SUCCEEDED:  # a summary: never reads value files, never unpickles
         try:
@@ -191,8 +211,7 @@ def build(rec: RunRecord, *, mode: str, log: Sequence[str] = (), rate: float | N
         "actions": actions(rec),
         "confirm_rerun": elapsed is not None and elapsed > CONFIRM_RERUN_AFTER,
         "cancel_requested": rec.cancel_requested and status.active,
-        "cancel": cancel if status == Status.CANCELLED or (rec.cancel_requested and status.active)
-        else None,
+        "cancel": cancel if status == Status.CANCELLED or (rec.cancel_requested and status.active) else None,
         "stored": stored and status.terminal,
         "newer": newer,
         "waiting": _clip(waiting, MAX_LINE) if status == Status.PENDING else None,
@@ -231,11 +250,15 @@ def waiting_text(rec: RunRecord, db: str, module: str | None, here: bool) -> str
     if rec.target == "worker":
         if module is None:
             module = rec.pipeline.rpartition(".")[0] or rec.pipeline
-        return (f"waiting for a tether worker to take it; in a shell, run: tether worker "
-                f"{shlex.quote(module)} --db {shlex.quote(db)}")
+        return (
+            f"waiting for a tether worker to take it; in a shell, run: tether worker "
+            f"{shlex.quote(module)} --db {shlex.quote(db)}"
+        )
     if here:
-        return ("waiting to start: this kernel runs at most max_concurrency runs at once "
-                "(tether.configure(max_concurrency=...))")
+        return (
+            "waiting to start: this kernel runs at most max_concurrency runs at once "
+            "(tether.configure(max_concurrency=...))"
+        )
     return "waiting to start in the process that created it"
 
 
@@ -260,6 +283,7 @@ def same(a: Snapshot, b: Snapshot) -> bool:
 
 
 # -- static renderings (front ends without widgets) ---------------------------------------------
+
 
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
@@ -313,28 +337,39 @@ def notes(snap: Snapshot) -> list[str]:
         out.append(snap["waiting"])
     cancel = snap.get("cancel")
     if cancel is not None and snap["status"] == "cancelled":
-        out.append(" ".join(x for x in ("cancelled", cancel.get("origin") or "",
-                                         f"at {fmt_time(cancel['at'])}" if cancel.get("at") else "")
-                            if x))
+        out.append(
+            " ".join(
+                x
+                for x in (
+                    "cancelled",
+                    cancel.get("origin") or "",
+                    f"at {fmt_time(cancel['at'])}" if cancel.get("at") else "",
+                )
+                if x
+            )
+        )
     elif cancel is not None:
         out.append(f"cancel requested {cancel.get('origin') or ''}".rstrip())
     if snap.get("stored"):
         out.append(stored_text(snap, fmt_time(snap["ended_at"])))
     newer = snap.get("newer")
     if newer:
-        out.append(f"a newer attempt exists: #{newer['attempt']} ({newer['status']}) "
-                   f"id={newer['id']}")
+        out.append(f"a newer attempt exists: #{newer['attempt']} ({newer['status']}) id={newer['id']}")
     return out
 
 
 def stored_text(snap: Snapshot, when: str) -> str:
     """The label of a stored outcome, and how to compute it again."""
     if snap["status"] == "succeeded":
-        return (f"stored result from {when}, not computed now; to compute again: Re-run, or "
-                "start(..., policy='rerun')")
+        return (
+            f"stored result from {when}, not computed now; to compute again: Re-run, or "
+            "start(..., policy='rerun')"
+        )
     if snap["actions"].get("resume"):
-        return (f"stored outcome from {when}, not run now; to try again: Re-run or Resume, or "
-                "start(..., policy='rerun' or 'resume')")
+        return (
+            f"stored outcome from {when}, not run now; to try again: Re-run or Resume, or "
+            "start(..., policy='rerun' or 'resume')"
+        )
     return f"stored outcome from {when}, not run now; to try again: Re-run"
 
 
@@ -342,22 +377,27 @@ def text_snapshot(snap: Snapshot) -> str:
     """The text/plain rendering (terminals, consoles, nbval): run text with every terminal
     control character shown escaped."""
     why = f" ({snap['why']})" if snap.get("why") else ""
-    lines = [f"{safe(snap['pipeline'])} #{snap['attempt']}{why} [{snap['status']}] "
-             f"id={safe(snap['id'])}"]
+    lines = [f"{safe(snap['pipeline'])} #{snap['attempt']}{why} [{snap['status']}] id={safe(snap['id'])}"]
     if snap.get("params"):
         lines.append(f"params: {safe(snap['params'])}")
     if snap.get("damaged"):
         lines.append(f"damaged: {safe('; '.join(snap['damaged']))}")
     lines.extend(safe(n) for n in notes(snap))
     before, after = _hidden_text(snap)
-    steps = " > ".join([*([before] if before else []),
-                        *(f"{safe(p['name'])}({p['state']})" for p in snap["phases"]),
-                        *([after] if after else [])])
+    steps = " > ".join(
+        [
+            *([before] if before else []),
+            *(f"{safe(p['name'])}({p['state']})" for p in snap["phases"]),
+            *([after] if after else []),
+        ]
+    )
     if steps:
         lines.append(f"phases: {steps}")
     progress = progress_text(snap)
-    lines.append(f"phase: {safe(snap['phase'] or '-')}{' ' + progress if progress else ''} "
-                 f"· elapsed {fmt_duration(snap['elapsed'])}")
+    lines.append(
+        f"phase: {safe(snap['phase'] or '-')}{' ' + progress if progress else ''} "
+        f"· elapsed {fmt_duration(snap['elapsed'])}"
+    )
     if snap["message"]:
         lines.append(f"last: {safe(snap['message'])}")
     if snap["error"]:
@@ -367,8 +407,14 @@ def text_snapshot(snap: Snapshot) -> str:
     return "\n".join(lines)
 
 
-_BADGE = {"pending": "#6e7781", "running": "#0969da", "succeeded": "#1a7f37",
-          "failed": "#cf222e", "cancelled": "#6e7781", "interrupted": "#bc4c00"}
+_BADGE = {
+    "pending": "#6e7781",
+    "running": "#0969da",
+    "succeeded": "#1a7f37",
+    "failed": "#cf222e",
+    "cancelled": "#6e7781",
+    "interrupted": "#bc4c00",
+}
 
 
 def html_snapshot(snap: Snapshot) -> str:
@@ -376,11 +422,23 @@ def html_snapshot(snap: Snapshot) -> str:
     e = html.escape
     color = _BADGE.get(snap["status"], "#6e7781")
     before, after = _hidden_text(snap)
-    steps = " &rsaquo; ".join([*([e(before)] if before else []), *(
-        (f"<b>{e(p['name'])}</b>" if p["state"] == "current" else
-         f"<s>{e(p['name'])}</s>" if p["state"] == "failed" else e(p["name"]))
-        + ("&nbsp;✓" if p["state"] == "done" else "")
-        for p in snap["phases"]), *([e(after)] if after else [])])
+    steps = " &rsaquo; ".join(
+        [
+            *([e(before)] if before else []),
+            *(
+                (
+                    f"<b>{e(p['name'])}</b>"
+                    if p["state"] == "current"
+                    else f"<s>{e(p['name'])}</s>"
+                    if p["state"] == "failed"
+                    else e(p["name"])
+                )
+                + ("&nbsp;✓" if p["state"] == "done" else "")
+                for p in snap["phases"]
+            ),
+            *([e(after)] if after else []),
+        ]
+    )
     parts = [
         f'<div class="tether-static" data-run-id="{e(snap["id"])}" '
         f'data-status="{e(snap["status"])}" data-attempt="{e(str(snap["attempt"]))}" '
@@ -388,27 +446,33 @@ def html_snapshot(snap: Snapshot) -> str:
         'style="font-family:system-ui,sans-serif;font-size:13px;line-height:1.4;'
         'border:1px solid #8885;border-radius:6px;padding:8px 10px;max-width:60em">',
         f"<div><strong>{e(snap['pipeline'])}</strong> #{e(str(snap['attempt']))} "
-        + (f"<i>{e(snap['why'])}</i> " if snap.get("why") else "") +
-        f'<span style="color:#fff;background:{color};border-radius:8px;padding:0 6px">'
+        + (f"<i>{e(snap['why'])}</i> " if snap.get("why") else "")
+        + f'<span style="color:#fff;background:{color};border-radius:8px;padding:0 6px">'
         f"{e(snap['status'])}</span> <small>id <code>{e(snap['id'])}</code></small></div>",
     ]
     if snap.get("params"):
         parts.append(f"<div><small>{e(snap['params'])}</small></div>")
     if snap.get("damaged"):
-        parts.append('<div class="tether-damaged" style="color:#cf222e">damaged row: '
-                     f"{e('; '.join(snap['damaged']))}</div>")
+        parts.append(
+            '<div class="tether-damaged" style="color:#cf222e">damaged row: '
+            f"{e('; '.join(snap['damaged']))}</div>"
+        )
     for note in notes(snap):
         parts.append(f"<div><em>{e(note)}</em></div>")
     if steps:
         parts.append(f"<div>{steps}</div>")
     progress = progress_text(snap)
-    parts.append(f"<div>{e(snap['phase'] or '-')}{': ' + e(progress) if progress else ''} · "
-                 f"elapsed {e(fmt_duration(snap['elapsed']))}</div>")
+    parts.append(
+        f"<div>{e(snap['phase'] or '-')}{': ' + e(progress) if progress else ''} · "
+        f"elapsed {e(fmt_duration(snap['elapsed']))}</div>"
+    )
     if snap["message"]:
         parts.append(f"<div>{e(snap['message'])}</div>")
     if snap["error"]:
-        parts.append(f"<pre style=\"white-space:pre-wrap;color:#cf222e;margin:4px 0\">"
-                     f"{e(snap['error']['type'])}: {e(snap['error']['message'] or '')}</pre>")
+        parts.append(
+            f'<pre style="white-space:pre-wrap;color:#cf222e;margin:4px 0">'
+            f"{e(snap['error']['type'])}: {e(snap['error']['message'] or '')}</pre>"
+        )
     if snap["result"] is not None:
         parts.append(f"<div>result: <code>{e(snap['result'])}</code></div>")
     parts.append("</div>")
