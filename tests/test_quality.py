@@ -86,3 +86,16 @@ def test_errors_are_the_same_objects_and_typed():
     assert issubclass(tether.ParamsError, TypeError)
     for cls in (tether.RunFailed, tether.RunCancelled, tether.RunInterrupted):
         assert issubclass(cls, tether.RunError)
+
+
+def test_the_version_is_written_once():
+    """pyproject.toml reads the version from tether/__init__.py (hatch's dynamic version)."""
+    import importlib.metadata
+
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject and "\nversion = " not in pyproject
+    try:
+        installed = importlib.metadata.version("tether")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("tether is not installed (the test command installs it with pip install -e)")
+    assert installed == tether.__version__
