@@ -15,7 +15,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -461,17 +460,10 @@ def test_tqdm_stays_optional_and_is_hooked_when_a_body_imports_it(
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from helpers.kernel import Kernel
+    from helpers.kernel import started
 
-    tests = Path(__file__).parent
-    env = dict(os.environ)
-    env.pop("TETHER_DB", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(tests), env.get("PYTHONPATH", "")])
-    k = Kernel(env, tmp_path_factory.mktemp("kernel"))
-    try:
+    with started(tmp_path_factory.mktemp("kernel")) as k:
         yield k
-    finally:
-        k.close()
 
 
 KERNEL_SETUP = """
@@ -503,20 +495,6 @@ run = chatty.start()
 """
 
 
-def _ipython_major() -> int:
-    import importlib.metadata
-
-    return int(importlib.metadata.version("ipython").split(".")[0])
-
-
-# Found by CI's fresh venv (IPython 9.18, ipykernel 7.4.0): the patched OutStream.write sees the
-# run's ctx, yet the run's print()/stderr lines reach the cell and not the run's log. Passes with
-# IPython 8.12. Open in issue 13 (print capture); strict, so the fix shows up as an XPASS failure.
-@pytest.mark.xfail(
-    _ipython_major() >= 9,
-    strict=True,
-    reason="issue 13: output capture in a kernel does not work with IPython 9 yet",
-)
 def test_in_a_real_kernel_nothing_of_a_run_reaches_the_executing_cell(kernel: Any, tmp_path: Path) -> None:
     kernel.cell(KERNEL_SETUP.format(db=str(tmp_path / "k.db")))
     # the run prints while this cell executes: without capture its lines land here
@@ -541,3 +519,53 @@ def test_in_a_real_kernel_nothing_of_a_run_reaches_the_executing_cell(kernel: An
         assert marker not in every.replace(json.dumps(logs), ""), marker
     kinds = {m["msg_type"] for m in kernel.messages}
     assert "comm_open" not in kinds and "display_data" not in kinds  # no bar widget anywhere
+
+
+SAME_CELL_SETUP = """
+import json, sys
+from concurrent.futures import ThreadPoolExecutor
+import tether
+tether.configure(db={db!r})
+pool = ThreadPoolExecutor(2)  # its threads start in this cell (ipykernel 7: with its parent)
+for f in [pool.submit(print, "warm") for _ in range(4)]:
+    f.result()
+
+@tether.pipeline
+def waited(ctx):
+    print("BODY")
+    sys.stderr.write("BERR\\n")
+    ctx.map(lambda i: print("POOLED", i) or i, range(4), executor=pool)
+    return 1
+"""
+
+# the run starts and prints while the cell that started it is still executing: IPython 9 tees
+# that cell's output into its history through a ``write`` set on the kernel's streams
+SAME_CELL = """
+r = waited.start()
+print("before")
+r.wait(60)
+print("after", r.status)
+"""
+
+CELL_HISTORY = """
+outputs = getattr(get_ipython().history_manager, "outputs", None)  # IPython 9 keeps outputs
+print(json.dumps(outputs and ["".join(o.bundle["stream"]) for v in outputs.values() for o in v]))
+"""
+
+
+def test_in_a_real_kernel_a_run_printing_in_the_cell_that_started_it_and_on_a_cells_pool_is_captured(
+    kernel: Any, tmp_path: Path
+) -> None:
+    kernel.cell(SAME_CELL_SETUP.format(db=str(tmp_path / "same.db")))
+    cell = kernel.cell(SAME_CELL)
+    assert (cell.stdout, cell.stderr) == ("before\nafter succeeded\n", "")
+    history = json.loads(kernel.cell(CELL_HISTORY).stdout)
+    if history is not None:  # the cell's own output is still in IPython's history, the run's is not
+        assert "before\nafter succeeded\n" in history
+        assert not any(marker in text for text in history for marker in ("BODY", "BERR", "POOLED"))
+    logs = json.loads(kernel.cell("print(json.dumps(r.logs()))").stdout)
+    assert logs[:2] == ["BODY", "BERR"] and sorted(logs[2:]) == [f"POOLED {i}" for i in range(4)]
+    kernel.drain(0.5)
+    every = kernel.all_stream_text().replace(json.dumps(logs), "")
+    for marker in ("BODY", "BERR", "POOLED"):
+        assert marker not in every, marker

@@ -299,19 +299,10 @@ def test_a_damaged_code_column_is_other_code_never_a_wrong_result(db: Path) -> N
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    import os
+    from helpers.kernel import started
 
-    from helpers.kernel import Kernel
-
-    tests = Path(__file__).parent
-    env = dict(os.environ)
-    env.pop("TETHER_DB", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(tests), env.get("PYTHONPATH", "")])
-    k = Kernel(env, tmp_path_factory.mktemp("kernel"))
-    try:
+    with started(tmp_path_factory.mktemp("kernel")) as k:
         yield k
-    finally:
-        k.close()
 
 
 KERNEL_CELL = """

@@ -14,7 +14,9 @@ submitted):
 - in a Jupyter kernel, ``ipykernel.iostream.OutStream.write`` (the class): every reference to the
   kernel's streams is covered, including those taken before (a ``logging.StreamHandler`` made by
   ``logging.basicConfig()`` in an earlier cell). A run's writes are captured only: sent to the
-  kernel they would land in whichever cell happens to be executing;
+  kernel they would land in whichever cell happens to be executing. It is a data descriptor
+  (``_KernelWrite``): IPython 9 sets a ``write`` on each stream for every cell (and leaves one),
+  which would otherwise shadow the class's;
 - any other ``sys.stdout`` / ``sys.stderr`` (a terminal, a file, pytest's capture) is replaced by
   a thread-aware proxy: a run's writes are captured *and* passed on (a script or a worker still
   prints them), other threads' writes are passed on untouched. The proxy forwards everything else
@@ -42,6 +44,7 @@ import io
 import os
 import sys
 import threading
+import types
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -234,14 +237,49 @@ class _Stream:
         return f"<tether capture of {self._inner!r}>"
 
 
+class _KernelWrite:
+    """``OutStream.write`` as a data descriptor, so that it wins over a ``write`` set on a stream.
+
+    IPython 9 tees each cell's output into its history by setting ``stream.write`` on the kernel's
+    streams for the cell, then setting it back to what it read at the cell's start: a bound method
+    of the class's ``write`` *at that time*, which stays in the stream's ``__dict__`` afterwards.
+    A plain function on the class would be shadowed by it (for good, when tether was imported after
+    the first cell). As a data descriptor it is always what ``stream.write`` finds; a ``write`` set
+    on a stream is kept (in its ``__dict__``) and called for the writes that are not a run's."""
+
+    __slots__ = ("func",)
+    _tether = True
+
+    def __init__(self, func: Any) -> None:
+        self.func = func
+
+    def __get__(self, obj: Any, cls: Any = None) -> Any:
+        return self.func if obj is None else types.MethodType(self.func, obj)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        if getattr(value, "__func__", None) is self.func and getattr(value, "__self__", None) is obj:
+            obj.__dict__.pop("write", None)  # set back to the class's own: nothing of its own
+        else:
+            obj.__dict__["write"] = value
+
+    def __delete__(self, obj: Any) -> None:
+        if obj.__dict__.pop("write", None) is None:
+            raise AttributeError("write")
+
+
+# the kernel stream whose own ``write`` (set on it) this thread is in: that one calls back into
+# ``stream.write`` (the method it wrapped), which then goes to the class's write
+_inside = threading.local()
+
+
 def _patch_kernel_streams() -> Any:
     """Wrap ``OutStream.write`` of ipykernel (if imported); returns the class, or None."""
     module = sys.modules.get("ipykernel.iostream")
     cls = getattr(module, "OutStream", None)
     if cls is None:
         return None
-    original = cls.write
-    if getattr(original, "_tether", False):
+    original = cls.__dict__.get("write") or cls.write
+    if getattr(original, "_tether", False):  # (also another copy of this module's)
         return cls
 
     @functools.wraps(original)
@@ -256,10 +294,19 @@ def _patch_kernel_streams() -> Any:
                     return len(string)  # a logging record: in the run's log already
             elif _take(ctx, st, _ident(), self.name, string):
                 return len(string)
+        own = self.__dict__.get("write")
+        if own is not None:
+            outer = getattr(_inside, "stream", None)
+            if outer is not self:
+                _inside.stream = self
+                try:
+                    return own(string)
+                finally:
+                    _inside.stream = outer
         return original(self, string)
 
     write._tether = True  # type: ignore[attr-defined]
-    cls.write = write
+    cls.write = _KernelWrite(write)
     return cls
 
 

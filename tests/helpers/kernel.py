@@ -1,16 +1,20 @@
 """A real IPython kernel (jupyter_client) that runs cells and keeps every output it sends.
 
-``Kernel.cell(code)`` executes one cell and returns its outputs (stream text by stream name,
-display data, the error if any). Every stream message of the session is also kept in
-``Kernel.streams`` as ``(parent msg_id, name, text)``, whichever cell it was sent for, so a test
-can assert that some text never reached any cell's output; ``Kernel.messages`` keeps every
-iopub message (display data, widget comms...).
+``started(cwd)`` starts one for a test module (``import tether`` finds the tree under test, the
+tests' helpers import, no ``TETHER_DB`` leaks in). ``Kernel.cell(code)`` executes one cell and
+returns its outputs (stream text by stream name, display data, the error if any). Every stream
+message of the session is also kept in ``Kernel.streams`` as ``(parent msg_id, name, text)``,
+whichever cell it was sent for, so a test can assert that some text never reached any cell's
+output; ``Kernel.messages`` keeps every iopub message (display data, widget comms...).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,3 +95,18 @@ class Kernel:
     def close(self) -> None:
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=True)
+
+
+@contextlib.contextmanager
+def started(cwd: Path) -> Iterator[Kernel]:
+    """A kernel in ``cwd`` with this process's environment, the tests folder on its path (for
+    ``helpers``) and no ``TETHER_DB``; shut down when the block ends."""
+    tests = Path(__file__).parent.parent
+    env = dict(os.environ)
+    env.pop("TETHER_DB", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(tests), env.get("PYTHONPATH", "")])
+    k = Kernel(env, cwd)
+    try:
+        yield k
+    finally:
+        k.close()
