@@ -21,6 +21,7 @@ import pytest
 import tether
 from helpers import pipes_watch
 from helpers.util import raw
+from tether import cli
 
 pexpect = pytest.importorskip("pexpect")
 from pexpect.popen_spawn import PopenSpawn  # noqa: E402
@@ -204,6 +205,18 @@ def test_retrying_run_shows_its_next_try(child, child_env):
     assert ended(p)[0] == 2
 
 
+def test_parent_and_children_are_named(child, child_env):
+    c = child("family")
+    w = tty(child_env, c.id)
+    w.expect(b"children 2: 1 succeeded, 1 failed")
+    kid = tether.get_run(c.id).children()[0]
+    k = tty(child_env, kid.id)
+    k.expect(re.escape(f"parent {c.id} (helpers.pipes_watch.family #1, running)".encode()))
+    assert ended(k)[0] in (0, 1)  # a child that had ended: its outcome at once
+    c.open("a")
+    assert ended(w)[0] == 0
+
+
 def test_resize_redraws_at_the_new_width(child, child_env):
     c = child()
     w = tty(child_env, c.id, cols=120)
@@ -222,14 +235,17 @@ def test_resize_redraws_at_the_new_width(child, child_env):
 # -- which run: ID, --latest, --pipeline, and nothing to watch ---------------------------------
 
 
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*WATCH, *args], env=env, capture_output=True, text=True, timeout=TIMEOUT)
+def watch_here(capsys: Any, *args: str) -> tuple[int, str, str]:
+    """`tether watch` in this process (its stdout is not a terminal here): code, out, err."""
+    code = cli.main(["watch", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_latest_and_pipeline_pick_the_right_run(db, child_env, tmp_path):
+def test_latest_and_pipeline_pick_the_right_run(db, tmp_path, capsys):
     tether.runs()  # the database exists, with no run in it
-    out = run_cli(child_env, "--latest")
-    assert out.returncode == 3 and "no runs in" in out.stderr, out
+    code, _, err = watch_here(capsys, "--latest")
+    assert code == 3 and "no runs in" in err
     first = pipes_watch.quick.start(ok=False)
     first.wait()
     second = pipes_watch.quick.start(ok=True)
@@ -245,21 +261,21 @@ def test_latest_and_pipeline_pick_the_right_run(db, child_env, tmp_path):
         (["--pipeline", "helpers.pipes_watch.quick"], second, 0),
         ([first.id], first, 1),
     ]
-    for args, run, code in cases:
-        out = run_cli(child_env, *args)
-        assert out.returncode == code, (args, out)
-        assert f"id={run.id}" in out.stdout.splitlines()[0], (args, out.stdout)
-        assert "\x1b" not in out.stdout
-    out = run_cli(child_env, "--pipeline", "nope")
-    assert out.returncode == 3
-    assert "no run of pipeline 'nope'" in out.stderr and "helpers.pipes_watch.quick" in out.stderr
-    out = run_cli(child_env, "nosuchid")
-    assert out.returncode == 3 and "no run with id 'nosuchid'" in out.stderr, out
-    out = run_cli(child_env, "--db", str(tmp_path / "typo.db"), "--latest")
-    assert out.returncode == 3 and "does not exist" in out.stderr
+    for args, run, expected in cases:
+        code, out, err = watch_here(capsys, *args)
+        assert code == expected, (args, out, err)
+        assert out.splitlines()[0] == f"watching {run.pipeline} #1 id={run.id}", (args, out)
+    code, _, err = watch_here(capsys, "--pipeline", "nope")
+    assert code == 3
+    assert "no run of pipeline 'nope'" in err and "helpers.pipes_watch.quick" in err
+    code, _, err = watch_here(capsys, "nosuchid")
+    assert code == 3 and "no run with id 'nosuchid'" in err, err
+    code, _, err = watch_here(capsys, "--db", str(tmp_path / "typo.db"), "--latest")
+    assert code == 3 and "does not exist" in err
     assert not (tmp_path / "typo.db").exists()
-    out = run_cli(child_env)
-    assert out.returncode == 2 and "one of the arguments" in out.stderr  # argparse
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["watch"])
+    assert exc.value.code == 2 and "one of the arguments" in capsys.readouterr().err  # argparse
 
 
 def test_watch_imports_no_widget_library(child_env):

@@ -64,8 +64,8 @@ def retrying(ctx: tether.Context, gates: str) -> str:
 
 
 @tether.pipeline(phases=["spin"])
-def busy(ctx: tether.Context, seconds: float) -> int:
-    """Advance ~1,000 times and log ~50 lines a second, for ``seconds``."""
+def busy(ctx: tether.Context, seconds: float, tag: str = "") -> int:
+    """Advance ~1,000 times and log ~50 lines a second, for ``seconds`` (``tag``: another key)."""
     n = int(seconds * 1000)
     ctx.phase("spin", total=n)
     for i in range(n):
@@ -82,6 +82,19 @@ def quick(ctx: tether.Context, ok: bool = True) -> str:
     if not ok:
         raise ValueError("quick failure")
     return "done"
+
+
+@tether.pipeline
+def family(ctx: tether.Context, gates: str) -> list[str]:
+    """Starts two ``quick`` children (one fails), waits for them, then for gate a."""
+    kids = [quick.start(ok=True), quick.start(ok=False)]
+    for kid in kids:
+        try:
+            kid.wait(timeout=SAFETY_S)
+        except tether.RunFailed:
+            pass
+    _gate(ctx, gates, "a")
+    return [kid.id for kid in kids]
 
 
 def child(spec_json: str) -> None:
