@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,9 @@ class Child:
 
     def __init__(self, env: dict[str, str], gates: Path, pipeline: str, **params: Any) -> None:
         self.gates = gates
-        spec = {"pipeline": pipeline, "params": {"gates": str(gates), **params}}
+        if pipeline != "busy":  # the one without gates
+            params = {"gates": str(gates), **params}
+        spec = {"pipeline": pipeline, "params": params}
         self.proc = subprocess.Popen(
             [sys.executable, *pipes_watch.CHILD, json.dumps(spec)],
             env=env,
@@ -146,6 +149,20 @@ def test_plain_output_has_no_escape_bytes_and_few_lines(child, child_env):
     assert lines[-1].startswith("succeeded in ") and lines[-1].endswith('result: {"ok": true}')
     # one line per change, not one per read (4 reads a second over ~2 s)
     assert len(lines) <= 6, lines
+
+
+def test_plain_lines_are_rate_limited_on_a_busy_run(child, child_env):
+    c = child("busy", seconds=3.0)
+    w = plain(child_env, c.id)
+    started = time.monotonic()
+    code, out = ended(w)
+    took = time.monotonic() - started
+    assert code == 0
+    lines = out.decode().splitlines()
+    progress = [x for x in lines if " · running · spin " in x]
+    # ~1,000 updates and ~50 log lines a second, read 4 times a second: at most a line a second
+    assert 2 <= len(progress) <= took + 2, lines
+    assert lines[-1].startswith("succeeded in ")
 
 
 @pytest.mark.parametrize("how", ["fail", "cancel", "kill"])
@@ -276,6 +293,21 @@ def test_latest_and_pipeline_pick_the_right_run(db, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["watch"])
     assert exc.value.code == 2 and "one of the arguments" in capsys.readouterr().err  # argparse
+
+
+def test_watching_takes_no_write_lock_and_makes_no_runner(child, child_env):
+    c = child()
+    code = (
+        "import sys\nfrom tether import cli, runner\n"
+        f"code = cli.main(['watch', {c.id!r}])\n"
+        "print('runners', len(runner._runners))\nsys.exit(code)"
+    )
+    w = PopenSpawn([sys.executable, "-c", code], env=child_env, timeout=TIMEOUT)
+    w.expect("load 2/4")
+    c.open("a")
+    c.open("b")
+    status, out = ended(w)
+    assert status == 0 and b"runners 0" in out  # no runner: nothing to mark at exit, no write lock
 
 
 def test_watch_imports_no_widget_library(child_env):

@@ -285,10 +285,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
     try:
         store = _existing_store(args.db)
         run_id = watch.pick(store, args.id, latest=args.latest, pipeline=args.pipeline)
+        return watch.Watch(store, run_id, sys.stdout).run()
     except TetherError as exc:  # 1 and 2 are a run's outcome here: failed, cancelled
         _error(exc)
         return watch.NOTHING_TO_WATCH
-    return watch.Watch(store, run_id, sys.stdout).run()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

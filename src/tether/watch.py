@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from . import owner
 from ._text import clip, safe
 from .errors import RunNotFound
 from .model import RunRecord, Status
@@ -77,6 +78,21 @@ def pick(store: Store, run_id: str | None, *, latest: bool = False, pipeline: st
             "`tether ls` lists runs with their pipeline's full name"
         )
     raise NothingToWatch(f"no runs in {str(store.path)!r} yet; start one, or pass --db PATH")
+
+
+class _WatchedRun(Run):
+    """A run as a watcher reads it: from the store only. ``Run.snapshot`` asks this process's
+    runner for live progress, which creates one, and a runner takes the write lock at exit to mark
+    its own runs interrupted; a watcher executes nothing, so it has no runner and no write lock.
+    A run whose owner is proven gone is still marked interrupted, as `tether show` does."""
+
+    def snapshot(self) -> RunRecord:
+        store = self.store
+        rec = store.get(self.id)
+        if rec.status.active and store.recover([rec], owner.gone_reason):
+            rec = store.get(self.id)
+        self._last = rec
+        return rec
 
 
 # -- formatting (no I/O) ------------------------------------------------------------------------
@@ -243,7 +259,7 @@ class Watch:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.reader = RunReader(Run(store, run_id))
+        self.reader = RunReader(_WatchedRun(store, run_id))
         self.out = out
         self.tty = out.isatty() if tty is None else tty
         self.tick = tick
