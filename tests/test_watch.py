@@ -234,6 +234,15 @@ def test_parent_and_children_are_named(child, child_env):
     assert ended(w)[0] == 0
 
 
+def test_pending_run_says_what_it_waits_for(db, child_env):
+    run = pipes_watch.quick.start(ok=True, detach=True)  # pending until a `tether worker` takes it
+    w = plain(child_env, run.id)
+    w.expect(b"pending .* waiting for a tether worker to take it; in a shell, run: tether worker helpers")
+    run.cancel()  # a pending run ends cancelled at once
+    code, out = ended(w)
+    assert code == 2 and b"cancelled by run.cancel()" in out
+
+
 def test_resize_redraws_at_the_new_width(child, child_env):
     c = child()
     w = tty(child_env, c.id, cols=120)
