@@ -1,4 +1,4 @@
-"""tether ls | show | cancel | gc | worker: look at and act on a tether database from a shell.
+"""tether ls | show | watch | cancel | gc | worker: look at and act on a tether database from a shell.
 
 The CLI never executes code named by the database; ``worker`` imports only the modules named on
 its command line.
@@ -279,6 +279,18 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from . import watch  # imported only for this command: the other commands stay lean
+
+    try:
+        store = _existing_store(args.db)
+        run_id = watch.pick(store, args.id, latest=args.latest, pipeline=args.pipeline)
+        return watch.Watch(store, run_id, sys.stdout).run()
+    except TetherError as exc:  # 1 and 2 are a run's outcome here: failed, cancelled
+        _error(exc)
+        return watch.NOTHING_TO_WATCH
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from .worker import serve
 
@@ -323,6 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_gc)
 
     p = sub.add_parser(
+        "watch", help="follow one run live until it ends (exit 0 succeeded, 1 failed, 2 cancelled)"
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", nargs="?", help="the run's id")
+    which.add_argument("--latest", action="store_true", help="the newest run")
+    which.add_argument("--pipeline", metavar="NAME", help="the newest run of this pipeline")
+    p.set_defaults(fn=cmd_watch)
+
+    p = sub.add_parser(
         "worker", help="execute detached runs (start(..., detach=True)) of the pipelines in the given modules"
     )
     p.add_argument(
@@ -341,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(exc: TetherError) -> None:
+    text = safe_lines(str(exc).replace("tether.configure(db=...)", "--db PATH"))
+    print(f"tether: error: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # stored text may hold lone surrogates
         if hasattr(stream, "reconfigure"):
@@ -349,8 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.fn(args))
     except TetherError as exc:
-        text = safe_lines(str(exc).replace("tether.configure(db=...)", "--db PATH"))
-        print(f"tether: error: {text}", file=sys.stderr)
+        _error(exc)
         return 2 if isinstance(exc, LookupError) else 1
     except (ImportError, TypeError) as exc:  # worker targets
         if args.command != "worker":

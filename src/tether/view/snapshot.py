@@ -1,0 +1,479 @@
+"""The full snapshot a panel renders from, and the static text/html and text/plain made from it.
+
+A snapshot is a plain JSON dict built from a ``RunRecord`` plus what the reader gathered (log tail,
+when the current phase started). The panel's JS renders only from it, never from a diff, so a page
+reload or a rebinding shows the truth at once. No I/O here.
+
+A snapshot is sent whole on every update, so every part of it is capped (see the MAX_* limits and
+docs/panel.md): a run with 100,000 phases or a 50 MB log line still makes a snapshot of a few
+tens of KiB. The text/plain rendering escapes terminal control characters; the text/html one
+escapes every field.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shlex
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .._text import safe
+from ..errors import StoreError
+from ..model import RunRecord, Status, raw_text
+from ..run import params_text
+
+__all__ = [
+    "Snapshot",
+    "build",
+    "cancel_origin",
+    "html_snapshot",
+    "phase_states",
+    "text_snapshot",
+    "VOLATILE",
+    "waiting_text",
+]
+
+Snapshot = dict[str, Any]
+
+LOG_LINES = 20
+CONFIRM_RERUN_AFTER = 60.0  # seconds: Re-run of a run that took longer asks once
+MAX_LINE = 500  # characters of one log line / message shown
+MAX_TRACEBACK = 20_000
+MAX_RESULT = 300
+MAX_PHASES = 40  # phases listed; the others are counted (phases_hidden), around the current one
+MAX_NAME = 200  # characters of a name shown: pipeline, phase, key, error type
+MAX_ID = 64  # characters of a run id shown (tether's are 12)
+MAX_DAMAGED = 10  # damaged columns named
+MAX_PARAMS = 120  # characters of the params shown (each value clipped to 40 first)
+MAX_PARAMS_FULL = 2000  # characters of the params in the tooltip
+# keys that change with the clock alone; two snapshots equal but for these need not be re-sent
+VOLATILE = frozenset({"now", "elapsed", "rate", "eta"})
+ETA_DRIFT = 5.0  # seconds (or 20 %) an ETA may move from the front end's countdown unsent
+_FAILED_END = (Status.FAILED, Status.CANCELLED, Status.INTERRUPTED)
+
+
+def _clip(text: str | None, limit: int) -> str | None:
+    if text is None:
+        return None
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def phase_states(rec: RunRecord, limit: int | None = None) -> list[dict[str, str]]:
+    """Every declared (then seen) phase with its state: done / current / upcoming / failed.
+
+    With ``limit``, at most that many, around the current phase (see :func:`phase_window`)."""
+    return phase_window(rec, limit)[0]
+
+
+def phase_window(
+    rec: RunRecord, limit: int | None = MAX_PHASES
+) -> tuple[list[dict[str, str]], dict[str, int]]:
+    """Phase states (at most ``limit``, the current phase among them, names clipped) and the
+    number of phases left out before and after them."""
+    names = rec.phases
+    if rec.phase and rec.phase not in names:
+        names = [*names, rec.phase]
+    start, end = 0, len(names)
+    if limit is not None and len(names) > limit:
+        at = names.index(rec.phase) if rec.phase in names else _first_not_done(rec, names)
+        start = max(0, min(at - limit // 2, len(names) - limit))
+        end = start + limit
+    done = set(rec.phases_done)
+    out = []
+    for name in names[start:end]:
+        if name == rec.phase and rec.status.active:
+            state = "current"
+        elif name == rec.phase and rec.status == Status.CANCELLED and name not in done:
+            state = "stopped"  # neutral: the user asked for it
+        elif name == rec.phase and rec.status in _FAILED_END and name not in done:
+            state = "failed"
+        elif name in done:
+            state = "done"
+        else:
+            state = "upcoming"
+        out.append({"name": _clip(name, MAX_NAME) or "", "state": state})
+    return out, {"before": start, "after": len(names) - end}
+
+
+def _first_not_done(rec: RunRecord, names: list[str]) -> int:
+    done = set(rec.phases_done)
+    return next((i for i, name in enumerate(names) if name not in done), len(names) - 1)
+
+
+def result_preview(value: Any) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return _clip(text, MAX_RESULT) or ""
+
+
+def actions(rec: RunRecord) -> dict[str, bool]:
+    """Which buttons apply to the run as it is now."""
+    ended = rec.status.terminal
+    return {
+        "cancel": rec.status.active,
+        "rerun": ended,
+        "resume": rec.status in _FAILED_END,
+    }
+
+
+def build(
+    rec: RunRecord,
+    *,
+    mode: str,
+    log: Sequence[str] = (),
+    rate: float | None = None,
+    now: float | None = None,
+    stored: bool = False,
+    newer: dict[str, Any] | None = None,
+    cancel: dict[str, Any] | None = None,
+    waiting: str | None = None,
+) -> Snapshot:
+    """The full snapshot of ``rec`` as a panel shows it in ``mode`` (stream | poll | static).
+
+    ``rate``: items/s of the current phase from recent progress (see reader.RateMeter), or None;
+    ``stored``: the run had ended when its handle was made (start() gave back a stored outcome);
+    ``newer``: ``{id, attempt, status}`` of a newer attempt of the key; ``cancel``: ``{origin,
+    at}``, where the cancel came from as text (:func:`cancel_origin`); ``waiting``: what a
+    pending run waits for."""
+    now = time.time() if now is None else now
+    status = rec.status
+    done, total = rec.done, rec.total
+    percent: float | None = None
+    if total:
+        percent = max(0.0, min(100.0, 100.0 * float(done) / float(total)))
+    elif status == Status.SUCCEEDED or total == 0:
+        percent = 100.0
+    elapsed = None
+    if rec.started_at is not None:
+        elapsed = max(0.0, (rec.ended_at if rec.ended_at is not None else now) - rec.started_at)
+    eta = None
+    if status != Status.RUNNING or not rate or rate <= 0:
+        rate = None
+    elif total:
+        eta = max(0.0, (float(total) - float(done)) / rate)
+    # a damaged column is named in "damaged" (shown above everything else), not shown as a value
+    damaged = list(rec.damaged)
+    error = None
+    err, bad = rec.decoded("error")
+    if bad is not None:
+        damaged.append(bad)
+    elif err and status != Status.CANCELLED:  # a cancel is no error: its origin is shown instead
+        error = {
+            "type": _clip(str(err.get("type") or "Error"), MAX_NAME),
+            "message": _clip(err.get("message") or "", 4 * MAX_LINE),
+            "traceback": _clip(err.get("traceback") or "", MAX_TRACEBACK),
+        }
+    result = None
+    if status == Status.SUCCEEDED:  # a summary: never reads value files, never unpickles
+        try:
+            result = result_preview(rec.result_summary)
+        except StoreError:
+            damaged.append(rec.damage("result") or f"result={raw_text(rec.result_json)}")
+    params, bad = rec.decoded("params")
+    if bad is not None:
+        damaged.append(bad)
+    phases, hidden = phase_window(rec)
+    last_phase = bool(rec.phases) and rec.phase == rec.phases[-1]
+    if status == Status.CANCELLED and cancel is None:
+        cancel = {"origin": "", "at": rec.ended_at}
+    return {
+        "id": _clip(rec.id, MAX_ID),
+        "key": _clip(rec.key, MAX_NAME),
+        "attempt": rec.attempt,
+        "pipeline": _clip(rec.pipeline, MAX_NAME),
+        "params": _clip(params_text(params), MAX_PARAMS) if params else "",
+        "params_full": _clip(params_text(params, clip=False), MAX_PARAMS_FULL) if params else "",
+        "status": rec.status_text,
+        "mode": mode,
+        "phase": _clip(rec.phase, MAX_NAME),
+        "phases": phases,
+        "phases_hidden": hidden,
+        "done": done,
+        "total": total,
+        "percent": percent,
+        "created_at": rec.created_at,
+        "started_at": rec.started_at,
+        "ended_at": rec.ended_at,
+        "elapsed": elapsed,
+        "rate": rate,
+        "eta": eta,
+        # the ETA covers the current phase; in the last declared phase that is the whole run
+        "eta_scope": "run" if last_phase else "phase",
+        "message": _clip(rec.message, MAX_LINE),
+        "log": [_clip(line, MAX_LINE) for line in list(log)[-LOG_LINES:]],
+        "error": error,
+        "result": result,
+        "actions": actions(rec),
+        "confirm_rerun": elapsed is not None and elapsed > CONFIRM_RERUN_AFTER,
+        "cancel_requested": rec.cancel_requested and status.active,
+        "cancel": cancel if status == Status.CANCELLED or (rec.cancel_requested and status.active) else None,
+        "stored": stored and status.terminal,
+        "newer": newer,
+        "waiting": _clip(waiting, MAX_LINE) if status == Status.PENDING else None,
+        "resumed_from": _clip(rec.resumed_from, MAX_ID),
+        # why start() made this attempt by itself: the body's code (or version) changed
+        "why": "code changed" if rec.created_by.endswith(":code") else None,
+        "damaged": [_clip(d, MAX_NAME) for d in damaged[:MAX_DAMAGED]],
+        "now": now,
+    }
+
+
+def cancel_origin(origin: dict[str, Any] | None, here: dict[str, Any]) -> str:
+    """Where a cancel came from, as the panel says it ("from this panel", "by `tether cancel`
+    (pid 123)" ...). ``here``: ``{"instance": <this process's tether instance>, "panel": <the
+    asking panel's id>}``."""
+    if not isinstance(origin, dict):
+        return ""
+    via, pid = origin.get("via"), origin.get("pid")
+    same = origin.get("instance") is not None and origin.get("instance") == here.get("instance")
+    where = "in this kernel" if same else (f"in pid {pid}" if isinstance(pid, int) else "")
+    if via == "panel":
+        if same and here.get("panel") and origin.get("panel") == here.get("panel"):
+            return "from this panel"
+        return f"from another panel {where}".rstrip()
+    if via == "cli":
+        return f"by `tether cancel`{f' (pid {pid})' if isinstance(pid, int) else ''}"
+    if via == "api":
+        return f"by run.cancel() {where}".rstrip()
+    return _clip(f"by {via}", MAX_NAME) or ""
+
+
+def waiting_text(rec: RunRecord, db: str, module: str | None, here: bool) -> str | None:
+    """What a pending run waits for: a `tether worker` (with the command), or a slot here."""
+    if rec.status != Status.PENDING:
+        return None
+    if rec.target == "worker":
+        if module is None:
+            module = rec.pipeline.rpartition(".")[0] or rec.pipeline
+        return (
+            f"waiting for a tether worker to take it; in a shell, run: tether worker "
+            f"{shlex.quote(module)} --db {shlex.quote(db)}"
+        )
+    if here:
+        return (
+            "waiting to start: this kernel runs at most max_concurrency runs at once "
+            "(tether.configure(max_concurrency=...))"
+        )
+    return "waiting to start in the process that created it"
+
+
+def same(a: Snapshot, b: Snapshot) -> bool:
+    """Equal but for the clock-driven keys, whose change the front end predicts (it counts the
+    elapsed time up and the ETA down): an ETA that moved away from that countdown, or a rate
+    that came or went, is a change."""
+    if a.keys() != b.keys():
+        return False
+    if not all(a[k] == b[k] for k in a if k not in VOLATILE):
+        return False
+    if (a.get("rate") is None) != (b.get("rate") is None):
+        return False
+    ea, eb = a.get("eta"), b.get("eta")
+    if (ea is None) != (eb is None):
+        return False
+    if ea is not None and eb is not None:
+        predicted = eb - (a.get("now", 0.0) - b.get("now", 0.0))
+        if abs(ea - predicted) > max(ETA_DRIFT, 0.2 * ea):
+            return False
+    return True
+
+
+# -- static renderings (front ends without widgets) ---------------------------------------------
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _num(x: float | int | None) -> str:
+    if x is None:
+        return "?"
+    if isinstance(x, float) and not x.is_integer():
+        return f"{x:,.2f}"
+    return f"{int(x):,}"
+
+
+def progress_text(snap: Snapshot) -> str:
+    """``6/40 (15%)``; a phase without a total: ``12 done``, or nothing before the first item."""
+    done, total = snap["done"], snap["total"]
+    if total is None:
+        return f"{_num(done)} done" if done else ""
+    text = f"{_num(done)}/{_num(total)}"
+    if snap["percent"] is not None:
+        text += f" ({snap['percent']:.0f}%)"
+    return text
+
+
+def fmt_time(ts: float | None) -> str:
+    """A time as every tether display writes it: local, 24-hour (the CLI's form)."""
+    if ts is None:
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds (a crafted row)
+        return repr(ts)
+
+
+def _hidden_text(snap: Snapshot) -> tuple[str, str]:
+    hidden = snap.get("phases_hidden") or {}
+    before, after = hidden.get("before", 0), hidden.get("after", 0)
+    return (f"{before:,} more phases" if before else "", f"{after:,} more phases" if after else "")
+
+
+def notes(snap: Snapshot) -> list[str]:
+    """The lines that say what kind of truth the panel shows: a stored outcome, a cancel's
+    origin, a newer attempt, what a pending run waits for (shared by both static renderings)."""
+    out = []
+    if snap.get("waiting"):
+        out.append(snap["waiting"])
+    cancel = snap.get("cancel")
+    if cancel is not None and snap["status"] == "cancelled":
+        out.append(
+            " ".join(
+                x
+                for x in (
+                    "cancelled",
+                    cancel.get("origin") or "",
+                    f"at {fmt_time(cancel['at'])}" if cancel.get("at") else "",
+                )
+                if x
+            )
+        )
+    elif cancel is not None:
+        out.append(f"cancel requested {cancel.get('origin') or ''}".rstrip())
+    if snap.get("stored"):
+        out.append(stored_text(snap, fmt_time(snap["ended_at"])))
+    newer = snap.get("newer")
+    if newer:
+        out.append(f"a newer attempt exists: #{newer['attempt']} ({newer['status']}) id={newer['id']}")
+    return out
+
+
+def stored_text(snap: Snapshot, when: str) -> str:
+    """The label of a stored outcome, and how to compute it again."""
+    if snap["status"] == "succeeded":
+        return (
+            f"stored result from {when}, not computed now; to compute again: Re-run, or "
+            "start(..., policy='rerun')"
+        )
+    if snap["actions"].get("resume"):
+        return (
+            f"stored outcome from {when}, not run now; to try again: Re-run or Resume, or "
+            "start(..., policy='rerun' or 'resume')"
+        )
+    return f"stored outcome from {when}, not run now; to try again: Re-run"
+
+
+def text_snapshot(snap: Snapshot) -> str:
+    """The text/plain rendering (terminals, consoles, nbval): run text with every terminal
+    control character shown escaped."""
+    why = f" ({snap['why']})" if snap.get("why") else ""
+    lines = [f"{safe(snap['pipeline'])} #{snap['attempt']}{why} [{snap['status']}] id={safe(snap['id'])}"]
+    if snap.get("params"):
+        lines.append(f"params: {safe(snap['params'])}")
+    if snap.get("damaged"):
+        lines.append(f"damaged: {safe('; '.join(snap['damaged']))}")
+    lines.extend(safe(n) for n in notes(snap))
+    before, after = _hidden_text(snap)
+    steps = " > ".join(
+        [
+            *([before] if before else []),
+            *(f"{safe(p['name'])}({p['state']})" for p in snap["phases"]),
+            *([after] if after else []),
+        ]
+    )
+    if steps:
+        lines.append(f"phases: {steps}")
+    progress = progress_text(snap)
+    lines.append(
+        f"phase: {safe(snap['phase'] or '-')}{' ' + progress if progress else ''} "
+        f"· elapsed {fmt_duration(snap['elapsed'])}"
+    )
+    if snap["message"]:
+        lines.append(f"last: {safe(snap['message'])}")
+    if snap["error"]:
+        lines.append(f"error: {safe(snap['error']['type'])}: {safe(snap['error']['message'])}")
+    if snap["result"] is not None:
+        lines.append(f"result: {safe(snap['result'])}")
+    return "\n".join(lines)
+
+
+_BADGE = {
+    "pending": "#6e7781",
+    "running": "#0969da",
+    "succeeded": "#1a7f37",
+    "failed": "#cf222e",
+    "cancelled": "#6e7781",
+    "interrupted": "#bc4c00",
+}
+
+
+def html_snapshot(snap: Snapshot) -> str:
+    """A static text/html rendering: plain elements, every run text escaped."""
+    e = html.escape
+    color = _BADGE.get(snap["status"], "#6e7781")
+    before, after = _hidden_text(snap)
+    steps = " &rsaquo; ".join(
+        [
+            *([e(before)] if before else []),
+            *(
+                (
+                    f"<b>{e(p['name'])}</b>"
+                    if p["state"] == "current"
+                    else f"<s>{e(p['name'])}</s>"
+                    if p["state"] == "failed"
+                    else e(p["name"])
+                )
+                + ("&nbsp;✓" if p["state"] == "done" else "")
+                for p in snap["phases"]
+            ),
+            *([e(after)] if after else []),
+        ]
+    )
+    parts = [
+        f'<div class="tether-static" data-run-id="{e(snap["id"])}" '
+        f'data-status="{e(snap["status"])}" data-attempt="{e(str(snap["attempt"]))}" '
+        'data-mode="static" '
+        'style="font-family:system-ui,sans-serif;font-size:13px;line-height:1.4;'
+        'border:1px solid #8885;border-radius:6px;padding:8px 10px;max-width:60em">',
+        f"<div><strong>{e(snap['pipeline'])}</strong> #{e(str(snap['attempt']))} "
+        + (f"<i>{e(snap['why'])}</i> " if snap.get("why") else "")
+        + f'<span style="color:#fff;background:{color};border-radius:8px;padding:0 6px">'
+        f"{e(snap['status'])}</span> <small>id <code>{e(snap['id'])}</code></small></div>",
+    ]
+    if snap.get("params"):
+        parts.append(f"<div><small>{e(snap['params'])}</small></div>")
+    if snap.get("damaged"):
+        parts.append(
+            '<div class="tether-damaged" style="color:#cf222e">damaged row: '
+            f"{e('; '.join(snap['damaged']))}</div>"
+        )
+    for note in notes(snap):
+        parts.append(f"<div><em>{e(note)}</em></div>")
+    if steps:
+        parts.append(f"<div>{steps}</div>")
+    progress = progress_text(snap)
+    parts.append(
+        f"<div>{e(snap['phase'] or '-')}{': ' + e(progress) if progress else ''} · "
+        f"elapsed {e(fmt_duration(snap['elapsed']))}</div>"
+    )
+    if snap["message"]:
+        parts.append(f"<div>{e(snap['message'])}</div>")
+    if snap["error"]:
+        parts.append(
+            f'<pre style="white-space:pre-wrap;color:#cf222e;margin:4px 0">'
+            f"{e(snap['error']['type'])}: {e(snap['error']['message'] or '')}</pre>"
+        )
+    if snap["result"] is not None:
+        parts.append(f"<div>result: <code>{e(snap['result'])}</code></div>")
+    parts.append("</div>")
+    return "".join(parts)
