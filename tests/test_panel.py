@@ -1004,6 +1004,8 @@ def test_a_parent_lists_its_children_live_and_a_child_names_its_parent(db: Path,
     quick, slow = w.snapshot["children"]
     assert [k.id for k in parent.children()] == [quick["id"], slow["id"]]  # oldest first
     assert quick["pipeline"] == slow["pipeline"] == "test_panel.kid_panel"
+    assert quick["params"] == "gate='', name='quick'"  # what tells children of one pipeline apart
+    assert slow["params"].startswith("gate='/") and slow["params"].endswith("…, name='slow'")  # clipped
     assert (slow["done"], slow["total"], slow["percent"]) == (3, 4, 75.0)
     assert quick["percent"] == 100.0 and w.snapshot["children_count"] == {"succeeded": 1, "running": 1}
     assert w.snapshot["parent"] is None and w.snapshot["status"] == "running"
@@ -1017,7 +1019,10 @@ def test_a_parent_lists_its_children_live_and_a_child_names_its_parent(db: Path,
     snap = settle(w, "succeeded", "static")
     assert [c["status"] for c in snap["children"]] == ["succeeded", "succeeded"]
     text = text_snapshot(snap)
-    assert "children: 2 (2 succeeded)" in text and "test_panel.kid_panel #1  succeeded  4/4 (100%)" in text
+    assert (
+        "children: 2 (2 succeeded)" in text
+        and "test_panel.kid_panel #1 (gate='', name='quick')  succeeded  4/4 (100%)" in text
+    )
 
 
 def test_a_queued_run_says_how_many_are_ahead(db: Path, tmp_path: Path) -> None:

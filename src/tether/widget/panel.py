@@ -40,6 +40,14 @@ from .reader import RunReader
 __all__ = ["RunPanel", "panel"]
 
 STATIC = Path(__file__).parent / "static"
+
+
+def esm(name: str) -> str:
+    """The ES module of a widget: static/common.js (the helpers its widgets share), then
+    static/``name``, read when the widget class is defined (no bundler, nothing generated)."""
+    return "\n".join((STATIC / f).read_text(encoding="utf-8") for f in ("common.js", name))
+
+
 ACTIONS = ("cancel", "rerun", "resume", "refresh", "newer")
 MAX_DISPLAYS = 16  # displays of one panel whose fallback is kept current
 # an active run's snapshot is re-sent at least this often (the poller's pace permitting: every
@@ -54,7 +62,7 @@ _by_id: dict[tuple[str, str], RunPanel] = {}
 class RunPanel(anywidget.AnyWidget):
     """The progress panel of one run. Create it with ``tether.panel(run)``."""
 
-    _esm = STATIC / "panel.js"
+    _esm = esm("panel.js")
     _css = STATIC / "panel.css"
 
     snapshot = traitlets.Dict().tag(sync=True)

@@ -51,6 +51,7 @@ MAX_DAMAGED = 10  # damaged columns named
 MAX_PARAMS = 120  # characters of the params shown (each value clipped to 40 first)
 MAX_PARAMS_FULL = 2000  # characters of the params in the tooltip
 MAX_CHILDREN = 20  # children listed (the latest); the others are counted (children_hidden)
+MAX_CHILD_PARAMS = 60  # characters of a child's params
 MAX_TRY_ERRORS = 5  # earlier tries' errors listed (the latest); the others are counted
 # keys that change with the clock alone; two snapshots equal but for these need not be re-sent
 VOLATILE = frozenset({"now", "elapsed", "rate", "eta", "overdue"})
@@ -283,10 +284,15 @@ def child_entry(rec: RunRecord) -> dict[str, Any]:
         percent = max(0.0, min(100.0, 100.0 * float(rec.done) / float(rec.total)))
     elif rec.status == Status.SUCCEEDED:
         percent = 100.0
+    params, bad = rec.decoded("params")
     return {
         "id": _clip(rec.id, MAX_ID),
         "pipeline": _clip(rec.pipeline, MAX_NAME),
         "attempt": rec.attempt,
+        # what tells two children of one pipeline apart
+        "params": "(damaged)"
+        if bad is not None
+        else _clip(params_text(params, limit=MAX_CHILD_PARAMS), MAX_NAME),
         "status": rec.status_text,
         "phase": _clip(rec.phase, MAX_NAME),
         "done": rec.done,
@@ -346,7 +352,10 @@ def children_text(snap: Snapshot) -> list[str]:
         lines.append(f"  {snap['children_hidden']:,} earlier children not shown")
     for k in kids:
         progress = progress_text(k)
-        lines.append(f"  {k['pipeline']} #{k['attempt']}  {k['status']}{'  ' + progress if progress else ''}")
+        params = f" ({k['params']})" if k.get("params") else ""
+        lines.append(
+            f"  {k['pipeline']} #{k['attempt']}{params}  {k['status']}{'  ' + progress if progress else ''}"
+        )
     return lines
 
 
