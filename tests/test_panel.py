@@ -18,6 +18,7 @@ import tether
 from helpers import pipes_panel as pp
 from helpers.util import wait_until as until
 from tether.widget import dashboard, panel, poller, repr_bundle
+from tether.widget import snapshot as _snap
 from tether.widget.panel import RunPanel
 from tether.widget.snapshot import VOLATILE, html_snapshot, text_snapshot
 
@@ -333,7 +334,7 @@ def test_poller_reads_only_new_rows_and_stops_at_the_end(
 
     def events(run_id: str, after: int = 0, **kw: Any) -> Any:
         out = real_events(run_id, after=after, **kw)
-        if run_id == run.id:
+        if run_id == run.id and not kw.get("kinds"):  # the reader's reads (not the child events')
             calls.append(("events", after))
             seen.extend(e.seq for e in out)
         return out
@@ -867,3 +868,170 @@ def test_dashboards_do_not_pile_up_without_cell_ids(db: Path, monkeypatch: Any) 
     assert [d._closed for d in made] == [True, True, False, False, False]
     for d in made[2:]:
         d.close()
+
+
+# -- control: retries, timeouts, the queue, parents and children (issue 14) -------------------
+
+
+@tether.pipeline(retries=2, retry_delay=0.5, retry_backoff=1.0, retry_on=(ConnectionError,))
+def flaky_panel(ctx: tether.Context, log: str, fail: int) -> int:
+    """Fails its first ``fail`` tries with a ConnectionError (counted in the file ``log``)."""
+    ctx.phase("fetching", total=2)
+    ctx.advance()
+    tries = len(pp_lines(log)) + 1
+    with open(log, "a") as fh:
+        fh.write(f"try {tries}\n")
+    if tries <= fail:
+        raise ConnectionError(f"connection reset on try {tries}")
+    ctx.advance()
+    return tries
+
+
+@tether.pipeline(phases=["loading"])
+def kid_panel(ctx: tether.Context, name: str, gate: str = "") -> str:
+    ctx.phase("loading", total=4)
+    for _ in range(3):
+        ctx.advance()
+    deadline = time.monotonic() + 30
+    while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+        ctx.advance(0)
+        time.sleep(0.01)
+    ctx.advance()
+    return name
+
+
+@tether.pipeline
+def family_panel(ctx: tether.Context, gate: str) -> list[str]:
+    kids = [kid_panel.start(name="quick"), kid_panel.start(name="slow", gate=gate)]
+    return [k.result(timeout=30) for k in kids]
+
+
+@tether.pipeline(concurrency=1)
+def queued_panel(ctx: tether.Context, gate: str, tag: str) -> str:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        ctx.advance(0)
+        time.sleep(0.01)
+    return tag
+
+
+def pp_lines(path: str) -> list[str]:
+    return Path(path).read_text().splitlines() if os.path.exists(path) else []
+
+
+def recorder(w: RunPanel) -> list[dict[str, Any]]:
+    """The panel's snapshot and every one it sends from now on (traitlets tells each change)."""
+    sent: list[dict[str, Any]] = [w.snapshot]
+    w.observe(lambda change: sent.append(change["new"]), names="snapshot")
+    return sent
+
+
+def test_a_retried_run_shows_its_tries_countdown_and_final_outcome(db: Path, tmp_path: Path) -> None:
+    log = tmp_path / "tries.log"
+    run = flaky_panel.start(log=str(log), fail=3)  # fails all 3 tries (retries=2)
+    w = panel(run)
+    sent = recorder(w)
+    snap = settle(w, "failed", "static")
+    assert pp_lines(str(log)) == ["try 1", "try 2", "try 3"]
+    waits = [s for s in sent if s.get("retry_at") is not None]
+    assert {(s["tries"], s["max_tries"]) for s in waits} == {(1, 3), (2, 3)}, waits
+    first = next(s for s in waits if s["tries"] == 1)
+    assert 0 < first["retry_at"] - first["now"] <= 0.5
+    assert _snap.control_notes(first)[0].startswith("try 2 of 3 — next in ")
+    assert first["try_errors"] == [
+        {"try": 1, "type": "ConnectionError", "message": "connection reset on try 1"}
+    ]
+    # the end: no countdown, the outcome in words, every retried try's error kept
+    assert snap["retry_at"] is None and (snap["tries"], snap["max_tries"]) == (3, 3)
+    notes = _snap.control_notes(snap)
+    assert notes[0] == "failed after 3 tries"
+    assert notes[1:] == [
+        "try 1: ConnectionError: connection reset on try 1",
+        "try 2: ConnectionError: connection reset on try 2",
+    ]
+    assert snap["error"]["message"] == "connection reset on try 3"
+    assert "failed after 3 tries" in text_snapshot(snap) and "failed after 3 tries" in html_snapshot(snap)
+
+    ok = flaky_panel.start(log=str(tmp_path / "ok.log"), fail=1)
+    snap = settle(panel(ok), "succeeded", "static")
+    assert _snap.control_notes(snap)[0] == "succeeded on try 2 of 3"
+    plain = settle(panel(pp.four_phase.start(n=1, delay=0, tag="no-retries")), "succeeded", "static")
+    assert _snap.control_notes(plain) == [] and plain["try_errors"] == []
+
+
+def test_countdown_and_overdue_texts_match_the_cli(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same stored state, said by the panel's snapshot and by `tether ls`."""
+    from dataclasses import replace
+
+    from tether import cli
+    from tether.model import Status
+
+    run = pp.four_phase.start(n=1, delay=0, tag="texts")
+    run.wait(20)
+    rec = run.snapshot()
+    now = time.time()
+    waiting = replace(rec, status=Status.RUNNING, tries=1, max_tries=4, retry_at=now + 8.2, timeout=600.0)
+    snap = _snap.build(waiting, mode="stream", now=now)
+    assert _snap.control_notes(snap) == ["try 2 of 4 — next in 8 s"]
+    assert cli._status(waiting, now) == "running (try 2 of 4 in 8 s)"
+    trying = replace(waiting, tries=2, retry_at=None)
+    assert _snap.control_notes(_snap.build(trying, mode="stream", now=now)) == ["try 2 of 4"]
+    late = replace(rec, status=Status.RUNNING, tries=1, max_tries=1, timeout=600.0, deadline=now - 12.1)
+    snap = _snap.build(late, mode="stream", now=now)
+    assert snap["overdue"] == pytest.approx(12.1)
+    assert _snap.control_notes(snap) == [
+        "past its timeout by 12 s (timeout 600 s per try): it stops at its next ctx call"
+    ]
+    assert cli._status(late, now) == "running (past its timeout by 12 s)"
+    # overdue grows with the clock (the front end counts it up): no re-send for that alone,
+    # but one when it comes or goes
+    later = _snap.build(late, mode="stream", now=now + 3)
+    assert _snap.same(snap, later)
+    assert not _snap.same(_snap.build(late, mode="stream", now=late.deadline - 1), snap)
+
+
+def test_a_parent_lists_its_children_live_and_a_child_names_its_parent(db: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    parent = family_panel.start(gate=str(gate))
+    w = panel(parent)
+    until(
+        lambda: (
+            [c["status"] for c in w.snapshot["children"]] == ["succeeded", "running"]
+            and w.snapshot["children"][1]["done"] == 3
+        ),
+        what=f"two children listed, one done (now {w.snapshot['children']})",
+    )
+    quick, slow = w.snapshot["children"]
+    assert [k.id for k in parent.children()] == [quick["id"], slow["id"]]  # oldest first
+    assert quick["pipeline"] == slow["pipeline"] == "test_panel.kid_panel"
+    assert quick["params"] == "gate='', name='quick'"  # what tells children of one pipeline apart
+    assert slow["params"].startswith("gate='/") and slow["params"].endswith("…, name='slow'")  # clipped
+    assert (slow["done"], slow["total"], slow["percent"]) == (3, 4, 75.0)
+    assert quick["percent"] == 100.0 and w.snapshot["children_count"] == {"succeeded": 1, "running": 1}
+    assert w.snapshot["parent"] is None and w.snapshot["status"] == "running"
+
+    child = panel(tether.get_run(slow["id"])).snapshot
+    assert child["parent"] == {"id": parent.id, "pipeline": "test_panel.family_panel", "attempt": 1}
+    assert f"started by test_panel.family_panel #1 (id {parent.id})" in _snap.control_notes(child)
+    assert child["children"] == []
+
+    release(gate, "go")
+    snap = settle(w, "succeeded", "static")
+    assert [c["status"] for c in snap["children"]] == ["succeeded", "succeeded"]
+    text = text_snapshot(snap)
+    assert (
+        "children: 2 (2 succeeded)" in text
+        and "test_panel.kid_panel #1 (gate='', name='quick')  succeeded  4/4 (100%)" in text
+    )
+
+
+def test_a_queued_run_says_how_many_are_ahead(db: Path, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    runs = [queued_panel.start(gate=str(gate), tag=str(i)) for i in range(3)]
+    until(lambda: runs[0].status == "running")
+    snaps = [panel(r).snapshot for r in runs]
+    assert [s["ahead"] for s in snaps] == [None, 0, 1]
+    assert _snap.control_notes(snaps[2])[0] == "queued — 1 ahead (concurrency=1)"
+    release(gate, "go")
+    for r in runs:
+        assert settle(panel(r), "succeeded", "static")["ahead"] is None

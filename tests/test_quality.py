@@ -99,3 +99,30 @@ def test_the_version_is_written_once():
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("tether is not installed (the test command installs it with pip install -e)")
     assert installed == tether.__version__
+
+
+BIOME = "@biomejs/biome@2.6.8"  # the version biome.json's $schema names
+
+
+def test_biome_lints_the_widgets_javascript():
+    """The widgets' JS (src/tether/widget/static/*.js) passes biome's recommended rules plus
+    undeclared and unused variables (biome.json), warnings included. Needs node's npx (biome
+    comes from the npm registry): skipped without it, failing under CI=true."""
+    import os
+    import shutil
+
+    npx = shutil.which("npx")
+    if npx is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("npx is missing under CI=true: install Debian's nodejs and npm (see .ci/run)")
+        pytest.skip("npx is missing: install node and npm to lint the widgets' JavaScript")
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "src/tether/widget/static").glob("*.js"))
+    out = subprocess.run(
+        [npx, "--yes", BIOME, "lint", "--error-on-warnings", *files],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert f"Checked {len(files)} files" in out.stdout + out.stderr

@@ -46,7 +46,35 @@ def total_sales(ctx, path: str):
     for part in ctx.track(["2024", "2025", "2026"]):
         ctx.log("read %s/%s.csv", path, part)
     ctx.phase("summarising")
-    raise KeyError("column 'amount' is missing in 2026.csv")"""
+    raise KeyError("column 'amount' is missing in 2026.csv")
+
+
+@tether.pipeline(retries=3, retry_delay=30)
+def fetch_prices(ctx, source: str):
+    ctx.phase("downloading", total=10)
+    for _ in range(4):
+        ctx.advance()
+    raise ConnectionError(f"connection reset by {source}")
+
+
+@tether.pipeline(phases=["loading"])
+def load(ctx, region: str, rows: int = 12):
+    ctx.phase("loading", total=rows)
+    for i in ctx.track(range(rows)):
+        time.sleep(0.01)
+        while os.path.exists(os.path.join(HOLD, f"load-{region}-{i}")):
+            ctx.advance(0)
+            time.sleep(0.02)
+    return rows
+
+
+@tether.pipeline(phases=["loading", "merging"])
+def report(ctx, month: str):
+    ctx.phase("loading")
+    parts = [load.start(region=r) for r in ("north", "south", "east")]
+    total = sum(p.result() for p in parts)
+    ctx.phase("merging")
+    return total"""
 
 WORKER_MODULE = """import time
 import tether
@@ -115,6 +143,9 @@ def main(out: Path) -> None:
         "import pipelines\npipelines.nightly_etl.start(table='orders', detach=True)",
         "tether.dashboard()",
         "run",
+        # 10: waiting to retry, 11: a parent with its children
+        "fetch_prices.start(source='prices.example.com')",
+        "report.start(month='2026-10')",
     ]
     make_notebook(root / "panel.ipynb", cells)
     # JupyterLab's "Save Widget State Automatically", to check what a reload without kernel shows
@@ -194,6 +225,19 @@ def _shoot(
     page.wait_for_timeout(500)
     shots.both(dash, "dashboard-700px")
     page.set_viewport_size({"width": 1000, "height": 1000})
+    # control (docs/control.md): a run waiting to retry, a parent listing its children
+    (hold / "load-east-5").write_text("")
+    for i in (10, 11):
+        assert front.run_cell(i) is True
+    retrying = cell(10).get_by_test_id("tether-panel")
+    expect(retrying.get_by_test_id("tether-tries")).to_contain_text("next in", timeout=30_000)
+    shots.both(retrying, "panel-retrying")
+    parent = cell(11).get_by_test_id("tether-panel")
+    kids = parent.get_by_test_id("tether-child")
+    expect(kids).to_have_count(3, timeout=30_000)
+    expect(kids.nth(1)).to_have_attribute("data-status", "succeeded", timeout=30_000)
+    expect(kids.nth(2)).to_contain_text("5/12", timeout=30_000)
+    shots.both(parent, "panel-children")
     # saved while the kernel is alive (JupyterLab saves the state of live widgets only), then
     # a kernel restart: the running panel says it is disconnected
     front.save()

@@ -12,6 +12,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -169,22 +171,12 @@ def test_run_text_is_never_html(open_notebook: Any) -> None:
     nb.shot("7-text-not-html")
     # the panel follows the front end's dark theme through its CSS variables
     light = _background_luminance(panel)
-    nb.front.js(
-        "await window.jupyterapp.commands.execute('apputils:change-theme', "
-        "{theme: 'JupyterLab Dark'}); return null;"
-    )
     try:
-        nb.page.wait_for_function(
-            "() => document.body.dataset.jpThemeLight === 'false'"
-            " && !document.querySelector('#jupyterlab-splash')"
-        )
+        _theme(nb, "JupyterLab Dark")
         assert light > 0.5 and _background_luminance(panel) < 0.3
         nb.shot("7-text-not-html-dark")
     finally:
-        nb.front.js(
-            "await window.jupyterapp.commands.execute('apputils:change-theme', "
-            "{theme: 'JupyterLab Light'}); return null;"
-        )
+        _theme(nb, "JupyterLab Light")
 
 
 def _rgb(loc: Any, prop: str) -> tuple[int, int, int]:
@@ -535,18 +527,9 @@ def test_dashboards_keep_their_own_filters_and_fit_700px(open_notebook: Any) -> 
         re.compile(r"^\d\d:\d\d:\d\d$")
     )
     # 700 px wide, light then dark: no horizontal scrolling, in the table or around it
-    nb.page.set_viewport_size({"width": 700, "height": 900})
-    try:
-        for theme in ("JupyterLab Light", "JupyterLab Dark"):
-            nb.front.js(
-                "await window.jupyterapp.commands.execute('apputils:change-theme', "
-                f"{{theme: '{theme}'}}); return null;"
-            )
-            light = "true" if theme.endswith("Light") else "false"
-            nb.page.wait_for_function(
-                f"() => document.body.dataset.jpThemeLight === '{light}'"
-                " && !document.querySelector('#jupyterlab-splash')"
-            )
+    with _at_700px(nb):
+        for theme in THEMES:
+            light = _theme(nb, theme)
             for dash in (every, failed):
                 expect(dash).to_be_visible()
                 over = dash.evaluate("""el => { const out = [];
@@ -557,12 +540,34 @@ def test_dashboards_keep_their_own_filters_and_fit_700px(open_notebook: Any) -> 
                 assert over == [], (theme, over)
             nb.shot(f"10-dashboards-700px-{'light' if light == 'true' else 'dark'}")
         assert _background_luminance(every) < 0.3  # the dark theme reached the table
+
+
+THEMES = ("JupyterLab Light", "JupyterLab Dark")
+
+
+@contextmanager
+def _at_700px(nb: Notebook) -> Iterator[None]:
+    """The page 700 px wide; afterwards 1280 px again, in the light theme."""
+    nb.page.set_viewport_size({"width": 700, "height": 900})
+    try:
+        yield
     finally:
-        nb.front.js(
-            "await window.jupyterapp.commands.execute('apputils:change-theme', "
-            "{theme: 'JupyterLab Light'}); return null;"
-        )
+        _theme(nb, "JupyterLab Light")
         nb.page.set_viewport_size({"width": 1280, "height": 900})
+
+
+def _theme(nb: Notebook, theme: str) -> str:
+    """Switch the front end to ``theme``; returns body's data-jp-theme-light ("true"/"false")."""
+    nb.front.js(
+        "await window.jupyterapp.commands.execute('apputils:change-theme', "
+        f"{{theme: '{theme}'}}); return null;"
+    )
+    light = "true" if theme.endswith("Light") else "false"
+    nb.page.wait_for_function(
+        f"() => document.body.dataset.jpThemeLight === '{light}'"
+        " && !document.querySelector('#jupyterlab-splash')"
+    )
+    return light
 
 
 # -- 11 -----------------------------------------------------------------------------------------
@@ -610,3 +615,128 @@ def test_a_saved_notebook_exports_the_final_state_of_each_run(open_notebook: Any
         assert f'data-run-id="{run_id}" data-status="{status}"' in html, (run_id, status)
     assert 'data-status="running"' not in html and "&lt;tether.dashboard" not in html
     assert html.count("<tr data-run-id=") == 2  # the dashboard's table, both runs ended
+
+
+# -- 12 -----------------------------------------------------------------------------------------
+
+# every text the tries line shows, in order (a MutationObserver: the countdown is asserted after
+# the fact, not sampled with sleeps)
+TRIES_RECORDER = """() => {
+  window.__tether_tries = [];
+  const seen = () => {
+    const t = document.querySelector('[data-testid=tether-tries]');
+    const text = t && !t.hidden ? t.textContent : '';
+    const all = window.__tether_tries;
+    if (text && all[all.length - 1] !== text) all.push(text);
+  };
+  new MutationObserver(seen).observe(document.body,
+    {subtree: true, attributes: true, childList: true, characterData: true});
+}"""
+
+FLAKY = """@tether.pipeline(retries=2, retry_delay=3.0, retry_backoff=1.0)
+def flaky(ctx):
+    ctx.phase("fetching", total=2)
+    ctx.advance()
+    raise ConnectionError(f"connection reset on try {ctx.tries}")
+
+run = flaky.start()
+run"""
+
+
+def test_a_retried_run_counts_down_to_each_try_then_says_how_it_ended(open_notebook: Any) -> None:
+    nb = open_notebook([FLAKY])
+    nb.page.evaluate(TRIES_RECORDER)
+    assert nb.front.run_all() is True
+    panel = nb.panel()
+    tries = panel.get_by_test_id("tether-tries")
+    expect(tries).to_have_text(re.compile(r"^try 2 of 3 — next in [123] s$"), timeout=20_000)
+    expect(panel).to_have_attribute("data-status", "running")
+    expect(panel.get_by_test_id("tether-try-error")).to_have_text(
+        ["try 1: ConnectionError: connection reset on try 1"]
+    )
+    nb.shot("12-retry-countdown")
+    expect(panel).to_have_attribute("data-status", "failed", timeout=30_000)
+    expect(tries).to_have_text("failed after 3 tries")
+    expect(panel.get_by_test_id("tether-try-error")).to_have_text(
+        [f"try {i}: ConnectionError: connection reset on try {i}" for i in (1, 2)]
+    )
+    expect(panel.get_by_test_id("tether-error-message")).to_have_text(
+        "ConnectionError: connection reset on try 3"
+    )
+    shown = nb.page.evaluate("() => window.__tether_tries")
+    for n in (2, 3):  # each wait counted down, second by second, never to 0
+        waits = [int(m.group(1)) for t in shown if (m := re.match(rf"try {n} of 3 — next in (\d) s$", t))]
+        assert len(waits) >= 2 and waits == sorted(waits, reverse=True) and min(waits) >= 1, shown
+    assert shown[-1] == "failed after 3 tries", shown
+    nb.shot("12-retry-failed")
+
+
+FAMILY = """import os, time
+
+@tether.pipeline(phases=["loading"])
+def kid(ctx, name: str, gate: str = ""):
+    ctx.phase("loading", total=4)
+    for _ in range(3):
+        ctx.advance()
+    while gate and not os.path.exists(gate):
+        ctx.advance(0)
+        time.sleep(0.02)
+    ctx.advance()
+    return name
+
+@tether.pipeline
+def family(ctx, gate: str):
+    kids = [kid.start(name="quick <b>x</b>"), kid.start(name="slow", gate=gate)]
+    return [k.result() for k in kids]
+
+parent = family.start(gate=os.path.abspath("family.gate"))
+parent"""
+
+
+WAIT_FOR_CHILDREN = """deadline = time.monotonic() + 30
+while len(parent.children()) < 2 and time.monotonic() < deadline:
+    time.sleep(0.05)
+parent.children()[1]"""
+
+
+def test_a_parent_lists_its_children_live_and_a_child_names_its_parent(open_notebook: Any) -> None:
+    nb = open_notebook([FAMILY, WAIT_FOR_CHILDREN], run=True)
+    parent, child = nb.panel().nth(0), nb.panel().nth(1)
+    kids = parent.get_by_test_id("tether-children").get_by_test_id("tether-child")
+    expect(kids).to_have_count(2, timeout=20_000)
+    expect(kids.nth(0)).to_have_attribute("data-status", "succeeded", timeout=20_000)
+    expect(kids.nth(1)).to_have_attribute("data-status", "running")
+    expect(kids.nth(1)).to_contain_text("3/4 (75%)")
+    expect(parent.get_by_test_id("tether-children-summary")).to_have_text(
+        "children: 2 (1 running, 1 succeeded)"
+    )
+    ids = [r.id for r in sorted(db_runs(nb.db), key=lambda r: r.created_at)]
+    assert [kids.nth(i).get_attribute("data-run-id") for i in range(2)] == ids[1:], ids
+    expect(child).to_have_attribute("data-run-id", ids[2])
+    expect(child.get_by_test_id("tether-parent")).to_have_text(f"started by family #1 (id {ids[0]})")
+    expect(child.get_by_test_id("tether-children")).to_be_hidden()
+    _fits_700px_light_and_dark(nb, parent, "13-children")
+    (nb.db.parent / "family.gate").write_text("go")
+    expect(kids.nth(1)).to_have_attribute("data-status", "succeeded", timeout=20_000)
+    expect(parent).to_have_attribute("data-status", "succeeded", timeout=20_000)
+    expect(kids.nth(1)).to_contain_text("4/4 (100%)")
+    expect(parent.get_by_test_id("tether-result")).to_contain_text('"quick <b>x</b>", "slow"')
+    assert parent.locator("b").count() == 0  # run text stays text
+    nb.shot("13-children-succeeded")
+
+
+def _fits_700px_light_and_dark(nb: Notebook, panel: Any, label: str) -> None:
+    """At 700 px, in the light and the dark theme, nothing in ``panel`` scrolls sideways."""
+    with _at_700px(nb):
+        for theme in THEMES:
+            light = _theme(nb, theme)
+            over = panel.evaluate("""el => { const out = [];
+                for (const n of [el, ...el.querySelectorAll('*')])
+                    if (n.scrollWidth > n.clientWidth + 1
+                        && !['hidden', 'auto'].includes(getComputedStyle(n).overflowX))
+                        out.push(`${n.className}: ${n.scrollWidth} > ${n.clientWidth}`);
+                return out; }""")
+            assert over == [], (theme, over)
+            assert panel.bounding_box()["width"] <= 700
+            nb.shot(f"{label}-700px-{'light' if light == 'true' else 'dark'}")
+        assert _background_luminance(panel) < 0.3  # the dark theme reached the panel

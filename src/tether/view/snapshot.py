@@ -28,6 +28,8 @@ __all__ = [
     "Snapshot",
     "build",
     "cancel_origin",
+    "child_entry",
+    "control_notes",
     "html_snapshot",
     "phase_states",
     "text_snapshot",
@@ -48,8 +50,11 @@ MAX_ID = 64  # characters of a run id shown (tether's are 12)
 MAX_DAMAGED = 10  # damaged columns named
 MAX_PARAMS = 120  # characters of the params shown (each value clipped to 40 first)
 MAX_PARAMS_FULL = 2000  # characters of the params in the tooltip
+MAX_CHILDREN = 20  # children listed (the latest); the others are counted (children_hidden)
+MAX_CHILD_PARAMS = 60  # characters of a child's params
+MAX_TRY_ERRORS = 5  # earlier tries' errors listed (the latest); the others are counted
 # keys that change with the clock alone; two snapshots equal but for these need not be re-sent
-VOLATILE = frozenset({"now", "elapsed", "rate", "eta"})
+VOLATILE = frozenset({"now", "elapsed", "rate", "eta", "overdue"})
 ETA_DRIFT = 5.0  # seconds (or 20 %) an ETA may move from the front end's countdown unsent
 _FAILED_END = (Status.FAILED, Status.CANCELLED, Status.INTERRUPTED)
 
@@ -132,6 +137,10 @@ def build(
     newer: dict[str, Any] | None = None,
     cancel: dict[str, Any] | None = None,
     waiting: str | None = None,
+    ahead: int | None = None,
+    parent: dict[str, Any] | None = None,
+    children: Sequence[RunRecord] = (),
+    try_errors: Sequence[dict[str, Any]] = (),
 ) -> Snapshot:
     """The full snapshot of ``rec`` as a panel shows it in ``mode`` (stream | poll | static).
 
@@ -139,7 +148,10 @@ def build(
     ``stored``: the run had ended when its handle was made (start() gave back a stored outcome);
     ``newer``: ``{id, attempt, status}`` of a newer attempt of the key; ``cancel``: ``{origin,
     at}``, where the cancel came from as text (:func:`cancel_origin`); ``waiting``: what a
-    pending run waits for."""
+    pending run waits for; ``ahead``: runs of its pipeline that start before this queued one
+    (``concurrency=``); ``parent``: ``{id, pipeline, attempt}`` of the run whose body started
+    it; ``children``: the runs its body started, oldest first; ``try_errors``: the ``data`` of
+    its ``retry`` events (one per failed try that was retried), oldest first."""
     now = time.time() if now is None else now
     status = rec.status
     done, total = rec.done, rec.total
@@ -219,8 +231,132 @@ def build(
         # why start() made this attempt by itself: the body's code (or version) changed
         "why": "code changed" if rec.created_by.endswith(":code") else None,
         "damaged": [_clip(d, MAX_NAME) for d in damaged[:MAX_DAMAGED]],
+        **_control(rec, now, ahead, parent, children, try_errors),
         "now": now,
     }
+
+
+def _control(
+    rec: RunRecord,
+    now: float,
+    ahead: int | None,
+    parent: dict[str, Any] | None,
+    children: Sequence[RunRecord],
+    try_errors: Sequence[dict[str, Any]],
+) -> Snapshot:
+    """The snapshot's part for retries, timeouts, the queue and nesting (issue 14)."""
+    status = rec.status
+    kids = list(children)
+    counts: dict[str, int] = {}
+    for kid in kids:
+        counts[kid.status_text] = counts.get(kid.status_text, 0) + 1
+    shown_errors = list(try_errors)[-MAX_TRY_ERRORS:]
+    return {
+        "tries": rec.tries,
+        "max_tries": rec.max_tries,
+        # while it waits to retry: when the next try starts (the front end counts down to it)
+        "retry_at": rec.retry_at if status == Status.RUNNING else None,
+        "try_errors": [
+            {
+                "try": e.get("try") if isinstance(e.get("try"), int) else None,
+                "type": _clip(str(e.get("type") or "Error"), MAX_NAME),
+                "message": _clip(str(e.get("message") or ""), MAX_LINE),
+            }
+            for e in shown_errors
+            if isinstance(e, dict)
+        ],
+        "try_errors_hidden": len(try_errors) - len(shown_errors),
+        "timeout": rec.timeout,
+        "overdue": rec.overdue(now),
+        "ahead": ahead if status == Status.PENDING else None,
+        "concurrency": rec.concurrency,
+        "parent": parent,
+        "children": [child_entry(k) for k in kids[-MAX_CHILDREN:]],
+        "children_hidden": max(0, len(kids) - MAX_CHILDREN),
+        "children_count": counts,
+    }
+
+
+def child_entry(rec: RunRecord) -> dict[str, Any]:
+    """One child as a parent's panel lists it: name, status, progress."""
+    percent = None
+    if rec.total:
+        percent = max(0.0, min(100.0, 100.0 * float(rec.done) / float(rec.total)))
+    elif rec.status == Status.SUCCEEDED:
+        percent = 100.0
+    params, bad = rec.decoded("params")
+    return {
+        "id": _clip(rec.id, MAX_ID),
+        "pipeline": _clip(rec.pipeline, MAX_NAME),
+        "attempt": rec.attempt,
+        # what tells two children of one pipeline apart
+        "params": "(damaged)"
+        if bad is not None
+        else _clip(params_text(params, limit=MAX_CHILD_PARAMS), MAX_NAME),
+        "status": rec.status_text,
+        "phase": _clip(rec.phase, MAX_NAME),
+        "done": rec.done,
+        "total": rec.total,
+        "percent": percent,
+        "tries": rec.tries,
+        "max_tries": rec.max_tries,
+    }
+
+
+def control_notes(snap: Snapshot) -> list[str]:
+    """What retries, timeouts, the queue and nesting add to a panel, as text, at ``snap["now"]``
+    (panel.js says the same, with a live countdown)."""
+    out = []
+    status = snap.get("status")
+    if snap.get("ahead") is not None:
+        limit = snap.get("concurrency")
+        out.append(f"queued — {snap['ahead']} ahead" + (f" (concurrency={limit})" if limit else ""))
+    tries, most = snap.get("tries") or 0, snap.get("max_tries") or 1
+    if snap.get("retry_at") is not None:
+        wait = max(0.0, snap["retry_at"] - snap["now"])
+        out.append(f"try {tries + 1} of {most} — next in {_seconds(wait)}")
+    elif most > 1 or tries > 1:
+        if status == "running":
+            out.append(f"try {tries} of {most}")
+        elif status == "failed" and tries >= most:
+            out.append(f"failed after {tries} tries")
+        elif status in ("succeeded", "failed") and tries:
+            out.append(f"{status} on try {tries} of {most}")
+    for e in snap.get("try_errors") or []:
+        out.append(f"try {e['try']}: {e['type']}: {e['message']}")
+    if snap.get("overdue") is not None:
+        out.append(
+            f"past its timeout by {_seconds(snap['overdue'])} (timeout {snap['timeout']:g} s per try): "
+            "it stops at its next ctx call"
+        )
+    parent = snap.get("parent")
+    if parent:
+        out.append(f"started by {parent['pipeline']} #{parent['attempt']} (id {parent['id']})")
+    return out
+
+
+def _seconds(s: float) -> str:
+    """A wait as the CLI says it: whole seconds (``8 s``)."""
+    return f"{s:.0f} s"
+
+
+def children_text(snap: Snapshot) -> list[str]:
+    """The children lines of the static renderings: ``name #1  status  6/40 (15%)``."""
+    kids = snap.get("children") or []
+    if not kids:
+        return []
+    total = len(kids) + (snap.get("children_hidden") or 0)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted((snap.get("children_count") or {}).items()))
+    lines = [f"children: {total} ({counts})"]
+    if snap.get("children_hidden"):
+        lines.append(f"  {snap['children_hidden']:,} earlier children not shown")
+    for k in kids:
+        progress = progress_text(k)
+        params = f" ({k['params']})" if k.get("params") else ""
+        lines.append(
+            f"  {k['pipeline']} #{k['attempt']}{params}  {k['status']}{'  ' + progress if progress else ''}"
+        )
+    return lines
 
 
 def cancel_origin(origin: dict[str, Any] | None, here: dict[str, Any]) -> str:
@@ -270,8 +406,9 @@ def same(a: Snapshot, b: Snapshot) -> bool:
         return False
     if not all(a[k] == b[k] for k in a if k not in VOLATILE):
         return False
-    if (a.get("rate") is None) != (b.get("rate") is None):
-        return False
+    for key in ("rate", "overdue"):  # came or went
+        if (a.get(key) is None) != (b.get(key) is None):
+            return False
     ea, eb = a.get("eta"), b.get("eta")
     if (ea is None) != (eb is None):
         return False
@@ -335,6 +472,7 @@ def notes(snap: Snapshot) -> list[str]:
     out = []
     if snap.get("waiting"):
         out.append(snap["waiting"])
+    out.extend(control_notes(snap))
     cancel = snap.get("cancel")
     if cancel is not None and snap["status"] == "cancelled":
         out.append(
@@ -404,6 +542,7 @@ def text_snapshot(snap: Snapshot) -> str:
         lines.append(f"error: {safe(snap['error']['type'])}: {safe(snap['error']['message'])}")
     if snap["result"] is not None:
         lines.append(f"result: {safe(snap['result'])}")
+    lines.extend(safe(line) for line in children_text(snap))
     return "\n".join(lines)
 
 
@@ -475,5 +614,12 @@ def html_snapshot(snap: Snapshot) -> str:
         )
     if snap["result"] is not None:
         parts.append(f"<div>result: <code>{e(snap['result'])}</code></div>")
+    kids = children_text(snap)
+    if kids:
+        parts.append(
+            f'<div class="tether-children">{e(kids[0])}<br>'
+            + "<br>".join(e(line.strip()) for line in kids[1:])
+            + "</div>"
+        )
     parts.append("</div>")
     return "".join(parts)

@@ -25,7 +25,7 @@ from ..model import RunRecord, Status
 from ..run import Run, params_text
 from ..store import Store
 from . import poller as _poller
-from .panel import STATIC, _parent_header, _update_displays, _widget_bundle, panel
+from .panel import STATIC, _parent_header, _update_displays, _widget_bundle, esm, panel
 from .snapshot import MAX_DAMAGED, MAX_ID, MAX_NAME, _clip, fmt_duration, fmt_time
 
 __all__ = ["Dashboard", "DashboardTable", "dashboard"]
@@ -43,7 +43,7 @@ _lock = threading.Lock()
 class DashboardTable(anywidget.AnyWidget):
     """The table part of the dashboard (rows are plain dicts; run text rendered as text)."""
 
-    _esm = STATIC / "dashboard.js"
+    _esm = esm("dashboard.js")
     _css = STATIC / "panel.css"
 
     rows = traitlets.List(traitlets.Dict()).tag(sync=True)

@@ -32,6 +32,7 @@ from .._text import safe
 from ..errors import RunNotFound, StoreError
 from ..model import RunRecord
 from ..run import Run
+from ..view.control import ControlReader
 from . import poller as _poller
 from . import snapshot as _snap
 from .reader import RunReader
@@ -39,6 +40,14 @@ from .reader import RunReader
 __all__ = ["RunPanel", "panel"]
 
 STATIC = Path(__file__).parent / "static"
+
+
+def esm(name: str) -> str:
+    """The ES module of a widget: static/common.js (the helpers its widgets share), then
+    static/``name``, read when the widget class is defined (no bundler, nothing generated)."""
+    return "\n".join((STATIC / f).read_text(encoding="utf-8") for f in ("common.js", name))
+
+
 ACTIONS = ("cancel", "rerun", "resume", "refresh", "newer")
 MAX_DISPLAYS = 16  # displays of one panel whose fallback is kept current
 # an active run's snapshot is re-sent at least this often (the poller's pace permitting: every
@@ -53,7 +62,7 @@ _by_id: dict[tuple[str, str], RunPanel] = {}
 class RunPanel(anywidget.AnyWidget):
     """The progress panel of one run. Create it with ``tether.panel(run)``."""
 
-    _esm = STATIC / "panel.js"
+    _esm = esm("panel.js")
     _css = STATIC / "panel.css"
 
     snapshot = traitlets.Dict().tag(sync=True)
@@ -73,6 +82,8 @@ class RunPanel(anywidget.AnyWidget):
         self._poller = poller or _poller.get()
         self._run = run
         self._reader = RunReader(run)
+        self._control = ControlReader(run.store)
+        self._child_subs: dict[str, Callable[[], None]] = {}  # child run id -> unsubscribe
         self._mode = ""
         self._unsubscribe: Callable[[], None] | None = None
         self._closed = False
@@ -156,6 +167,10 @@ class RunPanel(anywidget.AnyWidget):
                 _module_of(rec.pipeline),
                 here=_runner.get(self._run.store).owns(rec.id),
             )
+        if self._control.store is not self._run.store:
+            self._control = ControlReader(self._run.store)
+        control = self._control.read(rec)
+        self._watch_children(self._control.active_children())
         return _snap.build(
             rec,
             mode=mode,
@@ -166,7 +181,21 @@ class RunPanel(anywidget.AnyWidget):
             newer=self._newer,
             cancel=cancel,
             waiting=waiting,
+            **control,
         )
+
+    def _watch_children(self, active: list[str]) -> None:
+        """Active children this process executes poke this panel when they flush, so a parent
+        that sits waiting for them (no flush of its own) still lists their progress live."""
+        if not active and not self._child_subs:
+            return
+        runner = _runner.get(self._run.store)
+        want = set() if self._closed else {i for i in active if runner.owns(i)}
+        for run_id in [i for i in self._child_subs if i not in want]:
+            self._child_subs.pop(run_id)()
+        poller = self._poller
+        for run_id in want - self._child_subs.keys():
+            self._child_subs[run_id] = runner.subscribe(run_id, lambda _id: poller.poke(self))
 
     def _check_newer(self, rec: RunRecord) -> None:
         """Look (one light read) for a newer attempt of the run's key."""
@@ -347,6 +376,7 @@ class RunPanel(anywidget.AnyWidget):
                 self._unsubscribe()
                 self._unsubscribe = None
             self._poller.unwatch(self)
+            self._watch_children([])
             for k in [k for k, v in _by_id.items() if v is self]:
                 del _by_id[k]
         super().close()

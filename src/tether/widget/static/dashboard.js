@@ -5,61 +5,7 @@ const STATUSES = ["pending", "running", "succeeded", "failed", "cancelled", "int
 const COLUMNS = [["run", "run"], ["status", "status"], ["phase", "phase"], ["progress", "progress"],
   ["started", "started"], ["duration", "duration"]];
 
-function h(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === false || v === null || v === undefined) continue;
-    node.setAttribute(k, v === true ? "" : String(v));
-  }
-  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  return node;
-}
-
-function fmtDuration(s) {
-  if (s === null || s === undefined || !isFinite(s)) return "";
-  s = Math.max(0, Math.floor(s));
-  const hh = Math.floor(s / 3600), mm = Math.floor((s % 3600) / 60), ss = s % 60;
-  const two = (n) => String(n).padStart(2, "0");
-  return hh ? `${hh}:${two(mm)}:${two(ss)}` : `${mm}:${two(ss)}`;
-}
-
-const two = (n) => String(n).padStart(2, "0");
-
-// the one time format of tether's displays: 24-hour, the date only when it is not today
-function fmtClock(t) {
-  if (t === null || t === undefined || !isFinite(t)) return "";
-  const d = new Date(t * 1000);
-  const clock = `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
-  if (d.toDateString() === new Date().toDateString()) return clock;
-  return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${two(d.getHours())}:${two(d.getMinutes())}`;
-}
-
-function fmtCount(x) {
-  if (x === null || x === undefined) return "";
-  return Number.isInteger(x) ? x.toLocaleString() : x.toLocaleString(undefined, { maximumFractionDigits: 2 });
-}
-
-// see panel.js: keep the saved notebook's copy of this output current
-function patchSavedOutputs(model, fb) {
-  if (!fb || !fb.final || !fb.model_id) return;
-  let cells;
-  try { cells = model.widget_manager.context.model.cells; } catch (e) { return; }
-  if (!cells || typeof cells.get !== "function") return;
-  for (let c = 0; c < cells.length; c++) {
-    const outs = cells.get(c).outputs;
-    if (!outs || typeof outs.get !== "function") continue;
-    for (let i = 0; i < outs.length; i++) {
-      const out = outs.get(i);
-      const data = out && out.data;
-      const view = data && data["application/vnd.jupyter.widget-view+json"];
-      if (!view || view.model_id !== fb.model_id) continue;
-      if (data["text/html"] === fb["text/html"] && data["text/plain"] === fb["text/plain"]) continue;
-      const json = out.toJSON();
-      json.data = { ...json.data, "text/html": fb["text/html"], "text/plain": fb["text/plain"] };
-      outs.set(i, json);
-    }
-  }
-}
+// h, fmtNum, fmtDuration, fmtClock, kernelOf, patchSavedOutputs: common.js
 
 function render({ model, el }) {
   let receivedAt = performance.now();
@@ -97,7 +43,7 @@ function render({ model, el }) {
     });
     const bar = h("span", { class: "tether-minibar" }, h("span", {}));
     bar.firstChild.style.width = r.percent === null || r.percent === undefined ? "0" : `${r.percent}%`;
-    const progress = r.total ? `${fmtCount(r.done)}/${fmtCount(r.total)}` : (r.done ? fmtCount(r.done) : "");
+    const progress = r.total ? `${fmtNum(r.done)}/${fmtNum(r.total)}` : (r.done ? fmtNum(r.done) : "");
     const name = h("td", { class: "tether-col-run tether-wrap", title: `run id ${r.id}` },
       `${r.pipeline} #${r.attempt}`);
     if (r.params) name.append(h("span", { class: "tether-row-params", "data-testid": "tether-dashboard-params" }, r.params));
@@ -124,7 +70,7 @@ function render({ model, el }) {
     if (cleaned) return;
     const rows = model.get("rows") || [];
     const sel = model.get("selected") || "";
-    const focusedId = document.activeElement && document.activeElement.dataset
+    const focusedId = document.activeElement?.dataset
       ? document.activeElement.dataset.runId : undefined;
     tbody.replaceChildren(...rows.map((r) => row(r, r.id === sel)));
     if (focusedId) tbody.querySelector(`tr[data-run-id="${CSS.escape(focusedId)}"]`)?.focus();
@@ -144,14 +90,11 @@ function render({ model, el }) {
   function checkKernel() {
     if (disconnected) return;
     let gone = el.classList.contains("jupyter-widgets-disconnected");
-    try {
-      const wm = model.widget_manager;
-      if (wm && "kernel" in wm) {
-        const k = wm.kernel;
-        gone = gone || !k || k.isDisposed || k.status === "dead" || k.status === "restarting"
-          || k.status === "autorestarting";
-      }
-    } catch (e) { /* the front end does not say */ }
+    const k = kernelOf(model);
+    if (k !== null) {  // null: the front end does not say
+      gone = gone || !k || k.isDisposed || k.status === "dead" || k.status === "restarting"
+        || k.status === "autorestarting";
+    }
     if (gone) { disconnected = true; update(); }
   }
 

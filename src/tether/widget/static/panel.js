@@ -27,49 +27,7 @@ const DISCONNECTED_FIX = "re-run the cell to reattach";
 // gives no signal when its kernel dies, or a kernel held by a C call)
 const QUIET_MS = 15000;
 
-function h(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === false || v === null || v === undefined) continue;
-    node.setAttribute(k, v === true ? "" : String(v));
-  }
-  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  return node;
-}
-
-export function fmtNum(x) {
-  if (x === null || x === undefined) return "?";
-  if (!Number.isInteger(x)) return x.toLocaleString(undefined, { maximumFractionDigits: 2 });
-  return x.toLocaleString();
-}
-
-export function fmtDuration(s, ceil = false) {
-  if (s === null || s === undefined || !isFinite(s)) return "-";
-  s = Math.max(0, ceil ? Math.ceil(s) : Math.floor(s));
-  const hh = Math.floor(s / 3600), mm = Math.floor((s % 3600) / 60), ss = s % 60;
-  const two = (n) => String(n).padStart(2, "0");
-  return hh ? `${hh}:${two(mm)}:${two(ss)}` : `${mm}:${two(ss)}`;
-}
-
-const two = (n) => String(n).padStart(2, "0");
-
-// one time format everywhere (the CLI's): 24-hour, the date only when it is not today
-export function fmtClock(t, seconds = true) {
-  if (t === null || t === undefined || !isFinite(t)) return "";
-  const d = new Date(t * 1000);
-  const clock = `${two(d.getHours())}:${two(d.getMinutes())}` + (seconds ? `:${two(d.getSeconds())}` : "");
-  if (d.toDateString() === new Date().toDateString()) return clock;
-  return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${clock}`;
-}
-
-export function fmtAge(s) {
-  if (!isFinite(s)) return "";
-  s = Math.max(0, s);
-  if (s < 60) return `${Math.floor(s)} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min`;
-  if (s < 86400 * 2) return `${Math.floor(s / 3600)} h`;
-  return `${Math.floor(s / 86400)} days`;
-}
+// h, fmtNum, fmtDuration, fmtClock, fmtAge, kernelOf, patchSavedOutputs: common.js
 
 function fmtRate(r) {
   if (r === null || r === undefined) return "";
@@ -82,47 +40,57 @@ function storedText(s, when) {
   if (s.status === "succeeded") {
     return `stored result from ${when}, not computed now · to compute again: Re-run, or start(..., policy="rerun")`;
   }
-  if ((s.actions || {}).resume) {
+  if (s.actions?.resume) {
     return `stored outcome from ${when}, not run now · to try again: Re-run or Resume, or start(..., policy="rerun" or "resume")`;
   }
   return `stored outcome from ${when}, not run now · to try again: Re-run`;
 }
 
-// The kernel behind the view, as the widget manager knows it (JupyterLab and Notebook 7); null
-// where the manager does not say (other front ends).
-function kernelOf(model) {
-  try {
-    const wm = model.widget_manager;
-    return wm && "kernel" in wm ? (wm.kernel || undefined) : null;
-  } catch (e) {
-    return null;
+// What retries, timeouts, the queue and nesting add to the panel (snapshot.py control_notes
+// says the same for the static renderings). dt: seconds since the kernel made the snapshot, so a
+// countdown goes on between snapshots; it stops at 1 s: the kernel says when the try started.
+export function triesText(s, dt = 0) {
+  const tries = s.tries || 0;
+  const most = s.max_tries || 1;
+  if (s.retry_at !== null && s.retry_at !== undefined) {
+    const wait = Math.max(1, Math.ceil(s.retry_at - s.now - dt));
+    return `try ${tries + 1} of ${most} — next in ${wait} s`;
   }
+  if (most <= 1 && tries <= 1) return "";
+  if (s.status === "running") return `try ${tries} of ${most}`;
+  if (s.status === "failed" && tries >= most) return `failed after ${tries} tries`;
+  if ((s.status === "succeeded" || s.status === "failed") && tries) return `${s.status} on try ${tries} of ${most}`;
+  return "";
 }
 
-// The notebook's outputs that show the widget `modelId` get the new static text/html and
-// text/plain, so a notebook saved now shows the run's end (JupyterLab / Notebook 7 only).
-export function patchSavedOutputs(model, fb) {
-  if (!fb || !fb.final || !fb.model_id) return 0;
-  let cells;
-  try { cells = model.widget_manager.context.model.cells; } catch (e) { return 0; }
-  if (!cells || typeof cells.get !== "function") return 0;
-  let patched = 0;
-  for (let c = 0; c < cells.length; c++) {
-    const outs = cells.get(c).outputs;
-    if (!outs || typeof outs.get !== "function") continue;
-    for (let i = 0; i < outs.length; i++) {
-      const out = outs.get(i);
-      const data = out && out.data;
-      const view = data && data["application/vnd.jupyter.widget-view+json"];
-      if (!view || view.model_id !== fb.model_id) continue;
-      if (data["text/html"] === fb["text/html"] && data["text/plain"] === fb["text/plain"]) continue;
-      const json = out.toJSON();
-      json.data = { ...json.data, "text/html": fb["text/html"], "text/plain": fb["text/plain"] };
-      outs.set(i, json);
-      patched++;
-    }
-  }
-  return patched;
+export function overdueText(s, dt = 0) {
+  if (s.overdue === null || s.overdue === undefined) return "";
+  return `past its timeout by ${Math.floor(s.overdue + dt)} s (timeout ${s.timeout} s per try): ` +
+    "it stops at its next ctx call";
+}
+
+export function queuedText(s) {
+  if (s.ahead === null || s.ahead === undefined) return "";
+  return `queued — ${s.ahead} ahead${s.concurrency ? ` (concurrency=${s.concurrency})` : ""}`;
+}
+
+export function parentText(p) {
+  if (!p) return "";
+  const attempt = p.attempt === null || p.attempt === undefined ? "" : ` #${p.attempt}`;
+  return `started by ${p.pipeline}${attempt} (id ${p.id})`;
+}
+
+export function childrenText(s) {
+  const kids = s.children || [];
+  if (!kids.length) return "";
+  const counts = Object.entries(s.children_count || {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([status, n]) => `${n} ${status}`).join(", ");
+  return `children: ${kids.length + (s.children_hidden || 0)} (${counts})`;
+}
+
+function childProgress(k) {
+  if (k.total) return `${fmtNum(k.done)}/${fmtNum(k.total)} (${Math.round(k.percent)}%)`;
+  return k.done ? `${fmtNum(k.done)} done` : "";
 }
 
 function render({ model, el }) {
@@ -153,6 +121,11 @@ function render({ model, el }) {
 
   const discNote = h("div", { class: "tether-note tether-disconnected", "data-testid": "tether-disconnected", role: "status", hidden: true });
   const waiting = h("div", { class: "tether-note", "data-testid": "tether-waiting", hidden: true });
+  const queued = h("div", { class: "tether-note", "data-testid": "tether-queued", hidden: true });
+  const triesNote = h("div", { class: "tether-note tether-tries", "data-testid": "tether-tries", hidden: true });
+  const tryErrors = h("ul", { class: "tether-try-errors", "data-testid": "tether-try-errors", hidden: true });
+  const overdue = h("div", { class: "tether-note tether-overdue", "data-testid": "tether-overdue", role: "status", hidden: true });
+  const parentNote = h("div", { class: "tether-note", "data-testid": "tether-parent", hidden: true });
   const storedNote = h("div", { class: "tether-note", "data-testid": "tether-stored", hidden: true });
   const cancelNote = h("div", { class: "tether-note", "data-testid": "tether-cancel-origin", hidden: true });
   const newerBtn = h("button", { type: "button", class: "tether-link", "data-testid": "tether-newer" });
@@ -174,6 +147,10 @@ function render({ model, el }) {
   const stats = h("div", { class: "tether-stats" }, phaseLabel, counts, rate, elapsed, eta);
 
   const message = h("div", { class: "tether-message", "data-testid": "tether-message" });
+
+  const kidsHead = h("div", { class: "tether-children-head", "data-testid": "tether-children-summary" });
+  const kidsList = h("ul", { class: "tether-children", "data-testid": "tether-children", "aria-label": "child runs" });
+  const kidsBox = h("div", { class: "tether-children-box", hidden: true }, kidsHead, kidsList);
 
   const logPre = h("pre", { class: "tether-log", "data-testid": "tether-log" });
   const logToggle = h("button", { type: "button", class: "tether-link", "data-testid": "tether-log-toggle" });
@@ -202,8 +179,9 @@ function render({ model, el }) {
   const buttons = h("div", { class: "tether-actions" }, btnRerun, btnResume, btnCancel);
 
   const root = h("div", { class: "tether-panel", "data-testid": "tether-panel" },
-    header, params, discNote, damaged, waiting, cancelNote, storedNote, newerNote, steps,
-    h("div", { class: "tether-progress" }, bar, stats), message, logBox, errorBox, resultBox,
+    header, params, discNote, damaged, waiting, queued, triesNote, tryErrors, overdue, parentNote,
+    cancelNote, storedNote, newerNote, steps, h("div", { class: "tether-progress" }, bar, stats),
+    kidsBox, message, logBox, errorBox, resultBox,
     notice, confirmBox, buttons);
   el.append(root);
 
@@ -224,7 +202,7 @@ function render({ model, el }) {
       } catch (err) {
         clearTimeout(timer);
         pending.delete(id);
-        goneNow(`could not reach the kernel (${err && err.message ? err.message : err})`);
+        goneNow(`could not reach the kernel (${err?.message ? err.message : err})`);
         resolve({ id, ok: false, error: `could not reach the kernel: ${err}; ${DISCONNECTED_FIX}` });
       }
     });
@@ -345,6 +323,12 @@ function render({ model, el }) {
     } else {
       eta.textContent = "";
     }
+    // the wait before a retry and the time past a timeout go on between snapshots (frozen when
+    // the kernel is gone: dt stops with the clock)
+    triesNote.textContent = triesText(s, dt);
+    triesNote.hidden = !triesNote.textContent;
+    overdue.textContent = overdueText(s, dt);
+    overdue.hidden = !overdue.textContent;
     if (s.stored && s.ended_at) {
       storedNote.textContent = storedText(s, `${fmtClock(s.ended_at)} (${fmtAge(Date.now() / 1000 - s.ended_at)} ago)`);
     }
@@ -415,6 +399,51 @@ function render({ model, el }) {
 
     waiting.textContent = s.waiting || "";
     waiting.hidden = !s.waiting;
+    queued.textContent = queuedText(s);
+    queued.hidden = !queued.textContent;
+    parentNote.textContent = parentText(s.parent);
+    parentNote.hidden = !s.parent;
+    parentNote.title = s.parent ? `this run was started by the body of run ${s.parent.id}` : "";
+    const errs = s.try_errors || [];
+    const errLines = [
+      ...(s.try_errors_hidden ? [`${s.try_errors_hidden} earlier tries failed too`] : []),
+      ...errs.map((e) => `try ${e.try}: ${e.type}: ${e.message}`),
+    ];
+    while (tryErrors.children.length > errLines.length) tryErrors.lastChild.remove();
+    errLines.forEach((text, i) => {
+      const li = tryErrors.children[i] || tryErrors.appendChild(h("li", { "data-testid": "tether-try-error" }));
+      li.textContent = text;
+    });
+    tryErrors.hidden = errLines.length === 0;
+
+    // children: reuse <li>s so a re-render does not flicker
+    const kids = s.children || [];
+    kidsHead.textContent = childrenText(s) +
+      (s.children_hidden ? ` · the latest ${kids.length} shown` : "");
+    while (kidsList.children.length > kids.length) kidsList.lastChild.remove();
+    kids.forEach((k, i) => {
+      let li = kidsList.children[i];
+      if (!li) {
+        li = h("li", { class: "tether-child", "data-testid": "tether-child" },
+          h("span", { class: "tether-child-name" }),
+          h("span", { class: "tether-child-params" }),
+          h("span", { class: "tether-badge" }),
+          h("span", { class: "tether-minibar" }, h("span", {})),
+          h("span", { class: "tether-child-progress" }));
+        kidsList.append(li);
+      }
+      const [nm, pa, bd, mb, pr] = li.children;
+      li.dataset.runId = k.id;
+      li.dataset.status = k.status;
+      nm.textContent = `${k.pipeline} #${k.attempt}`;
+      nm.title = `run id ${k.id}${k.phase ? ` · phase ${k.phase}` : ""}`;
+      pa.textContent = k.params || "";
+      bd.textContent = k.status;
+      bd.dataset.status = k.status;
+      mb.firstChild.style.width = k.percent === null || k.percent === undefined ? "0" : `${k.percent}%`;
+      pr.textContent = childProgress(k) + (k.max_tries > 1 && k.tries > 1 ? ` · try ${k.tries} of ${k.max_tries}` : "");
+    });
+    kidsBox.hidden = kids.length === 0;
     const c = s.cancel;
     cancelNote.hidden = !c;
     if (c) {
