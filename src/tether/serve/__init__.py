@@ -8,7 +8,7 @@ Re-run and Resume need the token printed at startup. See docs/web.md.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import ipaddress
 import secrets
 import socket
@@ -24,7 +24,12 @@ INSTALL = 'pip install "tether[serve]"'
 
 def require() -> None:
     """ModuleNotFoundError naming the extra when starlette or uvicorn is missing."""
-    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    missing = []
+    for name in ("starlette", "uvicorn"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
         raise ModuleNotFoundError(f"tether serve needs {' and '.join(missing)}: {INSTALL}")
 
