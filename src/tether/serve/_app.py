@@ -143,7 +143,7 @@ def make_app(store: Store, token: str, *, remote: bool = False, hub: Hub | None 
                     yield ": keepalive\n\n"
                 else:
                     seq, msg = item
-                    yield f"id: {seq}\ndata: {dumps(msg)}\n\n"
+                    yield f"id: {seq}\ndata: {feed.encode(msg)}\n\n"
 
         return StreamingResponse(
             stream(),

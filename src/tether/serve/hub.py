@@ -63,6 +63,9 @@ class Feed:
         self.publishes = 0
         self._tick = asyncio.Event()  # set (and replaced) at each publish
         self._task: asyncio.Task[None] | None = None
+        # watchers at the same place get the same message, encoded once (until the next publish)
+        self._messages: dict[tuple[int | None, int, int], dict[str, Any]] = {}
+        self._texts: dict[int, tuple[dict[str, Any], str]] = {}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"tether-feed-{self.run_id}")
@@ -117,10 +120,29 @@ class Feed:
 
     def _publish(self) -> None:
         self.publishes += 1
+        self._messages, self._texts = {}, {}
         tick, self._tick = self._tick, asyncio.Event()
         tick.set()
 
     # -- watchers ----------------------------------------------------------------------------
+
+    def _message(
+        self, since: int | None, seq: int, events: list[dict[str, Any]], state: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        key = (since, seq, 0 if state is None else id(state))
+        msg = self._messages.get(key)
+        if msg is None or msg["state"] is not state:
+            msg = self._messages[key] = {"since": since, "seq": seq, "events": events, "state": state}
+        return msg
+
+    def encode(self, msg: dict[str, Any]) -> str:
+        """``msg`` as JSON, encoded once for all the watchers that get it."""
+        hit = self._texts.get(id(msg))
+        if hit is not None and hit[0] is msg:  # the entry holds msg: its id is not reused meanwhile
+            return hit[1]
+        text = dumps(msg)
+        self._texts[id(msg)] = (msg, text)
+        return text
 
     async def ready(self) -> None:
         """Wait for the first state (or the error that ended the feed)."""
@@ -163,21 +185,18 @@ class Feed:
                 tick, state, seq = self._tick, self.state, self.seq
                 assert state is not None
                 if after is None or after > seq:  # fresh, or an id from another database
-                    yield seq, {"since": None, "seq": seq, "events": [], "state": state}
+                    yield seq, self._message(None, seq, [], state)
                     after, sent = seq, state
                 else:
                     async for chunk in self.events(after, seq):
                         last = chunk[-1]["seq"]
                         final = last >= seq
-                        yield (
-                            last,
-                            {"since": after, "seq": last, "events": chunk, "state": state if final else None},
-                        )
+                        yield last, self._message(after, last, chunk, state if final else None)
                         after = last
                         if final:
                             sent = state
                     if sent is not state:
-                        yield after, {"since": after, "seq": after, "events": [], "state": state}
+                        yield after, self._message(after, after, [], state)
                         sent = state
                 if (self.ended and after >= self.seq) or self.error is not None or self.hub.closed:
                     return
