@@ -183,9 +183,9 @@ function renderClock() {
   $("tether-eta").textContent = eta === null ? "" : `ETA ${fmtDuration(eta)}${state.eta_scope === "run" ? "" : " (phase)"}`;
 }
 
-function renderRuns(box, table, runs, skip) {
+function renderRuns(box, table, runs) {
   const now = Date.now() / 1000;
-  const rows = runs.filter((r) => r.id !== skip).map((r) => runRow(r, now));
+  const rows = runs.map((r) => runRow(r, now));
   table.tBodies[0].replaceChildren(...rows);
   show(box, rows.length > 0);
 }
@@ -243,10 +243,14 @@ function render() {
   show($("tether-cancel"), Boolean(actions.cancel));
   show($("tether-rerun"), Boolean(actions.rerun));
   show($("tether-resume"), Boolean(actions.resume));
-  $("tether-log").textContent = lines.join("\n");
+  const log = $("tether-log");
+  const following = log.scrollTop + log.clientHeight >= log.scrollHeight - 4; // at the bottom: stay there
+  log.textContent = lines.join("\n");
+  if (following) log.scrollTop = log.scrollHeight;
   $("tether-log-count").textContent = lines.length ? `(${lines.length} lines)` : "";
-  renderRuns($("tether-children-box"), $("tether-children"), s.children || [], null);
-  renderRuns($("tether-attempts-box"), $("tether-attempts"), s.attempts || [], null);
+  renderRuns($("tether-children-box"), $("tether-children"), s.children || []);
+  const attempts = s.attempts || [];
+  renderRuns($("tether-attempts-box"), $("tether-attempts"), attempts.length > 1 ? attempts : []);
 }
 
 for (const action of ["cancel", "rerun", "resume"]) {
