@@ -91,7 +91,7 @@ def run_server(
 
     store = config.existing_store(db)
     token = token or secrets.token_urlsafe(24)
-    app = make_app(store, token, remote=not is_loopback(host))
+    app = make_app(store, token, remote=not is_loopback(host), host=host)
     sock = _bind(host, port)
     name = sock.getsockname()
     shown = f"[{name[0]}]" if ":" in name[0] else name[0]

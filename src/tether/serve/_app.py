@@ -88,8 +88,11 @@ def _after(request: Request) -> int | None:
         return None  # not an id of ours: start afresh
 
 
-def make_app(store: Store, token: str, *, remote: bool = False, hub: Hub | None = None) -> Starlette:
-    """The app over ``store``; actions need ``token``. ``remote``: accept any Host header."""
+def make_app(
+    store: Store, token: str, *, remote: bool = False, host: str = "127.0.0.1", hub: Hub | None = None
+) -> Starlette:
+    """The app over ``store``; actions need ``token``. ``host``: the address it listens on (a
+    Host header must name it or a loopback name); ``remote``: accept any Host header."""
     hub = hub if hub is not None else Hub(store)
 
     def authorized(request: Request) -> bool:
@@ -205,5 +208,6 @@ def make_app(store: Store, token: str, *, remote: bool = False, hub: Hub | None 
         lifespan=lifespan,
     )
     app.state.hub = hub
-    app.add_middleware(_Guard, hosts=None if remote else LOCAL_NAMES)  # type: ignore[arg-type]
+    hosts = None if remote else LOCAL_NAMES | {host.strip("[]").lower()}
+    app.add_middleware(_Guard, hosts=hosts)  # type: ignore[arg-type]
     return app
