@@ -282,3 +282,28 @@ def test_hub_catches_a_late_watcher_up_from_the_store(db: Path) -> None:
         return seqs
 
     assert asyncio.run(go()) == list(range(1, last + 1))
+
+
+def test_ctrl_c_stops_the_server_with_streams_open_and_leaves_the_run_alone(
+    db: Path, serve, kids, child_env, tmp_path: Path
+) -> None:
+    import signal
+    import threading
+
+    run_id = _child(kids, child_env, tmp_path, "chatty", n=5, gate=str(tmp_path / "never"))
+    srv = serve()
+    wait_until(lambda: _status(db, run_id) == "running", what="the run to start")
+    opened = threading.Event()
+
+    def watch() -> None:
+        try:
+            web.read_sse(srv.base, run_id, stop=lambda m: opened.set() and False)
+        except httpx.HTTPError:
+            pass  # the server went away mid-stream: what this test does
+
+    threading.Thread(target=watch, daemon=True).start()
+    assert opened.wait(30)
+    assert srv.proc is not None
+    srv.proc.send_signal(signal.SIGINT)
+    assert srv.proc.wait(15) == 0
+    assert _status(db, run_id) == "running"

@@ -108,5 +108,7 @@ def run_server(
     )
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn raises the Ctrl-C again once it has shut down
+        pass
     finally:
         sock.close()
