@@ -100,6 +100,44 @@ def test_api_lists_runs_and_gives_one_runs_state(db: Path, serve) -> None:
     assert missing.status_code == 404 and "nosuchrun" in missing.json()["error"]
 
 
+def test_a_runs_state_lists_its_children_and_attempts(db: Path, serve) -> None:
+    run = web.family.start(n=2)
+    assert run.result(60) == 3
+    retry = run.rerun()
+    retry.wait(60)
+    srv = serve()
+    state = httpx.get(f"{srv.base}/api/runs/{run.id}").json()["state"]
+    kids = state["children"]
+    assert [k["status"] for k in kids] == ["succeeded", "succeeded"]
+    assert all(k["parent"] == run.id and k["pipeline"] == web.chatty.name for k in kids)
+    assert [(a["id"], a["attempt"]) for a in state["attempts"]] == [(run.id, 1), (retry.id, 2)]
+    assert state["newer"] == {"id": retry.id, "attempt": 2, "status": "succeeded"}
+    kid = httpx.get(f"{srv.base}/api/runs/{kids[0]['id']}").json()["state"]
+    assert kid["parent"] == run.id
+    # the new attempt attached to the same children (same keys): listed there too
+    again = httpx.get(f"{srv.base}/api/runs/{retry.id}").json()["state"]
+    assert [k["id"] for k in again["children"]] == [k["id"] for k in kids] and again["newer"] is None
+
+
+def test_a_damaged_row_is_named_not_fatal(db: Path, serve) -> None:
+    import sqlite3
+
+    from helpers import pipes_panel as pp
+
+    run = pp.four_phase.start(n=1, delay=0.0, tag="damaged")
+    run.wait(30)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE runs SET params = '{not json', result = 'nor this' WHERE id = ?", (run.id,))
+    conn.close()
+    srv = serve()
+    rows = httpx.get(f"{srv.base}/api/runs").json()["runs"]
+    assert rows[0]["params"] == "(damaged)"
+    state = httpx.get(f"{srv.base}/api/runs/{run.id}").json()["state"]
+    assert any(d.startswith("params=") for d in state["damaged"])
+    assert any(d.startswith("result=") for d in state["damaged"])
+
+
 def test_pages_are_static_files_under_a_content_security_policy(db: Path, serve) -> None:
     srv = serve()
     for path in ("/", "/runs/abc", "/static/run.js", "/api/runs"):

@@ -58,7 +58,18 @@ def evil(ctx, tag: str = "") -> None:
     raise ValueError("bad input " + EVIL)
 
 
-PIPELINES = {"chatty": chatty, "evil": evil}
+@tether.pipeline(phases=["children"])
+def family(ctx, n: int = 2) -> int:
+    """Starts ``n`` short chatty children and waits for them."""
+    ctx.phase("children", total=n)
+    total = 0
+    for i in range(n):
+        total += chatty.start(n=i + 1, delay=0.0).result()["lines"]
+        ctx.advance()
+    return total
+
+
+PIPELINES = {"chatty": chatty, "evil": evil, "family": family}
 
 
 def child(spec_json: str) -> None:

@@ -169,7 +169,15 @@ class RunFeedReader:
                 cancel=self.cancel,
             )
         except StoreError as exc:  # a row no snapshot can be made of: say so, keep streaming
-            snap = {"id": rec.id, "status": "damaged", "damaged": [_clip(str(exc))], "now": now}
+            snap = {
+                "id": rec.id,
+                "pipeline": rec.pipeline,
+                "attempt": rec.attempt,
+                "status": "damaged",
+                "damaged": [_clip(str(exc))],
+                "log": list(self.log),
+                "now": now,
+            }
         owner_ = rec.owner
         return {
             **snap,

@@ -25,7 +25,7 @@ let polls = 0;
 function apply(msg) {
   if (msg.since === null || seq === null || msg.since > seq) {
     if (!msg.state) return; // a part of a catch-up the page cannot place: the next state resets
-    lines = msg.state.log.slice();
+    lines = (msg.state.log || []).slice();
   } else {
     for (const ev of msg.events) {
       if (ev.seq > seq && ev.kind === "log") lines.push(ev.text);
