@@ -204,6 +204,7 @@ def test_watching_never_starts_or_changes_a_run(db: Path, serve, tmp_path: Path)
     before = raw(db, "SELECT id, status, attempt, owner_pid, last_seq FROM runs ORDER BY id")
     msgs, _ = web.read_sse(srv.base, pending.id, stop=lambda m: True)
     assert msgs[0][1]["state"]["status"] == "pending"
+    assert "tether worker helpers.pipes_panel" in msgs[0][1]["state"]["waiting"]
     for _ in range(3):
         assert httpx.get(f"{srv.base}/api/runs/{pending.id}").json()["state"]["status"] == "pending"
     httpx.get(f"{srv.base}/api/runs")

@@ -18,7 +18,7 @@ from ..model import Event, RunRecord, log_text
 from ..run import Run, params_text
 from ..store import Store
 from ..widget.reader import CATCH_UP_LIMIT, RateMeter
-from ..widget.snapshot import LOG_LINES, MAX_LINE, build, cancel_origin, same
+from ..widget.snapshot import LOG_LINES, MAX_LINE, build, cancel_origin, same, waiting_text
 
 __all__ = ["RunFeedReader", "brief", "event_json", "list_runs"]
 
@@ -167,6 +167,8 @@ class RunFeedReader:
                 now=now,
                 newer=extras["newer"],
                 cancel=self.cancel,
+                # this process runs nothing: a pending run waits for a worker or its creator
+                waiting=waiting_text(rec, str(self.run.store.path), None, False),
             )
         except StoreError as exc:  # a row no snapshot can be made of: say so, keep streaming
             snap = {
