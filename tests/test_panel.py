@@ -1025,6 +1025,27 @@ def test_a_parent_lists_its_children_live_and_a_child_names_its_parent(db: Path,
     )
 
 
+def test_a_child_that_changed_is_read_again_within_the_throttle(db: Path, tmp_path: Path) -> None:
+    """The parent's list of children is read at most once a second, unless a child this process
+    runs says it changed: a child that then waits on a gate flushes nothing more, so without
+    that the list would stay stale until the poller's safety poll."""
+    from tether.view.control import ControlReader
+
+    gate = tmp_path / "gate"
+    parent = family_panel.start(gate=str(gate))
+    until(lambda: len(parent.children()) == 2, what="two children started")
+    reader = ControlReader(parent.store)
+    reader.read(parent.snapshot())
+    reads = reader.reads
+    reader.read(parent.snapshot())
+    assert reader.reads == reads  # within CHILDREN_EVERY: the list read a moment ago is kept
+    reader.child_changed()
+    reader.read(parent.snapshot())
+    assert reader.reads == reads + 1
+    release(gate, "go")
+    parent.wait(20)
+
+
 def test_a_queued_run_says_how_many_are_ahead(db: Path, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     runs = [queued_panel.start(gate=str(gate), tag=str(i)) for i in range(3)]

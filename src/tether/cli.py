@@ -299,6 +299,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:  # the web app's packages are an extra: imported only for this command
+        from .serve import require, run_server
+
+        require()
+    except ImportError as exc:
+        print(f"tether: error: {exc}", file=sys.stderr)
+        return 1
+    run_server(args.db, args.host, args.port, allow_remote=args.allow_remote)
+    return 0
+
+
 @functools.cache  # built once per process: main() may be called many times (tests, tools)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description=__doc__.splitlines()[0])
@@ -356,6 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="exit when no detached run is left")
     p.add_argument("--poll", type=float, default=0.5, help="seconds between looks for new runs")
     p.set_defaults(fn=cmd_worker)
+
+    p = sub.add_parser("serve", help="a local web page of the runs, live (needs the serve extra)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host other machines can reach (they can read every run)",
+    )
+    p.set_defaults(fn=cmd_serve)
 
     for p in sub.choices.values():
         p.add_argument("--db", help=db_help)

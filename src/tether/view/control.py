@@ -39,6 +39,7 @@ class ControlReader:
         self.children: list[RunRecord] = []
         self._children_at = float("-inf")  # time.monotonic() of the last read of the children
         self._children_seq = -1  # the run's last_seq at that read
+        self._children_changed = False  # a child said it changed since that read
         self._parent: dict[str, Any] | None = None
         self._tries_key: tuple[Any, ...] | None = None
         self._try_errors: list[dict[str, Any]] = []
@@ -57,6 +58,12 @@ class ControlReader:
             "children": self._children_of(rec),
             "try_errors": self._errors_of(rec),
         }
+
+    def child_changed(self) -> None:
+        """A child this process executes flushed: the next read fetches the children even within
+        ``CHILDREN_EVERY``, since no later news may come to trigger one (a child waiting on a
+        gate flushes nothing more). Thread-safe: one flag, set from the runner's thread."""
+        self._children_changed = True
 
     def active_children(self) -> list[str]:
         """Ids of the children that were active at the last read."""
@@ -85,11 +92,12 @@ class ControlReader:
         events newer than the last seen, and a read by id of each child that was active."""
         now = time.monotonic()
         live = rec.status.active or any(k.status.active for k in self.children)
-        due = live and now - self._children_at >= CHILDREN_EVERY
+        due = live and (self._children_changed or now - self._children_at >= CHILDREN_EVERY)
         ended = rec.status.terminal and rec.last_seq != self._children_seq  # the final list
         if self._children_seq >= 0 and not due and not ended:
             return self.children  # nothing can have changed, or read a moment ago
         self.reads += 1
+        self._children_changed = False
         try:
             if self._children_seq < 0:
                 self.children = self.store.children(rec.id)

@@ -193,9 +193,14 @@ class RunPanel(anywidget.AnyWidget):
         want = set() if self._closed else {i for i in active if runner.owns(i)}
         for run_id in [i for i in self._child_subs if i not in want]:
             self._child_subs.pop(run_id)()
-        poller = self._poller
+        poller, control = self._poller, self._control
+
+        def changed(_id: str) -> None:
+            control.child_changed()
+            poller.poke(self)
+
         for run_id in want - self._child_subs.keys():
-            self._child_subs[run_id] = runner.subscribe(run_id, lambda _id: poller.poke(self))
+            self._child_subs[run_id] = runner.subscribe(run_id, changed)
 
     def _check_newer(self, rec: RunRecord) -> None:
         """Look (one light read) for a newer attempt of the run's key."""
