@@ -61,7 +61,9 @@ the SIGKILLed children of a round, an episode of some of these kinds (spread ove
   errors reach a process.
 
 A child reports the checks it makes from inside as ``violations``; every check tags its message
-``[kind/what]`` (``violation_kind``). pidns and disk need root (``capabilities()``).
+``[kind/what]`` (``violation_kind``). A read of the parent's that meets a damaged database (a
+sabotage, or a real bug) is a violation too, ``[<action>/db-damaged]`` (``Checker.read``), never an
+exception that ends the soak. pidns and disk need root (``capabilities()``).
 
 Load scenarios
 --------------
