@@ -10,6 +10,13 @@ delivered, by calling the handler that was in place, when the section ends or at
 ``safe_point()`` inside it (a place where nothing is held, e.g. between two tries to get the
 write lock), so the interrupt still lands promptly, just never halfway through.
 
+A section that has taken something before such a wait (a runner slot counted for a claim that then
+waits for another process's write lock) is ``holding(give_back)``: if an interrupt delivered
+inside it raises, ``give_back()`` runs as the exception leaves the section, after everything
+inside has unwound (the store's locks released), so the claim that never happened leaves nothing
+taken. Deferring to the end of the section instead would make the interrupt wait for the other
+process's lock (up to the busy timeout, 30 s).
+
 Signals reach only the main thread, so other threads pay nothing. The raw ``_signal`` functions
 are used because ``signal.signal`` converts to enums on every call (10x the cost).
 """
@@ -27,7 +34,7 @@ try:
 except ImportError:  # pragma: no cover - not CPython
     import signal as _sig  # type: ignore[no-redef]
 
-__all__ = ["critical", "in_main_thread", "safe_point"]
+__all__ = ["critical", "holding", "in_main_thread", "safe_point"]
 
 _SIGNALS = tuple(
     s for s in (getattr(_sig, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None
@@ -37,6 +44,7 @@ _MAIN = threading.main_thread().ident
 _depth = 0
 _saved: dict[int, Callable[[int, FrameType | None], Any]] = {}
 _pending: list[tuple[int, FrameType | None]] = []
+_holding: list[_Holding] = []  # open holding() sections of the main thread, innermost last
 
 
 def in_main_thread() -> bool:
@@ -54,10 +62,15 @@ def _deliver() -> None:
     pending = _pending[:]
     _pending.clear()
     handlers = dict(_saved)
-    for signum, frame in pending:
-        handler = handlers.get(signum) or _sig.getsignal(signum)
-        if callable(handler):
-            handler(signum, frame)
+    try:
+        for signum, frame in pending:
+            handler = handlers.get(signum) or _sig.getsignal(signum)
+            if callable(handler):
+                handler(signum, frame)
+    except BaseException as exc:
+        for section in _holding:  # each gives back what it holds once this exception leaves it
+            section.raised = exc
+        raise
 
 
 def safe_point() -> None:
@@ -117,6 +130,42 @@ def critical() -> _Critical:
     return _CRITICAL
 
 
+class _Holding:
+    """``with holding(give_back):`` a critical section whose ``give_back`` runs if an interrupt
+    delivered inside it raises (see the module's docstring)."""
+
+    __slots__ = ("give_back", "main", "raised")
+
+    def __init__(self, give_back: Callable[[], object]) -> None:
+        self.give_back = give_back
+        self.raised: BaseException | None = None  # what a delivery inside raised
+        self.main = False
+
+    def __enter__(self) -> None:
+        if threading.get_ident() != _MAIN:  # signals never reach other threads: nothing to do
+            return
+        _CRITICAL.__enter__()
+        self.main = True
+        _holding.append(self)
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self.main:
+            return
+        _holding.remove(self)
+        raised, self.raised = self.raised, None
+        try:
+            if ev is not None and ev is raised:  # not some later error that replaced it
+                self.give_back()
+        finally:
+            _CRITICAL.__exit__(et, ev, tb)
+
+
+def holding(give_back: Callable[[], object]) -> _Holding:
+    return _Holding(give_back)
+
+
 def _after_fork() -> None:
     """A fork from inside a critical section: the child's main thread starts with none open."""
     global _depth, _MAIN
@@ -124,6 +173,7 @@ def _after_fork() -> None:
     _depth = 0
     _restore()
     _pending.clear()
+    _holding.clear()
 
 
 if hasattr(os, "register_at_fork"):

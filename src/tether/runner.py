@@ -22,6 +22,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from . import _interrupts, codec, config, owner
@@ -115,17 +116,13 @@ class Runner:
                         return started
                     self._slots += 1
                 try:
-                    rec = self.store.claim_next(self.owner, pipelines, config.settings().lease)
-                except _HELD_BACK:  # delivered while the claim waited for the lock: not claimed
-                    with self._lock:
-                        self._slots -= 1
-                    raise
+                    with _interrupts.holding(self._unslot):
+                        rec = self.store.claim_next(self.owner, pipelines, config.settings().lease)
                 except Exception:
                     self._record_error("claim")
                     rec = None
                 if rec is None:
-                    with self._lock:
-                        self._slots -= 1
+                    self._unslot()
                     return started
                 with self._lock:
                     self._done[rec.id] = threading.Event()
@@ -189,12 +186,8 @@ class Runner:
                     rec = self._queue.popleft()
                     self._slots += 1
                 try:
-                    claimed = self.store.claim(rec.id, self.owner, config.settings().lease)
-                except _HELD_BACK:  # delivered while the claim waited for the lock: not claimed
-                    with self._lock:
-                        self._slots -= 1
-                        self._queue.appendleft(rec)
-                    raise
+                    with _interrupts.holding(partial(self._unslot, rec)):
+                        claimed = self.store.claim(rec.id, self.owner, config.settings().lease)
                 except Exception as exc:
                     self._record_error("claim")
                     with self._lock:
@@ -252,28 +245,34 @@ class Runner:
                     rec = self._waiting.pop(run_id)
                     self._slots += 1
                 try:
-                    claimed = self.store.claim(rec.id, self.owner, config.settings().lease)
-                except _HELD_BACK:  # delivered while the claim waited for the lock: not claimed
-                    with self._lock:
-                        self._slots -= 1
-                        self._waiting[rec.id] = rec
-                    raise
+                    with _interrupts.holding(partial(self._unslot, rec, waiting=True)):
+                        claimed = self.store.claim(rec.id, self.owner, config.settings().lease)
                 except Exception:  # tried again at the next poll
                     self._record_error("claim")
-                    with self._lock:
-                        self._slots -= 1
-                        self._waiting[rec.id] = rec
+                    self._unslot(rec, waiting=True)
                     return
                 if isinstance(claimed, Queued):  # another process was quicker
-                    with self._lock:
-                        self._slots -= 1
-                        self._waiting[rec.id] = rec
+                    self._unslot(rec, waiting=True)
                     continue
                 if claimed is None:
                     self._free_slot(rec.id)
                     self._ended(rec.id)
                     continue
                 self._launch(claimed)
+
+    def _unslot(self, rec: RunRecord | None = None, *, waiting: bool = False) -> None:
+        """A claim that claimed nothing: free the slot counted for it and put ``rec`` back where
+        it came from (the head of the queue, or the runs waiting for their pipeline's room).
+        Also what a claim gives back when a held-back interrupt lands while it waits for the
+        write lock (``_interrupts.holding``): nothing was claimed then either."""
+        with self._lock:
+            self._slots -= 1
+            if rec is None:
+                return
+            if waiting:
+                self._waiting[rec.id] = rec
+            else:
+                self._queue.appendleft(rec)
 
     @contextmanager
     def parked(self, ctx: Context) -> Iterator[None]:
@@ -834,12 +833,6 @@ class Runner:
                 event.set()
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.loop.stop)
-
-
-# What a held-back signal raises at a safe point inside a claim (tether._interrupts): it comes
-# only while the claim waits for the write lock, before its transaction, so nothing was claimed
-# and the slot counted for it must be given back.
-_HELD_BACK = (KeyboardInterrupt, SystemExit)
 
 
 def _transient(exc: BaseException) -> bool:

@@ -61,7 +61,9 @@ the SIGKILLed children of a round, an episode of some of these kinds (spread ove
   errors reach a process.
 
 A child reports the checks it makes from inside as ``violations``; every check tags its message
-``[kind/what]`` (``violation_kind``). pidns and disk need root (``capabilities()``).
+``[kind/what]`` (``violation_kind``). A read of the parent's that meets a damaged database (a
+sabotage, or a real bug) is a violation too, ``[<action>/db-damaged]`` (``Checker.read``), never an
+exception that ends the soak. pidns and disk need root (``capabilities()``).
 
 Load scenarios
 --------------
@@ -95,7 +97,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tether
 from tether import context as tether_context
@@ -105,6 +107,7 @@ from tether.store import Store
 TESTS = Path(__file__).resolve().parent.parent
 SAFETY_S = 120.0  # no child waits longer than this; a parent declares a child hung after it
 PHASES = ["setup", "steps", "map", "finish"]
+T = TypeVar("T")
 BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from reliability.harness import serve; serve()"
 
 # =============================================================================================
@@ -1211,6 +1214,20 @@ class Checker:
             self.violations.append(f"{self.db.parent.name}/{self.db.name}: {what}")
         return cond
 
+    def read(self, action: str, read: Callable[[], T], default: T, *, skip_operational: bool = False) -> T:
+        """``read()`` of the database, by the parent, while judging ``action``. A sabotaged process
+        (or a real bug) can damage the database under its readers ("database disk image is
+        malformed"): that is a violation, ``[<action>/db-damaged]``, and the judging goes on with
+        ``default``, so that the round still collects every child's report and the soak lives.
+        ``skip_operational``: an ``OperationalError`` is expected (a disk that is full) and
+        skipped without a word."""
+        try:
+            return read()
+        except sqlite3.DatabaseError as exc:
+            if not (skip_operational and isinstance(exc, sqlite3.OperationalError)):
+                self.ok(False, f"[{action}/db-damaged] reading the database: {type(exc).__name__}: {exc}")
+            return default
+
     # -- snapshots taken while children run (before a kill) ----------------------------------
 
     def absorb(self, view: View) -> None:
@@ -1225,17 +1242,17 @@ class Checker:
             if same and len(evs) > len(prev):
                 self.seen[run_id] = evs
 
-    def sample_active(self) -> None:
-        dup = active_per_key(self.db)
+    def sample_active(self, *, skip_operational: bool = False) -> None:
+        dup = self.read("sample", lambda: active_per_key(self.db), [], skip_operational=skip_operational)
         self.ok(not dup, f"more than one active run for a key: {dup}")
 
     # -- the full check -----------------------------------------------------------------------
 
     def check(self, journals: dict[str, Path], *, recovered: bool) -> View:
         """Every invariant. ``recovered``: every owner is dead and recovery ran: nothing active."""
-        view = read_view(self.db)
+        view = self.read("check", lambda: read_view(self.db), View())
         self.reexecuted = self.skipped = 0  # figures of this read (the last one is reported)
-        check = integrity(self.db)  # once: it reads the whole file
+        check = self.read("check", lambda: integrity(self.db), "not read")  # once: it reads the whole file
         self.ok(check == "ok", f"PRAGMA integrity_check: {check}")
         per_key: dict[str, list[RunRow]] = collections.defaultdict(list)
         for run in view.runs.values():
@@ -2034,7 +2051,7 @@ class KillHarness:
         return out
 
     def _finish_epoch(self, db: Path, checker: Checker, journals: dict[str, Path]) -> None:
-        view = read_view(db)
+        view = checker.read("finish", lambda: read_view(db), View())
         rep = self.report
         others = [r for r in view.runs.values() if r.pipeline != work.name]  # the faults' runs
         rep.fault_runs.update(r.status for r in others)
@@ -2184,7 +2201,8 @@ class KillHarness:
                 if child.kill_at is not None and now >= child.kill_at:
                     if lin is not None:  # what was flushed before the kill must survive it
                         key = work.key_for(work.bind(**lin.params))
-                        self._reading(lambda k=key: checker.absorb(read_view(db, {k})))
+                        view = self._reading(checker, lambda k=key: read_view(db, {k}))
+                        checker.absorb(view)
                     child.kill()
                     pending.remove(entry)
                     if child.proc.returncode == -signal.SIGKILL:
@@ -2198,7 +2216,8 @@ class KillHarness:
                     child.kill()
                     pending.remove(entry)
             if now >= next_sample:
-                self._reading(checker.sample_active)
+                if not self.disk_full.is_set():
+                    checker.sample_active(skip_operational=self.mount is not None)
                 next_sample = now + 0.05
             time.sleep(0.002)
         for child, _, _ in running:
@@ -2209,16 +2228,12 @@ class KillHarness:
                     if holder.child is not child:
                         holder.exits += 1
 
-    def _reading(self, read: Callable[[], Any]) -> None:
+    def _reading(self, checker: Checker, read: Callable[[], View]) -> View:
         """A read of the parent's while children run; on a full disk SQLite may be unable to
         create the -shm a reader needs: that read is skipped."""
         if self.disk_full.is_set():
-            return
-        try:
-            read()
-        except sqlite3.OperationalError:
-            if self.mount is None:
-                raise
+            return View()
+        return checker.read("absorb", read, View(), skip_operational=self.mount is not None)
 
     def _judge_run_child(self, db: Path, checker: Checker, child: Child, lin: Lineage, plan: Plan) -> None:
         if child.was_killed:
@@ -2234,8 +2249,8 @@ class KillHarness:
             checker.ok(bool(ends), f"child {child.pid} printed no end status: {child.out}")
             return
         end = ends[-1]
-        view = read_view(db, {work.key_for(work.bind(**lin.params))})
-        run = view.runs.get(end["id"])
+        key = work.key_for(work.bind(**lin.params))
+        run = checker.read("judge", lambda: read_view(db, {key}), View()).runs.get(end["id"])
         if run is None:
             checker.ok(False, f"child {child.pid}: run {end['id']} not in the database")
             return
@@ -2257,7 +2272,8 @@ class KillHarness:
         ids = [o["id"] for o in child.out if isinstance(o, dict) and "exit" in o]
         if not checker.ok(bool(ids), f"child {child.pid} ({plan.exit}) never left: {child.out}"):
             return
-        run = read_view(db, {work.key_for(work.bind(**lin.params))}).runs.get(ids[0])
+        key = work.key_for(work.bind(**lin.params))
+        run = checker.read("exit", lambda: read_view(db, {key}), View()).runs.get(ids[0])
         if run is None or run.owner_pid != child.pid:
             return  # it attached to another process's run: nothing of its own to mark
         reason = json.loads(run.error or "{}").get("message", "")
@@ -2374,7 +2390,7 @@ class KillHarness:
                     time.sleep(0.005)  # its run has started
                 mode = self.rng.choice(["gc", "ls", "get_run"])
                 key = linger.key_for(linger.bind(token=f.spec["token"], stop=f.spec["stop"]))
-                ids = [r.id for r in read_view(db, {key}).runs.values()]
+                ids = list(checker.read("pidns", lambda k=key: read_view(db, {k}), View()).runs)
                 self._outside_pass(db, checker, mode, ids, self.sabotage.get("pidns"))
                 self.report.fault_detail["pidns"][f"outside {mode}"] += 1
         for f in lingering:
@@ -2429,7 +2445,7 @@ class KillHarness:
         elif kind == "fork":
             entries = f.spec["forks"]
             keys = {forker.key_for(forker.bind(**e)): e for e in entries}
-            view = read_view(db, set(keys))
+            view = checker.read("fork", lambda: read_view(db, set(keys)), View())
             by_key = {r.key: r for r in view.runs.values()}
             for key, e in keys.items():
                 run = by_key.get(key)
@@ -2446,7 +2462,7 @@ class KillHarness:
             detail[f"held {hold['mode']}"] += 1
             detail["processes that closed the database meanwhile"] += f.exits
             detail["runs of the holder"] += hold["runs"]
-            runs = run_rows(db, "pipeline = ?", (quick.name,))
+            runs = checker.read("sqlite", lambda: run_rows(db, "pipeline = ?", (quick.name,)), {})
             gone = [i for i in hold["ids"] if i not in runs or runs[i].status != "succeeded"]
             checker.ok(
                 not gone,
@@ -2463,7 +2479,7 @@ class KillHarness:
             self.report.faults[kind] += 1
             detail[f"pid {start.get('ns_pid')} in its namespace"] += 1
             detail["sweeps from inside"] += end["passes"]
-            run = run_rows(db, "id = ?", (end["id"],)).get(end["id"])
+            run = checker.read("pidns", lambda: run_rows(db, "id = ?", (end["id"],)), {}).get(end["id"])
             reason = json.loads(run.error or "{}").get("message") if run else None
             checker.ok(
                 end["status"] == "succeeded" and run is not None and run.status == "succeeded",
@@ -2512,7 +2528,8 @@ class KillHarness:
             f"[disk/stuck] run {end['id']} of live child {child.pid} still {end['status']} "
             f"{end['after_free']} s after the disk had space again ({end['raised']})",
         )
-        run = read_view(db, {work.key_for(work.bind(**lin.params))}).runs.get(end["id"])
+        key = work.key_for(work.bind(**lin.params))
+        run = checker.read("disk", lambda: read_view(db, {key}), View()).runs.get(end["id"])
         if run is not None and run.status == "succeeded":
             lin.done = True
 
@@ -2536,10 +2553,8 @@ class KillHarness:
                 holder.exits += 1
             return
         # the lineages' runs (a fault's lingering run is live: `tether cancel` would end it)
-        ids = [
-            r.id
-            for r in run_rows(db, "status IN ('pending', 'running') AND pipeline = ?", (work.name,)).values()
-        ]
+        active = "status IN ('pending', 'running') AND pipeline = ?"
+        ids = list(checker.read("recover", lambda: run_rows(db, active, (work.name,)), {}))
         self.report.orphans[mode] += len(ids)
         plan = Plan("none")
         if self.rng.random() < 0.2 and ids:

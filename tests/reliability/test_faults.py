@@ -13,10 +13,13 @@ choices of a failed run (the timings differ).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +217,32 @@ def test_the_sqlite_check_catches_a_wal_deleted_under_a_held_connection(tmp_path
     done on purpose): the next process to close the database deletes -wal and -shm."""
     rep = _soak(tmp_path, {"sqlite": 1}, sabotage={"sqlite": "drop_locks"})
     assert "sqlite/wal-deleted" in rep.violation_kinds(), rep.lines()
+
+
+def test_a_database_damaged_under_the_checks_is_a_violation_not_an_exception(tmp_path: Path) -> None:
+    """What the drop_locks sabotage can do to the parent's reads, made certain: every page but
+    the schema's overwritten. The parent's reads report ``[<action>/db-damaged]`` and go on."""
+    db = tmp_path / "runs.db"
+    cols = [f.name for f in dataclasses.fields(RunRow)]
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(f"CREATE TABLE runs ({', '.join(cols)})")
+        conn.execute("CREATE TABLE events (run_id, seq, kind, data)")
+        conn.execute("CREATE TABLE checkpoints (run_id, name, value)")
+        rows = [
+            (f"r{i}", f"k{i}", 1, "succeeded", 0, 1, None, "start", "1", None, 1.0, "p") for i in range(300)
+        ]
+        conn.executemany(f"INSERT INTO runs VALUES ({', '.join('?' * len(cols))})", rows)
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+    size = db.stat().st_size
+    with open(db, "r+b") as f:
+        f.seek(page)
+        f.write(b"\xa5" * (size - page))
+    checker = harness.Checker(db)
+    checker.sample_active()
+    assert checker.read("recover", lambda: harness.run_rows(db, "status = ?", ("running",)), {}) == {}
+    assert checker.check({}, recovered=True).runs == {}
+    kinds = {harness.violation_kind(v) for v in checker.violations}
+    assert {"sample/db-damaged", "recover/db-damaged", "check/db-damaged"} <= kinds, checker.violations
 
 
 def test_the_pidns_check_catches_a_live_run_taken_over(tmp_path: Path) -> None:

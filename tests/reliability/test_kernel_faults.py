@@ -190,6 +190,35 @@ def test_random_interrupts_in_start_strand_no_run_and_leak_no_slot(db: Path) -> 
     assert not config.store().conn().in_transaction
 
 
+def test_a_holding_section_gives_back_only_what_an_interrupt_delivered_inside_it_took() -> None:
+    """The mechanism under the runner's claims: a SIGINT (raised for real; signal.raise_signal
+    runs the Python handler before it returns) recorded inside ``holding(give_back)`` and
+    delivered at a safe_point inside it gives back, once, as the KeyboardInterrupt leaves; one
+    delivered only when the section ends (the claim was made) or an ordinary error gives back
+    nothing. Outside the section the handler is the one that was there."""
+    from tether import _interrupts
+
+    given: list[str] = []
+    with Interrupts() as ints:
+        with pytest.raises(KeyboardInterrupt), _interrupts.holding(lambda: given.append("slot")):
+            signal.raise_signal(signal.SIGINT)
+            assert ints.handled == 0  # recorded, not delivered: nothing has been given back yet
+            _interrupts.safe_point()  # e.g. between two tries to get the write lock
+            pytest.fail("the interrupt was not delivered at the safe point")
+        assert (given, ints.handled) == (["slot"], 1)
+
+        with pytest.raises(KeyboardInterrupt), _interrupts.critical():
+            with _interrupts.holding(lambda: given.append("claimed")):
+                signal.raise_signal(signal.SIGINT)
+            assert ints.handled == 1  # still held: the enclosing section has not ended
+        assert (given, ints.handled) == (["slot"], 2)
+
+        with pytest.raises(ValueError), _interrupts.holding(lambda: given.append("error")):
+            raise ValueError("not an interrupt")
+        assert given == ["slot"]
+        assert signal.getsignal(signal.SIGINT) is not _interrupts._record
+
+
 def _child(db: Path, code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, TETHER_DB=str(db))
     return subprocess.run(
