@@ -127,11 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"VIOLATION {v[:3000]}")
     faults = sum(report.faults.values())
     enough = report.kills >= args.kills and all(report.faults[k] >= n for k, n in targets.items())
-    verdict = "PASS" if not report.violations and enough and wall < 15 * 60 else "FAIL"
+    # the time goal is about the machine as much as the code: missing it alone is SLOW, not FAIL
+    verdict = "FAIL" if report.violations or not enough else "PASS" if wall < 15 * 60 else "SLOW"
     print(
         f"{verdict}: {report.kills} kills and {faults} other faults, {len(report.violations)} "
         f"violations, {wall / 60:.1f} min (goal: >= {args.kills} kills and >= "
-        f"{sum(targets.values())} other faults, 0 violations, < 15 min)"
+        f"{sum(targets.values())} other faults, 0 violations; < 15 min on an idle 2-core machine)"
         + (f"; skipped: {', '.join(skipped)}" if skipped else "")
     )
     if args.keep or report.violations:
