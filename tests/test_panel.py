@@ -24,8 +24,8 @@ from tether.widget.snapshot import VOLATILE, html_snapshot, text_snapshot
 
 @pytest.fixture
 def fast_poller() -> Iterator[poller.Poller]:
-    """The process poller with a short interval (restored and stopped afterwards)."""
-    p = poller.get()
+    """The default workspace's poller with a short interval (restored and stopped afterwards)."""
+    p = tether.workspace.default().state(poller.Poller)
     saved = p.interval
     p.interval = 0.1
     yield p
@@ -282,7 +282,7 @@ def test_rerun_of_a_pipeline_not_defined_here_is_shown(db: Path) -> None:
     run = ephemeral.start()
     run.wait(20)
     w = panel(run)
-    sys.modules["tether.pipeline"]._registry.pop("test_panel.ephemeral")  # "restarted"
+    tether.workspace.default().pipelines.discard("test_panel.ephemeral")  # "restarted"
     reply = w.handle({"id": "x", "action": "rerun"})
     assert reply is not None and reply["ok"] is False
     assert "PipelineNotFound" in reply["error"] and "run the cell that defines it" in reply["error"]
@@ -862,7 +862,7 @@ def test_dashboards_do_not_pile_up_without_cell_ids(db: Path, monkeypatch: Any) 
 
     dash_mod = importlib.import_module("tether.widget.dashboard")
     monkeypatch.setattr(dash_mod, "MAX_LIVE", 3)
-    monkeypatch.setattr(dash_mod, "_live", [])
+    monkeypatch.setattr(tether.workspace.default().state(dash_mod.Dashboards), "live", [])
     made = [dashboard() for _ in range(5)]  # no kernel: no cell id
     assert [d._closed for d in made] == [True, True, False, False, False]
     for d in made[2:]:

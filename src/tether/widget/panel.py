@@ -27,7 +27,6 @@ from typing import Any
 import anywidget
 import traitlets
 
-from .. import runner as _runner
 from .._text import safe
 from ..errors import RunNotFound, StoreError
 from ..model import RunRecord
@@ -36,7 +35,7 @@ from . import poller as _poller
 from . import snapshot as _snap
 from .reader import RunReader
 
-__all__ = ["RunPanel", "panel"]
+__all__ = ["Panels", "RunPanel", "panel"]
 
 STATIC = Path(__file__).parent / "static"
 ACTIONS = ("cancel", "rerun", "resume", "refresh", "newer")
@@ -45,9 +44,14 @@ MAX_DISPLAYS = 16  # displays of one panel whose fallback is kept current
 # POLL_INTERVAL for a polled run, every SAFETY_FACTOR * POLL_INTERVAL for a streamed one)
 BEAT_S = 3.0
 
-_lock = threading.RLock()
-# (store path, run id) -> the panel showing that run (one widget model per run per kernel)
-_by_id: dict[tuple[str, str], RunPanel] = {}
+
+class Panels:
+    """A workspace's panels (``workspace.state(Panels)``): (store path, run id) -> the panel
+    showing that run, so re-executing a cell rebinds to the same widget."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.by_id: dict[tuple[str, str], RunPanel] = {}
 
 
 class RunPanel(anywidget.AnyWidget):
@@ -70,7 +74,8 @@ class RunPanel(anywidget.AnyWidget):
             )
         super().__init__()
         self._plock = threading.RLock()
-        self._poller = poller or _poller.get()
+        self._panels = run.workspace.state(Panels)
+        self._poller = poller or run.workspace.state(_poller.Poller)
         self._run = run
         self._reader = RunReader(run)
         self._mode = ""
@@ -146,15 +151,18 @@ class RunPanel(anywidget.AnyWidget):
         reader = self._reader
         cancel = None
         if reader.cancel is not None:
-            here = {"instance": _runner.get(self._run.store).owner.instance, "panel": self.model_id}
+            here = {
+                "instance": self._run.workspace.runner(self._run.store).owner.instance,
+                "panel": self.model_id,
+            }
             cancel = {"origin": _snap.cancel_origin(reader.cancel["origin"], here), "at": reader.cancel["ts"]}
         waiting = None
         if rec.status.active and rec.status.value == "pending":
             waiting = _snap.waiting_text(
                 rec,
                 str(self._run.store.path),
-                _module_of(rec.pipeline),
-                here=_runner.get(self._run.store).owns(rec.id),
+                _module_of(self._run, rec.pipeline),
+                here=self._run.workspace.runner(self._run.store).owns(rec.id),
             )
         return _snap.build(
             rec,
@@ -189,7 +197,7 @@ class RunPanel(anywidget.AnyWidget):
     def _mode_for(self, rec: RunRecord) -> str:
         if rec.status.terminal:
             return "static"
-        if _runner.get(self._run.store).owns(rec.id):
+        if self._run.workspace.runner(self._run.store).owns(rec.id):
             return "stream"
         return "poll"
 
@@ -208,14 +216,15 @@ class RunPanel(anywidget.AnyWidget):
         else:
             self._poller.watch(self, poll=False)
             poller = self._poller
-            self._unsubscribe = _runner.get(self._run.store).subscribe(
+            self._unsubscribe = self._run.workspace.runner(self._run.store).subscribe(
                 self._run.id, lambda _id: poller.poke(self)
             )
             poller.poke(self)  # in case the run ended before the subscription
 
     def bind(self, run: Run) -> None:
         """Show another attempt (e.g. after Re-run) in this same widget."""
-        with _lock, self._plock:
+        by_id = self._panels.by_id
+        with self._panels.lock, self._plock:
             old = self._run
             if run.id == old.id and run.store is old.store:
                 return
@@ -224,9 +233,9 @@ class RunPanel(anywidget.AnyWidget):
                 self._unsubscribe = None
             self._poller.unwatch(self)
             self._mode = ""
-            if _by_id.get((str(old.store.path), old.id)) is self:
-                del _by_id[(str(old.store.path), old.id)]
-            _by_id.setdefault((str(run.store.path), run.id), self)
+            if by_id.get((str(old.store.path), old.id)) is self:
+                del by_id[(str(old.store.path), old.id)]
+            by_id.setdefault((str(run.store.path), run.id), self)
             self._run = run
             self._reader = RunReader(run)
             self._rec = None
@@ -290,7 +299,7 @@ class RunPanel(anywidget.AnyWidget):
         if found is None or found[1] <= self._run.attempt:
             self.refresh(force=True)
             return
-        self.bind(Run(store, found[0]))
+        self.bind(self._run.workspace.run(store, found[0]))
 
     # -- display ----------------------------------------------------------------------------
 
@@ -341,14 +350,15 @@ class RunPanel(anywidget.AnyWidget):
 
     def close(self) -> None:
         """Stop following the run and close the widget model."""
-        with _lock, self._plock:
+        by_id = self._panels.by_id
+        with self._panels.lock, self._plock:
             self._closed = True
             if self._unsubscribe is not None:
                 self._unsubscribe()
                 self._unsubscribe = None
             self._poller.unwatch(self)
-            for k in [k for k, v in _by_id.items() if v is self]:
-                del _by_id[k]
+            for k in [k for k, v in by_id.items() if v is self]:
+                del by_id[k]
         super().close()
 
 
@@ -367,21 +377,20 @@ def _label(action: Any) -> str:
     }.get(str(action), str(action))
 
 
-def _module_of(pipeline: str) -> str | None:
-    """The module a worker imports for ``pipeline``, when it is registered in this process."""
-    from ..pipeline import lookup
-
-    found = lookup(pipeline)
+def _module_of(run: Run, pipeline: str) -> str | None:
+    """The module a worker imports for ``pipeline``, when it is registered in ``run``'s workspace."""
+    found = run.workspace.lookup(pipeline)
     module = getattr(getattr(found, "fn", None), "__module__", None)
     return module if isinstance(module, str) and module != "__main__" else None
 
 
 def _tell_key(run: Run, source: RunPanel) -> None:
     """A new attempt of ``run``'s key was made here: the key's other panels show the link now."""
-    with _lock:
+    panels = run.workspace.state(Panels)
+    with panels.lock:
         others = [
             w
-            for (path, _id), w in _by_id.items()
+            for (path, _id), w in panels.by_id.items()
             if w is not source and not w._closed and path == str(run.store.path) and w.run.key == run.key
         ]
     for w in others:
@@ -455,12 +464,13 @@ def panel(run: Run) -> RunPanel:
             f"({run!r:.80}); get one with pipeline.start(...) or tether.get_run(id)"
         )
     path = str(run.store.path)
-    with _lock:
-        found = _by_id.get((path, run.id))
+    panels = run.workspace.state(Panels)
+    with panels.lock:
+        found = panels.by_id.get((path, run.id))
         if found is None or found._closed:
             found = None
             widget = RunPanel(run)
-            _by_id[(path, run.id)] = widget
+            panels.by_id[(path, run.id)] = widget
     if found is not None:
         if getattr(run, "_found_ended", False):
             found._mark_stored()
