@@ -1,4 +1,4 @@
-"""``tether.panel(run)``: the run panel, one widget model per run (attempt) per kernel.
+"""``tether.panel(run)``: the run panel, one widget model per run (attempt) per front-end session.
 
 The panel's state is one traitlet, ``snapshot``: the full state of the run (see snapshot.py), so a
 re-render, a page reload or a rebinding shows the truth at once. Every update, from any thread,
@@ -17,9 +17,11 @@ exported notebook shows how the run ended, not how it was when the cell ran.
 
 from __future__ import annotations
 
+import sys
 import threading
 import traceback
 import uuid
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from . import poller as _poller
 from . import snapshot as _snap
 from .reader import RunReader
 
-__all__ = ["Panels", "RunPanel", "panel"]
+__all__ = ["Panels", "RunPanel", "panel", "session"]
 
 STATIC = Path(__file__).parent / "static"
 ACTIONS = ("cancel", "rerun", "resume", "refresh", "newer")
@@ -46,12 +48,49 @@ BEAT_S = 3.0
 
 
 class Panels:
-    """A workspace's panels (``workspace.state(Panels)``): (store path, run id) -> the panel
-    showing that run, so re-executing a cell rebinds to the same widget."""
+    """A workspace's panels (``workspace.state(Panels)``): per front-end session, (store path,
+    run id) -> the panel showing that run, so re-executing a cell rebinds to the same widget.
+
+    Per session, not per process: a widget model lives in one session's comms. Under ``marimo
+    run`` several browser sessions share one process, and a widget of another session is
+    "Model not found" there; each session gets its own widget of the same run."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
-        self.by_id: dict[tuple[str, str], RunPanel] = {}
+        self._kernel: dict[tuple[str, str], RunPanel] = {}  # a Jupyter kernel: one session
+        self._sessions: dict[int, dict[tuple[str, str], RunPanel]] = {}  # id(marimo context) ->
+
+    def of(self, session: object | None) -> dict[tuple[str, str], RunPanel]:
+        """The panels of ``session`` (see ``session()``), by (store path, run id)."""
+        if session is None:
+            return self._kernel
+        with self.lock:
+            mine = self._sessions.get(id(session))
+            if mine is None:
+                mine = self._sessions[id(session)] = {}
+                try:  # a closed session's panels go with it (and its id may be reused)
+                    weakref.finalize(session, self._sessions.pop, id(session), None)
+                except TypeError:  # not weakly referenceable: kept for the process's life
+                    pass
+            return mine
+
+    def every(self) -> list[tuple[tuple[str, str], RunPanel]]:
+        with self.lock:
+            maps = [self._kernel, *self._sessions.values()]
+            return [item for m in maps for item in m.items()]
+
+
+def session() -> object | None:
+    """The front-end session being served: marimo's runtime context of this thread (one per
+    browser session in ``marimo run``, one per notebook in ``marimo edit``), else None (a Jupyter
+    kernel serves one session)."""
+    marimo_context = sys.modules.get("marimo._runtime.context")  # only once marimo is in use
+    if marimo_context is None:
+        return None
+    try:
+        return marimo_context.safe_get_context()  # type: ignore[no-any-return]
+    except Exception:  # another marimo's internals: behave as one session
+        return None
 
 
 class RunPanel(anywidget.AnyWidget):
@@ -75,6 +114,7 @@ class RunPanel(anywidget.AnyWidget):
         super().__init__()
         self._plock = threading.RLock()
         self._panels = run.workspace.state(Panels)
+        self._by_id = self._panels.of(session())  # this session's panels
         self._poller = poller or run.workspace.state(_poller.Poller)
         self._run = run
         self._reader = RunReader(run)
@@ -223,7 +263,7 @@ class RunPanel(anywidget.AnyWidget):
 
     def bind(self, run: Run) -> None:
         """Show another attempt (e.g. after Re-run) in this same widget."""
-        by_id = self._panels.by_id
+        by_id = self._by_id
         with self._panels.lock, self._plock:
             old = self._run
             if run.id == old.id and run.store is old.store:
@@ -350,7 +390,7 @@ class RunPanel(anywidget.AnyWidget):
 
     def close(self) -> None:
         """Stop following the run and close the widget model."""
-        by_id = self._panels.by_id
+        by_id = self._by_id
         with self._panels.lock, self._plock:
             self._closed = True
             if self._unsubscribe is not None:
@@ -390,7 +430,7 @@ def _tell_key(run: Run, source: RunPanel) -> None:
     with panels.lock:
         others = [
             w
-            for (path, _id), w in panels.by_id.items()
+            for (path, _id), w in panels.every()
             if w is not source and not w._closed and path == str(run.store.path) and w.run.key == run.key
         ]
     for w in others:
@@ -454,7 +494,8 @@ def _widget_bundle(widget: Any, cls: type) -> tuple[dict[str, Any], dict[str, An
 
 
 def panel(run: Run) -> RunPanel:
-    """The panel widget of ``run``: the same widget every time for the same run in this kernel.
+    """The panel widget of ``run``: the same widget every time for the same run in this session
+    (a Jupyter kernel; a browser session of ``marimo run``).
 
     A panel shows the attempt it was given; a newer attempt of the key is offered in it, never
     swapped in behind your back."""
@@ -466,11 +507,12 @@ def panel(run: Run) -> RunPanel:
     path = str(run.store.path)
     panels = run.workspace.state(Panels)
     with panels.lock:
-        found = panels.by_id.get((path, run.id))
+        by_id = panels.of(session())
+        found = by_id.get((path, run.id))
         if found is None or found._closed:
             found = None
             widget = RunPanel(run)
-            panels.by_id[(path, run.id)] = widget
+            by_id[(path, run.id)] = widget
     if found is not None:
         if getattr(run, "_found_ended", False):
             found._mark_stored()
