@@ -23,6 +23,7 @@ from . import config, owner
 from . import runner as _runner
 from .config import Settings
 from .errors import StoreError
+from .model import RunRecord
 from .pipeline import Pipeline, Serializer, define
 from .pipeline import Registry as Registry
 from .run import Run, _Watcher, params_filter
@@ -199,7 +200,7 @@ class Workspace:
         """
         return define(self, fn, **options)
 
-    def run(self, store: Store, run_id: str, record: Any = None) -> Run:
+    def run(self, store: Store, run_id: str, record: RunRecord | None = None) -> Run:
         """A handle on run ``run_id`` of ``store`` made in this workspace."""
         return Run(self, store, run_id, record)
 
