@@ -29,7 +29,7 @@ from .store import Store, dumps
 if TYPE_CHECKING:
     from .workspace import Workspace
 
-__all__ = ["Run", "display_run", "params_filter", "params_text"]
+__all__ = ["DoneWatcher", "Run", "display_run", "params_filter", "params_text"]
 
 
 class Run:
@@ -498,7 +498,7 @@ class _Once:
             _current.reset(token)
 
 
-class _Watcher:
+class DoneWatcher:
     """One thread per store that polls runs other processes execute, for their callbacks."""
 
     POLL_S = 0.2

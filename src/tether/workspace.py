@@ -26,7 +26,7 @@ from .errors import StoreError
 from .model import RunRecord
 from .pipeline import Pipeline, Serializer, define
 from .pipeline import Registry as Registry
-from .run import Run, _Watcher, params_filter
+from .run import DoneWatcher, Run, params_filter
 from .runner import Runner
 from .store import Store
 
@@ -62,7 +62,7 @@ class Workspace:
         self._stores: dict[Path, Store] = {}
         self._runners: dict[int, Runner] = {}  # id(store) -> its runner in this process
         self._resolved: dict[tuple[str, str], Path] = {}  # path text and cwd -> absolute path
-        self._watchers: dict[int, _Watcher] = {}  # id(store) -> the thread polling for callbacks
+        self._watchers: dict[int, DoneWatcher] = {}  # id(store) -> the thread polling for callbacks
         self._cancels: dict[str, dict[str, Any]] = {}  # run id -> where its cancel came from
         self._state: dict[type[Any], Any] = {}
         self.pipelines = Registry()
@@ -246,12 +246,12 @@ class Workspace:
     def cancel_origin(self, run_id: str) -> dict[str, Any] | None:
         return self._cancels.get(run_id)
 
-    def watcher(self, store: Store) -> _Watcher:
+    def watcher(self, store: Store) -> DoneWatcher:
         """The thread that polls runs of ``store`` other processes execute, for done callbacks."""
         with self._lock:
             w = self._watchers.get(id(store))
             if w is None or w.store is not store:
-                w = self._watchers[id(store)] = _Watcher(store)
+                w = self._watchers[id(store)] = DoneWatcher(store)
             return w
 
     def state(self, kind: type[T]) -> T:
