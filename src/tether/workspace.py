@@ -24,8 +24,7 @@ from . import runner as _runner
 from .config import Settings
 from .errors import StoreError
 from .model import RunRecord
-from .pipeline import Pipeline, Serializer, define
-from .pipeline import Registry as Registry
+from .pipeline import Pipeline, Registry, Serializer, define
 from .run import DoneWatcher, Run, params_filter
 from .runner import Runner
 from .store import Store
