@@ -226,11 +226,28 @@ class Workspace:
         name = getattr(pipeline, "name", pipeline)
         if params is not None:
             params = params_filter(params)
-        recs = store.list_runs(pipeline=name, status=status, key=key, limit=limit, params=params)
-        orphans = store.recover([r for r in recs if r.status.active], owner.gone_reason)
-        if orphans:
-            recs = store.list_runs(pipeline=name, status=status, key=key, limit=limit, params=params)
+        recs = self.records(store, pipeline=name, status=status, key=key, limit=limit, params=params)
         return [Run(self, store, r.id, r) for r in recs]
+
+    def records(
+        self,
+        store: Store | None = None,
+        *,
+        pipeline: str | None = None,
+        status: str | list[str] | None = None,
+        key: str | None = None,
+        limit: int | None = 100,
+        params: dict[str, Any] | None = None,
+        recover: bool = True,
+    ) -> list[RunRecord]:
+        """The records of ``store`` (default: the configured one) matching the filters, newest
+        first. With ``recover``, listed active runs whose owner is proven gone are marked
+        ``interrupted`` first, so a listing never shows a dead run as running."""
+        store = store or self.store()
+        recs = store.list_runs(pipeline=pipeline, status=status, key=key, limit=limit, params=params)
+        if recover and store.recover([r for r in recs if r.status.active], owner.gone_reason):
+            recs = store.list_runs(pipeline=pipeline, status=status, key=key, limit=limit, params=params)
+        return recs
 
     # -- what runs and front ends keep here --------------------------------------------------
 

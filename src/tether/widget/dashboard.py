@@ -18,7 +18,6 @@ import anywidget
 import ipywidgets
 import traitlets
 
-from .. import owner
 from .. import workspace as _workspace
 from .._text import safe
 from ..model import RunRecord, Status
@@ -113,13 +112,11 @@ class Dashboard(ipywidgets.VBox):  # type: ignore[misc]
                 return
             t = self.table
             status = t.status_filter or None
-            recs = self.store.list_runs(status=status, limit=t.limit)
             now = time.time()
-            if now >= self._next_sweep:
+            sweep = now >= self._next_sweep  # orphans are looked for every SWEEP_EVERY seconds
+            if sweep:
                 self._next_sweep = now + SWEEP_EVERY
-                active = [r for r in recs if r.status.active]
-                if active and self.store.recover(active, owner.gone_reason):
-                    recs = self.store.list_runs(status=status, limit=t.limit)
+            recs = self.workspace.records(self.store, status=status, limit=t.limit, recover=sweep)
             run_ = self.workspace.runner(self.store)
             rows = [_row(r, now, run_.owns(r.id)) for r in recs]
             if not _same_rows(rows, t.rows):
