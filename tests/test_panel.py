@@ -867,3 +867,27 @@ def test_dashboards_do_not_pile_up_without_cell_ids(db: Path, monkeypatch: Any) 
     assert [d._closed for d in made] == [True, True, False, False, False]
     for d in made[2:]:
         d.close()
+
+
+def test_panels_are_kept_per_front_end_session() -> None:
+    """A widget model lives in one session's comms (marimo run serves several sessions from one
+    process; tests/ui/test_marimo_browser.py shows it in a browser): each session has its own
+    panels, and a closed session's go with it."""
+    import gc
+
+    from tether.widget.panel import Panels, session
+
+    class Session:  # what marimo's runtime context is to Panels: an object per session
+        pass
+
+    panels = Panels()
+    one, two = Session(), Session()
+    assert panels.of(one) is panels.of(one) and panels.of(one) is not panels.of(two)
+    assert panels.of(None) is panels.of(None) is not panels.of(one)  # a Jupyter kernel: one session
+    panels.of(one)[("db", "run-1")] = "panel of one"  # type: ignore[assignment]
+    panels.of(two)[("db", "run-1")] = "panel of two"  # type: ignore[assignment]
+    assert sorted(w for _k, w in panels.every()) == ["panel of one", "panel of two"]
+    del one
+    gc.collect()
+    assert [w for _k, w in panels.every()] == ["panel of two"]
+    assert session() is None  # outside marimo: the kernel's one session
