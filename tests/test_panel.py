@@ -862,7 +862,8 @@ def test_dashboards_do_not_pile_up_without_cell_ids(db: Path, monkeypatch: Any) 
 
     dash_mod = importlib.import_module("tether.widget.dashboard")
     monkeypatch.setattr(dash_mod, "MAX_LIVE", 3)
-    monkeypatch.setattr(tether.workspace.default().state(dash_mod.Dashboards), "live", [])
+    fresh = dash_mod.PerSession(list)  # the kernel's session, with no dashboard yet
+    monkeypatch.setattr(tether.workspace.default().state(dash_mod.Dashboards), "live", fresh)
     made = [dashboard() for _ in range(5)]  # no kernel: no cell id
     assert [d._closed for d in made] == [True, True, False, False, False]
     for d in made[2:]:

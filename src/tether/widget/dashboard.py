@@ -24,7 +24,7 @@ from ..model import RunRecord, Status
 from ..run import params_text
 from ..store import Store
 from . import poller as _poller
-from .panel import STATIC, _parent_header, _update_displays, _widget_bundle, panel
+from .panel import STATIC, PerSession, _parent_header, _update_displays, _widget_bundle, panel, session
 from .snapshot import MAX_DAMAGED, MAX_ID, MAX_NAME, _clip, fmt_duration, fmt_time
 
 __all__ = ["Dashboard", "DashboardTable", "Dashboards", "dashboard"]
@@ -32,7 +32,7 @@ __all__ = ["Dashboard", "DashboardTable", "Dashboards", "dashboard"]
 SWEEP_EVERY = 5.0  # seconds between orphan checks of the listed active runs
 ROW_PARAMS = 80  # characters of a row's params shown
 _STATUSES = [str(s) for s in Status]
-MAX_LIVE = 16  # dashboards open at once in a workspace; the oldest beyond are closed
+MAX_LIVE = 16  # dashboards open at once in a front-end session; the oldest beyond are closed
 
 
 class Dashboards:
@@ -40,7 +40,8 @@ class Dashboards:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.live: list[weakref.ref[Dashboard]] = []
+        # per session: under marimo run, one session's new dashboards never close another's
+        self.live: PerSession[list[weakref.ref[Dashboard]]] = PerSession(list)
         # cell id -> (the request that executed it last, the dashboards that execution made)
         self.by_cell: dict[str, tuple[str, list[weakref.ref[Dashboard]]]] = {}
 
@@ -318,7 +319,7 @@ def dashboard(status: str | None = None, limit: int = 50, db: Any = None) -> Das
     where = _cell_request()
     old: list[Dashboard | None] = []
     mine = ws.state(Dashboards)
-    by_cell, live = mine.by_cell, mine.live
+    by_cell, live = mine.by_cell, mine.live.of(session())
     with mine.lock:
         if where is not None:
             cell, request = where

@@ -24,7 +24,7 @@ import uuid
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anywidget
 import traitlets
@@ -37,7 +37,9 @@ from . import poller as _poller
 from . import snapshot as _snap
 from .reader import RunReader
 
-__all__ = ["Panels", "RunPanel", "panel", "session"]
+__all__ = ["Panels", "PerSession", "RunPanel", "panel", "session"]
+
+T = TypeVar("T")
 
 STATIC = Path(__file__).parent / "static"
 ACTIONS = ("cancel", "rerun", "resume", "refresh", "newer")
@@ -45,6 +47,33 @@ MAX_DISPLAYS = 16  # displays of one panel whose fallback is kept current
 # an active run's snapshot is re-sent at least this often (the poller's pace permitting: every
 # POLL_INTERVAL for a polled run, every SAFETY_FACTOR * POLL_INTERVAL for a streamed one)
 BEAT_S = 3.0
+
+
+class PerSession(Generic[T]):
+    """One ``make()`` per front-end session (see ``session()``), dropped with its session."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._kernel = make()  # a Jupyter kernel: one session
+        self._sessions: dict[int, T] = {}  # id(marimo runtime context) -> its own
+
+    def of(self, session: object | None) -> T:
+        if session is None:
+            return self._kernel
+        with self._lock:
+            mine = self._sessions.get(id(session))
+            if mine is None:
+                mine = self._sessions[id(session)] = self._make()
+                try:  # a closed session's go with it (and its id may be reused)
+                    weakref.finalize(session, self._sessions.pop, id(session), None)
+                except TypeError:  # not weakly referenceable: kept for the process's life
+                    pass
+            return mine
+
+    def values(self) -> list[T]:
+        with self._lock:
+            return [self._kernel, *self._sessions.values()]
 
 
 class Panels:
@@ -57,27 +86,15 @@ class Panels:
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
-        self._kernel: dict[tuple[str, str], RunPanel] = {}  # a Jupyter kernel: one session
-        self._sessions: dict[int, dict[tuple[str, str], RunPanel]] = {}  # id(marimo context) ->
+        self._maps: PerSession[dict[tuple[str, str], RunPanel]] = PerSession(dict)
 
     def of(self, session: object | None) -> dict[tuple[str, str], RunPanel]:
         """The panels of ``session`` (see ``session()``), by (store path, run id)."""
-        if session is None:
-            return self._kernel
-        with self.lock:
-            mine = self._sessions.get(id(session))
-            if mine is None:
-                mine = self._sessions[id(session)] = {}
-                try:  # a closed session's panels go with it (and its id may be reused)
-                    weakref.finalize(session, self._sessions.pop, id(session), None)
-                except TypeError:  # not weakly referenceable: kept for the process's life
-                    pass
-            return mine
+        return self._maps.of(session)
 
     def every(self) -> list[tuple[tuple[str, str], RunPanel]]:
         with self.lock:
-            maps = [self._kernel, *self._sessions.values()]
-            return [item for m in maps for item in m.items()]
+            return [item for m in self._maps.values() for item in m.items()]
 
 
 def session() -> object | None:
