@@ -45,7 +45,7 @@ from benchlib import CpuWatch, Row, machine, ms, ns, pct, report, say, version_o
 from tqdm import tqdm
 
 import tether
-from tether import _schema, cli, runner
+from tether import _schema, cli
 
 try:  # rich is a peer of section 1 (bench/requirements.txt); without it its rows say so
     from rich.console import Console
@@ -573,12 +573,12 @@ def bench_claim(sz: Sizes) -> list[Row]:
     one without, interleaved: each with sz.claim_runs pending runs of its pipeline queued behind
     it at the start (claimed in start order, each ended at once so one runs at a time), and as
     many pending runs of the other pipeline beside them."""
-    from tether import config, owner
+    from tether import owner
     from tether.model import Control
     from tether.store import FlushItem
 
-    store = config.store()
-    me = runner.get(store).owner
+    store = tether.workspace.default().store()
+    me = tether.workspace.default().runner(store).owner
     tag = secrets.token_hex(4)
     ids: dict[str, list[str]] = {"free": [], "limited": []}
     for i in range(sz.claim_runs + 20):  # pending, for a worker (no runner claims them here)
@@ -1005,7 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
                 say("[5] panel polls and listings on a big DB ...")
                 rows += bench_poll(sz, tmp)
         finally:
-            runner.shutdown_all()  # stop tether's threads before the directory goes away
+            tether.workspace.default().close()  # stop tether's threads before the directory goes away
     report(rows, info, watch, pc() - started, args.json)
     return 0
 

@@ -348,9 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.only in (None, "resume"):
                 rows += bench_resume(sizes, db)
         finally:
-            from tether import runner
-
-            runner.shutdown_all()
+            tether.workspace.default().close()
     report(rows, info, watch, pc() - start, args.json)
     return 0
 

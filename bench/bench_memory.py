@@ -47,7 +47,6 @@ import psutil
 from benchlib import CpuWatch, Row, machine, report, say, version_of
 
 import tether
-from tether import runner
 
 MiB = 2**20
 pc = time.perf_counter
@@ -118,7 +117,7 @@ class _FakeCtx:
 
 
 def bench_runs(sz: Sizes) -> tuple[list[Row], dict[str, Any]]:
-    store = tether.config.store()
+    store = tether.workspace.default().store()
 
     def conns() -> int:
         return len(store._conns)
@@ -134,7 +133,7 @@ def bench_runs(sz: Sizes) -> tuple[list[Row], dict[str, Any]]:
         small.start(i=i).result(60)
     r2, f2, c2 = rss(), proc.num_fds(), conns()
     took = pc() - t0
-    kept = len(runner.get(store)._done)
+    kept = len(tether.workspace.default().runner(store)._done)
     say(
         f"  runs: RSS {r0 / MiB:.1f} -> {r1 / MiB:.1f} -> {r2 / MiB:.1f} MiB, fds {f0} -> {f1} -> {f2}, "
         f"store connections {c0} -> {c1} -> {c2}, done-events kept {kept} ({took:.1f} s)"
@@ -195,7 +194,7 @@ def bench_panels(sz: Sizes, helper: tuple[int, float]) -> tuple[list[Row], dict[
     for r in done:
         r.result(60)
     # copies of half of them, as if another live process executed them (the poll panels)
-    store = tether.config.store()
+    store = tether.workspace.default().store()
     pid, started = helper
     conn = sqlite3.connect(store.path, isolation_level=None)
     cols = [r[1] for r in conn.execute("PRAGMA table_info(runs)")]
@@ -328,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     )
             finally:
-                runner.shutdown_all()
+                tether.workspace.default().close()
     finally:
         helper.kill()
         helper.wait()

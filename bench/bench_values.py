@@ -180,9 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_frame(sizes, Path(tmp))
             VALUE.clear()
         finally:
-            from tether import runner
-
-            runner.shutdown_all()
+            tether.workspace.default().close()
         size = sum(os.path.getsize(p) for p in (db, Path(f"{db}-wal")) if p.exists())
         files = sum(f.stat().st_size for f in Path(f"{db}.artifacts").glob("*/*"))
         rows.append(

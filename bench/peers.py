@@ -66,7 +66,6 @@ from typing import Any
 from benchlib import CpuWatch, Row, machine, ms, pct, report, say, version_of, wait_idle
 
 import tether
-from tether import runner
 
 try:  # peers (bench/requirements.txt); without them their rows say so
     from dbos import DBOS, SetWorkflowID
@@ -521,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
                 huey_rows, info["huey settings"] = bench_huey(sz, tmp)
                 rows += huey_rows
         finally:
-            runner.shutdown_all()  # stop tether's threads before the directory goes away
+            tether.workspace.default().close()  # stop tether's threads before the directory goes away
     order = {"2a": 0, "2b": 1, "2c": 2, "3": 3, "7b": 4}
     rows.sort(key=lambda r: order.get(r.ref, 9))
     head = "\n".join(f"- **{k}**: {v}" for k, v in info.items())

@@ -36,10 +36,11 @@ from typing import Any
 
 import psutil
 
+import tether
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import tether  # noqa: E402
 from reliability import harness  # noqa: E402
 from tether import cli  # noqa: E402
 from tether.store import Store  # noqa: E402
@@ -177,7 +178,7 @@ def fill(
     ``heavy`` runs carry ``heavy_events`` events each; the rest share the remainder. A few runs are
     ``running``, owned by a live helper process (``owner``), as a panel sees another kernel's run.
     """
-    tether.config.store(db).list_runs(limit=1)  # tether creates and migrates the database
+    tether.workspace.default().store(db).list_runs(limit=1)  # tether creates and migrates the database
     rng = random.Random(5)
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA synchronous = OFF")
@@ -366,7 +367,7 @@ def bench_scale(work: Path, quick: bool, db_arg: str | None) -> list[str]:
             walls["tiny"].append(sub([*ls, "ls", "--db", str(tiny)]))
             walls["import"].append(sub([sys.executable, "-c", "import tether.cli"]))
         big_med, tiny_med, imp_med = (statistics.median(walls[k]) for k in ("big", "tiny", "import"))
-        store = tether.config.store(db)
+        store = tether.workspace.default().store(db)
 
         def ls_in_process() -> None:
             with contextlib.redirect_stdout(io.StringIO()):
@@ -470,7 +471,7 @@ def bench_scale(work: Path, quick: bool, db_arg: str | None) -> list[str]:
         from tether.widget.reader import RunReader
 
         def first_read() -> None:
-            RunReader(tether.Run(store, big_id)).read()
+            RunReader(tether.workspace.default().run(store, big_id)).read()
 
         m = measure(first_read, 100)
         rows.append(
@@ -510,9 +511,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_load(work, args.quick)
         if args.only in (None, "scale"):
             rows += bench_scale(work, args.quick, args.db)
-        from tether import runner
 
-        runner.shutdown_all()
+        tether.workspace.default().close()
     print("\n".join(rows))
     print(f"load average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return 0

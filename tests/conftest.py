@@ -9,23 +9,28 @@ from pathlib import Path
 
 import pytest
 
-import tether
-from tether import config, runner
+from tether.workspace import Workspace, default
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # tests/helpers is importable here and in child processes
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Path]:
-    """Point tether at a fresh database file; stop the runner and close the store afterwards."""
-    path = tmp_path / "runs.db"
-    saved = config._settings
-    tether.configure(db=path)
-    yield path
-    runner.shutdown_all()
-    config._settings = saved
-    config._stores.clear()
+def workspace(tmp_path: Path) -> Iterator[Workspace]:
+    """The default workspace pointed at a fresh database file (pipelines defined at import stay
+    registered in it); afterwards its runners are stopped, its stores closed, its settings back."""
+    ws = default()
+    saved = ws.settings
+    ws.configure(db=tmp_path / "runs.db")
+    yield ws
+    ws.close()
+    ws.settings = saved
+
+
+@pytest.fixture
+def db(workspace: Workspace, tmp_path: Path) -> Path:
+    """The fresh database file of ``workspace``."""
+    return tmp_path / "runs.db"
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import pytest
 
 import tether
 from helpers.util import raw, wait_until
-from tether import codec, config
+from tether import codec
 from tether.artifacts import TMP_GRACE_S
 
 
@@ -153,7 +153,6 @@ def test_gc_removes_the_files_no_run_refers_to_and_says_how_many_bytes(
     os.utime(root_tmp, (time.time() - TMP_GRACE_S - 5,) * 2)
     (Path(f"{db}.artifacts") / "README").write_text("not tether's: left alone")
 
-    config._stores.clear()
     with closing(sqlite3.connect(db)) as conn:  # forget drop and keep (not shared: same file)
         for table, col in (("events", "run_id"), ("checkpoints", "run_id"), ("runs", "id")):
             conn.execute(f"DELETE FROM {table} WHERE {col} IN (?, ?)", (drop.id, keep.id))

@@ -21,7 +21,7 @@ import pytest
 import tether
 from helpers import pipes_ctl
 from helpers.util import Children, raw, wait_until
-from tether import cli, config, runner
+from tether import cli
 
 # -- nested pipelines ------------------------------------------------------------------------
 
@@ -60,7 +60,7 @@ def test_nesting_at_depth_3_with_one_slot_finishes(db: Path) -> None:
     assert [g.params for g in grandkids] == [{"i": 10}, {"i": 11}]
     assert grandkids[0].parent == kids[1] and grandkids[0].parent.parent == run
     assert run.parent is None and leaf.start(i=10).parent == kids[1]
-    r = runner.get(config.store())
+    r = tether.workspace.default().runner()
     wait_until(lambda: r.slots == 0 and r.busy == 0, what="every slot given back")
 
 
@@ -719,8 +719,7 @@ def test_a_schema_0002_database_migrates_and_its_runs_read_as_before(db: Path) -
 
     old = leaf.start(i=7)
     assert old.result(timeout=10) == 7
-    runner.shutdown_all()
-    config._stores.clear()
+    tether.workspace.default().close()
     with closing(sqlite3.connect(db)) as conn:
         conn.execute("ALTER TABLE runs DROP COLUMN code")  # 0004_code, newer still
         conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0004_code'")

@@ -24,7 +24,6 @@ import pytest
 
 import tether
 from helpers.util import raw, wait_until
-from tether import config, runner
 from tether._code import fingerprint
 from tether.pipeline import Pipeline
 
@@ -273,8 +272,7 @@ def test_runs_recorded_before_fingerprints_are_reused_as_before(db: Path) -> Non
     fingerprint, so they answer new calls as they did (nothing runs again after an upgrade)."""
     old = define(BODY).start()
     assert old.result(timeout=20) == 6
-    runner.shutdown_all()
-    config._stores.clear()
+    tether.workspace.default().close()
     with closing(sqlite3.connect(db)) as conn:
         conn.execute("ALTER TABLE runs DROP COLUMN code")
         conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0004_code'")

@@ -25,8 +25,8 @@ from tether.widget.snapshot import VOLATILE, html_snapshot, text_snapshot
 
 @pytest.fixture
 def fast_poller() -> Iterator[poller.Poller]:
-    """The process poller with a short interval (restored and stopped afterwards)."""
-    p = poller.get()
+    """The default workspace's poller with a short interval (restored and stopped afterwards)."""
+    p = tether.workspace.default().state(poller.Poller)
     saved = p.interval
     p.interval = 0.1
     yield p
@@ -283,7 +283,7 @@ def test_rerun_of_a_pipeline_not_defined_here_is_shown(db: Path) -> None:
     run = ephemeral.start()
     run.wait(20)
     w = panel(run)
-    sys.modules["tether.pipeline"]._registry.pop("test_panel.ephemeral")  # "restarted"
+    tether.workspace.default().pipelines.discard("test_panel.ephemeral")  # "restarted"
     reply = w.handle({"id": "x", "action": "rerun"})
     assert reply is not None and reply["ok"] is False
     assert "PipelineNotFound" in reply["error"] and "run the cell that defines it" in reply["error"]
@@ -863,7 +863,8 @@ def test_dashboards_do_not_pile_up_without_cell_ids(db: Path, monkeypatch: Any) 
 
     dash_mod = importlib.import_module("tether.widget.dashboard")
     monkeypatch.setattr(dash_mod, "MAX_LIVE", 3)
-    monkeypatch.setattr(dash_mod, "_live", [])
+    fresh = dash_mod.PerSession(list)  # the kernel's session, with no dashboard yet
+    monkeypatch.setattr(tether.workspace.default().state(dash_mod.Dashboards), "live", fresh)
     made = [dashboard() for _ in range(5)]  # no kernel: no cell id
     assert [d._closed for d in made] == [True, True, False, False, False]
     for d in made[2:]:
@@ -1056,3 +1057,27 @@ def test_a_queued_run_says_how_many_are_ahead(db: Path, tmp_path: Path) -> None:
     release(gate, "go")
     for r in runs:
         assert settle(panel(r), "succeeded", "static")["ahead"] is None
+
+
+def test_panels_are_kept_per_front_end_session() -> None:
+    """A widget model lives in one session's comms (marimo run serves several sessions from one
+    process; tests/ui/test_marimo_browser.py shows it in a browser): each session has its own
+    panels, and a closed session's go with it."""
+    import gc
+
+    from tether.widget.panel import Panels, session
+
+    class Session:  # what marimo's runtime context is to Panels: an object per session
+        pass
+
+    panels = Panels()
+    one, two = Session(), Session()
+    assert panels.of(one) is panels.of(one) and panels.of(one) is not panels.of(two)
+    assert panels.of(None) is panels.of(None) is not panels.of(one)  # a Jupyter kernel: one session
+    panels.of(one)[("db", "run-1")] = "panel of one"  # type: ignore[assignment]
+    panels.of(two)[("db", "run-1")] = "panel of two"  # type: ignore[assignment]
+    assert sorted(w for _k, w in panels.every()) == ["panel of one", "panel of two"]
+    del one
+    gc.collect()
+    assert [w for _k, w in panels.every()] == ["panel of two"]
+    assert session() is None  # outside marimo: the kernel's one session

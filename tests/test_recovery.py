@@ -64,7 +64,7 @@ def crash_mid_run(
     proc = children.spawn(pipeline="crashy", params={"tag": tag})
     run_id = run_of(db, pipes_a.crashy, proc)
     wait_until(lambda: logged(db, run_id) >= 5, what="five flushed log lines")
-    before = tether.config.store().events(run_id)  # the store's plain read: no recovery
+    before = tether.workspace.default().store().events(run_id)  # the store's plain read: no recovery
     os.kill(proc.pid, signal.SIGKILL)
     if reap:
         proc.wait(timeout=30)
@@ -273,7 +273,12 @@ def test_a_live_owner_on_this_host_keeps_its_run_even_with_an_expired_lease(
             conn.execute("UPDATE runs SET lease_until = 1 WHERE id = ?", (run_id,))
         assert tether.get_run(run_id).status == "running"
         assert [r.id for r in tether.runs(status="running")] == [run_id]
-        assert tether.config.store().recover(tether.config.store().active(), tether.owner.gone_reason) == []
+        assert (
+            tether.workspace.default()
+            .store()
+            .recover(tether.workspace.default().store().active(), tether.owner.gone_reason)
+            == []
+        )
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     os.kill(proc.pid, signal.SIGKILL)

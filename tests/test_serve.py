@@ -270,14 +270,14 @@ def test_a_typo_in_db_is_an_error_not_a_new_database(tmp_path: Path, child_env: 
 def test_one_reader_per_run_whatever_the_number_of_watchers(
     db: Path, kids, child_env, tmp_path: Path
 ) -> None:
-    from tether import config
+    import tether.workspace
     from tether.serve.hub import Hub
 
     run_id = _child(kids, child_env, tmp_path, "chatty", n=100_000, delay=0.002)
     wait_until(lambda: _status(db, run_id) == "running", what="the run to start")
 
     async def watch(watchers: int, seconds: float) -> tuple[int, int, int]:
-        hub = Hub(config.store(db), interval=0.05)
+        hub = Hub(tether.workspace.default().store(db), interval=0.05)
         got = [0] * watchers
 
         async def one(i: int) -> None:
@@ -303,8 +303,8 @@ def test_one_reader_per_run_whatever_the_number_of_watchers(
 
 def test_hub_catches_a_late_watcher_up_from_the_store(db: Path) -> None:
     """A watcher further behind than the ring reaches reads the missing events itself, once."""
+    import tether.workspace
     from helpers import pipes_panel as pp
-    from tether import config
     from tether.serve import hub as hub_mod
 
     run = pp.four_phase.start(n=2, delay=0.0, tag="late")
@@ -312,7 +312,7 @@ def test_hub_catches_a_late_watcher_up_from_the_store(db: Path) -> None:
     last = raw(db, "SELECT last_seq FROM runs WHERE id = ?", run.id)[0][0]
 
     async def go() -> list[int]:
-        hub = hub_mod.Hub(config.store(db))
+        hub = hub_mod.Hub(tether.workspace.default().store(db))
         seqs: list[int] = []
         async for item in hub.feed(run.id).watch(0):
             assert item is not None

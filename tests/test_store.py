@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 import tether
-from tether import runner
 from tether.model import Progress, Status
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -46,7 +45,7 @@ def _real_db(db: Path, dest: Path, runs: int = 40) -> bytes:
         assert _tiny.start(tag=f"r{i}").result(timeout=30) == {"tag": f"r{i}"}
     with closing(sqlite3.connect(db)) as src, closing(sqlite3.connect(dest)) as dst:
         src.backup(dst)
-    runner.shutdown_all()
+    tether.workspace.default().close()
     return dest.read_bytes()
 
 
@@ -379,9 +378,7 @@ def test_close_leaves_a_live_threads_connection_to_that_thread(db):
     """store.close() at exit must not pull a connection from under a thread still using it."""
     import threading
 
-    from tether import config
-
-    store = config.store()
+    store = tether.workspace.default().store()
     store.conn()  # opened and migrated by this thread
     opened, closed, out = threading.Event(), threading.Event(), []
 

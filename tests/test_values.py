@@ -27,7 +27,7 @@ from hypothesis.extra import numpy as hnp
 import tether
 from helpers import values
 from helpers.util import raw
-from tether import codec, config
+from tether import codec
 
 FUZZ = settings(
     max_examples=80,
@@ -338,7 +338,6 @@ def test_pickle_serializer_is_opt_in_and_refuses_a_database_owned_by_another_use
 
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         pytest.skip("needs root to give the database file to another user")
-    config._stores.clear()
     os.chown(db, 65534, 65534)  # nobody
     try:
         env = dict(child_env, TETHER_ALLOW_FOREIGN_DB="1")

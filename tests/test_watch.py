@@ -307,9 +307,9 @@ def test_latest_and_pipeline_pick_the_right_run(db, tmp_path, capsys):
 def test_watching_takes_no_write_lock_and_makes_no_runner(child, child_env):
     c = child()
     code = (
-        "import sys\nfrom tether import cli, runner\n"
+        "import sys\nfrom tether import cli, workspace\n"
         f"code = cli.main(['watch', {c.id!r}])\n"
-        "print('runners', len(runner._runners))\nsys.exit(code)"
+        "print('runners', len(workspace.default()._live_runners()))\nsys.exit(code)"
     )
     w = PopenSpawn([sys.executable, "-c", code], env=child_env, timeout=TIMEOUT)
     w.expect("load 2/4")

@@ -21,7 +21,6 @@ import pytest
 import tether
 from helpers import pipes_c
 from helpers.pipes_c import Children, first_line, lines, raw, wait_until
-from tether import config, runner
 
 
 @pytest.fixture
@@ -51,7 +50,7 @@ def test_detached_start_leaves_the_run_pending_for_a_worker(
     run = pipes_c.job.start(log=str(log), detach=True)
     rec = run.snapshot()
     assert rec.status == "pending" and rec.target == "worker" and rec.owner is None
-    assert not runner.get(config.store()).owns(run.id)  # this process will not execute it
+    assert not tether.workspace.default().runner().owns(run.id)  # this process will not execute it
     assert pipes_c.job.start(log=str(log), detach=True).id == run.id  # idempotent, as ever
     assert [r.id for r in tether.runs()] == [run.id]  # a look (and orphan sweep) leaves it be
     assert run.status == "pending" and not log.exists()
@@ -221,7 +220,7 @@ def test_resume_of_a_detached_run_is_left_to_a_worker_and_not_claimed_here(
     assert rec.target == "worker" and rec.status == "pending"  # it stays detached
     # ...so this process does not execute it, and must not present it as its own (a panel here
     # would follow it in "stream" mode, waiting for pushes from a runner that never runs it)
-    assert not runner.get(config.store()).owns(resumed.id)
+    assert not tether.workspace.default().runner().owns(resumed.id)
     run_worker_once(children)
     assert resumed.result(timeout=30)["attempt"] == 2
     assert lines(log) == ["prepare", "s0", "s1"]

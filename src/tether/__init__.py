@@ -17,8 +17,9 @@ run.result()
 
 # no `from __future__ import annotations` here: it would put `annotations` in dir(tether)
 
+from . import workspace
 from .codec import register_codec
-from .config import Settings, configure
+from .config import Settings
 from .context import Context
 from .errors import (
     KeyConflict,
@@ -36,10 +37,22 @@ from .errors import (
     TetherError,
 )
 from .model import Event, Progress, Status
-from .pipeline import Pipeline, pipeline
-from .run import Run, get_run, runs
+from .pipeline import Pipeline
+from .run import Run
+from .workspace import configure, get_run, pipeline, runs, use_front_end
 
 __version__ = "0.1.0"
+
+
+def _front_end() -> workspace.FrontEnd:
+    # the widget needs ipywidgets + anywidget: imported at the first display, not by `import tether`
+    from . import widget
+
+    return widget
+
+
+use_front_end(_front_end)
+del use_front_end
 
 
 def __getattr__(name: str) -> object:

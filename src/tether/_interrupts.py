@@ -41,6 +41,8 @@ _SIGNALS = tuple(
 )
 _MAIN = threading.main_thread().ident
 
+# per process, not per workspace: signal handlers (and the signals they hold back) are the
+# process's own
 _depth = 0
 _saved: dict[int, Callable[[int, FrameType | None], Any]] = {}
 _pending: list[tuple[int, FrameType | None]] = []

@@ -15,7 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import config, owner
+from . import owner
+from . import workspace as _workspace
 from ._text import safe as _safe
 from ._text import safe_lines
 from .errors import StoreError, TetherError
@@ -59,7 +60,7 @@ def _table(rows: list[list[str]]) -> str:
 
 def _existing_store(path: str | None) -> Store:
     """Commands that read need an existing database: a typo must not create an empty one."""
-    return config.existing_store(path)
+    return _workspace.default().existing_store(path)
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

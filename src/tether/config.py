@@ -1,17 +1,16 @@
-"""Process-wide settings and the store they point at. ``import tether`` opens nothing."""
+"""Settings: what they hold, how ``configure()`` checks them, which file they name. No state:
+a workspace (tether.workspace) holds the settings in force."""
 
 from __future__ import annotations
 
 import os
 import re
-import threading
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from .errors import StoreError
-from .store import Store
 
-__all__ = ["Settings", "configure", "existing_store", "settings", "store"]
+__all__ = ["Settings", "db_setting", "foreign_db_allowed", "resolve", "updated"]
 
 DEFAULT_DB = Path(".tether") / "runs.db"
 
@@ -31,23 +30,11 @@ class Settings:
     allow_foreign_db: bool | None = None
 
 
-_settings = Settings()
-_stores: dict[Path, Store] = {}
-_lock = threading.Lock()
-
-
-def settings() -> Settings:
-    return _settings
-
-
-def configure(db: str | os.PathLike[str] | None = None, **options: float | int | bool) -> Settings:
-    """Set where runs are stored and how the runner behaves; returns the settings in force.
-
-    ``tether.configure(db="runs.db")``; options: max_concurrency, flush_interval,
-    heartbeat_interval, lease, sweep_interval, max_auto_resumes, allow_foreign_db. Runs already
-    started keep the store they were started in.
-    """
-    global _settings
+def updated(
+    current: Settings, db: str | os.PathLike[str] | None = None, **options: float | int | bool
+) -> Settings:
+    """``current`` with ``db`` and ``options`` applied, each checked (TypeError / ValueError
+    naming the option and the fix). What ``tether.configure()`` does to a workspace's settings."""
     known = {f.name for f in fields(Settings)} - {"db"}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -70,30 +57,28 @@ def configure(db: str | os.PathLike[str] | None = None, **options: float | int |
         and int(options["max_concurrency"]) != options["max_concurrency"]
     ):
         raise ValueError("tether.configure(max_concurrency=...) must be a whole number")
-    new = replace(_settings, **options)  # type: ignore[arg-type]
+    new = replace(current, **options)  # type: ignore[arg-type]
     if db is not None:
-        _not_a_url(os.fspath(db), "tether.configure(db=...)")
+        not_a_url(os.fspath(db), "tether.configure(db=...)")
         new = replace(new, db=os.fspath(db))
-    _settings = new
-    return _settings
+    return new
 
 
-_resolved: dict[tuple[str, str], Path] = {}
-
-
-def db_path() -> Path:
-    if _settings.db:
-        return _resolve(_settings.db, "tether.configure(db=...)")
+def db_setting(settings: Settings) -> tuple[str, str]:
+    """The database path in force and where it came from (for messages): the configured one,
+    else $TETHER_DB, else ./.tether/runs.db."""
+    if settings.db:
+        return settings.db, "tether.configure(db=...)"
     env = os.environ.get("TETHER_DB")
     if env:
-        return _resolve(env, "TETHER_DB")
-    return _resolve(str(DEFAULT_DB), "")
+        return env, "TETHER_DB"
+    return str(DEFAULT_DB), ""
 
 
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
-def _not_a_url(raw: str, where: str) -> None:
+def not_a_url(raw: str, where: str) -> None:
     """A URL (``postgresql://...``) is refused: as a path it would create a folder named
     ``postgresql:`` in the cwd. The message shows the scheme only (a URL may hold a password)."""
     m = _URL.match(raw)
@@ -112,7 +97,11 @@ def _not_a_url(raw: str, where: str) -> None:
     )
 
 
-def _resolve(raw: str, where: str = "the database path") -> Path:
+def resolve(
+    raw: str, where: str = "the database path", cache: dict[tuple[str, str], Path] | None = None
+) -> Path:
+    """The absolute path ``raw`` names (a URL or a vanished cwd: StoreError). ``cache``: the
+    caller's memo of earlier answers, keyed by the text and the cwd it was relative to."""
     expanded = os.path.expanduser(raw)
     # a relative path means the cwd of the call; an absolute one must not depend on it (the cwd
     # may have been deleted)
@@ -124,17 +113,19 @@ def _resolve(raw: str, where: str = "the database path") -> Path:
             f"{where} = {raw!r} is relative, and the current folder no longer exists; "
             "pass an absolute path to tether.configure(db=...) or TETHER_DB."
         ) from None
-    p = _resolved.get(key)
+    p = None if cache is None else cache.get(key)
     if p is None:
-        _not_a_url(raw, where)
-        p = _resolved[key] = Path(os.path.abspath(expanded))
+        not_a_url(raw, where)
+        p = Path(os.path.abspath(expanded))
+        if cache is not None:
+            cache[key] = p
     return p
 
 
-def _foreign_db_allowed() -> bool:
+def foreign_db_allowed(settings: Settings) -> bool:
     """tether.configure(allow_foreign_db=...), else $TETHER_ALLOW_FOREIGN_DB (read at open)."""
-    if _settings.allow_foreign_db is not None:
-        return _settings.allow_foreign_db
+    if settings.allow_foreign_db is not None:
+        return settings.allow_foreign_db
     raw = os.environ.get("TETHER_ALLOW_FOREIGN_DB", "").strip().lower()
     if raw in ("", "0", "false", "no"):
         return False
@@ -144,39 +135,3 @@ def _foreign_db_allowed() -> bool:
         f"TETHER_ALLOW_FOREIGN_DB={raw!r} must be 1 (use a database another user "
         "owns) or 0; unset it to refuse such databases."
     )
-
-
-def store(path: str | os.PathLike[str] | None = None) -> Store:
-    """The store for ``path`` (default: the configured database), one object per file."""
-    p = _resolve(os.fspath(path)) if path else db_path()
-    s = _stores.get(p)
-    if s is None or s._closed:
-        with _lock:
-            s = _stores.get(p)
-            if s is None or s._closed:
-                s = _stores[p] = Store(p, allow_foreign=_foreign_db_allowed)
-    return s
-
-
-def existing_store(path: str | os.PathLike[str] | None = None) -> Store:
-    """store(path) for a database that must exist already (the CLI's reads: a typo must not create
-    an empty one). StoreError if it does not exist or cannot be reached."""
-    p = _resolve(os.fspath(path)) if path else db_path()
-    s = store(p)
-    if s._stat() is None:
-        raise StoreError(
-            f"tether database {str(p)!r} does not exist; pass --db PATH "
-            "(or set TETHER_DB) to point at the runs.db your notebook uses"
-        )
-    return s
-
-
-def _after_fork() -> None:
-    # connections and threads do not survive fork: the child starts afresh
-    global _lock
-    _lock = threading.Lock()
-    _stores.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)

@@ -308,9 +308,7 @@ class Context:
 
     def _pickles(self) -> bool:
         """Whether this run's pipeline opted in to pickle (``serializer="pickle"``)."""
-        from .pipeline import lookup
-
-        pipe = lookup(self.pipeline)
+        pipe = self._runner.workspace.lookup(self.pipeline)
         return pipe is not None and pipe.serializer == "pickle"
 
     def map(
@@ -329,17 +327,14 @@ class Context:
         rest and raises ``tether.MapItemError`` naming the item. ``name`` identifies the map
         across attempts (default: the function's name and the call's order in the run).
         """
-        from .fanout import run_map
-
-        return run_map(self, fn, items, executor=executor, checkpoint=checkpoint, name=name)
+        # through the runner: fanout sits above this module (it reaches output capture)
+        return self._runner.map(self, fn, items, executor=executor, checkpoint=checkpoint, name=name)
 
     # -- the run -----------------------------------------------------------------------------
 
     @property
     def run(self) -> Run:
-        from .run import Run
-
-        return Run(self._runner.store, self.run_id)
+        return self._runner.workspace.run(self._runner.store, self.run_id)
 
     def _request_cancel(self, reason: str = "cancelled", kind: str = "cancel") -> None:
         """Stop the body at its next ctx call. A timeout gives way to any other kind of stop
@@ -476,6 +471,7 @@ def _clip_line(text: str) -> str:
     return f"{text[:LOG_LINE_MAX]}… [{cut:,} characters cut]"
 
 
+# per process, not per workspace: the log-record factory it guards is the process's own
 _factory_installed = False
 
 

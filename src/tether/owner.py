@@ -22,7 +22,7 @@ _LINUX = sys.platform.startswith("linux")
 
 __all__ = ["current", "gone_reason", "reset_after_fork"]
 
-_current: Owner | None = None
+_current: Owner | None = None  # this process's identity: per process, reset in a forked child
 
 
 _PROC_IS_OURS = True  # /proc shows this process's pid namespace (see _namespace)

@@ -10,10 +10,10 @@ import re
 import sys
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeVar, overload
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from . import _interrupts, codec, config, owner, runner
+from . import _interrupts, codec, owner
 from ._code import fingerprint
 from .context import current
 from .errors import KeyConflict, ParamsError, PipelineError
@@ -21,7 +21,10 @@ from .model import Control, Status
 from .run import Run, display_run
 from .store import MAX_DEPTH, dumps
 
-__all__ = ["Pipeline", "lookup", "pipeline", "POLICIES"]
+if TYPE_CHECKING:
+    from .workspace import Workspace
+
+__all__ = ["POLICIES", "Pipeline", "Registry", "define"]
 
 Policy = Literal["attach", "rerun", "resume", "fail"]
 POLICIES = ("attach", "rerun", "resume", "fail")
@@ -30,22 +33,50 @@ SERIALIZERS = ("default", "pickle")
 RESERVED = ("key", "policy", "detach")
 F = TypeVar("F", bound=Callable[..., Any])
 
-_registry: dict[str, Pipeline] = {}
-# Recent definitions by (name, code): a run executes the code that created it, even when its cell
-# was edited and executed again while the run was still pending. Bounded: a run of a definition
-# pushed out executes the latest one.
-_by_code: OrderedDict[tuple[str, str], Pipeline] = OrderedDict()
 _BY_CODE_MAX = 256
 
 
-def lookup(name: str, code: str | None = None) -> Pipeline | None:
-    """The pipeline registered under ``name`` in this process, if any; with ``code``, the
-    definition of that code if it is one of the recent ones."""
-    if code is not None:
-        pipe = _by_code.get((name, code))
-        if pipe is not None:
-            return pipe
-    return _registry.get(name)
+class Registry:
+    """The pipelines of one workspace: by name (re-running a defining cell replaces its entry
+    quietly), and the recent definitions by (name, code), so a run executes the code that created
+    it even when its cell was edited and executed again while the run was still pending. Bounded:
+    a run of a definition pushed out executes the latest one."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, Pipeline] = {}
+        self._by_code: OrderedDict[tuple[str, str], Pipeline] = OrderedDict()
+
+    def add(self, pipe: Pipeline) -> None:
+        self._by_name[pipe.name] = pipe
+        if pipe.code is not None:
+            self._by_code[pipe.name, pipe.code] = pipe
+            self._by_code.move_to_end((pipe.name, pipe.code))
+            if len(self._by_code) > _BY_CODE_MAX:
+                self._by_code.popitem(last=False)
+
+    def lookup(self, name: str, code: str | None = None) -> Pipeline | None:
+        """The pipeline registered under ``name``, if any; with ``code``, the definition of that
+        code if it is one of the recent ones."""
+        if code is not None:
+            pipe = self._by_code.get((name, code))
+            if pipe is not None:
+                return pipe
+        return self._by_name.get(name)
+
+    def discard(self, name: str) -> None:
+        """Forget ``name`` and its definitions (as a restarted kernel would not know it)."""
+        self._by_name.pop(name, None)
+        for k in [k for k in self._by_code if k[0] == name]:
+            del self._by_code[k]
+
+    def names(self) -> set[str]:
+        return set(self._by_name)
+
+    def __iter__(self) -> Iterator[Pipeline]:
+        return iter(list(self._by_name.values()))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
 
 
 def _name_of(fn: Callable[..., Any]) -> str:
@@ -136,6 +167,7 @@ class Pipeline:
         timeout: float | None = None,
         concurrency: int | None = None,
         serializer: Serializer = "default",
+        workspace: Workspace,
     ) -> None:
         if not callable(fn):
             raise PipelineError(f"@tether.pipeline needs a function, got {fn!r}")
@@ -201,13 +233,9 @@ class Pipeline:
         self._required = frozenset(p.name for p in rest if p.default is inspect.Parameter.empty)
         self._defaults = {p.name: p.default for p in rest if p.default is not inspect.Parameter.empty}
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
-        _registry[self.name] = self  # re-running the defining cell replaces it quietly
+        self.workspace = workspace  # where it starts runs and is looked up by name
+        workspace.pipelines.add(self)
         codec.allow_pickle(self.name, serializer == "pickle")
-        if self.code is not None:
-            _by_code[self.name, self.code] = self
-            _by_code.move_to_end((self.name, self.code))
-            if len(_by_code) > _BY_CODE_MAX:
-                _by_code.popitem(last=False)
 
     def __repr__(self) -> str:
         return f"<tether.pipeline {self.name!r} phases={self.phases}>"
@@ -290,8 +318,9 @@ class Pipeline:
             key = self.key_for(params, params_json)
         elif not isinstance(key, str) or not key or not _utf8(key):
             raise ParamsError(f"key= must be a non-empty str of valid text, got {key!r}")
-        store = config.store()
-        run_ = runner.get(store)
+        ws = self.workspace
+        store = ws.store()
+        run_ = ws.runner(store)
         control = self._control
         parent = current()  # started from a run body: that run is its parent
         if parent is not None and parent._runner.store is store:
@@ -312,10 +341,10 @@ class Pipeline:
                 phases=self.phases,
                 policy=policy,
                 owner=run_.owner,
-                lease_s=config.settings().lease,
+                lease_s=ws.settings.lease,
                 gone=owner.gone_reason,
                 detach=detach,
-                max_auto_resumes=config.settings().max_auto_resumes,
+                max_auto_resumes=ws.settings.max_auto_resumes,
                 control=control,
                 code=self.code,
             )
@@ -329,7 +358,7 @@ class Pipeline:
                 )
             ):
                 run_.submit(rec)  # new, or ours yet never handed over: runs now
-        handle = Run(store, outcome.record.id, outcome.record)
+        handle = Run(ws, store, outcome.record.id, outcome.record)
         if parent is not None and not outcome.conflict:  # children(): created and attached to
             parent._emit(
                 "child", {"id": rec.id, "pipeline": self.name, "key": key, "created": outcome.created}
@@ -392,72 +421,32 @@ class Pipeline:
             raise
 
 
-@overload
-def pipeline(fn: F, /) -> Pipeline: ...
-@overload
-def pipeline(
-    *,
-    phases: Sequence[str] | None = None,
-    version: str | int | None = None,
-    name: str | None = None,
-    retries: int = 0,
-    retry_delay: float = 0.0,
-    retry_backoff: float = 2.0,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-    timeout: float | None = None,
-    concurrency: int | None = None,
-    serializer: Serializer = "default",
-) -> Callable[[F], Pipeline]: ...
-
-
-def pipeline(
-    fn: Callable[..., Any] | None = None,
-    /,
-    *,
-    phases: Sequence[str] | None = None,
-    version: str | int | None = None,
-    name: str | None = None,
-    retries: int = 0,
-    retry_delay: float = 0.0,
-    retry_backoff: float = 2.0,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-    timeout: float | None = None,
-    concurrency: int | None = None,
-    serializer: Serializer = "default",
-) -> Any:
-    """Register a function as a pipeline: ``@tether.pipeline`` or ``@tether.pipeline(phases=[...])``.
-
-    ``version``: bump it when the code changes meaning; a stored run of another version is then
-    a KeyConflict instead of a silent reuse. ``name``: override the registered name.
-
-    Control (see the Control page of the docs): ``retries`` more tries after a failure, within
-    the same run and keeping its checkpoints, ``retry_delay * retry_backoff ** (try - 1)`` s
-    apart, for errors that are instances of ``retry_on``; ``timeout`` seconds per try, after
-    which the body is stopped at its next ctx call and the try fails with ``TimeoutError``;
-    ``concurrency``: at most that many runs of this pipeline running at once, across every
-    process sharing the database (the others wait ``pending``, in start order).
-
-    ``serializer="pickle"``: results, steps and map items that tether cannot store otherwise are
-    pickled, for trusted local use (read back only from a database file you own).
-    """
+def define(workspace: Workspace, fn: Callable[..., Any] | None, **options: Any) -> Any:
+    """What ``@tether.pipeline`` / ``@workspace.pipeline`` do: with ``fn``, register it as it is;
+    else check ``options`` (a bad one fails at the decorator line) and return the decorator."""
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise TypeError(
+            f"@tether.pipeline got unknown option(s) {', '.join(unknown)}; "
+            f"known options: {', '.join(sorted(_OPTIONS))}"
+        )
     if fn is not None:
-        return Pipeline(fn)
-    if isinstance(phases, str):
+        return Pipeline(fn, workspace=workspace, **options)
+    if isinstance(options.get("phases"), str):
         raise PipelineError("phases= takes a list of names, e.g. phases=['scanning', 'applying']")
-    options: dict[str, Any] = dict(
-        retries=retries,
-        retry_delay=retry_delay,
-        retry_backoff=retry_backoff,
-        retry_on=retry_on,
-        timeout=timeout,
-        concurrency=concurrency,
-    )
-    _control_options(**options)  # a bad option fails at the decorator line
+    _control_options(**{**_CONTROL, **{k: v for k, v in options.items() if k in _CONTROL}})
 
     def decorate(f: Callable[..., Any]) -> Pipeline:
-        return Pipeline(f, phases=phases, version=version, name=name, serializer=serializer, **options)
+        return Pipeline(f, workspace=workspace, **options)
 
     return decorate
+
+
+# the control options and their defaults (those of Pipeline)
+_CONTROL: dict[str, Any] = dict(
+    retries=0, retry_delay=0.0, retry_backoff=2.0, retry_on=(Exception,), timeout=None, concurrency=None
+)
+_OPTIONS = frozenset(["phases", "version", "name", "serializer", *_CONTROL])
 
 
 def _control_options(

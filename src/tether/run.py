@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import _interrupts, config, owner, runner
+from . import _interrupts, owner
 from ._text import safe
 from .context import Context, _current, current
 from .errors import (
@@ -27,17 +26,19 @@ from .errors import (
 from .model import Event, Progress, RunRecord, Status, log_text
 from .store import Store, dumps
 
-__all__ = ["Run", "display_run", "get_run", "params_text", "runs"]
+if TYPE_CHECKING:
+    from .workspace import Workspace
 
-
-# run id -> {"origin", "ts"} of the cancels asked in this process (the newest 256), for displays
-_cancel_origins: dict[str, dict[str, Any]] = {}
+__all__ = ["DoneWatcher", "Run", "display_run", "params_filter", "params_text"]
 
 
 class Run:
     """One attempt of a pipeline with given params. Every property reads the current state."""
 
-    def __init__(self, store: Store, run_id: str, record: RunRecord | None = None) -> None:
+    def __init__(
+        self, workspace: Workspace, store: Store, run_id: str, record: RunRecord | None = None
+    ) -> None:
+        self._ws = workspace  # its runner, settings and pipelines; the store is the one it lives in
         self._store = store
         self.id = run_id
         rec = record if record is not None else store.get(run_id)
@@ -59,7 +60,7 @@ class Run:
         """
         rec = self._store.get(self.id)
         if rec.status.active:
-            live = runner.get(self._store).live(self.id)
+            live = self._ws.runner(self._store).live(self.id)
             if live is not None:
                 rec.phase, rec.done, rec.total = live.phase_name, live.done, live.total
                 rec.message = live.message
@@ -155,6 +156,11 @@ class Run:
         return self._last.resumed_from
 
     @property
+    def workspace(self) -> Workspace:
+        """The workspace this handle was made in (its runner, settings and pipelines)."""
+        return self._ws
+
+    @property
     def store(self) -> Store:
         return self._store
 
@@ -170,7 +176,7 @@ class Run:
 
     def attempts(self) -> list[Run]:
         """Every attempt of this run's key, oldest first."""
-        return [Run(self._store, r.id, r) for r in self._store.attempts(self.key)]
+        return [Run(self._ws, self._store, r.id, r) for r in self._store.attempts(self.key)]
 
     # -- control: tries, timeout, queue, parent and children ---------------------------------
 
@@ -211,11 +217,11 @@ class Run:
     def parent(self) -> Run | None:
         """The run whose body started this one, or None."""
         parent_id = self._last.parent_id
-        return None if parent_id is None else Run(self._store, parent_id)
+        return None if parent_id is None else Run(self._ws, self._store, parent_id)
 
     def children(self) -> list[Run]:
         """Runs this run's body started (or attached to), oldest first, every attempt."""
-        return [Run(self._store, r.id, r) for r in self._store.children(self.id)]
+        return [Run(self._ws, self._store, r.id, r) for r in self._store.children(self.id)]
 
     # -- waiting -----------------------------------------------------------------------------
 
@@ -238,14 +244,14 @@ class Run:
             return self._wait(timeout, ctx)
 
     def _ended_here(self) -> bool:
-        event = runner.get(self._store).done_event(self.id)
+        event = self._ws.runner(self._store).done_event(self.id)
         if event is not None:
             return event.is_set()
         return self._store.get(self.id).status.terminal
 
     def _wait(self, timeout: float | None, parent: Context | None) -> Run:
         deadline = None if timeout is None else time.monotonic() + timeout
-        run_ = runner.get(self._store)
+        run_ = self._ws.runner(self._store)
         event = run_.done_event(self.id)
         if event is not None:
             warned = False
@@ -298,7 +304,7 @@ class Run:
         if not callable(fn):
             raise TypeError(f"add_done_callback() takes a callable, got {fn!r}")
         once = _Once(self, fn)
-        run_ = runner.get(self._store)
+        run_ = self._ws.runner(self._store)
         event = run_.done_event(self.id)
         if event is not None:  # executed by this process: called at its end
             if not event.is_set():
@@ -309,7 +315,7 @@ class Run:
         if self.snapshot().status.terminal:
             once.fire()
             return
-        _watcher(self._store).add(self, once)
+        self._ws.watcher(self._store).add(self, once)
 
     def __await__(self) -> Generator[Any, None, Any]:
         """``await run``: the result, or the error ``result()`` raises; the event loop runs on
@@ -358,14 +364,12 @@ class Run:
 
     def _cancel(self, via: str, **origin: Any) -> Run:
         """Cancel, recording where it came from (``via``: api, panel ...) for displays."""
-        run_ = runner.get(self._store)
+        run_ = self._ws.runner(self._store)
         me = run_.owner
         who = {"via": via, "pid": me.pid, "host": me.host, "instance": me.instance, **origin}
         # kept here too: a body that sees the local flag may end the run before the request
         # (and the origin in its event) is written, and then nothing more is written
-        _cancel_origins[self.id] = {"origin": who, "ts": time.time()}
-        while len(_cancel_origins) > 256:
-            del _cancel_origins[next(iter(_cancel_origins))]
+        self._ws.note_cancel(self.id, {"origin": who, "ts": time.time()})
         with _interrupts.critical():
             # the local flag first: it stops a body here even while the store is locked
             run_.cancel_local(self.id)
@@ -385,30 +389,28 @@ class Run:
         return self._new_attempt(resume=True)
 
     def _new_attempt(self, resume: bool) -> Run:
-        from .pipeline import lookup
-
-        pipe = lookup(self.pipeline)
+        pipe = self._ws.lookup(self.pipeline)
         if self._last.target != "worker" and pipe is None:
             raise PipelineNotFound(
                 f"pipeline {self.pipeline!r} is not defined in this process, so run {self.id} "
                 "cannot be executed here; run the cell that defines it (or import its module) "
                 "and try again"
             )
-        run_ = runner.get(self._store)
-        pipe = lookup(self.pipeline)
+        run_ = self._ws.runner(self._store)
+        pipe = self._ws.lookup(self.pipeline)
         with _interrupts.critical():  # see Pipeline.start: never a committed run left unstarted
             rec = self._store.new_attempt(
                 self.id,
                 owner=run_.owner,
                 resume=resume,
-                lease_s=config.settings().lease,
+                lease_s=self._ws.settings.lease,
                 gone=owner.gone_reason,
                 control=None if pipe is None else pipe._control,
                 code=None if pipe is None else (pipe.version, pipe.code),
             )
             if rec.target != "worker":  # a detached run's new attempt is for a worker too
                 run_.submit(rec)
-        return Run(self._store, rec.id, rec)
+        return Run(self._ws, self._store, rec.id, rec)
 
     # -- display -----------------------------------------------------------------------------
 
@@ -427,16 +429,20 @@ class Run:
         return hash(self.id)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        from .widget import repr_bundle
-
-        return repr_bundle(self, include, exclude)
+        # the front end (tether.widget) is wired in by the workspace: this layer never imports it
+        front = self._ws.front_end()
+        if front is None:
+            return {"text/plain": repr(self)}
+        return front.repr_bundle(self, include, exclude)
 
     def _ipython_display_(self) -> None:
         # IPython prefers this to _repr_mimebundle_: the panel is shown with a display id, so
         # the static snapshot stored in the notebook is replaced by the end state when it ends
-        from .widget import show
-
-        show(self)
+        front = self._ws.front_end()
+        if front is None:
+            print(repr(self))
+            return
+        front.show(self)
 
 
 def _wait_event(
@@ -492,7 +498,7 @@ class _Once:
             _current.reset(token)
 
 
-class _Watcher:
+class DoneWatcher:
     """One thread per store that polls runs other processes execute, for their callbacks."""
 
     POLL_S = 0.2
@@ -534,18 +540,6 @@ class _Watcher:
                 return
 
 
-_watchers: dict[int, _Watcher] = {}
-if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads or locks
-    os.register_at_fork(after_in_child=_watchers.clear)
-
-
-def _watcher(store: Store) -> _Watcher:
-    w = _watchers.get(id(store))
-    if w is None or w.store is not store:
-        w = _watchers[id(store)] = _Watcher(store)
-    return w
-
-
 PARAM_VALUE_CHARS = 40  # characters of one param value shown in a clipped params text
 PARAMS_CHARS = 120  # characters of a clipped params text
 
@@ -583,38 +577,7 @@ def display_run(run: Run) -> None:
     display(run)
 
 
-def get_run(run_id: str) -> Run:
-    """The run with this id (RunNotFound if none). An orphan is marked interrupted on the way."""
-    store = config.store()
-    run = Run(store, run_id)
-    run.snapshot()
-    return run
-
-
-def runs(
-    pipeline: Any = None,
-    status: str | list[str] | None = None,
-    key: str | None = None,
-    limit: int | None = 100,
-    params: dict[str, Any] | None = None,
-) -> list[Run]:
-    """Every attempt matching the filters, newest first. ``pipeline``: a name or a Pipeline.
-
-    ``params``: only runs whose params include each given name with an equal value, compared
-    as JSON values (``True`` is not ``1``, ``3 == 3.0``; lists and dicts compare whole), e.g.
-    ``tether.runs(params={"repo": "./app"})``."""
-    store = config.store()
-    name = getattr(pipeline, "name", pipeline)
-    if params is not None:
-        params = _params_filter(params)
-    recs = store.list_runs(pipeline=name, status=status, key=key, limit=limit, params=params)
-    orphans = store.recover([r for r in recs if r.status.active], owner.gone_reason)
-    if orphans:
-        recs = store.list_runs(pipeline=name, status=status, key=key, limit=limit, params=params)
-    return [Run(store, r.id, r) for r in recs]
-
-
-def _params_filter(params: Any) -> dict[str, Any]:
+def params_filter(params: Any) -> dict[str, Any]:
     """``params=`` of runs(): a dict of str names to JSON values, else ParamsError."""
     if not isinstance(params, dict):
         raise ParamsError(

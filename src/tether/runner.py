@@ -11,10 +11,8 @@ The runner never prints; errors of its threads are kept in ``Runner.errors``.
 
 from __future__ import annotations
 
-import atexit
-import concurrent.futures.thread  # noqa: F401 - its exit hook must be registered before ours
+import concurrent.futures.thread  # noqa: F401 - its exit hook must be registered before workspace.py's
 import inspect
-import os
 import sys
 import threading
 import time
@@ -25,7 +23,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from . import _interrupts, codec, config, owner
+from . import _interrupts, codec, owner
 from .context import Context, _current, install_log_capture
 from .errors import MapItemError, ParamsError, PipelineNotFound, RunCancelled, StoreError
 from .model import RunRecord, Status
@@ -35,8 +33,9 @@ if TYPE_CHECKING:
     import asyncio
 
     from .pipeline import Pipeline
+    from .workspace import Workspace
 
-__all__ = ["Runner", "get", "shutdown_all"]
+__all__ = ["Runner", "forked", "shutdown_all"]
 
 Listener = Callable[[str], None]
 _KEEP_ENDED = 1000  # ended runs whose done-event is kept
@@ -65,8 +64,10 @@ class _End:
 class Runner:
     """Executes runs whose target is this process, against one store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, workspace: Workspace) -> None:
         self.store = store
+        # its settings (read at each use: configure() applies at once) and the pipelines it runs
+        self.workspace = workspace
         self.owner = owner.current()
         self.errors: list[str] = []
         self.unstored: dict[str, str] = {}  # runs whose end is not written yet, and why
@@ -106,7 +107,7 @@ class Runner:
 
     def claim_detached(self, pipelines: list[str]) -> int:
         """Worker mode: claim and start pending detached runs of ``pipelines`` while slots are free."""
-        limit = config.settings().max_concurrency
+        limit = self.workspace.settings.max_concurrency
         started = 0
         self._ensure_flusher()
         while True:
@@ -117,7 +118,7 @@ class Runner:
                     self._slots += 1
                 try:
                     with _interrupts.holding(self._unslot):
-                        rec = self.store.claim_next(self.owner, pipelines, config.settings().lease)
+                        rec = self.store.claim_next(self.owner, pipelines, self.workspace.settings.lease)
                 except Exception:
                     self._record_error("claim")
                     rec = None
@@ -171,7 +172,7 @@ class Runner:
     def _pump(self) -> None:
         """Start queued runs while slots are free. A claim that fails (disk full, a lock held
         too long) puts the run back at the head of the queue; the flusher tries again later."""
-        limit = config.settings().max_concurrency
+        limit = self.workspace.settings.max_concurrency
         while True:
             with _interrupts.critical():
                 with self._lock:
@@ -187,7 +188,7 @@ class Runner:
                     self._slots += 1
                 try:
                     with _interrupts.holding(partial(self._unslot, rec)):
-                        claimed = self.store.claim(rec.id, self.owner, config.settings().lease)
+                        claimed = self.store.claim(rec.id, self.owner, self.workspace.settings.lease)
                 except Exception as exc:
                     self._record_error("claim")
                     with self._lock:
@@ -219,7 +220,7 @@ class Runner:
         with a read first: a write only for a claim that will pass)."""
         if not self._waiting or self._closing or self._forked:
             return
-        limit = config.settings().max_concurrency
+        limit = self.workspace.settings.max_concurrency
         with self._lock:
             if self._slots >= limit:
                 return
@@ -246,7 +247,7 @@ class Runner:
                     self._slots += 1
                 try:
                     with _interrupts.holding(partial(self._unslot, rec, waiting=True)):
-                        claimed = self.store.claim(rec.id, self.owner, config.settings().lease)
+                        claimed = self.store.claim(rec.id, self.owner, self.workspace.settings.lease)
                 except Exception:  # tried again at the next poll
                     self._record_error("claim")
                     self._unslot(rec, waiting=True)
@@ -302,6 +303,12 @@ class Runner:
             if ctx._concurrency is not None:
                 self._park(ctx, False)
 
+    def map(self, ctx: Context, fn: Callable[[Any], Any], items: Any, **options: Any) -> list[Any]:
+        """``ctx.map``: imported with the first map, not with tether."""
+        from .fanout import run_map
+
+        return run_map(ctx, fn, items, **options)
+
     def _park(self, ctx: Context, parked: bool) -> None:
         try:
             self.store.park(ctx.run_id, self.owner, parked)
@@ -310,8 +317,6 @@ class Runner:
 
     def _launch(self, rec: RunRecord) -> None:
         """Hand a claimed run (its slot counted) to a thread; whatever fails ends the run."""
-        from .pipeline import lookup
-
         try:
             ctx = Context(self, rec)
         except Exception as exc:  # a damaged row (its params): the run fails, the slot frees
@@ -321,7 +326,7 @@ class Runner:
         with self._lock:
             self._live[rec.id] = ctx
         try:
-            pipe = lookup(rec.pipeline, rec.code)  # the code that created the run
+            pipe = self.workspace.lookup(rec.pipeline, rec.code)  # the code that created the run
             if pipe is None:
                 raise PipelineNotFound(f"pipeline {rec.pipeline!r} is not defined in this process")
             if pipe.is_async:
@@ -681,7 +686,7 @@ class Runner:
         if self._queue:
             self._pump()
         now = time.time()
-        cfg = config.settings()
+        cfg = self.workspace.settings
         beat = now >= self._next_beat
         with self._lock:
             ctxs = list(self._live.values())
@@ -749,7 +754,7 @@ class Runner:
     def _flush_loop(self) -> None:
         # ticks at a fixed rate (not an interval after each write, which let a busy body see
         # ~0.35-0.4 s between progress writes for a 0.25 s interval); a burst wakes it early
-        due = time.monotonic() + config.settings().flush_interval
+        due = time.monotonic() + self.workspace.settings.flush_interval
         while not self._stop.is_set():
             wait = max(0.0, due - time.monotonic())
             woke = self._wake.wait(min(wait, _QUEUE_POLL_S) if self._waiting else wait)
@@ -764,7 +769,7 @@ class Runner:
                     self._record_error("queue")
                 continue
             if now >= due:
-                interval = config.settings().flush_interval
+                interval = self.workspace.settings.flush_interval
                 due += interval
                 if due <= now:  # a write longer than the interval: no catch-up burst
                     due = now + interval
@@ -866,33 +871,14 @@ def _error(exc: BaseException) -> dict[str, Any]:
     }
 
 
-_runners: dict[int, Runner] = {}
-_runners_lock = threading.Lock()
-
-
-def get(store: Store) -> Runner:
-    """The runner of ``store`` in this process (created on first use)."""
-    runner = store.runner
-    if runner is None or runner.owner.pid != os.getpid():
-        with _runners_lock:
-            runner = store.runner
-            if runner is None or runner.owner.pid != os.getpid():
-                runner = store.runner = Runner(store)
-                _runners[id(store)] = runner
-    return runner  # type: ignore[no-any-return]
-
-
 _EXIT_GRACE_S = 1.0  # how long shutdown_all waits for cancelled bodies to return
 
 
-def shutdown_all() -> None:
-    """Stop every runner of this process, then close their stores (in that order).
+def shutdown_all(runners: list[Runner]) -> None:
+    """Stop ``runners``, then close their stores (in that order).
 
     Bodies were asked to stop (their next ctx call raises); they get a short grace to return, so
     that few threads are still inside SQLite while the interpreter finalizes."""
-    with _runners_lock:
-        runners = list(_runners.values())
-        _runners.clear()
     for runner in runners:
         runner.shutdown()
     deadline = time.monotonic() + _EXIT_GRACE_S
@@ -906,14 +892,12 @@ def shutdown_all() -> None:
         runner.store.close()
 
 
-def _after_fork() -> None:
+def forked(runners: list[Runner]) -> None:
     """In a child forked while runs execute (multiprocessing 'fork', a library forking workers
     from a body): the child owns nothing. The runners it inherited stop doing anything (a body
     that returns or exits in the child ends nothing, flushes nothing, writes nothing); the
     stores it inherited drop the parent's connections (see store._after_fork)."""
-    global _runners_lock
-    _runners_lock = threading.Lock()
-    for r in _runners.values():
+    for r in runners:
         r._forked = True
         r._lock = threading.Lock()
         r.store.runner = None
@@ -921,25 +905,3 @@ def _after_fork() -> None:
             ctx._ev_lock = threading.Lock()
             ctx._events = []  # the parent's lines: never written from here
             ctx._ev_cap = 0  # and the child's are dropped at once (see Context._wait_for_room)
-    _runners.clear()
-    owner.reset_after_fork()
-
-
-def _interrupt_all() -> None:
-    """Interpreter exit, first step: mark this process's unfinished runs interrupted.
-
-    Registered as a threading exit hook: those run before atexit, in reverse order of
-    registration, so this runs before concurrent.futures' hook (which refuses new futures and
-    would make a body inside ctx.map fail first). The stores stay open until shutdown_all."""
-    with _runners_lock:
-        runners = list(_runners.values())
-    for runner in runners:
-        runner.shutdown()
-
-
-atexit.register(shutdown_all)
-_register_thread_exit = getattr(threading, "_register_atexit", None)  # private API since 3.9
-if _register_thread_exit is not None:
-    _register_thread_exit(_interrupt_all)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from . import owner
+from . import workspace as _workspace
 from ._text import clip, safe
 from .errors import RunNotFound
 from .model import RunRecord, Status
@@ -259,7 +260,7 @@ class Watch:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.reader = RunReader(_WatchedRun(store, run_id))
+        self.reader = RunReader(_WatchedRun(_workspace.default(), store, run_id))
         self.out = out
         self.tty = out.isatty() if tty is None else tty
         self.tick = tick

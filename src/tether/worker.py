@@ -18,21 +18,23 @@ import threading
 import time
 from collections.abc import Sequence
 
-from . import config, runner
+from . import workspace as _workspace
 from .errors import StoreError
-from .pipeline import Pipeline, _registry
+from .pipeline import Pipeline
 
 __all__ = ["serve"]
 
 
-def load(targets: Sequence[str]) -> list[str]:
-    """Import ``module`` or ``module:function`` targets; return the pipeline names they define."""
+def load(targets: Sequence[str], workspace: _workspace.Workspace | None = None) -> list[str]:
+    """Import ``module`` or ``module:function`` targets; return the names of the pipelines they
+    define (in ``workspace``, default: the default one, where ``@tether.pipeline`` registers)."""
+    registry = (workspace or _workspace.default()).pipelines
     names: list[str] = []
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`: modules beside you are importable
     for target in targets:
         module_name, _, attr = target.partition(":")
-        before = set(_registry)
+        before = registry.names()
         module = importlib.import_module(module_name)
         if attr:
             obj = module
@@ -42,11 +44,7 @@ def load(targets: Sequence[str]) -> list[str]:
                 raise TypeError(f"{target} is not a @tether.pipeline")
             names.append(obj.name)
         else:
-            found = [
-                p.name
-                for p in _registry.values()
-                if p.fn.__module__ == module.__name__ or p.name not in before
-            ]
+            found = [p.name for p in registry if p.fn.__module__ == module.__name__ or p.name not in before]
             if not found:
                 raise TypeError(f"module {module_name!r} defines no @tether.pipeline")
             names.extend(found)
@@ -64,12 +62,13 @@ def serve(
 ) -> int:
     """Execute detached runs until stopped (or, with ``once``, until none are left). Returns the
     number of runs started."""
+    ws = _workspace.default()
     if db:
-        config.configure(db=db)
-    config.configure(max_concurrency=concurrency)
-    names = load(targets)
-    store = config.store()
-    run_ = runner.get(store)
+        ws.configure(db=db)
+    ws.configure(max_concurrency=concurrency)
+    names = load(targets, ws)
+    store = ws.store()
+    run_ = ws.runner(store)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -80,7 +79,7 @@ def serve(
         while not stop.is_set():
             if time.monotonic() >= renew:  # it serves these pipelines: a pending run whose
                 # starter died is handed to it (tether.store.Store.recover)
-                cfg = config.settings()
+                cfg = ws.settings
                 try:
                     store.register_worker(run_.owner, names, time.time() + cfg.lease)
                 except StoreError:

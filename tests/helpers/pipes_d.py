@@ -20,7 +20,6 @@ import time
 from typing import Any
 
 import tether
-from tether import config, runner
 
 SAFETY_S = 60.0
 
@@ -77,7 +76,7 @@ def full_disk_child(spec_json: str) -> None:
     out: dict[str, Any] = {}
     run = chatty.start(**spec["params"])
     out["id"] = run.id
-    rn = runner.get(config.store())
+    rn = tether.workspace.default().runner()
     deadline = time.monotonic() + SAFETY_S
     # an end that cannot be written is retried for the life of the process: say so and stop
     while run.id not in rn.unstored and not rn.done_event(run.id).is_set() and time.monotonic() < deadline:

@@ -558,7 +558,6 @@ def _storm(spec: dict[str, Any]) -> None:
     kernel interrupt lands), then the checks that need this process alive: another process can
     write (no transaction left open), every run created here ends (none stranded pending or
     running without a thread), and 2 x max_concurrency new runs all execute (no slot leaked)."""
-    from tether import runner
 
     db = spec["db"]
     rng = random.Random(spec.get("seed"))
@@ -634,11 +633,11 @@ def _storm(spec: dict[str, Any]) -> None:
     for text, n in errors.items():
         viol.append(f"[sigint/start-error] start() raised {n}x after interrupts: {text}")
     if spec.get("sabotage") == "open_tx":  # the checks catch a transaction left open
-        tether.config.store().conn().execute("BEGIN IMMEDIATE")
+        tether.workspace.default().store().conn().execute("BEGIN IMMEDIATE")
     elif spec.get("sabotage") == "strand":  # ... a run created but never submitted
-        own = runner.get(tether.config.store())
+        own = tether.workspace.default().runner()
         params = quick.bind(k=-1, hold=0.0)
-        tether.config.store().start(
+        tether.workspace.default().store().start(
             pipeline=quick.name,
             key=quick.key_for(params),
             params_json=json.dumps(params),
@@ -650,7 +649,7 @@ def _storm(spec: dict[str, Any]) -> None:
             gone=lambda *_: None,
         )
     elif spec.get("sabotage") == "slots":  # ... a runner slot used by nothing
-        own = runner.get(tether.config.store())
+        own = tether.workspace.default().runner()
         own._slots += 1
     # another process can write within a bound: no transaction stayed open here
     probe_s = spec.get("probe", 5.0)
@@ -664,7 +663,7 @@ def _storm(spec: dict[str, Any]) -> None:
             f"{(probe.stdout + probe.stderr).strip()[-300:]}"
         )
     if spec.get("sabotage") == "open_tx":  # caught: let the other processes go on
-        tether.config.store().conn().execute("ROLLBACK")
+        tether.workspace.default().store().conn().execute("ROLLBACK")
     # every run this process created ends (bodies take <= 20 ms)
     stuck = _settled(db, quick.name, None, settle)
     if stuck:
@@ -677,7 +676,7 @@ def _storm(spec: dict[str, Any]) -> None:
     if failed:
         viol.append(f"[sigint/failed] {len(failed)} runs failed ({failed[0][2]}), e.g. {failed[0][0]}")
     # no runner slot leaked: max_concurrency runs can execute at once
-    slots = tether.config.settings().max_concurrency
+    slots = tether.workspace.default().settings.max_concurrency
     folder = tempfile.mkdtemp(prefix="gate-")
     try:
         gates = {gate.start(token=base + i, n=slots, folder=folder, wait_s=settle).id for i in range(slots)}
@@ -709,7 +708,7 @@ def _storm(spec: dict[str, Any]) -> None:
         )
     # the runner still executes new runs
     fresh: set[str] = set()
-    n = 2 * tether.config.settings().max_concurrency
+    n = 2 * tether.workspace.default().settings.max_concurrency
     try:
         for i in range(n):
             fresh.add(quick.start(k=base + starts + 100 + i, hold=0.0).id)
@@ -2594,7 +2593,6 @@ def _wait_file(path: str, timeout: float = SAFETY_S) -> None:
 
 def starter(spec_json: str) -> None:
     """A start-race process: start() every key (in its own random order), wait for its own runs."""
-    from tether import runner
 
     spec = json.loads(spec_json)
     tether.configure(db=spec["db"])
@@ -2614,7 +2612,7 @@ def starter(spec_json: str) -> None:
             errors.append(f"start(k={k}): {type(exc).__name__}: {exc}")
         lat.append(time.perf_counter() - t)
     started = time.perf_counter() - t0
-    own = [h for h in handles if runner.get(h.store).owns(h.id)]
+    own = [h for h in handles if tether.workspace.default().runner(h.store).owns(h.id)]
     attached = sum(h._last.status.active for h in handles) - len(own)
     for h in own:
         try:
@@ -2630,7 +2628,7 @@ def starter(spec_json: str) -> None:
             "p50": _pct(lat, 0.5),
             "p99": _pct(lat, 0.99),
             "max": max(lat),
-            "runner_errors": runner.get(tether.config.store()).errors,
+            "runner_errors": tether.workspace.default().runner().errors,
         }
     )
 
@@ -2745,15 +2743,19 @@ def writer_proc(spec_json: str) -> None:
             run.result(timeout=SAFETY_S)
         except Exception as exc:
             errors.append(f"{run.id}: {type(exc).__name__}: {exc}")
-    from tether import runner
 
-    _out({"errors": errors + runner.get(tether.config.store()).errors, "flush": times})
+    _out(
+        {
+            "errors": errors + tether.workspace.default().runner().errors,
+            "flush": times,
+        }
+    )
 
 
 def reader_proc(spec_json: str) -> None:
     """A poller (store.get + store.events(after=)) or a dashboard (store.list_runs(limit=50))."""
     spec = json.loads(spec_json)
-    store = tether.config.store(spec["db"])
+    store = tether.workspace.default().store(spec["db"])
     role, expect = spec["role"], spec["runs"]
     errors: list[str] = []
     lat: list[float] = []

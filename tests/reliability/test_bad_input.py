@@ -44,7 +44,6 @@ from hypothesis import strategies as st
 import tether
 from helpers import pipes_d
 from helpers.util import wait_until
-from tether import config, runner
 from tether.context import LOG_LINE_MAX
 
 FUZZ = settings(
@@ -192,8 +191,7 @@ def cli(db: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.C
 
 def reopen(path: Path) -> None:
     """Stop the runner and forget the stores, then point tether at ``path`` (a fresh process)."""
-    runner.shutdown_all()
-    config._stores.clear()
+    tether.workspace.default().close()
     tether.configure(db=path)
 
 
@@ -599,7 +597,7 @@ def test_result_nested_beyond_the_recursion_limit_fails_the_run_cleanly(db: Path
     with pytest.raises(tether.RunFailed):
         run.result()
     assert echo.start(v="after").result(timeout=30) == "after"
-    assert runner.get(config.store()).unstored == {}
+    assert tether.workspace.default().runner().unstored == {}
 
 
 def test_int_result_beyond_the_int_to_str_limit_round_trips(db: Path) -> None:
@@ -671,7 +669,7 @@ def _db_with_wal(db: Path, dest: Path) -> None:
     for i in range(40, 60):
         assert filler.start(n=i).result(timeout=30) == {"n": i}
     assert Path(str(db) + "-wal").stat().st_size > 0
-    with config.store().write_lock:  # nobody writes while the two files are copied
+    with tether.workspace.default().store().write_lock:  # nobody writes while the two files are copied
         for ext in ("", "-wal"):
             shutil.copyfile(str(db) + ext, str(dest) + ext)
 
@@ -699,8 +697,7 @@ def test_main_file_truncated_with_a_wal_present_is_refused_untouched(
         for run in tether.runs(limit=None):
             run.events()
     assert str(path) in str(info.value)
-    runner.shutdown_all()
-    config._stores.clear()
+    tether.workspace.default().close()
     assert digest(path) == before, "tether changed a corrupt database (or its WAL)"
     out = cli(path, "ls")
     assert out.returncode == 1 and out.stderr.startswith("tether: error:"), out.stderr
@@ -725,8 +722,7 @@ def test_torn_wal_loses_only_the_torn_transaction(db: Path, tmp_path: Path) -> N
         if run.status == "succeeded":
             assert run.result() == {"n": run.params["n"]}
     assert filler.start(n=1234).result(timeout=30) == {"n": 1234}
-    runner.shutdown_all()
-    config._stores.clear()
+    tether.workspace.default().close()
     assert raw(path, "PRAGMA integrity_check") == [("ok",)]
     assert seqs_contiguous(path)
 
@@ -800,8 +796,7 @@ def tmpfs(where: Path, size: str) -> Iterator[Path]:
     try:
         yield where
     finally:
-        runner.shutdown_all()
-        config._stores.clear()
+        tether.workspace.default().close()
         if _run_tool("umount", str(where)).returncode != 0:
             _run_tool("umount", "-l", str(where))
 
@@ -833,8 +828,7 @@ def _used_db(path: Path) -> None:
     reopen(path)
     for i in range(3):
         assert filler.start(n=i).result(timeout=30) == {"n": i}
-    runner.shutdown_all()
-    config._stores.clear()
+    tether.workspace.default().close()
 
 
 def test_existing_database_in_an_immutable_folder_is_refused_untouched(db: Path, tmp_path: Path) -> None:
@@ -846,8 +840,7 @@ def test_existing_database_in_an_immutable_folder_is_refused_untouched(db: Path,
     with immutable(folder):
         reopen(path)
         _assert_refused(path)
-        runner.shutdown_all()
-        config._stores.clear()
+        tether.workspace.default().close()
         assert digest(path) == before and sorted(os.listdir(folder)) == listing
 
 
@@ -861,8 +854,7 @@ def test_existing_database_on_a_read_only_mount_is_refused_untouched(db: Path, t
             pytest.skip(f"cannot remount read-only: {out.stderr.strip()}")
         reopen(path)
         _assert_refused(path)
-        runner.shutdown_all()
-        config._stores.clear()
+        tether.workspace.default().close()
         assert digest(path) == before
 
 
@@ -926,7 +918,7 @@ def test_full_tmpfs_is_a_store_error_saying_the_disk_is_full(db: Path, tmp_path:
         reopen(path)
         # the quiet second lets the flusher store the 100 lines before the result is written
         run = pipes_d.chatty.start(lines=100, width=50, quiet=1.0, result_bytes=2_000_000)
-        rn = runner.get(config.store())
+        rn = tether.workspace.default().runner()
         wait_until(lambda: run.id in rn.unstored, timeout=60, what="the end write to fail")
         with (
             pytest.warns(RuntimeWarning, match="disk is full"),
@@ -937,8 +929,7 @@ def test_full_tmpfs_is_a_store_error_saying_the_disk_is_full(db: Path, tmp_path:
         assert run.status == "running"
         assert len(run.logs()) == 100
         assert echo.start(v="small").result(timeout=30) == "small"  # small writes still work
-        runner.shutdown_all()
-        config._stores.clear()
+        tether.workspace.default().close()
         assert raw(path, "PRAGMA integrity_check") == [("ok",)]
         assert seqs_contiguous(path)
         status = raw(path, "SELECT status FROM runs WHERE id = ?", run.id)[0][0]
@@ -989,8 +980,7 @@ def test_database_deleted_or_replaced_while_a_run_is_active(db: Path, tmp_path: 
     assert str(db) in str(info.value)
     with pytest.raises(tether.StoreError):
         held.start(tag="y")
-    runner.shutdown_all()  # its last writes (interrupt own runs) must not land anywhere either
-    config._stores.clear()
+    tether.workspace.default().close()  # its last writes (interrupt own runs) must not land anywhere either
     if how == "deleted":
         assert not db.exists(), "tether recreated a deleted database"
         reopen(db)  # a new process may start afresh there, without the old runs coming back

@@ -27,7 +27,7 @@ import pytest
 import tether
 from helpers import pipes_a, pipes_d
 from helpers.util import Children, raw, wait_until
-from tether import config, owner, runner
+from tether import owner
 from tether.widget import dashboard, panel
 from tether.widget.snapshot import html_snapshot, text_snapshot
 
@@ -208,7 +208,7 @@ def test_every_reader_shows_a_damaged_row_as_damaged(db: Path, case: str) -> Non
     finally:
         table.close()
 
-    store = config.store()
+    store = tether.workspace.default().store()
     store.recover(store.active(), owner.gone_reason)  # the runner's sweep: no error
     assert raw(db, "SELECT status FROM runs WHERE id = ?", bad.id)[0][0] == (
         CASES[case][0].get("status") or "succeeded"
@@ -375,7 +375,7 @@ def _read_runs() -> None:
 
 
 def _sweep() -> None:
-    store = config.store()
+    store = tether.workspace.default().store()
     store.recover(store.active(), owner.gone_reason)
 
 
@@ -393,7 +393,7 @@ def test_a_damaged_owner_never_stops_the_recovery_of_a_real_orphan(
     (psutil), so a genuinely orphaned run (its owner SIGKILLed) stayed ``running`` for good."""
     crafted = pipes_d.benign.start(tag="crafted")
     crafted.wait(timeout=30)
-    runner.shutdown_all()  # no sweep of this process's runner: the reader under test recovers
+    tether.workspace.default().close()  # no sweep of this process's runner: the reader under test recovers
     craft(db, crafted.id, **{**RUNNING, "owner_pid": -1})
     dead = orphan(db, children, tmp_path, "dead")
     {"runs": _read_runs, "sweep": _sweep, "gc": lambda: _gc(child_env, db)}[reader]()

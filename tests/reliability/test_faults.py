@@ -117,7 +117,7 @@ def q(ctx, k):
     return k
 
 
-together = threading.Barrier(tether.config.settings().max_concurrency, timeout=5)
+together = threading.Barrier(tether.workspace.default().settings.max_concurrency, timeout=5)
 
 
 @tether.pipeline(name="faults.gate")
@@ -166,7 +166,7 @@ run = next(r for r in tether.runs(limit=10) if r.params == {"k": 1})
 deadline = time.monotonic() + 5
 while not run.status.terminal and time.monotonic() < deadline:
     time.sleep(0.02)
-gates = [gate.start(i=i) for i in range(tether.config.settings().max_concurrency)]
+gates = [gate.start(i=i) for i in range(tether.workspace.default().settings.max_concurrency)]
 for g in gates:
     g.wait(timeout=30)
 print(json.dumps({"interrupted": interrupted, "status": str(run.status),

@@ -34,7 +34,6 @@ import pytest
 
 import tether
 import tether.cli
-from tether import config, runner
 
 
 @tether.pipeline
@@ -180,13 +179,18 @@ def test_existing_store_reports_an_unreachable_folder_as_a_store_error(warm: Non
     path = locked / "runs.db"
     locked.chmod(0)
     try:
-        got = _unprivileged(lambda: {"store": _attempt(lambda: str(config.existing_store(path)))})
+        got = _unprivileged(
+            lambda: {"store": _attempt(lambda: str(tether.workspace.default().existing_store(path)))}
+        )
     finally:
         locked.chmod(0o700)
     assert "permission" in _one_line_store_error(got["store"], path).lower()
     with pytest.raises(tether.StoreError, match="does not exist"):
-        config.existing_store(tmp_path / "missing.db")
-    assert config.existing_store(config.db_path()) is config.store()
+        tether.workspace.default().existing_store(tmp_path / "missing.db")
+    assert (
+        tether.workspace.default().existing_store(tether.workspace.default().db_path())
+        is tether.workspace.default().store()
+    )
 
 
 def test_a_database_file_the_user_cannot_read_is_a_store_error(warm: None, reachable: Path) -> None:
@@ -195,8 +199,7 @@ def test_a_database_file_the_user_cannot_read_is_a_store_error(warm: None, reach
     def use() -> dict[str, Any]:
         tether.configure(db=path)
         made = _attempt(lambda: quick.start(n=1).result(timeout=30))
-        runner.shutdown_all()
-        config._stores.clear()
+        tether.workspace.default().close()
         path.chmod(0)
         return {
             "made": made,
@@ -223,8 +226,7 @@ def _foreign_db(db: Path, tmp_path: Path) -> Path:
     path = shared / "runs.db"
     tether.configure(db=path)
     assert quick.start(n=1).result(timeout=30) == 1
-    runner.shutdown_all()
-    config._stores.clear()
+    tether.workspace.default().close()
     user = _nobody()
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         if name.exists():
@@ -277,8 +279,7 @@ def test_a_foreign_wal_beside_a_database_of_ours_is_refused(db: Path, tmp_path: 
     path = tmp_path / "mine.db"
     tether.configure(db=path)
     assert quick.start(n=1).result(timeout=30) == 1
-    runner.shutdown_all()
-    config._stores.clear()
+    tether.workspace.default().close()
     wal = Path(f"{path}-wal")
     wal.write_bytes(b"")
     os.chown(wal, _nobody().pw_uid, _nobody().pw_gid)

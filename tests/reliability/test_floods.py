@@ -36,7 +36,7 @@ import pytest
 
 import tether
 from helpers.util import raw, wait_until
-from tether import config, context, runner
+from tether import context
 from tether.context import LOG_BUFFER_EVENTS, LOG_WAIT_S
 
 LOST_LINES_MAX = 2 * LOG_BUFFER_EVENTS  # the batch being written + the buffer behind it (docs)
@@ -268,7 +268,7 @@ def _blocking_flood(lines: int) -> tuple[tether.Pipeline, threading.Event, threa
 def test_a_cancel_wakes_a_body_waiting_for_room_in_the_log_buffer(db: Path) -> None:
     blocked, go, returned, emitted = _blocking_flood(10_000_000)
     run = blocked.start()
-    ctx = wait_until(lambda: runner.get(config.store()).live(run.id), timeout=10)
+    ctx = wait_until(lambda: tether.workspace.default().runner().live(run.id), timeout=10)
     with _write_lock_held(db):  # the run is claimed: now nothing more can be written
         go.set()
 
@@ -306,7 +306,7 @@ def test_a_body_waits_for_a_stuck_store_at_most_log_wait_s_then_drops_and_counts
     lines = 50_000
     blocked, go, returned, emitted = _blocking_flood(lines)
     run = blocked.start()
-    wait_until(lambda: runner.get(config.store()).live(run.id), timeout=10)
+    wait_until(lambda: tether.workspace.default().runner().live(run.id), timeout=10)
     with _write_lock_held(db):
         go.set()
         # one wait of LOG_WAIT_S, then every line that finds the buffer full is dropped at once

@@ -25,7 +25,6 @@ import pytest
 
 import tether
 from helpers.util import raw, wait_until
-from tether import config, runner
 from tether.errors import StoreError
 
 CI = os.environ.get("CI") == "true"
@@ -113,7 +112,7 @@ def test_interrupt_while_start_waits_for_the_lock_leaves_no_transaction(db: Path
         release.cancel()
         hold.unlink(missing_ok=True)
         holder.wait(timeout=30)
-    store = config.store()
+    store = tether.workspace.default().store()
     assert not store.conn().in_transaction
     assert _other_process_writes(db)
     assert quick.start(i=1).result(timeout=30) == 1
@@ -140,7 +139,7 @@ def test_interrupt_as_the_lock_is_released_leaves_no_transaction(db: Path, tmp_p
             _settle(ints, timer, 1)  # a late timer may land after start() returned
         released.join()
         holder.wait(timeout=30)
-        assert not config.store().conn().in_transaction
+        assert not tether.workspace.default().store().conn().in_transaction
         assert _other_process_writes(db)
     assert quick.start(i=999).result(timeout=30) == 999
 
@@ -183,11 +182,11 @@ def test_random_interrupts_in_start_strand_no_run_and_leak_no_slot(db: Path) -> 
     wait_until(all_ended, timeout=60, what="every run created during the storm to end")
     statuses = dict(raw(db, "SELECT status, count(*) FROM runs GROUP BY status"))
     assert set(statuses) == {"succeeded"}, statuses
-    run_ = runner.get(config.store())
+    run_ = tether.workspace.default().runner()
     wait_until(lambda: run_.slots == 0, what="every slot to be free")
     fresh = [quick.start(i=10_000 + i) for i in range(12)]
     assert [r.result(timeout=30) for r in fresh] == [10_000 + i for i in range(12)]
-    assert not config.store().conn().in_transaction
+    assert not tether.workspace.default().store().conn().in_transaction
 
 
 def test_a_holding_section_gives_back_only_what_an_interrupt_delivered_inside_it_took() -> None:
@@ -376,8 +375,7 @@ def small_disk(db: Path, tmp_path: Path) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        runner.shutdown_all()
-        config._stores.clear()
+        tether.workspace.default().close()
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
@@ -419,7 +417,7 @@ def test_an_end_that_cannot_be_written_is_written_once_space_is_back(
     assert second.status == "pending"
     filler = _fill(small_disk)
     gate.touch()
-    run_ = runner.get(config.store())
+    run_ = tether.workspace.default().runner()
     wait_until(lambda: first.id in run_.unstored, what="the end write to fail")
     assert first.status == "running"
     with (

@@ -28,7 +28,6 @@ import pytest
 
 import tether
 from helpers.util import raw
-from tether import config, runner
 
 
 @tether.pipeline
@@ -114,8 +113,7 @@ def test_opening_the_database_keeps_every_lock_of_the_process(
     assert echo.start(v="d").result(timeout=30) == "d"
     assert {r.result() for r in tether.runs(status="succeeded")} >= {"a", "b", "c", "d"}
     expected = sorted(["created", "a", "b", "c", "d"] + (["first"] if held != db else []))
-    runner.shutdown_all()
-    config._stores.clear()
+    tether.workspace.default().close()
     assert _results_seen_by_another_process(child_env, db) == expected
     assert raw(db, "PRAGMA integrity_check") == [("ok",)]
 

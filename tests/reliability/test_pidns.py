@@ -29,7 +29,7 @@ import pytest
 
 import tether
 from helpers.util import raw, undo_control_migration, wait_until
-from tether import config, owner, runner
+from tether import owner
 from tether.model import Owner
 
 LEASE_S = 1.0  # of the namespaced owner; it renews every BEAT_S while alive
@@ -162,7 +162,7 @@ def _cli(db: Path, env: dict[str, str], *args: str) -> str:
 
 def _sweep() -> None:
     """One orphan sweep of this process's runner (as its flusher does every sweep_interval)."""
-    r = runner.get(config.store())
+    r = tether.workspace.default().runner()
     r._next_sweep = 0.0
     r.flush()
 
@@ -282,8 +282,7 @@ def test_a_schema_0001_database_migrates_on_open_and_keeps_judging_its_runs(db: 
     """An older tether's database: no owner_ns column. It migrates on first use (0002_owner_ns);
     its runs are judged by host and pid as before, a live one stays live."""
     assert quick.start(n=1).result(timeout=30) == 1
-    runner.shutdown_all()
-    config._stores.clear()
+    tether.workspace.default().close()
     with closing(sqlite3.connect(db)) as conn:
         undo_control_migration(conn)  # back to schema 0002 (0003_control undone)
         conn.execute("ALTER TABLE runs DROP COLUMN owner_ns")

@@ -40,7 +40,6 @@ import pytest
 
 import tether
 from helpers import pipes_d
-from tether import config, runner
 
 SRC = Path(tether.__file__).parent
 
@@ -272,7 +271,7 @@ def _read_everything(run_ids: list[str]) -> list[str]:
     from tether.widget.reader import RunReader
     from tether.widget.snapshot import build, html_snapshot, text_snapshot
 
-    store = config.store()
+    store = tether.workspace.default().store()
     raised: list[str] = []
 
     def attempt(what: str, fn: Callable[[], Any]) -> None:
@@ -382,11 +381,10 @@ def test_pickles_stored_as_run_text_are_never_loaded(
         bad.result(timeout=30)
     assert ok.logs() == [carried["binary"], f"{carried['text']}|{carried['binary']}"]
     assert bad.error["message"] == carried["binary"] + carried["text"]
-    assert config.store().checkpoint(ok.id, "step:blob") == (True, carried)
+    assert tether.workspace.default().store().checkpoint(ok.id, "step:blob") == (True, carried)
     assert _read_everything([ok.id, bad.id]) == []
     _cli_everything(child_env, db, [ok.id, bad.id], strict=True)
-    runner.shutdown_all()  # and a fresh process reading them
-    config._stores.clear()
+    tether.workspace.default().close()  # and a fresh process reading them
     assert _read_everything([ok.id, bad.id]) == []
     assert [m for m in markers if m.exists()] == []
 
@@ -403,8 +401,7 @@ def test_pickles_written_as_blobs_behind_tethers_back_are_never_loaded(
         run = carrier.start(binary=f"b{i}", text=f"t{i}")
         run.wait(timeout=30)
         ids.append(run.id)
-    runner.shutdown_all()
-    config._stores.clear()
+    tether.workspace.default().close()
     write(db, "UPDATE runs SET result = ? WHERE id = ?", blob, ids[0])
     write(db, "UPDATE runs SET params = ? WHERE id = ?", blob, ids[1])
     write(db, "UPDATE runs SET error = ?, phases = ? WHERE id = ?", blob, blob, ids[2])

@@ -14,6 +14,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .. import workspace as _workspace
 from ..errors import PipelineNotFound, RunNotFound, TetherError
 from ..run import Run
 from ..store import Store
@@ -155,7 +156,7 @@ def make_app(
         )
 
     def act(run_id: str, action: str) -> Run:
-        run = Run(store, run_id)
+        run = _workspace.default().run(store, run_id)
         if action == "cancel":
             return run._cancel("tether serve")  # as the panel's button does, with its origin
         return run.rerun() if action == "rerun" else run.resume()

@@ -13,9 +13,10 @@ from collections import deque
 from typing import Any
 
 from .. import owner
+from .. import workspace as _workspace
 from ..errors import StoreError
 from ..model import Event, RunRecord, log_text
-from ..run import Run, params_text
+from ..run import params_text
 from ..store import Store
 from ..view.reader import CATCH_UP_LIMIT, RateMeter
 from ..view.snapshot import LOG_LINES, MAX_LINE, build, cancel_origin, same, waiting_text
@@ -75,7 +76,7 @@ class RunFeedReader:
     """
 
     def __init__(self, store: Store, run_id: str, ring: int) -> None:
-        self.run = Run(store, run_id)  # RunNotFound for an unknown id
+        self.run = _workspace.default().run(store, run_id)  # RunNotFound for an unknown id
         self.ring = ring
         self.seq = 0
         self.log: deque[str] = deque(maxlen=LOG_LINES)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from .. import run as _run
 from ..model import Event, RunRecord, log_text
 from ..run import Run
 from .snapshot import LOG_LINES, MAX_LINE
@@ -90,7 +89,7 @@ class RunReader:
             self._catch_up(rec)
         if self.cancel is None and (rec.cancel_requested or str(rec.status) == "cancelled"):
             # asked here, and the run ended before the request (with its origin) was written
-            self.cancel = _run._cancel_origins.get(rec.id)
+            self.cancel = self.run.workspace.cancel_origin(rec.id)
         if now is not None and rec.status.active:
             self.meter.add(rec, now)
         return rec

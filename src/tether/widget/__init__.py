@@ -39,21 +39,20 @@ def static_bundle(run: Run) -> dict[str, Any]:
     """text/plain + text/html of the run as it is now (no widget)."""
     import time
 
-    from .. import runner as _runner
     from .panel import _module_of
     from .reader import RunReader
     from .snapshot import build, cancel_origin, html_snapshot, text_snapshot, waiting_text
 
     reader = RunReader(run)
     rec = reader.read()
-    here = _runner.get(run.store)
+    here = run.workspace.runner(run.store)
     cancel = None
     if reader.cancel is not None:
         cancel = {
             "origin": cancel_origin(reader.cancel["origin"], {"instance": here.owner.instance}),
             "at": reader.cancel["ts"],
         }
-    waiting = waiting_text(rec, str(run.store.path), _module_of(rec.pipeline), here.owns(rec.id))
+    waiting = waiting_text(rec, str(run.store.path), _module_of(run, rec.pipeline), here.owns(rec.id))
     snap = build(
         rec,
         mode="static",

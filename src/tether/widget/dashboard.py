@@ -18,26 +18,32 @@ import anywidget
 import ipywidgets
 import traitlets
 
-from .. import config, owner
-from .. import runner as _runner
+from .. import workspace as _workspace
 from .._text import safe
 from ..model import RunRecord, Status
-from ..run import Run, params_text
+from ..run import params_text
 from ..store import Store
 from . import poller as _poller
-from .panel import STATIC, _parent_header, _update_displays, _widget_bundle, esm, panel
+from .panel import STATIC, PerSession, _parent_header, _update_displays, _widget_bundle, esm, panel, session
 from .snapshot import MAX_DAMAGED, MAX_ID, MAX_NAME, _clip, fmt_duration, fmt_time
 
-__all__ = ["Dashboard", "DashboardTable", "dashboard"]
+__all__ = ["Dashboard", "DashboardTable", "Dashboards", "dashboard"]
 
 SWEEP_EVERY = 5.0  # seconds between orphan checks of the listed active runs
 ROW_PARAMS = 80  # characters of a row's params shown
 _STATUSES = [str(s) for s in Status]
-MAX_LIVE = 16  # dashboards open at once in a process; the oldest beyond are closed
-_live: list[weakref.ref[Dashboard]] = []
-# cell id -> (the request that executed it last, the dashboards that execution made)
-_by_cell: dict[str, tuple[str, list[weakref.ref[Dashboard]]]] = {}
-_lock = threading.Lock()
+MAX_LIVE = 16  # dashboards open at once in a front-end session; the oldest beyond are closed
+
+
+class Dashboards:
+    """A workspace's open dashboards (``workspace.state(Dashboards)``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        # per session: under marimo run, one session's new dashboards never close another's
+        self.live: PerSession[list[weakref.ref[Dashboard]]] = PerSession(list)
+        # cell id -> (the request that executed it last, the dashboards that execution made)
+        self.by_cell: dict[str, tuple[str, list[weakref.ref[Dashboard]]]] = {}
 
 
 class DashboardTable(anywidget.AnyWidget):
@@ -78,13 +84,15 @@ class Dashboard(ipywidgets.VBox):  # type: ignore[misc]
         status: str | None = None,
         limit: int = 50,
         poller: _poller.Poller | None = None,
+        workspace: _workspace.Workspace | None = None,
     ) -> None:
+        self.workspace = workspace or _workspace.default()
         self.store = store
         self.table = DashboardTable(status_filter=status or "", limit=limit, db=str(store.path))
         self.holder = ipywidgets.VBox()
         super().__init__([self.table, self.holder])
         self._dlock = threading.RLock()
-        self._poller = poller or _poller.get()
+        self._poller = poller or self.workspace.state(_poller.Poller)
         self._next_sweep = 0.0
         self._closed = False
         self._displays: list[tuple[str, dict[str, Any]]] = []
@@ -105,14 +113,12 @@ class Dashboard(ipywidgets.VBox):  # type: ignore[misc]
                 return
             t = self.table
             status = t.status_filter or None
-            recs = self.store.list_runs(status=status, limit=t.limit)
             now = time.time()
-            if now >= self._next_sweep:
+            sweep = now >= self._next_sweep  # orphans are looked for every SWEEP_EVERY seconds
+            if sweep:
                 self._next_sweep = now + SWEEP_EVERY
-                active = [r for r in recs if r.status.active]
-                if active and self.store.recover(active, owner.gone_reason):
-                    recs = self.store.list_runs(status=status, limit=t.limit)
-            run_ = _runner.get(self.store)
+            recs = self.workspace.records(self.store, status=status, limit=t.limit, recover=sweep)
+            run_ = self.workspace.runner(self.store)
             rows = [_row(r, now, run_.owns(r.id)) for r in recs]
             if not _same_rows(rows, t.rows):
                 t.rows = rows
@@ -134,7 +140,7 @@ class Dashboard(ipywidgets.VBox):  # type: ignore[misc]
             self.holder.children = ()
             return
         try:
-            self.holder.children = (panel(Run(self.store, run_id)),)
+            self.holder.children = (panel(self.workspace.run(self.store, run_id)),)
         except Exception as exc:
             self.table.error = f"cannot show run {run_id}: {type(exc).__name__}: {exc}"
 
@@ -308,22 +314,24 @@ def dashboard(status: str | None = None, limit: int = 50, db: Any = None) -> Das
 
     ``status`` filters by status (also changeable in the table). Each call makes its own
     dashboard with its own filter; re-executing a cell closes the dashboards it made before."""
-    store = config.store(db)
-    made = Dashboard(store, status=status, limit=limit)
+    ws = _workspace.default()
+    made = Dashboard(ws.store(db), status=status, limit=limit, workspace=ws)
     where = _cell_request()
     old: list[Dashboard | None] = []
-    with _lock:
+    mine = ws.state(Dashboards)
+    by_cell, live = mine.by_cell, mine.live.of(session())
+    with mine.lock:
         if where is not None:
             cell, request = where
-            before, refs = _by_cell.get(cell, ("", []))
+            before, refs = by_cell.get(cell, ("", []))
             old = [r() for r in refs] if before != request else []
-            _by_cell[cell] = (request, [*(refs if before == request else []), weakref.ref(made)])
+            by_cell[cell] = (request, [*(refs if before == request else []), weakref.ref(made)])
         # a front end that sends no cell id: the oldest dashboards beyond MAX_LIVE are closed,
         # so re-executing a cell does not pile up dashboards that poll the store
-        _live[:] = [r for r in _live if (d := r()) is not None and not d._closed]
-        _live.append(weakref.ref(made))
-        while len(_live) > MAX_LIVE:
-            old.append(_live.pop(0)())
+        live[:] = [r for r in live if (d := r()) is not None and not d._closed]
+        live.append(weakref.ref(made))
+        while len(live) > MAX_LIVE:
+            old.append(live.pop(0)())
     for d in old:
         if d is not None and not d._closed:
             d.close()

@@ -1,4 +1,4 @@
-"""``tether.panel(run)``: the run panel, one widget model per run (attempt) per kernel.
+"""``tether.panel(run)``: the run panel, one widget model per run (attempt) per front-end session.
 
 The panel's state is one traitlet, ``snapshot``: the full state of the run (see snapshot.py), so a
 re-render, a page reload or a rebinding shows the truth at once. Every update, from any thread,
@@ -17,17 +17,18 @@ exported notebook shows how the run ended, not how it was when the cell ran.
 
 from __future__ import annotations
 
+import sys
 import threading
 import traceback
 import uuid
+import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anywidget
 import traitlets
 
-from .. import runner as _runner
 from .._text import safe
 from ..errors import RunNotFound, StoreError
 from ..model import RunRecord
@@ -37,7 +38,9 @@ from . import poller as _poller
 from . import snapshot as _snap
 from .reader import RunReader
 
-__all__ = ["RunPanel", "panel"]
+__all__ = ["Panels", "PerSession", "RunPanel", "panel", "session"]
+
+T = TypeVar("T")
 
 STATIC = Path(__file__).parent / "static"
 
@@ -54,9 +57,66 @@ MAX_DISPLAYS = 16  # displays of one panel whose fallback is kept current
 # POLL_INTERVAL for a polled run, every SAFETY_FACTOR * POLL_INTERVAL for a streamed one)
 BEAT_S = 3.0
 
-_lock = threading.RLock()
-# (store path, run id) -> the panel showing that run (one widget model per run per kernel)
-_by_id: dict[tuple[str, str], RunPanel] = {}
+
+class PerSession(Generic[T]):
+    """One ``make()`` per front-end session (see ``session()``), dropped with its session."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._kernel = make()  # a Jupyter kernel: one session
+        self._sessions: dict[int, T] = {}  # id(marimo runtime context) -> its own
+
+    def of(self, session: object | None) -> T:
+        if session is None:
+            return self._kernel
+        with self._lock:
+            mine = self._sessions.get(id(session))
+            if mine is None:
+                mine = self._sessions[id(session)] = self._make()
+                try:  # a closed session's go with it (and its id may be reused)
+                    weakref.finalize(session, self._sessions.pop, id(session), None)
+                except TypeError:  # not weakly referenceable: kept for the process's life
+                    pass
+            return mine
+
+    def values(self) -> list[T]:
+        with self._lock:
+            return [self._kernel, *self._sessions.values()]
+
+
+class Panels:
+    """A workspace's panels (``workspace.state(Panels)``): per front-end session, (store path,
+    run id) -> the panel showing that run, so re-executing a cell rebinds to the same widget.
+
+    Per session, not per process: a widget model lives in one session's comms. Under ``marimo
+    run`` several browser sessions share one process, and a widget of another session is
+    "Model not found" there; each session gets its own widget of the same run."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self._maps: PerSession[dict[tuple[str, str], RunPanel]] = PerSession(dict)
+
+    def of(self, session: object | None) -> dict[tuple[str, str], RunPanel]:
+        """The panels of ``session`` (see ``session()``), by (store path, run id)."""
+        return self._maps.of(session)
+
+    def every(self) -> list[tuple[tuple[str, str], RunPanel]]:
+        with self.lock:
+            return [item for m in self._maps.values() for item in m.items()]
+
+
+def session() -> object | None:
+    """The front-end session being served: marimo's runtime context of this thread (one per
+    browser session in ``marimo run``, one per notebook in ``marimo edit``), else None (a Jupyter
+    kernel serves one session)."""
+    marimo_context = sys.modules.get("marimo._runtime.context")  # only once marimo is in use
+    if marimo_context is None:
+        return None
+    try:
+        return marimo_context.safe_get_context()  # type: ignore[no-any-return]
+    except Exception:  # another marimo's internals: behave as one session
+        return None
 
 
 class RunPanel(anywidget.AnyWidget):
@@ -79,7 +139,9 @@ class RunPanel(anywidget.AnyWidget):
             )
         super().__init__()
         self._plock = threading.RLock()
-        self._poller = poller or _poller.get()
+        self._panels = run.workspace.state(Panels)
+        self._by_id = self._panels.of(session())  # this session's panels
+        self._poller = poller or run.workspace.state(_poller.Poller)
         self._run = run
         self._reader = RunReader(run)
         self._control = ControlReader(run.store)
@@ -157,15 +219,18 @@ class RunPanel(anywidget.AnyWidget):
         reader = self._reader
         cancel = None
         if reader.cancel is not None:
-            here = {"instance": _runner.get(self._run.store).owner.instance, "panel": self.model_id}
+            here = {
+                "instance": self._run.workspace.runner(self._run.store).owner.instance,
+                "panel": self.model_id,
+            }
             cancel = {"origin": _snap.cancel_origin(reader.cancel["origin"], here), "at": reader.cancel["ts"]}
         waiting = None
         if rec.status.active and rec.status.value == "pending":
             waiting = _snap.waiting_text(
                 rec,
                 str(self._run.store.path),
-                _module_of(rec.pipeline),
-                here=_runner.get(self._run.store).owns(rec.id),
+                _module_of(self._run, rec.pipeline),
+                here=self._run.workspace.runner(self._run.store).owns(rec.id),
             )
         if self._control.store is not self._run.store:
             self._control = ControlReader(self._run.store)
@@ -189,7 +254,7 @@ class RunPanel(anywidget.AnyWidget):
         that sits waiting for them (no flush of its own) still lists their progress live."""
         if not active and not self._child_subs:
             return
-        runner = _runner.get(self._run.store)
+        runner = self._run.workspace.runner(self._run.store)
         want = set() if self._closed else {i for i in active if runner.owns(i)}
         for run_id in [i for i in self._child_subs if i not in want]:
             self._child_subs.pop(run_id)()
@@ -223,7 +288,7 @@ class RunPanel(anywidget.AnyWidget):
     def _mode_for(self, rec: RunRecord) -> str:
         if rec.status.terminal:
             return "static"
-        if _runner.get(self._run.store).owns(rec.id):
+        if self._run.workspace.runner(self._run.store).owns(rec.id):
             return "stream"
         return "poll"
 
@@ -242,14 +307,15 @@ class RunPanel(anywidget.AnyWidget):
         else:
             self._poller.watch(self, poll=False)
             poller = self._poller
-            self._unsubscribe = _runner.get(self._run.store).subscribe(
+            self._unsubscribe = self._run.workspace.runner(self._run.store).subscribe(
                 self._run.id, lambda _id: poller.poke(self)
             )
             poller.poke(self)  # in case the run ended before the subscription
 
     def bind(self, run: Run) -> None:
         """Show another attempt (e.g. after Re-run) in this same widget."""
-        with _lock, self._plock:
+        by_id = self._by_id
+        with self._panels.lock, self._plock:
             old = self._run
             if run.id == old.id and run.store is old.store:
                 return
@@ -258,9 +324,9 @@ class RunPanel(anywidget.AnyWidget):
                 self._unsubscribe = None
             self._poller.unwatch(self)
             self._mode = ""
-            if _by_id.get((str(old.store.path), old.id)) is self:
-                del _by_id[(str(old.store.path), old.id)]
-            _by_id.setdefault((str(run.store.path), run.id), self)
+            if by_id.get((str(old.store.path), old.id)) is self:
+                del by_id[(str(old.store.path), old.id)]
+            by_id.setdefault((str(run.store.path), run.id), self)
             self._run = run
             self._reader = RunReader(run)
             self._rec = None
@@ -324,7 +390,7 @@ class RunPanel(anywidget.AnyWidget):
         if found is None or found[1] <= self._run.attempt:
             self.refresh(force=True)
             return
-        self.bind(Run(store, found[0]))
+        self.bind(self._run.workspace.run(store, found[0]))
 
     # -- display ----------------------------------------------------------------------------
 
@@ -375,15 +441,16 @@ class RunPanel(anywidget.AnyWidget):
 
     def close(self) -> None:
         """Stop following the run and close the widget model."""
-        with _lock, self._plock:
+        by_id = self._by_id
+        with self._panels.lock, self._plock:
             self._closed = True
             if self._unsubscribe is not None:
                 self._unsubscribe()
                 self._unsubscribe = None
             self._poller.unwatch(self)
             self._watch_children([])
-            for k in [k for k, v in _by_id.items() if v is self]:
-                del _by_id[k]
+            for k in [k for k, v in by_id.items() if v is self]:
+                del by_id[k]
         super().close()
 
 
@@ -402,21 +469,20 @@ def _label(action: Any) -> str:
     }.get(str(action), str(action))
 
 
-def _module_of(pipeline: str) -> str | None:
-    """The module a worker imports for ``pipeline``, when it is registered in this process."""
-    from ..pipeline import lookup
-
-    found = lookup(pipeline)
+def _module_of(run: Run, pipeline: str) -> str | None:
+    """The module a worker imports for ``pipeline``, when it is registered in ``run``'s workspace."""
+    found = run.workspace.lookup(pipeline)
     module = getattr(getattr(found, "fn", None), "__module__", None)
     return module if isinstance(module, str) and module != "__main__" else None
 
 
 def _tell_key(run: Run, source: RunPanel) -> None:
     """A new attempt of ``run``'s key was made here: the key's other panels show the link now."""
-    with _lock:
+    panels = run.workspace.state(Panels)
+    with panels.lock:
         others = [
             w
-            for (path, _id), w in _by_id.items()
+            for (path, _id), w in panels.every()
             if w is not source and not w._closed and path == str(run.store.path) and w.run.key == run.key
         ]
     for w in others:
@@ -480,7 +546,8 @@ def _widget_bundle(widget: Any, cls: type) -> tuple[dict[str, Any], dict[str, An
 
 
 def panel(run: Run) -> RunPanel:
-    """The panel widget of ``run``: the same widget every time for the same run in this kernel.
+    """The panel widget of ``run``: the same widget every time for the same run in this session
+    (a Jupyter kernel; a browser session of ``marimo run``).
 
     A panel shows the attempt it was given; a newer attempt of the key is offered in it, never
     swapped in behind your back."""
@@ -490,12 +557,14 @@ def panel(run: Run) -> RunPanel:
             f"({run!r:.80}); get one with pipeline.start(...) or tether.get_run(id)"
         )
     path = str(run.store.path)
-    with _lock:
-        found = _by_id.get((path, run.id))
+    panels = run.workspace.state(Panels)
+    with panels.lock:
+        by_id = panels.of(session())
+        found = by_id.get((path, run.id))
         if found is None or found._closed:
             found = None
             widget = RunPanel(run)
-            _by_id[(path, run.id)] = widget
+            by_id[(path, run.id)] = widget
     if found is not None:
         if getattr(run, "_found_ended", False):
             found._mark_stored()

@@ -1,4 +1,5 @@
-"""One daemon thread per process that keeps every open panel and dashboard current.
+"""One daemon thread per workspace (``workspace.state(Poller)``) that keeps every open panel and
+dashboard current.
 
 Targets are refreshed by calling their ``_feed_refresh()``, which returns False once there is
 nothing left to follow (the run ended). Two ways in:
@@ -20,7 +21,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Poller", "get"]
+__all__ = ["Poller"]
 
 POLL_INTERVAL = 1.0  # seconds between reads of a run another process owns
 MIN_GAP = 0.1  # at most ~10 updates a second per target
@@ -155,17 +156,3 @@ class Poller:
             self.errors.append(traceback.format_exc())
             del self.errors[:-20]
             return True
-
-
-_poller: Poller | None = None
-_poller_lock = threading.Lock()
-
-
-def get() -> Poller:
-    """The process-wide poller (created on first use)."""
-    global _poller
-    if _poller is None:
-        with _poller_lock:
-            if _poller is None:
-                _poller = Poller()
-    return _poller
