@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from .errors import StoreError
-from .store import Store
+from .store import SQLiteStore
 
 __all__ = ["Settings", "configure", "existing_store", "settings", "store"]
 
@@ -32,7 +32,7 @@ class Settings:
 
 
 _settings = Settings()
-_stores: dict[Path, Store] = {}
+_stores: dict[Path, SQLiteStore] = {}
 _lock = threading.Lock()
 
 
@@ -146,7 +146,7 @@ def _foreign_db_allowed() -> bool:
     )
 
 
-def store(path: str | os.PathLike[str] | None = None) -> Store:
+def store(path: str | os.PathLike[str] | None = None) -> SQLiteStore:
     """The store for ``path`` (default: the configured database), one object per file."""
     p = _resolve(os.fspath(path)) if path else db_path()
     s = _stores.get(p)
@@ -154,11 +154,11 @@ def store(path: str | os.PathLike[str] | None = None) -> Store:
         with _lock:
             s = _stores.get(p)
             if s is None or s._closed:
-                s = _stores[p] = Store(p, allow_foreign=_foreign_db_allowed)
+                s = _stores[p] = SQLiteStore(p, allow_foreign=_foreign_db_allowed)
     return s
 
 
-def existing_store(path: str | os.PathLike[str] | None = None) -> Store:
+def existing_store(path: str | os.PathLike[str] | None = None) -> SQLiteStore:
     """store(path) for a database that must exist already (the CLI's reads: a typo must not create
     an empty one). StoreError if it does not exist or cannot be reached."""
     p = _resolve(os.fspath(path)) if path else db_path()
