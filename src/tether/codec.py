@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from .errors import ParamsError, StoreError
 
-__all__ = ["Encoded", "decode", "dumps", "encode", "references", "register_codec", "summary"]
+__all__ = ["Encoded", "check_json", "decode", "dumps", "encode", "references", "register_codec", "summary"]
 
 TAG = "$tether"
 _QUOTED_TAG = '"$tether"'  # present in the text of every tagged value (and in few others)
@@ -106,6 +106,59 @@ def register_codec(
             del _BY_TYPE[other]
     _BY_TYPE[cls] = (key, encode)
     _BY_NAME[key] = decode
+
+
+# -- params: plain JSON only -------------------------------------------------------------------
+
+
+def check_json(value: Any, path: str, depth: int = 0) -> Any:
+    """A JSON-ready copy of ``value`` (tuples become lists), or ParamsError naming ``path``.
+
+    For a run's params: they are its key, stored and compared as canonical JSON, so only plain JSON
+    data that reads back equal passes (a NaN, an int JSON cannot print, a str with a surrogate
+    pair, a non-str key, another type or a nesting beyond ``MAX_DEPTH`` is refused). Results, steps
+    and map items take any value ``encode`` stores."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if not value.isascii() and _PAIR(value):
+            raise ParamsError(
+                f"{path} holds a lone high surrogate followed by a low one, which "
+                "JSON reads back as one other character; encode it first"
+            )
+        return value
+    if isinstance(value, int):
+        digits = sys.get_int_max_str_digits()
+        if digits and value.bit_length() > 3 * digits:
+            try:
+                str(value)
+            except ValueError:
+                raise ParamsError(
+                    f"{path} is an int of more than {digits} digits, which JSON "
+                    "cannot hold here; pass it as a str"
+                ) from None
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ParamsError(f"{path} is {value!r}, which JSON cannot hold; pass a finite number or None")
+        return float(value)
+    if isinstance(value, (list, tuple, dict)) and depth >= MAX_DEPTH:
+        raise ParamsError(f"{path} is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, (list, tuple)):
+        return [check_json(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ParamsError(
+                    f"{path} has the key {k!r} ({type(k).__name__}); JSON object keys must be str"
+                )
+            out[k] = check_json(v, f"{path}[{k!r}]", depth + 1)
+        return out
+    raise ParamsError(
+        f"{path} has type {type(value).__name__} ({value!r:.80}), which is not JSON; "
+        "pass str, int, float, bool, None, or lists/dicts of them (e.g. str(path))"
+    )
 
 
 # -- encoding ----------------------------------------------------------------------------------
