@@ -18,6 +18,7 @@ reading never unpickles anything but a ``pickle`` node of a database the reader 
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import re
@@ -56,6 +57,17 @@ class Encoded(str):
     to its bytes. The store writes them before the row that refers to them."""
 
     files: dict[str, Any]
+
+
+def _module(name: str) -> Any:
+    """An optional dependency (pandas, pyarrow), imported when a value needs it; ImportError if
+    it is not installed. Typed Any: neither ships type information."""
+    return importlib.import_module(name)
+
+
+def _bytes_of(array: Any) -> memoryview:
+    """The buffer of a contiguous numpy array, without a copy."""
+    return memoryview(array)
 
 
 # -- pickle, opted in per pipeline ---------------------------------------------------------------
@@ -438,7 +450,7 @@ class _Encoder:
             node = {TAG: "ndarray", "dtype": descr, "shape": list(obj.shape)}
             if fortran:
                 node["order"] = "F"
-            return self.blob(node, memoryview(flat.view(np.uint8)) if flat.dtype.itemsize else b"")
+            return self.blob(node, _bytes_of(flat.view(np.uint8)) if flat.dtype.itemsize else b"")
         if isinstance(obj, np.generic) and not obj.dtype.hasobject:
             dtype = obj.dtype
             descr = npformat.dtype_to_descr(dtype)
@@ -452,7 +464,7 @@ class _Encoder:
     # -- pandas --------------------------------------------------------------------------------
 
     def pandas(self, obj: Any, depth: int) -> dict[str, Any]:
-        import pandas as pd
+        pd = _module("pandas")
 
         t = type(obj)
         if t is pd.Timestamp:
@@ -463,6 +475,7 @@ class _Encoder:
             return {TAG: "pd.NaT"}
         if obj is pd.NA:
             return {TAG: "pd.NA"}
+        node: dict[str, Any]
         if t is pd.DataFrame:
             frame, node = obj, {TAG: "pd.DataFrame"}
         elif t is pd.Series:
@@ -481,7 +494,7 @@ class _Encoder:
         if isinstance(frame.index, (pd.DatetimeIndex, pd.TimedeltaIndex)) and frame.index.freq:
             node["freq"] = frame.index.freqstr
         try:
-            import pyarrow as pa
+            pa = _module("pyarrow")
         except ImportError:
             return self.last_resort(
                 obj,
@@ -1003,7 +1016,7 @@ def _dec_ndarray(dec: _Decoder, node: dict[str, Any]) -> Any:
     flat = np.empty(size, dtype=np.uint8)
     if "file" in node and int(node["size"]) != size:
         raise _Damaged(f"an array of {size} bytes stored as {node['size']}")
-    got = dec.data(node, into=memoryview(flat))
+    got = dec.data(node, into=_bytes_of(flat))
     if got is not None and len(got) != size:
         raise _Damaged(f"an array of {size} bytes stored as {len(got)}")
     order = node.get("order", "C")
@@ -1018,13 +1031,13 @@ def _dec_pandas(dec: _Decoder, node: dict[str, Any]) -> Any:
         shape = " x ".join(str(n) for n in node.get("shape", ()))
         return dec.placeholder(node, f"{kind.removeprefix('pd.')} {shape}")
     try:
-        import pyarrow as pa
+        pa = _module("pyarrow")
     except ImportError:
         raise StoreError(
             f"{dec.where} holds a {kind} stored through pyarrow, which is not "
             "installed here: pip install 'tether[data]' (or pyarrow)"
         ) from None
-    import pandas as pd
+    pd = _module("pandas")
 
     raw = dec.data(node)
     frame = pa.ipc.open_stream(pa.py_buffer(raw)).read_all().to_pandas()
@@ -1040,7 +1053,7 @@ def _dec_pandas(dec: _Decoder, node: dict[str, Any]) -> Any:
 def _dec_timestamp(dec: _Decoder, node: dict[str, Any]) -> Any:
     if dec.summary:
         return _Shown(f"Timestamp({node['v']!r}{', UTC' if 'tz' in node else ''})")
-    import pandas as pd
+    pd = _module("pandas")
 
     ts = pd.Timestamp(node["v"]).as_unit(node["unit"])
     if "tz" in node:
@@ -1051,7 +1064,7 @@ def _dec_timestamp(dec: _Decoder, node: dict[str, Any]) -> Any:
 def _dec_timedelta_pd(dec: _Decoder, node: dict[str, Any]) -> Any:
     if dec.summary:
         return _Shown(f"Timedelta({node['ns']} ns)")
-    import pandas as pd
+    pd = _module("pandas")
 
     return pd.Timedelta(node["ns"], unit="ns").as_unit(node["unit"])
 
@@ -1059,7 +1072,7 @@ def _dec_timedelta_pd(dec: _Decoder, node: dict[str, Any]) -> Any:
 def _dec_nat(dec: _Decoder, node: dict[str, Any]) -> Any:
     if dec.summary:
         return _Shown("NaT")
-    import pandas as pd
+    pd = _module("pandas")
 
     return pd.NaT
 
@@ -1067,7 +1080,7 @@ def _dec_nat(dec: _Decoder, node: dict[str, Any]) -> Any:
 def _dec_na(dec: _Decoder, node: dict[str, Any]) -> Any:
     if dec.summary:
         return _Shown("<NA>")
-    import pandas as pd
+    pd = _module("pandas")
 
     return pd.NA
 
