@@ -18,6 +18,7 @@ from .codec import dumps
 from .context import current
 from .errors import KeyConflict, ParamsError, PipelineError
 from .model import Control, Status
+from .policy import Conflict, ConflictKind
 from .run import Run, display_run
 
 __all__ = ["Pipeline", "lookup", "pipeline", "POLICIES"]
@@ -52,6 +53,34 @@ def _name_of(fn: Callable[..., Any]) -> str:
     module = getattr(fn, "__module__", None)
     # a notebook cell defines into __main__: name it by qualname so it survives a kernel restart
     return qual if module in (None, "__main__") else f"{module}.{qual}"
+
+
+_RERUN = "pass policy='rerun' to start a new attempt with these params, or another key="
+# what a start() conflict says, by Conflict.kind: (what happened, how to fix it)
+_CONFLICTS: dict[ConflictKind, tuple[str, str]] = {
+    "pipeline": (
+        "the {status} run for key {key!r} has {differences}",
+        "a key belongs to one pipeline: pass another key=",
+    ),
+    "params": ("the {status} run for key {key!r} has different params: {differences}", _RERUN),
+    "resume_params": (
+        "the {status} run for key {key!r} has different params: {differences}; "
+        "resume continues the same work",
+        _RERUN,
+    ),
+    "active": (
+        "a run for key {key!r} is already {status} (id {id})",
+        "use policy='attach' to get it, or cancel it first",
+    ),
+}
+
+
+def conflict_message(key: str, conflict: Conflict) -> str:
+    """The message of a start() conflict, with its fix, chosen by the conflict's kind."""
+    what, fix = _CONFLICTS[conflict.kind]
+    run = conflict.run
+    text = what.format(status=run.status, key=key, id=run.id, differences="; ".join(conflict.differences))
+    return f"{text}; {fix}"
 
 
 def _outside_stacklevel() -> int:
@@ -294,13 +323,7 @@ class Pipeline:
                 stacklevel=_outside_stacklevel(),
             )
         if outcome.conflict:
-            if " has pipeline " in outcome.conflict:
-                fix = "; a key belongs to one pipeline: pass another key="
-            elif "params" in outcome.conflict or "version" in outcome.conflict:
-                fix = "; pass policy='rerun' to start a new attempt with these params, or another key="
-            else:
-                fix = "; use policy='attach' to get it, or cancel it first"
-            raise KeyConflict(f"{self.name}: {outcome.conflict}{fix}", run=handle)
+            raise KeyConflict(f"{self.name}: {conflict_message(key, outcome.conflict)}", run=handle)
         return handle
 
     def _check_importable(self) -> None:

@@ -10,6 +10,7 @@ from operator import contains
 from typing import Any, NamedTuple
 
 from ..model import Owner, RunRecord, Status, _decode, raw_text
+from ..policy import Conflict
 
 
 class _Row(NamedTuple):
@@ -126,7 +127,6 @@ _KINDS = {
     "parked": _INT,
 }
 _TYPES = tuple(_KINDS.get(name, _ANY) for name in _Row._fields)
-_PARAMS_AT, _VERSION_AT, _CODE_AT = (_Row._fields.index(n) for n in ("params", "version", "code"))
 _MAX_PID = 2**31 - 1  # pid_t
 
 
@@ -257,7 +257,7 @@ def _record(values: Sequence[Any]) -> RunRecord:
 class StartOutcome:
     record: RunRecord
     created: bool
-    conflict: str | None = None  # why the call cannot be honoured (raised by the caller)
+    conflict: Conflict | None = None  # why the call cannot be honoured (raised by the caller)
     recovered: str | None = None  # the latest run was found orphaned and interrupted
     other_code: str | None = None  # the active run returned was made by other code: how
 
