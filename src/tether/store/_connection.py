@@ -19,7 +19,16 @@ from typing import Any, TypeVar
 from .. import _interrupts
 from ..errors import StoreError
 from . import _schema
-from ._safety import _Busy, _FileChecks
+from ._safety import (
+    SQLITE_BUSY,
+    SQLITE_FULL,
+    SQLITE_IOERR,
+    SQLITE_LOCKED,
+    SQLITE_READONLY,
+    _Busy,
+    _FileChecks,
+    _primary,
+)
 
 BUSY_TIMEOUT_S = 30.0
 
@@ -32,12 +41,17 @@ def _close_quietly(conns: Sequence[sqlite3.Connection]) -> None:
             pass
 
 
-_SLICE_MS = 50  # the main thread's wait for another process's write lock, between interrupt checks
+# The main thread's connection waits at most this long for a lock in one statement (its busy
+# timeout): SQLite's busy handler sleeps in C, where no Python signal handler runs, so the main
+# thread waits in slices and a recorded kernel interrupt is delivered between them. Other threads'
+# connections wait up to BUSY_TIMEOUT_S in one go.
+_SLICE_MS = 50
+_WAIT_MS = int(BUSY_TIMEOUT_S * 1000)
 
 
 def _busy(exc: sqlite3.Error) -> bool:
-    text = str(exc)
-    return "locked" in text or "busy" in text
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock."""
+    return _primary(exc) in (SQLITE_BUSY, SQLITE_LOCKED)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,8 +62,24 @@ def _guarded(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(self: _Connections, *args: Any, **kwargs: Any) -> Any:
-        with self.guard():
-            return fn(self, *args, **kwargs)
+        if not _interrupts.in_main_thread():
+            with self.guard():
+                return fn(self, *args, **kwargs)
+        # the main thread's statements wait for a lock in slices (_SLICE_MS): a read that still
+        # finds one held (a WAL being recovered by another process) tries again until
+        # BUSY_TIMEOUT_S, delivering a recorded interrupt in between (a read holds nothing)
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                with self.guard():
+                    return fn(self, *args, **kwargs)
+            except StoreError as exc:
+                cause = exc.__cause__
+                if not (isinstance(cause, sqlite3.OperationalError) and _busy(cause)):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+            _interrupts.safe_point()
 
     return wrapper  # type: ignore[return-value]
 
@@ -93,7 +123,9 @@ class _Connections(_FileChecks):
             if reused is not None:
                 self._conns[reused] = threading.current_thread()
         _close_quietly(dead)
+        wait_ms = _SLICE_MS if _interrupts.in_main_thread() else _WAIT_MS
         if reused is not None:
+            reused.execute(f"PRAGMA busy_timeout = {wait_ms}")
             return reused
         conn = None
         try:
@@ -104,7 +136,7 @@ class _Connections(_FileChecks):
                 isolation_level=None,
                 check_same_thread=False,
             )
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
             conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error as exc:
             if conn is not None:
@@ -177,7 +209,7 @@ class _Connections(_FileChecks):
             raise
         except sqlite3.OperationalError as exc:
             self._drop(conn)
-            if "locked" in str(exc) or "busy" in str(exc):
+            if _busy(exc):
                 raise _Busy from exc
             raise self._write_error(exc) from exc
         except sqlite3.DatabaseError as exc:
@@ -284,7 +316,10 @@ class _Connections(_FileChecks):
             return
         with self.write_lock:
             try:
+                conn.execute(f"PRAGMA busy_timeout = {_WAIT_MS}")  # wait for readers, as any thread
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if _interrupts.in_main_thread():
+                    conn.execute(f"PRAGMA busy_timeout = {_SLICE_MS}")
             except sqlite3.Error:
                 pass
 
@@ -332,37 +367,34 @@ class _Connections(_FileChecks):
     def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting up to BUSY_TIMEOUT_S for another process's write lock.
 
-        SQLite's busy handler sleeps in C, where no Python signal handler runs: the main thread
-        waits in short slices instead and delivers a recorded interrupt between them."""
+        SQLite's busy handler sleeps in C, where no Python signal handler runs: the main thread's
+        connection waits at most _SLICE_MS per try (its busy timeout), so the first try is all an
+        uncontended write costs, and a recorded interrupt is delivered between tries."""
         try:
             if not _interrupts.in_main_thread():
                 conn.execute("BEGIN IMMEDIATE")
                 return
             deadline = time.monotonic() + BUSY_TIMEOUT_S
-            conn.execute(f"PRAGMA busy_timeout = {_SLICE_MS}")
-            try:
-                while True:
-                    try:
-                        conn.execute("BEGIN IMMEDIATE")
-                        return
-                    except sqlite3.OperationalError as exc:
-                        if not _busy(exc) or time.monotonic() > deadline:
-                            raise
-                    _interrupts.safe_point()
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if not _busy(exc) or time.monotonic() > deadline:
+                        raise
+                _interrupts.safe_point()
         except sqlite3.Error as exc:
             raise self._write_error(exc) from exc
 
     def _write_error(self, exc: sqlite3.Error) -> StoreError:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
+        code = _primary(exc)
+        if code in (SQLITE_BUSY, SQLITE_LOCKED):
             err = self._fail(f"stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s", exc)
-        elif "full" in text:
+        elif code == SQLITE_FULL:
             err = self._fail("cannot grow: the disk is full", exc)
-        elif "readonly" in text:
+        elif code == SQLITE_READONLY:
             return self._fail("is not writable", exc, fix="Fix its permissions or choose another path.")
-        elif "disk I/O" in text:  # also what a file size limit (EFBIG) looks like
+        elif code == SQLITE_IOERR:  # also what a file size limit (EFBIG) looks like
             err = self._fail("could not be written (an I/O error)", exc)
         else:
             return self._fail("could not be written", exc)

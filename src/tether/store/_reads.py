@@ -65,6 +65,14 @@ class _Reads(_Connections):
         rec.files = self.files
         return rec
 
+    def _runs(
+        self, where: str, args: Sequence[Any] = (), conn: sqlite3.Connection | None = None
+    ) -> list[RunRecord]:
+        """The runs of ``SELECT ... FROM runs WHERE <where>`` (``where`` may end in ORDER BY and
+        LIMIT), read as RunRecords; ``conn``: inside a transaction of this thread."""
+        rows = (conn or self.conn()).execute(f"SELECT {_RUN_COLS} FROM runs WHERE {where}", args).fetchall()
+        return [self._rec(r) for r in rows]
+
     @_guarded
     def get(self, run_id: str) -> RunRecord:
         row = self.conn().execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -109,12 +117,7 @@ class _Reads(_Connections):
 
     @_guarded
     def attempts(self, key: str) -> list[RunRecord]:
-        rows = (
-            self.conn()
-            .execute(f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt", (key,))
-            .fetchall()
-        )
-        return [self._rec(r) for r in rows]
+        return self._runs("key = ? ORDER BY attempt", (key,))
 
     @_guarded
     def list_runs(
@@ -185,12 +188,7 @@ class _Reads(_Connections):
 
     @_guarded
     def active(self) -> list[RunRecord]:
-        rows = (
-            self.conn()
-            .execute(f"SELECT {_RUN_COLS} FROM runs WHERE status IN ('pending', 'running')")
-            .fetchall()
-        )
-        return [self._rec(r) for r in rows]
+        return self._runs("status IN ('pending', 'running')")
 
     @_guarded
     def cancel_requests(self, owner: Owner) -> set[str]:
@@ -258,29 +256,22 @@ class _Reads(_Connections):
     def children(self, run_id: str) -> list[RunRecord]:
         """Runs started by ``run_id``'s body (and those it attached to, once its events are
         flushed), oldest first."""
-        rows = (
-            self.conn()
-            .execute(
-                f"SELECT {_RUN_COLS} FROM runs WHERE parent_id = ? OR id IN (SELECT json_extract("
-                "data, '$.id') FROM events WHERE run_id = ? AND kind = 'child') "
-                "ORDER BY created_at, rowid",
-                (run_id, run_id),
-            )
-            .fetchall()
+        return self._runs(
+            "parent_id = ? OR id IN (SELECT json_extract(data, '$.id') FROM events WHERE run_id = ? "
+            "AND kind = 'child') ORDER BY created_at, rowid",
+            (run_id, run_id),
         )
-        return [self._rec(r) for r in rows]
 
     def _descendants(self, conn: sqlite3.Connection, run_id: str) -> list[RunRecord]:
         """The active runs below ``run_id`` (children, theirs, ...), parents first."""
-        rows = conn.execute(
-            "WITH RECURSIVE below(id, depth) AS (SELECT id, 1 FROM runs WHERE parent_id = ? "
+        return self._runs(
+            "id IN (WITH RECURSIVE below(id, depth) AS (SELECT id, 1 FROM runs WHERE parent_id = ? "
             "UNION SELECT r.id, below.depth + 1 FROM runs r JOIN below ON r.parent_id = below.id "
-            "WHERE below.depth < 100) "
-            f"SELECT {_RUN_COLS} FROM runs WHERE id IN (SELECT id FROM below) "
+            "WHERE below.depth < 100) SELECT id FROM below) "
             "AND status IN ('pending', 'running') ORDER BY created_at",
             (run_id,),
-        ).fetchall()
-        return [self._rec(r) for r in rows]
+            conn,
+        )
 
     @_guarded
     def descendants(self, run_id: str) -> list[RunRecord]:

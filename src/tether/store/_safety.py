@@ -12,6 +12,28 @@ from pathlib import Path
 
 from ..errors import StoreError
 
+# SQLite's primary result codes (sqlite3.h) that tether tells apart
+SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL = 5, 6, 8, 10, 13
+_BY_TEXT = (  # Python 3.10 gives only the message: the code by a fragment of SQLite's text
+    ("locked", SQLITE_BUSY),
+    ("busy", SQLITE_BUSY),
+    ("full", SQLITE_FULL),
+    ("readonly", SQLITE_READONLY),
+    ("disk I/O", SQLITE_IOERR),
+)
+
+
+def _primary(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of ``exc`` (None: not known, or not SQLite's error)."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return int(code) & 0xFF
+    text = str(exc)
+    for fragment, primary in _BY_TEXT:
+        if fragment in text:
+            return primary
+    return None
+
 
 def _errname(exc: sqlite3.Error) -> str:
     """SQLite's primary result code name of ``exc`` (Python < 3.11 only has the message)."""

@@ -124,10 +124,7 @@ class _Starts(_Reads):
 
     def _newest(self, conn: sqlite3.Connection, key: str, n: int) -> list[RunRecord]:
         """The ``n`` newest attempts of ``key``, newest first."""
-        rows = conn.execute(
-            f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt DESC LIMIT ?", (key, n)
-        ).fetchall()
-        return [self._rec(r) for r in rows]
+        return self._runs("key = ? ORDER BY attempt DESC LIMIT ?", (key, n), conn)
 
     def new_attempt(
         self,

@@ -18,6 +18,34 @@ _MAX_TRY_TRACEBACK = 20_000
 
 
 class _Writes(_Starts):
+    @staticmethod
+    def _progress(
+        conn: sqlite3.Connection,
+        item: FlushItem,
+        seq: int,
+        now: float,
+        more: str = "",
+        args: Sequence[Any] = (),
+    ) -> None:
+        """Write ``item``'s progress and ``seq`` (the run's last event) and, with ``more``, other
+        columns (``", name = ?, ..."``, their values in ``args``)."""
+        conn.execute(
+            "UPDATE runs SET phase = ?, phases = ?, phases_done = ?, done = ?, total = ?, message = ?, "
+            f"updated_at = ?, last_seq = ?{more} WHERE id = ?",
+            (
+                _text(item.phase),
+                dumps(item.phases),
+                dumps(item.phases_done),
+                _num(item.done),
+                _num(item.total),
+                _text(item.message),
+                now,
+                seq,
+                *args,
+                item.run_id,
+            ),
+        )
+
     def claim_next(self, owner: Owner, pipelines: Sequence[str], lease_s: float) -> RunRecord | None:
         """A worker claims the oldest pending detached run of one of ``pipelines``, if any."""
         if not pipelines:
@@ -102,21 +130,7 @@ class _Writes(_Starts):
                     lost.add(it.run_id)
                     continue
                 seq = self._append(conn, it.run_id, row[0], it.events) if it.events else row[0]
-                conn.execute(
-                    "UPDATE runs SET phase = ?, phases = ?, phases_done = ?, done = ?, total = ?, "
-                    "message = ?, updated_at = ?, last_seq = ? WHERE id = ?",
-                    (
-                        _text(it.phase),
-                        dumps(it.phases),
-                        dumps(it.phases_done),
-                        _num(it.done),
-                        _num(it.total),
-                        _text(it.message),
-                        now,
-                        seq,
-                        it.run_id,
-                    ),
-                )
+                self._progress(conn, it, seq, now)
             if lease_until is not None:
                 conn.execute(
                     "UPDATE runs SET lease_until = ? WHERE owner_instance = ? "
@@ -161,25 +175,13 @@ class _Writes(_Starts):
                 return False
             events = [*item.events, (now, str(status), item.phase, dumps(data))]
             seq = self._append(conn, item.run_id, row[0], events)
-            conn.execute(
-                "UPDATE runs SET status = ?, phase = ?, phases = ?, phases_done = ?, done = ?, "
-                "total = ?, message = ?, result = ?, error = ?, ended_at = ?, updated_at = ?, "
-                "last_seq = ? WHERE id = ?",
-                (
-                    str(status),
-                    _text(item.phase),
-                    dumps(item.phases),
-                    dumps(item.phases_done),
-                    _num(item.done),
-                    _num(item.total),
-                    _text(item.message),
-                    result_json,
-                    dumps(error) if error else None,
-                    now,
-                    now,
-                    seq,
-                    item.run_id,
-                ),
+            self._progress(
+                conn,
+                item,
+                seq,
+                now,
+                ", status = ?, result = ?, error = ?, ended_at = ?",
+                (str(status), result_json, dumps(error) if error else None, now),
             )
         return True
 
@@ -206,21 +208,7 @@ class _Writes(_Starts):
             )
             events = [*item.events, (now, "checkpoint", item.phase, dumps({"name": name}))]
             seq = self._append(conn, item.run_id, row[0], events)
-            conn.execute(
-                "UPDATE runs SET phase = ?, phases = ?, phases_done = ?, done = ?, total = ?, "
-                "message = ?, updated_at = ?, last_seq = ? WHERE id = ?",
-                (
-                    _text(item.phase),
-                    dumps(item.phases),
-                    dumps(item.phases_done),
-                    _num(item.done),
-                    _num(item.total),
-                    _text(item.message),
-                    now,
-                    seq,
-                    item.run_id,
-                ),
-            )
+            self._progress(conn, item, seq, now)
         return True
 
     def put_checkpoints(self, run_id: str, owner: Owner, items: Sequence[tuple[str, str]]) -> bool:
@@ -312,23 +300,7 @@ class _Writes(_Starts):
             seq = self._append(
                 conn, item.run_id, last_seq, [*item.events, (now, "retry", item.phase, dumps(data))]
             )
-            conn.execute(
-                "UPDATE runs SET phase = ?, phases = ?, phases_done = ?, done = ?, total = ?, "
-                "message = ?, updated_at = ?, last_seq = ?, retry_at = ?, deadline = NULL "
-                "WHERE id = ?",
-                (
-                    _text(item.phase),
-                    dumps(item.phases),
-                    dumps(item.phases_done),
-                    _num(item.done),
-                    _num(item.total),
-                    _text(item.message),
-                    now,
-                    seq,
-                    now + delay,
-                    item.run_id,
-                ),
-            )
+            self._progress(conn, item, seq, now, ", retry_at = ?, deadline = NULL", (now + delay,))
         return True
 
     def next_try(self, item: FlushItem, owner: Owner) -> RunRecord | None:
@@ -347,22 +319,8 @@ class _Writes(_Starts):
                 row[0],
                 [*item.events, (now, "try", item.phase, dumps({"try": row[1] + 1}))],
             )
-            conn.execute(
-                "UPDATE runs SET phase = ?, phases = ?, phases_done = ?, done = ?, total = ?, "
-                "message = ?, updated_at = ?, last_seq = ?, tries = tries + 1, retry_at = NULL, "
-                "deadline = ? + timeout WHERE id = ?",
-                (
-                    _text(item.phase),
-                    dumps(item.phases),
-                    dumps(item.phases_done),
-                    _num(item.done),
-                    _num(item.total),
-                    _text(item.message),
-                    now,
-                    seq,
-                    now,
-                    item.run_id,
-                ),
+            self._progress(
+                conn, item, seq, now, ", tries = tries + 1, retry_at = NULL, deadline = ? + timeout", (now,)
             )
             return self._rec(
                 conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (item.run_id,)).fetchone()

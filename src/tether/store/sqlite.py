@@ -16,7 +16,6 @@ from ..artifacts import Artifacts
 from ..codec import dumps
 from ..errors import TetherError
 from ..model import Owner, RunRecord, Status
-from ._rows import _RUN_COLS
 from ._writes import _Writes
 from .protocol import GoneCheck
 
@@ -123,12 +122,10 @@ class SQLiteStore(_Writes):
         now = time.time()
         n = 0
         with self.tx() as conn:
-            rows = conn.execute(
-                f"SELECT {_RUN_COLS} FROM runs WHERE status IN ('pending', 'running') AND owner_instance = ?",
-                (owner.instance,),
-            ).fetchall()
-            for row in rows:
-                n += self._interrupt(conn, self._rec(row), reason, now)
+            for rec in self._runs(
+                "status IN ('pending', 'running') AND owner_instance = ?", (owner.instance,), conn
+            ):
+                n += self._interrupt(conn, rec, reason, now)
         return n
 
     def register_worker(self, owner: Owner, pipelines: Sequence[str], lease_until: float) -> None:
