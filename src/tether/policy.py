@@ -38,7 +38,7 @@ ConflictKind = Literal["pipeline", "params", "resume_params", "active"]
 _SHOWN, _CLIP = 5, 60  # differences named in a conflict, characters of each name and value
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: on the attach path, and a frozen one is slower to make
 class StartRequest:
     """A ``start()`` call: what it asks for ``key``."""
 
@@ -52,7 +52,7 @@ class StartRequest:
     max_auto_resumes: int = 3
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Attach:
     """Return ``run`` as it is. ``other_code``: it is active and was made by other code (how)."""
 
@@ -60,7 +60,7 @@ class Attach:
     other_code: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class NewAttempt:
     """Make attempt ``attempt`` of the key.
 
@@ -78,7 +78,7 @@ class NewAttempt:
     give_up: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Conflict:
     """The call cannot be honoured; ``run`` is the stored run it conflicts with, ``differences``
     how the call differs from it (readable, each clipped; at most a few, then "and N more")."""
@@ -98,13 +98,16 @@ def decide(existing: Sequence[RunRecord], request: StartRequest) -> Decision:
     if not existing:
         return NewAttempt(1, "start", code=request.code)
     latest = existing[0]
-    policy = request.policy
+    status, policy = latest.status, request.policy
     other_pipeline = latest.pipeline != request.pipeline
-    diffs = (
-        _pipeline_difference(latest, request.pipeline) if other_pipeline else _differences(latest, request)
-    )
+    if other_pipeline:
+        diffs = _pipeline_difference(latest, request.pipeline)
+    elif latest.params_json == request.params_json:  # canonical JSON: equal text, equal params
+        diffs = ()
+    else:
+        diffs = _differences(latest, request)
     changed = other_code(latest, request.version, request.code)
-    if latest.status.active:
+    if status is Status.PENDING or status is Status.RUNNING:  # (identity: a Status hashes slowly)
         if diffs:
             return Conflict("pipeline" if other_pipeline else "params", latest, diffs)
         if policy == "fail":
@@ -113,19 +116,20 @@ def decide(existing: Sequence[RunRecord], request: StartRequest) -> Decision:
     # the latest attempt has ended
     if other_pipeline:
         return Conflict("pipeline", latest, diffs)
-    resumable = latest.status != Status.SUCCEEDED and not capped(latest)
-    if policy == "resume" and changed and not diffs:
-        resumable = True  # the code changed: resume it, cap or success notwithstanding
-    if policy == "rerun" or (policy == "resume" and resumable):
-        if diffs and policy == "resume":
-            return Conflict("resume_params", latest, diffs)
-        resume = policy == "resume"
-        by = f"start:{policy}" + (":code" if changed and resume else "")
-        give_up = resume and not changed and _auto_resumes(existing) > request.max_auto_resumes
-        return NewAttempt(
-            latest.attempt + 1, by, latest.id if resume else None, request.code, changed, give_up
-        )
-    if policy == "attach" and not diffs and child_resume(latest, request.control):
+    if policy == "rerun" or policy == "resume":
+        resumable = status is not Status.SUCCEEDED and not capped(latest)
+        if policy == "resume" and changed and not diffs:
+            resumable = True  # the code changed: resume it, cap or success notwithstanding
+        if policy == "rerun" or resumable:
+            if diffs and policy == "resume":
+                return Conflict("resume_params", latest, diffs)
+            resume = policy == "resume"
+            by = f"start:{policy}" + (":code" if changed and resume else "")
+            give_up = resume and not changed and _auto_resumes(existing) > request.max_auto_resumes
+            return NewAttempt(
+                latest.attempt + 1, by, latest.id if resume else None, request.code, changed, give_up
+            )
+    elif policy == "attach" and not diffs and child_resume(latest, request.control):
         # the parent's new try (or resumed attempt) goes on where its child stopped
         return NewAttempt(latest.attempt + 1, "start:child", latest.id)
     if diffs:
@@ -169,8 +173,9 @@ def same_code(stored_version: object, stored_code: object, version: str | None, 
 
 def other_code(rec: RunRecord, version: str | None, code: str | None) -> str | None:
     """How the code of a start() call differs from the stored run's, or None if it is the same."""
-    if same_code(rec.version, rec.code, version, code):
-        return None
+    stored = rec.code
+    if rec.version == version and (version is not None or stored is None or code is None or stored == code):
+        return None  # same_code(), inlined: this is on the attach path
     if rec.version != version:
         return f"version {raw_text(rec.version)} -> {raw_text(version)}"
     return f"code {rec.code} -> {code}"
@@ -180,8 +185,8 @@ def child_resume(latest: RunRecord, control: Control | None) -> bool:
     """A child started (policy "attach") from the body of a run of the lineage that started it
     before, whose run ended badly: resumed (within the parent's retry or resume), not returned."""
     return (
-        control is not None
-        and latest.parent_id is not None
+        latest.parent_id is not None
+        and control is not None
         and latest.parent_id in control.lineage
         and latest.status.terminal
         and latest.status != Status.SUCCEEDED

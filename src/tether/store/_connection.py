@@ -57,29 +57,35 @@ def _busy(exc: sqlite3.Error) -> bool:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _busy_cause(exc: StoreError) -> bool:
+    """The StoreError of a statement that found a lock held (SQLITE_BUSY or SQLITE_LOCKED)."""
+    cause = exc.__cause__
+    return isinstance(cause, sqlite3.OperationalError) and _busy(cause)
+
+
 def _guarded(fn: F) -> F:
     """Read methods: SQLite errors become StoreError."""
 
     @functools.wraps(fn)
     def wrapper(self: _Connections, *args: Any, **kwargs: Any) -> Any:
-        if not _interrupts.in_main_thread():
+        try:
             with self.guard():
                 return fn(self, *args, **kwargs)
-        # the main thread's statements wait for a lock in slices (_SLICE_MS): a read that still
-        # finds one held (a WAL being recovered by another process) tries again until
-        # BUSY_TIMEOUT_S, delivering a recorded interrupt in between (a read holds nothing)
+        except StoreError as exc:
+            if not (_interrupts.in_main_thread() and _busy_cause(exc)):
+                raise
+        # The main thread's statements wait for a lock one slice at a time (_SLICE_MS): a read
+        # that found one held (a WAL being recovered by another process) tries again until
+        # BUSY_TIMEOUT_S, delivering a recorded interrupt in between (a read holds nothing).
         deadline = time.monotonic() + BUSY_TIMEOUT_S
         while True:
+            _interrupts.safe_point()
             try:
                 with self.guard():
                     return fn(self, *args, **kwargs)
             except StoreError as exc:
-                cause = exc.__cause__
-                if not (isinstance(cause, sqlite3.OperationalError) and _busy(cause)):
+                if not _busy_cause(exc) or time.monotonic() > deadline:
                     raise
-                if time.monotonic() > deadline:
-                    raise
-            _interrupts.safe_point()
 
     return wrapper  # type: ignore[return-value]
 

@@ -157,6 +157,11 @@ def _names(row: _Row, name: str, bad: list[str]) -> list[str]:
     return []
 
 
+# Owners read lately, by their columns: an Owner is immutable, and a frozen dataclass is slow to
+# make (every attach reads one).
+_OWNERS: dict[tuple[Any, ...], Owner] = {}
+
+
 def _owner(row: _Row, bad: list[str]) -> Owner | None:
     """The owner of a row, or None: none recorded, or a damaged one (its columns named in
     ``bad``), which proves nothing: recovery never acts on a run without a provable owner."""
@@ -172,8 +177,14 @@ def _owner(row: _Row, bad: list[str]) -> Owner | None:
         and type(instance) is str
         and instance
     ):
-        ns = row.owner_ns
-        return Owner(host, pid, float(started), instance, ns if type(ns) is str else None)
+        key = (host, pid, started, instance, row.owner_ns)
+        owner = _OWNERS.get(key)
+        if owner is None:
+            if len(_OWNERS) >= 256:
+                _OWNERS.clear()
+            ns = row.owner_ns
+            owner = _OWNERS[key] = Owner(host, pid, float(started), instance, ns if type(ns) is str else None)
+        return owner
     for name, ok in (
         ("owner_pid", type(pid) is int and 0 < pid <= _MAX_PID),
         ("owner_host", type(host) is str and host != ""),
