@@ -18,7 +18,7 @@ INLINE_MAX = 1 << 20  # bytes of a row's value; larger values keep their bulk in
 FILE_MIN = 64 << 10  # a payload smaller than this stays in the row
 MAX_DEPTH = 200  # nesting of a stored value: any reader's stack can decode it
 
-# One encoder for the process: json.dumps() with options builds a new encoder per call (~8 us).
+# One encoder for the process: json.dumps() with options builds a new encoder on every call.
 # ASCII output: any Python str survives, lone surrogates (from surrogateescape'd file names)
 # included, which SQLite's UTF-8 would refuse.
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)

@@ -207,7 +207,8 @@ def _out_of_range(row: _Row, bad: list[str]) -> None:
 def _record(values: Sequence[Any]) -> RunRecord:
     """A RunRecord from a row of ``_RUN_COLS``, every column checked: a damaged one is replaced
     by a safe value and named in ``RunRecord.damaged`` (a row is never trusted: hand edits, other
-    tools). The checks cost ~2 us (a quarter of the whole): this is on the attach path."""
+    tools). Every attach reads a row: the checks are written for speed (one type test of all
+    columns first, the slow path only for a damaged row)."""
     row = _Row._make(values)
     bad: list[str] = []
     if not all(map(contains, _TYPES, map(type, values))):
