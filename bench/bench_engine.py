@@ -45,7 +45,8 @@ from benchlib import CpuWatch, Row, machine, ms, ns, pct, report, say, version_o
 from tqdm import tqdm
 
 import tether
-from tether import _schema, cli
+from tether import cli
+from tether.store import _schema
 
 try:  # rich is a peer of section 1 (bench/requirements.txt); without it its rows say so
     from rich.console import Console

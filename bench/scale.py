@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from reliability import harness  # noqa: E402
 from tether import cli  # noqa: E402
-from tether.store import Store  # noqa: E402
+from tether.store import SQLiteStore as Store  # noqa: E402
 
 pc = time.perf_counter
 GOAL_S = 0.050

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     ("codec", ["tether.codec", "tether.artifacts"]),
     ("model", ["tether.model"]),
+    ("policy", ["tether.policy"]),
     ("store", ["tether.store", "tether._schema"]),
     ("engine", ["tether.owner", "tether.context", "tether._capture", "tether.fanout", "tether.runner"]),
     ("run/pipeline", ["tether.run", "tether.pipeline"]),

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 from contextlib import closing
 from pathlib import Path
 
@@ -430,3 +431,47 @@ def test_connections_do_not_accumulate_over_many_runs_and_threads(db):
         t.join()
     _tiny.start(tag="last").result(timeout=30)
     assert me.num_fds() <= before + 6, (before, me.num_fds())
+
+
+def test_the_main_threads_connection_waits_in_slices_and_a_write_changes_no_setting(db):
+    """The main thread's statements wait at most a slice for a lock (an interrupt lands between
+    slices), with no setting toggled around each write; other threads wait the whole timeout."""
+    from tether.store import BUSY_TIMEOUT_S
+
+    store = tether.workspace.default().store()
+    _tiny.start(tag="slices").wait(timeout=20)  # a write of the main thread, and of a run thread
+    timeout = store.conn().execute("PRAGMA busy_timeout").fetchone()[0]
+    assert 0 < timeout < 1000
+    seen = []
+    worker = threading.Thread(
+        target=lambda: seen.append(store.conn().execute("PRAGMA busy_timeout").fetchone()[0])
+    )
+    worker.start()
+    worker.join()
+    assert seen == [int(BUSY_TIMEOUT_S * 1000)]
+
+
+def test_write_errors_are_judged_by_sqlite_result_code(db, tmp_path):
+    """Transient (worth retrying) or not, judged by SQLite's result code; the message's text only
+    where Python (3.10) gives no code."""
+    store = tether.workspace.default().store()
+    other = tmp_path / "other.db"
+    with (
+        closing(sqlite3.connect(other, isolation_level=None)) as holder,
+        closing(sqlite3.connect(other, isolation_level=None, timeout=0)) as waiter,
+    ):
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as info:
+            waiter.execute("BEGIN IMMEDIATE")
+    busy = store._write_error(info.value)
+    assert busy.transient and "stayed locked" in str(busy)
+    if sys.version_info >= (3, 11):
+        assert info.value.sqlite_errorcode == 5
+        full = sqlite3.OperationalError("a message that says locked")
+        full.sqlite_errorcode = 13  # SQLITE_FULL: the code decides, not the text
+        assert "disk is full" in str(store._write_error(full))
+        readonly = sqlite3.OperationalError("locked")
+        readonly.sqlite_errorcode = 8 | (1 << 8)  # SQLITE_READONLY_RECOVERY: its primary code
+        assert not store._write_error(readonly).transient
+    assert store._write_error(sqlite3.OperationalError("database or disk is full")).transient  # no code
+    assert not store._write_error(sqlite3.OperationalError("no such table: x")).transient

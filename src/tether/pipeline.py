@@ -6,7 +6,6 @@ import functools
 import hashlib
 import inspect
 import math
-import re
 import sys
 import warnings
 from collections import OrderedDict
@@ -15,11 +14,12 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import _interrupts, codec, owner
 from ._code import fingerprint
+from .codec import dumps
 from .context import current
 from .errors import KeyConflict, ParamsError, PipelineError
 from .model import Control, Status
+from .policy import Conflict, ConflictKind
 from .run import Run, display_run
-from .store import MAX_DEPTH, dumps
 
 if TYPE_CHECKING:
     from .workspace import Workspace
@@ -86,52 +86,32 @@ def _name_of(fn: Callable[..., Any]) -> str:
     return qual if module in (None, "__main__") else f"{module}.{qual}"
 
 
-_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+_RERUN = "pass policy='rerun' to start a new attempt with these params, or another key="
+# what a start() conflict says, by Conflict.kind: (what happened, how to fix it)
+_CONFLICTS: dict[ConflictKind, tuple[str, str]] = {
+    "pipeline": (
+        "the {status} run for key {key!r} has {differences}",
+        "a key belongs to one pipeline: pass another key=",
+    ),
+    "params": ("the {status} run for key {key!r} has different params: {differences}", _RERUN),
+    "resume_params": (
+        "the {status} run for key {key!r} has different params: {differences}; "
+        "resume continues the same work",
+        _RERUN,
+    ),
+    "active": (
+        "a run for key {key!r} is already {status} (id {id})",
+        "use policy='attach' to get it, or cancel it first",
+    ),
+}
 
 
-def _check_json(value: Any, path: str, depth: int = 0) -> Any:
-    """JSON-ready copy of ``value`` (tuples become lists) or ParamsError naming ``path``."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        if not value.isascii() and _SURROGATE_PAIR.search(value):
-            raise ParamsError(
-                f"{path} holds a lone high surrogate followed by a low one, which "
-                "JSON reads back as one other character; encode it first"
-            )
-        return value
-    if isinstance(value, int):
-        digits = sys.get_int_max_str_digits()
-        if digits and value.bit_length() > 3 * digits:
-            try:
-                str(value)
-            except ValueError:
-                raise ParamsError(
-                    f"{path} is an int of more than {digits} digits, which JSON "
-                    "cannot hold here; pass it as a str"
-                ) from None
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ParamsError(f"{path} is {value!r}, which JSON cannot hold; pass a finite number or None")
-        return float(value)
-    if isinstance(value, (list, tuple, dict)) and depth >= MAX_DEPTH:
-        raise ParamsError(f"{path} is nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, (list, tuple)):
-        return [_check_json(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise ParamsError(
-                    f"{path} has the key {k!r} ({type(k).__name__}); JSON object keys must be str"
-                )
-            out[k] = _check_json(v, f"{path}[{k!r}]", depth + 1)
-        return out
-    raise ParamsError(
-        f"{path} has type {type(value).__name__} ({value!r:.80}), which is not JSON; "
-        "pass str, int, float, bool, None, or lists/dicts of them (e.g. str(path))"
-    )
+def conflict_message(key: str, conflict: Conflict) -> str:
+    """The message of a start() conflict, with its fix, chosen by the conflict's kind."""
+    what, fix = _CONFLICTS[conflict.kind]
+    run = conflict.run
+    text = what.format(status=run.status, key=key, id=run.id, differences="; ".join(conflict.differences))
+    return f"{text}; {fix}"
 
 
 def _outside_stacklevel() -> int:
@@ -276,7 +256,7 @@ class Pipeline:
             pairs = value.items() if kind == inspect.Parameter.VAR_KEYWORD else [(name, value)]
             for k, v in pairs:
                 try:
-                    params[k] = _check_json(v, k)
+                    params[k] = codec.check_json(v, k)
                 except ParamsError as exc:
                     text = str(exc)
                     if text.startswith(f"{k} "):  # the parameter itself, not inside it
@@ -372,13 +352,7 @@ class Pipeline:
                 stacklevel=_outside_stacklevel(),
             )
         if outcome.conflict:
-            if " has pipeline " in outcome.conflict:
-                fix = "; a key belongs to one pipeline: pass another key="
-            elif "params" in outcome.conflict or "version" in outcome.conflict:
-                fix = "; pass policy='rerun' to start a new attempt with these params, or another key="
-            else:
-                fix = "; use policy='attach' to get it, or cancel it first"
-            raise KeyConflict(f"{self.name}: {outcome.conflict}{fix}", run=handle)
+            raise KeyConflict(f"{self.name}: {conflict_message(key, outcome.conflict)}", run=handle)
         return handle
 
     def _check_importable(self) -> None:

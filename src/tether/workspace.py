@@ -27,7 +27,7 @@ from .model import RunRecord
 from .pipeline import Pipeline, Registry, Serializer, define
 from .run import DoneWatcher, Run, params_filter
 from .runner import Runner
-from .store import Store
+from .store import SQLiteStore, Store
 
 __all__ = ["FrontEnd", "Workspace", "configure", "default", "get_run", "pipeline", "runs", "use_front_end"]
 
@@ -110,7 +110,7 @@ class Workspace:
             with self._lock:
                 s = self._stores.get(p)
                 if s is None or s._closed:
-                    s = self._stores[p] = Store(p, allow_foreign=self._foreign_allowed)
+                    s = self._stores[p] = SQLiteStore(p, allow_foreign=self._foreign_allowed)
         return s
 
     def existing_store(self, path: str | os.PathLike[str] | None = None) -> Store:

@@ -102,7 +102,7 @@ from typing import Any, TypeVar
 import tether
 from tether import context as tether_context
 from tether import errors as tether_errors
-from tether.store import Store
+from tether.store import SQLiteStore as Store
 
 TESTS = Path(__file__).resolve().parent.parent
 SAFETY_S = 120.0  # no child waits longer than this; a parent declares a child hung after it

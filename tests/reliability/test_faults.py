@@ -106,7 +106,7 @@ def test_a_disk_that_fills_and_frees_leaves_no_run_active_and_only_typed_errors(
 CLAIM_INTERRUPT = r"""
 import json, os, signal, sqlite3, sys, threading, time
 import tether
-from tether.store import Store
+from tether.store import SQLiteStore as Store
 
 db = sys.argv[1]
 tether.configure(db=db)

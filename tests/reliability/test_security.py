@@ -172,8 +172,8 @@ def test_no_module_of_tether_imports_a_deserialiser_that_runs_code() -> None:
         bad = _imports(ast.parse(path.read_text(), str(path))) & FORBIDDEN
         if bad:
             found[str(path.relative_to(SRC))] = sorted(bad)
-    assert found == {"codec.py": ["pickle"]}
-    tree = ast.parse((SRC / "codec.py").read_text())
+    assert found == {"codec/_decode.py": ["pickle"], "codec/_encode.py": ["pickle"]}
+    tree = ast.parse((SRC / "codec" / "_decode.py").read_text())
     loads = {}
     for fn in ast.walk(tree):
         if isinstance(fn, ast.FunctionDef):

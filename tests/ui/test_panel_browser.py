@@ -21,7 +21,7 @@ import pytest
 from playwright.sync_api import expect
 
 from conftest import TESTS, Notebook
-from tether.store import Store
+from tether.store import SQLiteStore as Store
 
 pytestmark = pytest.mark.browser
 

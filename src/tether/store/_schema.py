@@ -6,7 +6,7 @@ untouched.
 
 sqlite-utils is imported only to apply a migration (a new or older database): checking that a
 database is current is one read of sqlite-utils' migrations table, and importing sqlite-utils
-(with click, dateutil, pluggy) costs ~90 ms, more than the rest of ``import tether``.
+(with click, dateutil, pluggy) costs more than the rest of ``import tether`` together.
 """
 
 from __future__ import annotations

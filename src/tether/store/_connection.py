@@ -1,0 +1,439 @@
+"""SQLite connections: one per thread, opened (and migrated) on first use, write transactions
+that wait for another process's lock in slices an interrupt can land between, and a forked
+child that never touches its parent's connections."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+import stat
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .. import _interrupts
+from ..errors import StoreError
+from . import _schema
+from ._safety import (
+    SQLITE_BUSY,
+    SQLITE_FULL,
+    SQLITE_IOERR,
+    SQLITE_LOCKED,
+    SQLITE_READONLY,
+    _Busy,
+    _FileChecks,
+    _primary,
+)
+
+BUSY_TIMEOUT_S = 30.0
+
+
+def _close_quietly(conns: Sequence[sqlite3.Connection]) -> None:
+    for conn in conns:
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
+
+
+# The main thread's connection waits at most this long for a lock in one statement (its busy
+# timeout): SQLite's busy handler sleeps in C, where no Python signal handler runs, so the main
+# thread waits in slices and a recorded kernel interrupt is delivered between them. Other threads'
+# connections wait up to BUSY_TIMEOUT_S in one go.
+_SLICE_MS = 50
+_WAIT_MS = int(BUSY_TIMEOUT_S * 1000)
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock."""
+    return _primary(exc) in (SQLITE_BUSY, SQLITE_LOCKED)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _busy_cause(exc: StoreError) -> bool:
+    """The StoreError of a statement that found a lock held (SQLITE_BUSY or SQLITE_LOCKED)."""
+    cause = exc.__cause__
+    return isinstance(cause, sqlite3.OperationalError) and _busy(cause)
+
+
+def _guarded(fn: F) -> F:
+    """Read methods: SQLite errors become StoreError."""
+
+    @functools.wraps(fn)
+    def wrapper(self: _Connections, *args: Any, **kwargs: Any) -> Any:
+        try:
+            with self.guard():
+                return fn(self, *args, **kwargs)
+        except StoreError as exc:
+            if not (_interrupts.in_main_thread() and _busy_cause(exc)):
+                raise
+        # The main thread's statements wait for a lock one slice at a time (_SLICE_MS): a read
+        # that found one held (a WAL being recovered by another process) tries again until
+        # BUSY_TIMEOUT_S, delivering a recorded interrupt in between (a read holds nothing).
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            _interrupts.safe_point()
+            try:
+                with self.guard():
+                    return fn(self, *args, **kwargs)
+            except StoreError as exc:
+                if not _busy_cause(exc) or time.monotonic() > deadline:
+                    raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Connections(_FileChecks):
+    """A tether database file's connections and transactions."""
+
+    def __init__(self, path: str | os.PathLike[str], allow_foreign: Callable[[], bool] | None = None) -> None:
+        self.path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+        # asked when the file is opened: may a file owned by another user be used?
+        self._allow_foreign = allow_foreign or (lambda: False)
+        self.write_lock = threading.RLock()
+        self._local = threading.local()
+        self._conns: dict[sqlite3.Connection, threading.Thread] = {}  # connection -> its thread
+        self._idle: list[sqlite3.Connection] = []  # given back by ended run threads, for reuse
+        self._open_lock = threading.Lock()
+        self._ready = False
+        self._closed = False
+        self._identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file we opened
+        self.runner: Any = None  # set by tether.runner
+        _stores.add(self)
+
+    def __repr__(self) -> str:
+        return f"<tether.Store {str(self.path)!r}>"
+
+    def _new_conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise self._fail("is closed", fix="Call tether.configure() again to reopen it.")
+        if self._stat() is None:
+            raise self._fail(
+                "no longer exists (was it deleted?)",
+                fix="tether never recreates a database behind your back; "
+                "restart the process to start a new one.",
+            )
+        with self._open_lock:
+            # connections of threads that ended without giving theirs back (a user's threads)
+            dead = [c for c, t in self._conns.items() if not t.is_alive()]
+            for c in dead:
+                del self._conns[c]
+            reused = self._idle.pop() if self._idle else None  # given back by an ended thread
+            if reused is not None:
+                self._conns[reused] = threading.current_thread()
+        _close_quietly(dead)
+        wait_ms = _SLICE_MS if _interrupts.in_main_thread() else _WAIT_MS
+        if reused is not None:
+            reused.execute(f"PRAGMA busy_timeout = {wait_ms}")
+            return reused
+        conn = None
+        try:
+            conn = sqlite3.connect(
+                self._uri("mode=rw"),
+                uri=True,
+                timeout=BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise self._fail("cannot be opened", exc) from exc
+        with self._open_lock:
+            self._conns[conn] = threading.current_thread()
+        return conn
+
+    def _open(self) -> None:
+        # Switching to WAL and migrating need locks that SQLite may refuse at once (SQLITE_BUSY
+        # without the busy handler) while other processes open the same new file: retry.
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                return self._open_once()
+            except _Busy as busy:
+                if time.monotonic() > deadline:
+                    raise self._fail(
+                        f"stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s", busy.__cause__
+                    ) from busy.__cause__
+                time.sleep(0.02)
+                _interrupts.safe_point()  # nothing is held here: a held-back interrupt lands
+
+    def _open_once(self) -> None:
+        st = self._stat()
+        if st is not None:
+            if stat.S_ISDIR(st.st_mode):
+                raise self._fail("is a directory", fix="Pass the path of a file, e.g. .tether/runs.db.")
+            self._check_owner()
+            self._check_header()
+        else:
+            self._create_file()
+            self._check_owner()  # O_EXCL may have lost a race: the file may be someone else's
+        conn = self._new_conn()
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            applied: list[str] = []
+            if tables:
+                if _schema.MIGRATIONS_TABLE not in tables or "runs" not in tables:
+                    raise self._fail(
+                        "is a SQLite database but not a tether one; it was left untouched",
+                        fix="Point tether at another file with tether.configure(db=...).",
+                    )
+                applied = _schema.applied(conn)
+                if not applied:
+                    raise self._fail(
+                        "is a SQLite database but not a tether one; it was left untouched",
+                        fix="Point tether at another file with tether.configure(db=...).",
+                    )
+            unknown = [name for name in applied if name not in _schema.KNOWN]
+            if unknown:
+                raise self._fail(
+                    f"was written by a newer tether (schema {unknown[-1]!r}); it was left untouched",
+                    fix="Upgrade tether (pip install -U tether) to use it.",
+                )
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            if len(applied) < len(_schema.KNOWN):
+                with self.write_lock:
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        _schema.apply(conn)
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    conn.execute("COMMIT")
+        except StoreError:
+            self._drop(conn)
+            raise
+        except sqlite3.OperationalError as exc:
+            self._drop(conn)
+            if _busy(exc):
+                raise _Busy from exc
+            raise self._write_error(exc) from exc
+        except sqlite3.DatabaseError as exc:
+            self._drop(conn)
+            if "readonly" in str(exc) or "unable to open" in str(exc):
+                raise self._fail(
+                    "is not writable", exc, fix="Fix its permissions or choose another path."
+                ) from exc
+            raise self._fail("is corrupt or unreadable; it was left untouched", exc) from exc
+        st = os.stat(self.path)
+        self._identity = (st.st_dev, st.st_ino)
+        self._local.conn = conn
+
+    def _drop(self, conn: sqlite3.Connection) -> None:
+        with self._open_lock:
+            self._conns.pop(conn, None)
+        conn.close()
+
+    def release_conn(self) -> None:
+        """Give back this thread's connection (a run thread about to end). The next thread that
+        needs one reuses it; without this every run left an open connection (2 file descriptors)
+        behind until the store was closed."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._open_lock:
+            mine = self._conns.pop(conn, None) is not None
+            keep = mine and not self._closed and not conn.in_transaction and len(self._idle) < 8
+            if keep:
+                self._idle.append(conn)
+        if mine and not keep:
+            _close_quietly([conn])
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (opening and migrating the database on first use)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and not self._closed:
+            return conn
+        if not self._ready:
+            with self.write_lock:
+                if not self._ready:
+                    self._open()
+                    self._ready = True
+                    opened: sqlite3.Connection = self._local.conn
+                    return opened
+        conn = self._new_conn()
+        self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close the connections of this thread and of threads that have ended.
+
+        A connection of a thread still alive (a run body that ignored its cancel, at interpreter
+        exit) is left to that thread: closing it under a statement in flight can crash CPython's
+        sqlite3 module. It closes when the thread ends; the store refuses new work meanwhile."""
+        with self.write_lock:  # a write in flight (a run's final write) completes first
+            self._closed = True
+            with self._open_lock:
+                conns, self._conns = self._conns, {}
+                idle, self._idle = self._idle, []
+            me = threading.current_thread()
+            _close_quietly(idle + [c for c, t in conns.items() if t is me or not t.is_alive()])
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Turn SQLite's errors into StoreError with a message that says what to do."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            raise self._write_error(exc) from exc
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is sqlite3.DatabaseError:  # SQLITE_CORRUPT / SQLITE_NOTADB
+                raise self._fail(
+                    "is corrupt; it was left untouched",
+                    exc,
+                    fix="Restore a backup or use tether.configure(db=...).",
+                ) from exc
+            raise
+
+    def _check_same_file(self) -> None:
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._identity
+        except PermissionError:
+            self._stat()  # raises: a folder on the way was closed to this user
+            same = False
+        except OSError:
+            same = False
+        if not same:
+            self._empty_wal()
+            raise self._fail(
+                "was deleted or replaced while in use; nothing more is written to it",
+                fix="tether never recreates a database behind your back; restart "
+                "the process (or call tether.configure(db=...)) to start afresh.",
+            )
+
+    def _empty_wal(self) -> None:
+        """SQLite keeps the WAL of a database moved or unlinked while open (no checkpoint on
+        close), and the next connection to the path would apply it to whatever file is there now:
+        checkpoint it into the old file (gone or renamed) and truncate it."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.in_transaction:
+            return
+        with self.write_lock:
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {_WAIT_MS}")  # wait for readers, as any thread
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if _interrupts.in_main_thread():
+                    conn.execute(f"PRAGMA busy_timeout = {_SLICE_MS}")
+            except sqlite3.Error:
+                pass
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``), serialised within the process.
+
+        A kernel interrupt is held back from the moment the write lock is ours until COMMIT or
+        ROLLBACK has run (tether._interrupts); while waiting for the lock it lands at once.
+        Otherwise an interrupt right after BEGIN would leave the transaction open, and every
+        other process locked out, for as long as this process lives."""
+        conn = self.conn()
+        self._check_same_file()
+        with _interrupts.critical():
+            self._lock_for_write()
+            try:
+                if conn.in_transaction:  # never build on a transaction some failure left open
+                    conn.execute("ROLLBACK")
+                self._begin(conn)
+                try:
+                    with self.guard():
+                        yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise self._write_error(exc) from exc
+            finally:
+                self.write_lock.release()
+
+    def _lock_for_write(self) -> None:
+        """Take the process's write lock; the main thread waits in slices, so that a kernel
+        interrupt recorded meanwhile is delivered while nothing is held."""
+        if not _interrupts.in_main_thread():
+            self.write_lock.acquire()
+            return
+        while not self.write_lock.acquire(timeout=0.05):
+            _interrupts.safe_point()
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting up to BUSY_TIMEOUT_S for another process's write lock.
+
+        SQLite's busy handler sleeps in C, where no Python signal handler runs: the main thread's
+        connection waits at most _SLICE_MS per try (its busy timeout), so the first try is all an
+        uncontended write costs, and a recorded interrupt is delivered between tries."""
+        try:
+            if not _interrupts.in_main_thread():
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            deadline = time.monotonic() + BUSY_TIMEOUT_S
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if not _busy(exc) or time.monotonic() > deadline:
+                        raise
+                _interrupts.safe_point()
+        except sqlite3.Error as exc:
+            raise self._write_error(exc) from exc
+
+    def _write_error(self, exc: sqlite3.Error) -> StoreError:
+        code = _primary(exc)
+        if code in (SQLITE_BUSY, SQLITE_LOCKED):
+            err = self._fail(f"stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s", exc)
+        elif code == SQLITE_FULL:
+            err = self._fail("cannot grow: the disk is full", exc)
+        elif code == SQLITE_READONLY:
+            return self._fail("is not writable", exc, fix="Fix its permissions or choose another path.")
+        elif code == SQLITE_IOERR:  # also what a file size limit (EFBIG) looks like
+            err = self._fail("could not be written (an I/O error)", exc)
+        else:
+            return self._fail("could not be written", exc)
+        err.transient = True
+        return err
+
+
+# Every Store of this process, for the fork hook below.
+_stores: weakref.WeakSet[_Connections] = weakref.WeakSet()
+# Connections inherited from the parent by a forked child: never used, never closed (closing
+# would run SQLite's close path, checkpoint and unlink included, on the parent's files), kept
+# referenced so that garbage collection does not close them either.
+_inherited: list[sqlite3.Connection] = []
+
+
+def _after_fork() -> None:
+    """In a forked child, every Store forgets the parent's connections and locks.
+
+    SQLite connections must not cross a fork: the child holds none of the parent's POSIX locks,
+    so writing through them would corrupt the file. The child opens its own on first use."""
+    for st in list(_stores):
+        _inherited.extend(st._conns)
+        _inherited.extend(st._idle)
+        conn = getattr(st._local, "conn", None)  # the forking thread's, carried into the child
+        if conn is not None:
+            _inherited.append(conn)
+        st._local = threading.local()
+        st._conns = {}
+        st._idle = []
+        st.write_lock = threading.RLock()
+        st._open_lock = threading.Lock()
+        st.runner = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

@@ -1,0 +1,280 @@
+"""Runs made: start() (what a call means for its key), new attempts, and their rows."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..codec import dumps
+from ..errors import RunActive
+from ..model import Control, Owner, RunRecord
+from ..policy import Attach, Conflict, StartRequest, decide, lookback, other_code
+from ._reads import _Reads
+from ._rows import _RUN_COLS, StartOutcome, _text
+from .protocol import GoneCheck
+
+
+class _Starts(_Reads):
+    # -- writes ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _append(
+        conn: sqlite3.Connection,
+        run_id: str,
+        last_seq: int,
+        events: Sequence[tuple[float, str, str | None, str]],
+    ) -> int:
+        conn.executemany(
+            "INSERT INTO events (run_id, seq, ts, kind, phase, data) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (run_id, last_seq + i, ts, kind, _text(phase), data)
+                for i, (ts, kind, phase, data) in enumerate(events, 1)
+            ],
+        )
+        return last_seq + len(events)
+
+    def _event(
+        self, conn: sqlite3.Connection, rec: RunRecord, kind: str, data: dict[str, Any], now: float
+    ) -> int:
+        seq = self._append(conn, rec.id, rec.last_seq, [(now, kind, rec.phase, dumps(data))])
+        conn.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (seq, rec.id))
+        return seq
+
+    def _interrupt(self, conn: sqlite3.Connection, rec: RunRecord, reason: str, now: float) -> bool:
+        error = {"type": "Interrupted", "message": f"run interrupted: {reason}", "traceback": ""}
+        cur = conn.execute(
+            "UPDATE runs SET status = 'interrupted', ended_at = ?, updated_at = ?, error = ? "
+            "WHERE id = ? AND status = ? AND owner_instance IS ?",
+            (now, now, dumps(error), rec.id, str(rec.status), rec.owner.instance if rec.owner else None),
+        )
+        if cur.rowcount != 1:
+            return False
+        self._event(conn, rec, "interrupted", {"reason": reason}, now)
+        return True
+
+    def start(
+        self,
+        *,
+        pipeline: str,
+        key: str,
+        params_json: str,
+        version: str | None,
+        phases: list[str],
+        policy: str,
+        owner: Owner,
+        lease_s: float,
+        gone: GoneCheck,
+        detach: bool = False,
+        max_auto_resumes: int = 3,
+        control: Control | None = None,
+        code: str | None = None,
+    ) -> StartOutcome:
+        """Decide (``tether.policy.decide``) and apply, in one transaction, what a start() call
+        means for ``key``.
+
+        ``control``: the pipeline's control options, and the parent run when a body starts it.
+        ``version`` and ``code`` (the body's fingerprint) say which code asks."""
+        request = StartRequest(pipeline, key, params_json, version, code, policy, control, max_auto_resumes)
+        # fast path, no write: an ended run the call attaches to is returned as it is (terminal
+        # statuses never change)
+        row = self._latest_row(key)
+        if row is not None:
+            latest = self._rec(row)
+            if latest.status.terminal and type(decide((latest,), request)) is Attach:
+                return StartOutcome(latest, False)
+        now = time.time()
+        with self.tx() as conn:
+            existing = self._newest(conn, key, lookback(request))
+            recovered = None
+            if existing and existing[0].status.active:
+                latest = existing[0]
+                reason = gone(latest.owner, latest.lease_until, now)
+                if reason and self._interrupt(conn, latest, reason, now):
+                    recovered = reason
+                    existing = self._newest(conn, key, lookback(request))
+            decision = decide(existing, request)
+            if isinstance(decision, Attach):
+                return StartOutcome(decision.run, False, None, recovered, decision.other_code)
+            if isinstance(decision, Conflict):
+                return StartOutcome(decision.run, False, decision, recovered)
+            rec = self._create(
+                conn,
+                pipeline,
+                key,
+                decision.attempt,
+                params_json,
+                version,
+                phases,
+                owner,
+                lease_s,
+                now,
+                decision.created_by,
+                decision.resumed_from,
+                detach,
+                control,
+                code=decision.code,
+                changed=decision.changed,
+            )
+            if decision.give_up:
+                rec = self._give_up(conn, rec, max_auto_resumes, now)
+            return StartOutcome(rec, True, None, recovered)
+
+    def _newest(self, conn: sqlite3.Connection, key: str, n: int) -> list[RunRecord]:
+        """The ``n`` newest attempts of ``key``, newest first."""
+        return self._runs("key = ? ORDER BY attempt DESC LIMIT ?", (key, n), conn)
+
+    def new_attempt(
+        self,
+        run_id: str,
+        *,
+        owner: Owner,
+        lease_s: float,
+        resume: bool,
+        gone: GoneCheck,
+        control: Control | None = None,
+        code: tuple[str | None, str | None] | None = None,
+    ) -> RunRecord:
+        """A new attempt of ``run_id``'s key (rerun, or resume reusing its checkpoints).
+
+        ``control``: the pipeline's options as defined now (default: those of ``run_id``); the new
+        attempt keeps ``run_id``'s parent. ``code``: ``(version, fingerprint)`` of the pipeline
+        that will execute it, when known here; else the attempt records those of ``run_id``."""
+        now = time.time()
+        with self.tx() as conn:
+            base = self.get(run_id)
+            latest = self.latest(base.key, conn)
+            assert latest is not None
+            if latest.status.active:
+                reason = gone(latest.owner, latest.lease_until, now)
+                if not (reason and self._interrupt(conn, latest, reason, now)):
+                    raise RunActive(
+                        f"run {latest.id} (attempt {latest.attempt} of key {base.key!r}) is still "
+                        f"{latest.status}; cancel it or wait for it to end before a new attempt."
+                    )
+            ctl = control or Control(
+                max_tries=base.max_tries, timeout=base.timeout, concurrency=base.concurrency
+            )
+            ctl = Control(base.parent_id, (), ctl.max_tries, ctl.timeout, ctl.concurrency)
+            version, fingerprint = code if code is not None else (base.version, base.code)
+            return self._create(
+                conn,
+                base.pipeline,
+                base.key,
+                latest.attempt + 1,
+                dumps(base.params),
+                version,
+                base.phases,
+                owner,
+                lease_s,
+                now,
+                "resume" if resume else "rerun",
+                base.id if resume else None,
+                detach=base.target == "worker",
+                control=ctl,
+                code=fingerprint,
+                changed=other_code(base, version, fingerprint),
+            )
+
+    def _give_up(self, conn: sqlite3.Connection, rec: RunRecord, cap: int, now: float) -> RunRecord:
+        error = {
+            "type": "ResumeCapReached",
+            "traceback": "",
+            "message": (
+                f"automatic resume stopped: {cap} resumed attempts in a row were interrupted "
+                f"(max_auto_resumes={cap}), so the run may be crashing its process; fix the cause, "
+                "then call run.resume() or start(..., policy='rerun')"
+            ),
+        }
+        conn.execute(
+            "UPDATE runs SET status = 'failed', ended_at = ?, updated_at = ?, error = ?, "
+            "target = NULL WHERE id = ?",
+            (now, now, dumps(error), rec.id),
+        )
+        self._event(conn, rec, "failed", {"type": error["type"], "message": error["message"]}, now)
+        return self.get(rec.id)
+
+    def _create(
+        self,
+        conn: sqlite3.Connection,
+        pipeline: str,
+        key: str,
+        attempt: int,
+        params_json: str,
+        version: str | None,
+        phases: list[str],
+        owner: Owner,
+        lease_s: float,
+        now: float,
+        created_by: str,
+        resumed_from: str | None,
+        detach: bool = False,
+        control: Control | None = None,
+        code: str | None = None,
+        changed: str | None = None,
+    ) -> RunRecord:
+        run_id = os.urandom(6).hex()  # what secrets.token_hex does, without its imports
+        phases_done: list[str] = []
+        control = control or _NO_CONTROL
+        tries = 0
+        if resumed_from is not None:
+            prev = self.get(resumed_from)
+            phases_done = prev.phases_done
+            tries = prev.tries  # a resumed attempt goes on counting its lineage's tries
+            conn.execute(
+                "INSERT INTO checkpoints (run_id, name, value, ts) "
+                "SELECT ?, name, value, ts FROM checkpoints WHERE run_id = ?",
+                (run_id, resumed_from),
+            )
+        conn.execute(
+            "INSERT INTO runs (id, key, attempt, pipeline, version, params, status, phases, "
+            "phases_done, created_at, updated_at, owner_host, owner_pid, owner_started, "
+            "owner_instance, target, lease_until, resumed_from, last_seq, created_by, owner_ns, "
+            "parent_id, tries, max_tries, timeout, concurrency, code) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, "
+            "?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                key,
+                attempt,
+                pipeline,
+                version,
+                params_json,
+                dumps(phases),
+                dumps(phases_done),
+                now,
+                now,
+                None if detach else owner.host,
+                None if detach else owner.pid,
+                None if detach else owner.started,
+                None if detach else owner.instance,
+                "worker" if detach else owner.instance,
+                None if detach else now + lease_s,
+                resumed_from,
+                created_by,
+                None if detach else owner.ns,
+                control.parent,
+                tries,
+                control.max_tries,
+                control.timeout,
+                control.concurrency,
+                code,
+            ),
+        )
+        data: dict[str, Any] = {"by": created_by}
+        if changed:
+            data["code_changed"] = changed
+        if detach:
+            data["detached"] = True
+        if resumed_from:
+            data["resumed_from"] = resumed_from
+        if control.parent:
+            data["parent"] = control.parent
+        self._append(conn, run_id, 0, [(now, "created", None, dumps(data))])
+        row = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return self._rec(row)
+
+
+_NO_CONTROL = Control()

@@ -1,0 +1,173 @@
+"""The SQLite store: a tether database file in WAL mode, one connection per thread.
+
+Every state change is one committed ``BEGIN IMMEDIATE`` transaction; every status change is
+conditional on the status (and owner) it replaces, so a terminal status never changes and whoever
+notices an orphan first wins."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..artifacts import Artifacts
+from ..codec import dumps
+from ..errors import TetherError
+from ..model import Owner, RunRecord, Status
+from ._writes import _Writes
+from .protocol import GoneCheck
+
+
+class SQLiteStore(_Writes):
+    """A tether database file. Cheap to create; opens (and migrates) on first use."""
+
+    def __init__(self, path: str | os.PathLike[str], allow_foreign: Callable[[], bool] | None = None) -> None:
+        super().__init__(path, allow_foreign)
+        self.files = Artifacts(self.path, self._pipeline_of)  # large values, beside the database
+
+    def request_cancel(self, run_id: str, gone: GoneCheck, origin: dict[str, Any] | None = None) -> RunRecord:
+        """Cancel: a pending run (or one whose owner is gone) ends at once; a running one is
+        flagged. Its active descendants (runs its body started, and theirs) are cancelled too.
+
+        ``origin`` (who asked: ``{"via": "panel" | "cli" | "api", "pid": ..., ...}``) is kept in
+        the cancel's event, for displays to say where the cancel came from."""
+        extra = {"origin": origin} if origin else {}
+        now = time.time()
+        with self.tx() as conn:
+            rec = self.get(run_id)
+            if rec.status.terminal:
+                return rec
+            self._cancel_one(conn, rec, gone, now, {"by": "request", **extra})
+            for child in self._descendants(conn, run_id):
+                self._cancel_one(conn, child, gone, now, {"by": "parent", "parent": run_id})
+            return self.get(run_id)
+
+    def cancel_children(self, run_id: str, gone: GoneCheck) -> list[str]:
+        """Cancel the active descendants of ``run_id`` (its timeout passed). Returns their ids."""
+        now = time.time()
+        with self.tx() as conn:
+            kids = self._descendants(conn, run_id)
+            for child in kids:
+                self._cancel_one(conn, child, gone, now, {"by": "parent", "parent": run_id})
+        return [k.id for k in kids]
+
+    def _cancel_one(
+        self, conn: sqlite3.Connection, rec: RunRecord, gone: GoneCheck, now: float, data: dict[str, Any]
+    ) -> None:
+        ends_now = rec.status == Status.PENDING or gone(rec.owner, rec.lease_until, now)
+        if ends_now:
+            error = {"type": "Cancelled", "message": "run cancelled", "traceback": ""}
+            if data.get("by") == "parent":
+                error["message"] = f"run cancelled with its parent run {data['parent']}"
+            cur = conn.execute(
+                "UPDATE runs SET status = 'cancelled', cancel_requested = 1, ended_at = ?, "
+                "updated_at = ?, error = ? WHERE id = ? AND status = ?",
+                (now, now, dumps(error), rec.id, str(rec.status)),
+            )
+            if cur.rowcount == 1:
+                self._event(conn, rec, "cancelled", data, now)
+        elif not rec.cancel_requested:
+            conn.execute("UPDATE runs SET cancel_requested = 1, updated_at = ? WHERE id = ?", (now, rec.id))
+            asked = {k: v for k, v in data.items() if k != "by"} if data.get("by") == "request" else data
+            self._event(conn, rec, "cancel_requested", asked, now)
+
+    def recover(self, records: Sequence[RunRecord], gone: GoneCheck) -> list[tuple[RunRecord, str]]:
+        """Mark the orphans among ``records`` interrupted. Returns those marked, with the reason.
+
+        Each run on its own: one whose owner check raises, or whose write fails (a damaged row),
+        is left as it was, and the others are still marked."""
+        now = time.time()
+        suspects = []
+        for rec in records:
+            if not rec.status.active:
+                continue
+            try:
+                why = gone(rec.owner, rec.lease_until, now)
+            except Exception:  # a check that cannot decide proves nothing: this run is left
+                continue
+            if why:
+                suspects.append((rec, why))
+        marked = []
+        if suspects:
+            with self.tx() as conn:
+                for rec, why in suspects:
+                    # one run's failure (a damaged row whose write breaks a constraint, a row
+                    # deleted meanwhile) undoes that run's writes only; the others go on
+                    conn.execute("SAVEPOINT tether_recover")
+                    try:
+                        fresh = self.get(rec.id)
+                        same = fresh.status == rec.status and fresh.owner == rec.owner
+                        if (
+                            same
+                            and fresh.status == Status.PENDING
+                            and self._hand_over(conn, fresh, why, now, gone)
+                        ):
+                            done = False
+                        else:
+                            done = same and self._interrupt(conn, fresh, why, now)
+                    except (sqlite3.DatabaseError, TetherError):
+                        if not conn.in_transaction:  # SQLite ended the transaction: stop here
+                            raise
+                        conn.execute("ROLLBACK TO tether_recover")
+                        done = False
+                    conn.execute("RELEASE tether_recover")
+                    if done:
+                        marked.append((fresh, why))
+        return marked
+
+    def interrupt_own(self, owner: Owner, reason: str) -> int:
+        """Mark every active run of ``owner`` interrupted (clean shutdown). Returns the count."""
+        now = time.time()
+        n = 0
+        with self.tx() as conn:
+            for rec in self._runs(
+                "status IN ('pending', 'running') AND owner_instance = ?", (owner.instance,), conn
+            ):
+                n += self._interrupt(conn, rec, reason, now)
+        return n
+
+    def register_worker(self, owner: Owner, pipelines: Sequence[str], lease_until: float) -> None:
+        """A ``tether worker`` serves ``pipelines`` (renewed with the same call, dropped with
+        ``unregister_worker``)."""
+        with self.tx() as conn:
+            conn.execute("DELETE FROM workers WHERE instance = ?", (owner.instance,))
+            conn.executemany(
+                "INSERT INTO workers (instance, pipeline, host, pid, started, ns, lease_until) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (owner.instance, p, owner.host, owner.pid, owner.started, owner.ns, lease_until)
+                    for p in pipelines
+                ],
+            )
+            conn.execute("DELETE FROM workers WHERE lease_until < ?", (time.time() - 3600,))
+
+    def unregister_worker(self, owner: Owner) -> None:
+        with self.tx() as conn:
+            conn.execute("DELETE FROM workers WHERE instance = ?", (owner.instance,))
+
+    def _hand_over(
+        self, conn: sqlite3.Connection, rec: RunRecord, why: str, now: float, gone: GoneCheck
+    ) -> bool:
+        """A pending run whose starter is gone goes to a live worker serving its pipeline, if
+        there is one (it never started, so nothing of it ran): True if handed over."""
+        if rec.target == "worker":
+            return False
+        rows = conn.execute(
+            "SELECT host, pid, started, instance, ns, lease_until FROM workers "
+            "WHERE pipeline = ? AND lease_until > ?",
+            (rec.pipeline, now),
+        ).fetchall()
+        if not any(gone(Owner(h, p, s, i, ns), lease, now) is None for h, p, s, i, ns, lease in rows):
+            return False
+        cur = conn.execute(
+            "UPDATE runs SET target = 'worker', owner_host = NULL, owner_pid = NULL, "
+            "owner_started = NULL, owner_instance = NULL, owner_ns = NULL, lease_until = NULL, "
+            "updated_at = ? WHERE id = ? AND status = 'pending' AND owner_instance IS ?",
+            (now, rec.id, rec.owner.instance if rec.owner else None),
+        )
+        if cur.rowcount != 1:
+            return False
+        self._event(conn, rec, "handed_over", {"to": "worker", "reason": why}, now)
+        return True
