@@ -46,11 +46,13 @@ import sys
 import threading
 import types
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from .context import LOG_LINE_MAX, _current
 
 if TYPE_CHECKING:
+    from importlib.abc import Loader
+
     from .context import Context
 
 __all__ = ["IN_ITEM", "end", "install"]
@@ -95,7 +97,7 @@ _state_lock = threading.Lock()
 def _state(ctx: Context) -> _Output:
     """The run's output state, made once (two of its threads may write first at once)."""
     with _state_lock:
-        st = ctx._output
+        st: _Output | None = ctx._output
         if st is None:
             st = ctx._output = _Output()
     return st
@@ -127,8 +129,8 @@ def _take(ctx: Context, st: _Output, ident: int, name: str, text: str) -> bool:
     key = (ident, name)
     parts = st.parts
     if text == "\n" and not st.cut:  # the end print() writes on its own
-        pending = parts.pop(key, "")
-        ctx._log(_shown(pending) if "\r" in pending else pending, name)
+        line = parts.pop(key, "")
+        ctx._log(_shown(line) if "\r" in line else line, name)
         return True
     if "\n" not in text:  # print() writes its items and its end separately: most writes
         pending = parts.get(key)
@@ -193,7 +195,7 @@ class _Stream:
 
     __slots__ = ("_inner", "_name", "_plain", "_tee")
 
-    def __init__(self, inner: Any, name: str, tee: bool) -> None:
+    def __init__(self, inner: TextIO, name: str, tee: bool) -> None:
         self._inner = inner
         self._name = name
         self._tee = tee
@@ -203,13 +205,13 @@ class _Stream:
     def write(self, text: str) -> int:
         ctx = _get()
         if ctx is None:
-            return self._inner.write(text)  # type: ignore[no-any-return]
+            return self._inner.write(text)
         st = ctx._output
         if st is None:
             st = _state(ctx)
         ident = _ident()
         if st.passing == ident:  # our own write, handed on, reached us again
-            return self._inner.write(text)  # type: ignore[no-any-return]
+            return self._inner.write(text)
         if type(text) is not str and not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if "\n" in text and sys._getframe(1).f_code is _EMIT:
@@ -219,10 +221,10 @@ class _Stream:
         if taken and not self._tee:
             return len(text)
         if self._plain:
-            return self._inner.write(text)  # type: ignore[no-any-return]
+            return self._inner.write(text)
         st.passing = ident
         try:
-            return self._inner.write(text)  # type: ignore[no-any-return]
+            return self._inner.write(text)
         finally:
             st.passing = 0
 
@@ -305,7 +307,7 @@ def _patch_kernel_streams() -> Any:
                     _inside.stream = outer
         return original(self, string)
 
-    write._tether = True  # type: ignore[attr-defined]
+    write._tether = True  # type: ignore[attr-defined]  # marks the wrapper as ours (checked above)
     cls.write = _KernelWrite(write)
     return cls
 
@@ -362,7 +364,8 @@ class _TqdmFinder:
         else:
             return None
         if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _PatchingLoader(spec.loader)
+            # a loader by duck typing: what it does not wrap it hands to the one it wraps
+            spec.loader = cast("Loader", _PatchingLoader(spec.loader))
         return spec
 
 
@@ -412,7 +415,7 @@ def _patch_tqdm(module: Any) -> None:
                 desc = args[1] if len(args) > 1 else kwargs.get("desc")
                 _feed_from(self, ctx, desc)
 
-        cls.__init__ = init
+        cls.__init__ = init  # type: ignore[misc]  # patching tqdm's class in place is the point
 
 
 def _feed_from(bar: Any, ctx: Context, desc: Any) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 try:
     import _signal as _sig
 except ImportError:  # pragma: no cover - not CPython
-    import signal as _sig  # type: ignore[no-redef]
+    import signal as _sig
 
 __all__ = ["critical", "holding", "in_main_thread", "safe_point"]
 

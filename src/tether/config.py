@@ -7,6 +7,7 @@ import os
 import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from .errors import StoreError
 
@@ -57,7 +58,8 @@ def updated(
         and int(options["max_concurrency"]) != options["max_concurrency"]
     ):
         raise ValueError("tether.configure(max_concurrency=...) must be a whole number")
-    new = replace(current, **options)  # type: ignore[arg-type]
+    checked: dict[str, Any] = options  # each name and value checked above against its field
+    new = replace(current, **checked)
     if db is not None:
         not_a_url(os.fspath(db), "tether.configure(db=...)")
         new = replace(new, db=os.fspath(db))

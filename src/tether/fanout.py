@@ -31,7 +31,8 @@ def _as_executor(executor: Any) -> Executor:
         return executor
     if hasattr(executor, "get_executor"):  # dask.distributed.Client
         # pure=False: equal items are separate calls, as with any other executor
-        return executor.get_executor(pure=False)  # type: ignore[no-any-return]
+        wrapped: Executor = executor.get_executor(pure=False)
+        return wrapped
     raise TypeError(
         f"ctx.map(executor=...) takes a concurrent.futures.Executor or a "
         f"dask.distributed.Client, got {type(executor).__name__}"

@@ -22,6 +22,8 @@ from .policy import Conflict, ConflictKind
 from .run import Run, display_run
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from .workspace import Workspace
 
 __all__ = ["POLICIES", "Pipeline", "Registry", "define"]
@@ -116,9 +118,10 @@ def conflict_message(key: str, conflict: Conflict) -> str:
 
 def _outside_stacklevel() -> int:
     """The ``stacklevel`` of a warning that names the caller's line, not this module's."""
-    level, frame = 1, sys._getframe(1)
+    level = 1
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename == __file__:
-        level, frame = level + 1, frame.f_back  # type: ignore[assignment]
+        level, frame = level + 1, frame.f_back
     return level
 
 
@@ -212,7 +215,7 @@ class Pipeline:
         self._named = frozenset(p.name for p in rest)
         self._required = frozenset(p.name for p in rest if p.default is inspect.Parameter.empty)
         self._defaults = {p.name: p.default for p in rest if p.default is not inspect.Parameter.empty}
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
         self.workspace = workspace  # where it starts runs and is looked up by name
         workspace.pipelines.add(self)
         codec.allow_pickle(self.name, serializer == "pickle")

@@ -17,7 +17,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, Protocol, TypeVar, cast, overload
 
 from . import config, owner
 from . import runner as _runner
@@ -58,7 +58,7 @@ class Workspace:
     def __init__(self, db: str | os.PathLike[str] | None = None, **options: float | int | bool) -> None:
         self._settings = config.updated(Settings(), db, **options)
         self._lock = threading.Lock()
-        self._stores: dict[Path, Store] = {}
+        self._stores: dict[Path, SQLiteStore] = {}
         self._runners: dict[int, Runner] = {}  # id(store) -> its runner in this process
         self._resolved: dict[tuple[str, str], Path] = {}  # path text and cwd -> absolute path
         self._watchers: dict[int, DoneWatcher] = {}  # id(store) -> the thread polling for callbacks
@@ -117,7 +117,8 @@ class Workspace:
         """store(path) for a database that must exist already (the CLI's reads: a typo must not
         create an empty one). StoreError if it does not exist or cannot be reached."""
         p = config.resolve(os.fspath(path), cache=self._resolved) if path else self.db_path()
-        s = self.store(p)
+        # store() makes SQLite stores, whose file tells whether the database exists
+        s = cast(SQLiteStore, self.store(p))
         if s._stat() is None:
             raise StoreError(
                 f"tether database {str(p)!r} does not exist; pass --db PATH "

@@ -210,5 +210,5 @@ def make_app(
     )
     app.state.hub = hub
     hosts = None if remote else LOCAL_NAMES | {host.strip("[]").lower()}
-    app.add_middleware(_Guard, hosts=hosts)  # type: ignore[arg-type]
+    app.add_middleware(_Guard, hosts=hosts)
     return app

@@ -39,9 +39,9 @@ def static_bundle(run: Run) -> dict[str, Any]:
     """text/plain + text/html of the run as it is now (no widget)."""
     import time
 
+    from ..view.reader import RunReader
+    from ..view.snapshot import build, cancel_origin, html_snapshot, text_snapshot, waiting_text
     from .panel import _module_of
-    from .reader import RunReader
-    from .snapshot import build, cancel_origin, html_snapshot, text_snapshot, waiting_text
 
     reader = RunReader(run)
     rec = reader.read()
