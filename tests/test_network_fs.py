@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import tether
-from tether.store._safety import NETWORK_FS, mount_of, parse_mountinfo
+from tether.store._safety import NETWORK_FS, _psutil_mounts, mount_of, parse_mountinfo
 
 # A child in the namespace: what it sees of the mount, then what tether does with a database there.
 CHILD = r"""
@@ -42,7 +42,7 @@ def double(ctx: tether.Context, n: int) -> int:
 
 
 db, mode = sys.argv[1], sys.argv[2]
-out = {"mount": _safety.mount_of(db)}
+out = {"mount": _safety.mount_of(db), "psutil": _safety.mount_of(db, _safety._psutil_mounts())}
 with open("/proc/self/mountinfo", "rb") as f:
     out["raw"] = [line.decode() for line in f.read().splitlines() if b"\\040" in line]
 tether.configure(db=db)
@@ -165,8 +165,11 @@ def test_a_symlink_to_a_network_mount_is_followed(tmp_path: Path) -> None:
 
 
 def test_local_databases_are_opened_as_before(db: Path) -> None:
-    """This machine's tmp_path is on a local filesystem: opening is unchanged."""
-    assert mount_of(db) is not None and mount_of(db)[1] not in NETWORK_FS  # type: ignore[index]
+    """This machine's tmp_path is on a local filesystem: opening is unchanged. psutil's table (what
+    macOS and Windows use) names the same mount as /proc/self/mountinfo."""
+    mount = mount_of(db)
+    assert mount is not None and mount[1] not in NETWORK_FS
+    assert mount_of(db, _psutil_mounts()) == mount
     tether.configure(db=db)
     assert tether.runs() == []
 
@@ -213,7 +216,7 @@ def test_a_real_mount_at_an_escaped_path_is_detected_refused_and_allowed(
     env = {**child_env, "EXTRA_NETWORK_FS": "tmpfs"}
     args = [str(outer), str(inner), sys.executable, str(tmp_path / "child.py"), str(db)]
     first, second = _lines(_in_namespace(setup, args, env))
-    assert first["mount"] == [str(inner), "tmpfs"]
+    assert first["mount"] == first["psutil"] == [str(inner), "tmpfs"]  # psutil: macOS's source
     assert any(f"{tmp_path}/home\\040dir/inner " in line for line in first["raw"]), first["raw"]
     _assert_refusal(first["refused"], db, "tmpfs", inner)
     assert first["created"] is False  # refused before its folder was made
@@ -260,7 +263,7 @@ def test_sqlite_on_a_real_sshfs_mount_is_refused_with_an_override(
     args = [sshfs, str(fake_ssh), str(export), str(mount_point), sys.executable, str(tmp_path / "child.py")]
     out = _in_namespace(setup, [*args, str(db), str(cli_err), str(cli_out)], child_env)
     first, second = _lines(out)
-    assert first["mount"] == [str(mount_point), "fuse.sshfs"]
+    assert first["mount"] == first["psutil"] == [str(mount_point), "fuse.sshfs"]
     _assert_refusal(first["refused"], db, "fuse.sshfs", mount_point)
     assert first["created"] is False  # refused before its folder was made
     assert (first["result"], first["runs"]) == (2, 1)  # configure(allow_network_fs=True)

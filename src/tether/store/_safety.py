@@ -104,14 +104,19 @@ def parse_mountinfo(text: bytes) -> list[tuple[str, str]]:
 
 def _mounts() -> list[tuple[str, str]]:
     """This process's mounts: /proc/self/mountinfo on Linux (exact, this mount namespace's),
-    else psutil (macOS, BSD: the fstype of getfsstat; Windows: "remote" drives are network
-    ones). [] when neither answers: nothing is refused then."""
+    else psutil's. [] when neither answers: nothing is refused then."""
     if sys.platform.startswith("linux"):
         try:
             with open("/proc/self/mountinfo", "rb") as f:
                 return parse_mountinfo(f.read())
         except OSError:
             pass
+    return _psutil_mounts()
+
+
+def _psutil_mounts() -> list[tuple[str, str]]:
+    """psutil's mount table: macOS and BSD (the fstype of getfsstat; os.statvfs has none),
+    Windows (a drive with the "remote" option is a network one), Linux without /proc."""
     try:
         import psutil
 
