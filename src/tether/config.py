@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import StoreError
 
-__all__ = ["Settings", "db_setting", "foreign_db_allowed", "resolve", "updated"]
+__all__ = ["Settings", "db_setting", "foreign_db_allowed", "network_fs_allowed", "resolve", "updated"]
 
 DEFAULT_DB = Path(".tether") / "runs.db"
 
@@ -29,6 +29,11 @@ class Settings:
     max_auto_resumes: int = 3  # automatic resumes allowed per key
     # use a database (or -wal/-shm) owned by another user; None: $TETHER_ALLOW_FOREIGN_DB (1/0)
     allow_foreign_db: bool | None = None
+    # use a database on a network filesystem (NFS, SMB, sshfs...); None: $TETHER_ALLOW_NETWORK_FS
+    allow_network_fs: bool | None = None
+
+
+_FLAGS = ("allow_foreign_db", "allow_network_fs")  # True / False / None options
 
 
 def updated(
@@ -43,13 +48,11 @@ def updated(
             f"tether.configure() got unknown option(s) {', '.join(unknown)}; "
             f"known options: db, {', '.join(sorted(known))}"
         )
-    if "allow_foreign_db" in options and not isinstance(options["allow_foreign_db"], bool):
-        raise TypeError(
-            "tether.configure(allow_foreign_db=...) must be True or False, got "
-            f"{options['allow_foreign_db']!r}"
-        )
+    for flag in _FLAGS:
+        if flag in options and not isinstance(options[flag], bool):
+            raise TypeError(f"tether.configure({flag}=...) must be True or False, got {options[flag]!r}")
     for name, value in options.items():
-        if name == "allow_foreign_db":
+        if name in _FLAGS:
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"tether.configure({name}=...) must be a positive number, got {value!r}")
@@ -124,16 +127,25 @@ def resolve(
     return p
 
 
-def foreign_db_allowed(settings: Settings) -> bool:
-    """tether.configure(allow_foreign_db=...), else $TETHER_ALLOW_FOREIGN_DB (read at open)."""
-    if settings.allow_foreign_db is not None:
-        return settings.allow_foreign_db
-    raw = os.environ.get("TETHER_ALLOW_FOREIGN_DB", "").strip().lower()
+def _allowed(setting: bool | None, env: str, what: str) -> bool:
+    """A True/False/None option: its setting, else the environment variable ``env`` (1/0)."""
+    if setting is not None:
+        return setting
+    raw = os.environ.get(env, "").strip().lower()
     if raw in ("", "0", "false", "no"):
         return False
     if raw in ("1", "true", "yes"):
         return True
-    raise StoreError(
-        f"TETHER_ALLOW_FOREIGN_DB={raw!r} must be 1 (use a database another user "
-        "owns) or 0; unset it to refuse such databases."
+    raise StoreError(f"{env}={raw!r} must be 1 ({what}) or 0; unset it to refuse such databases.")
+
+
+def foreign_db_allowed(settings: Settings) -> bool:
+    """tether.configure(allow_foreign_db=...), else $TETHER_ALLOW_FOREIGN_DB (read at open)."""
+    return _allowed(settings.allow_foreign_db, "TETHER_ALLOW_FOREIGN_DB", "use a database another user owns")
+
+
+def network_fs_allowed(settings: Settings) -> bool:
+    """tether.configure(allow_network_fs=...), else $TETHER_ALLOW_NETWORK_FS (read at open)."""
+    return _allowed(
+        settings.allow_network_fs, "TETHER_ALLOW_NETWORK_FS", "use a database on a network filesystem"
     )

@@ -88,8 +88,8 @@ class Workspace:
         """Set where runs are stored and how the runner behaves; returns the settings in force.
 
         ``tether.configure(db="runs.db")``; options: max_concurrency, flush_interval,
-        heartbeat_interval, lease, sweep_interval, max_auto_resumes, allow_foreign_db. Runs already
-        started keep the store they were started in.
+        heartbeat_interval, lease, sweep_interval, max_auto_resumes, allow_foreign_db,
+        allow_network_fs. Runs already started keep the store they were started in.
         """
         self._settings = config.updated(self._settings, db, **options)
         return self._settings
@@ -110,7 +110,9 @@ class Workspace:
             with self._lock:
                 s = self._stores.get(p)
                 if s is None or s._closed:
-                    s = self._stores[p] = SQLiteStore(p, allow_foreign=self._foreign_allowed)
+                    s = self._stores[p] = SQLiteStore(
+                        p, allow_foreign=self._foreign_allowed, allow_network_fs=self._network_fs_allowed
+                    )
         return s
 
     def existing_store(self, path: str | os.PathLike[str] | None = None) -> Store:
@@ -128,6 +130,9 @@ class Workspace:
 
     def _foreign_allowed(self) -> bool:
         return config.foreign_db_allowed(self._settings)
+
+    def _network_fs_allowed(self) -> bool:
+        return config.network_fs_allowed(self._settings)
 
     def runner(self, store: Store | None = None) -> Runner:
         """The runner of ``store`` (default: the configured one) in this process, made on first

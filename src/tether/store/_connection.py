@@ -93,10 +93,17 @@ def _guarded(fn: F) -> F:
 class _Connections(_FileChecks):
     """A tether database file's connections and transactions."""
 
-    def __init__(self, path: str | os.PathLike[str], allow_foreign: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        allow_foreign: Callable[[], bool] | None = None,
+        allow_network_fs: Callable[[], bool] | None = None,
+    ) -> None:
         self.path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
-        # asked when the file is opened: may a file owned by another user be used?
+        # asked when the file is opened: may a file owned by another user be used? one on a
+        # network filesystem?
         self._allow_foreign = allow_foreign or (lambda: False)
+        self._allow_network_fs = allow_network_fs or (lambda: False)
         self.write_lock = threading.RLock()
         self._local = threading.local()
         self._conns: dict[sqlite3.Connection, threading.Thread] = {}  # connection -> its thread
@@ -155,6 +162,7 @@ class _Connections(_FileChecks):
     def _open(self) -> None:
         # Switching to WAL and migrating need locks that SQLite may refuse at once (SQLITE_BUSY
         # without the busy handler) while other processes open the same new file: retry.
+        self._check_filesystem()
         deadline = time.monotonic() + BUSY_TIMEOUT_S
         while True:
             try:

@@ -1,11 +1,13 @@
 """File safety: what a tether database file must be before SQLite writes to it (a regular
-file of this user, a whole SQLite database, not recreated behind anyone's back), checked
-without ever opening a descriptor of it outside SQLite."""
+file of this user, a whole SQLite database, on a local filesystem, not recreated behind anyone's
+back), checked without ever opening a descriptor of it outside SQLite."""
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
+import sys
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +62,92 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
+# Filesystem types (as /proc/self/mountinfo and psutil name them) on which SQLite's WAL is unsafe:
+# its index is shared memory (an mmap of the -shm file) that processes on different hosts do not
+# share, and POSIX locks there are missing, local to one client or unreliable. SQLite's WAL page:
+# "WAL does not work over a network filesystem". A module constant, read at each open: tests
+# extend it (in a child process) to exercise the refusal on a filesystem they can mount.
+NETWORK_FS = frozenset(
+    {
+        "nfs", "nfs4",  # Linux, macOS
+        "cifs", "smb3", "smbfs",  # SMB: Linux (cifs, smb3), macOS (smbfs)
+        "ncpfs", "afpfs", "webdav", "davfs",
+        "9p",  # also WSL2's drvfs (/mnt/c) and some VM shares
+        "afs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs", "orangefs", "pvfs2",
+        "fuse.sshfs", "sshfs", "fuse.ceph-fuse", "fuse.glusterfs", "fuse.s3fs", "fuse.gcsfuse",
+        "fuse.rclone", "fuse.juicefs", "fuse.mountpoint-s3",
+        "remote",  # Windows: a network drive (psutil's "remote" option; _mounts names it so)
+    }
+)  # fmt: skip
+
+_ESCAPED = re.compile(rb"\\([0-7]{3})")
+
+
+def _unescape(field: bytes) -> str:
+    """A mountinfo field: the kernel writes space, tab, newline and backslash as octal (\\040)."""
+    return os.fsdecode(_ESCAPED.sub(lambda m: bytes([int(m.group(1), 8)]), field))
+
+
+def parse_mountinfo(text: bytes) -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of each line of /proc/<pid>/mountinfo, in its order."""
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split(b" ")
+        # id parent major:minor root mount-point options [optional fields...] - type source super
+        try:
+            sep = fields.index(b"-", 6)
+            mounts.append((_unescape(fields[4]), _unescape(fields[sep + 1])))
+        except (ValueError, IndexError):
+            continue
+    return mounts
+
+
+def _mounts() -> list[tuple[str, str]]:
+    """This process's mounts: /proc/self/mountinfo on Linux (exact, this mount namespace's),
+    else psutil's. [] when neither answers: nothing is refused then."""
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/self/mountinfo", "rb") as f:
+                return parse_mountinfo(f.read())
+        except OSError:
+            pass
+    return _psutil_mounts()
+
+
+def _psutil_mounts() -> list[tuple[str, str]]:
+    """psutil's mount table: macOS and BSD (the fstype of getfsstat; os.statvfs has none),
+    Windows (a drive with the "remote" option is a network one), Linux without /proc."""
+    try:
+        import psutil
+
+        return [
+            (p.mountpoint, "remote" if "remote" in p.opts.split(",") else p.fstype)
+            for p in psutil.disk_partitions(all=True)
+        ]
+    except Exception:  # psutil has no answer on this platform, or a mount table it can't read
+        return []
+
+
+def _under(path: str, mount_point: str) -> bool:
+    if path == mount_point:
+        return True
+    return path.startswith(mount_point if mount_point.endswith(os.sep) else mount_point + os.sep)
+
+
+def mount_of(
+    path: str | os.PathLike[str], mounts: list[tuple[str, str]] | None = None
+) -> tuple[str, str] | None:
+    """(mount point, filesystem type) of the mount holding ``path`` (which need not exist yet:
+    its nearest existing folder decides), symbolic links resolved. The longest mount point that
+    is a prefix wins; of equal ones the last (a mount stacked over another). None: not known."""
+    real = os.path.normcase(os.path.realpath(path))
+    best: tuple[str, str] | None = None
+    for mount_point, fstype in _mounts() if mounts is None else mounts:
+        if _under(real, os.path.normcase(mount_point)) and (best is None or len(mount_point) >= len(best[0])):
+            best = (mount_point, fstype)
+    return best
+
+
 class _Busy(Exception):
     """Opening hit a lock another process holds; try again."""
 
@@ -69,6 +157,7 @@ class _FileChecks:
 
     path: Path
     _allow_foreign: Callable[[], bool]
+    _allow_network_fs: Callable[[], bool]
 
     def _fail(self, what: str, exc: BaseException | None = None, fix: str = "") -> StoreError:
         detail = f": {exc}" if exc else ""
@@ -115,6 +204,25 @@ class _FileChecks:
                 "tether.configure(db=...) or TETHER_DB, or if you trust its owner allow it with "
                 "tether.configure(allow_foreign_db=True) or TETHER_ALLOW_FOREIGN_DB=1.",
             )
+
+    def _check_filesystem(self) -> None:
+        """Refuse a database on a network filesystem (NETWORK_FS), before anything is created or
+        opened there. Once per store open: one read of the mount table."""
+        if self._allow_network_fs():
+            return
+        mount = mount_of(self.path)
+        if mount is None or mount[1] not in NETWORK_FS:
+            return
+        mount_point, fstype = mount
+        raise self._fail(
+            f"is on a network filesystem ({fstype}, mounted at {mount_point!r}); nothing was written there",
+            fix="SQLite's locks and the shared memory of its WAL do not work across machines on "
+            "such a filesystem: processes on two hosts using the file can corrupt it or lose runs. "
+            "Keep it on a local disk: tether.configure(db=...) or TETHER_DB=/local/path/runs.db "
+            "(a store shared across machines, on PostgreSQL, is planned but not built yet). If "
+            "every process that uses this file runs on this one machine, allow it with "
+            "tether.configure(allow_network_fs=True) or TETHER_ALLOW_NETWORK_FS=1.",
+        )
 
     def _uri(self, mode: str) -> str:
         return "file:" + urllib.parse.quote(str(self.path)) + "?" + mode

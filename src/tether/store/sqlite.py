@@ -23,8 +23,13 @@ from .protocol import GoneCheck
 class SQLiteStore(_Writes):
     """A tether database file. Cheap to create; opens (and migrates) on first use."""
 
-    def __init__(self, path: str | os.PathLike[str], allow_foreign: Callable[[], bool] | None = None) -> None:
-        super().__init__(path, allow_foreign)
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        allow_foreign: Callable[[], bool] | None = None,
+        allow_network_fs: Callable[[], bool] | None = None,
+    ) -> None:
+        super().__init__(path, allow_foreign, allow_network_fs)
         self.files = Artifacts(self.path, self._pipeline_of)  # large values, beside the database
 
     def request_cancel(self, run_id: str, gone: GoneCheck, origin: dict[str, Any] | None = None) -> RunRecord:
