@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import StoreError
 
-__all__ = ["Settings", "db_setting", "foreign_db_allowed", "resolve", "updated"]
+__all__ = ["DURABILITY", "Settings", "db_setting", "durability", "foreign_db_allowed", "resolve", "updated"]
 
 DEFAULT_DB = Path(".tether") / "runs.db"
 
@@ -28,10 +28,24 @@ class Settings:
     max_auto_resumes: int = 3  # automatic resumes allowed per key
     # use a database (or -wal/-shm) owned by another user; None: $TETHER_ALLOW_FOREIGN_DB (1/0)
     allow_foreign_db: bool | None = None
+    # "normal" or "full" (see DURABILITY); None: $TETHER_DURABILITY, else "normal"
+    durability: str | None = None
+
+
+# What each level survives without losing a committed transaction, and SQLite's
+# ``PRAGMA synchronous`` that gives it (in WAL mode).
+DURABILITY = {
+    "normal": "a crash of the process or the kernel",  # synchronous=NORMAL: fsync at checkpoints
+    "full": "an OS crash or a power cut too",  # synchronous=FULL: an fsync of the WAL per commit
+}
+
+
+def _durability_error(where: str, value: object) -> str:
+    return f"{where} must be {' or '.join(repr(k) for k in DURABILITY)}, got {value!r}"
 
 
 def updated(
-    current: Settings, db: str | os.PathLike[str] | None = None, **options: float | int | bool
+    current: Settings, db: str | os.PathLike[str] | None = None, **options: float | int | bool | str
 ) -> Settings:
     """``current`` with ``db`` and ``options`` applied, each checked (TypeError / ValueError
     naming the option and the fix). What ``tether.configure()`` does to a workspace's settings."""
@@ -47,8 +61,11 @@ def updated(
             "tether.configure(allow_foreign_db=...) must be True or False, got "
             f"{options['allow_foreign_db']!r}"
         )
+    level = options.get("durability", "normal")
+    if not (isinstance(level, str) and level in DURABILITY):
+        raise ValueError(_durability_error("tether.configure(durability=...)", level))
     for name, value in options.items():
-        if name == "allow_foreign_db":
+        if name in ("allow_foreign_db", "durability"):
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"tether.configure({name}=...) must be a positive number, got {value!r}")
@@ -135,3 +152,16 @@ def foreign_db_allowed(settings: Settings) -> bool:
         f"TETHER_ALLOW_FOREIGN_DB={raw!r} must be 1 (use a database another user "
         "owns) or 0; unset it to refuse such databases."
     )
+
+
+def durability(settings: Settings) -> str:
+    """tether.configure(durability=...), else $TETHER_DURABILITY, else "normal" (read when a
+    store is made or the setting changes)."""
+    if settings.durability is not None:
+        return settings.durability
+    raw = os.environ.get("TETHER_DURABILITY", "").strip().lower()
+    if not raw:
+        return "normal"
+    if raw in DURABILITY:
+        return raw
+    raise StoreError(_durability_error("TETHER_DURABILITY", raw) + "; unset it for 'normal'.")
