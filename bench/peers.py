@@ -229,9 +229,10 @@ def launch_dbos(path: Path) -> str:
     )
 
 
-def interleaved(sz: Sizes, first: int) -> tuple[list[float], list[float], list[float], list[float]]:
+def interleaved(sz: Sizes, first: int, label: str) -> tuple[str, str, float]:
     """tether and DBOS runs of ids ``first``.. in sz.batches batches per side, alternating batch
-    by batch (the side that goes first alternates too): the latencies and batch rates of each."""
+    by batch (the side that goes first alternates too): each side's throughput (the median batch
+    rate) and latencies as a cell, and the ratio of the throughputs."""
     lat_t: list[float] = []
     lat_d: list[float] = []
     rate_t: list[float] = []
@@ -249,7 +250,17 @@ def interleaved(sz: Sizes, first: int) -> tuple[list[float], list[float], list[f
             t0 = pc()
             lat.extend(fn(i) for i in ids)
             rate.append(sz.batch_runs / (pc() - t0))
-    return lat_t, rate_t, lat_d, rate_d
+    rt, rd = statistics.median(rate_t), statistics.median(rate_d)
+    say(
+        f"  {label}: tether {rt:,.0f} runs/s ({', '.join(f'{r:,.0f}' for r in rate_t)}), p50 "
+        f"{ms(pct(lat_t, 0.5))}; DBOS {rd:,.0f} runs/s ({', '.join(f'{r:,.0f}' for r in rate_d)}), "
+        f"p50 {ms(pct(lat_d, 0.5))}"
+    )
+
+    def cell(rate: float, lat: list[float]) -> str:
+        return f"{rate:,.0f} runs/s, p50 {ms(pct(lat, 0.5))}, p99 {ms(pct(lat, 0.99))}"
+
+    return cell(rt, lat_t), cell(rd, lat_d), rt / rd
 
 
 def bench_full(sz: Sizes) -> Row:
@@ -264,26 +275,19 @@ def bench_full(sz: Sizes) -> Row:
         for w in range(sz.warmup):  # the connections switch to FULL, fresh keys on both sides
             tether_run(FULL_IDS - w - 1)
             dbos_run(FULL_IDS - w - 1)
-        lat_t, rate_t, lat_d, rate_d = interleaved(sz, FULL_IDS)
+        tether_cell, dbos_cell, ratio = interleaved(sz, FULL_IDS, "2d (tether at full)")
     finally:
         tether.configure(durability="normal")
-    n = sz.batches * sz.batch_runs
-    rt, rd = statistics.median(rate_t), statistics.median(rate_d)
-    say(
-        f"  2d: tether (full) {rt:,.0f} runs/s ({', '.join(f'{r:,.0f}' for r in rate_t)}), p50 "
-        f"{ms(pct(lat_t, 0.5))}; DBOS {rd:,.0f} runs/s ({', '.join(f'{r:,.0f}' for r in rate_d)}), "
-        f"p50 {ms(pct(lat_d, 0.5))}"
-    )
     return Row(
         "2d",
         f'the runs of 2a at equal durability: tether `configure(durability="full")` '
-        f"(synchronous=FULL) vs DBOS at its default FULL, {n} runs (median of {sz.batches} "
-        f"interleaved batches of {sz.batch_runs})",
-        f"{rt:,.0f} runs/s, p50 {ms(pct(lat_t, 0.5))}, p99 {ms(pct(lat_t, 0.99))}",
-        f"DBOS on SQLite (WAL, FULL) {rd:,.0f} runs/s, p50 {ms(pct(lat_d, 0.5))}, p99 {ms(pct(lat_d, 0.99))}",
-        rt / rd,
+        f"(synchronous=FULL) vs DBOS at its default FULL, {sz.batches * sz.batch_runs} runs (median "
+        f"of {sz.batches} interleaved batches of {sz.batch_runs})",
+        tether_cell,
+        f"DBOS on SQLite (WAL, FULL) {dbos_cell}",
+        ratio,
         "ratio >= 5",
-        rt / rd >= 5,
+        ratio >= 5,
     )
 
 
@@ -294,25 +298,19 @@ def bench_durable(sz: Sizes, tether_db: Path, dbos_db: Path) -> list[Row]:
         dbos_run(-w - 1)
     base_t, base_d = db_bytes(tether_db), db_bytes(dbos_db)
 
-    lat_t, rate_t, lat_d, rate_d = interleaved(sz, 0)
+    tether_cell, dbos_cell, ratio = interleaved(sz, 0, "2a")
     n = sz.batches * sz.batch_runs
-    rt, rd = statistics.median(rate_t), statistics.median(rate_d)
-    say(
-        f"  2a: tether {rt:,.0f} runs/s ({', '.join(f'{r:,.0f}' for r in rate_t)}), p50 "
-        f"{ms(pct(lat_t, 0.5))}; DBOS {rd:,.0f} runs/s ({', '.join(f'{r:,.0f}' for r in rate_d)}), "
-        f"p50 {ms(pct(lat_d, 0.5))}"
-    )
     rows = [
         Row(
             "2a",
             f"durable trivial runs (3 checkpointed steps), {n} runs one after the other: "
             f"throughput (median of {sz.batches} interleaved batches of {sz.batch_runs}) and "
             "latency start -> result",
-            f"{rt:,.0f} runs/s, p50 {ms(pct(lat_t, 0.5))}, p99 {ms(pct(lat_t, 0.99))}",
-            f"DBOS on SQLite (WAL) {rd:,.0f} runs/s, p50 {ms(pct(lat_d, 0.5))}, p99 {ms(pct(lat_d, 0.99))}",
-            rt / rd,
+            tether_cell,
+            f"DBOS on SQLite (WAL) {dbos_cell}",
+            ratio,
             "ratio >= 10",
-            rt / rd >= 10,
+            ratio >= 10,
         )
     ]
 
