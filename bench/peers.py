@@ -21,6 +21,10 @@ markdown table with the goal and PASS/MISS of each (ratios are tether / peer):
 - **2c** (informative) the same with Huey polling as fast as we could reasonably ask: its worker
   polls the queue every 1 ms without back-off and the waiting client polls for the result every
   1 ms. Huey documents no lower bound for ``--delay`` (default 0.1 s) and requires ``backoff >= 1``.
+- **2d** the runs of 2a at equal durability: tether with ``tether.configure(durability="full")``
+  (``synchronous=FULL``: an fsync of the WAL per commit, checked on its connection) against DBOS at
+  its default, also FULL; new ids on both sides, a warm-up, then batches interleaved as in 2a.
+  Measured after 3 and 7b (its runs would change their counts); tether goes back to "normal".
 - **3** idempotent re-start of a finished run: tether ``start()`` of a succeeded run with the same
   params (returns the existing run); DBOS calling the workflow again inside
   ``SetWorkflowID(same id)`` (returns the recorded result without running it) and
@@ -36,7 +40,8 @@ Settings, as found in the peers' code (DBOS 3.4.0 ``_sys_db_sqlite.py``: its con
 ``SqliteStorage``: ``journal_mode='wal'``, ``synchronous`` untouched unless ``fsync=`` is given):
 the DBOS file is switched to WAL by this script before ``DBOS.launch()`` (WAL is persistent in the
 file); neither peer sets ``synchronous``, so both run at SQLite's default (FULL: an fsync of the WAL
-per commit), while tether uses WAL + NORMAL. The header reports the PRAGMAs read from the files.
+per commit), while tether uses WAL + NORMAL by default (FULL in 2d). The header reports the
+PRAGMAs read from the files.
 DBOS's admin HTTP server is off (``run_admin_server: False``) and its log level WARNING: neither
 changes what a workflow does.
 
@@ -78,6 +83,7 @@ except ImportError:
 
 pc = time.perf_counter
 BLOCK = 20  # sections 3, 2b, 2c: calls per side in a row before switching side
+FULL_IDS = 1_000_000  # 2d: the first id of its runs (apart from 2a's)
 INSTALL = "pip install -r bench/requirements.txt"
 
 
@@ -223,19 +229,16 @@ def launch_dbos(path: Path) -> str:
     )
 
 
-def bench_durable(sz: Sizes, tether_db: Path, dbos_db: Path) -> list[Row]:
-    """2a (throughput, latency), 7b (bytes per run) and 3 (idempotent re-start)."""
-    for w in range(sz.warmup):  # warm-up: imports, first connections, first threads
-        tether_run(-w - 1)
-        dbos_run(-w - 1)
-    base_t, base_d = db_bytes(tether_db), db_bytes(dbos_db)
-
+def interleaved(sz: Sizes, first: int, label: str) -> tuple[str, str, float]:
+    """tether and DBOS runs of ids ``first``.. in sz.batches batches per side, alternating batch
+    by batch (the side that goes first alternates too): each side's throughput (the median batch
+    rate) and latencies as a cell, and the ratio of the throughputs."""
     lat_t: list[float] = []
     lat_d: list[float] = []
     rate_t: list[float] = []
     rate_d: list[float] = []
     for b in range(sz.batches):
-        ids = range(b * sz.batch_runs, (b + 1) * sz.batch_runs)
+        ids = range(first + b * sz.batch_runs, first + (b + 1) * sz.batch_runs)
         sides: list[tuple[Callable[[int], float], list[float], list[float]]] = [
             (tether_run, lat_t, rate_t),
             (dbos_run, lat_d, rate_d),
@@ -247,24 +250,67 @@ def bench_durable(sz: Sizes, tether_db: Path, dbos_db: Path) -> list[Row]:
             t0 = pc()
             lat.extend(fn(i) for i in ids)
             rate.append(sz.batch_runs / (pc() - t0))
-    n = sz.batches * sz.batch_runs
     rt, rd = statistics.median(rate_t), statistics.median(rate_d)
     say(
-        f"  2a: tether {rt:,.0f} runs/s ({', '.join(f'{r:,.0f}' for r in rate_t)}), p50 "
+        f"  {label}: tether {rt:,.0f} runs/s ({', '.join(f'{r:,.0f}' for r in rate_t)}), p50 "
         f"{ms(pct(lat_t, 0.5))}; DBOS {rd:,.0f} runs/s ({', '.join(f'{r:,.0f}' for r in rate_d)}), "
         f"p50 {ms(pct(lat_d, 0.5))}"
     )
+
+    def cell(rate: float, lat: list[float]) -> str:
+        return f"{rate:,.0f} runs/s, p50 {ms(pct(lat, 0.5))}, p99 {ms(pct(lat, 0.99))}"
+
+    return cell(rt, lat_t), cell(rd, lat_d), rt / rd
+
+
+def bench_full(sz: Sizes) -> Row:
+    """2d: 2a again with tether at durability="full" (synchronous=FULL, an fsync of the WAL per
+    commit), DBOS's default: both sides equally durable. New ids on both sides (new keys)."""
+    tether.configure(durability="full")
+    try:
+        store = tether.workspace.default().store()
+        sync = store.conn().execute("PRAGMA synchronous").fetchone()[0]
+        if sync != 2:
+            raise SystemExit(f"tether at durability='full' runs synchronous={sync}, not 2 (FULL)")
+        for w in range(sz.warmup):  # the connections switch to FULL, fresh keys on both sides
+            tether_run(FULL_IDS - w - 1)
+            dbos_run(FULL_IDS - w - 1)
+        tether_cell, dbos_cell, ratio = interleaved(sz, FULL_IDS, "2d (tether at full)")
+    finally:
+        tether.configure(durability="normal")
+    return Row(
+        "2d",
+        f'the runs of 2a at equal durability: tether `configure(durability="full")` '
+        f"(synchronous=FULL) vs DBOS at its default FULL, {sz.batches * sz.batch_runs} runs (median "
+        f"of {sz.batches} interleaved batches of {sz.batch_runs})",
+        tether_cell,
+        f"DBOS on SQLite (WAL, FULL) {dbos_cell}",
+        ratio,
+        "ratio >= 5",
+        ratio >= 5,
+    )
+
+
+def bench_durable(sz: Sizes, tether_db: Path, dbos_db: Path) -> list[Row]:
+    """2a (throughput, latency), 7b (bytes per run) and 3 (idempotent re-start)."""
+    for w in range(sz.warmup):  # warm-up: imports, first connections, first threads
+        tether_run(-w - 1)
+        dbos_run(-w - 1)
+    base_t, base_d = db_bytes(tether_db), db_bytes(dbos_db)
+
+    tether_cell, dbos_cell, ratio = interleaved(sz, 0, "2a")
+    n = sz.batches * sz.batch_runs
     rows = [
         Row(
             "2a",
             f"durable trivial runs (3 checkpointed steps), {n} runs one after the other: "
             f"throughput (median of {sz.batches} interleaved batches of {sz.batch_runs}) and "
             "latency start -> result",
-            f"{rt:,.0f} runs/s, p50 {ms(pct(lat_t, 0.5))}, p99 {ms(pct(lat_t, 0.99))}",
-            f"DBOS on SQLite (WAL) {rd:,.0f} runs/s, p50 {ms(pct(lat_d, 0.5))}, p99 {ms(pct(lat_d, 0.99))}",
-            rt / rd,
+            tether_cell,
+            f"DBOS on SQLite (WAL) {dbos_cell}",
+            ratio,
             "ratio >= 10",
-            rt / rd >= 10,
+            ratio >= 10,
         )
     ]
 
@@ -350,6 +396,7 @@ def bench_durable(sz: Sizes, tether_db: Path, dbos_db: Path) -> list[Row]:
             t50 / base <= 0.1,
         ),
     )
+    rows.append(bench_full(sz))  # last: its runs would change 7b's counts and 3's keys
     return rows
 
 
@@ -491,12 +538,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             tether.runs(limit=1)  # creates and migrates the tether DB
             mode = pragmas(tether_db).split(",")[0]
-            info["tether settings"] = f"{mode}; tether's connections set synchronous=1 (NORMAL)"
+            info["tether settings"] = (
+                f"{mode}; tether's connections set synchronous=1 (NORMAL), its default "
+                'durability; 2d: synchronous=2 (FULL), `configure(durability="full")`'
+            )
             if DBOS is None:
                 info["dbos settings"] = "not measured: DBOS is not installed"
                 say(f"DBOS is not installed: its rows are not measured ({INSTALL})")
                 rows += [
                     not_installed("2a", "durable trivial runs, throughput", "DBOS", "ratio >= 10"),
+                    not_installed(
+                        "2d", "durable trivial runs at equal durability (FULL)", "DBOS", "ratio >= 5"
+                    ),
                     not_installed("3", "idempotent re-start of a finished run", "DBOS", "ratio <= 0.1"),
                     not_installed("7b", "database bytes per run", "DBOS", "ratio <= 1"),
                 ]
@@ -521,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += huey_rows
         finally:
             tether.workspace.default().close()  # stop tether's threads before the directory goes away
-    order = {"2a": 0, "2b": 1, "2c": 2, "3": 3, "7b": 4}
+    order = {"2a": 0, "2b": 1, "2c": 2, "2d": 3, "3": 4, "7b": 5}
     rows.sort(key=lambda r: order.get(r.ref, 9))
     head = "\n".join(f"- **{k}**: {v}" for k, v in info.items())
     report(

@@ -31,7 +31,7 @@ written by the script itself:
 pip install -e . -r bench/requirements.txt   # tether and the pinned peers, in a venv of their own
 python bench/run.py --write-docs --wait-idle 300   # full run, < 10 min on 2 cores
 python bench/run.py --quick                   # smoke run, < 2 min (figures are noisier)
-python bench/run.py --only 5                  # one section (1 to 10; 7a, 7b)
+python bench/run.py --only 5                  # one section (1 to 11; 7a, 7b)
 ```
 
 `bench/README.md` lists the scripts behind each section.
@@ -57,7 +57,7 @@ Time per section (and the share of the machine's CPU that other processes used m
 
 ## What each figure means
 
-Ratios are tether / baseline: for times, lower is better; for rates (4a, 4b, 2a) the ratio is
+Ratios are tether / baseline: for times, lower is better; for rates (4a, 4b, 2a, 2d) the ratio is
 tether's rate over the baseline's, higher is better. Latencies are per call; `p50`/`p99` are
 nearest-rank percentiles. A row marked `info` has no goal; `n/a` means a goal exists but the
 figure could not be measured (the row says why).
@@ -87,8 +87,8 @@ at most half of rich.
 
 Measured by `bench/peers.py` (its docstring gives every detail; the settings it found are listed
 under "Versions and settings" above). Peers run with their documented defaults; where tether's
-SQLite settings differ (WAL + `synchronous=NORMAL` against the peers' default `FULL`), the
-settings line says so.
+SQLite settings differ (WAL + `synchronous=NORMAL`, tether's default durability, against the
+peers' default `FULL`), the settings line says so, and 2d compares both at `FULL`.
 
 2a. **Durable trivial runs one after the other**: a pipeline of three checkpointed steps
 (`ctx.step`) started and waited for, against a DBOS workflow of three `@DBOS.step`s; throughput
@@ -99,6 +99,11 @@ in the same process, documented defaults: the consumer polls the queue). Goal: t
 
 2c. The same with Huey polling every millisecond: informative (what Huey costs without its
 polling delay).
+
+2d. **The runs of 2a at equal durability**: tether with `tether.configure(durability="full")`
+(`synchronous=FULL`, an fsync of the WAL per commit, as DBOS and Huey run: see
+[recovery](recovery.md#what-is-kept-after-a-crash)) against DBOS at its default, new runs on both
+sides, interleaved batches as in 2a. Goal: tether >= 5x DBOS's throughput.
 
 3. **Idempotent re-start of a finished run**: tether's `start()` with the same params (returns the
 succeeded run) against DBOS's re-execution of a workflow id that has finished (the faster of its
@@ -249,6 +254,28 @@ tether time), median of 5 interleaved repetitions. Goal: >= 0.5.
 10c. **The database file** (+ WAL) after 10a and 10b: values over 1 MiB keep their bulk in files
 beside it (see [values and artifacts](values.md)). Goal: < 1 MiB.
 
+### 11. Front ends: `tether serve` and `tether watch`
+
+11a, 11b. **Many watchers of one run in the web app**, measured by `bench/serve_watchers.py`. A
+child process owns a run that logs a line every ~2 ms; `tether serve` runs in a second process;
+the benchmark opens the SSE streams of `/api/runs/<id>/events` from a third. One watcher for 10 s,
+then 50 at once for 10 s, over the same run. 11a: store reads per second, the server's own count
+(`/api/stats`: its hub counts each one), with 50 watchers against one; goal <= 2x. Each run has
+one reader in the server (see [the web page](web.md#one-reader-per-run)), so the store reads do
+not grow with the watchers (a reader per watcher would make ~50x as many). 11b: the latency of
+each log event each watcher receives, its arrival time minus the time the pipeline called
+`ctx.log` (same host clock); goal p50 <= 300 ms. Most of it is the owner's `flush_interval`
+(0.25 s by default: a log line reaches the store at the owner's next flush, 125 ms later on
+average), then the server's 0.1 s poll; a smaller `flush_interval` in the owner lowers it. With 50
+watchers the extra is the server and the benchmark's own client sharing two cores.
+
+11c. **`tether watch ID` CPU**, measured by `bench/watch_cpu.py`: a child process executes a busy
+run (~1,000 `ctx.advance()` and ~50 log lines a second) and `tether watch` follows it from another
+process, once under a pseudo-terminal (frames redrawn in place; the benchmark reads the terminal
+all the time, as a terminal would) and once with its stdout on a pipe (plain lines). The figure is
+the watcher's CPU time (psutil `cpu_times()`, user + system) over 20 s after a 2 s warm-up (its
+start and imports not counted), as a share of one core. Goal: <= 2% of a core in both modes.
+
 ## Reading the figures
 
 On the 2-core VM this project runs on, absolute figures move by up to 2x between runs even when no
@@ -276,7 +303,15 @@ is never executed again). Merging the start and the claim into one transaction f
 process executes at once would save one more (~0.25 ms); 10x needs that and more. DBOS pays an
 fsync per commit (SQLite's default `synchronous=FULL`, which DBOS leaves), tether runs
 `synchronous=NORMAL` in WAL: a committed step survives a crash of the process, though not
-necessarily a power cut.""",
+necessarily a power cut (2d compares both at `FULL`).""",
+    "2d": """\
+**2d (durable runs vs DBOS, both at `synchronous=FULL`).** At `FULL` every commit waits for an
+fsync of the WAL, and that sets both sides' pace: measured alone (`python bench/peers.py` at
+e720876, other processes using 90% of the CPU), tether made 169 runs/s at its default durability
+(2a) and 34 runs/s at `"full"` (p50 24 ms) in the same process, DBOS 12 runs/s (p50 70 ms). A
+3-step tether run commits 6 write transactions (the idempotent start, the claim, one per step,
+the end; see 2a), each an fsync at `FULL`: fewer commits per run (the start and the claim in one
+transaction for a run this process executes at once) move this ratio, faster Python does not.""",
     "3": """\
 **3 (idempotent re-start vs DBOS).** tether's attach takes ~0.06-0.11 ms here (figure 9a; this
 VM's speed moves by up to 2x between runs of the same code): one indexed `SELECT` (~0.02 ms)

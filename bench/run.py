@@ -2,7 +2,7 @@
 
     python bench/run.py                          # everything (< 10 min on 2 cores)
     python bench/run.py --quick                  # smoke run (< 2 min); figures are noisier
-    python bench/run.py --only 1 --only 5        # some sections: 1 2 3 4 5 6 7 (7a, 7b) 8 9
+    python bench/run.py --only 1 --only 5        # some sections: 1 to 11 (7: 7a, 7b; 11: 11a-11c)
     python bench/run.py --wait-idle 300          # on a shared machine: wait for idle CPUs first
     python bench/run.py --write-docs             # then rewrite docs/performance.md
 
@@ -62,16 +62,9 @@ SECTIONS = (
         120,
     ),
     Section(("10",), "values: arrays and frames", ("bench_values.py",), 150),
+    Section(("11a", "11b"), "front ends: `tether serve` with many watchers", ("serve_watchers.py",), 150),
+    Section(("11c",), "front ends: `tether watch` CPU", ("watch_cpu.py",), 150),
 )
-
-
-def selected(only: list[str] | None) -> list[Section]:
-    if not only:
-        return list(SECTIONS)
-    want = set(only)
-    return [
-        s for s in SECTIONS if want & set(s.refs) or ("7" in want and any(r.startswith("7") for r in s.refs))
-    ]
 
 
 def ref_key(ref: str) -> tuple[int, str, int]:
@@ -79,7 +72,16 @@ def ref_key(ref: str) -> tuple[int, str, int]:
     return (int(m.group(1)), m.group(2), len(m.group(3))) if m else (99, ref, 0)
 
 
-CHOICES = sorted({r for s in SECTIONS for r in s.refs} | {"7"}, key=ref_key)
+def selected(only: list[str] | None) -> list[Section]:
+    """The sections of the figures in ``only``: a ref (``7b``), or a number, for all of its refs
+    (``7``: 7a and 7b; ``11``: 11a, 11b and 11c)."""
+    if not only:
+        return list(SECTIONS)
+    want = set(only)
+    return [s for s in SECTIONS if want & ({*s.refs} | {str(ref_key(r)[0]) for r in s.refs})]
+
+
+CHOICES = sorted({x for s in SECTIONS for r in s.refs for x in (r, str(ref_key(r)[0]))}, key=ref_key)
 
 
 @dataclass

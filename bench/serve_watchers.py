@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -120,6 +121,7 @@ def main() -> None:
         srv.stop()
         owner.kill()
         owner.communicate(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
     ratio = many["reads_per_s"] / one["reads_per_s"] if one["reads_per_s"] else None
     w = args.watchers
     rate = many["events"] / (w * seconds)  # log lines/s the run wrote, as each watcher saw them

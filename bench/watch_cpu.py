@@ -1,7 +1,7 @@
-"""CPU of `tether watch` following a busy run of another process (figure 11 of docs/performance.md).
+"""CPU of `tether watch` following a busy run of another process (figure 11c of docs/performance.md).
 
     python bench/watch_cpu.py                  # 20 s per mode (~50 s)
-    python bench/watch_cpu.py --seconds 5      # a quick look
+    python bench/watch_cpu.py --quick          # 5 s per mode (or --seconds N)
     python bench/watch_cpu.py --json OUT.json  # also write the rows for bench/run.py
 
 A child process executes ``helpers.pipes_watch.busy`` (~1,000 ``ctx.advance()`` and ~50 log
@@ -78,8 +78,11 @@ def measure(env: dict[str, str], run_id: str, seconds: float, tty: bool) -> floa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per mode (default 20)")
+    ap.add_argument("--quick", action="store_true", help="5 measured seconds per mode (a smoke run)")
     ap.add_argument("--json", help="also write the rows to this file (for bench/run.py)")
     args = ap.parse_args()
+    if args.quick:
+        args.seconds = min(args.seconds, 5.0)
     watch = CpuWatch()
     began = time.monotonic()
     results: dict[str, float] = {}
@@ -110,7 +113,7 @@ def main() -> None:
     )
     rows = [
         Row(
-            "11",
+            "11c",
             name,
             f"{results['tty']:.2%} of a core ({results['plain']:.2%})",
             "",

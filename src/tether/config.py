@@ -11,7 +11,16 @@ from typing import Any
 
 from .errors import StoreError
 
-__all__ = ["Settings", "db_setting", "foreign_db_allowed", "network_fs_allowed", "resolve", "updated"]
+__all__ = [
+    "DURABILITY",
+    "Settings",
+    "db_setting",
+    "durability",
+    "foreign_db_allowed",
+    "network_fs_allowed",
+    "resolve",
+    "updated",
+]
 
 DEFAULT_DB = Path(".tether") / "runs.db"
 
@@ -31,13 +40,27 @@ class Settings:
     allow_foreign_db: bool | None = None
     # use a database on a network filesystem (NFS, SMB, sshfs...); None: $TETHER_ALLOW_NETWORK_FS
     allow_network_fs: bool | None = None
+    # "normal" or "full" (see DURABILITY); None: $TETHER_DURABILITY, else "normal"
+    durability: str | None = None
 
 
 _FLAGS = ("allow_foreign_db", "allow_network_fs")  # True / False / None options
 
 
+# What each level survives without losing a committed transaction, and SQLite's
+# ``PRAGMA synchronous`` that gives it (in WAL mode).
+DURABILITY = {
+    "normal": "a crash of the process or the kernel",  # synchronous=NORMAL: fsync at checkpoints
+    "full": "an OS crash or a power cut too",  # synchronous=FULL: an fsync of the WAL per commit
+}
+
+
+def _durability_error(where: str, value: object) -> str:
+    return f"{where} must be {' or '.join(repr(k) for k in DURABILITY)}, got {value!r}"
+
+
 def updated(
-    current: Settings, db: str | os.PathLike[str] | None = None, **options: float | int | bool
+    current: Settings, db: str | os.PathLike[str] | None = None, **options: float | int | bool | str
 ) -> Settings:
     """``current`` with ``db`` and ``options`` applied, each checked (TypeError / ValueError
     naming the option and the fix). What ``tether.configure()`` does to a workspace's settings."""
@@ -51,8 +74,11 @@ def updated(
     for flag in _FLAGS:
         if flag in options and not isinstance(options[flag], bool):
             raise TypeError(f"tether.configure({flag}=...) must be True or False, got {options[flag]!r}")
+    level = options.get("durability", "normal")
+    if not (isinstance(level, str) and level in DURABILITY):
+        raise ValueError(_durability_error("tether.configure(durability=...)", level))
     for name, value in options.items():
-        if name in _FLAGS:
+        if name in _FLAGS or name == "durability":
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"tether.configure({name}=...) must be a positive number, got {value!r}")
@@ -149,3 +175,16 @@ def network_fs_allowed(settings: Settings) -> bool:
     return _allowed(
         settings.allow_network_fs, "TETHER_ALLOW_NETWORK_FS", "use a database on a network filesystem"
     )
+
+
+def durability(settings: Settings) -> str:
+    """tether.configure(durability=...), else $TETHER_DURABILITY, else "normal" (read when a
+    store is made or the setting changes)."""
+    if settings.durability is not None:
+        return settings.durability
+    raw = os.environ.get("TETHER_DURABILITY", "").strip().lower()
+    if not raw:
+        return "normal"
+    if raw in DURABILITY:
+        return raw
+    raise StoreError(_durability_error("TETHER_DURABILITY", raw) + "; unset it for 'normal'.")

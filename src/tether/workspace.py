@@ -55,7 +55,7 @@ class Workspace:
     and closes its stores (the next use opens them again).
     """
 
-    def __init__(self, db: str | os.PathLike[str] | None = None, **options: float | int | bool) -> None:
+    def __init__(self, db: str | os.PathLike[str] | None = None, **options: float | int | bool | str) -> None:
         self._settings = config.updated(Settings(), db, **options)
         self._lock = threading.Lock()
         self._stores: dict[Path, SQLiteStore] = {}
@@ -82,17 +82,32 @@ class Workspace:
     def settings(self, value: Settings) -> None:
         if not isinstance(value, Settings):
             raise TypeError(f"Workspace.settings takes a tether.Settings, got {value!r}")
+        changed = value.durability != self._settings.durability
         self._settings = value
+        if changed:
+            self._apply_durability()
 
-    def configure(self, db: str | os.PathLike[str] | None = None, **options: float | int | bool) -> Settings:
+    def configure(
+        self, db: str | os.PathLike[str] | None = None, **options: float | int | bool | str
+    ) -> Settings:
         """Set where runs are stored and how the runner behaves; returns the settings in force.
 
         ``tether.configure(db="runs.db")``; options: max_concurrency, flush_interval,
         heartbeat_interval, lease, sweep_interval, max_auto_resumes, allow_foreign_db,
-        allow_network_fs. Runs already started keep the store they were started in.
+        allow_network_fs, durability. Runs already started keep the store they were started in.
         """
         self._settings = config.updated(self._settings, db, **options)
+        if "durability" in options:
+            self._apply_durability()
         return self._settings
+
+    def _apply_durability(self) -> None:
+        """The stores already made commit at the durability now in force (new ones start at it)."""
+        level = config.durability(self._settings)
+        with self._lock:
+            stores = list(self._stores.values())
+        for s in stores:
+            s.set_durability(level)  # type: ignore[attr-defined]
 
     def db_path(self) -> Path:
         """The database file the settings name now (configured, else $TETHER_DB, else the
@@ -110,9 +125,11 @@ class Workspace:
             with self._lock:
                 s = self._stores.get(p)
                 if s is None or s._closed:
-                    s = self._stores[p] = SQLiteStore(
+                    s = SQLiteStore(
                         p, allow_foreign=self._foreign_allowed, allow_network_fs=self._network_fs_allowed
                     )
+                    s.set_durability(config.durability(self._settings))
+                    self._stores[p] = s
         return s
 
     def existing_store(self, path: str | os.PathLike[str] | None = None) -> Store:

@@ -33,6 +33,16 @@ from ._safety import (
 BUSY_TIMEOUT_S = 30.0
 
 
+_SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}  # tether.config.DURABILITY -> SQLite's
+
+
+def _synchronous(durability: str) -> str:
+    try:
+        return _SYNCHRONOUS[durability]
+    except KeyError:
+        raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}") from None
+
+
 def _close_quietly(conns: Sequence[sqlite3.Connection]) -> None:
     for conn in conns:
         try:
@@ -98,12 +108,14 @@ class _Connections(_FileChecks):
         path: str | os.PathLike[str],
         allow_foreign: Callable[[], bool] | None = None,
         allow_network_fs: Callable[[], bool] | None = None,
+        durability: str = "normal",
     ) -> None:
         self.path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
         # asked when the file is opened: may a file owned by another user be used? one on a
         # network filesystem?
         self._allow_foreign = allow_foreign or (lambda: False)
         self._allow_network_fs = allow_network_fs or (lambda: False)
+        self._sync = _synchronous(durability)  # PRAGMA synchronous of every connection
         self.write_lock = threading.RLock()
         self._local = threading.local()
         self._conns: dict[sqlite3.Connection, threading.Thread] = {}  # connection -> its thread
@@ -117,6 +129,19 @@ class _Connections(_FileChecks):
 
     def __repr__(self) -> str:
         return f"<tether.Store {str(self.path)!r}>"
+
+    def set_durability(self, durability: str) -> None:
+        """ "normal" or "full" (tether.config.DURABILITY): each thread's connection switches before
+        its next statement outside a transaction."""
+        self._sync = _synchronous(durability)
+
+    def _use(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """Make ``conn`` this thread's connection, at the durability in force."""
+        sync = self._sync
+        conn.execute(f"PRAGMA synchronous = {sync}")
+        self._local.conn = conn
+        self._local.sync = sync
+        return conn
 
     def _new_conn(self) -> sqlite3.Connection:
         if self._closed:
@@ -149,8 +174,7 @@ class _Connections(_FileChecks):
                 isolation_level=None,
                 check_same_thread=False,
             )
-            conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA busy_timeout = {wait_ms}")  # synchronous: set by _use
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
@@ -235,7 +259,7 @@ class _Connections(_FileChecks):
             raise self._fail("is corrupt or unreadable; it was left untouched", exc) from exc
         st = os.stat(self.path)
         self._identity = (st.st_dev, st.st_ino)
-        self._local.conn = conn
+        self._use(conn)
 
     def _drop(self, conn: sqlite3.Connection) -> None:
         with self._open_lock:
@@ -260,8 +284,13 @@ class _Connections(_FileChecks):
 
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (opening and migrating the database on first use)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
         if conn is not None and not self._closed:
+            # durability changed since this connection was set up: switch it, never inside a
+            # transaction (the level of a commit is the one in force at BEGIN)
+            if local.sync is not self._sync and not conn.in_transaction:
+                self._use(conn)
             return conn
         if not self._ready:
             with self.write_lock:
@@ -270,9 +299,7 @@ class _Connections(_FileChecks):
                     self._ready = True
                     opened: sqlite3.Connection = self._local.conn
                     return opened
-        conn = self._new_conn()
-        self._local.conn = conn
-        return conn
+        return self._use(self._new_conn())
 
     def close(self) -> None:
         """Close the connections of this thread and of threads that have ended.
