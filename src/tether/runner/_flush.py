@@ -125,8 +125,8 @@ class Flushing(RunnerState):
                     self._flusher.start()
 
     def _flush_loop(self) -> None:
-        # ticks at a fixed rate (not an interval after each write, which let a busy body see
-        # ~0.35-0.4 s between progress writes for a 0.25 s interval); a burst wakes it early
+        # ticks at a fixed rate, not an interval after each write: a run's progress is written
+        # every flush_interval however long each write takes; a burst of events wakes it early
         due = time.monotonic() + self.workspace.settings.flush_interval
         while not self._stop.is_set():
             wait = max(0.0, due - time.monotonic())
