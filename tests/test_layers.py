@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("policy", ["tether.policy"]),
     ("store", ["tether.store", "tether._schema"]),
     ("engine", ["tether.owner", "tether.context", "tether._capture", "tether.fanout", "tether.runner"]),
-    ("run/pipeline", ["tether.run", "tether.pipeline"]),
+    ("run/pipeline", ["tether.run", "tether._done", "tether._params", "tether.pipeline"]),
     ("workspace", ["tether.workspace"]),
     ("views", ["tether.view"]),
     ("front ends", ["tether.widget", "tether.cli", "tether.worker", "tether.watch", "tether.serve"]),

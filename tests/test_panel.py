@@ -403,6 +403,24 @@ def test_dashboard_lists_filters_and_selects(db: Path, tmp_path: Path, fast_poll
     assert fast_poller.watching(d) is None
 
 
+def test_a_phase_with_a_total_of_zero_is_all_done_in_every_view(db: Path) -> None:
+    # the panel, its list of children and the dashboard share one percent: nothing to do is done
+    from dataclasses import replace
+
+    from tether.model import Status
+    from tether.widget.dashboard import _row
+
+    run = pp.four_phase.start(n=1, delay=0.001, tag="zero")
+    run.wait(20)
+    empty = replace(run.snapshot(), status=Status.RUNNING, done=0, total=0)
+    unknown = replace(empty, total=None)
+    assert _snap.percent_done(empty) == 100.0 and _snap.percent_done(unknown) is None
+    assert _snap.build(empty, mode="static")["percent"] == 100.0
+    assert _snap.child_entry(empty)["percent"] == 100.0
+    assert _row(empty, time.time(), False)["percent"] == 100.0
+    assert _row(unknown, time.time(), False)["percent"] is None
+
+
 def test_every_dashboard_call_is_its_own_widget_and_filter(db: Path, monkeypatch: Any) -> None:
     import importlib
 

@@ -23,17 +23,9 @@ from .errors import StoreError, TetherError
 from .model import RunRecord, Status, log_text, raw_text
 from .run import params_text
 from .store import Store
+from .view.render import fmt_time
 
 __all__ = ["main"]
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    try:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-    except (OverflowError, OSError, ValueError):  # a time no calendar holds (a crafted row)
-        return f"{ts!r}"
 
 
 def _duration(rec: RunRecord) -> str:
@@ -65,9 +57,7 @@ def _existing_store(path: str | None) -> Store:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     store = _existing_store(args.db)
-    recs = store.list_runs(pipeline=args.pipeline, status=args.status, limit=args.limit)
-    if store.recover([r for r in recs if r.status.active], owner.gone_reason):
-        recs = store.list_runs(pipeline=args.pipeline, status=args.status, limit=args.limit)
+    recs = _workspace.default().records(store, pipeline=args.pipeline, status=args.status, limit=args.limit)
     if args.json:
         print(json.dumps([_as_dict(r) for r in recs], indent=1))
         return 0
@@ -84,7 +74,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
             _status(r, now),
             _safe(r.phase or "-"),
             _progress(r),
-            _when(r.started_at or r.created_at),
+            fmt_time(r.started_at or r.created_at),
             _duration(r),
             _params(r, args.wide),
         ]
@@ -201,7 +191,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"phase     {_safe(rec.phase or '-')}  progress {_progress(rec)}")
     if phases:
         print("phases    " + "  ".join(phases))
-    print(f"started   {_when(rec.started_at)}  duration {_duration(rec)}")
+    print(f"started   {fmt_time(rec.started_at)}  duration {_duration(rec)}")
     if rec.owner:
         print(f"owner     pid {rec.owner.pid} on {_safe(rec.owner.host)}")
     _show_control(store, rec)
@@ -209,7 +199,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if logs:
         print(f"last {len(logs)} log lines:")
         for ev in logs:
-            print(f"  {_when(ev.ts)}  {_safe(log_text(ev))}")
+            print(f"  {fmt_time(ev.ts)}  {_safe(log_text(ev))}")
     if error:
         print(f"error     {_safe(error.get('type'))}: {_safe(error.get('message'))}")
         if error.get("traceback"):

@@ -84,7 +84,6 @@ class Context:
         self.phases_done: list[str] = list(rec.phases_done)
         self._unlisted: set[str] = set()  # phases entered that the capped list leaves out
         self.message: str | None = None
-        self.started = time.time()
         self.tries: int = rec.tries  # this try's number, from 1 (a resumed attempt goes on counting)
         self.max_tries: int = rec.max_tries
         self.timeout: float | None = rec.timeout

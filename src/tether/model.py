@@ -221,6 +221,16 @@ _decode = json.JSONDecoder().decode
 MAX_RAW = 60  # characters of a damaged value quoted in messages and in ``damaged``
 
 
+def error_dict(type_name: str, message: str, traceback: str = "") -> dict[str, Any]:
+    """A run's stored error: what every writer of ``RunRecord.error`` builds."""
+    return {"type": type_name, "message": message, "traceback": traceback}
+
+
+def error_of(exc: BaseException, traceback_lines: Sequence[str] = ()) -> dict[str, Any]:
+    """The stored error of ``exc`` (``traceback_lines`` from ``traceback.format_exception``)."""
+    return error_dict(type(exc).__qualname__, str(exc), "".join(traceback_lines))
+
+
 def raw_text(value: Any) -> str:
     """A damaged value as messages quote it: its repr (control characters escaped), clipped."""
     text = repr(value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 import threading
 import time
@@ -12,10 +11,11 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from . import _interrupts, owner
+from ._done import DoneWatcher, _Once
+from ._params import params_filter, params_text
 from ._text import safe
-from .context import Context, _current, current
+from .context import Context, current
 from .errors import (
-    ParamsError,
     PipelineError,
     PipelineNotFound,
     RunCancelled,
@@ -24,7 +24,7 @@ from .errors import (
     StoreError,
 )
 from .model import Event, Progress, RunRecord, Status, log_text
-from .store import Store, dumps
+from .store import Store
 
 if TYPE_CHECKING:
     from .workspace import Workspace
@@ -308,7 +308,12 @@ class Run:
         event = run_.done_event(self.id)
         if event is not None:  # executed by this process: called at its end
             if not event.is_set():
-                run_.subscribe(self.id, lambda _id: event.is_set() and once.fire())
+
+                def fire_if_ended(_run_id: str) -> None:
+                    if event.is_set():
+                        once.fire()
+
+                run_.subscribe(self.id, fire_if_ended)
             if event.is_set():
                 once.fire()
             return
@@ -471,127 +476,16 @@ def _resolve(future: Any) -> None:
         future.set_result(None)
 
 
-_log = logging.getLogger("tether")
-
-
-class _Once:
-    """One done callback: called at most once, its exceptions logged."""
-
-    __slots__ = ("called", "fn", "lock", "run")
-
-    def __init__(self, run: Run, fn: Callable[[Run], Any]) -> None:
-        self.run, self.fn = run, fn
-        self.lock = threading.Lock()
-        self.called = False
-
-    def fire(self) -> None:
-        with self.lock:
-            if self.called:
-                return
-            self.called = True
-        token = _current.set(None)  # not part of the run's log, whichever thread this is
-        try:
-            self.fn(self.run)
-        except Exception:
-            _log.exception("done callback %r of run %s raised", self.fn, self.run.id)
-        finally:
-            _current.reset(token)
-
-
-class DoneWatcher:
-    """One thread per store that polls runs other processes execute, for their callbacks."""
-
-    POLL_S = 0.2
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.lock = threading.Lock()
-        self.watched: list[tuple[Run, _Once]] = []
-        self.thread: threading.Thread | None = None
-
-    def add(self, run: Run, once: _Once) -> None:
-        with self.lock:
-            self.watched.append((run, once))
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._loop, daemon=True, name="tether-callbacks")
-                self.thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            time.sleep(self.POLL_S)
-            with self.lock:
-                watched = list(self.watched)
-            ended = []
-            for run, once in watched:
-                try:
-                    if run.snapshot().status.terminal:  # an orphan is marked on the way
-                        ended.append((run, once))
-                except Exception:  # the store went away: nothing will end any more
-                    ended.append((run, once))
-            with self.lock:
-                self.watched = [w for w in self.watched if w not in ended]
-                last = not self.watched
-                if last:  # the next add() starts a new thread
-                    self.thread = None
-            for _run, once in ended:
-                once.fire()
-            if last:
-                self.store.release_conn()
-                return
-
-
-PARAM_VALUE_CHARS = 40  # characters of one param value shown in a clipped params text
-PARAMS_CHARS = 120  # characters of a clipped params text
-
-
-def params_text(params: dict[str, Any] | None, clip: bool = True, limit: int = PARAMS_CHARS) -> str:
-    """Params as listings show them: ``repo='./app', files=40`` (Python reprs, names sorted as
-    stored). Clipped (each value, then the whole, an ellipsis marking a cut) unless ``clip`` is
-    False. Run text is not escaped here: each display escapes it its own way."""
-    if not params:
-        return ""
-    parts = []
-    for name, value in params.items():
-        text = repr(value)
-        if clip and len(text) > PARAM_VALUE_CHARS:
-            text = text[: PARAM_VALUE_CHARS - 1] + "…"
-        parts.append(f"{name}={text}")
-    text = ", ".join(parts)
-    if clip and len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text
-
-
 def display_run(run: Run) -> None:
     """Show ``run`` in a notebook (no-op outside IPython kernels)."""
     if "ipykernel" not in sys.modules:
         return
     try:
-        from IPython import get_ipython
+        from IPython.core.getipython import get_ipython
         from IPython.display import display
     except ImportError:
         return
-    ip = get_ipython()
+    ip = get_ipython()  # type: ignore[no-untyped-call]  # IPython ships no annotations here
     if ip is None or not hasattr(ip, "kernel"):
         return
-    display(run)
-
-
-def params_filter(params: Any) -> dict[str, Any]:
-    """``params=`` of runs(): a dict of str names to JSON values, else ParamsError."""
-    if not isinstance(params, dict):
-        raise ParamsError(
-            f"tether.runs(params=...) takes a dict of parameter values, e.g. "
-            f"params={{'repo': './app'}}; got {type(params).__name__}"
-        )
-    for k, v in params.items():
-        if not isinstance(k, str):
-            raise ParamsError(f"tether.runs(params=...): the name {k!r} is not a str")
-        try:
-            dumps(v)
-        except (TypeError, ValueError) as exc:
-            raise ParamsError(
-                f"tether.runs(params=...): {k!r} is {type(v).__name__} "
-                f"({safe(repr(v))[:80]}), not a JSON value ({exc})"
-            ) from None
-    return params
+    display(run)  # type: ignore[no-untyped-call]

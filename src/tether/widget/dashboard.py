@@ -23,9 +23,11 @@ from .._text import safe
 from ..model import RunRecord, Status
 from ..run import params_text
 from ..store import Store
+from ..view.snapshot import MAX_DAMAGED, MAX_ID, MAX_NAME, _clip, fmt_duration, fmt_time, percent_done
 from . import poller as _poller
-from .panel import STATIC, PerSession, _parent_header, _update_displays, _widget_bundle, esm, panel, session
-from .snapshot import MAX_DAMAGED, MAX_ID, MAX_NAME, _clip, fmt_duration, fmt_time
+from ._displays import STATIC, _parent_header, _update_displays, _widget_bundle, esm, shell, show
+from ._session import PerSession, session
+from .panel import panel
 
 __all__ = ["Dashboard", "DashboardTable", "Dashboards", "dashboard"]
 
@@ -165,14 +167,12 @@ class Dashboard(ipywidgets.VBox):  # type: ignore[misc]
         return {**data, **self.static()}, meta
 
     def _ipython_display_(self, **kwargs: Any) -> None:
-        from IPython.display import display
-
         data, meta = self._repr_mimebundle_()
         display_id = uuid.uuid4().hex
         with self._dlock:
             self._displays.append((display_id, _parent_header()))
             del self._displays[:-8]
-        display(data, raw=True, metadata=meta, display_id=display_id)
+        show(data, raw=True, metadata=meta, display_id=display_id)
 
     def _keep_fallback(self, rows: list[dict[str, Any]]) -> None:
         """Once no listed run is active (the table settled), the saved table is replaced by it:
@@ -196,11 +196,7 @@ class Dashboard(ipywidgets.VBox):  # type: ignore[misc]
 
 
 def _row(rec: RunRecord, now: float, here: bool) -> dict[str, Any]:
-    percent = None
-    if rec.total:
-        percent = max(0.0, min(100.0, 100.0 * float(rec.done) / float(rec.total)))
-    elif rec.status == Status.SUCCEEDED:
-        percent = 100.0
+    percent = percent_done(rec)
     elapsed = None
     if rec.started_at is not None:
         elapsed = max(0.0, (rec.ended_at if rec.ended_at is not None else now) - rec.started_at)
@@ -297,9 +293,7 @@ def _cell_request() -> tuple[str, str] | None:
     """(cell id, request id) of the cell executing now (JupyterLab and Notebook 7 send the cell
     id with each execution), or None."""
     try:
-        from IPython import get_ipython
-
-        parent = get_ipython().kernel.get_parent() or {}
+        parent = shell().kernel.get_parent() or {}
         cell = parent.get("metadata", {}).get("cellId")
         request = parent.get("header", {}).get("msg_id")
         if isinstance(cell, str) and cell and isinstance(request, str):

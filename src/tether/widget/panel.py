@@ -17,14 +17,11 @@ exported notebook shows how the run ended, not how it was when the cell ran.
 
 from __future__ import annotations
 
-import sys
 import threading
 import traceback
 import uuid
-import weakref
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import anywidget
 import traitlets
@@ -33,90 +30,20 @@ from .._text import safe
 from ..errors import RunNotFound, StoreError
 from ..model import RunRecord
 from ..run import Run
+from ..view import snapshot as _snap
 from ..view.control import ControlReader
+from ..view.reader import RunReader
 from . import poller as _poller
-from . import snapshot as _snap
-from .reader import RunReader
+from ._displays import STATIC, _parent_header, _update_displays, _widget_bundle, esm, show
+from ._session import Panels, PerSession, session
 
 __all__ = ["Panels", "PerSession", "RunPanel", "panel", "session"]
-
-T = TypeVar("T")
-
-STATIC = Path(__file__).parent / "static"
-
-
-def esm(name: str) -> str:
-    """The ES module of a widget: static/common.js (the helpers its widgets share), then
-    static/``name``, read when the widget class is defined (no bundler, nothing generated)."""
-    return "\n".join((STATIC / f).read_text(encoding="utf-8") for f in ("common.js", name))
-
 
 ACTIONS = ("cancel", "rerun", "resume", "refresh", "newer")
 MAX_DISPLAYS = 16  # displays of one panel whose fallback is kept current
 # an active run's snapshot is re-sent at least this often (the poller's pace permitting: every
 # POLL_INTERVAL for a polled run, every SAFETY_FACTOR * POLL_INTERVAL for a streamed one)
 BEAT_S = 3.0
-
-
-class PerSession(Generic[T]):
-    """One ``make()`` per front-end session (see ``session()``), dropped with its session."""
-
-    def __init__(self, make: Callable[[], T]) -> None:
-        self._make = make
-        self._lock = threading.Lock()
-        self._kernel = make()  # a Jupyter kernel: one session
-        self._sessions: dict[int, T] = {}  # id(marimo runtime context) -> its own
-
-    def of(self, session: object | None) -> T:
-        if session is None:
-            return self._kernel
-        with self._lock:
-            mine = self._sessions.get(id(session))
-            if mine is None:
-                mine = self._sessions[id(session)] = self._make()
-                try:  # a closed session's go with it (and its id may be reused)
-                    weakref.finalize(session, self._sessions.pop, id(session), None)
-                except TypeError:  # not weakly referenceable: kept for the process's life
-                    pass
-            return mine
-
-    def values(self) -> list[T]:
-        with self._lock:
-            return [self._kernel, *self._sessions.values()]
-
-
-class Panels:
-    """A workspace's panels (``workspace.state(Panels)``): per front-end session, (store path,
-    run id) -> the panel showing that run, so re-executing a cell rebinds to the same widget.
-
-    Per session, not per process: a widget model lives in one session's comms. Under ``marimo
-    run`` several browser sessions share one process, and a widget of another session is
-    "Model not found" there; each session gets its own widget of the same run."""
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self._maps: PerSession[dict[tuple[str, str], RunPanel]] = PerSession(dict)
-
-    def of(self, session: object | None) -> dict[tuple[str, str], RunPanel]:
-        """The panels of ``session`` (see ``session()``), by (store path, run id)."""
-        return self._maps.of(session)
-
-    def every(self) -> list[tuple[tuple[str, str], RunPanel]]:
-        with self.lock:
-            return [item for m in self._maps.values() for item in m.items()]
-
-
-def session() -> object | None:
-    """The front-end session being served: marimo's runtime context of this thread (one per
-    browser session in ``marimo run``, one per notebook in ``marimo edit``), else None (a Jupyter
-    kernel serves one session)."""
-    marimo_context = sys.modules.get("marimo._runtime.context")  # only once marimo is in use
-    if marimo_context is None:
-        return None
-    try:
-        return marimo_context.safe_get_context()  # type: ignore[no-any-return]
-    except Exception:  # another marimo's internals: behave as one session
-        return None
 
 
 class RunPanel(anywidget.AnyWidget):
@@ -400,7 +327,7 @@ class RunPanel(anywidget.AnyWidget):
         out = super()._repr_mimebundle_(**kwargs)
         data, meta = out if isinstance(out, tuple) else (out, {})
         snap = self.snapshot
-        data = dict(data)
+        data = dict(data or {})
         data["text/plain"] = _snap.text_snapshot(snap)
         data["text/html"] = _snap.html_snapshot(snap)
         return data, meta
@@ -408,15 +335,13 @@ class RunPanel(anywidget.AnyWidget):
     def _ipython_display_(self, **kwargs: Any) -> None:
         """Display with a display id, so the static snapshot saved with the notebook can be
         replaced when the run ends (see ``_keep_fallback``)."""
-        from IPython.display import display
-
         data, meta = self._repr_mimebundle_()
         display_id = uuid.uuid4().hex
         parent = _parent_header()
         with self._plock:
             self._displays.append((display_id, parent))
             del self._displays[:-MAX_DISPLAYS]
-        display(data, raw=True, metadata=meta, display_id=display_id)
+        show(data, raw=True, metadata=meta, display_id=display_id)
 
     def _keep_fallback(self, snap: _snap.Snapshot) -> None:
         """Keep the static renderings of the panel's displays current where it matters: when the
@@ -490,59 +415,6 @@ def _tell_key(run: Run, source: RunPanel) -> None:
             w.refresh()
         except Exception:  # one panel's trouble is shown by that panel, not raised here
             pass
-
-
-# -- display ids ----------------------------------------------------------------------------------
-
-
-def _parent_header() -> dict[str, Any]:
-    """The header of the request (cell) being executed, as the kernel's display publisher has it."""
-    try:
-        from IPython import get_ipython
-
-        pub = get_ipython().display_pub
-        return dict(pub.parent_header or {})
-    except Exception:
-        return {}
-
-
-def _update_displays(
-    displays: list[tuple[str, dict[str, Any]]], data: dict[str, Any], meta: dict[str, Any]
-) -> None:
-    """``update_display_data`` of each ``(display id, parent header)`` with ``data``.
-
-    Sent twice: once as from the cell that displayed it (JupyterLab and Notebook 7 route a
-    message by the request it answers, and that cell's output area applies it, even after the
-    cell finished), and once as from the cell executing now, if another (nbclient, behind
-    ``nbconvert --execute`` and nbval, keeps only the messages of the cell it executes, and
-    updates any output of the notebook with that display id)."""
-    try:
-        from IPython import get_ipython
-
-        pub = get_ipython().display_pub
-    except Exception:
-        return
-    for display_id, parent in list(displays):
-        transient = {"display_id": display_id}
-        try:
-            set_parent = getattr(pub, "set_thread_parent", None)
-            if set_parent is not None and parent:
-                token = set_parent(parent)
-                try:
-                    pub.publish(data, metadata=meta, transient=transient, update=True)
-                finally:
-                    pub.reset_thread_parent(token)
-            now = (pub.parent_header or {}).get("msg_id")
-            if set_parent is None or not parent or now != parent.get("msg_id"):
-                pub.publish(data, metadata=meta, transient=transient, update=True)
-        except Exception:  # no kernel (tests), or a front end gone: the live view still shows it
-            continue
-
-
-def _widget_bundle(widget: Any, cls: type) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The plain ipywidgets bundle of ``widget`` (the view reference), metadata apart."""
-    out = super(cls, widget)._repr_mimebundle_()
-    return out if isinstance(out, tuple) else (out, {})
 
 
 def panel(run: Run) -> RunPanel:

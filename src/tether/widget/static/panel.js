@@ -12,10 +12,6 @@
 // - a stored outcome (start() found the run ended) says so, with its age;
 // - when the run ends it keeps the notebook's saved copy of its output current (fallback).
 
-const STATUS_TEXT = {
-  pending: "pending", running: "running", succeeded: "succeeded", failed: "failed",
-  cancelled: "cancelled", interrupted: "interrupted",
-};
 const ACTIVE = new Set(["pending", "running"]);
 const REPLY_TIMEOUT_MS = 10000;
 const LOG_SHORT = 5;
@@ -367,7 +363,7 @@ function render({ model, el }) {
     attempt.title = `attempt ${s.attempt} of key ${s.key}`;
     runId.textContent = `id ${s.id}`;
     runId.title = `run id ${s.id} · key ${s.key}`;
-    const statusText = STATUS_TEXT[s.status] || s.status;
+    const statusText = s.status;
     badge.textContent = disconnected && active ? `was ${statusText} at ${fmtClock(disconnected.known, false)}` : statusText;
     badge.dataset.status = s.status;
     modeTag.textContent = disconnected ? "disconnected" : lost ? "reconnecting…"

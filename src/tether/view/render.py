@@ -1,0 +1,277 @@
+"""The static renderings of a snapshot (text/plain and text/html, for front ends without
+widgets) and the text pieces every display shares: durations, times, progress, the notes.
+
+The text/plain rendering escapes terminal control characters; the text/html one escapes every
+field."""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+
+from .._text import safe
+
+Snapshot = dict[str, Any]
+
+
+def control_notes(snap: Snapshot) -> list[str]:
+    """What retries, timeouts, the queue and nesting add to a panel, as text, at ``snap["now"]``
+    (panel.js says the same, with a live countdown)."""
+    out = []
+    status = snap.get("status")
+    if snap.get("ahead") is not None:
+        limit = snap.get("concurrency")
+        out.append(f"queued — {snap['ahead']} ahead" + (f" (concurrency={limit})" if limit else ""))
+    tries, most = snap.get("tries") or 0, snap.get("max_tries") or 1
+    if snap.get("retry_at") is not None:
+        wait = max(0.0, snap["retry_at"] - snap["now"])
+        out.append(f"try {tries + 1} of {most} — next in {_seconds(wait)}")
+    elif most > 1 or tries > 1:
+        if status == "running":
+            out.append(f"try {tries} of {most}")
+        elif status == "failed" and tries >= most:
+            out.append(f"failed after {tries} tries")
+        elif status in ("succeeded", "failed") and tries:
+            out.append(f"{status} on try {tries} of {most}")
+    for e in snap.get("try_errors") or []:
+        out.append(f"try {e['try']}: {e['type']}: {e['message']}")
+    if snap.get("overdue") is not None:
+        out.append(
+            f"past its timeout by {_seconds(snap['overdue'])} (timeout {snap['timeout']:g} s per try): "
+            "it stops at its next ctx call"
+        )
+    parent = snap.get("parent")
+    if parent:
+        out.append(f"started by {parent['pipeline']} #{parent['attempt']} (id {parent['id']})")
+    return out
+
+
+def _seconds(s: float) -> str:
+    """A wait as the CLI says it: whole seconds (``8 s``)."""
+    return f"{s:.0f} s"
+
+
+def children_text(snap: Snapshot) -> list[str]:
+    """The children lines of the static renderings: ``name #1  status  6/40 (15%)``."""
+    kids = snap.get("children") or []
+    if not kids:
+        return []
+    total = len(kids) + (snap.get("children_hidden") or 0)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted((snap.get("children_count") or {}).items()))
+    lines = [f"children: {total} ({counts})"]
+    if snap.get("children_hidden"):
+        lines.append(f"  {snap['children_hidden']:,} earlier children not shown")
+    for k in kids:
+        progress = progress_text(k)
+        params = f" ({k['params']})" if k.get("params") else ""
+        lines.append(
+            f"  {k['pipeline']} #{k['attempt']}{params}  {k['status']}{'  ' + progress if progress else ''}"
+        )
+    return lines
+
+
+# -- static renderings (front ends without widgets) ---------------------------------------------
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _num(x: float | int | None) -> str:
+    if x is None:
+        return "?"
+    if isinstance(x, float) and not x.is_integer():
+        return f"{x:,.2f}"
+    return f"{int(x):,}"
+
+
+def progress_text(snap: Snapshot) -> str:
+    """``6/40 (15%)``; a phase without a total: ``12 done``, or nothing before the first item."""
+    done, total = snap["done"], snap["total"]
+    if total is None:
+        return f"{_num(done)} done" if done else ""
+    text = f"{_num(done)}/{_num(total)}"
+    if snap["percent"] is not None:
+        text += f" ({snap['percent']:.0f}%)"
+    return text
+
+
+def fmt_time(ts: float | None) -> str:
+    """A time as every tether display writes it: local, 24-hour (the CLI's form)."""
+    if ts is None:
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds (a crafted row)
+        return repr(ts)
+
+
+def _hidden_text(snap: Snapshot) -> tuple[str, str]:
+    hidden = snap.get("phases_hidden") or {}
+    before, after = hidden.get("before", 0), hidden.get("after", 0)
+    return (f"{before:,} more phases" if before else "", f"{after:,} more phases" if after else "")
+
+
+def notes(snap: Snapshot) -> list[str]:
+    """The lines that say what kind of truth the panel shows: a stored outcome, a cancel's
+    origin, a newer attempt, what a pending run waits for (shared by both static renderings)."""
+    out = []
+    if snap.get("waiting"):
+        out.append(snap["waiting"])
+    out.extend(control_notes(snap))
+    cancel = snap.get("cancel")
+    if cancel is not None and snap["status"] == "cancelled":
+        out.append(
+            " ".join(
+                x
+                for x in (
+                    "cancelled",
+                    cancel.get("origin") or "",
+                    f"at {fmt_time(cancel['at'])}" if cancel.get("at") else "",
+                )
+                if x
+            )
+        )
+    elif cancel is not None:
+        out.append(f"cancel requested {cancel.get('origin') or ''}".rstrip())
+    if snap.get("stored"):
+        out.append(stored_text(snap, fmt_time(snap["ended_at"])))
+    newer = snap.get("newer")
+    if newer:
+        out.append(f"a newer attempt exists: #{newer['attempt']} ({newer['status']}) id={newer['id']}")
+    return out
+
+
+def stored_text(snap: Snapshot, when: str) -> str:
+    """The label of a stored outcome, and how to compute it again."""
+    if snap["status"] == "succeeded":
+        return (
+            f"stored result from {when}, not computed now; to compute again: Re-run, or "
+            "start(..., policy='rerun')"
+        )
+    if snap["actions"].get("resume"):
+        return (
+            f"stored outcome from {when}, not run now; to try again: Re-run or Resume, or "
+            "start(..., policy='rerun' or 'resume')"
+        )
+    return f"stored outcome from {when}, not run now; to try again: Re-run"
+
+
+def text_snapshot(snap: Snapshot) -> str:
+    """The text/plain rendering (terminals, consoles, nbval): run text with every terminal
+    control character shown escaped."""
+    why = f" ({snap['why']})" if snap.get("why") else ""
+    lines = [f"{safe(snap['pipeline'])} #{snap['attempt']}{why} [{snap['status']}] id={safe(snap['id'])}"]
+    if snap.get("params"):
+        lines.append(f"params: {safe(snap['params'])}")
+    if snap.get("damaged"):
+        lines.append(f"damaged: {safe('; '.join(snap['damaged']))}")
+    lines.extend(safe(n) for n in notes(snap))
+    before, after = _hidden_text(snap)
+    steps = " > ".join(
+        [
+            *([before] if before else []),
+            *(f"{safe(p['name'])}({p['state']})" for p in snap["phases"]),
+            *([after] if after else []),
+        ]
+    )
+    if steps:
+        lines.append(f"phases: {steps}")
+    progress = progress_text(snap)
+    lines.append(
+        f"phase: {safe(snap['phase'] or '-')}{' ' + progress if progress else ''} "
+        f"· elapsed {fmt_duration(snap['elapsed'])}"
+    )
+    if snap["message"]:
+        lines.append(f"last: {safe(snap['message'])}")
+    if snap["error"]:
+        lines.append(f"error: {safe(snap['error']['type'])}: {safe(snap['error']['message'])}")
+    if snap["result"] is not None:
+        lines.append(f"result: {safe(snap['result'])}")
+    lines.extend(safe(line) for line in children_text(snap))
+    return "\n".join(lines)
+
+
+_BADGE = {
+    "pending": "#6e7781",
+    "running": "#0969da",
+    "succeeded": "#1a7f37",
+    "failed": "#cf222e",
+    "cancelled": "#6e7781",
+    "interrupted": "#bc4c00",
+}
+
+
+def html_snapshot(snap: Snapshot) -> str:
+    """A static text/html rendering: plain elements, every run text escaped."""
+    e = html.escape
+    color = _BADGE.get(snap["status"], "#6e7781")
+    before, after = _hidden_text(snap)
+    steps = " &rsaquo; ".join(
+        [
+            *([e(before)] if before else []),
+            *(
+                (
+                    f"<b>{e(p['name'])}</b>"
+                    if p["state"] == "current"
+                    else f"<s>{e(p['name'])}</s>"
+                    if p["state"] == "failed"
+                    else e(p["name"])
+                )
+                + ("&nbsp;✓" if p["state"] == "done" else "")
+                for p in snap["phases"]
+            ),
+            *([e(after)] if after else []),
+        ]
+    )
+    parts = [
+        f'<div class="tether-static" data-run-id="{e(snap["id"])}" '
+        f'data-status="{e(snap["status"])}" data-attempt="{e(str(snap["attempt"]))}" '
+        'data-mode="static" '
+        'style="font-family:system-ui,sans-serif;font-size:13px;line-height:1.4;'
+        'border:1px solid #8885;border-radius:6px;padding:8px 10px;max-width:60em">',
+        f"<div><strong>{e(snap['pipeline'])}</strong> #{e(str(snap['attempt']))} "
+        + (f"<i>{e(snap['why'])}</i> " if snap.get("why") else "")
+        + f'<span style="color:#fff;background:{color};border-radius:8px;padding:0 6px">'
+        f"{e(snap['status'])}</span> <small>id <code>{e(snap['id'])}</code></small></div>",
+    ]
+    if snap.get("params"):
+        parts.append(f"<div><small>{e(snap['params'])}</small></div>")
+    if snap.get("damaged"):
+        parts.append(
+            '<div class="tether-damaged" style="color:#cf222e">damaged row: '
+            f"{e('; '.join(snap['damaged']))}</div>"
+        )
+    for note in notes(snap):
+        parts.append(f"<div><em>{e(note)}</em></div>")
+    if steps:
+        parts.append(f"<div>{steps}</div>")
+    progress = progress_text(snap)
+    parts.append(
+        f"<div>{e(snap['phase'] or '-')}{': ' + e(progress) if progress else ''} · "
+        f"elapsed {e(fmt_duration(snap['elapsed']))}</div>"
+    )
+    if snap["message"]:
+        parts.append(f"<div>{e(snap['message'])}</div>")
+    if snap["error"]:
+        parts.append(
+            f'<pre style="white-space:pre-wrap;color:#cf222e;margin:4px 0">'
+            f"{e(snap['error']['type'])}: {e(snap['error']['message'] or '')}</pre>"
+        )
+    if snap["result"] is not None:
+        parts.append(f"<div>result: <code>{e(snap['result'])}</code></div>")
+    kids = children_text(snap)
+    if kids:
+        parts.append(
+            f'<div class="tether-children">{e(kids[0])}<br>'
+            + "<br>".join(e(line.strip()) for line in kids[1:])
+            + "</div>"
+        )
+    parts.append("</div>")
+    return "".join(parts)
