@@ -485,7 +485,7 @@ def display_run(run: Run) -> None:
         from IPython.display import display
     except ImportError:
         return
-    ip = get_ipython()  # type: ignore[no-untyped-call]  # IPython ships no annotations here
+    ip = get_ipython()
     if ip is None or not hasattr(ip, "kernel"):
         return
-    display(run)  # type: ignore[no-untyped-call]
+    display(run)

@@ -107,7 +107,7 @@ class Workspace:
         with self._lock:
             stores = list(self._stores.values())
         for s in stores:
-            s.set_durability(level)  # type: ignore[attr-defined]
+            s.set_durability(level)
 
     def db_path(self) -> Path:
         """The database file the settings name now (configured, else $TETHER_DB, else the

@@ -98,7 +98,7 @@ class Executing(RunnerState):
             # scheduled from the flusher): that one is not the run's, the wait goes on
             due = time.monotonic() + end
             while not ctx._cancel:
-                if task is not None and hasattr(task, "uncancel"):
+                if task is not None and sys.version_info >= (3, 11):  # Task.uncancel is 3.11+
                     while task.cancelling():
                         task.uncancel()
                 try:

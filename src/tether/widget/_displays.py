@@ -19,14 +19,14 @@ def shell() -> Any:
     """The IPython shell of this kernel (None outside IPython); raises ImportError without IPython."""
     from IPython.core.getipython import get_ipython
 
-    return get_ipython()  # type: ignore[no-untyped-call]  # IPython's functions are not annotated
+    return get_ipython()  # IPython is read as untyped ([tool.mypy] follow_imports = skip)
 
 
 def show(obj: Any, **kwargs: Any) -> None:
     """``IPython.display.display``."""
     from IPython.display import display
 
-    display(obj, **kwargs)  # type: ignore[no-untyped-call]
+    display(obj, **kwargs)
 
 
 def _parent_header() -> dict[str, Any]:
