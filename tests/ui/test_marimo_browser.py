@@ -7,7 +7,10 @@ marimo's "Model not found".
 
 ``marimo edit``: the editor's kernel is a process of its own; the cell's output is the live panel,
 its buttons reach the run, and a reactive re-run of the cell (another cell's value changed) shows
-the same run's panel, still live.
+the same run's panel, still live (marimo closes the widget models a cell made when it runs again).
+
+The app shows ``tether.panel(run)`` itself, the editor ``mo.ui.anywidget(tether.panel(run))``:
+both spellings of docs/marimo.md's pattern.
 """
 
 from __future__ import annotations
@@ -62,10 +65,12 @@ NOTEBOOK = textwrap.dedent(
     def _(bump, mo, os, pp, tether):
         # the same params in every session and every re-run: the one run, executed in this process
         run = pp.four_phase.start(n=20, delay=0.05, tag="marimo", hold=os.environ["TETHER_TEST_HOLD"])
-        mo.vstack([mo.md(f"bumped {bump.value} times"), mo.ui.anywidget(tether.panel(run))])
+        mo.vstack([mo.md(f"bumped {bump.value} times"), PANEL])
         return
     """
 )
+# the two ways to show it: wrapped, or the widget itself (marimo wraps an anywidget it displays)
+WRAPPED, BARE = "mo.ui.anywidget(tether.panel(run))", "tether.panel(run)"
 # the editor runs the notebook when it opens, whatever the user's own marimo.toml says
 EDITOR_CONFIG = "[runtime]\nauto_instantiate = true\n"
 
@@ -105,14 +110,14 @@ class MarimoServer:
             self.proc.wait(5)
 
 
-def _serve(mode: str, root: Path) -> Iterator[tuple[MarimoServer, Path, Path]]:
+def _serve(mode: str, root: Path, shown: str) -> Iterator[tuple[MarimoServer, Path, Path]]:
     if importlib.util.find_spec("marimo") is None:  # the test extra has it
         why = "marimo is not installed: pip install -e '.[test]'"
         if os.environ.get("CI") == "true":
             pytest.fail(why)
         pytest.skip(why)
     notebook = root / "panel_app.py"
-    notebook.write_text(NOTEBOOK)
+    notebook.write_text(NOTEBOOK.replace("PANEL", shown))
     config = root / "xdg" / "marimo" / "marimo.toml"  # not the user's own
     config.parent.mkdir(parents=True)
     config.write_text(EDITOR_CONFIG)
@@ -132,12 +137,12 @@ def _serve(mode: str, root: Path) -> Iterator[tuple[MarimoServer, Path, Path]]:
 
 @pytest.fixture
 def marimo_run(tmp_path: Path) -> Iterator[tuple[MarimoServer, Path, Path]]:
-    yield from _serve("run", tmp_path)
+    yield from _serve("run", tmp_path, BARE)
 
 
 @pytest.fixture
 def marimo_edit(tmp_path: Path) -> Iterator[tuple[MarimoServer, Path, Path]]:
-    yield from _serve("edit", tmp_path)
+    yield from _serve("edit", tmp_path, WRAPPED)
 
 
 def _open(context: Any, url: str, errors: list[str]) -> Any:
@@ -230,6 +235,8 @@ def test_in_the_marimo_editor_the_panel_is_live_across_reloads_and_reactive_reru
         panel = _held_panel(page)
         expect(panel).to_have_attribute("data-run-id", run_id)
         expect(page.get_by_test_id("tether-panel")).to_have_count(1)
+        ARTIFACTS.mkdir(exist_ok=True)  # docs/img/marimo-edit-light.png is this, reduced to 256 colours
+        page.locator(".marimo-cell").filter(has=panel).screenshot(path=str(ARTIFACTS / "marimo-edit.png"))
         panel.get_by_role("button", name="Cancel").click()  # reaches the run in the kernel process
         expect(panel).to_have_attribute("data-status", "cancelled", timeout=30_000)
         expect(page.get_by_text("Model not found")).to_have_count(0)
