@@ -433,6 +433,8 @@ def panel(run: Run) -> RunPanel:
     with panels.lock:
         by_id = panels.of(session())
         found = by_id.get((path, run.id))
+        if found is not None and not found._closed and getattr(found.comm, "_closed", False):
+            found.close()  # marimo closes a widget's comm when the cell that made it runs again
         if found is None or found._closed:
             found = None
             widget = RunPanel(run)
