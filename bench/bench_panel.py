@@ -38,7 +38,7 @@ sys.path[:0] = [str(TESTS), str(TESTS / "ui")]
 KERNEL_RUN = """
 import time, tether
 from IPython.display import display
-from helpers import pipes_panel as pp
+from helpers import panel_pipelines as pp
 tether.configure(db={db!r})
 c0, w0 = time.process_time(), time.perf_counter()
 run = pp.spin.start(calls={calls}, tag={tag!r})
@@ -128,7 +128,7 @@ RECORD_PHASES = """() => {
 
 CHILD_RELAY = """
 import sys, tether
-from helpers import pipes_panel as pp
+from helpers import panel_pipelines as pp
 tether.configure(db=sys.argv[1])
 run = pp.relay.start(folder=sys.argv[2], count=int(sys.argv[3]), tag="poll")
 print(run.id, flush=True)
@@ -169,7 +169,7 @@ def dom_latency(count: int, tmp: Path) -> dict[str, list[float]]:
                 make_notebook(
                     root / name,
                     [
-                        f"import tether\nfrom helpers import pipes_panel as pp\n"
+                        f"import tether\nfrom helpers import panel_pipelines as pp\n"
                         f"tether.configure(db={str(db)!r})",
                         show,
                     ],

@@ -4,7 +4,7 @@
     python bench/watch_cpu.py --seconds 5      # a quick look
     python bench/watch_cpu.py --json OUT.json  # also write the rows for bench/run.py
 
-A child process executes ``helpers.pipes_watch.busy`` (~1,000 ``ctx.advance()`` and ~50 log
+A child process executes ``helpers.watch_pipelines.busy`` (~1,000 ``ctx.advance()`` and ~50 log
 lines a second). ``tether watch ID`` follows it, once under a pseudo-terminal (frames redrawn in
 place; this script reads the terminal all the time, as a terminal would) and once with its stdout
 on a pipe (plain lines). The figure is the watcher's CPU time (``psutil`` ``cpu_times()``, user +
@@ -89,7 +89,7 @@ def main() -> None:
         env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT / "src"), env.get("PYTHONPATH", "")])
         for mode in ("tty", "plain"):
             params = {"seconds": args.seconds + WARMUP_S + 10, "tag": f"{mode} {time.time()}"}
-            code = "import sys; from helpers.pipes_watch import child; child(sys.argv[1])"
+            code = "import sys; from helpers.watch_pipelines import child; child(sys.argv[1])"
             child = subprocess.Popen(
                 [sys.executable, "-c", code, json.dumps({"pipeline": "busy", "params": params})],
                 env=env,
