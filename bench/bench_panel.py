@@ -31,9 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
-sys.path[:0] = [str(TESTS), str(TESTS / "ui")]
+import _paths
 
 KERNEL_RUN = """
 import time, tether
@@ -57,9 +55,7 @@ print("BENCH", json.dumps({{"cpu": c1 - c0, "wall": w1 - w0, "run": rec.ended_at
 def kernel_cost(calls: int, reps: int, tmp: Path) -> dict[str, Any]:
     from jupyter_client.manager import start_new_kernel
 
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(p for p in [str(TESTS), os.environ.get("PYTHONPATH")] if p)
-    )
+    env = dict(os.environ, PYTHONPATH=_paths.child_pythonpath())
     env.pop("TETHER_DB", None)
     km, kc = start_new_kernel(kernel_name="python3", env=env)
     results: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
@@ -137,12 +133,13 @@ run.wait(300)
 
 
 def dom_latency(count: int, tmp: Path) -> dict[str, list[float]]:
-    from _jupyter import CHROMIUM, CHROMIUM_ARGS, Front, JupyterServer, make_notebook
     from playwright.sync_api import sync_playwright
+
+    from ui._jupyter import CHROMIUM, CHROMIUM_ARGS, Front, JupyterServer, make_notebook
 
     root = tmp / "nb"
     root.mkdir()
-    env = {"PYTHONPATH": os.pathsep.join(p for p in [str(TESTS), os.environ.get("PYTHONPATH")] if p)}
+    env = {"PYTHONPATH": _paths.child_pythonpath()}
     srv = JupyterServer("lab", root, tmp / "lab.log", env).start()
     out: dict[str, list[float]] = {}
     child = None

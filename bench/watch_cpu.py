@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _paths
 import pexpect
 import psutil
 from benchlib import CpuWatch, Row, machine, report, say
 
-ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
 GOAL = 0.02  # of one core
 WARMUP_S = 2.0
 
@@ -86,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ)
         env["TETHER_DB"] = str(Path(tmp) / "runs.db")
-        env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT / "src"), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = _paths.child_pythonpath(_paths.SRC)
         for mode in ("tty", "plain"):
             params = {"seconds": args.seconds + WARMUP_S + 10, "tag": f"{mode} {time.time()}"}
             code = "import sys; from helpers.watch_pipelines import child; child(sys.argv[1])"

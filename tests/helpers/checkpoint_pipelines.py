@@ -1,4 +1,4 @@
-"""Pipelines and item functions for the checkpoint, fan-out and worker tests (and bench_fanout).
+"""Pipelines and item functions for the checkpoint, fan-out and worker tests.
 
 Importable as ``helpers.checkpoint_pipelines`` in the test process, in child processes (``child_env`` puts
 tests/ on PYTHONPATH), in spawned process-pool workers and in Dask workers, so every name here
