@@ -249,7 +249,7 @@ def test_resize_redraws_at_the_new_width(child, child_env):
     w.expect(r"2/4 \(50%\)")
     w.setwinsize(30, 40)  # SIGWINCH
     w.expect(re.escape(b"\x1b[H\x1b[2J"))  # narrower: cleared, then drawn again
-    w.expect("helpers.watch_pipelines.gated #1  running …".encode())  # clipped to 39 columns
+    w.expect("helpers.watch_pipelines.gated #1  runn…".encode())  # clipped to 39 columns
     w.expect(b"Ctrl-C stops watching")
     frame = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", w.before).decode()
     assert frame.splitlines() and max(len(line) for line in frame.splitlines()) <= 39, frame
