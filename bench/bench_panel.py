@@ -31,14 +31,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
-sys.path[:0] = [str(TESTS), str(TESTS / "ui")]
+import _paths
 
 KERNEL_RUN = """
 import time, tether
 from IPython.display import display
-from helpers import pipes_panel as pp
+from helpers import panel_pipelines as pp
 tether.configure(db={db!r})
 c0, w0 = time.process_time(), time.perf_counter()
 run = pp.spin.start(calls={calls}, tag={tag!r})
@@ -57,9 +55,7 @@ print("BENCH", json.dumps({{"cpu": c1 - c0, "wall": w1 - w0, "run": rec.ended_at
 def kernel_cost(calls: int, reps: int, tmp: Path) -> dict[str, Any]:
     from jupyter_client.manager import start_new_kernel
 
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(p for p in [str(TESTS), os.environ.get("PYTHONPATH")] if p)
-    )
+    env = dict(os.environ, PYTHONPATH=_paths.child_pythonpath())
     env.pop("TETHER_DB", None)
     km, kc = start_new_kernel(kernel_name="python3", env=env)
     results: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
@@ -128,7 +124,7 @@ RECORD_PHASES = """() => {
 
 CHILD_RELAY = """
 import sys, tether
-from helpers import pipes_panel as pp
+from helpers import panel_pipelines as pp
 tether.configure(db=sys.argv[1])
 run = pp.relay.start(folder=sys.argv[2], count=int(sys.argv[3]), tag="poll")
 print(run.id, flush=True)
@@ -137,12 +133,13 @@ run.wait(300)
 
 
 def dom_latency(count: int, tmp: Path) -> dict[str, list[float]]:
-    from _jupyter import CHROMIUM, CHROMIUM_ARGS, Front, JupyterServer, make_notebook
     from playwright.sync_api import sync_playwright
+
+    from ui._jupyter import CHROMIUM, CHROMIUM_ARGS, Front, JupyterServer, make_notebook
 
     root = tmp / "nb"
     root.mkdir()
-    env = {"PYTHONPATH": os.pathsep.join(p for p in [str(TESTS), os.environ.get("PYTHONPATH")] if p)}
+    env = {"PYTHONPATH": _paths.child_pythonpath()}
     srv = JupyterServer("lab", root, tmp / "lab.log", env).start()
     out: dict[str, list[float]] = {}
     child = None
@@ -169,7 +166,7 @@ def dom_latency(count: int, tmp: Path) -> dict[str, list[float]]:
                 make_notebook(
                     root / name,
                     [
-                        f"import tether\nfrom helpers import pipes_panel as pp\n"
+                        f"import tether\nfrom helpers import panel_pipelines as pp\n"
                         f"tether.configure(db={str(db)!r})",
                         show,
                     ],

@@ -34,16 +34,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _paths  # noqa: F401 - puts tests/ on sys.path for reliability.harness
 import psutil
 
 import tether
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from reliability import harness  # noqa: E402
-from tether import cli  # noqa: E402
-from tether.store import SQLiteStore as Store  # noqa: E402
+from reliability import harness
+from tether import cli
+from tether.store import SQLiteStore as Store
 
 pc = time.perf_counter
 GOAL_S = 0.050

@@ -25,17 +25,13 @@ import asyncio
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import _paths
 from benchlib import CpuWatch, Row, machine, pct, report, say
-
-ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
-sys.path[:0] = [str(TESTS)]
 
 
 async def _watch(
@@ -103,9 +99,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tether-serve-bench-"))
     db = tmp / "runs.db"
     env = dict(os.environ, TETHER_DB=str(db))
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in [str(ROOT / "src"), str(TESTS), env.get("PYTHONPATH")] if p
-    )
+    env["PYTHONPATH"] = _paths.child_pythonpath(_paths.SRC)
     from helpers import web
 
     n = 1_000_000

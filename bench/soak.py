@@ -29,11 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+import _paths  # noqa: F401 - puts tests/ on sys.path for reliability.harness
 
-import tether  # noqa: E402
-from reliability.harness import FAULT_KINDS, KillHarness, capabilities  # noqa: E402
+import tether
+from reliability.harness import FAULT_KINDS, KillHarness, capabilities
 
 MIX = {"sigint": 30, "fork": 20, "sqlite": 20, "pidns": 15, "disk": 15}  # default shares, %
 

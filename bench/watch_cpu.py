@@ -4,7 +4,7 @@
     python bench/watch_cpu.py --quick          # 5 s per mode (or --seconds N)
     python bench/watch_cpu.py --json OUT.json  # also write the rows for bench/run.py
 
-A child process executes ``helpers.pipes_watch.busy`` (~1,000 ``ctx.advance()`` and ~50 log
+A child process executes ``helpers.watch_pipelines.busy`` (~1,000 ``ctx.advance()`` and ~50 log
 lines a second). ``tether watch ID`` follows it, once under a pseudo-terminal (frames redrawn in
 place; this script reads the terminal all the time, as a terminal would) and once with its stdout
 on a pipe (plain lines). The figure is the watcher's CPU time (``psutil`` ``cpu_times()``, user +
@@ -24,12 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _paths
 import pexpect
 import psutil
 from benchlib import CpuWatch, Row, machine, report, say
 
-ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
 GOAL = 0.02  # of one core
 WARMUP_S = 2.0
 
@@ -89,10 +88,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ)
         env["TETHER_DB"] = str(Path(tmp) / "runs.db")
-        env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT / "src"), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = _paths.child_pythonpath(_paths.SRC)
         for mode in ("tty", "plain"):
             params = {"seconds": args.seconds + WARMUP_S + 10, "tag": f"{mode} {time.time()}"}
-            code = "import sys; from helpers.pipes_watch import child; child(sys.argv[1])"
+            code = "import sys; from helpers.watch_pipelines import child; child(sys.argv[1])"
             child = subprocess.Popen(
                 [sys.executable, "-c", code, json.dumps({"pipeline": "busy", "params": params})],
                 env=env,

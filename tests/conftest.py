@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,8 +10,7 @@ import pytest
 
 from tether.workspace import Workspace, default
 
-TESTS = Path(__file__).parent
-sys.path.insert(0, str(TESTS))  # tests/helpers is importable here and in child processes
+TESTS = Path(__file__).parent  # on sys.path through pytest's ``pythonpath`` (pyproject.toml)
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """Checkpoints and resume: ``ctx.step``, ``run.resume()``, ``start(policy="resume")`` and the cap on
 automatic resumes, with real child processes killed by SIGKILL.
 
-Every execution of a step body appends one line to a log file (see ``helpers.pipes_c.record``), so
-the tests count what really ran, in whichever process it ran.
+Every execution of a step body appends one line to a log file (see
+``helpers.checkpoint_pipelines.record``), so the tests count what really ran, in whichever process
+it ran.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 import pytest
 
 import tether
-from helpers import pipes_c
-from helpers.pipes_c import Children, first_line, lines, raw, wait_until
+from helpers import checkpoint_pipelines
+from helpers.checkpoint_pipelines import Children, first_line, lines, raw, wait_until
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def checkpoint_names(db: Path, run_id: str) -> set[str]:
 
 def test_a_step_runs_once_resume_skips_it_and_rerun_runs_it_again(db: Path, tmp_path: Path) -> None:
     log = str(tmp_path / "steps.log")
-    first = pipes_c.steps.start(log=log, n=3, fail_attempt=1, twice=True)
+    first = checkpoint_pipelines.steps.start(log=log, n=3, fail_attempt=1, twice=True)
     with pytest.raises(tether.RunFailed, match="planned failure of attempt 1"):
         first.result(timeout=30)
     # "s0" asked twice in one attempt: the body ran once, the second call got the stored value
@@ -71,7 +72,7 @@ def test_a_step_runs_once_resume_skips_it_and_rerun_runs_it_again(db: Path, tmp_
 
 def test_a_step_with_an_unstorable_value_fails_the_run_naming_the_step(db: Path, tmp_path: Path) -> None:
     log = str(tmp_path / "bad.log")
-    run = pipes_c.bad_step.start(log=log)
+    run = checkpoint_pipelines.bad_step.start(log=log)
     with pytest.raises(tether.RunFailed) as info:
         run.result(timeout=30)
     error = info.value.error
@@ -85,7 +86,7 @@ def test_a_step_with_an_unstorable_value_fails_the_run_naming_the_step(db: Path,
 
 def test_checkpoint_false_opts_out_a_step_runs_again_on_resume(db: Path, tmp_path: Path) -> None:
     log = str(tmp_path / "loose.log")
-    first = pipes_c.steps.start(log=log, n=1, fail_attempt=1, loose=True)
+    first = checkpoint_pipelines.steps.start(log=log, n=1, fail_attempt=1, loose=True)
     with pytest.raises(tether.RunFailed):
         first.result(timeout=30)
     assert lines(log) == ["prepare", "s0", "loose"]
@@ -123,7 +124,7 @@ def test_sigkill_mid_run_then_resume_skips_the_completed_steps(
         assert old.status == "interrupted"
         new = old.resume()
     else:
-        new = pipes_c.steps.start(**params, policy="resume")
+        new = checkpoint_pipelines.steps.start(**params, policy="resume")
     assert new.id != run_id and new.attempt == 2 and new.resumed_from == run_id
     assert "prepare" in new.phases_done  # completed by the attempt it resumed, shown at once
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import tether
-from helpers import pipes_b
+from helpers import cli_pipelines
 
 # -- pipelines whose runs the CLI looks at -------------------------------------------------------
 
@@ -116,9 +116,9 @@ def _poll(fn: Callable[[], Any], timeout: float = 10) -> Any:
 
 
 def _spawn_hang(env: dict[str, str], marker: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A child process running pipes_b.hang; returns it and its run id once the run is running."""
+    """A child process running cli_pipelines.hang; returns it and its run id once the run is running."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", pipes_b.CHILD, str(marker)],
+        [sys.executable, "-c", cli_pipelines.CHILD, str(marker)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -274,7 +274,7 @@ def test_gc_interrupts_orphans_only(db, env, child_env, tmp_path):
         _kill(proc)
         assert _status(db, orphan) == "running"
         out = ok(env, "gc", "--db", str(db))
-        assert f"{orphan} ({pipes_b.hang.name}) interrupted: " in out
+        assert f"{orphan} ({cli_pipelines.hang.name}) interrupted: " in out
         assert f"pid {proc.pid}" in out
         assert "checked 2 active run(s); marked 1 interrupted" in out
         assert _status(db, orphan) == "interrupted"

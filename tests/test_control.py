@@ -1,7 +1,7 @@
 """Control over runs (issue 14): nested pipelines, retries, timeouts, concurrency= across
 processes, done callbacks and ``await``.
 
-Real SQLite files, real threads and real processes (``helpers.pipes_ctl``); what ran on which try
+Real SQLite files, real threads and real processes (``helpers.control_pipelines``); what ran on which try
 is counted in files.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import tether
-from helpers import pipes_ctl
+from helpers import control_pipelines
 from helpers.util import Children, raw, wait_until
 from tether import cli
 
@@ -134,7 +134,7 @@ def test_cancel_of_a_parent_cascades_to_its_active_children(
 
 @tether.pipeline
 def counted_child(ctx: tether.Context, log: str, i: int) -> int:
-    pipes_ctl.append(log, f"child{i}")
+    control_pipelines.append(log, f"child{i}")
     return i
 
 
@@ -158,7 +158,7 @@ def test_a_parents_resume_reuses_its_succeeded_children(db: Path, tmp_path: Path
 
     second = first.resume()
     assert second.result(timeout=10) == [0, 1, 2]
-    assert pipes_ctl.lines(log) == ["child0", "child1", "child2"]  # none redone
+    assert control_pipelines.lines(log) == ["child0", "child1", "child2"]  # none redone
     kids = second.children()
     assert [c.id for c in kids[:2]] == [c.id for c in done]  # attached, by key
     assert kids[2].parent == second and kids[2].params["i"] == 2
@@ -196,11 +196,11 @@ def test_an_async_parent_awaits_its_children_and_is_told_not_to_block(db: Path) 
 
 def test_retries_keep_the_checkpoints_of_the_run(db: Path, tmp_path: Path) -> None:
     log = str(tmp_path / "log")
-    run = pipes_ctl.flaky.start(log=log, fail_b=1)
+    run = control_pipelines.flaky.start(log=log, fail_b=1)
     out = run.result(timeout=20)
     assert out == {"a": "a", "items": [0, 10], "b": "b", "tries": 3}
     # try 1: a, item0, item1 (fails); try 2: item1 again, b (fails); try 3: b again
-    assert pipes_ctl.lines(log) == [
+    assert control_pipelines.lines(log) == [
         "a@1",
         "body@1",
         "item0@1",
@@ -240,7 +240,7 @@ def test_backoff_delays_stay_within_bounds(db: Path) -> None:
 
 @tether.pipeline(retries=3, retry_on=(ConnectionError,))
 def picky(ctx: tether.Context, kind: str, log: str) -> int:
-    pipes_ctl.append(log, kind)
+    control_pipelines.append(log, kind)
     if kind == "value":
         raise ValueError("not retried")
     if kind == "conn" and ctx.tries < 3:
@@ -262,7 +262,7 @@ def test_retry_on_filters_what_is_retried(db: Path, tmp_path: Path) -> None:
     with pytest.raises(tether.RunCancelled):
         cancelled.result(timeout=10)
     assert cancelled.tries == 1
-    assert pipes_ctl.lines(log) == ["value", "conn", "conn", "conn", "cancel"]
+    assert control_pipelines.lines(log) == ["value", "conn", "conn", "conn", "cancel"]
 
 
 @tether.pipeline(retries=2, retry_delay=30)
@@ -283,8 +283,8 @@ def test_a_cancel_during_the_wait_ends_the_run_at_once(db: Path) -> None:
 
 @tether.pipeline
 def flaky_child(ctx: tether.Context, log: str) -> str:
-    pipes_ctl.append(log, "child")
-    if len(pipes_ctl.lines(log)) == 1:
+    control_pipelines.append(log, "child")
+    if len(control_pipelines.lines(log)) == 1:
         raise ConnectionError("the child fails once")
     return "ok"
 
@@ -308,7 +308,7 @@ def test_retry_after_a_sigkill_of_the_owner_counts_the_tries_used(
 ) -> None:
     tether.runs()
     log = str(tmp_path / "log")
-    kids = Children(child_env, tmp_path, pipes_ctl.CHILD)
+    kids = Children(child_env, tmp_path, control_pipelines.CHILD)
     try:
         proc = kids.spawn(runs=[["killed", {"log": log}]], wait=False, hold=str(tmp_path / "no"))
         run_id = json.loads(proc.stdout.readline())["ids"][0]  # type: ignore[union-attr]
@@ -321,22 +321,22 @@ def test_retry_after_a_sigkill_of_the_owner_counts_the_tries_used(
     finally:
         kids.close()
     assert raw(db, "SELECT status, tries FROM runs WHERE id = ?", run_id) == [("running", 2)]
-    again = pipes_ctl.killed.start(log=log, policy="resume")  # the automatic-resume rule
+    again = control_pipelines.killed.start(log=log, policy="resume")  # the automatic-resume rule
     assert again.resumed_from == run_id and again.attempt == 2
     with pytest.raises(tether.RunFailed, match="try 3 fails too"):
         again.result(timeout=10)
     assert tether.get_run(run_id).status == "interrupted"
     # try 3 was the last of 1 + retries=2: the killed attempt's two tries counted
     assert again.tries == 3 and again.events(kinds=["retry"]) == []
-    assert pipes_ctl.lines(log) == ["a@1", "body@1", "body@2", "b@2", "body@3"]
+    assert control_pipelines.lines(log) == ["a@1", "body@1", "body@2", "b@2", "body@3"]
 
 
 @tether.pipeline(retries=3, retry_delay=0, timeout=0.3)
 async def async_flaky(ctx: tether.Context, log: str) -> int:
     import asyncio
 
-    ctx.step("a", pipes_ctl.append, log, f"a@{ctx.tries}")
-    pipes_ctl.append(log, f"body@{ctx.tries}")
+    ctx.step("a", control_pipelines.append, log, f"a@{ctx.tries}")
+    control_pipelines.append(log, f"body@{ctx.tries}")
     if ctx.tries == 1:
         raise ConnectionError("try 1 fails")
     if ctx.tries == 2:
@@ -353,7 +353,7 @@ def test_an_async_body_is_retried_after_a_failure_and_a_timeout(db: Path, tmp_pa
     log = str(tmp_path / "log")
     run = async_flaky.start(log=log)
     assert run.result(timeout=10) == 4
-    assert pipes_ctl.lines(log) == ["a@1", "body@1", "body@2", "body@3", "body@4"]
+    assert control_pipelines.lines(log) == ["a@1", "body@1", "body@2", "body@3", "body@4"]
     assert [e.data["type"] for e in run.events(kinds=["retry"])] == [
         "ConnectionError",
         "TimeoutError",
@@ -392,7 +392,7 @@ def test_a_timeout_stops_a_cooperative_body_and_fails_the_run(db: Path) -> None:
 
 @tether.pipeline(timeout=0.2)
 def deaf(ctx: tether.Context, gate: str) -> str:
-    pipes_ctl.wait_file(gate)  # no ctx call: cannot be stopped in its thread
+    control_pipelines.wait_file(gate)  # no ctx call: cannot be stopped in its thread
     return "late"
 
 
@@ -436,7 +436,7 @@ def test_a_parents_timeout_stops_its_wait_and_cancels_its_child(db: Path) -> Non
 @pytest.fixture
 def children(child_env: dict[str, str], tmp_path: Path) -> Iterator[Children]:
     tether.runs()  # the database exists (and is migrated) before any child starts
-    kids = Children(child_env, tmp_path, pipes_ctl.CHILD)
+    kids = Children(child_env, tmp_path, control_pipelines.CHILD)
     yield kids
     kids.close()
 
@@ -479,7 +479,7 @@ def test_concurrency_caps_running_runs_across_processes_in_start_order(
         children.spawn(go=str(go), runs=[["limited", {"tag": f"p{p}r{r}"}] for r in range(4)])
         for p in range(3)
     ]
-    sampler = Sampler(db, pipes_ctl.limited.name)
+    sampler = Sampler(db, control_pipelines.limited.name)
     go.touch()
     try:
         outs = [p.communicate(timeout=60) for p in procs]
@@ -498,14 +498,14 @@ def test_concurrency_caps_running_runs_across_processes_in_start_order(
         db,
         "SELECT count(*) FROM events e JOIN runs r ON r.id = e.run_id "
         "WHERE r.pipeline = ? AND e.kind = 'queued'",
-        pipes_ctl.limited.name,
+        control_pipelines.limited.name,
     )[0][0]
     assert queued >= 6  # at least the runs of the last rounds waited in line
 
 
 def test_a_queued_run_tells_how_many_are_ahead_of_it(db: Path, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-    runs = [pipes_ctl.single.start(tag=f"t{i}", gate=str(gate)) for i in range(4)]
+    runs = [control_pipelines.single.start(tag=f"t{i}", gate=str(gate)) for i in range(4)]
     wait_until(lambda: runs[0].status == "running", what="the first run")
     assert [r.ahead for r in runs] == [None, 0, 1, 2]
     assert [str(r.status) for r in runs[1:]] == ["pending"] * 3
@@ -540,9 +540,11 @@ def _queued_behind_a_dead_starter(db: Path, children: Children, tmp_path: Path) 
 def test_a_queued_run_whose_starter_was_killed_is_picked_up_by_a_worker(
     db: Path, children: Children, tmp_path: Path
 ) -> None:
-    worker = children.popen("-m", "tether.cli", "worker", "helpers.pipes_ctl", "--poll", "0.05")
+    worker = children.popen("-m", "tether.cli", "worker", "helpers.control_pipelines", "--poll", "0.05")
     wait_until(
-        lambda: raw(db, "SELECT count(*) FROM workers WHERE pipeline = ?", pipes_ctl.single.name)[0][0],
+        lambda: raw(db, "SELECT count(*) FROM workers WHERE pipeline = ?", control_pipelines.single.name)[0][
+            0
+        ],
         what="the worker to register",
     )
     first, second = _queued_behind_a_dead_starter(db, children, tmp_path)

@@ -2,7 +2,7 @@
 ``LocalCluster`` (as a ``Client`` and as ``client.get_executor()``); order, progress, failures,
 cancel, and SIGKILL mid-map followed by a resume that skips the finished items.
 
-Every execution of an item appends one line to ``<dir>/item-<i>`` (``helpers.pipes_c.work``), in
+Every execution of an item appends one line to ``<dir>/item-<i>`` (``helpers.checkpoint_pipelines.work``), in
 whichever process or Dask worker it ran, so the tests count what really ran.
 """
 
@@ -20,15 +20,17 @@ from typing import Any
 import pytest
 
 import tether
-from helpers import pipes_c
-from helpers.pipes_c import Children, executions, first_line, raw, wait_until
+from helpers import checkpoint_pipelines
+from helpers.checkpoint_pipelines import Children, executions, first_line, raw, wait_until
 
 EXECUTORS = ["default", "threads", "processes", "dask-client", "dask-executor"]
 
 
 @pytest.fixture(scope="module")
 def dask_client() -> Iterator[Any]:
-    """A real LocalCluster: two worker processes of one thread each (they import helpers.pipes_c)."""
+    """A real LocalCluster: two worker processes of one thread each.
+
+    They import helpers.checkpoint_pipelines."""
     distributed = pytest.importorskip("distributed")  # the "dask" extra
     with warnings.catch_warnings():  # its HTTP server falls back from a busy port 8787: fine
         warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
@@ -57,15 +59,15 @@ def executor(request: pytest.FixtureRequest) -> Iterator[str]:
         spec = "default"
     elif kind == "threads":
         pool = ThreadPoolExecutor(max_workers=2)
-        spec = pipes_c.lend(kind, pool)
+        spec = checkpoint_pipelines.lend(kind, pool)
     elif kind == "processes":
-        spec = pipes_c.lend(kind, request.getfixturevalue("process_pool"))
+        spec = checkpoint_pipelines.lend(kind, request.getfixturevalue("process_pool"))
     elif kind == "dask-client":
-        spec = pipes_c.lend(kind, request.getfixturevalue("dask_client"))
+        spec = checkpoint_pipelines.lend(kind, request.getfixturevalue("dask_client"))
     else:
-        spec = pipes_c.lend(kind, request.getfixturevalue("dask_client").get_executor())
+        spec = checkpoint_pipelines.lend(kind, request.getfixturevalue("dask_client").get_executor())
     yield spec
-    pipes_c.EXECUTORS.pop(kind, None)
+    checkpoint_pipelines.EXECUTORS.pop(kind, None)
     if pool is not None:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -101,14 +103,14 @@ def test_map_returns_results_in_item_order_and_records_each_item(
 ) -> None:
     n = 8
     # later items finish first (item i sleeps (n-1-i) * 30 ms), so the order comes from tether
-    run = pipes_c.mapper.start(dir=str(tmp_path), n=n, executor=executor, delay_step=0.03)
+    run = checkpoint_pipelines.mapper.start(dir=str(tmp_path), n=n, executor=executor, delay_step=0.03)
     assert run.result(timeout=60) == expected(n)
     assert executions(tmp_path, n) == [1] * n
     assert run.progress == (n, n)
     rows = raw(db, "SELECT name, value FROM checkpoints WHERE run_id = ?", run.id)
     assert sorted(rows) == sorted((f"map:work#1:{i}", f'{{"i":{i},"sq":{i * i}}}') for i in range(n))
     if executor != "default":
-        pids = {int(p) for i in range(n) for p in pipes_c.lines(tmp_path / f"item-{i}")}
+        pids = {int(p) for i in range(n) for p in checkpoint_pipelines.lines(tmp_path / f"item-{i}")}
         in_process = executor in ("reg:threads",)
         assert (pids == {os.getpid()}) == in_process, pids
 
@@ -117,7 +119,7 @@ def test_map_returns_results_in_item_order_and_records_each_item(
 def test_progress_counts_each_finished_item(db: Path, tmp_path: Path, executor: str) -> None:
     n = 4
     gate = str(tmp_path / "gate-{i}")  # item i waits for its own gate file
-    run = pipes_c.mapper.start(dir=str(tmp_path), n=n, executor=executor, gate=gate)
+    run = checkpoint_pipelines.mapper.start(dir=str(tmp_path), n=n, executor=executor, gate=gate)
     released: set[int] = set()
 
     def started_item() -> int | None:
@@ -144,7 +146,7 @@ def test_progress_counts_each_finished_item(db: Path, tmp_path: Path, executor: 
 
 
 def test_map_with_checkpoint_false_stores_nothing_and_accepts_any_result(db: Path, tmp_path: Path) -> None:
-    run = pipes_c.mapper.start(dir=str(tmp_path), n=3, checkpoint=False, bad_at=1)
+    run = checkpoint_pipelines.mapper.start(dir=str(tmp_path), n=3, checkpoint=False, bad_at=1)
     with pytest.raises(tether.RunFailed, match=r"result\[1\]\['rows'\]\[0\]: .*Opaque"):  # its result
         run.result(timeout=30)
     assert item_checkpoints(db, run.id) == []
@@ -157,13 +159,15 @@ def test_map_with_checkpoint_false_stores_nothing_and_accepts_any_result(db: Pat
 @pytest.mark.parametrize("executor", EXECUTORS, indirect=True)
 def test_first_failure_raises_map_item_error_naming_the_item(db: Path, tmp_path: Path, executor: str) -> None:
     (tmp_path / "a").mkdir()
-    caught = pipes_c.mapper.start(dir=str(tmp_path / "a"), n=6, executor=executor, fail_at=3, catch=True)
+    caught = checkpoint_pipelines.mapper.start(
+        dir=str(tmp_path / "a"), n=6, executor=executor, fail_at=3, catch=True
+    )
     out = caught.result(timeout=60)
     assert out["index"] == 3 and out["cause"] == "ValueError"
-    assert out["item"] == pipes_c.make_items(str(tmp_path / "a"), 6, fail_at=3)[3]
+    assert out["item"] == checkpoint_pipelines.make_items(str(tmp_path / "a"), 6, fail_at=3)[3]
 
     (tmp_path / "b").mkdir()
-    run = pipes_c.mapper.start(dir=str(tmp_path / "b"), n=6, executor=executor, fail_at=3)
+    run = checkpoint_pipelines.mapper.start(dir=str(tmp_path / "b"), n=6, executor=executor, fail_at=3)
     with pytest.raises(tether.RunFailed) as info:
         run.result(timeout=60)
     error = info.value.error
@@ -177,9 +181,9 @@ def test_failure_cancels_the_items_not_started(db: Path, tmp_path: Path) -> None
     pool = ThreadPoolExecutor(max_workers=1)
     gate = tmp_path / "gate"
     try:
-        spec = pipes_c.lend("one-thread", pool)
+        spec = checkpoint_pipelines.lend("one-thread", pool)
         # item 0 fine, item 1 fails, item 2 is in flight (waits for the gate), 3..9 queued
-        run = pipes_c.mapper.start(
+        run = checkpoint_pipelines.mapper.start(
             dir=str(tmp_path), n=10, executor=spec, fail_at=1, gate=str(gate), gate_from=2
         )
         with pytest.raises(tether.RunFailed, match="item 1"):
@@ -188,7 +192,7 @@ def test_failure_cancels_the_items_not_started(db: Path, tmp_path: Path) -> None
     finally:
         gate.touch()
         pool.shutdown(wait=True)
-        pipes_c.EXECUTORS.pop("one-thread", None)
+        checkpoint_pipelines.EXECUTORS.pop("one-thread", None)
     assert executions(tmp_path, 10) == [1, 1, 1] + [0] * 7
 
 
@@ -196,7 +200,7 @@ def test_failure_cancels_the_items_not_started(db: Path, tmp_path: Path) -> None
 def test_an_unstorable_item_result_fails_the_run_naming_the_item(
     db: Path, tmp_path: Path, executor: str
 ) -> None:
-    run = pipes_c.mapper.start(dir=str(tmp_path), n=5, executor=executor, bad_at=2)
+    run = checkpoint_pipelines.mapper.start(dir=str(tmp_path), n=5, executor=executor, bad_at=2)
     with pytest.raises(tether.RunFailed) as info:
         run.result(timeout=60)
     error = info.value.error
@@ -214,8 +218,8 @@ def test_cancel_mid_map_cancels_the_items_not_started(db: Path, tmp_path: Path) 
     gate = tmp_path / "gate"
     n = 10
     try:
-        spec = pipes_c.lend("two-threads", pool)
-        run = pipes_c.mapper.start(dir=str(tmp_path), n=n, executor=spec, gate=str(gate))
+        spec = checkpoint_pipelines.lend("two-threads", pool)
+        run = checkpoint_pipelines.mapper.start(dir=str(tmp_path), n=n, executor=spec, gate=str(gate))
         wait_until(lambda: executions(tmp_path, n)[:2] == [1, 1], what="two items in flight")
         run.cancel()
         with pytest.raises(tether.RunCancelled):
@@ -225,7 +229,7 @@ def test_cancel_mid_map_cancels_the_items_not_started(db: Path, tmp_path: Path) 
     finally:
         gate.touch()
         pool.shutdown(wait=True)  # every item that was ever going to run has run now
-        pipes_c.EXECUTORS.pop("two-threads", None)
+        checkpoint_pipelines.EXECUTORS.pop("two-threads", None)
     assert executions(tmp_path, n) == [1, 1] + [0] * (n - 2)
     assert item_checkpoints(db, run.id) == []
 
@@ -235,9 +239,9 @@ def test_cancel_mid_map_on_dask_cancels_the_outstanding_tasks(
 ) -> None:
     gate = tmp_path / "gate"
     n = 10
-    spec = pipes_c.lend("dask-cancel", dask_client.get_executor())
+    spec = checkpoint_pipelines.lend("dask-cancel", dask_client.get_executor())
     try:
-        run = pipes_c.mapper.start(dir=str(tmp_path), n=n, executor=spec, gate=str(gate))
+        run = checkpoint_pipelines.mapper.start(dir=str(tmp_path), n=n, executor=spec, gate=str(gate))
         # one task per worker thread is running, blocked on the gate
         wait_until(lambda: sum(executions(tmp_path, n)) == 2, what="two items in flight")
         run.cancel()
@@ -270,7 +274,7 @@ def test_cancel_mid_map_on_dask_cancels_the_outstanding_tasks(
         wait_until(idle, what="the two running tasks to end")
     finally:
         gate.touch()
-        pipes_c.EXECUTORS.pop("dask-cancel", None)
+        checkpoint_pipelines.EXECUTORS.pop("dask-cancel", None)
     counts = executions(tmp_path, n)
     assert sum(counts) == 2 and max(counts) == 1, counts  # the queued items never ran
     assert item_checkpoints(db, run.id) == []

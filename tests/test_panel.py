@@ -15,7 +15,7 @@ import ipywidgets.widgets.widget as ipw_widget
 import pytest
 
 import tether
-from helpers import pipes_panel as pp
+from helpers import panel_pipelines as pp
 from helpers.util import wait_until as until
 from tether.widget import dashboard, panel, poller, repr_bundle
 from tether.widget import snapshot as _snap
@@ -35,7 +35,7 @@ def fast_poller() -> Iterator[poller.Poller]:
 
 
 class Child:
-    """A separate Python process owning a run (helpers.pipes_panel.CHILD)."""
+    """A separate Python process owning a run (helpers.panel_pipelines.CHILD)."""
 
     def __init__(self, env: dict[str, str], kind: str, arg: str, tag: str, fate: str = "wait"):
         self.proc = subprocess.Popen(
@@ -68,7 +68,7 @@ def child(child_env: dict[str, str]) -> Iterator[Callable[..., Child]]:
 
 
 def release(path: Path, text: str) -> None:
-    """Open a gate (helpers.pipes_panel.gate) atomically: its body polls for the file and reads
+    """Open a gate (helpers.panel_pipelines.gate) atomically: its body polls for the file and reads
     it, so a plain write_text() let it read the file created but still empty (a flaky result)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -109,7 +109,7 @@ def test_snapshot_contents_for_every_status(
     assert snap["phase"] == "waiting" and snap["phases"] == [{"name": "waiting", "state": "current"}]
     assert snap["total"] is None and snap["percent"] is None  # indeterminate
     assert snap["actions"] == {"cancel": True, "rerun": False, "resume": False}
-    assert snap["pipeline"] == "helpers.pipes_panel.gate" and snap["attempt"] == 1
+    assert snap["pipeline"] == "helpers.panel_pipelines.gate" and snap["attempt"] == 1
     assert snap["id"] == running.id and snap["key"] == running.key and "key_short" not in snap
     assert snap["waiting"] is None and snap["eta_scope"] == "run"  # "waiting" is its last phase
 
@@ -227,7 +227,7 @@ def test_an_older_attempt_learns_of_a_newer_one_made_by_another_process(
     assert w.snapshot["newer"] is None and w.snapshot["stored"]
     code = (
         "import sys, tether; tether.configure(db=sys.argv[1]); "
-        "from helpers import pipes_panel as pp; "
+        "from helpers import panel_pipelines as pp; "
         "r = pp.four_phase.start(n=1, delay=0.001, tag='cross', policy='rerun'); r.wait(30)"
     )
     subprocess.run([sys.executable, "-c", code, str(db)], env=child_env, check=True, timeout=60)
@@ -481,7 +481,7 @@ def test_volatile_keys_do_not_resend(db: Path) -> None:
 KERNEL_CODE = """
 import tether
 from IPython.display import display
-from helpers import pipes_panel as pp
+from helpers import panel_pipelines as pp
 tether.configure(db={db!r})
 run = pp.spin.start(calls=3_000_000, tag="kernel")
 display(run)
@@ -720,7 +720,7 @@ def test_a_pending_detached_run_names_the_worker_command(db: Path) -> None:
     assert snap["status"] == "pending"
     assert snap["waiting"] == (
         f"waiting for a tether worker to take it; in a shell, run: "
-        f"tether worker helpers.pipes_panel --db {db}"
+        f"tether worker helpers.panel_pipelines --db {db}"
     )
     assert snap["waiting"] in text_snapshot(snap)
 
@@ -820,7 +820,7 @@ def test_eta_is_labelled_and_resent_only_when_it_drifts(db: Path) -> None:
 # -- saved notebooks tell the end ------------------------------------------------------------
 
 SAVED_CELLS = [
-    "import tether\nfrom helpers import pipes_panel as pp\ntether.configure(db={db!r})",
+    "import tether\nfrom helpers import panel_pipelines as pp\ntether.configure(db={db!r})",
     "run = pp.four_phase.start(n=3, delay=0.05, tag='saved')\nrun",
     "failing = pp.evil.start(tag='saved')\nfailing",
     "tether.dashboard()",

@@ -1,6 +1,6 @@
 """Several real processes sharing one database: racing start(), observing and cancelling each other.
 
-Child processes run ``helpers.pipes_a.child`` (see there); they find the database through
+Child processes run ``helpers.owner_pipelines.child`` (see there); they find the database through
 ``TETHER_DB`` (the ``child_env`` fixture).
 """
 
@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 
 import tether
-from helpers import pipes_a
+from helpers import owner_pipelines
 from helpers.util import Children, raw, wait_until
 
 
 @pytest.fixture
 def children(child_env: dict[str, str], tmp_path: Path) -> Iterator[Children]:
-    kids = Children(child_env, tmp_path, pipes_a.CHILD)
+    kids = Children(child_env, tmp_path, owner_pipelines.CHILD)
     yield kids
     kids.close()
 
@@ -69,10 +69,10 @@ def test_eight_processes_racing_start_make_exactly_one_run(
     assert len(executions) == 1, executions  # the body ran once, in one of the children
     assert int(executions[0]) in {o["pid"] for o in outs}
 
-    runs = tether.runs(pipeline=pipes_a.count_once)
+    runs = tether.runs(pipeline=owner_pipelines.count_once)
     assert [r.id for r in runs] == [outs[0]["id"]]
     # a finished run started by another process is returned here with its result, not executed
-    here = pipes_a.count_once.start(**params)
+    here = owner_pipelines.count_once.start(**params)
     assert here.id == outs[0]["id"] and here.status == "succeeded"
     assert here.result(timeout=1) == {"pid": int(executions[0])}
     assert len(marker.read_text().splitlines()) == 1
@@ -83,7 +83,7 @@ def test_a_run_started_in_another_process_is_seen_here(db: Path, children: Child
     tether.runs()
     gate = tmp_path / "gate"
     proc = children.spawn(pipeline="gated", params={"gate": str(gate), "lines": 3})
-    run = only_run(pipes_a.gated)
+    run = only_run(owner_pipelines.gated)
     wait_until(lambda: run.phase == "applying", what="the child's run to reach phase applying")
 
     assert run.status == "running"
@@ -109,7 +109,7 @@ def test_a_run_started_in_another_process_is_seen_here(db: Path, children: Child
 def test_cancel_from_another_process(db: Path, children: Children) -> None:
     tether.runs()
     proc = children.spawn(pipeline="spinner", params={"tag": "cancel-me"})
-    run = only_run(pipes_a.spinner)
+    run = only_run(owner_pipelines.spinner)
     wait_until(
         lambda: run.status == "running" and run.progress.done > 0, what="the child's run to make progress"
     )
@@ -138,18 +138,18 @@ def test_a_run_owned_by_a_live_process_is_never_interrupted_from_here(
     gate = tmp_path / "gate"
     params = {"gate": str(gate), "lines": 2}
     proc = children.spawn(pipeline="gated", params=params)
-    theirs = only_run(pipes_a.gated)
+    theirs = only_run(owner_pipelines.gated)
     wait_until(lambda: theirs.phase == "applying", what="the child's run to block")
 
     for _ in range(3):
-        assert pipes_a.gated.start(**params).id == theirs.id
+        assert owner_pipelines.gated.start(**params).id == theirs.id
         assert tether.get_run(theirs.id).status == "running"
         assert [(r.id, r.status) for r in tether.runs()] == [(theirs.id, "running")]
     with pytest.raises(tether.KeyConflict):
-        pipes_a.gated.start(**params, policy="fail")
+        owner_pipelines.gated.start(**params, policy="fail")
 
     # let this process's runner tick (flush + sweep) many times while it runs a run of its own
-    mine = pipes_a.spinner.start(tag="parent")
+    mine = owner_pipelines.spinner.start(tag="parent")
     seen: set[float] = set()
 
     def ticks() -> bool:

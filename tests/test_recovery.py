@@ -1,6 +1,6 @@
 """Owners that die: SIGKILL, zombies, interpreter exit with a run in flight, and ``tether gc``.
 
-The owner of each run is a real child process (``helpers.pipes_a.child``). Until the test has
+The owner of each run is a real child process (``helpers.owner_pipelines.child``). Until the test has
 checked recovery, this process reads the database with plain sqlite3 only, so that no tether call
 recovers a run before the one under test does.
 """
@@ -21,14 +21,14 @@ import psutil
 import pytest
 
 import tether
-from helpers import pipes_a
+from helpers import owner_pipelines
 from helpers.util import Children, raw, wait_until
 
 
 @pytest.fixture
 def children(child_env: dict[str, str], tmp_path: Path) -> Iterator[Children]:
     assert tether.runs() == []  # the database exists (and is migrated) before any child starts
-    kids = Children(child_env, tmp_path, pipes_a.CHILD)
+    kids = Children(child_env, tmp_path, owner_pipelines.CHILD)
     yield kids
     kids.close()
 
@@ -62,7 +62,7 @@ def crash_mid_run(
     Returns the process, the run id, and the events stored just before the kill.
     """
     proc = children.spawn(pipeline="crashy", params={"tag": tag})
-    run_id = run_of(db, pipes_a.crashy, proc)
+    run_id = run_of(db, owner_pipelines.crashy, proc)
     wait_until(lambda: logged(db, run_id) >= 5, what="five flushed log lines")
     before = tether.workspace.default().store().events(run_id)  # the store's plain read: no recovery
     os.kill(proc.pid, signal.SIGKILL)
@@ -108,15 +108,15 @@ def test_start_after_sigkill_returns_the_interrupted_run_and_rerun_succeeds(
     _, run_id, before = crash_mid_run(db, children, "start")
 
     t0 = time.monotonic()
-    again = pipes_a.crashy.start(tag="start")  # policy="attach": the ended run, as it is
+    again = owner_pipelines.crashy.start(tag="start")  # policy="attach": the ended run, as it is
     elapsed = time.monotonic() - t0
     assert again.id == run_id
     assert again.status == "interrupted"
     assert elapsed < 1.0, f"start() took {elapsed:.2f} s"
     check_events(again.events(), before, "interrupted")
-    assert pipes_a.crashy.start(tag="start").id == run_id  # still no new attempt
+    assert owner_pipelines.crashy.start(tag="start").id == run_id  # still no new attempt
 
-    second = pipes_a.crashy.start(tag="start", policy="rerun")
+    second = owner_pipelines.crashy.start(tag="start", policy="rerun")
     assert second.attempt == 2 and second.id != run_id
     assert second.result(timeout=30) == {"attempt": 2, "pid": os.getpid()}
     assert [(r.attempt, str(r.status)) for r in second.attempts()] == [(1, "interrupted"), (2, "succeeded")]
@@ -124,7 +124,7 @@ def test_start_after_sigkill_returns_the_interrupted_run_and_rerun_succeeds(
 
 def test_cancel_of_a_run_whose_owner_is_dead_ends_it_at_once(db: Path, children: Children) -> None:
     proc = children.spawn(pipeline="crashy", params={"tag": "cancel-dead"})
-    run_id = run_of(db, pipes_a.crashy, proc)
+    run_id = run_of(db, owner_pipelines.crashy, proc)
     wait_until(lambda: logged(db, run_id) >= 5, what="five flushed log lines")
     run = tether.get_run(run_id)  # a handle taken while the owner lives
     assert run.status == "running"
@@ -226,7 +226,7 @@ def test_gc_cli_reports_and_marks_orphans(
 ) -> None:
     gate = tmp_path / "gate"
     alive = children.spawn(pipeline="gated", params={"gate": str(gate)})
-    alive_id = run_of(db, pipes_a.gated, alive)
+    alive_id = run_of(db, owner_pipelines.gated, alive)
     _, dead_id, _ = crash_mid_run(db, children, "gc")
 
     def gc(*command: str) -> subprocess.CompletedProcess[str]:
@@ -266,7 +266,7 @@ def test_a_live_owner_on_this_host_keeps_its_run_even_with_an_expired_lease(
     """On this host a live pid is proof of life: a stopped process (SIGSTOP, a body holding the
     GIL) whose lease ran out is not recovered by a neighbour; once it is dead, it is."""
     proc = children.spawn(pipeline="crashy", params={"tag": "stopped"})
-    run_id = run_of(db, pipes_a.crashy, proc)
+    run_id = run_of(db, owner_pipelines.crashy, proc)
     os.kill(proc.pid, signal.SIGSTOP)
     try:
         with sqlite3.connect(db) as conn:  # the lease ran out long ago
@@ -288,7 +288,7 @@ def test_a_live_owner_on_this_host_keeps_its_run_even_with_an_expired_lease(
 
 def test_an_owner_on_another_host_is_gone_once_its_lease_expires(db: Path, children: Children) -> None:
     proc = children.spawn(pipeline="crashy", params={"tag": "remote"})
-    run_id = run_of(db, pipes_a.crashy, proc)
+    run_id = run_of(db, owner_pipelines.crashy, proc)
     os.kill(proc.pid, signal.SIGSTOP)
     try:
         with sqlite3.connect(db) as conn:  # pretend the owner lives on another machine

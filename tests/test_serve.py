@@ -76,7 +76,7 @@ def test_missing_extra_names_the_pip_install(db: Path) -> None:
 
 
 def test_api_lists_runs_and_gives_one_runs_state(db: Path, serve) -> None:
-    from helpers import pipes_panel as pp
+    from helpers import panel_pipelines as pp
 
     run = pp.four_phase.start(n=4, delay=0.0, tag="api")
     run.wait(30)
@@ -122,7 +122,7 @@ def test_a_runs_state_lists_its_children_and_attempts(db: Path, serve) -> None:
 def test_a_damaged_row_is_named_not_fatal(db: Path, serve) -> None:
     import sqlite3
 
-    from helpers import pipes_panel as pp
+    from helpers import panel_pipelines as pp
 
     run = pp.four_phase.start(n=1, delay=0.0, tag="damaged")
     run.wait(30)
@@ -153,7 +153,7 @@ def test_pages_are_static_files_under_a_content_security_policy(db: Path, serve)
 
 
 def test_ended_run_sends_its_final_state_once_and_the_stream_closes(db: Path, serve) -> None:
-    from helpers import pipes_panel as pp
+    from helpers import panel_pipelines as pp
 
     run = pp.four_phase.start(n=2, delay=0.0, tag="ended")
     run.wait(30)
@@ -197,14 +197,14 @@ def test_stream_resumes_after_last_event_id_with_nothing_lost_or_repeated(
 
 
 def test_watching_never_starts_or_changes_a_run(db: Path, serve, tmp_path: Path) -> None:
-    from helpers import pipes_panel as pp
+    from helpers import panel_pipelines as pp
 
     pending = pp.four_phase.start(n=2, delay=0.0, tag="detached", detach=True)  # no worker: stays pending
     srv = serve()
     before = raw(db, "SELECT id, status, attempt, owner_pid, last_seq FROM runs ORDER BY id")
     msgs, _ = web.read_sse(srv.base, pending.id, stop=lambda m: True)
     assert msgs[0][1]["state"]["status"] == "pending"
-    assert "tether worker helpers.pipes_panel" in msgs[0][1]["state"]["waiting"]
+    assert "tether worker helpers.panel_pipelines" in msgs[0][1]["state"]["waiting"]
     for _ in range(3):
         assert httpx.get(f"{srv.base}/api/runs/{pending.id}").json()["state"]["status"] == "pending"
     httpx.get(f"{srv.base}/api/runs")
@@ -233,7 +233,7 @@ def test_actions_need_the_token_in_either_form(db: Path, serve, kids, child_env,
 
 
 def test_rerun_of_a_detached_run_makes_a_new_attempt_for_a_worker(db: Path, serve) -> None:
-    from helpers import pipes_panel as pp
+    from helpers import panel_pipelines as pp
 
     run = pp.four_phase.start(n=2, delay=0.0, tag="det", detach=True)
     run.cancel()
@@ -304,7 +304,7 @@ def test_one_reader_per_run_whatever_the_number_of_watchers(
 def test_hub_catches_a_late_watcher_up_from_the_store(db: Path) -> None:
     """A watcher further behind than the ring reaches reads the missing events itself, once."""
     import tether.workspace
-    from helpers import pipes_panel as pp
+    from helpers import panel_pipelines as pp
     from tether.serve import hub as hub_mod
 
     run = pp.four_phase.start(n=2, delay=0.0, tag="late")

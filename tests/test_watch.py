@@ -1,6 +1,6 @@
 """`tether watch`: a run executed by another process, watched by a third one, for real.
 
-The run's process (``helpers.pipes_watch.child``) is driven step by step with gate files; the
+The run's process (``helpers.watch_pipelines.child``) is driven step by step with gate files; the
 watcher runs under a pseudo-terminal (pexpect.spawn: a TTY, so frames are redrawn in place) or on
 pipes (pexpect.popen_spawn: no TTY, so plain lines without escape codes).
 """
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import tether
-from helpers import pipes_watch
+from helpers import watch_pipelines
 from helpers.util import raw
 from tether import cli
 
@@ -35,7 +35,7 @@ TIMEOUT = 30
 
 
 class Child:
-    """A process executing one run of ``helpers.pipes_watch``; gates open its next step."""
+    """A process executing one run of ``helpers.watch_pipelines``; gates open its next step."""
 
     def __init__(self, env: dict[str, str], gates: Path, pipeline: str, **params: Any) -> None:
         self.gates = gates
@@ -43,7 +43,7 @@ class Child:
             params = {"gates": str(gates), **params}
         spec = {"pipeline": pipeline, "params": params}
         self.proc = subprocess.Popen(
-            [sys.executable, *pipes_watch.CHILD, json.dumps(spec)],
+            [sys.executable, *watch_pipelines.CHILD, json.dumps(spec)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -143,7 +143,7 @@ def test_plain_output_has_no_escape_bytes_and_few_lines(child, child_env):
     assert code == 0, got
     assert b"\x1b" not in got and b"\x07" not in got and b"\r" not in got
     lines = got.decode().splitlines()
-    assert lines[0] == f"watching helpers.pipes_watch.gated #1 id={c.id}"
+    assert lines[0] == f"watching helpers.watch_pipelines.gated #1 id={c.id}"
     assert any("running · load 2/4 (50%)" in x for x in lines), lines
     assert any("running · crunch 5/10 (50%)" in x for x in lines), lines
     assert lines[-1].startswith("succeeded in ") and lines[-1].endswith('result: {"ok": true}')
@@ -228,14 +228,14 @@ def test_parent_and_children_are_named(child, child_env):
     w.expect(b"children 2: 1 succeeded, 1 failed")
     kid = tether.get_run(c.id).children()[0]
     k = tty(child_env, kid.id)
-    k.expect(re.escape(f"parent {c.id} (helpers.pipes_watch.family #1, running)".encode()))
+    k.expect(re.escape(f"parent {c.id} (helpers.watch_pipelines.family #1, running)".encode()))
     assert ended(k)[0] in (0, 1)  # a child that had ended: its outcome at once
     c.open("a")
     assert ended(w)[0] == 0
 
 
 def test_pending_run_says_what_it_waits_for(db, child_env):
-    run = pipes_watch.quick.start(ok=True, detach=True)  # pending until a `tether worker` takes it
+    run = watch_pipelines.quick.start(ok=True, detach=True)  # pending until a `tether worker` takes it
     w = plain(child_env, run.id)
     w.expect(b"pending .* waiting for a tether worker to take it; in a shell, run: tether worker helpers")
     run.cancel()  # a pending run ends cancelled at once
@@ -249,7 +249,7 @@ def test_resize_redraws_at_the_new_width(child, child_env):
     w.expect(r"2/4 \(50%\)")
     w.setwinsize(30, 40)  # SIGWINCH
     w.expect(re.escape(b"\x1b[H\x1b[2J"))  # narrower: cleared, then drawn again
-    w.expect("helpers.pipes_watch.gated #1  running …".encode())  # clipped to 39 columns
+    w.expect("helpers.watch_pipelines.gated #1  runn…".encode())  # clipped to 39 columns
     w.expect(b"Ctrl-C stops watching")
     frame = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", w.before).decode()
     assert frame.splitlines() and max(len(line) for line in frame.splitlines()) <= 39, frame
@@ -272,19 +272,19 @@ def test_latest_and_pipeline_pick_the_right_run(db, tmp_path, capsys):
     tether.runs()  # the database exists, with no run in it
     code, _, err = watch_here(capsys, "--latest")
     assert code == 3 and "no runs in" in err
-    first = pipes_watch.quick.start(ok=False)
+    first = watch_pipelines.quick.start(ok=False)
     first.wait()
-    second = pipes_watch.quick.start(ok=True)
+    second = watch_pipelines.quick.start(ok=True)
     second.wait()
     gates = tmp_path / "open"
     gates.mkdir()
     (gates / "a").touch()
     (gates / "b").touch()
-    third = pipes_watch.gated.start(gates=str(gates), fail=True)
+    third = watch_pipelines.gated.start(gates=str(gates), fail=True)
     third.wait()
     cases = [
         (["--latest"], third, 1),
-        (["--pipeline", "helpers.pipes_watch.quick"], second, 0),
+        (["--pipeline", "helpers.watch_pipelines.quick"], second, 0),
         ([first.id], first, 1),
     ]
     for args, run, expected in cases:
@@ -293,7 +293,7 @@ def test_latest_and_pipeline_pick_the_right_run(db, tmp_path, capsys):
         assert out.splitlines()[0] == f"watching {run.pipeline} #1 id={run.id}", (args, out)
     code, _, err = watch_here(capsys, "--pipeline", "nope")
     assert code == 3
-    assert "no run of pipeline 'nope'" in err and "helpers.pipes_watch.quick" in err
+    assert "no run of pipeline 'nope'" in err and "helpers.watch_pipelines.quick" in err
     code, _, err = watch_here(capsys, "nosuchid")
     assert code == 3 and "no run with id 'nosuchid'" in err, err
     code, _, err = watch_here(capsys, "--db", str(tmp_path / "typo.db"), "--latest")

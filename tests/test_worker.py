@@ -1,9 +1,9 @@
 """The detached worker: ``start(..., detach=True)`` and ``tether worker``, run for real.
 
-Workers are real processes (``python -m tether.cli worker helpers.pipes_c``) that find the database
-through ``TETHER_DB`` (the ``child_env`` fixture). Every execution of a run body appends
-"<run id> <pid>" to a log file (``helpers.pipes_c.job``), so the tests see which process executed
-which run, and how many times.
+Workers are real processes (``python -m tether.cli worker helpers.checkpoint_pipelines``) that
+find the database through ``TETHER_DB`` (the ``child_env`` fixture). Every execution of a run body
+appends "<run id> <pid>" to a log file (``helpers.checkpoint_pipelines.job``), so the tests see
+which process executed which run, and how many times.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 import tether
-from helpers import pipes_c
-from helpers.pipes_c import Children, first_line, lines, raw, wait_until
+from helpers import checkpoint_pipelines
+from helpers.checkpoint_pipelines import Children, first_line, lines, raw, wait_until
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def children(child_env: dict[str, str], tmp_path: Path) -> Iterator[Children]:
 
 
 def run_worker_once(children: Children, *args: str) -> str:
-    """``tether worker helpers.pipes_c --once``; returns its stdout (exit code 0 asserted)."""
+    """``tether worker helpers.checkpoint_pipelines --once``; returns its stdout (exit code 0 asserted)."""
     proc = children.worker("--once", "--poll", "0.05", *args)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -39,7 +39,7 @@ def run_worker_once(children: Children, *args: str) -> str:
 
 
 def executed(log: Path) -> list[tuple[str, int]]:
-    """(run id, pid) of every execution logged by ``pipes_c.job``."""
+    """(run id, pid) of every execution logged by ``checkpoint_pipelines.job``."""
     return [(run_id, int(pid)) for run_id, pid in (line.split() for line in lines(log))]
 
 
@@ -47,11 +47,11 @@ def test_detached_start_leaves_the_run_pending_for_a_worker(
     db: Path, children: Children, tmp_path: Path
 ) -> None:
     log = tmp_path / "job.log"
-    run = pipes_c.job.start(log=str(log), detach=True)
+    run = checkpoint_pipelines.job.start(log=str(log), detach=True)
     rec = run.snapshot()
     assert rec.status == "pending" and rec.target == "worker" and rec.owner is None
     assert not tether.workspace.default().runner().owns(run.id)  # this process will not execute it
-    assert pipes_c.job.start(log=str(log), detach=True).id == run.id  # idempotent, as ever
+    assert checkpoint_pipelines.job.start(log=str(log), detach=True).id == run.id  # idempotent, as ever
     assert [r.id for r in tether.runs()] == [run.id]  # a look (and orphan sweep) leaves it be
     assert run.status == "pending" and not log.exists()
 
@@ -88,15 +88,18 @@ def test_two_workers_never_execute_the_same_run(db: Path, children: Children, tm
     log = tmp_path / "job.log"
     n = 20
     # the first runs wait until both workers have started one, so the two really race
-    ids = [pipes_c.job.start(log=str(log), tag=i, hold=0.05, pids=2, detach=True).id for i in range(n)]
+    ids = [
+        checkpoint_pipelines.job.start(log=str(log), tag=i, hold=0.05, pids=2, detach=True).id
+        for i in range(n)
+    ]
     go = tmp_path / "go"
     workers = [
         children.popen(
-            *pipes_c.GATED_WORKER,
+            *checkpoint_pipelines.GATED_WORKER,
             str(tmp_path / f"ready{w}"),
             str(go),
             "worker",
-            "helpers.pipes_c",
+            "helpers.checkpoint_pipelines",
             "--once",
             "--concurrency",
             "3",
@@ -131,7 +134,7 @@ def test_sigterm_stops_a_worker_mid_run_and_the_run_is_interrupted_then_resumabl
     db: Path, children: Children, tmp_path: Path
 ) -> None:
     log, gate = tmp_path / "spin.log", tmp_path / "gate"
-    run = pipes_c.spin.start(log=str(log), gate=str(gate), detach=True)
+    run = checkpoint_pipelines.spin.start(log=str(log), gate=str(gate), detach=True)
     worker = children.worker("--poll", "0.05")
     wait_until(
         lambda: (
@@ -204,7 +207,7 @@ def test_worker_of_a_module_that_does_not_exist_exits_1_with_a_one_line_error(
 
 def failed_detached_run(children: Children, log: Path) -> tether.Run:
     """A detached run of ``steps`` whose first attempt a worker executed to failure."""
-    run = pipes_c.steps.start(log=str(log), n=2, fail_attempt=1, detach=True)
+    run = checkpoint_pipelines.steps.start(log=str(log), n=2, fail_attempt=1, detach=True)
     run_worker_once(children)
     assert run.status == "failed" and lines(log) == ["prepare", "s0", "s1"]
     return run

@@ -1,7 +1,8 @@
 """Kill harness and load scenarios for tether (issue 6: "Faults" and "Load and races").
 
-Importable as ``reliability.harness`` by the tests (``tests/`` is on ``sys.path``), by
-``bench/soak.py`` and ``bench/scale.py``, and by the child processes they start, so the pipelines
+Importable as ``reliability.harness`` by the tests (pytest's ``pythonpath`` puts ``tests/`` on
+``sys.path``), by ``bench/soak.py`` and ``bench/scale.py`` (through ``bench/_paths.py``), and by
+the child processes they start (``child_env`` puts ``tests/`` on ``PYTHONPATH``), so the pipelines
 below have the same names everywhere (explicit ``name=``).
 
 Kill harness
@@ -108,7 +109,8 @@ TESTS = Path(__file__).resolve().parent.parent
 SAFETY_S = 120.0  # no child waits longer than this; a parent declares a child hung after it
 PHASES = ["setup", "steps", "map", "finish"]
 T = TypeVar("T")
-BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from reliability.harness import serve; serve()"
+# children find this module through PYTHONPATH (``child_env``)
+BOOT = "from reliability.harness import serve; serve()"
 
 # =============================================================================================
 # child side
@@ -902,6 +904,8 @@ def _settle(run: tether.Run, settle: dict[str, Any]) -> None:
 
 
 def child_env() -> dict[str, str]:
+    """Environment for child processes: no TETHER_DB of the caller, ``tests/`` importable (so
+    ``reliability.harness`` and ``helpers`` are, in the children of tests and of bench scripts)."""
     env = dict(os.environ)
     env.pop("TETHER_DB", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(TESTS), env.get("PYTHONPATH", "")] if p)
@@ -917,7 +921,7 @@ class Child:
         self.signal = workdir / f"child-{no}.sig"
         with open(self.err_path, "w") as err:  # prefix: e.g. unshare (self.pid is unshare's)
             self.proc = subprocess.Popen(
-                [*(prefix or []), sys.executable, "-c", BOOT, str(TESTS)],
+                [*(prefix or []), sys.executable, "-c", BOOT],
                 env=env,
                 cwd=workdir,
                 stdin=subprocess.PIPE,
@@ -2650,13 +2654,10 @@ def start_race(workdir: Path, procs: int = 16, keys: int = 200, hold: float = 0.
             "go": str(go),
             "hold": hold,
         }
-        code = (
-            "import sys; sys.path.insert(0, sys.argv[1]); "
-            "from reliability.harness import starter; starter(sys.argv[2])"
-        )
+        code = "import sys; from reliability.harness import starter; starter(sys.argv[1])"
         children.append(
             subprocess.Popen(
-                [sys.executable, "-c", code, str(TESTS), json.dumps(spec)],
+                [sys.executable, "-c", code, json.dumps(spec)],
                 env=env,
                 cwd=workdir,
                 stdout=subprocess.PIPE,
@@ -2829,15 +2830,12 @@ def readers_writers(
     def spawn(fn: str, spec: dict[str, Any]) -> None:
         n = len(procs)
         spec |= {"db": str(db), "ready": str(workdir / f"ready-{n}"), "go": str(go)}
-        code = (
-            f"import sys; sys.path.insert(0, sys.argv[1]); "
-            f"from reliability.harness import {fn}; {fn}(sys.argv[2])"
-        )
+        code = f"import sys; from reliability.harness import {fn}; {fn}(sys.argv[1])"
         procs.append(
             (
                 fn,
                 subprocess.Popen(
-                    [sys.executable, "-c", code, str(TESTS), json.dumps(spec)],
+                    [sys.executable, "-c", code, json.dumps(spec)],
                     env=env,
                     cwd=workdir,
                     stdout=subprocess.PIPE,

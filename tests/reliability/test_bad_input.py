@@ -42,7 +42,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tether
-from helpers import pipes_d
+from helpers import reliability_pipelines
 from helpers.util import wait_until
 from tether.context import LOG_LINE_MAX
 
@@ -881,7 +881,7 @@ def test_full_disk_rlimit_fsize_is_a_store_error_and_nothing_is_corrupted(
     most of its log lines silently missing."""
     spec = {"db": str(db), "limit": limit, "params": params}
     out = subprocess.run(
-        [sys.executable, *pipes_d.FULL_DISK_CHILD, json.dumps(spec)],
+        [sys.executable, *reliability_pipelines.FULL_DISK_CHILD, json.dumps(spec)],
         env=child_env,
         capture_output=True,
         text=True,
@@ -917,7 +917,7 @@ def test_full_tmpfs_is_a_store_error_saying_the_disk_is_full(db: Path, tmp_path:
         path = mnt / "runs.db"
         reopen(path)
         # the quiet second lets the flusher store the 100 lines before the result is written
-        run = pipes_d.chatty.start(lines=100, width=50, quiet=1.0, result_bytes=2_000_000)
+        run = reliability_pipelines.chatty.start(lines=100, width=50, quiet=1.0, result_bytes=2_000_000)
         rn = tether.workspace.default().runner()
         wait_until(lambda: run.id in rn.unstored, timeout=60, what="the end write to fail")
         with (

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 import tether
-from helpers import pipes_a, pipes_d
+from helpers import owner_pipelines, reliability_pipelines
 from helpers.util import Children, raw, wait_until
 from tether import owner
 from tether.widget import dashboard, panel
@@ -133,7 +133,7 @@ def check_html(html: str) -> None:
 
 
 def damaged_run(db: Path, case: str) -> tether.Run:
-    run = pipes_d.benign.start(tag=case)
+    run = reliability_pipelines.benign.start(tag=case)
     run.wait(timeout=30)
     craft(db, run.id, **CASES[case][0])
     return run
@@ -142,7 +142,7 @@ def damaged_run(db: Path, case: str) -> tether.Run:
 @pytest.fixture
 def children(child_env: dict[str, str], tmp_path: Path) -> Iterator[Children]:
     assert tether.runs() == []  # the database exists (and is migrated) before any child starts
-    kids = Children(child_env, tmp_path, pipes_a.CHILD)
+    kids = Children(child_env, tmp_path, owner_pipelines.CHILD)
     yield kids
     kids.close()
 
@@ -175,7 +175,7 @@ def test_every_reader_shows_a_damaged_row_as_damaged(db: Path, case: str) -> Non
     """BUG (before): ``done='abc'`` -> ValueError in ls/show; ``owner_pid=-1`` -> ValueError from
     runs(), get_run(), the mimebundle and every recovery; non-object JSON -> AttributeError. Now
     listings show the row as damaged and the value that needs the column is a StoreError."""
-    good = pipes_d.benign.start(tag="good")
+    good = reliability_pipelines.benign.start(tag="good")
     good.wait(timeout=30)
     bad = damaged_run(db, case)
     column = DAMAGED_COLUMN.get(case) or next(iter(CASES[case][0]))
@@ -239,10 +239,10 @@ def test_cli_show_of_a_damaged_row(db: Path, child_env: dict[str, str], case: st
 def test_cli_listings_and_gc_over_every_damaged_row(db: Path, child_env: dict[str, str]) -> None:
     """``tether ls`` (text and JSON) and ``tether gc`` over a database holding every damaged row
     at once: exit 0, every row listed, no traceback (before: ValueError/TypeError tracebacks)."""
-    good = pipes_d.benign.start(tag="good")
+    good = reliability_pipelines.benign.start(tag="good")
     good.wait(timeout=30)
     bad = {damaged_run(db, case).id for case in CASES}
-    odd = pipes_d.benign.start(tag="odd times")  # sound, but no calendar holds these times
+    odd = reliability_pipelines.benign.start(tag="odd times")  # sound, but no calendar holds these times
     odd.wait(timeout=30)
     craft(db, odd.id, started_at=1e300, ended_at=-1e300, created_at=-1e300)
     procs = [
@@ -284,7 +284,7 @@ def test_cli_listings_and_gc_over_every_damaged_row(db: Path, child_env: dict[st
 def test_a_damaged_event_is_marked_never_a_crash(db: Path, child_env: dict[str, str], data: Any) -> None:
     """BUG (before): non-object JSON in ``events.data`` -> AttributeError in run.logs(), the
     panel's reader and ``tether show``; broken JSON -> StoreError for the whole listing."""
-    run = pipes_d.benign.start(tag="events", log="")
+    run = reliability_pipelines.benign.start(tag="events", log="")
     run.wait(timeout=30)
     with closing(sqlite3.connect(db)) as conn:
         conn.execute("UPDATE events SET data = ? WHERE run_id = ? AND kind = 'log'", (data, run.id))
@@ -320,7 +320,7 @@ def test_every_html_output_escapes_every_field_and_text_carries_no_controls(
     text/plain (Run repr, mimebundles) passed ESC, BEL and CR from run text to the terminal.
     Hostile text in every field a row holds: attempt, phase, message, key, pipeline, params keys,
     phases, error."""
-    run = pipes_d.benign.start(tag="html")
+    run = reliability_pipelines.benign.start(tag="html")
     run.wait(timeout=30)
     craft(
         db,
@@ -391,7 +391,7 @@ def test_a_damaged_owner_never_stops_the_recovery_of_a_real_orphan(
 ) -> None:
     """BUG (before): one running row with ``owner_pid=-1`` made every recovery raise ValueError
     (psutil), so a genuinely orphaned run (its owner SIGKILLed) stayed ``running`` for good."""
-    crafted = pipes_d.benign.start(tag="crafted")
+    crafted = reliability_pipelines.benign.start(tag="crafted")
     crafted.wait(timeout=30)
     tether.workspace.default().close()  # no sweep of this process's runner: the reader under test recovers
     craft(db, crafted.id, **{**RUNNING, "owner_pid": -1})
@@ -426,7 +426,7 @@ def test_a_row_that_cannot_be_interrupted_does_not_stop_the_others(
 def test_panel_snapshot_stays_small_for_huge_runs(db: Path) -> None:
     """BUG (before): 100k phases gave 4.4 MiB of JSON per panel update. Every part of the snapshot
     is capped: phases (with a count of the hidden ones), log lines, message, error, result."""
-    run = pipes_d.benign.start(tag="huge")
+    run = reliability_pipelines.benign.start(tag="huge")
     run.wait(timeout=30)
     names = [f"phase-{i:06d}" for i in range(100_000)]
     big = "m" * 50_000_000
@@ -463,6 +463,6 @@ def test_panel_snapshot_stays_small_for_huge_runs(db: Path) -> None:
     assert len(bundle["text/html"]) < 64 * 1024 and len(bundle["text/plain"]) < 16 * 1024
     assert "more phases" in bundle["text/plain"]
     # a succeeded run's result preview is capped too
-    ok = pipes_d.chatty.start(lines=1, result_bytes=3_000_000)
+    ok = reliability_pipelines.chatty.start(lines=1, result_bytes=3_000_000)
     assert len(ok.result(timeout=30)) == 3_000_000
     assert len(json.dumps(panel(ok).snapshot)) < 64 * 1024

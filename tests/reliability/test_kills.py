@@ -57,12 +57,9 @@ def test_interpreter_exit_during_ctx_map_marks_the_run_interrupted_not_failed(tm
     """
     db, marker = tmp_path / "runs.db", tmp_path / "item-started"
     spec = json.dumps({"db": str(db), "marker": str(marker), "hold": 0.5})
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); "
-        "from reliability.harness import exit_in_map; exit_in_map(sys.argv[2])"
-    )
+    code = "import sys; from reliability.harness import exit_in_map; exit_in_map(sys.argv[1])"
     out = subprocess.run(
-        [sys.executable, "-c", code, str(harness.TESTS), spec],
+        [sys.executable, "-c", code, spec],
         env=harness.child_env(),
         capture_output=True,
         text=True,

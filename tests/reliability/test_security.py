@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 
 import tether
-from helpers import pipes_d
+from helpers import reliability_pipelines
 
 SRC = Path(tether.__file__).parent
 
@@ -436,9 +436,9 @@ def test_cli_and_worker_never_import_what_the_database_names(
         )
     env = dict(child_env, PYTHONPATH=os.pathsep.join([str(here), child_env["PYTHONPATH"]]))
     log = tmp_path / "benign.log"
-    good = pipes_d.benign.start(tag="good", log=str(log), detach=True)
-    evil = pipes_d.benign.start(tag="evil", log=str(log), detach=True)
-    other = pipes_d.benign.start(tag="other", log=str(log), detach=True)
+    good = reliability_pipelines.benign.start(tag="good", log=str(log), detach=True)
+    evil = reliability_pipelines.benign.start(tag="evil", log=str(log), detach=True)
+    other = reliability_pipelines.benign.start(tag="other", log=str(log), detach=True)
     # the database (written by anyone) names modules: as a pipeline, with a function, as a key
     write(db, "UPDATE runs SET pipeline = 'evil_mod.run', key = 'evil_pkg_mod:run' WHERE id = ?", evil.id)
     write(db, "UPDATE runs SET pipeline = 'evil_pkg_mod:run' WHERE id = ?", other.id)
@@ -455,7 +455,7 @@ def test_cli_and_worker_never_import_what_the_database_names(
             "-m",
             "tether.cli",
             "worker",
-            "helpers.pipes_d",
+            "helpers.reliability_pipelines",
             "--once",
             "--poll",
             "0.05",

@@ -97,7 +97,7 @@ class Notebook:
 
 
 PRELUDE = """import tether
-from helpers import pipes_panel as pp
+from helpers import panel_pipelines as pp
 _ = tether.configure(db={db!r})"""
 
 

@@ -49,7 +49,7 @@ NOTEBOOK = textwrap.dedent(
         import marimo as mo
 
         import tether
-        from helpers import pipes_panel as pp
+        from helpers import panel_pipelines as pp
 
         return mo, os, pp, tether
 

@@ -326,7 +326,7 @@ def test_run_of_another_process_is_polled_to_the_end(open_notebook: Any, tmp_pat
     nb = open_notebook([f"run = tether.get_run(open({str(id_file)!r}).read())\nrun"])
     script = (
         "import sys, tether\n"
-        "from helpers import pipes_panel as pp\n"
+        "from helpers import panel_pipelines as pp\n"
         "tether.configure(db=sys.argv[1])\n"
         "run = pp.four_phase.start(n=10, delay=0.2, tag='s5')\n"
         "open(sys.argv[2] + '.tmp', 'w').write(run.id)\n"

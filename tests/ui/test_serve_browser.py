@@ -71,7 +71,7 @@ def _shot(page: Any, name: str) -> None:
 
 
 def test_the_list_updates_when_a_new_run_appears(served: dict[str, Any], page: Any, watched: dict) -> None:
-    from helpers import pipes_panel as pp
+    from helpers import panel_pipelines as pp
 
     srv = served["srv"]
     page.goto(f"{srv.base}/?token={srv.token}")

@@ -27,4 +27,4 @@ def hang(ctx, marker: str):
 
 
 # `python -c CHILD marker` starts `hang` in a child process and waits on it (until killed)
-CHILD = "import sys, helpers.pipes_b as p; p.hang.start(marker=sys.argv[1]).wait()"
+CHILD = "import sys, helpers.cli_pipelines as p; p.hang.start(marker=sys.argv[1]).wait()"

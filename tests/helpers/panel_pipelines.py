@@ -1,6 +1,6 @@
 """Pipelines for the panel tests: importable by pytest, by child processes and by notebook kernels.
 
-Import as ``helpers.pipes_panel`` (tests/ on sys.path) so the registered names agree everywhere.
+Import as ``helpers.panel_pipelines`` (tests/ on sys.path) so the registered names agree everywhere.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def churn(ctx, n: int = 300, tag: str = "") -> int:
 CHILD = """
 import os, sys, time
 import tether
-from helpers import pipes_panel as pp
+from helpers import panel_pipelines as pp
 kind, arg, tag, fate = sys.argv[1:5]
 run = pp.gate.start(path=arg, tag=tag) if kind == "gate" else pp.four_phase.start(
     n=int(arg), delay=0.05, tag=tag)

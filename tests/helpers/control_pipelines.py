@@ -1,6 +1,6 @@
 """Pipelines for the control tests (retries, timeouts, nesting, concurrency=, callbacks).
 
-Importable as ``helpers.pipes_ctl`` in the test process, in child processes and in ``tether
+Importable as ``helpers.control_pipelines`` in the test process, in child processes and in ``tether
 worker`` processes, so each name means the same pipeline everywhere. Side effects are counted in
 files (one line per execution) so a test can tell which steps ran on which try, in whichever
 process. Every wait has a deadline, so a child the test forgot to stop ends by itself.
@@ -16,33 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import tether
-
-SAFETY_S = 60.0
+from helpers.files import SAFETY_S, append, lines, wait_file
 
 # argv for a child process: ``[sys.executable, *CHILD, json.dumps(spec)]`` (see ``child``)
-CHILD = ["-c", "import sys; from helpers.pipes_ctl import child; child(sys.argv[1])"]
-
-
-def append(path: str, text: str) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(text + "\n")
-
-
-def lines(path: str) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().splitlines()
-    except FileNotFoundError:
-        return []
-
-
-def wait_file(path: str) -> None:
-    """Wait without any ctx call (a body that cannot be stopped in its thread)."""
-    deadline = time.monotonic() + SAFETY_S
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{path} never appeared")
-        time.sleep(0.005)
+CHILD = ["-c", "import sys; from helpers.control_pipelines import child; child(sys.argv[1])"]
 
 
 def _step(log: str, name: str) -> str:

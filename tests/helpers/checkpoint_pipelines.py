@@ -1,12 +1,11 @@
-"""Pipelines and item functions for the checkpoint, fan-out and worker tests (and bench_fanout).
+"""Pipelines and item functions for the checkpoint, fan-out and worker tests.
 
-Importable as ``helpers.pipes_c`` in the test process, in child processes (``child_env`` puts
+Importable as ``helpers.checkpoint_pipelines`` in the test process, in child processes (``child_env`` puts
 tests/ on PYTHONPATH), in spawned process-pool workers and in Dask workers, so every name here
-means the same pipeline (``helpers.pipes_c.<name>``) or the same item function everywhere.
+means the same pipeline (``helpers.checkpoint_pipelines.<name>``) or the same item function everywhere.
 
-Side effects are counted in files: every execution appends one line, so a test can tell how often
-a step, an item or a run body really ran, in whichever process it ran. Every wait has a deadline,
-so a child the test forgot to stop ends by itself.
+Side effects are counted in files (see helpers.files): every execution appends one line, so a test
+can tell how often a step, an item or a run body really ran, in whichever process it ran.
 """
 
 from __future__ import annotations
@@ -23,17 +22,19 @@ from typing import Any
 
 import tether
 from helpers import util
+from helpers.files import SAFETY_S, append, lines, wait_file
 from helpers.util import raw, wait_until  # noqa: F401 - re-exported for the tests
-
-SAFETY_S = 60.0  # no helper waits longer than this
 
 # Executors a test (in this process) lends to a pipeline by name: ``executor="reg:<name>"``.
 EXECUTORS: dict[str, Any] = {}
 
 # argv for a child process: ``[sys.executable, *CHILD, json.dumps(spec)]`` (see ``child``)
-CHILD = ["-c", "import sys; from helpers.pipes_c import child; child(sys.argv[1])"]
+CHILD = ["-c", "import sys; from helpers.checkpoint_pipelines import child; child(sys.argv[1])"]
 # argv for a worker that waits for a go file: ``[*GATED_WORKER, ready, go, *cli_args]``
-GATED_WORKER = ["-c", "import sys; from helpers.pipes_c import gated_worker; gated_worker(sys.argv[1:])"]
+GATED_WORKER = [
+    "-c",
+    "import sys; from helpers.checkpoint_pipelines import gated_worker; gated_worker(sys.argv[1:])",
+]
 
 
 # -- test utilities (used by the test process) -----------------------------------------------
@@ -46,8 +47,8 @@ class Children(util.Children):
         super().__init__(env, cwd, CHILD)
 
     def worker(self, *args: str) -> subprocess.Popen[str]:
-        """``tether worker helpers.pipes_c ARGS`` (the database comes from TETHER_DB)."""
-        return self.popen("-m", "tether.cli", "worker", "helpers.pipes_c", *args)
+        """``tether worker helpers.checkpoint_pipelines ARGS`` (the database comes from TETHER_DB)."""
+        return self.popen("-m", "tether.cli", "worker", "helpers.checkpoint_pipelines", *args)
 
 
 def first_line(proc: subprocess.Popen[str]) -> dict[str, Any]:
@@ -58,32 +59,6 @@ def first_line(proc: subprocess.Popen[str]) -> dict[str, Any]:
         _, err = proc.communicate(timeout=30)
         raise AssertionError(f"the child printed nothing (exit {proc.returncode}): {err[-2000:]}")
     return json.loads(line)  # type: ignore[no-any-return]
-
-
-# -- side effects ----------------------------------------------------------------------------
-
-
-def append(path: str, text: str) -> None:
-    """One line per call; O_APPEND writes of a short line are atomic across processes."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(text + "\n")
-
-
-def lines(path: str | os.PathLike[str]) -> list[str]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().splitlines()
-    except FileNotFoundError:
-        return []
-
-
-def wait_file(path: str) -> None:
-    """Wait (making no progress calls, so a cancel is not seen here) until ``path`` exists."""
-    deadline = time.monotonic() + SAFETY_S
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} never appeared")
-        time.sleep(0.005)
 
 
 # -- steps -----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ SAFETY_S = 60.0
 EVIL = "evil \x1b]0;pwned\x07 \x1b[2J\x1b[31mred\r\x08 end"
 
 # argv for a child process: ``[sys.executable, *CHILD, json.dumps(spec)]``
-CHILD = ["-c", "import sys; from helpers.pipes_watch import child; child(sys.argv[1])"]
+CHILD = ["-c", "import sys; from helpers.watch_pipelines import child; child(sys.argv[1])"]
 
 
 def _gate(ctx: tether.Context, gates: str, name: str) -> None:

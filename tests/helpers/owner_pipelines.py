@@ -2,7 +2,7 @@
 
 A child process runs ``child(spec_json)`` (see ``CHILD`` below): it starts one pipeline of this
 module in its own process (so it is the run's owner) and then does what ``spec["mode"]`` says.
-Pipelines are named ``helpers.pipes_a.<name>`` in the parent and in every child alike, so a start()
+Pipelines are named ``helpers.owner_pipelines.<name>`` in the parent and in every child alike, so a start()
 in either process means the same key.
 
 Every loop here has a deadline so that a child the test forgot to stop ends by itself.
@@ -17,31 +17,16 @@ import time
 from typing import Any
 
 import tether
-
-SAFETY_S = 60.0  # no helper loop runs longer than this
+from helpers.files import SAFETY_S, append, wait_file
 
 # argv for a child process: ``[*CHILD, json.dumps(spec)]``
-CHILD = ["-c", "import sys; from helpers.pipes_a import child; child(sys.argv[1])"]
-
-
-def _append(path: str, text: str) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(text + "\n")
-
-
-def _wait_file(path: str) -> None:
-    """Wait (without progress calls, so a cancel is not seen here) until ``path`` exists."""
-    deadline = time.monotonic() + SAFETY_S
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} never appeared")
-        time.sleep(0.005)
+CHILD = ["-c", "import sys; from helpers.owner_pipelines import child; child(sys.argv[1])"]
 
 
 @tether.pipeline(phases=["work"])
 def count_once(ctx: tether.Context, marker: str, hold: float = 0.3) -> dict[str, Any]:
     """Append one line (the pid) to ``marker`` per execution; stay active ``hold`` seconds."""
-    _append(marker, str(os.getpid()))
+    append(marker, str(os.getpid()))
     ctx.phase("work")
     end = time.monotonic() + hold
     while time.monotonic() < end:
@@ -58,7 +43,7 @@ def gated(ctx: tether.Context, gate: str, lines: int = 3) -> dict[str, Any]:
         ctx.log("line %d", i)
         ctx.advance()
     ctx.phase("applying")
-    _wait_file(gate)
+    wait_file(gate)
     return {"lines": lines, "pid": os.getpid()}
 
 
@@ -109,7 +94,7 @@ def child(spec_json: str) -> None:
     if spec.get("ready"):
         open(spec["ready"], "w").close()  # imported and about to wait for "go"
     if spec.get("go"):
-        _wait_file(spec["go"])
+        wait_file(spec["go"])
     run = pipe.start(**spec["params"], policy=spec.get("policy", "attach"))
     mode = spec.get("mode", "wait")
     if mode == "wait":

@@ -1,5 +1,5 @@
 """Pipelines for the bad-input and security tests (tests/reliability/), importable as
-``helpers.pipes_d`` in the test process, in child processes and in ``tether worker``.
+``helpers.reliability_pipelines`` in the test process, in child processes and in ``tether worker``.
 
 ``full_disk_child(spec_json)`` is the entry point of a child process that runs one pipeline with a
 small file-size limit (``RLIMIT_FSIZE``) and ``SIGXFSZ`` ignored, so writing past the limit is an
@@ -26,7 +26,7 @@ SAFETY_S = 60.0
 # argv for the full-disk child: ``[sys.executable, *FULL_DISK_CHILD, json.dumps(spec)]``
 FULL_DISK_CHILD = [
     "-c",
-    "import sys; from helpers.pipes_d import full_disk_child; full_disk_child(sys.argv[1])",
+    "import sys; from helpers.reliability_pipelines import full_disk_child; full_disk_child(sys.argv[1])",
 ]
 
 
