@@ -9,7 +9,7 @@ run, and per open panel.
    over 10 items, 3 log lines, a dict result), and reads its RSS (``psutil``, after ``gc.collect()``
    and glibc's ``malloc_trim(0)``, so freed memory the allocator keeps is not counted) after a
    warm-up of 100 runs, after 1,000 more runs and at the end. The runner keeps the done-event of the
-   last ``_KEEP_ENDED`` (1,000) ended runs (``tether/runner.py``), so growth over the first 1,000
+   last ``_KEEP_ENDED`` (1,000) ended runs (``tether/runner/_state.py``), so growth over the first 1,000
    runs is expected and growth after that should be ~0. Baseline: the same body run in plain
    ``threading.Thread`` s (start + join), no store: the interpreter's own drift. Open file
    descriptors and SQLite connections of the store are reported too.

@@ -193,7 +193,7 @@ items on a 32-thread pool (the size of ctx.map's default pool). Informative.
 after the other (a phase, `ctx.track` over 10 items, 3 log lines), and reads its RSS (after
 `gc.collect()` and glibc's `malloc_trim(0)`) after a warm-up of 100 runs, after 1,000 more and at
 the end. The runner keeps the done-event of the last `_KEEP_ENDED` = 1,000 ended runs
-(`tether/runner.py`), so some growth over the first 1,000 runs (7a') is by design, and the
+(`tether/runner/_state.py`), so some growth over the first 1,000 runs (7a') is by design, and the
 steady state after that should be flat. Baseline: the same body in plain threads. The open file
 descriptors and the store's SQLite connections are counted too. Goal: <= 1 MiB per 1,000 runs in
 the steady state (memory bounded by the window).

@@ -11,8 +11,9 @@ Files are written before the transaction that stores the row referring to them, 
 again inside it: ``tether gc`` deletes unreferenced files inside a write transaction, so a file it
 deleted meanwhile is written again before the row is committed.
 
-The database runs with ``synchronous=NORMAL`` (no fsync per commit), and files are not fsynced
-either: after a power cut the newest rows may be rolled back, and a file that did not reach the
+The database runs with ``synchronous=NORMAL`` by default (no fsync per commit; ``durability="full"``
+gives one), and files are not fsynced at either level: after a power cut the newest rows may be
+rolled back, and a file that did not reach the
 disk reads as damaged (a StoreError), never as another value.
 """
 
