@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import tether
+from helpers.util import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,14 +122,14 @@ def test_biome_lints_the_widgets_javascript():
     """The widgets' JS (src/tether/widget/static/*.js) passes biome's recommended rules plus
     undeclared and unused variables (biome.json), warnings included. Needs node's npx (biome
     comes from the npm registry): skipped without it, failing under CI=true."""
-    import os
     import shutil
 
     npx = shutil.which("npx")
     if npx is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("npx is missing under CI=true: install Debian's nodejs and npm (see .ci/run)")
-        pytest.skip("npx is missing: install node and npm to lint the widgets' JavaScript")
+        unavailable(
+            "npx is missing: install node and npm to lint the widgets' JavaScript",
+            "npx is missing under CI=true: install Debian's nodejs and npm (see .ci/run)",
+        )
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "src/tether/widget/static").glob("*.js"))
     out = subprocess.run(
         [npx, "--yes", BIOME, "lint", "--error-on-warnings", *files],

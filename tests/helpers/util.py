@@ -10,7 +10,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
+
+import pytest
 
 T = TypeVar("T")
 
@@ -27,6 +29,14 @@ def wait_until(pred: Callable[[], T], timeout: float = 30.0, what: str = "the co
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
+
+
+def unavailable(why: str, ci: str | None = None) -> NoReturn:
+    """Skip a test that cannot run here (``why``); under ``CI=true`` fail it instead, with ``ci``
+    (or ``why``): CI installs everything the test suite needs, so a skip there hides a gap."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(ci or f"CI must run this test: {why}")
+    pytest.skip(why)
 
 
 def raw(db: str | os.PathLike[str], sql: str, *args: Any) -> list[tuple[Any, ...]]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from helpers.util import unavailable
 from reliability import harness
 from reliability.harness import FORK_HOWS, KillHarness, Report, RunRow, fork_findings
 
@@ -34,9 +35,7 @@ pytestmark = pytest.mark.slow
 def _need(kind: str) -> None:
     why = harness.capabilities().get(kind)
     if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{kind} faults must run in CI: {why}")
-        pytest.skip(why)
+        unavailable(why, f"{kind} faults must run in CI: {why}")
 
 
 def _soak(

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from _jupyter import CHROMIUM, CHROMIUM_ARGS, Front, JupyterServer, make_notebook
 
+from helpers.util import unavailable
+
 REPO = Path(__file__).resolve().parents[2]
 TESTS = REPO / "tests"
 ARTIFACTS = REPO / "test-artifacts"
@@ -35,9 +37,7 @@ def _missing() -> str | None:
 def _browser_required() -> None:
     why = _missing()
     if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"browser tests cannot run under CI=true: {why}")
-        pytest.skip(why)
+        unavailable(why, f"browser tests cannot run under CI=true: {why}")
 
 
 @pytest.fixture(scope="session")

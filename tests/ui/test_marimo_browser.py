@@ -31,6 +31,8 @@ import pytest
 from _jupyter import free_port
 from playwright.sync_api import expect
 
+from helpers.util import unavailable
+
 REPO = Path(__file__).resolve().parents[2]
 TESTS = REPO / "tests"
 ARTIFACTS = REPO / "test-artifacts"
@@ -113,9 +115,7 @@ class MarimoServer:
 def _serve(mode: str, root: Path, shown: str) -> Iterator[tuple[MarimoServer, Path, Path]]:
     if importlib.util.find_spec("marimo") is None:  # the test extra has it
         why = "marimo is not installed: pip install -e '.[test]'"
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
+        unavailable(why, why)
     notebook = root / "panel_app.py"
     notebook.write_text(NOTEBOOK.replace("PANEL", shown))
     config = root / "xdg" / "marimo" / "marimo.toml"  # not the user's own
