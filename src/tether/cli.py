@@ -375,8 +375,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The settings a StoreError's fix names, as the CLI sets them (it has no flag for the allow_* ones).
+_WORDING = {
+    "db": "--db PATH",
+    "allow_foreign_db": "TETHER_ALLOW_FOREIGN_DB=1",
+    "allow_network_fs": "TETHER_ALLOW_NETWORK_FS=1",
+}
+
+
 def _error(exc: TetherError) -> None:
-    text = safe_lines(str(exc).replace("tether.configure(db=...)", "--db PATH"))
+    text = safe_lines(exc.text(_WORDING) if isinstance(exc, StoreError) else str(exc))
     print(f"tether: error: {text}", file=sys.stderr)
 
 

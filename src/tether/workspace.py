@@ -140,8 +140,8 @@ class Workspace:
         s = cast(SQLiteStore, self.store(p))
         if s._stat() is None:
             raise StoreError(
-                f"tether database {str(p)!r} does not exist; pass --db PATH "
-                "(or set TETHER_DB) to point at the runs.db your notebook uses"
+                f"tether database {str(p)!r} does not exist;",
+                "pass {db} (or set TETHER_DB) to point at the runs.db your notebook uses",
             )
         return s
 
