@@ -10,7 +10,7 @@ import html
 import time
 from typing import Any
 
-from .._text import safe
+from .._text import duration, safe
 
 Snapshot = dict[str, Any]
 
@@ -25,8 +25,9 @@ def control_notes(snap: Snapshot) -> list[str]:
         out.append(f"queued — {snap['ahead']} ahead" + (f" (concurrency={limit})" if limit else ""))
     tries, most = snap.get("tries") or 0, snap.get("max_tries") or 1
     if snap.get("retry_at") is not None:
-        wait = max(0.0, snap["retry_at"] - snap["now"])
-        out.append(f"try {tries + 1} of {most} — next in {_seconds(wait)}")
+        out.append(
+            f"try {tries + 1} of {most} — next in {duration(snap['retry_at'] - snap['now'], 'seconds')}"
+        )
     elif most > 1 or tries > 1:
         if status == "running":
             out.append(f"try {tries} of {most}")
@@ -38,18 +39,14 @@ def control_notes(snap: Snapshot) -> list[str]:
         out.append(f"try {e['try']}: {e['type']}: {e['message']}")
     if snap.get("overdue") is not None:
         out.append(
-            f"past its timeout by {_seconds(snap['overdue'])} (timeout {snap['timeout']:g} s per try): "
+            f"past its timeout by {duration(snap['overdue'], 'seconds')} "
+            f"(timeout {duration(snap['timeout'], 'setting')} per try): "
             "it stops at its next ctx call"
         )
     parent = snap.get("parent")
     if parent:
         out.append(f"started by {parent['pipeline']} #{parent['attempt']} (id {parent['id']})")
     return out
-
-
-def _seconds(s: float) -> str:
-    """A wait as the CLI says it: whole seconds (``8 s``)."""
-    return f"{s:.0f} s"
 
 
 def children_text(snap: Snapshot) -> list[str]:
@@ -75,12 +72,9 @@ def children_text(snap: Snapshot) -> list[str]:
 
 
 def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+    """A run's elapsed time or ETA as the panel writes it (``0:03``): the clock style of
+    ``_text.duration``, which says why each display writes durations the way it does."""
+    return duration(seconds, "clock")
 
 
 def _num(x: float | int | None) -> str:
