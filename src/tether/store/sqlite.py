@@ -15,7 +15,7 @@ from typing import Any
 from ..artifacts import Artifacts
 from ..codec import dumps
 from ..errors import TetherError
-from ..model import Owner, RunRecord, Status
+from ..model import Owner, RunRecord, Status, error_dict
 from ._writes import _Writes
 from .protocol import GoneCheck
 
@@ -63,9 +63,11 @@ class SQLiteStore(_Writes):
     ) -> None:
         ends_now = rec.status == Status.PENDING or gone(rec.owner, rec.lease_until, now)
         if ends_now:
-            error = {"type": "Cancelled", "message": "run cancelled", "traceback": ""}
-            if data.get("by") == "parent":
-                error["message"] = f"run cancelled with its parent run {data['parent']}"
+            by_parent = data.get("by") == "parent"
+            error = error_dict(
+                "Cancelled",
+                f"run cancelled with its parent run {data['parent']}" if by_parent else "run cancelled",
+            )
             cur = conn.execute(
                 "UPDATE runs SET status = 'cancelled', cancel_requested = 1, ended_at = ?, "
                 "updated_at = ?, error = ? WHERE id = ? AND status = ?",
