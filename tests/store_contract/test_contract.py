@@ -73,6 +73,23 @@ def race(backend: ModuleType, location: Path, action: str, *args: str, n: int = 
     return [json.loads(out) for out in outs]
 
 
+# -- existence -------------------------------------------------------------------------------------
+
+
+def test_exists_says_whether_the_database_is_there_and_asking_creates_nothing(
+    backend: ModuleType, location: Path, store: Store
+) -> None:
+    assert store.exists() is False
+    assert store.exists() is False  # asking made nothing
+    start(store)
+    assert store.exists() is True
+    again = backend.open_store(location)
+    try:
+        assert again.exists() is True  # another store object sees it before it opens it
+    finally:
+        again.close()
+
+
 # -- start and claim -------------------------------------------------------------------------------
 
 

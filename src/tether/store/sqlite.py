@@ -32,6 +32,9 @@ class SQLiteStore(_Writes):
         super().__init__(path, allow_foreign, allow_network_fs)
         self.files = Artifacts(self.path, self._pipeline_of)  # large values, beside the database
 
+    def exists(self) -> bool:
+        return self._stat() is not None  # the file alone: os.stat opens nothing
+
     def request_cancel(self, run_id: str, gone: GoneCheck, origin: dict[str, Any] | None = None) -> RunRecord:
         """Cancel: a pending run (or one whose owner is gone) ends at once; a running one is
         flagged. Its active descendants (runs its body started, and theirs) are cancelled too.
