@@ -778,7 +778,7 @@ def raw_owner_check(pid: int, started: float) -> bool:
 
 
 def _bench_poll(sz: Sizes, db: Path, owner: tuple[str, int, float]) -> list[Row]:
-    from tether.widget.reader import RunReader
+    from tether.view.reader import RunReader
 
     t0 = pc()
     big = fill_poll_db(db, sz, owner)
