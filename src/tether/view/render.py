@@ -157,6 +157,32 @@ def stored_text(snap: Snapshot, when: str) -> str:
     return f"stored outcome from {when}, not run now; to try again: Re-run"
 
 
+def _outcome(snap: Snapshot, progress_sep: str) -> list[tuple[str, str]]:
+    """The rows both static renderings show after the phases, as ``(kind, text)`` (plain text:
+    each rendering escapes it and wraps it by kind, _TEXT_ROW / _HTML_ROW): where the run is
+    (``crunch 6/40 (15%) · elapsed 0:03``, ``progress_sep`` before the progress), its last
+    message, its error, its result."""
+    progress = progress_text(snap)
+    where = f"{snap['phase'] or '-'}{progress_sep + progress if progress else ''}"
+    rows = [("phase", f"{where} · elapsed {fmt_duration(snap['elapsed'])}")]
+    if snap["message"]:
+        rows.append(("message", snap["message"]))
+    if snap["error"]:
+        rows.append(("error", f"{snap['error']['type']}: {snap['error']['message'] or ''}"))
+    if snap["result"] is not None:
+        rows.append(("result", snap["result"]))
+    return rows
+
+
+_TEXT_ROW = {"phase": "phase: {}", "message": "last: {}", "error": "error: {}", "result": "result: {}"}
+_HTML_ROW = {
+    "phase": "<div>{}</div>",
+    "message": "<div>{}</div>",
+    "error": '<pre style="white-space:pre-wrap;color:#cf222e;margin:4px 0">{}</pre>',
+    "result": "<div>result: <code>{}</code></div>",
+}
+
+
 def text_snapshot(snap: Snapshot) -> str:
     """The text/plain rendering (terminals, consoles, nbval): run text with every terminal
     control character shown escaped."""
@@ -177,17 +203,7 @@ def text_snapshot(snap: Snapshot) -> str:
     )
     if steps:
         lines.append(f"phases: {steps}")
-    progress = progress_text(snap)
-    lines.append(
-        f"phase: {safe(snap['phase'] or '-')}{' ' + progress if progress else ''} "
-        f"· elapsed {fmt_duration(snap['elapsed'])}"
-    )
-    if snap["message"]:
-        lines.append(f"last: {safe(snap['message'])}")
-    if snap["error"]:
-        lines.append(f"error: {safe(snap['error']['type'])}: {safe(snap['error']['message'])}")
-    if snap["result"] is not None:
-        lines.append(f"result: {safe(snap['result'])}")
+    lines.extend(_TEXT_ROW[kind].format(safe(text)) for kind, text in _outcome(snap, " "))
     lines.extend(safe(line) for line in children_text(snap))
     return "\n".join(lines)
 
@@ -246,20 +262,7 @@ def html_snapshot(snap: Snapshot) -> str:
         parts.append(f"<div><em>{e(note)}</em></div>")
     if steps:
         parts.append(f"<div>{steps}</div>")
-    progress = progress_text(snap)
-    parts.append(
-        f"<div>{e(snap['phase'] or '-')}{': ' + e(progress) if progress else ''} · "
-        f"elapsed {e(fmt_duration(snap['elapsed']))}</div>"
-    )
-    if snap["message"]:
-        parts.append(f"<div>{e(snap['message'])}</div>")
-    if snap["error"]:
-        parts.append(
-            f'<pre style="white-space:pre-wrap;color:#cf222e;margin:4px 0">'
-            f"{e(snap['error']['type'])}: {e(snap['error']['message'] or '')}</pre>"
-        )
-    if snap["result"] is not None:
-        parts.append(f"<div>result: <code>{e(snap['result'])}</code></div>")
+    parts.extend(_HTML_ROW[kind].format(e(text)) for kind, text in _outcome(snap, ": "))
     kids = children_text(snap)
     if kids:
         parts.append(
