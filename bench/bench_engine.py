@@ -41,7 +41,7 @@ from typing import Any
 
 import psutil
 import tqdm as tqdm_module
-from benchlib import CpuWatch, Row, machine, ms, ns, pct, report, say, version_of, wait_idle
+from benchlib import CpuWatch, Row, add_wait_idle, machine, ms, ns, pct, report, say, version_of, wait_idle
 from tqdm import tqdm
 
 import tether
@@ -778,7 +778,7 @@ def raw_owner_check(pid: int, started: float) -> bool:
 
 
 def _bench_poll(sz: Sizes, db: Path, owner: tuple[str, int, float]) -> list[Row]:
-    from tether.widget.reader import RunReader
+    from tether.view.reader import RunReader
 
     t0 = pc()
     big = fill_poll_db(db, sz, owner)
@@ -952,14 +952,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run (< 30 s)")
     ap.add_argument("--only", choices=SECTIONS, action="append", help="run only this section (repeatable)")
     ap.add_argument("--json", metavar="OUT", help="also write the rows as JSON (for bench/run.py)")
-    ap.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="first wait up to SECONDS for other processes to leave >= 90%% of the CPU "
-        "idle (a shared machine)",
-    )
+    add_wait_idle(ap)
     ap.add_argument("--write-docs", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.write_docs:

@@ -14,7 +14,6 @@ printed and kept in the JSON info. Exit status 0 even when a goal is missed.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from benchlib import CpuWatch, Row, machine, report, say, version_of
+from benchlib import Row, Section, machine, say, section_args, version_of
 
 pc = time.perf_counter
 MODULES = {
@@ -63,10 +62,7 @@ def importtime(module: str, top: int = 8) -> tuple[float, list[tuple[str, float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="7 rounds instead of 9")
-    ap.add_argument("--json", metavar="OUT", help="also write the rows as JSON (for bench/run.py)")
-    args = ap.parse_args(argv)
+    args = section_args(__doc__.splitlines()[0], "7 rounds instead of 9").parse_args(argv)
     rounds = 7 if args.quick else 9
     info: dict[str, Any] = machine()
     missing: dict[str, str] = {}
@@ -76,10 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             wall(f"import {mod}")  # warm the bytecode cache; find what is missing
         except RuntimeError as exc:
             missing[mod] = str(exc)
-    print(f"## tether import-time benchmark ({rounds} rounds)\n")
-    print("\n".join(f"- **{k}**: {v}" for k, v in info.items()), flush=True)
-    watch = CpuWatch()
-    start = pc()
+    section = Section(f"## tether import-time benchmark ({rounds} rounds)", info=info)
     codes = {"pass": "pass", **{m: f"import {m}" for m in MODULES if m not in missing}}
     times: dict[str, list[float]] = {k: [] for k in codes}
     names = list(codes)
@@ -165,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 None,
             )
         )
-    report(rows, info, watch, pc() - start, args.json, head="\n")
+    section.end(rows, args.json, head="\n")
     return 0
 
 

@@ -25,7 +25,6 @@ Exit status is 0 even when a goal is missed. Everything happens in a temporary d
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import gc
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from benchlib import CpuWatch, Row, machine, report, say, version_of
+from benchlib import Row, Section, say, section_args
 
 import tether
 
@@ -287,18 +286,13 @@ def bench_panels(sz: Sizes, helper: tuple[int, float]) -> tuple[list[Row], dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    ap.add_argument("--json", metavar="OUT", help="also write the rows as JSON (for bench/run.py)")
-    args = ap.parse_args(argv)
+    args = section_args(__doc__.splitlines()[0], "smaller sizes (a smoke run)").parse_args(argv)
     sz = QUICK if args.quick else FULL
-    info: dict[str, Any] = machine()
-    for dist in ("ipywidgets", "anywidget", "tqdm"):
-        info[dist] = version_of(dist) or "not installed"
-    print(f"## tether memory benchmark ({'quick' if args.quick else 'full'})\n")
-    print("\n".join(f"- **{k}**: {v}" for k, v in info.items()), flush=True)
-    watch = CpuWatch()
-    start = pc()
+    section = Section(
+        f"## tether memory benchmark ({'quick' if args.quick else 'full'})",
+        ("ipywidgets", "anywidget", "tqdm"),
+    )
+    info = section.info
     rows: list[Row] = []
     helper = psutil.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     try:
@@ -331,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         helper.kill()
         helper.wait()
-    report(rows, info, watch, pc() - start, args.json, head="\n")
+    section.end(rows, args.json, head="\n")
     return 0
 
 

@@ -23,16 +23,16 @@ exit status 0 either way):
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchlib import CpuWatch, Row, machine, report, version_of
+from benchlib import Row, Section, section_args
 
 import tether
 
@@ -59,47 +59,81 @@ def _tether_round(kind: str, rep: int) -> tuple[float, float, Any]:
     return wrote, pc() - t0, out
 
 
+Times = list[tuple[float, float]]  # (write, read) of each repetition
+
+
+def _rounds(
+    kind: str,
+    reps: int,
+    value_of: Callable[[int], Any],
+    check: Callable[[Any, int], bool],
+    baseline: tuple[Callable[[Path, Any], object], Callable[[Path], Any]],
+    path_of: Callable[[int], Path],
+) -> tuple[Times, Times]:
+    """``reps`` interleaved repetitions of the value ``value_of(rep)`` (new content each time: a
+    new file) through tether and through the baseline's (save, load) to ``path_of(rep)``; each
+    value read back is checked."""
+    save, load = baseline
+    ours: Times = []
+    base: Times = []
+    for rep in range(reps):
+        value = VALUE[kind] = value_of(rep)
+        wrote, read, out = _tether_round(kind, rep)
+        assert check(out, rep)
+        del out
+        ours.append((wrote, read))
+        path = path_of(rep)
+        t0 = pc()
+        save(path, value)
+        t1 = pc()
+        back = load(path)
+        t2 = pc()
+        assert check(back, rep)
+        del back
+        os.unlink(path)
+        base.append((t1 - t0, t2 - t1))
+    return ours, base
+
+
+def _row(ref: str, figure: str, ours: Times, base: Times, baseline: str) -> Row:
+    """The figure's row: median totals, their write and read parts; speed ratio baseline / tether."""
+
+    def medians(times: Times) -> tuple[float, str]:
+        total = statistics.median(w + r for w, r in times)
+        w, r = statistics.median(w for w, _ in times), statistics.median(r for _, r in times)
+        return total, f"{total:.2f} s (write {w:.2f} s, read {r:.2f} s)"
+
+    (t_ours, ours_text), (t_base, base_text) = medians(ours), medians(base)
+    ratio = t_base / t_ours
+    return Row(ref, figure, ours_text, f"{baseline} {base_text}", ratio, "speed ratio >= 0.5", ratio >= 0.5)
+
+
 def bench_array(sizes: dict[str, int], folder: Path) -> list[Row]:
     import numpy as np
 
     n = sizes["array_mb"] * 1_000_000 // 8
     arr = np.arange(n, dtype=np.float64)
-    t_ours, t_base, w_ours, r_ours, w_base, r_base = [], [], [], [], [], []
-    for rep in range(sizes["reps"]):
-        arr[0] = rep + 0.5  # new content: a new file each time
-        VALUE["array"] = arr
-        wrote, read, out = _tether_round("array", rep)
-        assert out.dtype == arr.dtype and out.shape == arr.shape and out[0] == arr[0]
-        del out
-        w_ours.append(wrote)
-        r_ours.append(read)
-        t_ours.append(wrote + read)
-        path = folder / f"baseline-{rep}.npy"
-        t0 = pc()
-        np.save(path, arr, allow_pickle=False)
-        t1 = pc()
-        back = np.load(path)
-        t2 = pc()
-        assert back[0] == arr[0]
-        del back
-        os.unlink(path)
-        w_base.append(t1 - t0)
-        r_base.append(t2 - t1)
-        t_base.append(t2 - t0)
-    ours, base = statistics.median(t_ours), statistics.median(t_base)
-    return [
-        Row(
-            "10a",
-            f"float64 array result of {sizes['array_mb']} MB: `start()` -> ended, then "
-            f"`get_run(id).result()` (median of {sizes['reps']}, a new file each time)",
-            f"{ours:.2f} s (write {statistics.median(w_ours):.2f} s, read {statistics.median(r_ours):.2f} s)",
-            f"`np.save` + `np.load` {base:.2f} s (write {statistics.median(w_base):.2f} s, read "
-            f"{statistics.median(r_base):.2f} s)",
-            base / ours,
-            "speed ratio >= 0.5",
-            base / ours >= 0.5,
-        )
-    ]
+
+    def value_of(rep: int) -> Any:
+        arr[0] = rep + 0.5
+        return arr
+
+    def check(out: Any, rep: int) -> bool:
+        return bool(out.dtype == arr.dtype and out.shape == arr.shape and out[0] == rep + 0.5)
+
+    ours, base = _rounds(
+        "array",
+        sizes["reps"],
+        value_of,
+        check,
+        (lambda path, a: np.save(path, a, allow_pickle=False), np.load),
+        lambda rep: folder / f"baseline-{rep}.npy",
+    )
+    figure = (
+        f"float64 array result of {sizes['array_mb']} MB: `start()` -> ended, then "
+        f"`get_run(id).result()` (median of {sizes['reps']}, a new file each time)"
+    )
+    return [_row("10a", figure, ours, base, "`np.save` + `np.load`")]
 
 
 def bench_frame(sizes: dict[str, int], folder: Path) -> list[Row]:
@@ -118,58 +152,40 @@ def bench_frame(sizes: dict[str, int], folder: Path) -> list[Row]:
             "kind": pd.Categorical(np.array(["a", "b", "c"])[np.arange(rows) % 3]),
         }
     )
-    t_ours, t_base, w_ours, r_ours, w_base, r_base = [], [], [], [], [], []
-    for rep in range(sizes["reps"]):
-        frame.iloc[0, 0] = rep  # new content: a new file each time
-        VALUE["frame"] = frame
-        wrote, read, out = _tether_round("frame", rep)
-        assert out.shape == frame.shape and out.iloc[0, 0] == rep
-        del out
-        w_ours.append(wrote)
-        r_ours.append(read)
-        t_ours.append(wrote + read)
-        path = folder / f"baseline-{rep}.parquet"
-        t0 = pc()
-        pq.write_table(pa.Table.from_pandas(frame), path)
-        t1 = pc()
-        back = pq.read_table(path).to_pandas()
-        t2 = pc()
-        assert back.shape == frame.shape
-        del back
-        os.unlink(path)
-        w_base.append(t1 - t0)
-        r_base.append(t2 - t1)
-        t_base.append(t2 - t0)
-    ours, base = statistics.median(t_ours), statistics.median(t_base)
-    return [
-        Row(
-            "10b",
-            f"DataFrame result of {rows:,} rows x 5 columns (int, float, str, datetime, "
-            f"category): `start()` -> ended, then `get_run(id).result()` (median of "
-            f"{sizes['reps']})",
-            f"{ours:.2f} s (write {statistics.median(w_ours):.2f} s, read {statistics.median(r_ours):.2f} s)",
-            f"Parquet via pyarrow (`write_table` + `read_table().to_pandas()`) {base:.2f} s "
-            f"(write {statistics.median(w_base):.2f} s, read {statistics.median(r_base):.2f} s)",
-            base / ours,
-            "speed ratio >= 0.5",
-            base / ours >= 0.5,
-        )
-    ]
+
+    def value_of(rep: int) -> Any:
+        frame.iloc[0, 0] = rep
+        return frame
+
+    def check(out: Any, rep: int) -> bool:
+        return bool(out.shape == frame.shape and out.iloc[0, 0] == rep)
+
+    ours, base = _rounds(
+        "frame",
+        sizes["reps"],
+        value_of,
+        check,
+        (
+            lambda path, f: pq.write_table(pa.Table.from_pandas(f), path),
+            lambda path: pq.read_table(path).to_pandas(),
+        ),
+        lambda rep: folder / f"baseline-{rep}.parquet",
+    )
+    figure = (
+        f"DataFrame result of {rows:,} rows x 5 columns (int, float, str, datetime, "
+        f"category): `start()` -> ended, then `get_run(id).result()` (median of "
+        f"{sizes['reps']})"
+    )
+    baseline = "Parquet via pyarrow (`write_table` + `read_table().to_pandas()`)"
+    return [_row("10b", figure, ours, base, baseline)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, < 20 s")
-    parser.add_argument("--json", metavar="OUT", help="also write the rows as JSON (for bench/run.py)")
-    args = parser.parse_args(argv)
+    args = section_args(__doc__.splitlines()[0], "small sizes, < 20 s").parse_args(argv)
     sizes = QUICK if args.quick else FULL
-    info = machine()
-    for name in ("numpy", "pandas", "pyarrow"):
-        info[name] = version_of(name) or "not installed"
-    print(f"# tether values benchmark ({'quick' if args.quick else 'full'})\n")
-    print("\n".join(f"- **{k}**: {v}" for k, v in info.items()), flush=True)
-    watch = CpuWatch()
-    start = pc()
+    section = Section(
+        f"# tether values benchmark ({'quick' if args.quick else 'full'})", ("numpy", "pandas", "pyarrow")
+    )
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="tether-bench-values-") as tmp:
         db = Path(tmp) / "runs.db"
@@ -194,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 size < 1 << 20,
             )
         )
-    report(rows, info, watch, pc() - start, args.json)
+    section.end(rows, args.json)
     return 0
 
 

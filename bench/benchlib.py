@@ -7,6 +7,7 @@ sections write with ``--json OUT``: ``{"info": {...}, "rows": [Row as a dict, ..
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -19,7 +20,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CpuWatch", "Row", "dump", "machine", "ms", "ns", "pct", "say", "table", "version_of", "wait_idle"]
+__all__ = [
+    "CpuWatch",
+    "Row",
+    "Section",
+    "add_wait_idle",
+    "dump",
+    "machine",
+    "ms",
+    "ns",
+    "pct",
+    "say",
+    "section_args",
+    "table",
+    "version_of",
+    "wait_idle",
+]
 
 
 @dataclass
@@ -228,3 +244,42 @@ def wait_idle(seconds: float, threshold: float = 0.9) -> float | None:
         time.sleep(3.0)
         free = watch.idle_share(2.0)
     return free
+
+
+def section_args(description: str, quick: str) -> argparse.ArgumentParser:
+    """The options of every section script: ``--quick`` (``quick`` says what it changes) and
+    ``--json OUT``; the script adds its own."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help=quick)
+    ap.add_argument("--json", metavar="OUT", help="also write the rows as JSON (for bench/run.py)")
+    return ap
+
+
+def add_wait_idle(ap: argparse.ArgumentParser, more: str = "") -> None:
+    """``--wait-idle SECONDS`` (see wait_idle()); ``more``: what else the script waits for."""
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for other processes to leave >= 90%% of the CPU "
+        f"idle{more} (a shared machine)",
+    )
+
+
+class Section:
+    """The timing of a section script, from its header to its table: ``info`` (the machine, and
+    the versions of ``dists``) printed under ``title``, then the CPU watch and the clock started;
+    ``end()`` prints the table with the time taken and writes the ``--json`` file."""
+
+    def __init__(self, title: str, dists: Sequence[str] = (), info: dict[str, Any] | None = None) -> None:
+        self.info: dict[str, Any] = machine() if info is None else info
+        for dist in dists:
+            self.info[dist] = version_of(dist) or "not installed"
+        print(f"{title}\n")
+        print("\n".join(f"- **{k}**: {v}" for k, v in self.info.items()), flush=True)
+        self.watch = CpuWatch()
+        self.start = time.perf_counter()
+
+    def end(self, rows: Sequence[Row], json_path: str | None, head: str = "") -> None:
+        report(rows, self.info, self.watch, time.perf_counter() - self.start, json_path, head)

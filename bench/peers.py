@@ -68,7 +68,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib import CpuWatch, Row, machine, ms, pct, report, say, version_of, wait_idle
+from benchlib import CpuWatch, Row, add_wait_idle, machine, ms, pct, report, say, version_of, wait_idle
 
 import tether
 
@@ -510,14 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run (< 40 s)")
     ap.add_argument("--json", metavar="OUT", help="also write the rows as JSON (for bench/run.py)")
-    ap.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="first wait up to SECONDS for other processes to leave >= 90%% of the CPU "
-        "idle (a shared machine)",
-    )
+    add_wait_idle(ap)
     args = ap.parse_args(argv)
     sz = QUICK if args.quick else FULL
     info = machine()

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchlib import CpuWatch, Row, machine, say, table, wait_idle
+from benchlib import CpuWatch, Row, add_wait_idle, machine, say, table, wait_idle
 from perfdoc import write_doc
 
 BENCH = Path(__file__).resolve().parent
@@ -161,14 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help=f"run only the section(s) of figure N (repeatable): {', '.join(CHOICES)}",
     )
-    ap.add_argument(
-        "--wait-idle",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="first wait up to SECONDS for other processes to leave >= 90%% of the CPU "
-        "idle, and up to 30 s more before each section (a shared machine)",
-    )
+    add_wait_idle(ap, ", and up to 30 s more before each section")
     ap.add_argument(
         "--write-docs", action="store_true", help="rewrite docs/performance.md with this run's table"
     )

@@ -465,7 +465,7 @@ def bench_scale(work: Path, quick: bool, db_arg: str | None) -> list[str]:
                         m["p99"] < GOAL_S,
                     )
                 )
-        from tether.widget.reader import RunReader
+        from tether.view.reader import RunReader
 
         def first_read() -> None:
             RunReader(tether.workspace.default().run(store, big_id)).read()

@@ -313,5 +313,8 @@ def test_non_sqlite_db_is_a_one_line_error_exit_1(db, env, tmp_path, args):
     assert out.stdout == ""
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("tether: error:")
     assert "not a SQLite database" in out.stderr
+    # the fix names the CLI's flag, not the Python API's configure()
+    assert out.stderr.rstrip().endswith("Point tether at another file with --db PATH.")
+    assert "configure" not in out.stderr
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

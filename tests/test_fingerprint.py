@@ -124,7 +124,7 @@ def test_an_edited_body_makes_a_new_attempt_and_an_unchanged_or_comment_only_one
     assert edited.start() == second
     assert tether.get_run(first.id).result() == 6  # history kept
     # the panel (and its text and html renderings) says why attempt 2 exists
-    from tether.widget.snapshot import build, html_snapshot, text_snapshot
+    from tether.view.snapshot import build, html_snapshot, text_snapshot
 
     snap = build(second.snapshot(), mode="static")
     assert snap["why"] == "code changed"

@@ -108,11 +108,16 @@ def _lines(out: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
-def _assert_refusal(message: str, db: Path, fstype: str, mount_point: Path) -> None:
+def _assert_refusal(message: str, db: Path, fstype: str, mount_point: Path, cli: bool = False) -> None:
     assert message.startswith(f"tether database {str(db)!r} is on a network filesystem"), message
     assert f"({fstype}, mounted at {str(mount_point)!r})" in message and "\n" not in message
     assert "TETHER_DB=" in message and "PostgreSQL" in message and "not built yet" in message
-    assert "allow_network_fs=True" in message and "TETHER_ALLOW_NETWORK_FS=1" in message
+    assert "TETHER_ALLOW_NETWORK_FS=1" in message
+    if cli:  # the CLI's words: its flag, and no configure() a shell cannot call
+        assert "--db PATH or TETHER_DB=" in message and "configure" not in message, message
+    else:
+        assert "tether.configure(db=...) or TETHER_DB=" in message
+        assert "tether.configure(allow_network_fs=True) or TETHER_ALLOW_NETWORK_FS=1" in message
 
 
 # -- the mount table ---------------------------------------------------------------------------------
@@ -269,7 +274,7 @@ def test_sqlite_on_a_real_sshfs_mount_is_refused_with_an_override(
     assert (second["result"], second["runs"]) == (4, 2)  # TETHER_ALLOW_NETWORK_FS=1
     cli = cli_err.read_text()  # the CLI: one line, the same message
     assert cli.startswith("tether: error: ") and len(cli.strip().splitlines()) == 1, cli
-    _assert_refusal(cli.strip().removeprefix("tether: error: "), db, "fuse.sshfs", mount_point)
+    _assert_refusal(cli.strip().removeprefix("tether: error: "), db, "fuse.sshfs", mount_point, cli=True)
     assert cli_out.read_text().count("succeeded") == 2
     # written through sshfs: the database is in the exported folder, and whole
     assert (export / "work" / "runs.db").stat().st_size > 0

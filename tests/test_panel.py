@@ -17,10 +17,10 @@ import pytest
 import tether
 from helpers import panel_pipelines as pp
 from helpers.util import wait_until as until
+from tether.view import snapshot as _snap
+from tether.view.snapshot import VOLATILE, html_snapshot, text_snapshot
 from tether.widget import dashboard, panel, poller, repr_bundle
-from tether.widget import snapshot as _snap
 from tether.widget.panel import RunPanel
-from tether.widget.snapshot import VOLATILE, html_snapshot, text_snapshot
 
 
 @pytest.fixture
@@ -546,7 +546,7 @@ def test_reader_never_skips_rows_committed_between_its_reads(db: Path) -> None:
     change committed in between moved the reader past the log lines before it."""
     import threading
 
-    from tether.widget.reader import RunReader
+    from tether.view.reader import RunReader
 
     step = threading.Event()
 
@@ -686,7 +686,7 @@ def test_cancel_origin_is_recorded_for_each_way_of_cancelling(
     assert cli["cancel"]["origin"].startswith("by `tether cancel` (pid ")
     assert api["error"] is None and cli["error"] is None
     # the origin is stored with the request: another process's reader says where it came from
-    from tether.widget.snapshot import cancel_origin
+    from tether.view.snapshot import cancel_origin
 
     origin = next(e.data["origin"] for e in by_api.events() if e.kind == "cancel_requested")
     assert origin["via"] == "api" and origin["pid"] == os.getpid()
@@ -772,7 +772,7 @@ def test_rate_after_resume_counts_only_new_progress(db: Path, tmp_path: Path) ->
 def test_rate_meter_measures_recent_progress_only() -> None:
     from types import SimpleNamespace as Rec
 
-    from tether.widget.reader import RateMeter
+    from tether.view.reader import RateMeter
 
     m = RateMeter()
     rec = Rec(id="r", phase="p", done=500, resumed_from=None)
@@ -794,7 +794,7 @@ def test_rate_meter_measures_recent_progress_only() -> None:
 
 
 def test_eta_is_labelled_and_resent_only_when_it_drifts(db: Path) -> None:
-    from tether.widget.snapshot import build, progress_text, same
+    from tether.view.snapshot import build, progress_text, same
 
     run = pp.four_phase.start(n=1, delay=0.001, tag="eta")
     run.wait(20)

@@ -156,6 +156,21 @@ def test_non_sqlite_file_is_refused_untouched(db, tmp_path, content):
     assert not Path(str(path) + "-wal").exists()
 
 
+def test_a_fix_names_the_setting_as_data_in_the_apis_words(db, tmp_path):
+    """The fix names the setting to change as data (``settings``); str() words it as the Python
+    API sets it, and another front end passes its own words (the CLI's: tests/test_cli.py)."""
+    path = tmp_path / "notes.db"
+    path.write_text("not a database\n" * 100)
+    tether.configure(db=path)
+    with pytest.raises(tether.StoreError) as info:
+        tether.runs()
+    err = info.value
+    assert err.settings == ("db",)
+    assert str(err).endswith("Point tether at another file with tether.configure(db=...).")
+    assert err.text({"db": "the DB field"}).endswith("Point tether at another file with the DB field.")
+    assert err.text({}) == str(err)  # a setting a front end does not word: the API's words
+
+
 def test_directory_is_refused(db, tmp_path):
     folder = tmp_path / "adir"
     folder.mkdir()

@@ -1,4 +1,5 @@
-"""Run text made safe for a terminal: one function for the CLI, reprs and text/plain outputs.
+"""Run text made safe for a terminal: one function for the CLI, reprs and text/plain outputs. And
+durations as every display writes them (:func:`duration`).
 
 Anything a run stores (names, phases, log lines, errors, keys, even a crafted row's columns) may
 hold terminal control sequences: ESC starts sequences that retitle or clear the terminal, move the
@@ -9,7 +10,9 @@ nothing is interpreted. No imports from tether: any module may use it.
 
 from __future__ import annotations
 
-__all__ = ["clip", "safe", "safe_lines"]
+from typing import Literal
+
+__all__ = ["DurationStyle", "clip", "duration", "safe", "safe_lines"]
 
 # C0 (but TAB), DEL and C1; a newline is escaped too unless the caller means lines
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c != 0x09}
@@ -29,3 +32,34 @@ def safe_lines(text: object) -> str:
 def clip(text: str, limit: int) -> str:
     """``text`` cut to at most ``limit`` characters, an ellipsis marking the cut."""
     return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+
+
+# Where each style is used, and why they differ:
+# - "clock": a run's elapsed time and ETA in the panel, the dashboard, `tether watch` and the
+#   static renderings (``0:03``, ``1:02:03``; cut to whole seconds). widget/static/common.js and
+#   serve/static/common.js write the same in the browser, live between two snapshots; tests keep
+#   them equal (tests/test_panel.py).
+# - "compact": the DURATION column of `tether ls` and `tether show`: narrow, with a tenth of a
+#   second for a short run, where a clock's ``0:00`` would say nothing (``4.2s``, ``3m05s``,
+#   ``1h02m``).
+# - "seconds": a wait or an overrun, whole seconds, never below 0 (``8 s``): a countdown in a
+#   sentence.
+# - "setting": a duration the user set (a timeout), exactly as set (``0.5 s``, ``90 s``).
+DurationStyle = Literal["clock", "compact", "seconds", "setting"]
+
+
+def duration(seconds: float | None, style: DurationStyle = "clock") -> str:
+    """``seconds`` written in ``style`` (see DurationStyle); None (not known) is ``-``."""
+    if seconds is None:
+        return "-"
+    if style == "seconds":
+        return f"{max(0.0, seconds):.0f} s"  # a wait: one already over is 0 s
+    if style == "setting":
+        return f"{seconds:g} s"
+    if style == "compact" and seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(max(0, int(seconds)), 60)  # as the JS: a clock skew is 0:00
+    hours, minutes = divmod(minutes, 60)
+    if style == "compact":
+        return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -17,8 +17,8 @@ from typing import Any
 
 from . import owner
 from . import workspace as _workspace
+from ._text import duration, safe_lines
 from ._text import safe as _safe
-from ._text import safe_lines
 from .errors import StoreError, TetherError
 from .model import RunRecord, Status, log_text, raw_text
 from .run import params_text
@@ -31,12 +31,7 @@ __all__ = ["main"]
 def _duration(rec: RunRecord) -> str:
     if rec.started_at is None:
         return "-"
-    secs = (rec.ended_at or time.time()) - rec.started_at
-    if secs < 60:
-        return f"{secs:.1f}s"
-    minutes, secs = divmod(int(secs), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+    return duration((rec.ended_at or time.time()) - rec.started_at, "compact")
 
 
 def _progress(rec: RunRecord) -> str:
@@ -107,10 +102,10 @@ def _status(rec: RunRecord, now: float) -> str:
     damaged = rec.damaged and rec.status_text != "damaged"
     text = f"{rec.status} (damaged)" if damaged else rec.status_text
     if rec.status == Status.RUNNING and rec.retry_at is not None:
-        text += f" (try {rec.tries + 1} of {rec.max_tries} in {max(0.0, rec.retry_at - now):.0f} s)"
+        text += f" (try {rec.tries + 1} of {rec.max_tries} in {duration(rec.retry_at - now, 'seconds')})"
     overdue = rec.overdue(now)
     if overdue is not None:
-        text += f" (past its timeout by {overdue:.0f} s)"
+        text += f" (past its timeout by {duration(overdue, 'seconds')})"
     return text
 
 
@@ -218,7 +213,7 @@ def _show_control(store: Store, rec: RunRecord) -> None:
     if rec.max_tries > 1 or rec.tries > 1:
         line = f"tries     {rec.tries} of {rec.max_tries}"
         if rec.status == Status.RUNNING and rec.retry_at is not None:
-            line += f"  next in {max(0.0, rec.retry_at - now):.0f} s"
+            line += f"  next in {duration(rec.retry_at - now, 'seconds')}"
         print(line)
         for ev in store.events(rec.id, kinds=["retry"]):
             print(
@@ -227,9 +222,9 @@ def _show_control(store: Store, rec: RunRecord) -> None:
     if rec.timeout is not None:
         overdue = rec.overdue(now)
         print(
-            f"timeout   {rec.timeout:g} s per try"
+            f"timeout   {duration(rec.timeout, 'setting')} per try"
             + (
-                f"  (past its timeout by {overdue:.0f} s: it stops at its next ctx call)"
+                f"  (past its timeout by {duration(overdue, 'seconds')}: it stops at its next ctx call)"
                 if overdue is not None
                 else ""
             )
@@ -375,8 +370,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The settings a StoreError's fix names, as the CLI sets them (it has no flag for the allow_* ones).
+_WORDING = {
+    "db": "--db PATH",
+    "allow_foreign_db": "TETHER_ALLOW_FOREIGN_DB=1",
+    "allow_network_fs": "TETHER_ALLOW_NETWORK_FS=1",
+}
+
+
 def _error(exc: TetherError) -> None:
-    text = safe_lines(str(exc).replace("tether.configure(db=...)", "--db PATH"))
+    text = safe_lines(exc.text(_WORDING) if isinstance(exc, StoreError) else str(exc))
     print(f"tether: error: {text}", file=sys.stderr)
 
 

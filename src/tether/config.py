@@ -141,8 +141,8 @@ def resolve(
         key = (raw, "" if absolute else os.getcwd())
     except FileNotFoundError:
         raise StoreError(
-            f"{where} = {raw!r} is relative, and the current folder no longer exists; "
-            "pass an absolute path to tether.configure(db=...) or TETHER_DB."
+            f"{where} = {raw!r} is relative, and the current folder no longer exists;",
+            "pass an absolute path to {db} or TETHER_DB.",
         ) from None
     p = None if cache is None else cache.get(key)
     if p is None:

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from . import owner
 from . import workspace as _workspace
-from ._text import clip, safe
+from ._text import clip, duration, safe
 from .errors import RunNotFound
 from .model import RunRecord, Status
 from .run import Run
@@ -125,13 +125,13 @@ def tries_text(rec: RunRecord, now: float) -> str:
     if rec.status == Status.RUNNING and (rec.max_tries > 1 or rec.tries > 1):
         if rec.retry_at is not None:
             parts.append(
-                f"try {rec.tries + 1} of {rec.max_tries} — next in {max(0.0, rec.retry_at - now):.0f} s"
+                f"try {rec.tries + 1} of {rec.max_tries} — next in {duration(rec.retry_at - now, 'seconds')}"
             )
         elif rec.tries > 1:
             parts.append(f"try {rec.tries} of {rec.max_tries}")
     overdue = rec.overdue(now)
     if overdue is not None:
-        parts.append(f"past its timeout by {overdue:.0f} s (it stops at its next ctx call)")
+        parts.append(f"past its timeout by {duration(overdue, 'seconds')} (it stops at its next ctx call)")
     return " · ".join(parts)
 
 

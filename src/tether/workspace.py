@@ -17,7 +17,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast, overload
+from typing import Any, Protocol, TypeVar, overload
 
 from . import config, owner
 from . import runner as _runner
@@ -136,12 +136,11 @@ class Workspace:
         """store(path) for a database that must exist already (the CLI's reads: a typo must not
         create an empty one). StoreError if it does not exist or cannot be reached."""
         p = config.resolve(os.fspath(path), cache=self._resolved) if path else self.db_path()
-        # store() makes SQLite stores, whose file tells whether the database exists
-        s = cast(SQLiteStore, self.store(p))
-        if s._stat() is None:
+        s = self.store(p)
+        if not s.exists():
             raise StoreError(
-                f"tether database {str(p)!r} does not exist; pass --db PATH "
-                "(or set TETHER_DB) to point at the runs.db your notebook uses"
+                f"tether database {str(p)!r} does not exist;",
+                "pass {db} (or set TETHER_DB) to point at the runs.db your notebook uses",
             )
         return s
 

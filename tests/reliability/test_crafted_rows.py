@@ -28,8 +28,8 @@ import tether
 from helpers import owner_pipelines, reliability_pipelines
 from helpers.util import Children, raw, wait_until
 from tether import owner
+from tether.view.snapshot import html_snapshot, text_snapshot
 from tether.widget import dashboard, panel
-from tether.widget.snapshot import html_snapshot, text_snapshot
 
 XSS = '<img src=x onerror="window.__tether_xss=1">'
 ESC = "\x1b]0;pwned\x07\x1b[2J\rover\x9b31m\x7f"

@@ -267,9 +267,9 @@ def carrier(ctx: tether.Context, binary: str, text: str, fail: bool = False) -> 
 
 def _read_everything(run_ids: list[str]) -> list[str]:
     """Every in-process read path, for every run; returns what raised (a tampered row may)."""
+    from tether.view.reader import RunReader
+    from tether.view.snapshot import build, html_snapshot, text_snapshot
     from tether.widget import dashboard, panel, repr_bundle
-    from tether.widget.reader import RunReader
-    from tether.widget.snapshot import build, html_snapshot, text_snapshot
 
     store = tether.workspace.default().store()
     raised: list[str] = []

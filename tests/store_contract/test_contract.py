@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tether.codec import dumps
-from tether.model import Owner, RunRecord, Status
+from tether.model import Control, Owner, RunRecord, Status
 from tether.store import FlushItem, Store, protocol
 
 TESTS = Path(__file__).parent.parent
@@ -71,6 +71,23 @@ def race(backend: ModuleType, location: Path, action: str, *args: str, n: int = 
                 p.kill()
     assert all(p.returncode == 0 for p in procs), outs
     return [json.loads(out) for out in outs]
+
+
+# -- existence -------------------------------------------------------------------------------------
+
+
+def test_exists_says_whether_the_database_is_there_and_asking_creates_nothing(
+    backend: ModuleType, location: Path, store: Store
+) -> None:
+    assert store.exists() is False
+    assert store.exists() is False  # asking made nothing
+    start(store)
+    assert store.exists() is True
+    again = backend.open_store(location)
+    try:
+        assert again.exists() is True  # another store object sees it before it opens it
+    finally:
+        again.close()
 
 
 # -- start and claim -------------------------------------------------------------------------------
@@ -186,7 +203,17 @@ def test_cancel_flags_a_running_run_for_its_owner_and_ends_a_pending_one(store: 
     assert store.cancel_requests(ME) == {rec.id}
     assert store.flush([item(rec.id)], ME, None)[1] == {rec.id}
     pending = start(store, "b", OTHER)
-    assert store.request_cancel(pending.id, alive).status == Status.CANCELLED
+    ended = store.request_cancel(pending.id, alive)
+    assert ended.status == Status.CANCELLED
+    assert ended.error == {"type": "Cancelled", "message": "run cancelled", "traceback": ""}
+    parent = running(store, "parent")
+    kid = start(store, "kid", OTHER, control=Control(parent=parent.id, lineage=(parent.id,)))
+    assert store.cancel_children(parent.id, alive) == [kid.id]
+    assert store.get(kid.id).error == {
+        "type": "Cancelled",
+        "message": f"run cancelled with its parent run {parent.id}",
+        "traceback": "",
+    }
     done = running(store, "c")
     store.finish(item(done.id), ME, Status.SUCCEEDED, result_json="1", error=None)
     assert store.request_cancel(done.id, alive).status == Status.SUCCEEDED  # an end never changes
@@ -205,6 +232,11 @@ def test_orphans_are_marked_interrupted_once_and_live_runs_never(store: Store) -
     marked = store.recover([orphan], gone)
     assert [(r.id, why) for r, why in marked] == [(orphan.id, "its process ended")]
     assert store.get(orphan.id).status == Status.INTERRUPTED
+    assert store.get(orphan.id).error == {
+        "type": "Interrupted",
+        "message": "run interrupted: its process ended",
+        "traceback": "",
+    }
     assert store.recover([orphan], gone) == []  # whoever notices first wins
     assert store.recover([live], undecided) == []
     assert store.get(live.id).status == Status.RUNNING

@@ -450,7 +450,7 @@ def test_a_panel_keeps_its_attempt_and_a_rerun_in_it_moves_it(open_notebook: Any
     nb = open_notebook(
         [
             # every Re-run asks here; the real threshold is a run of more than a minute
-            "from tether.widget import snapshot\nsnapshot.CONFIRM_RERUN_AFTER = 0",
+            "from tether.view import snapshot\nsnapshot.CONFIRM_RERUN_AFTER = 0",
             "first = pp.four_phase.start(n=2, delay=0.01, tag='s9')\n_ = first.wait(30)\nfirst",
             "tether.get_run(first.id)",
             "third = tether.get_run(first.id).rerun()\n_ = third.wait(30)",

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import owner
+from .._text import duration
 from ..context import Context, _current
 from ..errors import MapItemError, RunCancelled
 from ..model import Status, error_dict
@@ -130,7 +131,7 @@ class Executing(RunnerState):
         kind = ctx._cancel_kind
         if kind == "timeout":
             failure: BaseException = TimeoutError(
-                f"run {ctx.run_id} passed its timeout of {_seconds(ctx.timeout)} "
+                f"run {ctx.run_id} passed its timeout of {duration(ctx.timeout, 'setting')} "
                 f"(try {ctx.tries} of {ctx.max_tries}); it was stopped at its next ctx call"
             )
             error = error_dict(
@@ -209,7 +210,9 @@ class Executing(RunnerState):
         for ctx in ctxs:
             if ctx._deadline is not None and now >= ctx._deadline and not ctx._cancel:
                 ctx._deadline = None
-                ctx._request_cancel(f"stopped: its timeout of {_seconds(ctx.timeout)} passed", kind="timeout")
+                ctx._request_cancel(
+                    f"stopped: its timeout of {duration(ctx.timeout, 'setting')} passed", kind="timeout"
+                )
                 try:
                     kids = self.store.cancel_children(ctx.run_id, owner.gone_reason)
                 except Exception:
@@ -217,10 +220,6 @@ class Executing(RunnerState):
                     continue
                 for kid in kids:
                     self.cancel_local(kid)
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:g} s"
 
 
 def _is_async_cancel(exc: BaseException | None) -> bool:

@@ -217,13 +217,13 @@ class _Connections(_FileChecks):
                 if _schema.MIGRATIONS_TABLE not in tables or "runs" not in tables:
                     raise self._fail(
                         "is a SQLite database but not a tether one; it was left untouched",
-                        fix="Point tether at another file with tether.configure(db=...).",
+                        fix="Point tether at another file with {db}.",
                     )
                 applied = _schema.applied(conn)
                 if not applied:
                     raise self._fail(
                         "is a SQLite database but not a tether one; it was left untouched",
-                        fix="Point tether at another file with tether.configure(db=...).",
+                        fix="Point tether at another file with {db}.",
                     )
             unknown = [name for name in applied if name not in _schema.KNOWN]
             if unknown:
@@ -327,7 +327,7 @@ class _Connections(_FileChecks):
                 raise self._fail(
                     "is corrupt; it was left untouched",
                     exc,
-                    fix="Restore a backup or use tether.configure(db=...).",
+                    fix="Restore a backup or use {db}.",
                 ) from exc
             raise
 
@@ -345,7 +345,7 @@ class _Connections(_FileChecks):
             raise self._fail(
                 "was deleted or replaced while in use; nothing more is written to it",
                 fix="tether never recreates a database behind your back; restart "
-                "the process (or call tether.configure(db=...)) to start afresh.",
+                "the process (or use {db}) to start afresh.",
             )
 
     def _empty_wal(self) -> None:

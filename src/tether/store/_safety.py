@@ -160,9 +160,9 @@ class _FileChecks:
     _allow_network_fs: Callable[[], bool]
 
     def _fail(self, what: str, exc: BaseException | None = None, fix: str = "") -> StoreError:
+        """``fix`` names settings as ``{db}`` (see StoreError): each front end words them."""
         detail = f": {exc}" if exc else ""
-        tail = f" {fix}" if fix else ""
-        return StoreError(f"tether database {str(self.path)!r} {what}{detail}.{tail}")
+        return StoreError(f"tether database {str(self.path)!r} {what}{detail}.", fix)
 
     def _stat(self, suffix: str = "") -> os.stat_result | None:
         """os.stat of the file (or of its ``suffix`` companion), None if there is none. A folder
@@ -176,13 +176,13 @@ class _FileChecks:
                 "cannot be reached (permission denied)",
                 exc,
                 fix="Every folder on its path must be open to you (chmod u+x, or ask its owner); "
-                "or choose another path with tether.configure(db=...) or TETHER_DB.",
+                "or choose another path with {db} or TETHER_DB.",
             ) from None
         except OSError as exc:
             raise self._fail(
                 "cannot be reached",
                 exc,
-                fix="Choose another path with tether.configure(db=...) or TETHER_DB.",
+                fix="Choose another path with {db} or TETHER_DB.",
             ) from None
 
     def _check_owner(self) -> None:
@@ -201,8 +201,8 @@ class _FileChecks:
                 f"is owned by another user{where} ({_user(st.st_uid)}), not by you ({_user(me)}); "
                 "it was left untouched",
                 fix="Whoever owns it can read and change your runs. Use your own file with "
-                "tether.configure(db=...) or TETHER_DB, or if you trust its owner allow it with "
-                "tether.configure(allow_foreign_db=True) or TETHER_ALLOW_FOREIGN_DB=1.",
+                "{db} or TETHER_DB, or if you trust its owner allow it with "
+                "{allow_foreign_db}.",
             )
 
     def _check_filesystem(self) -> None:
@@ -218,10 +218,10 @@ class _FileChecks:
             f"is on a network filesystem ({fstype}, mounted at {mount_point!r}); nothing was written there",
             fix="SQLite's locks and the shared memory of its WAL do not work across machines on "
             "such a filesystem: processes on two hosts using the file can corrupt it or lose runs. "
-            "Keep it on a local disk: tether.configure(db=...) or TETHER_DB=/local/path/runs.db "
+            "Keep it on a local disk: {db} or TETHER_DB=/local/path/runs.db "
             "(a store shared across machines, on PostgreSQL, is planned but not built yet). If "
             "every process that uses this file runs on this one machine, allow it with "
-            "tether.configure(allow_network_fs=True) or TETHER_ALLOW_NETWORK_FS=1.",
+            "{allow_network_fs}.",
         )
 
     def _uri(self, mode: str) -> str:
@@ -252,7 +252,7 @@ class _FileChecks:
             raise self._fail(
                 "cannot be created",
                 exc,
-                fix="Choose a writable location with tether.configure(db=...) or TETHER_DB.",
+                fix="Choose a writable location with {db} or TETHER_DB.",
             ) from exc
 
     def _sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -296,14 +296,14 @@ class _FileChecks:
             if _errname(exc) == "SQLITE_NOTADB":
                 raise self._fail(
                     "is not a SQLite database (wrong file header); it was left untouched",
-                    fix="Point tether at another file with tether.configure(db=...).",
+                    fix="Point tether at another file with {db}.",
                 ) from exc
             if _errname(exc) == "SQLITE_CANTOPEN":
                 raise self._fail(
                     "cannot be read (permission denied?)",
                     exc,
                     fix="It must be readable and writable by you (chmod u+rw); or "
-                    "choose another path with tether.configure(db=...).",
+                    "choose another path with {db}.",
                 ) from exc
             raise self._fail("is corrupt or unreadable; it was left untouched", exc) from exc
         finally:
@@ -318,5 +318,5 @@ class _FileChecks:
                 raise _Busy
             raise self._fail(
                 f"is truncated ({size} bytes, pages of {page}); it was left untouched",
-                fix="Restore a backup or use tether.configure(db=...).",
+                fix="Restore a backup or use {db}.",
             )

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..codec import dumps
 from ..errors import RunActive
-from ..model import Control, Owner, RunRecord
+from ..model import Control, Owner, RunRecord, error_dict
 from ..policy import Attach, Conflict, StartRequest, decide, lookback, other_code
 from ._reads import _Reads
 from ._rows import _RUN_COLS, StartOutcome, _text
@@ -44,7 +44,7 @@ class _Starts(_Reads):
         return seq
 
     def _interrupt(self, conn: sqlite3.Connection, rec: RunRecord, reason: str, now: float) -> bool:
-        error = {"type": "Interrupted", "message": f"run interrupted: {reason}", "traceback": ""}
+        error = error_dict("Interrupted", f"run interrupted: {reason}")
         cur = conn.execute(
             "UPDATE runs SET status = 'interrupted', ended_at = ?, updated_at = ?, error = ? "
             "WHERE id = ? AND status = ? AND owner_instance IS ?",
@@ -179,15 +179,12 @@ class _Starts(_Reads):
             )
 
     def _give_up(self, conn: sqlite3.Connection, rec: RunRecord, cap: int, now: float) -> RunRecord:
-        error = {
-            "type": "ResumeCapReached",
-            "traceback": "",
-            "message": (
-                f"automatic resume stopped: {cap} resumed attempts in a row were interrupted "
-                f"(max_auto_resumes={cap}), so the run may be crashing its process; fix the cause, "
-                "then call run.resume() or start(..., policy='rerun')"
-            ),
-        }
+        error = error_dict(
+            "ResumeCapReached",
+            f"automatic resume stopped: {cap} resumed attempts in a row were interrupted "
+            f"(max_auto_resumes={cap}), so the run may be crashing its process; fix the cause, "
+            "then call run.resume() or start(..., policy='rerun')",
+        )
         conn.execute(
             "UPDATE runs SET status = 'failed', ended_at = ?, updated_at = ?, error = ?, "
             "target = NULL WHERE id = ?",

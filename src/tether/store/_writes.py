@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from .. import codec
@@ -161,20 +162,12 @@ class _Writes(_Starts):
         data: dict[str, Any] = {}
         if error is not None:
             data = {"type": error.get("type"), "message": error.get("message")}
-        files = _files(result_json)
-        if files:  # before the row that refers to them, outside the write lock
-            self.files.put(files)
-        with self.tx() as conn:
-            if files:
-                self.files.ensure(files)
-            row = conn.execute(
-                "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' AND owner_instance = ?",
-                (item.run_id, owner.instance),
-            ).fetchone()
-            if row is None:
+        with self._owned(item.run_id, owner, result_json) as owned:
+            if owned is None:
                 return False
+            conn, last_seq = owned
             events = [*item.events, (now, str(status), item.phase, dumps(data))]
-            seq = self._append(conn, item.run_id, row[0], events)
+            seq = self._append(conn, item.run_id, last_seq, events)
             self._progress(
                 conn,
                 item,
@@ -190,7 +183,41 @@ class _Writes(_Starts):
         (a ``checkpoint`` event follows them). False if the run is no longer ours. The files an
         encoded value carries (codec.Encoded) are written first."""
         now = time.time()
-        files = _files(value_json)
+        with self._owned(item.run_id, owner, value_json) as owned:
+            if owned is None:
+                return False
+            conn, last_seq = owned
+            conn.execute(
+                "INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) VALUES (?, ?, ?, ?)",
+                (item.run_id, name, value_json, now),
+            )
+            events = [*item.events, (now, "checkpoint", item.phase, dumps({"name": name}))]
+            seq = self._append(conn, item.run_id, last_seq, events)
+            self._progress(conn, item, seq, now)
+        return True
+
+    def put_checkpoints(self, run_id: str, owner: Owner, items: Sequence[tuple[str, str]]) -> bool:
+        """Store several (name, JSON) checkpoints at once (ctx.map items); no events."""
+        now = time.time()
+        with self._owned(run_id, owner, *(text for _, text in items)) as owned:
+            if owned is None:
+                return False
+            conn, _ = owned
+            conn.executemany(
+                "INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) VALUES (?, ?, ?, ?)",
+                [(run_id, n, v, now) for n, v in items],
+            )
+        return True
+
+    @contextmanager
+    def _owned(
+        self, run_id: str, owner: Owner, *values: str | None
+    ) -> Iterator[tuple[sqlite3.Connection, int] | None]:
+        """The write transaction of an owner's write that stores ``values``: the files they carry
+        (codec.Encoded) written first, outside the write lock, and again inside if a ``tether gc``
+        removed them meanwhile; then ``(conn, last_seq)`` of the run while it runs under
+        ``owner``, or None (no longer ours: write nothing)."""
+        files = _files(*values)
         if files:
             self.files.put(files)
         with self.tx() as conn:
@@ -198,39 +225,9 @@ class _Writes(_Starts):
                 self.files.ensure(files)
             row = conn.execute(
                 "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' AND owner_instance = ?",
-                (item.run_id, owner.instance),
-            ).fetchone()
-            if row is None:
-                return False
-            conn.execute(
-                "INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) VALUES (?, ?, ?, ?)",
-                (item.run_id, name, value_json, now),
-            )
-            events = [*item.events, (now, "checkpoint", item.phase, dumps({"name": name}))]
-            seq = self._append(conn, item.run_id, row[0], events)
-            self._progress(conn, item, seq, now)
-        return True
-
-    def put_checkpoints(self, run_id: str, owner: Owner, items: Sequence[tuple[str, str]]) -> bool:
-        """Store several (name, JSON) checkpoints at once (ctx.map items); no events."""
-        now = time.time()
-        files = _files(*(text for _, text in items))
-        if files:
-            self.files.put(files)
-        with self.tx() as conn:
-            if files:
-                self.files.ensure(files)
-            row = conn.execute(
-                "SELECT 1 FROM runs WHERE id = ? AND status = 'running' AND owner_instance = ?",
                 (run_id, owner.instance),
             ).fetchone()
-            if row is None:
-                return False
-            conn.executemany(
-                "INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) VALUES (?, ?, ?, ?)",
-                [(run_id, n, v, now) for n, v in items],
-            )
-        return True
+            yield None if row is None else (conn, row[0])
 
     def collect_files(self) -> tuple[int, int]:
         """Remove the value files no run or checkpoint refers to (``tether gc``), in a write

@@ -49,6 +49,12 @@ class Store(Protocol):
 
     # -- reads ---------------------------------------------------------------------------------
 
+    def exists(self) -> bool:
+        """Whether the database is there already, asked without creating, opening or migrating
+        it (a read of the CLI must not make an empty one at a mistyped path). A location that
+        cannot be reached (a folder the user may not enter) is a ``tether.StoreError``."""
+        ...
+
     def get(self, run_id: str) -> RunRecord:
         """The run ``run_id``; ``tether.RunNotFound`` (naming the database) if there is none."""
         ...

@@ -15,7 +15,7 @@ from typing import Any
 from ..artifacts import Artifacts
 from ..codec import dumps
 from ..errors import TetherError
-from ..model import Owner, RunRecord, Status
+from ..model import Owner, RunRecord, Status, error_dict
 from ._writes import _Writes
 from .protocol import GoneCheck
 
@@ -31,6 +31,9 @@ class SQLiteStore(_Writes):
     ) -> None:
         super().__init__(path, allow_foreign, allow_network_fs)
         self.files = Artifacts(self.path, self._pipeline_of)  # large values, beside the database
+
+    def exists(self) -> bool:
+        return self._stat() is not None  # the file alone: os.stat opens nothing
 
     def request_cancel(self, run_id: str, gone: GoneCheck, origin: dict[str, Any] | None = None) -> RunRecord:
         """Cancel: a pending run (or one whose owner is gone) ends at once; a running one is
@@ -63,9 +66,11 @@ class SQLiteStore(_Writes):
     ) -> None:
         ends_now = rec.status == Status.PENDING or gone(rec.owner, rec.lease_until, now)
         if ends_now:
-            error = {"type": "Cancelled", "message": "run cancelled", "traceback": ""}
-            if data.get("by") == "parent":
-                error["message"] = f"run cancelled with its parent run {data['parent']}"
+            by_parent = data.get("by") == "parent"
+            error = error_dict(
+                "Cancelled",
+                f"run cancelled with its parent run {data['parent']}" if by_parent else "run cancelled",
+            )
             cur = conn.execute(
                 "UPDATE runs SET status = 'cancelled', cancel_requested = 1, ended_at = ?, "
                 "updated_at = ?, error = ? WHERE id = ? AND status = ?",

@@ -10,7 +10,7 @@ import html
 import time
 from typing import Any
 
-from .._text import safe
+from .._text import duration, safe
 
 Snapshot = dict[str, Any]
 
@@ -25,8 +25,9 @@ def control_notes(snap: Snapshot) -> list[str]:
         out.append(f"queued — {snap['ahead']} ahead" + (f" (concurrency={limit})" if limit else ""))
     tries, most = snap.get("tries") or 0, snap.get("max_tries") or 1
     if snap.get("retry_at") is not None:
-        wait = max(0.0, snap["retry_at"] - snap["now"])
-        out.append(f"try {tries + 1} of {most} — next in {_seconds(wait)}")
+        out.append(
+            f"try {tries + 1} of {most} — next in {duration(snap['retry_at'] - snap['now'], 'seconds')}"
+        )
     elif most > 1 or tries > 1:
         if status == "running":
             out.append(f"try {tries} of {most}")
@@ -38,18 +39,14 @@ def control_notes(snap: Snapshot) -> list[str]:
         out.append(f"try {e['try']}: {e['type']}: {e['message']}")
     if snap.get("overdue") is not None:
         out.append(
-            f"past its timeout by {_seconds(snap['overdue'])} (timeout {snap['timeout']:g} s per try): "
+            f"past its timeout by {duration(snap['overdue'], 'seconds')} "
+            f"(timeout {duration(snap['timeout'], 'setting')} per try): "
             "it stops at its next ctx call"
         )
     parent = snap.get("parent")
     if parent:
         out.append(f"started by {parent['pipeline']} #{parent['attempt']} (id {parent['id']})")
     return out
-
-
-def _seconds(s: float) -> str:
-    """A wait as the CLI says it: whole seconds (``8 s``)."""
-    return f"{s:.0f} s"
 
 
 def children_text(snap: Snapshot) -> list[str]:
@@ -75,12 +72,9 @@ def children_text(snap: Snapshot) -> list[str]:
 
 
 def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+    """A run's elapsed time or ETA as the panel writes it (``0:03``): the clock style of
+    ``_text.duration``, which says why each display writes durations the way it does."""
+    return duration(seconds, "clock")
 
 
 def _num(x: float | int | None) -> str:
@@ -163,6 +157,32 @@ def stored_text(snap: Snapshot, when: str) -> str:
     return f"stored outcome from {when}, not run now; to try again: Re-run"
 
 
+def _outcome(snap: Snapshot, progress_sep: str) -> list[tuple[str, str]]:
+    """The rows both static renderings show after the phases, as ``(kind, text)`` (plain text:
+    each rendering escapes it and wraps it by kind, _TEXT_ROW / _HTML_ROW): where the run is
+    (``crunch 6/40 (15%) · elapsed 0:03``, ``progress_sep`` before the progress), its last
+    message, its error, its result."""
+    progress = progress_text(snap)
+    where = f"{snap['phase'] or '-'}{progress_sep + progress if progress else ''}"
+    rows = [("phase", f"{where} · elapsed {fmt_duration(snap['elapsed'])}")]
+    if snap["message"]:
+        rows.append(("message", snap["message"]))
+    if snap["error"]:
+        rows.append(("error", f"{snap['error']['type']}: {snap['error']['message'] or ''}"))
+    if snap["result"] is not None:
+        rows.append(("result", snap["result"]))
+    return rows
+
+
+_TEXT_ROW = {"phase": "phase: {}", "message": "last: {}", "error": "error: {}", "result": "result: {}"}
+_HTML_ROW = {
+    "phase": "<div>{}</div>",
+    "message": "<div>{}</div>",
+    "error": '<pre style="white-space:pre-wrap;color:#cf222e;margin:4px 0">{}</pre>',
+    "result": "<div>result: <code>{}</code></div>",
+}
+
+
 def text_snapshot(snap: Snapshot) -> str:
     """The text/plain rendering (terminals, consoles, nbval): run text with every terminal
     control character shown escaped."""
@@ -183,17 +203,7 @@ def text_snapshot(snap: Snapshot) -> str:
     )
     if steps:
         lines.append(f"phases: {steps}")
-    progress = progress_text(snap)
-    lines.append(
-        f"phase: {safe(snap['phase'] or '-')}{' ' + progress if progress else ''} "
-        f"· elapsed {fmt_duration(snap['elapsed'])}"
-    )
-    if snap["message"]:
-        lines.append(f"last: {safe(snap['message'])}")
-    if snap["error"]:
-        lines.append(f"error: {safe(snap['error']['type'])}: {safe(snap['error']['message'])}")
-    if snap["result"] is not None:
-        lines.append(f"result: {safe(snap['result'])}")
+    lines.extend(_TEXT_ROW[kind].format(safe(text)) for kind, text in _outcome(snap, " "))
     lines.extend(safe(line) for line in children_text(snap))
     return "\n".join(lines)
 
@@ -252,20 +262,7 @@ def html_snapshot(snap: Snapshot) -> str:
         parts.append(f"<div><em>{e(note)}</em></div>")
     if steps:
         parts.append(f"<div>{steps}</div>")
-    progress = progress_text(snap)
-    parts.append(
-        f"<div>{e(snap['phase'] or '-')}{': ' + e(progress) if progress else ''} · "
-        f"elapsed {e(fmt_duration(snap['elapsed']))}</div>"
-    )
-    if snap["message"]:
-        parts.append(f"<div>{e(snap['message'])}</div>")
-    if snap["error"]:
-        parts.append(
-            f'<pre style="white-space:pre-wrap;color:#cf222e;margin:4px 0">'
-            f"{e(snap['error']['type'])}: {e(snap['error']['message'] or '')}</pre>"
-        )
-    if snap["result"] is not None:
-        parts.append(f"<div>result: <code>{e(snap['result'])}</code></div>")
+    parts.extend(_HTML_ROW[kind].format(e(text)) for kind, text in _outcome(snap, ": "))
     kids = children_text(snap)
     if kids:
         parts.append(
