@@ -161,8 +161,18 @@ def _point(name: str) -> None:
             _await_go()
 
 
+# Store helpers that open the transaction for several writes (store/_writes.py): a trip is named
+# after the write that called them (put_checkpoint, finish...), not after the helper.
+_SHARED_TX = frozenset({"_owned"})
+
+
 def _tx(self: Store) -> Any:
-    return _tripping(self, sys._getframe(1).f_code.co_name)
+    frame = sys._getframe(1)
+    while frame.f_back is not None and (
+        frame.f_code.co_name in _SHARED_TX or frame.f_code.co_filename == contextlib.__file__
+    ):
+        frame = frame.f_back
+    return _tripping(self, frame.f_code.co_name)
 
 
 @contextlib.contextmanager
