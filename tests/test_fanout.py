@@ -340,6 +340,24 @@ def test_dask_map_stores_finished_items_in_time_bounded_batches(
     assert len(stamps) <= span / _BATCH_S + 2, (len(stamps), span)
 
 
+@tether.pipeline(name="test_fanout.absolute")
+def absolute(ctx: tether.Context, items: list[int], executor: str) -> list[int]:
+    return ctx.map(abs, items, executor=checkpoint_pipelines.EXECUTORS[executor])
+
+
+def test_equal_items_sharing_one_pure_dask_task_each_get_their_result(db: Path, dask_client: Any) -> None:
+    # get_executor() submits with Dask's default pure=True: equal items become one task, one future
+    checkpoint_pipelines.lend("dask-pure", dask_client.get_executor())
+    try:
+        items = [-1, -2, -1, -3, -2, -1]
+        run = absolute.start(items=items, executor="dask-pure")
+        assert run.result(timeout=60) == [1, 2, 1, 3, 2, 1]
+    finally:
+        checkpoint_pipelines.EXECUTORS.pop("dask-pure", None)
+    assert run.progress == (6, 6)
+    assert sorted(item_checkpoints(db, run.id)) == sorted(f"map:abs#1:{i}" for i in range(6))
+
+
 def test_a_map_whose_run_another_process_took_over_stops_at_its_next_store(
     db: Path, tmp_path: Path, child_env: dict[str, str], workspace: Workspace
 ) -> None:
