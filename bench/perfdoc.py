@@ -175,7 +175,7 @@ Measured by `bench/bench_fanout.py`.
 Dask `LocalCluster` (2 worker processes x 2 threads, `client.get_executor()`). Timed by the
 pipeline body around the call; every repetition maps fresh items; medians of 5 interleaved
 repetitions. The CPU time of the calling thread per item is shown too. Goal: <= 1.1x. On this
-2-core machine the Dask ratio moves between ~0.9 and ~1.3 from one run to the next (Dask's
+2-core machine the Dask ratio moves between ~0.7 and ~1.3 from one run to the next (Dask's
 scheduler, its workers and the run share the cores); the thread-pool ratio stays at 1.00.
 
 6b', 6b''. Dask only, informative: against one plain `client.map` + `client.gather` (how
