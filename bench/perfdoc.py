@@ -175,11 +175,19 @@ Measured by `bench/bench_fanout.py`.
 Dask `LocalCluster` (2 worker processes x 2 threads, `client.get_executor()`). Timed by the
 pipeline body around the call; every repetition maps fresh items; medians of 5 interleaved
 repetitions. The CPU time of the calling thread per item is shown too. Goal: <= 1.1x. On this
-2-core machine the Dask ratio moves between ~0.9 and ~1.3 from one run to the next (Dask's
+2-core machine the Dask ratio moves between ~0.7 and ~1.3 from one run to the next (Dask's
 scheduler, its workers and the run share the cores); the thread-pool ratio stays at 1.00.
 
-6b', 6b''. Dask only, informative: against a plain `submit()` per item + `wait()` (what `ctx.map`
-does instead of one `client.map`), and `ctx.map(..., checkpoint=False)` (no checkpoint writes).
+6b', 6b''. Dask only, informative: against one plain `client.map` + `client.gather` (how
+`ctx.map` submits: one call for every item), and `ctx.map(..., checkpoint=False)` (no checkpoint
+writes).
+
+6e. **Run thread CPU per `ctx.map` item on Dask**: `time.thread_time()` in the run's thread around
+the `ctx.map` call of 6b, per item, median of the 5 repetitions; beside it the caller's CPU per
+item for the plain `executor.map` and for `client.map` + `gather`. Goal: <= 0.3 ms. Before the
+batched submits and writes (99ade3e) it was 1.37 ms: a `submit` per item, a
+`concurrent.futures.wait` per batch of finished items (which arms a waiter on every pending
+future) and two write transactions per such batch.
 
 6c. **Resume with N finished items**: a run maps N trivial items (every item checkpointed), then
 fails; `run.resume()` starts an attempt whose `ctx.map` finds every item stored. The time from
@@ -347,17 +355,14 @@ that tether's modules use (`dataclasses` with `inspect` ~25 ms, `pathlib`, `logg
 `enum`, `json`, `threading`, `sqlite3`) and tether's own modules (~15 ms). A separate, minimal
 `tether ls` entry point would be the way to reach 3x; not done.""",
     "6b": """\
-**6b (`ctx.map` on Dask).** This ratio moves between runs on this machine (0.9 to 1.3 with the same
-code: Dask's scheduler, its 2 worker processes and the run share 2 cores). What `ctx.map` adds is
-CPU in the process that also hosts `LocalCluster`'s scheduler and the client's event loop: the
-run's thread spends ~1.5 ms of CPU per item against ~0.25 ms for `client.get_executor().map` in
-the caller (the row's CPU figures, quiet machine). Of that, ~0.9 ms is submitting item by item
-(one message to the scheduler per item instead of one batched `client.map`: the caller of 6b'
-spends as much), ~0.2 ms the checkpoint writes (6b'' without them), and the rest the wait loop
-(`concurrent.futures.wait(FIRST_COMPLETED)` once per batch of finished items, each arming a
-waiter on every pending future) and its progress flushes. The thread-pool case (6a) shows no
-wall-time overhead. Submitting in batches and writing checkpoints at most every ~50 ms would cut
-it.""",
+**6b (`ctx.map` on Dask).** This ratio moves between runs on this machine (0.7 to 1.3 with the same
+code: Dask's scheduler, its 2 worker processes and the run share 2 cores, and the run's process
+also hosts `LocalCluster`'s scheduler and the client's event loop). `ctx.map` submits every item in
+one `client.map`, learns of each end through a done-callback into a queue, fetches the results of
+a batch of finished items with one `client.gather`, and stores them in one transaction at most
+0.1 s after the first of them finished: ~0.15 ms of run thread CPU per item (6e), of which ~0.04 ms
+is encoding and storing the checkpoints (6b'' without them) and ~0.08 ms what a plain
+`client.map` + `gather` costs its caller (6b').""",
     "7a": """\
 **7a (RSS per 1,000 finished runs).** Met since 1d79608. Before it, every finished run leaked its
 SQLite connection (2 file descriptors, ~140 KB): each run's thread opened its own connection and

@@ -11,6 +11,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -22,6 +24,8 @@ import pytest
 import tether
 from helpers import checkpoint_pipelines
 from helpers.checkpoint_pipelines import Children, executions, first_line, raw, wait_until
+from tether.fanout import _BATCH_S
+from tether.workspace import Workspace
 
 EXECUTORS = ["default", "threads", "processes", "dask-client", "dask-executor"]
 
@@ -92,6 +96,22 @@ def item_checkpoints(db: Path, run_id: str) -> list[str]:
             run_id,
         )
     ]
+
+
+def dask_settled(client: Any) -> bool:
+    """The scheduler has no task left to run; each worker keeps at most its running task, as
+    cancelled (tasks of earlier tests may linger, erred or in memory, until garbage collected)."""
+    sched = client.run_on_scheduler(lambda dask_scheduler: [ts.state for ts in dask_scheduler.tasks.values()])
+    states = client.run(lambda dask_worker: [ts.state for ts in dask_worker.state.tasks.values()])
+    return not set(sched) & {"queued", "processing", "waiting", "no-worker"} and all(
+        set(s) <= {"cancelled", "error", "memory"} and s.count("cancelled") <= 1 for s in states.values()
+    )
+
+
+def dask_idle(client: Any) -> bool:
+    """No worker still runs a cancelled task."""
+    states = client.run(lambda dask_worker: [ts.state for ts in dask_worker.state.tasks.values()])
+    return all("cancelled" not in s for s in states.values())
 
 
 # -- results, progress, checkpoints ----------------------------------------------------------
@@ -248,30 +268,10 @@ def test_cancel_mid_map_on_dask_cancels_the_outstanding_tasks(
         with pytest.raises(tether.RunCancelled):
             run.result(timeout=10)
 
-        def settled() -> bool:
-            # the scheduler has no task left to run; each worker keeps only its running task, as
-            # cancelled (tasks of earlier tests may linger, erred or in memory, until garbage collected)
-            sched = dask_client.run_on_scheduler(
-                lambda dask_scheduler: [ts.state for ts in dask_scheduler.tasks.values()]
-            )
-            states = dask_client.run(
-                lambda dask_worker: [ts.state for ts in dask_worker.state.tasks.values()]
-            )
-            return not set(sched) & {"queued", "processing", "waiting", "no-worker"} and all(
-                set(s) <= {"cancelled", "error", "memory"} and s.count("cancelled") <= 1
-                for s in states.values()
-            )
-
-        wait_until(settled, what="Dask to drop the cancelled tasks")
+        wait_until(lambda: dask_settled(dask_client), what="Dask to drop the cancelled tasks")
         gate.touch()
 
-        def idle() -> bool:
-            states = dask_client.run(
-                lambda dask_worker: [ts.state for ts in dask_worker.state.tasks.values()]
-            )
-            return all("cancelled" not in s for s in states.values())
-
-        wait_until(idle, what="the two running tasks to end")
+        wait_until(lambda: dask_idle(dask_client), what="the two running tasks to end")
     finally:
         gate.touch()
         checkpoint_pipelines.EXECUTORS.pop("dask-cancel", None)
@@ -312,5 +312,134 @@ def test_sigkill_mid_map_then_resume_skips_the_finished_items(
     assert counts[:finished] == [1] * finished  # finished items did not run again
     assert counts[finished : finished + 2] == [2, 2]  # in flight when the process died: ran again
     assert counts[finished + 2 :] == [1] * (n - finished - 2)
+    assert new.progress == (n, n)
+    assert len(item_checkpoints(db, new.id)) == n
+
+
+# -- batched writes, a run taken over, SIGKILL on Dask ----------------------------------------
+
+
+def test_dask_map_stores_finished_items_in_time_bounded_batches(
+    db: Path, tmp_path: Path, dask_client: Any
+) -> None:
+    n = 100
+    spec = checkpoint_pipelines.lend("dask-batches", dask_client)
+    try:
+        run = checkpoint_pipelines.mapper.start(dir=str(tmp_path), n=n, executor=spec)
+        assert run.result(timeout=60) == expected(n)
+    finally:
+        checkpoint_pipelines.EXECUTORS.pop("dask-batches", None)
+    assert executions(tmp_path, n) == [1] * n
+    stamps = sorted(
+        {ts for (ts,) in raw(db, "SELECT ts FROM checkpoints WHERE run_id = ? AND name LIKE 'map:%'", run.id)}
+    )
+    assert len(raw(db, "SELECT name FROM checkpoints WHERE run_id = ?", run.id)) == n
+    # one transaction (one timestamp) per batch; a batch is written _BATCH_S after its first
+    # result arrived, so batches are at least that far apart, but for the last one (the map's end)
+    span = stamps[-1] - stamps[0]
+    assert len(stamps) <= span / _BATCH_S + 2, (len(stamps), span)
+
+
+@tether.pipeline(name="test_fanout.absolute")
+def absolute(ctx: tether.Context, items: list[int], executor: str) -> list[int]:
+    return ctx.map(abs, items, executor=checkpoint_pipelines.EXECUTORS[executor])
+
+
+def test_equal_items_sharing_one_pure_dask_task_each_get_their_result(db: Path, dask_client: Any) -> None:
+    # get_executor() submits with Dask's default pure=True: equal items become one task, one future
+    checkpoint_pipelines.lend("dask-pure", dask_client.get_executor())
+    try:
+        items = [-1, -2, -1, -3, -2, -1]
+        run = absolute.start(items=items, executor="dask-pure")
+        assert run.result(timeout=60) == [1, 2, 1, 3, 2, 1]
+    finally:
+        checkpoint_pipelines.EXECUTORS.pop("dask-pure", None)
+    assert run.progress == (6, 6)
+    assert sorted(item_checkpoints(db, run.id)) == sorted(f"map:abs#1:{i}" for i in range(6))
+
+
+def test_a_map_whose_run_another_process_took_over_stops_at_its_next_store(
+    db: Path, tmp_path: Path, child_env: dict[str, str], workspace: Workspace
+) -> None:
+    # the flusher ticks once a minute here: only the map's own write can learn that the run is
+    # no longer this process's
+    workspace.configure(flush_interval=60)
+    pool = ThreadPoolExecutor(max_workers=1)
+    n = 6
+    gate = str(tmp_path / "gate-{i}")  # item i waits for its own gate file
+    try:
+        spec = checkpoint_pipelines.lend("one-thread", pool)
+        run = checkpoint_pipelines.mapper.start(dir=str(tmp_path), n=n, executor=spec, gate=gate)
+        wait_until(lambda: executions(tmp_path, n)[0] == 1, what="item 0 in flight")
+        # another process, believing this one dead, marks the run interrupted
+        subprocess.run(
+            [sys.executable, "-c", TAKE_OVER, str(db), run.id], env=child_env, check=True, timeout=60
+        )
+        Path(gate.format(i=0)).touch()
+        runner = workspace.runner()
+        wait_until(lambda: runner.live(run.id) is None, timeout=10, what="the body to stop")
+        assert tether.get_run(run.id).status == "interrupted"
+    finally:
+        for i in range(n):
+            Path(gate.format(i=i)).touch()
+        pool.shutdown(wait=True)
+        checkpoint_pipelines.EXECUTORS.pop("one-thread", None)
+    counts = executions(tmp_path, n)
+    assert counts[0] == 1 and counts[2:] == [0] * (n - 2), counts  # item 1 may have started
+    assert item_checkpoints(db, run.id) == []  # the write that found the run taken over wrote nothing
+    reason = raw(db, "SELECT error FROM runs WHERE id = ?", run.id)[0][0]
+    assert "taken over by another process" in reason
+
+
+# a second process marks run argv[2] of database argv[1] interrupted, as one that found its owner gone
+TAKE_OVER = """
+import sys
+from tether.store import SQLiteStore
+store = SQLiteStore(sys.argv[1])
+marked = store.recover([store.get(sys.argv[2])], lambda owner, lease, now: "taken over by another process")
+assert len(marked) == 1, marked
+store.close()
+"""
+
+
+def test_sigkill_mid_map_on_dask_then_resume_skips_the_finished_items(
+    db: Path, children: Children, tmp_path: Path, dask_client: Any
+) -> None:
+    n, finished = 12, 6
+    gate = tmp_path / "gate"
+    spec = f"dask:{dask_client.scheduler.address}"
+    checkpoint_pipelines.EXECUTORS[spec] = dask_client  # the resume, in this process, uses ours
+    params = {"dir": str(tmp_path), "n": n, "executor": spec, "gate": str(gate), "gate_from": finished}
+    try:
+        proc = children.spawn(pipeline="mapper", params=params)  # with a client of its own
+        run_id = first_line(proc)["id"]
+        # items 0..5 are stored; two later ones run (one per worker thread; Dask picks which)
+        # and wait for the gate
+        wait_until(
+            lambda: (
+                len(item_checkpoints(db, run_id)) == finished and sum(executions(tmp_path, n)) == finished + 2
+            ),
+            what="six stored items and two in flight",
+        )
+        flight = [i for i, count in enumerate(executions(tmp_path, n)) if i >= finished and count]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        # the scheduler drops the dead client's tasks: the queued ones never run for it
+        wait_until(lambda: dask_settled(dask_client), what="Dask to drop the dead client's tasks")
+        assert sorted(item_checkpoints(db, run_id)) == sorted(f"map:work#1:{i}" for i in range(finished))
+
+        gate.touch()
+        wait_until(lambda: dask_idle(dask_client), what="the two orphaned tasks to end")
+        old = tether.get_run(run_id)
+        assert old.status == "interrupted"
+        new = old.resume()
+        assert new.result(timeout=60) == expected(n)
+    finally:
+        gate.touch()
+        checkpoint_pipelines.EXECUTORS.pop(spec, None)
+    counts = executions(tmp_path, n)
+    assert counts[:finished] == [1] * finished  # finished items did not run again
+    # in flight when the process died: ran again; the others once (never for the dead client)
+    assert counts[finished:] == [2 if i in flight else 1 for i in range(finished, n)]
     assert new.progress == (n, n)
     assert len(item_checkpoints(db, new.id)) == n

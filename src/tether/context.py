@@ -321,8 +321,9 @@ class Context:
         """``[fn(item) for item in items]`` on an executor, in item order, counting progress.
 
         ``executor``: any ``concurrent.futures.Executor`` (default: a thread pool) or a
-        ``dask.distributed.Client``. With ``checkpoint=True`` each item's result is stored as it
-        finishes and a resumed attempt skips finished items. The first failure cancels the
+        ``dask.distributed.Client``. With ``checkpoint=True`` each item's result is stored soon
+        after it finishes (in batches, at most 0.1 s later) and a resumed attempt skips stored
+        items. The first failure cancels the
         rest and raises ``tether.MapItemError`` naming the item. ``name`` identifies the map
         across attempts (default: the function's name and the call's order in the run).
         """

@@ -194,13 +194,21 @@ def make_items(
 
 
 def _executor(spec: str) -> tuple[Any, bool]:
-    """(executor, owned): "default" -> None; "pool:N" -> a new thread pool; "reg:NAME" -> lent."""
+    """(executor, owned): "default" -> None; "pool:N" -> a new thread pool; "reg:NAME" -> lent;
+    "dask:ADDRESS" -> a Dask client of the scheduler at ADDRESS: the one lent under that spec (the
+    test process's), else a new one kept for this process (a child's: it dies with the child)."""
     if spec == "default":
         return None, False
     if spec.startswith("pool:"):
         return ThreadPoolExecutor(int(spec[5:])), True
     if spec.startswith("reg:"):
         return EXECUTORS[spec[4:]], False
+    if spec.startswith("dask:"):
+        if spec not in EXECUTORS:
+            import distributed
+
+            EXECUTORS[spec] = distributed.Client(spec[5:])
+        return EXECUTORS[spec], False
     raise ValueError(f"unknown executor spec {spec!r}")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import concurrent.futures.thread  # noqa: F401 - its exit hook must be registered before workspace.py's
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -248,6 +248,15 @@ class Runner(Executing, Ending, Flushing):
 
         results: list[Any] = run_map(ctx, fn, items, **options)
         return results
+
+    def map_checkpoints(self, ctx: Context, items: Sequence[tuple[str, str]]) -> None:
+        """Store finished ``ctx.map`` items, ``(name, JSON)`` pairs, in one transaction. If the
+        run is no longer ours (another process recovered or ended it), its body is told to stop
+        at its next ctx call, as after a step's checkpoint."""
+        if self._forked:
+            return
+        if not self.store.put_checkpoints(ctx.run_id, self.owner, items):
+            self._apply(({ctx.run_id}, set()))
 
     def _park(self, ctx: Context, parked: bool) -> None:
         try:
