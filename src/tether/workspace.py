@@ -22,7 +22,6 @@ from typing import Any, Protocol, TypeVar, cast, overload
 from . import config, owner
 from . import runner as _runner
 from .config import Settings
-from .errors import StoreError
 from .model import RunRecord
 from .pipeline import Pipeline, Registry, Serializer, define
 from .run import DoneWatcher, Run, params_filter
@@ -138,11 +137,7 @@ class Workspace:
         p = config.resolve(os.fspath(path), cache=self._resolved) if path else self.db_path()
         # store() makes SQLite stores, whose file tells whether the database exists
         s = cast(SQLiteStore, self.store(p))
-        if s._stat() is None:
-            raise StoreError(
-                f"tether database {str(p)!r} does not exist; pass --db PATH "
-                "(or set TETHER_DB) to point at the runs.db your notebook uses"
-            )
+        s.require_existing()
         return s
 
     def _foreign_allowed(self) -> bool:

@@ -164,6 +164,15 @@ class _FileChecks:
         tail = f" {fix}" if fix else ""
         return StoreError(f"tether database {str(self.path)!r} {what}{detail}.{tail}")
 
+    def require_existing(self) -> None:
+        """StoreError unless the database file exists (the CLI's reads: a typo must not create
+        an empty one) and can be reached."""
+        if self._stat() is None:
+            raise StoreError(
+                f"tether database {str(self.path)!r} does not exist; pass --db PATH "
+                "(or set TETHER_DB) to point at the runs.db your notebook uses"
+            )
+
     def _stat(self, suffix: str = "") -> os.stat_result | None:
         """os.stat of the file (or of its ``suffix`` companion), None if there is none. A folder
         on the way the user may not enter is a StoreError that says so."""
