@@ -324,13 +324,22 @@ class RunSummary(_Shown):
 
     @property
     def params(self) -> dict[str, Any]:
-        return self._params()
+        text = self.params_json
+        if not self.damaged:  # the usual case, in a listing's loop: canonical JSON, one scan
+            try:
+                value, end = _scan(text, 0)
+                if end == len(text) and type(value) is dict:
+                    return value
+            except (StopIteration, ValueError, RecursionError):
+                pass
+        return self._params()  # what it is not, named as RunRecord.params names it
 
     def __repr__(self) -> str:
         return f"RunSummary(id={self.id!r}, pipeline={self.pipeline!r}, status={self.status!r})"
 
 
 _decode = json.JSONDecoder().decode
+_scan = json.JSONDecoder().scan_once  # one JSON value at an index: (value, end)
 MAX_RAW = 60  # characters of a damaged value quoted in messages and in ``damaged``
 
 
