@@ -339,7 +339,8 @@ class RunSummary(_Shown):
 
 
 _decode = json.JSONDecoder().decode
-_scan = json.JSONDecoder().scan_once  # one JSON value at an index: (value, end)
+# one JSON value at an index: (value, end); typeshed does not declare it
+_scan: Any = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 MAX_RAW = 60  # characters of a damaged value quoted in messages and in ``damaged``
 
 
