@@ -17,13 +17,14 @@ def main() -> int:
     if argv[:1] == ["ls"] and "tether" not in sys.modules:
         spec = importlib.util.find_spec("tether")
         if spec is not None and spec.loader is not None:
-            sys.modules["tether"] = importlib.util.module_from_spec(spec)  # its __init__ not run
+            package = sys.modules["tether"] = importlib.util.module_from_spec(spec)  # no __init__ run
             from tether._ls import main as ls
 
             status = ls(argv[1:])
             if status is not None:
                 return status
-    from tether.cli import main as cli  # (a bare package serves the full CLI as well)
+            spec.loader.exec_module(package)  # the full CLI gets the whole package, as usual
+    from tether.cli import main as cli
 
     return cli(argv)
 

@@ -226,7 +226,14 @@ def test_ls_lean_process_imports_no_engine(db, env, history):
     assert out.returncode == 0 and history["bad"].id in out.stdout, out.stderr
     loaded = set(out.stderr.split())
     assert {"tether._ls", "tether.store"} <= loaded
-    assert not loaded & {"tether.workspace", "tether.runner", "tether.context", "tether.run", "tether.cli"}
+    assert not loaded & {
+        "tether.workspace",
+        "tether.runner",
+        "tether.context",
+        "tether.run",
+        "tether.cli",
+        "tether.view",
+    }
 
 
 @pytest.mark.parametrize("lean", [True, False], ids=["lean", "full"])

@@ -17,11 +17,10 @@ from collections.abc import Sequence
 
 from . import config, owner
 from ._params import params_text
-from ._text import safe
+from ._text import fmt_time, safe
 from .errors import StoreError
 from .model import ACTIVE, Owner, RunRecord, RunSummary, Status
 from .store import SQLiteStore, Store
-from .view.render import fmt_time
 
 __all__ = ["add_arguments", "duration", "existing_store", "listing", "main", "progress", "status_text"]
 

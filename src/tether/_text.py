@@ -4,12 +4,15 @@ Anything a run stores (names, phases, log lines, errors, keys, even a crafted ro
 hold terminal control sequences: ESC starts sequences that retitle or clear the terminal, move the
 cursor or (OSC 52) write the clipboard; CR and BS overwrite what was printed; BEL rings. Every C0
 character but TAB, DEL and every C1 character is shown escaped as ``\\xNN``, so nothing is lost and
-nothing is interpreted. No imports from tether: any module may use it.
+nothing is interpreted. Also the time format every display writes (here rather than in
+view.render, so that `tether ls` imports no html). No imports from tether: any module may use it.
 """
 
 from __future__ import annotations
 
-__all__ = ["clip", "safe", "safe_lines"]
+import time
+
+__all__ = ["clip", "fmt_time", "safe", "safe_lines"]
 
 # C0 (but TAB), DEL and C1; a newline is escaped too unless the caller means lines
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c != 0x09}
@@ -32,3 +35,13 @@ def safe_lines(text: object) -> str:
 def clip(text: str, limit: int) -> str:
     """``text`` cut to at most ``limit`` characters, an ellipsis marking the cut."""
     return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+
+
+def fmt_time(ts: float | None) -> str:
+    """A time as every tether display writes it: local, 24-hour (the CLI's form)."""
+    if ts is None:
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds (a crafted row)
+        return repr(ts)
