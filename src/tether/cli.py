@@ -17,12 +17,11 @@ from typing import Any
 
 from . import _ls, owner
 from . import workspace as _workspace
+from ._text import fmt_time, safe_lines
 from ._text import safe as _safe
-from ._text import safe_lines
 from .errors import StoreError, TetherError
 from .model import RunRecord, Status, log_text, raw_text
 from .store import Store
-from .view.render import fmt_time
 
 __all__ = ["main"]
 

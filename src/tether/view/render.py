@@ -9,7 +9,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from .._text import fmt_time, safe
+from .._text import fmt_time as fmt_time  # re-exported: the displays import it from here
+from .._text import safe
 
 Snapshot = dict[str, Any]
 
