@@ -172,9 +172,9 @@ interleaved batches. Goal: <= 3x raw.
 imported; the bench runs that module itself when the installed script is an older one), wall
 time (median of 9 interleaved rounds), against a new `python -c` process that connects, runs the
 same raw query and prints the rows. Goal: <= 3x. By `python -X importtime`, the lean process's
-imports take ~2/3 of those of `tether.cli` (tether's own modules: ~55%); what is left is mostly the store package as a
-whole (its write side with `codec`, `artifacts` and `policy`: ~half of tether's part), the
-dataclasses of `tether.model`, `config` and `argparse`.
+imports take ~2/3 of those of `tether.cli` (tether's own modules: ~55%); what is left is mostly
+the store package as a whole (its write side with `codec`, `artifacts` and `policy`: ~half of
+tether's part), the dataclasses of `tether.model`, `config` and `argparse`.
 
 ### 6. Fan-out
 
