@@ -155,16 +155,26 @@ orphan check reads `/proc` through psutil) and the new events. Baseline: the sam
 the same liveness check done with psutil directly (raw SQL alone in brackets). Goal: <= 3x.
 
 5d. **`tether.runs(limit=50)`**: the newest 50 runs as `Run` handles, with the owner check of the
-active ones, against the raw indexed query. Informative.
+active ones, against the raw indexed query on an open connection (median of 5 interleaved
+batches). Informative.
 
 5e. **`tether ls` in-process**: `tether.cli.main(["ls", "--db", ...])` with its output captured:
-parse the arguments, list 50 runs, check the owners of the running ones, print the table. Against
-the raw indexed query (`SELECT * FROM runs ORDER BY created_at DESC, attempt DESC LIMIT 50`).
-Goal: <= 3x raw.
+parse the arguments, list 50 runs (`Store.summaries`: no `RunRecord` built), check the owners of
+the running ones (once per owner), print the table. Against the raw indexed query of the same
+columns (`SELECT <every column> FROM runs ORDER BY created_at DESC, attempt DESC LIMIT 50`: the
+listing checks every column for damage) with its `sqlite3.connect`, the goal's baseline. 5e'
+compares the same calls with the query alone on a connection kept open (tether's store keeps its
+connection between calls, so 5e' is the stricter comparison). Each figure is the median of 5
+interleaved batches. Goal: <= 3x raw.
 
-5f. **`tether ls` as a user types it**: the `tether` console script in a new process, wall time
-(median of 9, interleaved), against a new `python -c` process that runs the raw query and prints
-the rows. Goal: <= 3x.
+5f. **`tether ls` as a user types it**: the `tether` console script in a new process (its module
+`_tether_cli` runs `tether ls` without tether's package `__init__`: no engine, runs or pipelines
+imported; the bench runs that module itself when the installed script is an older one), wall
+time (median of 9 interleaved rounds), against a new `python -c` process that connects, runs the
+same raw query and prints the rows. Goal: <= 3x. By `python -X importtime`, the lean process's
+imports take ~2/3 of those of `tether.cli` (tether's own modules: ~55%); what is left is mostly
+the store package as a whole (its write side with `codec`, `artifacts` and `policy`: ~half of
+tether's part), the dataclasses of `tether.model`, `config` and `argparse`.
 
 ### 6. Fan-out
 
@@ -338,22 +348,28 @@ thread and the logging thread compete for 2 cores.""",
 **5b (panel poll with new events).** The extra cost over raw SQL is decoding each event's JSON
 `data` into a `tether.Event`: ~0.01 ms per event here; the ratio is near 3 with 10 new events.""",
     "5e": """\
-**5e (`tether ls` in-process).** ~1.2-1.4 ms per call against ~0.28 ms for the raw query, which
-only fetches the rows. What `tether ls` adds (cProfile of 300 calls on a 300-run database): the
-50 `RunRecord`s (`phases` and `phases_done` decoded; params, error and result are decoded only on
-access since e96f191, which took ~30% off), the owner check of the running ones, recovering
-orphans, formatting the table (`strftime` per row, column widths: ~20%) and argument parsing
-(~6%; the parser is built once per process since 85eb511, building it was ~45% before). The
-comparison is with a query that prints nothing; a listing that builds no records at all would be
-needed for 3x.""",
+**5e (`tether ls` in-process).** The listing builds no `RunRecord`: `Store.summaries` reads the
+same columns as `list_runs` and runs the same damage checks on each row (a row's column types are
+checked once per distinct shape, `phases` texts once per distinct text), but makes a small
+`RunSummary` of what the table shows; a damaged row alone goes through the full record, so the
+damage named is the same. The owner check proves each owner alive once, not each run (one read
+of `/proc/<pid>/stat`), and reads and recovers records only when one is gone. What is left,
+cProfile of 300 calls on a 10,000-run database: fetching the rows ~12%, the summaries ~15%,
+formatting the 50 rows ~45% (params decoded and written ~12%, `localtime`/`strftime` ~6%,
+progress ~6%, escaping ~5%, the column widths and joins ~5%), argument parsing ~5%, the owner
+check ~3%. Against the query alone on an open connection (5e') that is 3.5-4x on an idle machine;
+a busy one stretches the longer call more (it is preempted more often).""",
     "5f": """\
-**5f (`tether ls` in a new process).** ~105 ms against 27 ms for a `python -c` that imports only
-`sqlite3` (an empty interpreter: ~17 ms). Almost all of it is `import tether.cli` (~90 ms with
-`-X importtime`; 190 ms before 85eb511, which left sqlite-utils to migrations, asyncio to async
-pipelines and psutil to platforms without /proc). What is left is mostly the standard library
-that tether's modules use (`dataclasses` with `inspect` ~25 ms, `pathlib`, `logging`, `typing`,
-`enum`, `json`, `threading`, `sqlite3`) and tether's own modules (~15 ms). A separate, minimal
-`tether ls` entry point would be the way to reach 3x; not done.""",
+**5f (`tether ls` in a new process).** `import tether.cli` loads the whole library (engine, runs,
+pipelines, widgets' wiring: ~2/3 of the process's own time). The console script's module
+`_tether_cli` (beside the package) loads tether's package without its `__init__` for `tether ls`
+and runs `tether._ls`, which imports the store, the owner check and the table's formatting only
+(`--json`, errors and the other commands run the full CLI). What it still imports (`-X
+importtime`): the store package as a whole (its write side, `policy`, `codec` and `artifacts`
+come with `tether.store`: ~1/3 of tether's part), `tether.model`'s dataclasses, `view.render`
+(with `html`) for the time format, `argparse`; and opening the store runs its file checks
+(header probe, permissions, the mount). A read-only store module would take the next third
+off.""",
     "6b": """\
 **6b (`ctx.map` on Dask).** This ratio moves between runs on this machine (0.7 to 1.3 with the same
 code: Dask's scheduler, its 2 worker processes and the run share 2 cores, and the run's process

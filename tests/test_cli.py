@@ -53,18 +53,23 @@ def cli_spin(ctx, tag: str):
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def cli(env: dict[str, str], *args: str, script: bool = False) -> subprocess.CompletedProcess[str]:
+def cli(
+    env: dict[str, str], *args: str, script: bool = False, lean: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``tether ARGS`` in a child process: through ``tether.cli``, the installed console script
+    (``script``), or the console script's module, which runs `ls` without tether's ``__init__``
+    (``lean``)."""
     if script:
         exe = Path(sys.executable).parent / "tether"
         assert exe.exists(), f"the tether console script is not installed next to {sys.executable}"
         cmd = [str(exe), *args]
     else:
-        cmd = [sys.executable, "-m", "tether.cli", *args]
+        cmd = [sys.executable, "-m", "_tether_cli" if lean else "tether.cli", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
 
 
-def ok(env: dict[str, str], *args: str, script: bool = False) -> str:
-    out = cli(env, *args, script=script)
+def ok(env: dict[str, str], *args: str, script: bool = False, lean: bool = False) -> str:
+    out = cli(env, *args, script=script, lean=lean)
     assert out.returncode == 0, (out.returncode, out.stdout, out.stderr)
     assert out.stderr == ""
     return out.stdout
@@ -179,6 +184,67 @@ def test_ls_json(db, env, history):
 def test_installed_console_script(db, env, history):
     data = json.loads(ok(env, "ls", "--db", str(db), "--json", "--limit", "2", script=True))
     assert [d["id"] for d in data] == [history["bad"].id, history["good2"].id]
+
+
+def test_ls_lean_process_prints_what_the_full_cli_prints(db, env, history):
+    """The console script lists in a process that loads no engine: the same table, damaged rows
+    and control characters included; JSON and errors are the full CLI's."""
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("UPDATE runs SET phases = 'oops' WHERE id = ?", (history["good1"].id,))  # not shown
+        conn.execute("UPDATE runs SET params = 'not json' WHERE id = ?", (history["good2"].id,))
+        conn.execute("UPDATE runs SET phase = 'x\x1b[2Jy' WHERE id = ?", (history["bad"].id,))
+        conn.commit()
+    for args in (["ls"], ["ls", "--wide"], ["ls", "--status", "failed"], ["ls", "--pipeline", cli_good.name]):
+        lean = ok(env, *args, "--db", str(db), lean=True)
+        assert lean == ok(env, *args, "--db", str(db)), args
+    lean = ok(env, "ls", "--db", str(db), lean=True)
+    rows = {r[0]: r for r in _rows(lean)}
+    assert rows[history["good1"].id][3:5] == ["succeeded", "(damaged)"]
+    assert rows[history["good2"].id][-1] == "(damaged)"
+    assert "x\\x1b[2Jy" in lean and "\x1b" not in lean
+    assert "2 damaged row(s)" in lean
+    assert ok(env, "ls", "--json", "--db", str(db), lean=True) == ok(env, "ls", "--json", "--db", str(db))
+    missing = cli(env, "ls", "--db", str(db.parent / "typo.db"), lean=True)
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr.startswith("tether: error:") and missing.stderr.count("\n") == 1
+    assert not (db.parent / "typo.db").exists()
+
+
+def test_ls_lean_process_imports_no_engine(db, env, history):
+    code = (
+        "import sys; from _tether_cli import main; status = main(); "
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('tether'))), file=sys.stderr); "
+        "sys.exit(status)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "ls", "--db", str(db)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and history["bad"].id in out.stdout, out.stderr
+    loaded = set(out.stderr.split())
+    assert {"tether._ls", "tether.store"} <= loaded
+    assert not loaded & {
+        "tether.workspace",
+        "tether.runner",
+        "tether.context",
+        "tether.run",
+        "tether.cli",
+        "tether.view",
+    }
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "full"])
+def test_ls_marks_an_orphan_interrupted_before_listing_it(db, env, child_env, tmp_path, lean):
+    tether.configure(sweep_interval=3600)  # only the listing may find the orphan
+    proc, orphan = _spawn_hang(child_env, tmp_path / "hang.id")
+    _kill(proc)
+    assert _status(db, orphan) == "running"
+    rows = {r[0]: r for r in _rows(ok(env, "ls", "--db", str(db), lean=lean))}
+    assert rows[orphan][3] == "interrupted"
+    assert _status(db, orphan) == "interrupted"
 
 
 # -- show -----------------------------------------------------------------------------------------

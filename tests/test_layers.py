@@ -29,7 +29,10 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("run/pipeline", ["tether.run", "tether._done", "tether._params", "tether.pipeline"]),
     ("workspace", ["tether.workspace"]),
     ("views", ["tether.view"]),
-    ("front ends", ["tether.widget", "tether.cli", "tether.worker", "tether.watch", "tether.serve"]),
+    (
+        "front ends",
+        ["tether.widget", "tether.cli", "tether._ls", "tether.worker", "tether.watch", "tether.serve"],
+    ),
     ("public API", ["tether"]),
 ]
 

@@ -982,7 +982,7 @@ def test_countdown_and_overdue_texts_match_the_cli(db: Path, capsys: pytest.Capt
     """The same stored state, said by the panel's snapshot and by `tether ls`."""
     from dataclasses import replace
 
-    from tether import cli
+    from tether import _ls
     from tether.model import Status
 
     run = pp.four_phase.start(n=1, delay=0, tag="texts")
@@ -992,7 +992,7 @@ def test_countdown_and_overdue_texts_match_the_cli(db: Path, capsys: pytest.Capt
     waiting = replace(rec, status=Status.RUNNING, tries=1, max_tries=4, retry_at=now + 8.2, timeout=600.0)
     snap = _snap.build(waiting, mode="stream", now=now)
     assert _snap.control_notes(snap) == ["try 2 of 4 — next in 8 s"]
-    assert cli._status(waiting, now) == "running (try 2 of 4 in 8 s)"
+    assert _ls.status_text(waiting, now) == "running (try 2 of 4 in 8 s)"
     trying = replace(waiting, tries=2, retry_at=None)
     assert _snap.control_notes(_snap.build(trying, mode="stream", now=now)) == ["try 2 of 4"]
     late = replace(rec, status=Status.RUNNING, tries=1, max_tries=1, timeout=600.0, deadline=now - 12.1)
@@ -1001,7 +1001,7 @@ def test_countdown_and_overdue_texts_match_the_cli(db: Path, capsys: pytest.Capt
     assert _snap.control_notes(snap) == [
         "past its timeout by 12 s (timeout 600 s per try): it stops at its next ctx call"
     ]
-    assert cli._status(late, now) == "running (past its timeout by 12 s)"
+    assert _ls.status_text(late, now) == "running (past its timeout by 12 s)"
     # overdue grows with the clock (the front end counts it up): no re-send for that alone,
     # but one when it comes or goes
     later = _snap.build(late, mode="stream", now=now + 3)

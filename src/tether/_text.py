@@ -5,14 +5,16 @@ Anything a run stores (names, phases, log lines, errors, keys, even a crafted ro
 hold terminal control sequences: ESC starts sequences that retitle or clear the terminal, move the
 cursor or (OSC 52) write the clipboard; CR and BS overwrite what was printed; BEL rings. Every C0
 character but TAB, DEL and every C1 character is shown escaped as ``\\xNN``, so nothing is lost and
-nothing is interpreted. No imports from tether: any module may use it.
+nothing is interpreted. Also the time format every display writes (here rather than in
+view.render, so that `tether ls` imports no html). No imports from tether: any module may use it.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
-__all__ = ["DurationStyle", "clip", "duration", "safe", "safe_lines"]
+__all__ = ["DurationStyle", "clip", "duration", "fmt_time", "safe", "safe_lines"]
 
 # C0 (but TAB), DEL and C1; a newline is escaped too unless the caller means lines
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c != 0x09}
@@ -21,7 +23,10 @@ _CONTROL_LINES = {c: v for c, v in _CONTROL.items() if c != 0x0A}
 
 def safe(text: object) -> str:
     """``text`` on one line with every control character shown escaped (``\\x1b``, ``\\x0a``)."""
-    return str(text).translate(_CONTROL)
+    text = str(text)
+    # every character escaped here is one isprintable() rejects: most text is returned at once
+    # (a translate() through the table costs ~25x more: listings escape four columns per row)
+    return text if text.isprintable() else text.translate(_CONTROL)
 
 
 def safe_lines(text: object) -> str:
@@ -63,3 +68,13 @@ def duration(seconds: float | None, style: DurationStyle = "clock") -> str:
     if style == "compact":
         return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def fmt_time(ts: float | None) -> str:
+    """A time as every tether display writes it: local, 24-hour (the CLI's form)."""
+    if ts is None:
+        return "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds (a crafted row)
+        return repr(ts)

@@ -15,34 +15,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import owner
+from . import _ls, owner
 from . import workspace as _workspace
-from ._text import duration, safe_lines
+from ._text import duration, fmt_time, safe_lines
 from ._text import safe as _safe
 from .errors import StoreError, TetherError
 from .model import RunRecord, Status, log_text, raw_text
-from .run import params_text
 from .store import Store
-from .view.render import fmt_time
 
 __all__ = ["main"]
-
-
-def _duration(rec: RunRecord) -> str:
-    if rec.started_at is None:
-        return "-"
-    return duration((rec.ended_at or time.time()) - rec.started_at, "compact")
-
-
-def _progress(rec: RunRecord) -> str:
-    if rec.total:
-        return f"{rec.done:g}/{rec.total:g} ({100 * rec.done / rec.total:.0f}%)"
-    return f"{rec.done:g}" if rec.done else "-"
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def _existing_store(path: str | None) -> Store:
@@ -52,61 +33,14 @@ def _existing_store(path: str | None) -> Store:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     store = _existing_store(args.db)
-    recs = _workspace.default().records(store, pipeline=args.pipeline, status=args.status, limit=args.limit)
     if args.json:
+        recs = _workspace.default().records(
+            store, pipeline=args.pipeline, status=args.status, limit=args.limit
+        )
         print(json.dumps([_as_dict(r) for r in recs], indent=1))
         return 0
-    if not recs:
-        print("no runs")
-        return 0
-    rows = [["ID", "PIPELINE", "#", "STATUS", "PHASE", "PROGRESS", "STARTED", "DURATION", "PARAMS"]]
-    now = time.time()
-    rows += [
-        [
-            _safe(r.id),
-            _safe(r.pipeline),
-            str(r.attempt),
-            _status(r, now),
-            _safe(r.phase or "-"),
-            _progress(r),
-            fmt_time(r.started_at or r.created_at),
-            _duration(r),
-            _params(r, args.wide),
-        ]
-        for r in recs
-    ]
-    print(_table(rows))
-    damaged = sum(1 for r in recs if r.damaged)
-    if damaged:
-        print(
-            f"{damaged} damaged row(s) (edited by hand or by another tool?): "
-            "`tether show ID` names the damaged columns"
-        )
+    print(_ls.table_text(_ls.listing(store, args.pipeline, args.status, args.limit), args.wide))
     return 0
-
-
-LS_PARAMS_CHARS = 60
-
-
-def _params(rec: RunRecord, wide: bool) -> str:
-    """The PARAMS column: clipped (``--wide``: whole); a damaged column says so."""
-    params, bad = rec.decoded("params")
-    if bad is not None:
-        return "(damaged)"
-    return _safe(params_text(params, clip=not wide, limit=LS_PARAMS_CHARS)) or "-"
-
-
-def _status(rec: RunRecord, now: float) -> str:
-    """The status as displays show it (damaged rows named), and what control adds to it: a wait
-    before a retry, a timeout passed."""
-    damaged = rec.damaged and rec.status_text != "damaged"
-    text = f"{rec.status} (damaged)" if damaged else rec.status_text
-    if rec.status == Status.RUNNING and rec.retry_at is not None:
-        text += f" (try {rec.tries + 1} of {rec.max_tries} in {duration(rec.retry_at - now, 'seconds')})"
-    overdue = rec.overdue(now)
-    if overdue is not None:
-        text += f" (past its timeout by {duration(overdue, 'seconds')})"
-    return text
 
 
 def _decoded(rec: RunRecord, name: str, damaged: list[str]) -> Any:
@@ -178,15 +112,15 @@ def cmd_show(args: argparse.Namespace) -> int:
         phases.append(f"[{mark}] {_safe(p)}")
     print(f"run       {_safe(rec.id)}  ({_safe(rec.pipeline)}, attempt {rec.attempt})")
     print(f"key       {_safe(rec.key)}")
-    print(f"status    {_status(rec, time.time())}")
+    print(f"status    {_ls.status_text(rec, time.time())}")
     if damaged:
         print(f"damaged   {_safe('; '.join(damaged))} (edited by hand or by another tool?)")
     if params is not None:
         print(f"params    {_safe(json.dumps(params, ensure_ascii=False))}")
-    print(f"phase     {_safe(rec.phase or '-')}  progress {_progress(rec)}")
+    print(f"phase     {_safe(rec.phase or '-')}  progress {_ls.progress(rec)}")
     if phases:
         print("phases    " + "  ".join(phases))
-    print(f"started   {fmt_time(rec.started_at)}  duration {_duration(rec)}")
+    print(f"started   {fmt_time(rec.started_at)}  duration {_ls.duration(rec)}")
     if rec.owner:
         print(f"owner     pid {rec.owner.pid} on {_safe(rec.owner.host)}")
     _show_control(store, rec)
@@ -235,7 +169,7 @@ def _show_control(store: Store, rec: RunRecord) -> None:
     if kids:
         print(f"children  {len(kids)}")
         for kid in kids:
-            print(f"  {kid.id}  {_safe(kid.pipeline)} #{kid.attempt}  {kid.status}  {_progress(kid)}")
+            print(f"  {kid.id}  {_safe(kid.pipeline)} #{kid.attempt}  {kid.status}  {_ls.progress(kid)}")
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -244,7 +178,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         args.id, owner.gone_reason, origin={"via": "cli", "pid": os.getpid(), "host": owner.current().host}
     )
     if rec.status.terminal:
-        print(f"{_safe(rec.id)}: {_status(rec, time.time())}")
+        print(f"{_safe(rec.id)}: {_ls.status_text(rec, time.time())}")
     else:
         print(
             f"{_safe(rec.id)}: cancel requested; its owner "
@@ -300,19 +234,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 @functools.cache  # built once per process: main() may be called many times (tests, tools)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description=__doc__.splitlines()[0])
-    db_help = "database file (default: $TETHER_DB or ./.tether/runs.db)"
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("ls", help="list runs, newest first")
-    p.add_argument("--status", choices=[s.value for s in Status])
-    p.add_argument("--pipeline")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument(
-        "--wide",
-        action="store_true",
-        help="show every param in full (the PARAMS column is clipped otherwise)",
-    )
+    _ls.add_arguments(p)
     p.set_defaults(fn=cmd_ls)
 
     p = sub.add_parser("show", help="one run: status, phases, progress, last log lines, error")
@@ -366,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_serve)
 
     for p in sub.choices.values():
-        p.add_argument("--db", help=db_help)
+        p.add_argument("--db", help=_ls.DB_HELP)
     return parser
 
 
@@ -384,9 +309,7 @@ def _error(exc: TetherError) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    for stream in (sys.stdout, sys.stderr):  # stored text may hold lone surrogates
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
+    _ls.streams()
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args))
@@ -401,9 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `tether ls | head`
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
+        return _ls.closed_pipe()
 
 
 if __name__ == "__main__":

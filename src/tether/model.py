@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 from . import codec
 from .errors import StoreError
 
-__all__ = ["ACTIVE", "TERMINAL", "Control", "Event", "Owner", "Progress", "RunRecord", "Status"]
+__all__ = ["ACTIVE", "TERMINAL", "Control", "Event", "Owner", "Progress", "RunRecord", "RunSummary", "Status"]
 
 
 class Status(str, enum.Enum):
@@ -81,8 +81,71 @@ class Control:
     concurrency: int | None = None
 
 
+class _Shown:
+    """What displays read of a run, shared by :class:`RunRecord` and the lighter
+    :class:`RunSummary` of listings."""
+
+    __slots__ = ()
+
+    id: str
+    status: Status
+    params_json: str
+    retry_at: float | None
+    deadline: float | None
+    damaged: tuple[str, ...]
+
+    def damage(self, column: str) -> str | None:
+        """The ``column=<raw>`` entry of ``damaged`` for ``column``, or None if it is sound."""
+        if self.damaged:
+            for entry in self.damaged:
+                if entry.startswith(column + "="):
+                    return entry
+        return None
+
+    def need(self, *columns: str) -> None:
+        """StoreError if one of ``columns`` is damaged: the caller needs its true value."""
+        if self.damaged:
+            for column in columns:
+                entry = self.damage(column)
+                if entry is not None:
+                    raw = entry[len(column) + 1 :]
+                    raise StoreError(damaged_message(self.id, column, f"holds {raw}"))
+
+    def decoded(self, name: str) -> tuple[Any, str | None]:
+        """``(value, None)`` of ``params``, ``error`` or ``result``; ``(None, "column=<raw>")``
+        when that column is damaged (for displays, which show it instead of failing)."""
+        try:
+            return getattr(self, name), None
+        except StoreError:
+            return None, self.damage(name) or f"{name}={raw_text(getattr(self, name + '_json'))}"
+
+    @property
+    def status_text(self) -> str:
+        """The status as displays show it: ``damaged`` when the column is not a status."""
+        return DAMAGED_STATUS if self.damaged and self.damage("status") else str(self.status)
+
+    def overdue(self, now: float) -> float | None:
+        """Seconds a running try is past its timeout (a body that makes no ctx call cannot be
+        stopped in a thread), or None."""
+        if (
+            self.status is Status.RUNNING
+            and self.deadline is not None
+            and now > self.deadline
+            and self.retry_at is None
+        ):
+            return now - self.deadline
+        return None
+
+    def _params(self) -> dict[str, Any]:
+        self.need("params")
+        value = decode_column(self.params_json, self.id, "params")
+        if type(value) is not dict:
+            raise StoreError(damaged_message(self.id, "params", "is not a JSON object"))
+        return value
+
+
 @dataclass
-class RunRecord:
+class RunRecord(_Shown):
     """One row of the ``runs`` table, decoded.
 
     ``params``, ``error`` and ``result`` are decoded from their JSON text on first access: a
@@ -139,55 +202,7 @@ class RunRecord:
     def progress(self) -> Progress:
         return Progress(self.done, self.total)
 
-    def damage(self, column: str) -> str | None:
-        """The ``column=<raw>`` entry of ``damaged`` for ``column``, or None if it is sound."""
-        if self.damaged:
-            for entry in self.damaged:
-                if entry.startswith(column + "="):
-                    return entry
-        return None
-
-    def need(self, *columns: str) -> None:
-        """StoreError if one of ``columns`` is damaged: the caller needs its true value."""
-        if self.damaged:
-            for column in columns:
-                entry = self.damage(column)
-                if entry is not None:
-                    raw = entry[len(column) + 1 :]
-                    raise StoreError(damaged_message(self.id, column, f"holds {raw}"))
-
-    def decoded(self, name: str) -> tuple[Any, str | None]:
-        """``(value, None)`` of ``params``, ``error`` or ``result``; ``(None, "column=<raw>")``
-        when that column is damaged (for displays, which show it instead of failing)."""
-        try:
-            return getattr(self, name), None
-        except StoreError:
-            return None, self.damage(name) or f"{name}={raw_text(getattr(self, name + '_json'))}"
-
-    @property
-    def status_text(self) -> str:
-        """The status as displays show it: ``damaged`` when the column is not a status."""
-        return DAMAGED_STATUS if self.damaged and self.damage("status") else str(self.status)
-
-    def overdue(self, now: float) -> float | None:
-        """Seconds a running try is past its timeout (a body that makes no ctx call cannot be
-        stopped in a thread), or None."""
-        if (
-            self.status is Status.RUNNING
-            and self.deadline is not None
-            and now > self.deadline
-            and self.retry_at is None
-        ):
-            return now - self.deadline
-        return None
-
-    @cached_property
-    def params(self) -> dict[str, Any]:
-        self.need("params")
-        value = decode_column(self.params_json, self.id, "params")
-        if type(value) is not dict:
-            raise StoreError(damaged_message(self.id, "params", "is not a JSON object"))
-        return value
+    params = cached_property(_Shown._params)
 
     @cached_property
     def error(self) -> dict[str, Any] | None:
@@ -217,7 +232,115 @@ class RunRecord:
         return codec.summary(self.result_json, self.id, "result")
 
 
+class RunSummary(_Shown):
+    """What a listing shows of a run (``Store.summaries``), without the rest of its row decoded:
+    no ``phases``, error or result read into objects. ``damaged`` and ``owner`` are those of
+    the :class:`RunRecord` of the same row; ``params`` is decoded on access."""
+
+    __slots__ = (
+        "attempt",
+        "created_at",
+        "damaged",
+        "deadline",
+        "done",
+        "ended_at",
+        "id",
+        "lease_until",
+        "max_tries",
+        "owner",
+        "params_json",
+        "phase",
+        "pipeline",
+        "retry_at",
+        "started_at",
+        "status",
+        "total",
+        "tries",
+    )
+
+    pipeline: str
+    attempt: int
+    phase: str | None
+    done: int | float
+    total: int | float | None
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    owner: Owner | None
+    lease_until: float | None
+    tries: int
+    max_tries: int
+
+    def __init__(
+        self,
+        id: str,
+        pipeline: str,
+        attempt: int,
+        status: Status,
+        phase: str | None,
+        done: int | float,
+        total: int | float | None,
+        params_json: str,
+        created_at: float,
+        started_at: float | None,
+        ended_at: float | None,
+        owner: Owner | None,
+        lease_until: float | None,
+        tries: int,
+        max_tries: int,
+        retry_at: float | None,
+        deadline: float | None,
+        damaged: tuple[str, ...] = (),
+    ) -> None:
+        self.id, self.pipeline, self.attempt, self.status = id, pipeline, attempt, status
+        self.phase, self.done, self.total, self.params_json = phase, done, total, params_json
+        self.created_at, self.started_at, self.ended_at = created_at, started_at, ended_at
+        self.owner, self.lease_until, self.tries, self.max_tries = owner, lease_until, tries, max_tries
+        self.retry_at, self.deadline, self.damaged = retry_at, deadline, damaged
+
+    @classmethod
+    def of(cls, rec: RunRecord) -> RunSummary:
+        """The summary of a record (what a listing shows of it)."""
+        return cls(
+            rec.id,
+            rec.pipeline,
+            rec.attempt,
+            rec.status,
+            rec.phase,
+            rec.done,
+            rec.total,
+            rec.params_json,
+            rec.created_at,
+            rec.started_at,
+            rec.ended_at,
+            rec.owner,
+            rec.lease_until,
+            rec.tries,
+            rec.max_tries,
+            rec.retry_at,
+            rec.deadline,
+            rec.damaged,
+        )
+
+    @property
+    def params(self) -> dict[str, Any]:
+        text = self.params_json
+        if not self.damaged:  # the usual case, in a listing's loop: canonical JSON, one scan
+            try:
+                value, end = _scan(text, 0)
+                if end == len(text) and type(value) is dict:
+                    return value
+            except (StopIteration, ValueError, RecursionError):
+                pass
+        return self._params()  # what it is not, named as RunRecord.params names it
+
+    def __repr__(self) -> str:
+        return f"RunSummary(id={self.id!r}, pipeline={self.pipeline!r}, status={self.status!r})"
+
+
 _decode = json.JSONDecoder().decode
+# one JSON value at an index: (value, end); typeshed does not declare it
+_scan: Any = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 MAX_RAW = 60  # characters of a damaged value quoted in messages and in ``damaged``
 
 

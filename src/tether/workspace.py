@@ -22,12 +22,11 @@ from typing import Any, Protocol, TypeVar, overload
 from . import config, owner
 from . import runner as _runner
 from .config import Settings
-from .errors import StoreError
 from .model import RunRecord
 from .pipeline import Pipeline, Registry, Serializer, define
 from .run import DoneWatcher, Run, params_filter
 from .runner import Runner
-from .store import SQLiteStore, Store
+from .store import SQLiteStore, Store, missing_database
 
 __all__ = ["FrontEnd", "Workspace", "configure", "default", "get_run", "pipeline", "runs", "use_front_end"]
 
@@ -138,10 +137,7 @@ class Workspace:
         p = config.resolve(os.fspath(path), cache=self._resolved) if path else self.db_path()
         s = self.store(p)
         if not s.exists():
-            raise StoreError(
-                f"tether database {str(p)!r} does not exist;",
-                "pass {db} (or set TETHER_DB) to point at the runs.db your notebook uses",
-            )
+            raise missing_database(p)
         return s
 
     def _foreign_allowed(self) -> bool:

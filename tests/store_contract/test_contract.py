@@ -275,6 +275,37 @@ def test_runs_are_listed_newest_first_and_filtered(store: Store) -> None:
     assert store.newest(["a", "c", "none"]) == {"a": (a.id, 1, "pending"), "c": (c.id, 1, "running")}
 
 
+def test_summaries_show_what_list_runs_lists_in_its_order(store: Store) -> None:
+    """``summaries`` (what `tether ls` prints) lists the runs ``list_runs`` lists, in the same
+    order and with the same filters, and each summary carries the record's shown fields."""
+    a = start(store, "a", pipeline="p", params_json=dumps({"n": 1}))
+    b = running(store, "b", pipeline="p", params_json=dumps({"n": 2}))
+    store.flush([item(b.id)], ME, 60.0)
+    c = running(store, "c", pipeline="q")
+    store.finish(
+        item(c.id), ME, Status.FAILED, result_json=None, error={"type": "E", "message": "m", "traceback": ""}
+    )
+    for filters in (
+        {},
+        {"pipeline": "p"},
+        {"status": "running"},
+        {"status": ["pending", "failed"]},
+        {"limit": 2},
+    ):
+        recs, sums = store.list_runs(**filters), store.summaries(**filters)
+        assert [s.id for s in sums] == [r.id for r in recs], filters
+        for s, r in zip(sums, recs):
+            shown = ("pipeline", "attempt", "status", "phase", "done", "total", "params_json")
+            assert [getattr(s, n) for n in shown] == [getattr(r, n) for n in shown]
+            times = ("created_at", "started_at", "ended_at", "lease_until", "retry_at", "deadline")
+            assert [getattr(s, n) for n in times] == [getattr(r, n) for n in times]
+            assert (s.owner, s.tries, s.max_tries, s.damaged) == (r.owner, r.tries, r.max_tries, ())
+            assert s.params == r.params and s.status_text == r.status_text
+    assert {s.id for s in store.summaries()} == {a.id, b.id, c.id}
+    running_one = store.summaries(status="running")[0]
+    assert (running_one.done, running_one.total, running_one.owner) == (1, 10, ME)
+
+
 # -- damaged rows ----------------------------------------------------------------------------------
 
 
@@ -290,6 +321,10 @@ def test_a_damaged_row_is_read_with_its_damage_named_and_never_breaks_a_list(
     rec = store.get(bad.id)
     assert any(entry.startswith(named) for entry in rec.damaged), rec.damaged
     assert {r.id for r in store.list_runs()} == {bad.id, good.id}
+    shown = {s.id: s for s in store.summaries()}  # a listing names the same damage
+    assert set(shown) == {bad.id, good.id}
+    assert shown[bad.id].damaged == rec.damaged and shown[good.id].damaged == ()
+    assert shown[bad.id].status_text == rec.status_text
     assert store.get(good.id).damaged == ()
     store.recover(store.active(), gone)  # acts on what it can prove, raises on nothing
     assert store.get(good.id).status == Status.INTERRUPTED

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ..codec import MAX_DEPTH, dumps
 from ._connection import BUSY_TIMEOUT_S, _after_fork
 from ._rows import FlushItem, Queued, StartOutcome, json_str
+from ._safety import missing_database
 from .protocol import GoneCheck, Store
 from .sqlite import SQLiteStore
 
@@ -26,6 +27,7 @@ __all__ = [
     "_after_fork",
     "dumps",
     "json_str",
+    "missing_database",
 ]
 
 if TYPE_CHECKING:  # mypy proves the SQLite class implements the protocol

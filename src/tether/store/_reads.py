@@ -11,9 +11,9 @@ from .. import codec
 from ..artifacts import Artifacts
 from ..codec import dumps
 from ..errors import RunNotFound
-from ..model import Event, Owner, RunRecord, Status, event_of
+from ..model import Event, Owner, RunRecord, RunSummary, Status, event_of
 from ._connection import _Connections, _guarded
-from ._rows import _RUN_COLS, _record
+from ._rows import _RUN_COLS, _record, _summary
 
 _MAX_TRY_TRACEBACK = 20_000
 # A pending run that will start before the run of the outer query (its pipeline's queue, in start
@@ -50,6 +50,45 @@ def _param_test(value: Any) -> tuple[str, list[Any]]:
     if isinstance(value, (list, tuple, dict)):
         return "j.type IN ('array', 'object') AND j.value = ?", [dumps(value)]
     raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _listing(
+    pipeline: str | None,
+    status: str | Sequence[str] | None,
+    key: str | None,
+    limit: int | None,
+    params: dict[str, Any] | None,
+) -> tuple[str, list[Any]]:
+    """The query of a listing (``list_runs``, ``summaries``): the runs matching every filter,
+    newest first, and its arguments."""
+    where: list[str] = []
+    args: list[Any] = []
+    if pipeline is not None:
+        where.append("pipeline = ?")
+        args.append(pipeline)
+    if status is not None:
+        statuses = [status] if isinstance(status, str) else list(status)
+        where.append(f"status IN ({','.join('?' * len(statuses))})")
+        args.extend(str(Status(s)) for s in statuses)
+    if key is not None:
+        where.append("key = ?")
+        args.append(key)
+    for name, value in (params or {}).items():
+        test, more = _param_test(value)
+        # CASE: json_each is never reached for a damaged (non-JSON) params column
+        where.append(
+            "CASE WHEN json_valid(params) THEN EXISTS (SELECT 1 FROM "
+            f"json_each(runs.params) AS j WHERE j.key = ? AND {test}) ELSE 0 END"
+        )
+        args.extend([name, *more])
+    sql = f"SELECT {_RUN_COLS} FROM runs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY created_at DESC, attempt DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(int(limit))
+    return sql, args
 
 
 class _Reads(_Connections):
@@ -128,34 +167,18 @@ class _Reads(_Connections):
         limit: int | None = 100,
         params: dict[str, Any] | None = None,
     ) -> list[RunRecord]:
-        where: list[str] = []
-        args: list[Any] = []
-        if pipeline is not None:
-            where.append("pipeline = ?")
-            args.append(pipeline)
-        if status is not None:
-            statuses = [status] if isinstance(status, str) else list(status)
-            where.append(f"status IN ({','.join('?' * len(statuses))})")
-            args.extend(str(Status(s)) for s in statuses)
-        if key is not None:
-            where.append("key = ?")
-            args.append(key)
-        for name, value in (params or {}).items():
-            test, more = _param_test(value)
-            # CASE: json_each is never reached for a damaged (non-JSON) params column
-            where.append(
-                "CASE WHEN json_valid(params) THEN EXISTS (SELECT 1 FROM "
-                f"json_each(runs.params) AS j WHERE j.key = ? AND {test}) ELSE 0 END"
-            )
-            args.extend([name, *more])
-        sql = f"SELECT {_RUN_COLS} FROM runs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, attempt DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(int(limit))
+        sql, args = _listing(pipeline, status, key, limit, params)
         return [self._rec(r) for r in self.conn().execute(sql, args).fetchall()]
+
+    @_guarded
+    def summaries(
+        self,
+        pipeline: str | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = 100,
+    ) -> list[RunSummary]:
+        sql, args = _listing(pipeline, status, None, limit, None)
+        return [_summary(r) for r in self.conn().execute(sql, args).fetchall()]
 
     @_guarded
     def events(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from operator import contains
 from typing import Any, NamedTuple
 
-from ..model import Owner, RunRecord, Status, _decode, raw_text
+from ..model import Owner, RunRecord, RunSummary, Status, _decode, raw_text
 from ..policy import Conflict
 
 
@@ -143,9 +143,8 @@ def _retype(row: _Row, bad: list[str]) -> _Row:
     return row._replace(**fixes)
 
 
-def _names(row: _Row, name: str, bad: list[str]) -> list[str]:
-    """A JSON list of phase names; a damaged one is [] (and named in ``bad``)."""
-    text = getattr(row, name)
+def _name_list(text: Any) -> list[str] | None:
+    """A JSON list of phase names, or None if ``text`` is not one."""
     try:
         value = _decode(text)
         if type(value) is list:
@@ -153,8 +152,33 @@ def _names(row: _Row, name: str, bad: list[str]) -> list[str]:
             return value
     except (ValueError, TypeError, RecursionError):  # not JSON, not text, not names
         pass
-    bad.append(f"{name}={raw_text(text)}")
-    return []
+    return None
+
+
+def _names(row: _Row, name: str, bad: list[str]) -> list[str]:
+    """A JSON list of phase names; a damaged one is [] (and named in ``bad``)."""
+    text = getattr(row, name)
+    value = _name_list(text)
+    if value is None:
+        bad.append(f"{name}={raw_text(text)}")
+        return []
+    return value
+
+
+# phases / phases_done texts found sound lately: the rows of a listing repeat a few of them
+_SOUND_NAMES: dict[str, None] = {"[]": None}
+
+
+def _sound_names(text: Any) -> bool:
+    if type(text) is str and text in _SOUND_NAMES:
+        return True
+    if _name_list(text) is None:
+        return False
+    if len(_SOUND_NAMES) >= 256:
+        _SOUND_NAMES.clear()
+        _SOUND_NAMES["[]"] = None
+    _SOUND_NAMES[text] = None
+    return True
 
 
 # Owners read lately, by their columns: an Owner is immutable, and a frozen dataclass is slow to
@@ -262,6 +286,69 @@ def _record(values: Sequence[Any]) -> RunRecord:
         deadline=row.deadline,
         concurrency=row.concurrency,
         parked=row.parked,
+    )
+
+
+# the column types of sound rows seen lately (a listing's rows share one or a few)
+_SOUND_TYPES: set[tuple[type, ...]] = set()
+
+
+def _sound_types(values: Sequence[Any]) -> bool:
+    """Does every column hold a type it may hold (as ``_record`` checks)?"""
+    types = tuple(map(type, values))
+    if types in _SOUND_TYPES:
+        return True
+    if not all(map(contains, _TYPES, types)):
+        return False
+    if len(_SOUND_TYPES) >= 64:
+        _SOUND_TYPES.clear()
+    _SOUND_TYPES.add(types)
+    return True
+
+
+def _summary(values: Sequence[Any]) -> RunSummary:
+    """A RunSummary from a row of ``_RUN_COLS``: what a listing shows, with the ``damaged`` and
+    ``owner`` its RunRecord would have. A sound row (the usual case) passes the same checks as
+    in ``_record`` without building a record; any other is read through ``_record``."""
+    row = _Row._make(values)
+    status = _STATUS.get(row.status) if type(row.status) is str else None
+    params, error = row.params, row.error
+    if (
+        status is None
+        or not _sound_types(values)
+        or type(params) is not str
+        or params[:1] != "{"
+        or (error is not None and (type(error) is not str or error[:1] != "{"))
+        or row.attempt < 1
+        or row.last_seq < 0
+        or not _sound_names(row.phases)
+        or not _sound_names(row.phases_done)
+    ):
+        return RunSummary.of(_record(values))
+    owner = None
+    if row.owner_instance is not None:
+        bad: list[str] = []
+        owner = _owner(row, bad)
+        if bad:
+            return RunSummary.of(_record(values))
+    return RunSummary(
+        row.id,
+        row.pipeline,
+        row.attempt,
+        status,
+        row.phase,
+        row.done,
+        row.total,
+        params,
+        row.created_at,
+        row.started_at,
+        row.ended_at,
+        owner,
+        row.lease_until,
+        row.tries,
+        row.max_tries,
+        row.retry_at,
+        row.deadline,
     )
 
 

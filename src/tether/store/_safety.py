@@ -148,6 +148,15 @@ def mount_of(
     return best
 
 
+def missing_database(path: object) -> StoreError:
+    """The error of a read that needs an existing database (the CLI's): a typo must not create
+    an empty one."""
+    return StoreError(
+        f"tether database {str(path)!r} does not exist;",
+        "pass {db} (or set TETHER_DB) to point at the runs.db your notebook uses",
+    )
+
+
 class _Busy(Exception):
     """Opening hit a lock another process holds; try again."""
 

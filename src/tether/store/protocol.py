@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..artifacts import Artifacts
-from ..model import Control, Event, Owner, RunRecord, Status
+from ..model import Control, Event, Owner, RunRecord, RunSummary, Status
 from ._rows import FlushItem, Queued, StartOutcome
 
 # ``gone(owner, lease_until, now)``: why a run's owner is gone (a reason to mark the run
@@ -83,6 +83,17 @@ class Store(Protocol):
         """Runs matching every filter given, newest first (by creation, then attempt), at most
         ``limit``. ``params``: each named param equals the value as JSON values do (``True`` is
         not ``1``, ``3 == 3.0``); a run whose params are damaged matches no such filter."""
+        ...
+
+    def summaries(
+        self,
+        pipeline: str | None = None,
+        status: str | Sequence[str] | None = None,
+        limit: int | None = 100,
+    ) -> list[RunSummary]:
+        """What a listing (``tether ls``) shows of the runs ``list_runs`` would return for the same
+        filters, in the same order: no record built, no phases, error or result decoded.
+        ``damaged`` and ``owner`` are those the run's RunRecord has."""
         ...
 
     def active(self) -> list[RunRecord]:

@@ -7,10 +7,10 @@ field."""
 from __future__ import annotations
 
 import html
-import time
 from typing import Any
 
 from .._text import duration, safe
+from .._text import fmt_time as fmt_time  # re-exported: the displays import it from here
 
 Snapshot = dict[str, Any]
 
@@ -94,16 +94,6 @@ def progress_text(snap: Snapshot) -> str:
     if snap["percent"] is not None:
         text += f" ({snap['percent']:.0f}%)"
     return text
-
-
-def fmt_time(ts: float | None) -> str:
-    """A time as every tether display writes it: local, 24-hour (the CLI's form)."""
-    if ts is None:
-        return "-"
-    try:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-    except (OverflowError, OSError, ValueError):  # a time no calendar holds (a crafted row)
-        return repr(ts)
 
 
 def _hidden_text(snap: Snapshot) -> tuple[str, str]:
