@@ -316,31 +316,44 @@ class Pipeline:
         # while start() waits for another process's lock, or right after): otherwise it could
         # leave a committed pending run that no thread will ever start.
         with _interrupts.critical():
-            outcome = store.start(
-                pipeline=self.name,
-                key=key,
-                params_json=params_json,
-                version=self.version,
-                phases=self.phases,
-                policy=policy,
-                owner=run_.owner,
-                lease_s=ws.settings.lease,
-                gone=owner.gone_reason,
-                detach=detach,
-                max_auto_resumes=ws.settings.max_auto_resumes,
-                control=control,
-                code=self.code,
-            )
-            rec = outcome.record
-            if not detach and (
-                outcome.created
-                or (
-                    rec.status == Status.PENDING
-                    and rec.target == run_.owner.instance
-                    and not run_.owns(rec.id)
+            # a new run this process can execute at once is claimed in start()'s transaction
+            claim = not detach and control.concurrency is None and run_.reserve()
+            try:
+                outcome = store.start(
+                    pipeline=self.name,
+                    key=key,
+                    params_json=params_json,
+                    version=self.version,
+                    phases=self.phases,
+                    policy=policy,
+                    owner=run_.owner,
+                    lease_s=ws.settings.lease,
+                    gone=owner.gone_reason,
+                    detach=detach,
+                    max_auto_resumes=ws.settings.max_auto_resumes,
+                    control=control,
+                    code=self.code,
+                    claim=claim,
                 )
-            ):
-                run_.submit(rec)  # new, or ours yet never handed over: runs now
+            except BaseException:
+                if claim:
+                    run_.unreserve()
+                raise
+            rec = outcome.record
+            if claim and outcome.created and rec.status == Status.RUNNING:
+                run_.launch_claimed(rec)
+            else:
+                if claim:
+                    run_.unreserve()
+                if not detach and (
+                    outcome.created
+                    or (
+                        rec.status == Status.PENDING
+                        and rec.target == run_.owner.instance
+                        and not run_.owns(rec.id)
+                    )
+                ):
+                    run_.submit(rec)  # new, or ours yet never handed over: runs now
         handle = Run(ws, store, outcome.record.id, outcome.record)
         if parent is not None and not outcome.conflict:  # children(): created and attached to
             parent._emit(

@@ -19,7 +19,9 @@ the lineage's journal file) and are SIGKILLed:
   operation (``start``, ``claim``, ``flush``, ``put_checkpoint``, ``put_checkpoints``,
   ``finish``, or ``recover`` / ``request_cancel`` in a recovering process), signals through a file
   and blocks, either before ``COMMIT`` (inside ``BEGIN IMMEDIATE``, rows written but not
-  committed) or just after it. The parent SIGKILLs it there.
+  committed) or just after it. The parent SIGKILLs it there. ``start()`` claims the run it
+  creates in its own transaction (``start`` trips cover the claim then); a ``claim`` of its own
+  is the one of an attempt made by ``Run.resume()``, so ``claim`` trips go that way.
 
 Each run child calls ``start(policy="resume")`` for its lineage's params, so successive attempts
 resume each other; sometimes a second child races on the same key. After each round, recovery runs
@@ -1842,6 +1844,7 @@ class KillHarness:
                 op,
                 when,
                 nth=self.rng.randint(1, 3) if op in ("flush", "put_checkpoint") else 1,
+                via="resume" if op == "claim" else "start",
             )
             for op in TRIP_OPS
             for when in ("pre", "post")
@@ -1880,6 +1883,10 @@ class KillHarness:
         plan = self._random_plan(lineage)
         if not racer and self.rng.random() < 0.25:  # (a racer could resume an older attempt)
             plan = dataclasses.replace(plan, via="resume")
+        if plan.kind == "trip" and plan.op == "claim" and plan.via != "resume":
+            # start() claims its new run in its own transaction: a claim of its own is made for
+            # an attempt of Run.resume()
+            plan = dataclasses.replace(plan, **({"op": "start"} if racer else {"via": "resume"}))
         return plan, False
 
     def _random_plan(self, lineage: Lineage) -> Plan:
