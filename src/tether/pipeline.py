@@ -18,8 +18,9 @@ from .codec import dumps
 from .context import current
 from .errors import KeyConflict, ParamsError, PipelineError
 from .model import Control, Status
-from .policy import Conflict, ConflictKind
+from .policy import Attach, Conflict, ConflictKind, StartRequest, decide
 from .run import Run, display_run
+from .store import StartOutcome, Store
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -303,7 +304,6 @@ class Pipeline:
             raise ParamsError(f"key= must be a non-empty str of valid text, got {key!r}")
         ws = self.workspace
         store = ws.store()
-        run_ = ws.runner(store)
         control = self._control
         parent = current()  # started from a run body: that run is its parent
         if parent is not None and parent._runner.store is store:
@@ -312,6 +312,48 @@ class Pipeline:
             )
         else:
             parent = None
+        # an ended run the call attaches to is returned as it is, read without the write lock
+        # (terminal statuses never change); anything else is decided in start()'s transaction
+        latest = store.latest(key)
+        request = StartRequest(
+            self.name,
+            key,
+            params_json,
+            self.version,
+            self.code,
+            policy,
+            control,
+            ws.settings.max_auto_resumes,
+        )
+        if latest is not None and latest.status.terminal and type(decide((latest,), request)) is Attach:
+            outcome = StartOutcome(latest, False)
+        else:
+            outcome = self._start_or_attach(store, key, params_json, policy, detach, control)
+        rec = outcome.record
+        handle = Run(ws, store, outcome.record.id, outcome.record)
+        if parent is not None and not outcome.conflict:  # children(): created and attached to
+            parent._emit(
+                "child", {"id": rec.id, "pipeline": self.name, "key": key, "created": outcome.created}
+            )
+        if outcome.other_code and not outcome.conflict:
+            warnings.warn(
+                f"{self.name}: run {rec.id} is still {rec.status}, started by other code "
+                f"({outcome.other_code}); it is returned as it is. To run the new code: "
+                f"run.cancel(), run.wait(), then start it again",
+                UserWarning,
+                stacklevel=_outside_stacklevel(),
+            )
+        if outcome.conflict:
+            raise KeyConflict(f"{self.name}: {conflict_message(key, outcome.conflict)}", run=handle)
+        return handle
+
+    def _start_or_attach(
+        self, store: Store, key: str, params_json: str, policy: Policy, detach: bool, control: Control
+    ) -> StartOutcome:
+        """``store.start()`` for ``key``, and the hand-over of a run it makes to this process's
+        runner: a new run this process can execute at once is claimed in the same transaction."""
+        ws = self.workspace
+        run_ = ws.runner(store)
         # From the decision to the hand-over to the runner, a kernel interrupt waits (it lands
         # while start() waits for another process's lock, or right after): otherwise it could
         # leave a committed pending run that no thread will ever start.
@@ -354,22 +396,7 @@ class Pipeline:
                     )
                 ):
                     run_.submit(rec)  # new, or ours yet never handed over: runs now
-        handle = Run(ws, store, outcome.record.id, outcome.record)
-        if parent is not None and not outcome.conflict:  # children(): created and attached to
-            parent._emit(
-                "child", {"id": rec.id, "pipeline": self.name, "key": key, "created": outcome.created}
-            )
-        if outcome.other_code and not outcome.conflict:
-            warnings.warn(
-                f"{self.name}: run {rec.id} is still {rec.status}, started by other code "
-                f"({outcome.other_code}); it is returned as it is. To run the new code: "
-                f"run.cancel(), run.wait(), then start it again",
-                UserWarning,
-                stacklevel=_outside_stacklevel(),
-            )
-        if outcome.conflict:
-            raise KeyConflict(f"{self.name}: {conflict_message(key, outcome.conflict)}", run=handle)
-        return handle
+        return outcome
 
     def _check_importable(self) -> None:
         module = getattr(self.fn, "__module__", None)

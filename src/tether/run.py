@@ -284,6 +284,8 @@ class Run:
                 )
             if run_.stored_result(self.id)[0]:  # succeeded here: result() needs no read
                 return self
+        if self._last.status.terminal:  # read ended already (an attach): that never changes
+            return self
         pause = 0.005
         while not self.snapshot().status.terminal:
             if parent is not None and parent._cancel:

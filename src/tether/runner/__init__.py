@@ -2,7 +2,9 @@
 
 Threads (all daemon, so interpreter exit is never blocked and ``atexit`` can mark unfinished runs
 ``interrupted``):
-- one thread per executing sync run (at most ``max_concurrency`` at once);
+- run threads for sync bodies, one per body executing (at most ``max_concurrency`` at once,
+  parked parents aside); a thread whose body ended takes the next one, and ends after
+  ``_IDLE_S`` without one;
 - one asyncio loop thread, started when the first async pipeline runs;
 - one flusher thread: progress + events of every live run in one transaction per tick, lease
   renewal, cancel requests from other processes, and the orphan sweep.

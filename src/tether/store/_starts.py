@@ -80,13 +80,6 @@ class _Starts(_Reads):
         ``version`` and ``code`` (the body's fingerprint) say which code asks. ``claim``: a run
         this call creates is claimed by ``owner`` in the same transaction (see ``_create``)."""
         request = StartRequest(pipeline, key, params_json, version, code, policy, control, max_auto_resumes)
-        # fast path, no write: an ended run the call attaches to is returned as it is (terminal
-        # statuses never change)
-        row = self._latest_row(key)
-        if row is not None:
-            latest = self._rec(row)
-            if latest.status.terminal and type(decide((latest,), request)) is Attach:
-                return StartOutcome(latest, False)
         now = time.time()
         with self.tx() as conn:
             existing = self._newest(conn, key, lookback(request))
