@@ -18,6 +18,7 @@ from ..store import Store
 if TYPE_CHECKING:
     import asyncio
 
+    from ..pipeline import Pipeline
     from ..workspace import Workspace
     from ._ends import _End
 
@@ -44,7 +45,8 @@ class RunnerState:
         self._lock = threading.Lock()
         self._live: dict[str, Context] = {}
         self._threads: set[threading.Thread] = set()  # run threads of sync bodies, busy or idle
-        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()  # bodies handed to idle threads
+        # bodies handed to idle run threads (None: end)
+        self._jobs: queue.SimpleQueue[tuple[Context, Pipeline] | None] = queue.SimpleQueue()
         self._idle = 0  # idle run threads no body was handed to yet
         self._queue: deque[RunRecord] = deque()
         # claims refused by their pipeline's concurrency=: pending, in line, polled for room
