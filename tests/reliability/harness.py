@@ -2121,7 +2121,8 @@ class KillHarness:
             for copy in range(copies):
                 plan, listed = self._plan(lin, racer=copy > 0)
                 if filler is not None and watch and filler.trigger is None:
-                    # the disk fills as the run ends, or between its creation and its claim
+                    # the disk fills as the run ends, or right after start() committed it (created
+                    # and claimed in that transaction: its first checkpoint is the next write)
                     plan = self.rng.choice(
                         [Plan("watch", point="return"), Plan("watch", op="start", when="post")]
                     )
