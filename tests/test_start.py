@@ -662,3 +662,27 @@ def test_result_of_a_run_that_succeeded_here_reads_no_row(workspace: tether.work
         for name in ("get", "checkpoint", "_latest_row"):
             delattr(store, name)
     assert workspace.get_run(run.id).result() == [30, 31, 32]
+
+
+def test_idle_run_threads_end_and_a_body_handed_over_as_one_times_out_still_runs(
+    workspace: tether.workspace.Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle run thread ends after its idle time; with that time tiny, bodies are handed over
+    just as idle threads give up, many at once: every run still executes, none is stranded."""
+    from tether.runner import _execute
+
+    monkeypatch.setattr(_execute, "_IDLE_S", 0.0005)
+    tether.configure(max_concurrency=4)
+
+    @tether.pipeline
+    def tiny(ctx: tether.Context, i: int) -> int:
+        return i
+
+    runs = [tiny.start(i=i) for i in range(200)]
+    assert [r.result(timeout=60) for r in runs] == list(range(200))
+    assert [tiny.start(i=1000 + i).result(timeout=30) for i in range(50)] == [1000 + i for i in range(50)]
+    wait_until(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("tether-run-")],
+        what="the idle run threads to end",
+    )
+    assert workspace.runner().slots == 0
