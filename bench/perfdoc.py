@@ -293,7 +293,8 @@ NOTES: dict[str, str] = {
     "2a": """\
 **2a (durable runs vs DBOS).** Three runs of `python bench/peers.py` at ea1af99, other processes
 using 60-86% of the CPU: 236, 530 and 563 runs/s against DBOS's 27, 36 and 36 (8.7x, 14.9x,
-15.8x); the code before (99ade3e) in the same half hour: 229 against 25 (9.1x). In one process,
+15.8x), and a fourth at 884491b (66% busy) 496 against 35 (14.2x); the code before (99ade3e) in
+the same half hour: 229 against 25 (9.1x). In one process,
 old and new code alternated (`three.start(i).result()`, 5 batches of 200 runs): CPU per run
 2.6-3.0 ms before, 1.46-1.49 ms after. Found with py-spy (`record -r 1000 --threads`, 2,000 runs,
 waits left out) and strace, and changed: a run commits **5 write transactions** instead of 6,
@@ -328,7 +329,8 @@ change), without the write lock, the interrupt guard or the runner; anything els
 the store's transaction as before, and `start().result()` of an ended run reads nothing more.
 Three runs of `python bench/peers.py` at ea1af99 (other processes using 60-86% of the CPU):
 `start()` p50 0.126, 0.120 and 0.090 ms against DBOS `start_workflow` 1.612, 0.873 and 1.139 ms,
-ratios 0.08, 0.14 and 0.08; 99ade3e in the same half hour 0.144 against 1.402 ms (0.10). What is
+ratios 0.08, 0.14 and 0.08 (a fourth run at 884491b: 0.116 against 1.065 ms, 0.11); 99ade3e in
+the same half hour 0.144 against 1.402 ms (0.10). What is
 left (cProfile of 5,000 attach calls): the indexed `SELECT` and `fetchone` ~22%, the record built
 from the row ~16%, binding the params and their canonical JSON ~25%, the workspace's store lookup
 (the database path resolved at each call) ~8%. Under this load the ratio moves by 2x from run to
