@@ -92,7 +92,7 @@ peers' default `FULL`), the settings line says so, and 2d compares both at `FULL
 
 2a. **Durable trivial runs one after the other**: a pipeline of three checkpointed steps
 (`ctx.step`) started and waited for, against a DBOS workflow of three `@DBOS.step`s; throughput
-(median over interleaved batches) and latency. Goal: tether >= 10x DBOS's throughput.
+(median over interleaved batches) and latency. Goal: tether >= 30x DBOS's throughput.
 
 2b. **One run, start to result**, a trivial body, against Huey (`SqliteHuey`, a consumer thread
 in the same process, documented defaults: the consumer polls the queue). Goal: tether <= 0.2x.
@@ -245,7 +245,8 @@ again): p50 and p99 of the call, against the single SQL lookup of the latest run
 
 9b. **From `start()` to the body's first line** for a new key: the body's first statement is
 `return time.perf_counter()`; the figure is that value minus the time just before `start()`. It
-includes the idempotent-start transaction, the claim transaction and the thread start. Baseline:
+includes the idempotent start's transaction (which claims the run too, when a slot is free) and
+the hand-over to a run thread (an idle one, or a new one). Baseline:
 starting a plain `threading.Thread` and reaching its first line. Goal: p50 <= 5 ms.
 
 9c. **The claim with `concurrency=` checked** (issue 14): the transaction that turns a pending run
@@ -308,36 +309,50 @@ within the same minutes.
 # a note for each MISS of the run that wrote it (and says when a MISS has none yet).
 NOTES: dict[str, str] = {
     "2a": """\
-**2a (durable runs vs DBOS).** ~2.3 ms per run here (p50 1.9-2.3 ms), against ~1.7 ms for 10x
-DBOS. Each run commits **6 write transactions** (0.2-0.3 ms each with their Python around them):
-in the caller, the idempotent start (creates the row) and the claim (running, owned by this
-process); in the run's thread, one per `ctx.step` (its checkpoint together with the pending
-progress and events) and the end. The rest is the run thread's start, the checkpoint look-ups
-(one `SELECT` per step) and the caller's wait for the result. Two fixes found by this benchmark
-are in (1d79608): every run leaked its SQLite connection, and a step wrote twice (a flush, then
-the checkpoint): 200-235 -> 350-420 runs/s. What is left is the design: a run is durable step by
-step, and each step's checkpoint is committed before the body goes on (a step that was recorded
-is never executed again). Merging the start and the claim into one transaction for a run this
-process executes at once would save one more (~0.25 ms); 10x needs that and more. DBOS pays an
-fsync per commit (SQLite's default `synchronous=FULL`, which DBOS leaves), tether runs
-`synchronous=NORMAL` in WAL: a committed step survives a crash of the process, though not
-necessarily a power cut (2d compares both at `FULL`).""",
+**2a (durable runs vs DBOS).** Three runs of `python bench/peers.py` at ea1af99, other processes
+using 60-86% of the CPU: 236, 530 and 563 runs/s against DBOS's 27, 36 and 36 (8.7x, 14.9x,
+15.8x), and a fourth at 884491b (66% busy) 496 against 35 (14.2x); the code before (99ade3e) in
+the same half hour: 229 against 25 (9.1x). In one process,
+old and new code alternated (`three.start(i).result()`, 5 batches of 200 runs): CPU per run
+2.6-3.0 ms before, 1.46-1.49 ms after. Found with py-spy (`record -r 1000 --threads`, 2,000 runs,
+waits left out) and strace, and changed: a run commits **5 write transactions** instead of 6,
+since `start()` claims the run it creates in the same transaction when this process executes it
+at once (`Store.start(claim=True)`: a slot free and no `concurrency=`); run threads persist (an
+idle one takes the next body: `Thread.start` was ~4% of the busy time); `result()` of a run that
+succeeded here decodes the result text its end committed, kept in memory (the full record read
+was ~7%); a first attempt's `ctx.step` looks up no stored value (nothing can be stored under a
+name it has not written); the new run's record is built, not read back. The profile's new top, of
+the busy time: in the caller, the start transaction ~30% (the `INSERT` of the run with its
+indexes and the `COMMIT` ~17%, `BEGIN IMMEDIATE` and the checks around it ~12%) and the read of
+the key ~10%; in the run thread, the three checkpoint transactions and the end ~16%; the hand-over
+~6%. strace counts per run ~55 `pwrite64` (WAL frames), ~32 `pread64` and ~35 `fcntl` (locks):
+the caller's connection and the run thread's both write, so each finds the other's commit and
+reads its pages again; at a few microseconds a system call on this VM that is a quarter of the
+time. 30x (~2,000 runs/s against DBOS's ~70 on an idle machine) needs fewer pages per commit (the
+indexes of `runs`) or one connection for both sides: not done. A run is still durable step by
+step: each step's checkpoint is committed before `ctx.step` returns and the end before `result()`
+returns.""",
     "2d": """\
 **2d (durable runs vs DBOS, both at `synchronous=FULL`).** At `FULL` every commit waits for an
 fsync of the WAL, and that sets both sides' pace: measured alone (`python bench/peers.py` at
 e720876, other processes using 90% of the CPU), tether made 169 runs/s at its default durability
 (2a) and 34 runs/s at `"full"` (p50 24 ms) in the same process, DBOS 12 runs/s (p50 70 ms). A
-3-step tether run commits 6 write transactions (the idempotent start, the claim, one per step,
-the end; see 2a), each an fsync at `FULL`: fewer commits per run (the start and the claim in one
-transaction for a run this process executes at once) move this ratio, faster Python does not.""",
+3-step tether run commits 5 write transactions since ea1af99 (the idempotent start with the
+claim, one per step, the end; see 2a), each an fsync at `FULL`: fewer commits per run move this
+ratio, faster Python does not.""",
     "3": """\
-**3 (idempotent re-start vs DBOS).** tether's attach takes ~0.06-0.11 ms here (figure 9a; this
-VM's speed moves by up to 2x between runs of the same code): one indexed `SELECT` (~0.02 ms)
-plus Python: binding and checking the params, their canonical JSON (once: for the key's hash, then
-compared as text with the stored params, since 85eb511) and the row turned into a `RunRecord`
-(params, error and result decoded only on access since e96f191). cProfile of 20,000 attach calls:
-the query and `fetchone` ~20%, building the record ~15%, JSON encoding of the params ~10%, the
-argument binding ~15%. The ratio sits at the goal (0.10-0.12 in the last runs).""",
+**3 (idempotent re-start vs DBOS).** An attach takes one read and no lock: `start()` reads the
+key's latest attempt and returns an ended run it attaches to as it is (terminal statuses never
+change), without the write lock, the interrupt guard or the runner; anything else is decided in
+the store's transaction as before, and `start().result()` of an ended run reads nothing more.
+Three runs of `python bench/peers.py` at ea1af99 (other processes using 60-86% of the CPU):
+`start()` p50 0.126, 0.120 and 0.090 ms against DBOS `start_workflow` 1.612, 0.873 and 1.139 ms,
+ratios 0.08, 0.14 and 0.08 (a fourth run at 884491b: 0.116 against 1.065 ms, 0.11); 99ade3e in
+the same half hour 0.144 against 1.402 ms (0.10). What is
+left (cProfile of 5,000 attach calls): the indexed `SELECT` and `fetchone` ~22%, the record built
+from the row ~16%, binding the params and their canonical JSON ~25%, the workspace's store lookup
+(the database path resolved at each call) ~8%. Under this load the ratio moves by 2x from run to
+run: a stable 0.1 needs the record built lazily or the path cached (not done).""",
     "4a": """\
 **4a (`ctx.log()` vs raw insert).** Every line costs tether, beyond the raw insert: formatting,
 building the JSON of `{"level", "message"}`, a lock to append to the run's buffer, and the

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import tether
-from helpers.util import wait_until
+from helpers.util import tx_caller, wait_until
 
 
 @pytest.fixture
@@ -566,3 +566,123 @@ def test_status_is_a_str_enum_and_progress_a_named_tuple(db: Path, gate: threadi
     assert json.dumps(status) == '"succeeded"'
     assert tether.get_run(run.id).progress == (10, 10)
     assert tuple(tether.get_run(run.id).progress) == (10, 10)
+
+
+# -- a run this process executes at once: one transaction to start it, a thread ready -------------
+
+
+@tether.pipeline(name="test_start.stepped")
+def _stepped(ctx: tether.Context, i: int) -> list[int]:
+    return [ctx.step(f"s{k}", lambda k=k: i * 10 + k) for k in range(3)]
+
+
+def test_a_new_run_this_process_executes_is_started_and_claimed_in_one_commit(
+    db: Path, workspace: tether.workspace.Workspace
+) -> None:
+    """start() creates the run already running for this process (no pending row is ever
+    committed, no claim follows); with every slot taken it waits pending and is claimed later."""
+    store = workspace.store()
+    commits: list[str] = []
+    orig = store.tx
+
+    def counting() -> Any:  # the real transaction, the store method that asks noted
+        commits.append(tx_caller())
+        return orig()
+
+    store.tx = counting  # type: ignore[method-assign]
+    try:
+        run = _stepped.start(i=1)
+        assert run.result(timeout=30) == [10, 11, 12]
+    finally:
+        del store.tx
+    ops = [op for op in commits if op != "flush"]  # the flusher's ticks come when they come
+    assert ops == ["start", "put_checkpoint", "put_checkpoint", "put_checkpoint", "finish"], commits
+    kinds = [e.kind for e in run.events()]
+    assert kinds[:2] == ["created", "started"] and kinds[-1] == "succeeded", kinds
+    assert run.tries == 1 and run.attempts()[0].status == "succeeded"
+
+
+def test_a_run_started_with_every_slot_taken_waits_pending_then_is_claimed(
+    db: Path, gate: threading.Event
+) -> None:
+    tether.configure(max_concurrency=1)
+
+    @tether.pipeline
+    def blocker(ctx: tether.Context) -> int:
+        gate.wait(30)
+        return 1
+
+    first = blocker.start()
+    wait_until(lambda: first.status == "running", what="the first run to hold the only slot")
+    second = _stepped.start(i=2)
+    assert second.status == "pending"
+    gate.set()
+    assert second.result(timeout=30) == [20, 21, 22]
+    assert [e.kind for e in second.events()][:2] == ["created", "started"]
+
+
+def test_run_threads_persist_and_take_the_next_body_and_end_with_the_workspace(
+    workspace: tether.workspace.Workspace,
+) -> None:
+    seen: list[int] = []
+
+    @tether.pipeline
+    def where(ctx: tether.Context, i: int) -> str:
+        seen.append(threading.get_ident())
+        return threading.current_thread().name
+
+    names = [where.start(i=i).result(timeout=30) for i in range(20)]
+    assert len(set(seen)) == 1, "one after the other, the runs share one run thread"
+    assert names[-1].startswith("tether-run-")
+    workspace.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("tether-run-")]
+
+
+def test_result_of_a_run_that_succeeded_here_reads_no_row(workspace: tether.workspace.Workspace) -> None:
+    """The body's result is decoded from the text its end committed, kept in memory: result()
+    reads neither the run's row nor a checkpoint (a first attempt has none to look for)."""
+    store = workspace.store()
+    reads: list[str] = []
+    for name in ("get", "checkpoint", "_latest_row"):
+        orig = getattr(store, name)
+
+        def spy(*args: Any, _orig: Any = orig, _name: str = name, **kwargs: Any) -> Any:
+            reads.append(_name)
+            return _orig(*args, **kwargs)
+
+        setattr(store, name, spy)
+    try:
+        run = _stepped.start(i=3)
+        del reads[:]  # the start's own read (is the key new?)
+        assert run.result(timeout=30) == [30, 31, 32]
+        assert reads == []
+        assert _stepped.start(i=3).result() == [30, 31, 32]  # attached: read from the store
+        assert "_latest_row" in reads
+    finally:
+        for name in ("get", "checkpoint", "_latest_row"):
+            delattr(store, name)
+    assert workspace.get_run(run.id).result() == [30, 31, 32]
+
+
+def test_idle_run_threads_end_and_a_body_handed_over_as_one_times_out_still_runs(
+    workspace: tether.workspace.Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle run thread ends after its idle time; with that time tiny, bodies are handed over
+    just as idle threads give up, many at once: every run still executes, none is stranded."""
+    from tether.runner import _execute
+
+    monkeypatch.setattr(_execute, "_IDLE_S", 0.0005)
+    tether.configure(max_concurrency=4)
+
+    @tether.pipeline
+    def tiny(ctx: tether.Context, i: int) -> int:
+        return i
+
+    runs = [tiny.start(i=i) for i in range(200)]
+    assert [r.result(timeout=60) for r in runs] == list(range(200))
+    assert [tiny.start(i=1000 + i).result(timeout=30) for i in range(50)] == [1000 + i for i in range(50)]
+    wait_until(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("tether-run-")],
+        what="the idle run threads to end",
+    )
+    assert workspace.runner().slots == 0

@@ -77,6 +77,9 @@ class Context:
         self.attempt = rec.attempt
         self.params = rec.params
         self.resumed_from = rec.resumed_from
+        # step checkpoints this attempt wrote: a first attempt has no others (a resumed one has
+        # its lineage's copies), so its steps need not look for a stored value first
+        self._steps: set[str] | None = None if rec.resumed_from is not None else set()
         self.done: int | float = 0
         self.total: int | float | None = None
         self.phase_name: str | None = None
@@ -290,9 +293,11 @@ class Context:
         if not checkpoint:
             return fn(*args, **kwargs)
         cp = "step:" + name
-        found, value = self._runner.store.checkpoint(self.run_id, cp)
-        if found:
-            return value  # type: ignore[no-any-return]
+        steps = self._steps
+        if steps is None or cp in steps:
+            found, value = self._runner.store.checkpoint(self.run_id, cp)
+            if found:
+                return value  # type: ignore[no-any-return]
         value = fn(*args, **kwargs)
         text = codec.encode(
             value,
@@ -303,6 +308,8 @@ class Context:
             files=self._runner.store.files,
         )
         self._runner.checkpoint(self, cp, text)
+        if steps is not None:
+            steps.add(cp)
         return value
 
     def _pickles(self) -> bool:

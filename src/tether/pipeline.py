@@ -18,8 +18,9 @@ from .codec import dumps
 from .context import current
 from .errors import KeyConflict, ParamsError, PipelineError
 from .model import Control, Status
-from .policy import Conflict, ConflictKind
+from .policy import Attach, Conflict, ConflictKind, StartRequest, decide
 from .run import Run, display_run
+from .store import StartOutcome, Store
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -303,7 +304,6 @@ class Pipeline:
             raise ParamsError(f"key= must be a non-empty str of valid text, got {key!r}")
         ws = self.workspace
         store = ws.store()
-        run_ = ws.runner(store)
         control = self._control
         parent = current()  # started from a run body: that run is its parent
         if parent is not None and parent._runner.store is store:
@@ -312,35 +312,24 @@ class Pipeline:
             )
         else:
             parent = None
-        # From the decision to the hand-over to the runner, a kernel interrupt waits (it lands
-        # while start() waits for another process's lock, or right after): otherwise it could
-        # leave a committed pending run that no thread will ever start.
-        with _interrupts.critical():
-            outcome = store.start(
-                pipeline=self.name,
-                key=key,
-                params_json=params_json,
-                version=self.version,
-                phases=self.phases,
-                policy=policy,
-                owner=run_.owner,
-                lease_s=ws.settings.lease,
-                gone=owner.gone_reason,
-                detach=detach,
-                max_auto_resumes=ws.settings.max_auto_resumes,
-                control=control,
-                code=self.code,
-            )
-            rec = outcome.record
-            if not detach and (
-                outcome.created
-                or (
-                    rec.status == Status.PENDING
-                    and rec.target == run_.owner.instance
-                    and not run_.owns(rec.id)
-                )
-            ):
-                run_.submit(rec)  # new, or ours yet never handed over: runs now
+        # an ended run the call attaches to is returned as it is, read without the write lock
+        # (terminal statuses never change); anything else is decided in start()'s transaction
+        latest = store.latest(key)
+        request = StartRequest(
+            self.name,
+            key,
+            params_json,
+            self.version,
+            self.code,
+            policy,
+            control,
+            ws.settings.max_auto_resumes,
+        )
+        if latest is not None and latest.status.terminal and type(decide((latest,), request)) is Attach:
+            outcome = StartOutcome(latest, False)
+        else:
+            outcome = self._start_or_attach(store, key, params_json, policy, detach, control)
+        rec = outcome.record
         handle = Run(ws, store, outcome.record.id, outcome.record)
         if parent is not None and not outcome.conflict:  # children(): created and attached to
             parent._emit(
@@ -357,6 +346,57 @@ class Pipeline:
         if outcome.conflict:
             raise KeyConflict(f"{self.name}: {conflict_message(key, outcome.conflict)}", run=handle)
         return handle
+
+    def _start_or_attach(
+        self, store: Store, key: str, params_json: str, policy: Policy, detach: bool, control: Control
+    ) -> StartOutcome:
+        """``store.start()`` for ``key``, and the hand-over of a run it makes to this process's
+        runner: a new run this process can execute at once is claimed in the same transaction."""
+        ws = self.workspace
+        run_ = ws.runner(store)
+        # From the decision to the hand-over to the runner, a kernel interrupt waits (it lands
+        # while start() waits for another process's lock, or right after): otherwise it could
+        # leave a committed pending run that no thread will ever start.
+        with _interrupts.critical():
+            # a new run this process can execute at once is claimed in start()'s transaction
+            claim = not detach and control.concurrency is None and run_.reserve()
+            try:
+                outcome = store.start(
+                    pipeline=self.name,
+                    key=key,
+                    params_json=params_json,
+                    version=self.version,
+                    phases=self.phases,
+                    policy=policy,
+                    owner=run_.owner,
+                    lease_s=ws.settings.lease,
+                    gone=owner.gone_reason,
+                    detach=detach,
+                    max_auto_resumes=ws.settings.max_auto_resumes,
+                    control=control,
+                    code=self.code,
+                    claim=claim,
+                )
+            except BaseException:
+                if claim:
+                    run_.unreserve()
+                raise
+            rec = outcome.record
+            if claim and outcome.created and rec.status == Status.RUNNING:
+                run_.launch_claimed(rec)
+            else:
+                if claim:
+                    run_.unreserve()
+                if not detach and (
+                    outcome.created
+                    or (
+                        rec.status == Status.PENDING
+                        and rec.target == run_.owner.instance
+                        and not run_.owns(rec.id)
+                    )
+                ):
+                    run_.submit(rec)  # new, or ours yet never handed over: runs now
+        return outcome
 
     def _check_importable(self) -> None:
         module = getattr(self.fn, "__module__", None)

@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
-from . import _interrupts, owner
+from . import _interrupts, codec, owner
 from ._done import DoneWatcher, _Once
 from ._params import params_filter, params_text
 from ._text import safe
@@ -282,6 +282,10 @@ class Run:
                     f"run {self.id} ended in this process but its end could not be "
                     f"stored ({run_.unstored[self.id]})"
                 )
+            if run_.stored_result(self.id)[0]:  # succeeded here: result() needs no read
+                return self
+        if self._last.status.terminal:  # read ended already (an attach): that never changes
+            return self
         pause = 0.005
         while not self.snapshot().status.terminal:
             if parent is not None and parent._cancel:
@@ -347,7 +351,11 @@ class Run:
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the run and return its result, or raise RunFailed/RunCancelled/RunInterrupted."""
-        rec = self.wait(timeout)._last
+        self.wait(timeout)
+        found, text = self._ws.runner(self._store).stored_result(self.id)
+        if found:  # succeeded in this process: the text its end committed, decoded as a read would
+            return codec.decode(text, self.id, "result", self._store.files)
+        rec = self._last if self._last.status.terminal else self.snapshot()
         rec.need("status")
         if rec.status == Status.SUCCEEDED:
             return rec.result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -37,6 +38,22 @@ def unavailable(why: str, ci: str | None = None) -> NoReturn:
     if os.environ.get("CI") == "true":
         pytest.fail(ci or f"CI must run this test: {why}")
     pytest.skip(why)
+
+
+# Store helpers that open the transaction for several writes (store/_writes.py): a transaction is
+# named after the write that called them (put_checkpoint, finish...), not after the helper.
+_SHARED_TX = frozenset({"_owned"})
+
+
+def tx_caller(depth: int = 1) -> str:
+    """The name of the store method that opened a transaction: called from a wrapper of
+    ``Store.tx``, ``depth`` frames up from the caller, skipping shared helpers and contextlib."""
+    frame = sys._getframe(depth + 1)
+    while frame.f_back is not None and (
+        frame.f_code.co_name in _SHARED_TX or frame.f_code.co_filename == contextlib.__file__
+    ):
+        frame = frame.f_back
+    return frame.f_code.co_name
 
 
 def raw(db: str | os.PathLike[str], sql: str, *args: Any) -> list[tuple[Any, ...]]:

@@ -19,7 +19,9 @@ the lineage's journal file) and are SIGKILLed:
   operation (``start``, ``claim``, ``flush``, ``put_checkpoint``, ``put_checkpoints``,
   ``finish``, or ``recover`` / ``request_cancel`` in a recovering process), signals through a file
   and blocks, either before ``COMMIT`` (inside ``BEGIN IMMEDIATE``, rows written but not
-  committed) or just after it. The parent SIGKILLs it there.
+  committed) or just after it. The parent SIGKILLs it there. ``start()`` claims the run it
+  creates in its own transaction (``start`` trips cover the claim then); a ``claim`` of its own
+  is the one of an attempt made by ``Run.resume()``, so ``claim`` trips go that way.
 
 Each run child calls ``start(policy="resume")`` for its lineage's params, so successive attempts
 resume each other; sometimes a second child races on the same key. After each round, recovery runs
@@ -101,6 +103,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import tether
+from helpers.util import tx_caller
 from tether import context as tether_context
 from tether import errors as tether_errors
 from tether.store import SQLiteStore as Store
@@ -161,18 +164,8 @@ def _point(name: str) -> None:
             _await_go()
 
 
-# Store helpers that open the transaction for several writes (store/_writes.py): a trip is named
-# after the write that called them (put_checkpoint, finish...), not after the helper.
-_SHARED_TX = frozenset({"_owned"})
-
-
 def _tx(self: Store) -> Any:
-    frame = sys._getframe(1)
-    while frame.f_back is not None and (
-        frame.f_code.co_name in _SHARED_TX or frame.f_code.co_filename == contextlib.__file__
-    ):
-        frame = frame.f_back
-    return _tripping(self, frame.f_code.co_name)
+    return _tripping(self, tx_caller())
 
 
 @contextlib.contextmanager
@@ -1852,6 +1845,7 @@ class KillHarness:
                 op,
                 when,
                 nth=self.rng.randint(1, 3) if op in ("flush", "put_checkpoint") else 1,
+                via="resume" if op == "claim" else "start",
             )
             for op in TRIP_OPS
             for when in ("pre", "post")
@@ -1890,6 +1884,10 @@ class KillHarness:
         plan = self._random_plan(lineage)
         if not racer and self.rng.random() < 0.25:  # (a racer could resume an older attempt)
             plan = dataclasses.replace(plan, via="resume")
+        if plan.kind == "trip" and plan.op == "claim" and plan.via != "resume":
+            # start() claims its new run in its own transaction: a claim of its own is made for
+            # an attempt of Run.resume()
+            plan = dataclasses.replace(plan, **({"op": "start"} if racer else {"via": "resume"}))
         return plan, False
 
     def _random_plan(self, lineage: Lineage) -> Plan:
@@ -2124,7 +2122,8 @@ class KillHarness:
             for copy in range(copies):
                 plan, listed = self._plan(lin, racer=copy > 0)
                 if filler is not None and watch and filler.trigger is None:
-                    # the disk fills as the run ends, or between its creation and its claim
+                    # the disk fills as the run ends, or right after start() committed it (created
+                    # and claimed in that transaction: its first checkpoint is the next write)
                     plan = self.rng.choice(
                         [Plan("watch", point="return"), Plan("watch", op="start", when="post")]
                     )

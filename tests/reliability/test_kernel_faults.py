@@ -162,10 +162,17 @@ def test_random_interrupts_in_start_strand_no_run_and_leak_no_slot(db: Path) -> 
     new runs still execute."""
     tether.configure(max_concurrency=4)
     quick.start(i=-1).result(timeout=30)
+    took = []  # how long a start() of a new run takes here: the signals fall within that span
+    for i in range(20):
+        t0 = time.perf_counter()
+        run = quick.start(i=-100 - i)
+        took.append(time.perf_counter() - t0)
+        run.wait(timeout=30)
+    span = sorted(took)[len(took) // 2]
     interrupted = 0
     with Interrupts() as ints:
         for i in range(400):
-            timer = ints.timer(random.uniform(0, 0.0015))
+            timer = ints.timer(random.uniform(0, span))
             try:
                 timer.start()
                 quick.start(i=i)

@@ -138,6 +138,41 @@ def test_only_the_target_claims_a_run_and_only_once(store: Store) -> None:
     assert store.claim(rec.id, ME, 60.0) is None  # running already
 
 
+def test_a_start_with_claim_creates_the_run_claimed_by_its_owner_in_one_step(store: Store) -> None:
+    """``claim=True``: a run the call creates is running for ``owner`` at once, as a claim
+    leaves it (its first try started, ``created`` then ``started`` events); attaching, a worker's
+    run and a run given up on are not claimed."""
+    ctl = Control(max_tries=3, timeout=5)
+    rec = start(store, claim=True, control=ctl)
+    assert rec.status == Status.RUNNING and rec.owner == ME and rec.tries == 1
+    assert rec.started_at is not None and rec.deadline == pytest.approx(rec.started_at + 5)
+    assert store.get(rec.id) == rec
+    assert [(e.seq, e.kind) for e in store.events(rec.id)] == [(1, "created"), (2, "started")]
+    assert store.claim(rec.id, ME, 60.0) is None  # claimed already
+    again = store.start(
+        pipeline="p", key="k", params_json='{"x":1}', version=None, phases=[], policy="attach",
+        owner=ME, lease_s=60.0, gone=alive, claim=True,
+    )  # fmt: skip
+    assert not again.created and again.record.id == rec.id
+    detached = start(store, "w", detach=True, claim=True)
+    assert detached.status == Status.PENDING and detached.target == "worker" and detached.owner is None
+
+
+def test_the_record_start_returns_for_a_new_run_is_the_row_as_read_back(store: Store) -> None:
+    ctl = Control("a", ("a",), 2, 1.5, 3)
+    for rec in (
+        start(store, "a"),
+        start(store, "b", claim=True, phases=["x", "y"], control=ctl),
+        start(store, "c", detach=True),
+    ):
+        assert store.get(rec.id) == rec, rec.id
+    failed = store.get(store.attempts("b")[0].id)
+    store.finish(item(failed.id), ME, Status.FAILED, result_json=None, error={"type": "E", "message": "m"})
+    resumed = start(store, "b", policy="resume", claim=True, control=Control(timeout=2))
+    assert resumed.resumed_from == failed.id and resumed.attempt == 2 and resumed.tries == 2
+    assert store.get(resumed.id) == resumed
+
+
 # -- events ----------------------------------------------------------------------------------------
 
 

@@ -2,7 +2,9 @@
 
 Threads (all daemon, so interpreter exit is never blocked and ``atexit`` can mark unfinished runs
 ``interrupted``):
-- one thread per executing sync run (at most ``max_concurrency`` at once);
+- run threads for sync bodies, one per body executing (at most ``max_concurrency`` at once,
+  parked parents aside); a thread whose body ended takes the next one, and ends after
+  ``_IDLE_S`` without one;
 - one asyncio loop thread, started when the first async pipeline runs;
 - one flusher thread: progress + events of every live run in one transaction per tick, lease
   renewal, cancel requests from other processes, and the orphan sweep.
@@ -50,6 +52,38 @@ class Runner(Executing, Ending, Flushing):
             self._queue.append(rec)
         self._ensure_flusher()
         self._pump()
+
+    def reserve(self) -> bool:
+        """Take a slot for a run ``start()`` creates and claims in one transaction (see
+        ``Store.start(claim=True)``): only while one is free and no run waits in the queue before
+        it. The caller gives it back with ``unreserve()`` unless it hands the claimed run to
+        ``launch_claimed()``."""
+        limit = self.workspace.settings.max_concurrency
+        with self._lock:
+            if self._closing or self._forked or self._queue or self._slots >= limit:
+                return False
+            if self._pump_due and time.monotonic() < self._pump_due:  # claims fail lately
+                return False
+            self._slots += 1
+            return True
+
+    def unreserve(self) -> None:
+        """Give back a slot ``reserve()`` took for a run that was not created and claimed."""
+        with self._lock:
+            self._slots -= 1
+        if self._queue:  # a run queued meanwhile may have found no slot
+            self._pump()
+
+    def launch_claimed(self, rec: RunRecord) -> None:
+        """Execute a run ``start()`` created already claimed by this process, in the slot
+        ``reserve()`` took for it."""
+        with _interrupts.critical(), self._lock:
+            if self._closing or self._forked:  # shutdown marks it interrupted, or recovery does
+                self._slots -= 1
+                return
+            self._done[rec.id] = threading.Event()
+        self._ensure_flusher()
+        self._launch(rec)
 
     def claim_detached(self, pipelines: list[str]) -> int:
         """Worker mode: claim and start pending detached runs of ``pipelines`` while slots are free."""
@@ -284,10 +318,16 @@ class Runner(Executing, Ending, Flushing):
 
                 asyncio.run_coroutine_threadsafe(self._run_async(ctx, pipe), loop)
             else:
-                # the thread registers itself in _threads: a thread in that set has started
-                threading.Thread(
-                    target=self._run_sync, args=(ctx, pipe), daemon=True, name=f"tether-run-{rec.id}"
-                ).start()
+                with self._lock:
+                    handed = self._idle > 0
+                    if handed:  # an idle run thread takes it (see _next_job)
+                        self._idle -= 1
+                        self._jobs.put((ctx, pipe))
+                if not handed:
+                    # the thread registers itself in _threads: a thread in that set has started
+                    threading.Thread(
+                        target=self._run_sync, args=(ctx, pipe), daemon=True, name=f"tether-run-{rec.id}"
+                    ).start()
         except Exception as exc:  # e.g. "can't start new thread": the run fails, the slot frees
             self._finish(ctx, Status.FAILED, None, _error(exc))
 
@@ -314,6 +354,9 @@ class Runner(Executing, Ending, Flushing):
             self._queue.clear()
             self._waiting.clear()
             ending = list(self._ending.values())
+            idle, self._idle = self._idle, 0
+            for _ in range(idle):  # idle run threads end
+                self._jobs.put(None)
         self._stop.set()
         self._wake.set()
         if self._flusher is not None and self._flusher is not threading.current_thread():
@@ -368,6 +411,7 @@ def forked(runners: list[Runner]) -> None:
     for r in runners:
         r._forked = True
         r._lock = threading.Lock()
+        r._idle = 0  # the parent's threads are not here
         r.store.runner = None
         for ctx in r._live.values():  # a lock held by the parent's flusher stays held here
             ctx._ev_lock = threading.Lock()

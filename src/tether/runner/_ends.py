@@ -73,7 +73,9 @@ class Ending(RunnerState):
         """One try at writing ``end``; False (and queued for another try) if it failed."""
         run_id = end.run_id
         try:
-            self.store.finish(end.item, self.owner, end.status, result_json=end.result_json, error=end.error)
+            ours = self.store.finish(
+                end.item, self.owner, end.status, result_json=end.result_json, error=end.error
+            )
         except Exception as exc:
             self._record_error("finish")
             if not _transient(exc):  # e.g. the database deleted: no later try can store it
@@ -92,6 +94,8 @@ class Ending(RunnerState):
         with self._lock:
             self._ending.pop(run_id, None)
             self.unstored.pop(run_id, None)
+        if ours and end.status == Status.SUCCEEDED:
+            self._keep_result(run_id, end.result_json)
         return True
 
     def retrying(self, run_id: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import queue
 import sys
 import threading
 import time
@@ -13,7 +14,7 @@ from .._text import duration
 from ..context import Context, _current
 from ..errors import MapItemError, RunCancelled
 from ..model import Status, error_dict
-from ._state import RunnerState, _error
+from ._state import _IDLE_S, RunnerState, _error
 
 if TYPE_CHECKING:
     from ..pipeline import Pipeline
@@ -24,8 +25,44 @@ _NOT_RETRIED = (RunCancelled, KeyboardInterrupt, SystemExit, GeneratorExit)
 
 class Executing(RunnerState):
     def _run_sync(self, ctx: Context, pipe: Pipeline) -> None:
+        """A run thread: executes ``ctx``'s body, then waits (up to ``_IDLE_S``) for the next
+        body ``_launch`` hands it, so that a run does not pay for a new thread."""
+        me = threading.current_thread()
         with self._lock:
-            self._threads.add(threading.current_thread())
+            self._threads.add(me)
+        job: tuple[Context, Pipeline] | None = (ctx, pipe)
+        try:
+            while job is not None:
+                me.name = f"tether-run-{job[0].run_id}"
+                self._run_body(*job)
+                if self._forked:
+                    return
+                job = self._next_job()
+        finally:
+            if not self._forked:
+                self.store.release_conn()
+                with self._lock:
+                    self._threads.discard(me)
+
+    def _next_job(self) -> tuple[Context, Pipeline] | None:
+        """Wait idle for the next body; None: none came in time, or the runner is closing.
+        ``_idle`` counts the idle threads no body was handed to yet: ``_launch`` and this take
+        it under ``_lock``, so a body is never put in ``_jobs`` with no thread left to take it."""
+        with self._lock:
+            if self._closing or self._forked:
+                return None
+            self._idle += 1
+        try:
+            return self._jobs.get(timeout=_IDLE_S)
+        except queue.Empty:
+            with self._lock:
+                try:  # handed over just as the wait ended
+                    return self._jobs.get_nowait()
+                except queue.Empty:
+                    self._idle -= 1
+                    return None
+
+    def _run_body(self, ctx: Context, pipe: Pipeline) -> None:
         token = _current.set(ctx)
         try:
             while True:  # one pass per try
@@ -62,10 +99,6 @@ class Executing(RunnerState):
                     return
         finally:
             _current.reset(token)
-            if not self._forked:
-                self.store.release_conn()
-                with self._lock:
-                    self._threads.discard(threading.current_thread())
 
     async def _run_async(self, ctx: Context, pipe: Pipeline) -> None:
         _current.set(ctx)

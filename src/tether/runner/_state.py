@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import traceback
 from collections import deque
@@ -17,6 +18,7 @@ from ..store import Store
 if TYPE_CHECKING:
     import asyncio
 
+    from ..pipeline import Pipeline
     from ..workspace import Workspace
     from ._ends import _End
 
@@ -24,6 +26,9 @@ Listener = Callable[[str], None]
 _KEEP_ENDED = 1000  # ended runs whose done-event is kept
 _RETRY_FIRST_S = 0.25  # a failed claim or end write is tried again after this, doubling...
 _RETRY_MAX_S = 5.0  # ...up to this, until it lands or the process exits
+_IDLE_S = 30.0  # a run thread with no body to execute ends after this long
+_KEEP_RESULTS = 256  # results of runs that succeeded here kept for result() (the newest)...
+_RESULT_MAX = 16_384  # ...when their stored text is at most this long (characters)
 
 
 class RunnerState:
@@ -39,12 +44,19 @@ class RunnerState:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._live: dict[str, Context] = {}
-        self._threads: set[threading.Thread] = set()  # run threads of sync bodies
+        self._threads: set[threading.Thread] = set()  # run threads of sync bodies, busy or idle
+        # bodies handed to idle run threads (None: end)
+        self._jobs: queue.SimpleQueue[tuple[Context, Pipeline] | None] = queue.SimpleQueue()
+        self._idle = 0  # idle run threads no body was handed to yet
         self._queue: deque[RunRecord] = deque()
         # claims refused by their pipeline's concurrency=: pending, in line, polled for room
         self._waiting: dict[str, RunRecord] = {}
         self._done: dict[str, threading.Event] = {}
         self._ended_ids: deque[str] = deque()
+        # the stored result text of runs that succeeded here lately: result() decodes it without
+        # reading the run's row (the same text as the store's, committed before it is put here)
+        self._results: dict[str, str | None] = {}
+        self._result_ids: deque[str] = deque()
         self._listeners: dict[str, list[Listener]] = {}
         self._slots = 0
         self._ending: dict[str, _End] = {}  # ends to write again
@@ -96,6 +108,23 @@ class RunnerState:
             self._ended_ids.append(run_id)
             while len(self._ended_ids) > _KEEP_ENDED:  # forget the oldest ended runs (wait() polls)
                 self._done.pop(self._ended_ids.popleft(), None)
+
+    def _keep_result(self, run_id: str, result_json: str | None) -> None:
+        if result_json is not None and len(result_json) > _RESULT_MAX:
+            return
+        with self._lock:
+            self._results[run_id] = result_json
+            self._result_ids.append(run_id)
+            while len(self._result_ids) > _KEEP_RESULTS:
+                self._results.pop(self._result_ids.popleft(), None)
+
+    def stored_result(self, run_id: str) -> tuple[bool, str | None]:
+        """(True, its stored result text) for a run that succeeded in this process lately, its
+        end committed; (False, None) for any other run (read it from the store)."""
+        try:
+            return True, self._results[run_id]
+        except KeyError:
+            return False, None
 
     def _record_error(self, where: str) -> None:
         self.errors.append(f"{where}: {traceback.format_exc()}")

@@ -10,10 +10,10 @@ from typing import Any
 
 from ..codec import dumps
 from ..errors import RunActive
-from ..model import Control, Owner, RunRecord, error_dict
+from ..model import Control, Owner, RunRecord, Status, error_dict
 from ..policy import Attach, Conflict, StartRequest, decide, lookback, other_code
 from ._reads import _Reads
-from ._rows import _RUN_COLS, StartOutcome, _text
+from ._rows import StartOutcome, _text
 from .protocol import GoneCheck
 
 
@@ -71,20 +71,15 @@ class _Starts(_Reads):
         max_auto_resumes: int = 3,
         control: Control | None = None,
         code: str | None = None,
+        claim: bool = False,
     ) -> StartOutcome:
         """Decide (``tether.policy.decide``) and apply, in one transaction, what a start() call
         means for ``key``.
 
         ``control``: the pipeline's control options, and the parent run when a body starts it.
-        ``version`` and ``code`` (the body's fingerprint) say which code asks."""
+        ``version`` and ``code`` (the body's fingerprint) say which code asks. ``claim``: a run
+        this call creates is claimed by ``owner`` in the same transaction (see ``_create``)."""
         request = StartRequest(pipeline, key, params_json, version, code, policy, control, max_auto_resumes)
-        # fast path, no write: an ended run the call attaches to is returned as it is (terminal
-        # statuses never change)
-        row = self._latest_row(key)
-        if row is not None:
-            latest = self._rec(row)
-            if latest.status.terminal and type(decide((latest,), request)) is Attach:
-                return StartOutcome(latest, False)
         now = time.time()
         with self.tx() as conn:
             existing = self._newest(conn, key, lookback(request))
@@ -117,6 +112,7 @@ class _Starts(_Reads):
                 control,
                 code=decision.code,
                 changed=decision.changed,
+                claim=claim and not detach and not decision.give_up,
             )
             if decision.give_up:
                 rec = self._give_up(conn, rec, max_auto_resumes, now)
@@ -211,7 +207,12 @@ class _Starts(_Reads):
         control: Control | None = None,
         code: str | None = None,
         changed: str | None = None,
+        claim: bool = False,
     ) -> RunRecord:
+        """Insert a new attempt, pending for ``owner`` (or a worker: ``detach``), with its
+        ``created`` event; with ``claim``, already claimed by ``owner`` as ``claim()`` would
+        (running, its first try started, a ``started`` event): one commit fewer for a run this
+        process executes at once."""
         run_id = os.urandom(6).hex()  # what secrets.token_hex does, without its imports
         phases_done: list[str] = []
         control = control or _NO_CONTROL
@@ -229,9 +230,8 @@ class _Starts(_Reads):
             "INSERT INTO runs (id, key, attempt, pipeline, version, params, status, phases, "
             "phases_done, created_at, updated_at, owner_host, owner_pid, owner_started, "
             "owner_instance, target, lease_until, resumed_from, last_seq, created_by, owner_ns, "
-            "parent_id, tries, max_tries, timeout, concurrency, code) "
-            "VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, "
-            "?, ?, ?, ?, ?, ?)",
+            "parent_id, tries, max_tries, timeout, concurrency, code, started_at, deadline) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 run_id,
                 key,
@@ -239,6 +239,7 @@ class _Starts(_Reads):
                 pipeline,
                 version,
                 params_json,
+                "running" if claim else "pending",
                 dumps(phases),
                 dumps(phases_done),
                 now,
@@ -250,14 +251,17 @@ class _Starts(_Reads):
                 "worker" if detach else owner.instance,
                 None if detach else now + lease_s,
                 resumed_from,
+                2 if claim else 1,
                 created_by,
                 None if detach else owner.ns,
                 control.parent,
-                tries,
+                tries + 1 if claim else tries,
                 control.max_tries,
                 control.timeout,
                 control.concurrency,
                 code,
+                now if claim else None,
+                now + control.timeout if claim and control.timeout is not None else None,
             ),
         )
         data: dict[str, Any] = {"by": created_by}
@@ -269,9 +273,48 @@ class _Starts(_Reads):
             data["resumed_from"] = resumed_from
         if control.parent:
             data["parent"] = control.parent
-        self._append(conn, run_id, 0, [(now, "created", None, dumps(data))])
-        row = conn.execute(f"SELECT {_RUN_COLS} FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return self._rec(row)
+        events = [(now, "created", None, dumps(data))]
+        if claim:  # as claim() writes it
+            events.append((now, "started", None, dumps({"pid": owner.pid, "host": owner.host})))
+        self._append(conn, run_id, 0, events)
+        # the row just written, as a read of it gives it back (REAL columns as floats), without
+        # reading it
+        return RunRecord(
+            id=run_id,
+            key=key,
+            attempt=attempt,
+            pipeline=pipeline,
+            version=version,
+            params_json=params_json,
+            status=Status.RUNNING if claim else Status.PENDING,
+            phase=None,
+            phases=list(phases),
+            done=0,
+            total=None,
+            message=None,
+            error_json=None,
+            result_json=None,
+            created_at=now,
+            started_at=now if claim else None,
+            ended_at=None,
+            updated_at=now,
+            owner=None if detach else owner,
+            target="worker" if detach else owner.instance,
+            lease_until=None if detach else now + lease_s,
+            cancel_requested=False,
+            resumed_from=resumed_from,
+            last_seq=len(events),
+            phases_done=list(phases_done),
+            created_by=created_by,
+            code=code,
+            parent_id=control.parent,
+            tries=tries + 1 if claim else tries,
+            max_tries=control.max_tries,
+            timeout=None if control.timeout is None else float(control.timeout),
+            deadline=now + control.timeout if claim and control.timeout is not None else None,
+            concurrency=control.concurrency,
+            files=self.files,
+        )
 
 
 _NO_CONTROL = Control()

@@ -161,12 +161,20 @@ class Store(Protocol):
         max_auto_resumes: int = 3,
         control: Control | None = None,
         code: str | None = None,
+        claim: bool = False,
     ) -> StartOutcome:
         """What a ``start()`` call means for ``key``, decided (``tether.policy.decide``) and
         applied in one transaction: the run attached to, or a new attempt made (``created``), or
         a ``conflict`` (``tether.policy.Conflict``) the caller raises. An active latest attempt
         whose owner is ``gone`` is marked interrupted first (``recovered``: why). Of any number
-        of processes starting the same key at once, one creates the run and the others attach."""
+        of processes starting the same key at once, one creates the run and the others attach.
+
+        ``claim``: a run this call creates (not ``detach``, not given up on) is claimed by
+        ``owner`` in the same transaction, exactly as ``claim()`` would leave it: ``running``,
+        its first try started (``tries`` + 1, ``started_at``, ``deadline``), a ``started`` event
+        after ``created``. The caller passes it only when it executes the run at once (a slot
+        free, no ``concurrency=``). The record returned for a new run equals the row as a
+        ``get()`` reads it back."""
         ...
 
     def new_attempt(
