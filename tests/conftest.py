@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,3 +39,27 @@ def child_env(db: Path) -> dict[str, str]:
     env["TETHER_DB"] = str(db)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     return env
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster for the session (tests/helpers/postgres.py). Skips without
+    PostgreSQL's binaries or psycopg, except under CI=true, where it fails."""
+    from helpers import postgres
+
+    why = postgres.missing()
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL tests cannot run under CI=true: {why}")
+        pytest.skip(why)
+    cluster = postgres.start_cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> Iterator[str]:
+    """The URL of a fresh database of its own on the session's cluster."""
+    url: str = pg_cluster.new_database()
+    yield url
+    pg_cluster.drop_database(url)

@@ -71,9 +71,10 @@ class Children:
             proc.communicate(timeout=30)
 
 
-def undo_control_migration(conn: Any) -> None:
+def undo_control_migration(conn: Any, migrations: str = "_sqlite_migrations") -> None:
     """Take a current database back to schema 0002 (0003_control undone), as an older tether
-    left it, to test the migration path (``conn``: a plain sqlite3 connection)."""
+    left it, to test the migration path (``conn``: a plain sqlite3 or psycopg connection;
+    ``migrations``: the backend's table of applied migrations)."""
     conn.execute("DROP TABLE workers")
     conn.execute("DROP INDEX runs_parent")
     conn.execute("DROP INDEX runs_queue")
@@ -88,4 +89,4 @@ def undo_control_migration(conn: Any) -> None:
         "parked",
     ):
         conn.execute(f"ALTER TABLE runs DROP COLUMN {col}")
-    conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0003_control'")
+    conn.execute(f"DELETE FROM {migrations} WHERE name = '0003_control'")

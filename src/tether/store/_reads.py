@@ -141,13 +141,9 @@ class _Reads(_Connections):
             where.append("key = ?")
             args.append(key)
         for name, value in (params or {}).items():
-            test, more = _param_test(value)
-            # CASE: json_each is never reached for a damaged (non-JSON) params column
-            where.append(
-                "CASE WHEN json_valid(params) THEN EXISTS (SELECT 1 FROM "
-                f"json_each(runs.params) AS j WHERE j.key = ? AND {test}) ELSE 0 END"
-            )
-            args.extend([name, *more])
+            test, more = self._param_where(name, value)
+            where.append(test)
+            args.extend(more)
         sql = f"SELECT {_RUN_COLS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -156,6 +152,18 @@ class _Reads(_Connections):
             sql += " LIMIT ?"
             args.append(int(limit))
         return [self._rec(r) for r in self.conn().execute(sql, args).fetchall()]
+
+    @staticmethod
+    def _param_where(name: str, value: Any) -> tuple[str, list[Any]]:
+        """A condition on ``runs`` true where param ``name`` equals ``value`` as JSON values do,
+        and its arguments (a backend's dialect may say it otherwise)."""
+        test, more = _param_test(value)
+        # CASE: json_each is never reached for a damaged (non-JSON) params column
+        return (
+            "CASE WHEN json_valid(params) THEN EXISTS (SELECT 1 FROM "
+            f"json_each(runs.params) AS j WHERE j.key = ? AND {test}) ELSE 0 END",
+            [name, *more],
+        )
 
     @_guarded
     def events(
