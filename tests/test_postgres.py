@@ -1,0 +1,296 @@
+"""The PostgreSQL store beyond the contract (tests/store_contract runs that on both backends): its
+schema derived from the SQLite one, the dialect seam, interrupts and forks, large values in the
+database, workers of several processes sharing one queue. A throwaway cluster (tests/conftest.py
+``pg_cluster``): skipped without PostgreSQL, required under CI=true."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tether import codec
+from tether.errors import StoreError
+from tether.model import Owner, RunRecord, Status
+from tether.store import FlushItem, SQLiteStore
+from tether.store._pg_dialect import translate
+from tether.store.postgres import _WRITE_LOCK
+
+TESTS = Path(__file__).parent
+ME = Owner("pg-host", os.getpid(), 1.0, "me")
+
+
+def alive(owner: Owner | None, lease_until: float | None, now: float) -> str | None:
+    return None
+
+
+def pg_store(url: str) -> Any:
+    from tether.store.postgres import PostgresStore
+
+    return PostgresStore(url)
+
+
+def start(store: Any, key: str, **more: Any) -> RunRecord:
+    args: dict[str, Any] = {
+        "pipeline": "p", "params_json": "{}", "version": None, "phases": [], "policy": "attach",
+        "owner": ME, "lease_s": 60.0, "gone": alive,
+    }  # fmt: skip
+    args.update(more)
+    return store.start(key=key, **args).record  # type: ignore[no-any-return]
+
+
+def pg_rows(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(sql, args or None).fetchall()
+
+
+def pg_exec(url: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+# -- the dialect seam (no server) ------------------------------------------------------------------
+
+
+def test_statements_in_sqlites_dialect_are_translated_with_their_arguments_in_order() -> None:
+    text, order = translate("SELECT 1 FROM t WHERE a IS ? AND b = ? AND c > ?1 AND d = 'x?%'")
+    assert text == "SELECT 1 FROM t WHERE a IS NOT DISTINCT FROM %s AND b = %s AND c > %s AND d = 'x?%%'"
+    assert order == (0, 1, 0)  # ?1 is the first argument again
+    text, order = translate(
+        "INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) VALUES (?, ?, ?, ?)"
+    )
+    assert text.endswith("ON CONFLICT (run_id, name) DO UPDATE SET value = EXCLUDED.value, ts = EXCLUDED.ts")
+    assert order is None
+    assert translate("SELECT json_extract(data, '$.id') WHERE instr(v, ?) > 0")[0] == (
+        "SELECT (tether_jsonb(data) ->> 'id') WHERE strpos(v, %s) > 0"
+    )
+
+
+def test_a_url_is_named_without_its_password() -> None:
+    from tether.store.postgres import redact
+
+    assert redact("postgresql://ann:s3cret@db.example:5433/runs?sslmode=require") == (
+        "postgresql://ann@db.example:5433/runs?sslmode=require"
+    )
+    assert redact("postgresql://ann@db/runs") == "postgresql://ann@db/runs"
+
+
+# -- schema ----------------------------------------------------------------------------------------
+
+
+def test_the_postgres_schema_has_the_tables_and_columns_of_the_sqlite_one(
+    pg_url: str, tmp_path: Path
+) -> None:
+    lite = SQLiteStore(tmp_path / "runs.db")
+    lite.list_runs(limit=1)
+    lite.close()
+    with closing(sqlite3.connect(tmp_path / "runs.db")) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        sqlite_cols = {
+            (t, c[1])
+            for t in tables
+            if t != "_sqlite_migrations"
+            for c in conn.execute(f"PRAGMA table_info({t})")
+        }
+    store = pg_store(pg_url)
+    store.list_runs(limit=1)
+    store.close()
+    pg_cols = set(
+        pg_rows(
+            pg_url,
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name NOT IN ('tether_migrations', 'tether_files')",
+        )
+    )
+    assert {t for t, _ in sqlite_cols} == {"runs", "events", "checkpoints", "workers"}
+    assert pg_cols == sqlite_cols | {("runs", "rowid")}  # SQLite's rowid is implicit
+    applied = [r[0] for r in pg_rows(pg_url, "SELECT name FROM tether_migrations ORDER BY seq")]
+    assert applied == ["0001_initial", "0002_owner_ns", "0003_control", "0004_code"]
+
+
+def test_a_database_with_a_runs_table_of_another_program_is_refused_untouched(pg_url: str) -> None:
+    pg_exec(pg_url, "CREATE TABLE runs (x int)")
+    store = pg_store(pg_url)
+    with pytest.raises(StoreError, match="not a tether database; it was left untouched"):
+        store.list_runs()
+    store.close()
+    assert pg_rows(
+        pg_url, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'tether_migrations'"
+    ) == [(0,)]
+
+
+def test_an_unreachable_server_is_a_transient_store_error_naming_the_url_without_password() -> None:
+    store = pg_store("postgresql://ann:s3cret@127.0.0.1:1/runs?connect_timeout=2")
+    with pytest.raises(StoreError, match="could not be reached") as err:
+        store.list_runs()
+    assert (
+        err.value.transient
+        and "s3cret" not in str(err.value)
+        and "postgresql://ann@127.0.0.1:1/runs" in str(err.value)
+    )
+
+
+# -- transactions: interrupts and forks -----------------------------------------------------------
+
+
+def test_an_interrupt_inside_a_write_rolls_it_back_and_frees_the_write_lock(pg_url: str) -> None:
+    store = pg_store(pg_url)
+    rec = start(store, "a")
+    with pytest.raises(KeyboardInterrupt), store.tx() as conn:
+        conn.execute("UPDATE runs SET message = 'half' WHERE id = ?", (rec.id,))
+        raise KeyboardInterrupt
+    assert not store.conn().in_transaction
+    assert store.get(rec.id).message is None  # rolled back
+    # the database's write lock is free for another session (another host's process)
+    assert pg_rows(pg_url, "SELECT pg_try_advisory_lock(%s)", _WRITE_LOCK) == [(True,)]
+    assert start(store, "b").key == "b"  # and this store writes on
+    store.close()
+
+
+def test_a_connection_given_back_inside_a_transaction_is_rolled_back_by_the_pool(pg_url: str) -> None:
+    import threading
+
+    store = pg_store(pg_url)
+    rec = start(store, "a")
+
+    def body() -> None:
+        conn = store.conn()
+        conn.execute("BEGIN")
+        conn.execute("UPDATE runs SET message = 'never' WHERE id = ?", (rec.id,))
+        store.release_conn()  # a run thread ending: its connection goes back to the pool
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert store.get(rec.id).message is None
+    assert pg_rows(
+        pg_url, "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'"
+    ) == [(0,)]
+    store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_forked_child_opens_its_own_connections_and_the_parents_keep_working(pg_url: str) -> None:
+    store = pg_store(pg_url)
+    start(store, "parent")
+    before = store.conn()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the store works, through connections of its own
+        code = 1
+        try:
+            rec = start(store, "child")
+            code = 0 if store.conn() is not before and rec.key == "child" else 2
+        finally:
+            os.write(w, b"x")
+            os._exit(code)
+    os.close(w)
+    os.read(r, 1)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # the child never closed (nor used) the parent's sessions: the parent's connection works
+    assert store.conn() is before
+    assert {r.key for r in store.list_runs()} == {"parent", "child"}
+    store.close()
+
+
+# -- large values ------------------------------------------------------------------------------------
+
+
+def test_a_large_value_is_kept_in_the_database_and_read_back_checked(pg_url: str) -> None:
+    store = pg_store(pg_url)
+    rec = store.claim(start(store, "big").id, ME, 60.0)
+    assert isinstance(rec, RunRecord)
+    value = {"rows": "x" * (codec.INLINE_MAX + 10)}
+    text = codec.encode(value, "checkpoint")
+    assert store.put_checkpoint(
+        FlushItem(rec.id, None, [], [], 0, None, None, []),
+        ME,
+        "big",
+        text,
+    )
+    assert pg_rows(pg_url, "SELECT count(*), sum(size) > %s FROM tether_files", codec.INLINE_MAX) == [
+        (1, True)
+    ]
+    assert store.checkpoint(rec.id, "big") == (True, value)
+    # altered behind tether's back: an error naming the value, never a wrong value
+    pg_exec(pg_url, "UPDATE tether_files SET data = overlay(data placing 'y' from 1)")
+    with pytest.raises(StoreError, match="does not match"):
+        store.checkpoint(rec.id, "big")
+    # no longer referred to: collected
+    store.finish(
+        FlushItem(rec.id, None, [], [], 0, None, None, []),
+        ME, Status.SUCCEEDED, result_json="1", error=None,
+    )  # fmt: skip
+    pg_exec(pg_url, "DELETE FROM checkpoints")
+    assert store.collect_files()[0] == 1
+    assert pg_rows(pg_url, "SELECT count(*) FROM tether_files") == [(0,)]
+    store.close()
+
+
+# -- workers of several processes ------------------------------------------------------------------
+
+_DRAIN = """
+import json, os, sys, time
+from tether.model import Owner
+from tether.store.postgres import PostgresStore
+store = PostgresStore(sys.argv[1])
+me = Owner("host-" + sys.argv[2], os.getpid(), 1.0, "worker-" + sys.argv[2])
+store.list_runs(limit=1)
+print("ready", flush=True)
+sys.stdin.readline()
+got = []
+while True:
+    rec = store.claim_next(me, ["p"], 60.0)
+    if rec is None:
+        break
+    got.append(rec.id)
+print(json.dumps(got), flush=True)
+store.close()
+"""
+
+
+def test_workers_in_three_processes_drain_the_queue_and_no_run_is_claimed_twice(pg_url: str) -> None:
+    store = pg_store(pg_url)
+    ids = {start(store, f"k{i}", detach=True).id for i in range(60)}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _DRAIN, pg_url, str(n)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for n in range(3)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        claimed = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    flat = [run_id for got in claimed for run_id in got]
+    assert sorted(flat) == sorted(ids)  # every run once, none twice
+    assert {r.status for r in store.list_runs(limit=None)} == {Status.RUNNING}
+    owners = {r.owner.instance for r in store.list_runs(limit=None) if r.owner}
+    assert owners <= {"worker-0", "worker-1", "worker-2"}
+    store.close()
