@@ -110,7 +110,8 @@ def test_the_postgres_schema_has_the_tables_and_columns_of_the_sqlite_one(
         pg_rows(
             pg_url,
             "SELECT table_name, column_name FROM information_schema.columns "
-            "WHERE table_schema = current_schema() AND table_name NOT IN ('tether_migrations', 'tether_files')",
+            "WHERE table_schema = current_schema() "
+            "AND table_name NOT IN ('tether_migrations', 'tether_files')",
         )
     )
     assert {t for t, _ in sqlite_cols} == {"runs", "events", "checkpoints", "workers"}
@@ -273,7 +274,7 @@ def test_workers_in_three_processes_drain_the_queue_and_no_run_is_claimed_twice(
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for n in range(3)
     ]
     try:
