@@ -295,3 +295,57 @@ def test_workers_in_three_processes_drain_the_queue_and_no_run_is_claimed_twice(
     owners = {r.owner.instance for r in store.list_runs(limit=None) if r.owner}
     assert owners <= {"worker-0", "worker-1", "worker-2"}
     store.close()
+
+
+# -- configuration: tether.configure(db=...), TETHER_DB, --db --------------------------------------
+
+
+def test_a_postgresql_url_configured_routes_every_feature_to_the_server(pg_url: str) -> None:
+    from tether.store.postgres import PostgresStore
+    from tether.workspace import Workspace
+
+    ws = Workspace(db=pg_url)
+    try:
+        pipe = ws.pipeline(name="test_postgres.double")(lambda ctx, x: 2 * x)
+        run = pipe.start(x=21)
+        assert run.result(timeout=60) == 42
+        assert isinstance(run.store, PostgresStore) and str(run.store.path) == pg_url
+        assert pipe.start(x=21).id == run.id  # an idempotent start attaches
+        assert [r.id for r in ws.runs()] == [run.id]
+    finally:
+        ws.close()
+    assert pg_rows(pg_url, "SELECT status, result FROM runs") == [("succeeded", "42")]
+
+
+def test_tether_db_and_the_clis_db_option_take_a_postgresql_url(pg_url: str, tmp_path: Path) -> None:
+    env = dict(os.environ, TETHER_DB=pg_url, PYTHONPATH=os.pathsep.join([str(TESTS), *sys.path]))
+    code = (
+        "import tether\n"
+        "p = tether.pipeline(name='sq')(lambda ctx, x: x * x)\n"
+        "print(p.start(x=7).result(timeout=60))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "49", out.stderr[-2000:]
+    env.pop("TETHER_DB")
+    out = subprocess.run(
+        [sys.executable, "-m", "tether.cli", "ls", "--db", pg_url, "--json"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert [(r["pipeline"], r["status"]) for r in json.loads(out.stdout)] == [("sq", "succeeded")]
+    assert os.listdir(tmp_path) == []  # no file, no folder named postgresql:
+
+
+def test_without_psycopg_a_postgresql_url_says_how_to_install_it(tmp_path: Path) -> None:
+    code = (
+        "import sys\nsys.modules['psycopg'] = None\n"
+        "import tether\ntry:\n    tether.runs()\nexcept tether.StoreError as exc:\n    print(exc)\n"
+    )
+    env = dict(os.environ, TETHER_DB="postgresql://ann:s3cret@db.example/runs")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "pip install 'tether[postgres]'" in out.stdout and "s3cret" not in out.stdout, out.stdout

@@ -253,6 +253,7 @@ class PostgresStore(_Writes):
     _hand_over = SQLiteStore._hand_over
 
     def __init__(self, url: str, pool_size: int = 32) -> None:  # no super().__init__: no file here
+        _psycopg()  # missing: say how to install it now, not at the first use
         self.url = url
         self.location = redact(url)
         """The database's URL without its password: its identity (``str(store.path)`` too)."""
