@@ -15,12 +15,18 @@ TESTS = Path(__file__).parent  # on sys.path through pytest's ``pythonpath`` (py
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Iterator[Workspace]:
+def workspace(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Workspace]:
     """The default workspace pointed at a fresh database file (pipelines defined at import stay
-    registered in it); afterwards its runners are stopped, its stores closed, its settings back."""
+    registered in it); afterwards its runners are stopped, its stores closed, its settings back.
+
+    Parametrized indirectly with "postgres" (helpers.postgres.BOTH_BACKENDS): a fresh database on
+    the session's PostgreSQL cluster instead."""
     ws = default()
     saved = ws.settings
-    ws.configure(db=tmp_path / "runs.db")
+    if getattr(request, "param", "sqlite") == "postgres":
+        ws.configure(db=request.getfixturevalue("pg_url"))
+    else:
+        ws.configure(db=tmp_path / "runs.db")
     yield ws
     ws.close()
     ws.settings = saved
@@ -28,7 +34,11 @@ def workspace(tmp_path: Path) -> Iterator[Workspace]:
 
 @pytest.fixture
 def db(workspace: Workspace, tmp_path: Path) -> Path:
-    """The fresh database file of ``workspace``."""
+    """The fresh database file of ``workspace`` (on PostgreSQL: its URL, which helpers.util.raw
+    and the CLI's --db take as well)."""
+    configured = workspace.settings.db or ""
+    if configured.startswith("postgresql://"):
+        return configured  # type: ignore[return-value]
     return tmp_path / "runs.db"
 
 

@@ -18,6 +18,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
+# ``pytestmark = BOTH_BACKENDS`` (or a test's decorator): the tests run on a SQLite file and on a
+# fresh PostgreSQL database (the ``workspace`` fixture of tests/conftest.py, parametrized)
+BOTH_BACKENDS = pytest.mark.parametrize("workspace", ["sqlite", "postgres"], indirect=True)
+
 SUPERUSER = "tether"  # the cluster's superuser (initdb -U), owner of every test database
 
 

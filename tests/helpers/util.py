@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,7 +31,16 @@ def wait_until(pred: Callable[[], T], timeout: float = 30.0, what: str = "the co
 
 
 def raw(db: str | os.PathLike[str], sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Read the database with plain sqlite3 (no tether code, so no recovery on the way)."""
+    """Read the database with plain sqlite3 (no tether code, so no recovery on the way); a
+    postgresql:// URL with psycopg, the statement translated from SQLite's dialect."""
+    if str(db).startswith("postgresql://"):
+        import psycopg
+
+        from tether.store._pg_dialect import arguments, translate
+
+        text, order = translate(sql)
+        with psycopg.connect(str(db), autocommit=True) as pg:
+            return pg.execute(text, arguments(order, args)).fetchall()
     conn = sqlite3.connect(db, timeout=30)
     try:
         return conn.execute(sql, args).fetchall()
@@ -69,6 +79,23 @@ class Children:
             if proc.poll() is None:
                 proc.kill()
             proc.communicate(timeout=30)
+
+
+def write(db: str | os.PathLike[str], sql: str, *args: Any) -> None:
+    """A committed write behind tether's back (a hand edit), on either backend (see ``raw``)."""
+    if str(db).startswith("postgresql://"):
+        raw(db, sql + " RETURNING 1", *args)  # autocommit
+        return
+    with closing(sqlite3.connect(db, timeout=30)) as conn, conn:
+        conn.execute(sql, args)
+
+
+def intact(db: str | os.PathLike[str]) -> bool:
+    """The database passes its integrity check (SQLite's; a server's database is never left
+    half-written by a client that dies)."""
+    if str(db).startswith("postgresql://"):
+        return True
+    return raw(db, "PRAGMA integrity_check") == [("ok",)]
 
 
 def undo_control_migration(conn: Any, migrations: str = "_sqlite_migrations") -> None:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 _WRITE_LOCK = 0x746574686572
 _SCHEMA_LOCK = 0x746574686573
 _INSTALL = "pip install 'tether[postgres]'"
+IDLE_IN_WRITE_S = 10.0  # a session idle this long inside a transaction is ended by the server
 
 
 def _psycopg() -> Any:
@@ -137,7 +138,7 @@ class _Conn:
 
 def _configure(raw: psycopg.Connection[Any]) -> None:
     """Every new connection: NUMERIC read back as int or float (as SQLite's NUMERIC keeps them),
-    and no lock waited for longer than the SQLite store waits."""
+    no lock waited for longer than the SQLite store waits, no transaction left idle."""
     from psycopg.adapt import Loader
 
     class _Number(Loader):
@@ -149,6 +150,10 @@ def _configure(raw: psycopg.Connection[Any]) -> None:
 
     raw.adapters.register_loader("numeric", _Number)
     raw.execute(f"SET lock_timeout = '{int(BUSY_TIMEOUT_S * 1000)}ms'")
+    # A process stopped (SIGSTOP, a host that froze or lost its network) inside a write would
+    # hold the write lock of every host: the server ends such a session after this long, well
+    # within the time others wait for the lock; its transaction is rolled back.
+    raw.execute(f"SET idle_in_transaction_session_timeout = '{int(IDLE_IN_WRITE_S * 1000)}ms'")
     raw.execute("SET application_name = 'tether'")
 
 
