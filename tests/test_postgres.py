@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -159,9 +162,28 @@ def test_an_interrupt_inside_a_write_rolls_it_back_and_frees_the_write_lock(pg_u
     store.close()
 
 
-def test_a_connection_given_back_inside_a_transaction_is_rolled_back_by_the_pool(pg_url: str) -> None:
-    import threading
+def test_a_write_waiting_for_another_hosts_write_is_interruptible_and_holds_nothing(pg_url: str) -> None:
+    import psycopg
 
+    store = pg_store(pg_url)
+    start(store, "a")
+    with psycopg.connect(pg_url) as holder:  # another host in the middle of a write
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+        timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            start(store, "b")  # waits for the lock, in slices
+        assert time.monotonic() - t0 < 5
+        timer.join()
+        assert not store.conn().in_transaction
+        holder.rollback()  # that write ends: ours goes through
+    assert start(store, "b").key == "b"
+    assert {r.key for r in store.list_runs()} == {"a", "b"}
+    store.close()
+
+
+def test_a_connection_given_back_inside_a_transaction_is_rolled_back_by_the_pool(pg_url: str) -> None:
     store = pg_store(pg_url)
     rec = start(store, "a")
 

@@ -43,6 +43,12 @@ if TYPE_CHECKING:
 _WRITE_LOCK = 0x746574686572
 _SCHEMA_LOCK = 0x746574686573
 _INSTALL = "pip install 'tether[postgres]'"
+_SLICE_MS = 100  # the main thread's wait for the write lock, per try
+# a write transaction begins with one round trip (simple query protocol: several statements)
+_BEGIN = f"BEGIN; SELECT pg_advisory_xact_lock({_WRITE_LOCK})"
+_BEGIN_SLICED = (
+    f"BEGIN; SET LOCAL lock_timeout = '{_SLICE_MS}ms'; SELECT pg_advisory_xact_lock({_WRITE_LOCK})"
+)
 IDLE_IN_WRITE_S = 10.0  # a session idle this long inside a transaction is ended by the server
 
 
@@ -463,31 +469,25 @@ class PostgresStore(_Writes):
                 self.write_lock.release()
 
     def _begin_write(self, conn: _Conn) -> None:
-        """BEGIN, then the database's write lock. The main thread asks for it without waiting,
-        in a loop, so that a recorded interrupt is delivered between tries; other threads wait
-        for it (at most lock_timeout)."""
-        try:
-            conn.raw.execute("BEGIN")
-            if not _interrupts.in_main_thread():
-                conn.raw.execute("SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,))
+        """BEGIN and the database's write lock, in one round trip. Waiting for the lock is
+        queued in the server (woken as soon as it is free); the main thread waits in slices
+        (a transaction-local lock_timeout) so that a recorded interrupt is delivered between
+        them, while nothing is held."""
+        psycopg = _psycopg()
+        main = _interrupts.in_main_thread()
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                conn.raw.execute(_BEGIN_SLICED if main else _BEGIN)
                 return
-            deadline = time.monotonic() + BUSY_TIMEOUT_S
-            pause = 0.0005
-            while True:
-                row = conn.raw.execute("SELECT pg_try_advisory_xact_lock(%s)", (_WRITE_LOCK,)).fetchone()
-                if row is not None and row[0]:
-                    return
-                if time.monotonic() > deadline:
-                    err = self._fail(f"stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s")
-                    err.transient = True
-                    raise err
-                time.sleep(pause)
-                pause = min(pause * 2, 0.01)
-                _interrupts.safe_point()
-        except StoreError:
-            raise
-        except Exception as exc:
-            raise self._error(exc) from exc
+            except psycopg.errors.LockNotAvailable as exc:
+                conn.rollback()
+                if not main or time.monotonic() > deadline:
+                    raise self._error(exc) from exc
+            except Exception as exc:
+                conn.rollback()
+                raise self._error(exc) from exc
+            _interrupts.safe_point()
 
     # -- what PostgreSQL says otherwise --------------------------------------------------------
 
