@@ -24,6 +24,7 @@ from typing import Any
 import _paths  # noqa: F401  (tests/ importable: helpers.postgres)
 
 from helpers.postgres import start_cluster
+from tether.model import Owner
 from tether.workspace import Workspace
 
 _RACE = """
@@ -132,9 +133,12 @@ def main() -> None:
 
         url = cluster.new_database()
         ws = Workspace(db=url)
-        p = ws.pipeline(name="bench_pg.queue")(lambda ctx, k: k)
-        for k in range(queue):
-            p.start(k=k, detach=True)
+        store, me = ws.store(), Owner("bench", os.getpid(), 1.0, "bench")
+        for k in range(queue):  # pending, for any worker (what start(detach=True) leaves)
+            store.start(
+                pipeline="bench_pg.queue", key=f"k{k}", params_json="{}", version=None, phases=[],
+                policy="attach", owner=me, lease_s=60.0, gone=lambda o, lease, now: None, detach=True,
+            )  # fmt: skip
         ws.close()
         outs, took = _procs(_DRAIN, [[url, str(n)] for n in range(3)])
         flat = [i for o in outs for i in o]
