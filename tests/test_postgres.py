@@ -371,3 +371,16 @@ def test_without_psycopg_a_postgresql_url_says_how_to_install_it(tmp_path: Path)
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "pip install 'tether[postgres]'" in out.stdout and "s3cret" not in out.stdout, out.stdout
+
+
+def test_a_nul_character_in_a_log_line_or_message_is_stored_as_a_replacement(pg_url: str) -> None:
+    store = pg_store(pg_url)
+    rec = store.claim(start(store, "a\x00b").id, ME, 60.0)
+    assert isinstance(rec, RunRecord)
+    line = (1.0, "log", "work", codec.dumps({"line": "x\x00y"}))
+    item = FlushItem(rec.id, "ph\x00ase", [], [], 1, None, "m\x00n", [line])
+    assert store.flush([item], ME, None)[0] == set()
+    got = store.get(rec.id)
+    assert (got.key, got.phase, got.message) == ("a\ufffdb", "ph\ufffdase", "m\ufffdn")
+    assert store.tail(rec.id, "log", 1)[0].data == {"line": "x\x00y"}  # JSON escapes it: kept
+    store.close()

@@ -101,6 +101,15 @@ def _identity(location: str) -> Path:
     return path
 
 
+def _no_nul(args: Sequence[Any]) -> Sequence[Any]:
+    """PostgreSQL's text holds no U+0000 (SQLite's does): it becomes U+FFFD, which tether
+    renders the same way (never as a control character)."""
+    for a in args:
+        if type(a) is str and "\x00" in a:
+            return [a.replace("\x00", "\ufffd") if type(a) is str else a for a in args]
+    return args
+
+
 class _Conn:
     """A psycopg connection that takes the store's statements in SQLite's dialect: the calls of
     sqlite3.Connection the mixins make (execute, executemany, in_transaction)."""
@@ -115,7 +124,7 @@ class _Conn:
         text, order = translate(sql)
         cur = self.raw.cursor()
         try:
-            cur.execute(text, arguments(order, args))
+            cur.execute(text, _no_nul(arguments(order, args)))
         except Exception as exc:
             raise self.store._error(exc) from exc
         return cur
@@ -124,7 +133,7 @@ class _Conn:
         text, order = translate(sql)
         cur = self.raw.cursor()
         try:
-            cur.executemany(text, [arguments(order, r) for r in rows])
+            cur.executemany(text, [_no_nul(arguments(order, r)) for r in rows])
         except Exception as exc:
             raise self.store._error(exc) from exc
         return cur
