@@ -384,3 +384,21 @@ def test_a_nul_character_in_a_log_line_or_message_is_stored_as_a_replacement(pg_
     assert (got.key, got.phase, got.message) == ("a\ufffdb", "ph\ufffdase", "m\ufffdn")
     assert store.tail(rec.id, "log", 1)[0].data == {"line": "x\x00y"}  # JSON escapes it: kept
     store.close()
+
+
+def test_a_pickle_is_stored_but_never_unpickled_from_a_shared_database(pg_url: str) -> None:
+    from helpers import values
+    from tether.workspace import default
+
+    ws = default()
+    saved = ws.settings
+    ws.configure(db=pg_url)
+    try:
+        run = values.pickled.start()  # defined with serializer="pickle" in this process
+        run.wait(timeout=60)
+        with pytest.raises(StoreError, match="does not unpickle values from a shared PostgreSQL"):
+            _ = ws.store().get(run.id).result
+        assert pg_rows(pg_url, "SELECT status FROM runs WHERE id = %s", run.id) == [("succeeded",)]
+    finally:
+        ws.close()
+        ws.settings = saved

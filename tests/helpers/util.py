@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,18 +29,37 @@ def wait_until(pred: Callable[[], T], timeout: float = 30.0, what: str = "the co
         pause = min(pause * 2, 0.05)
 
 
-def raw(db: str | os.PathLike[str], sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Read the database with plain sqlite3 (no tether code, so no recovery on the way); a
-    postgresql:// URL with psycopg, the statement translated from SQLite's dialect."""
-    if str(db).startswith("postgresql://"):
+class _Translated:
+    """A psycopg connection (autocommit) that takes statements in SQLite's dialect, as
+    sqlite3's does (tether.store._pg_dialect translates them; nothing else of tether is used)."""
+
+    def __init__(self, url: str) -> None:
         import psycopg
 
+        self.conn = psycopg.connect(url, autocommit=True)
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         from tether.store._pg_dialect import arguments, translate
 
         text, order = translate(sql)
-        with psycopg.connect(str(db), autocommit=True) as pg:
-            return pg.execute(text, arguments(order, args)).fetchall()
-    conn = sqlite3.connect(db, timeout=30)
+        return self.conn.execute(text, arguments(order, args))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def connect(db: str | os.PathLike[str]) -> Any:
+    """A plain connection to the database, for reads behind tether's back: sqlite3's, or for a
+    postgresql:// URL psycopg's taking the same statements."""
+    if str(db).startswith("postgresql://"):
+        return _Translated(str(db))
+    return sqlite3.connect(db, timeout=30)
+
+
+def raw(db: str | os.PathLike[str], sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Read the database with plain sqlite3 (no tether code, so no recovery on the way); a
+    postgresql:// URL with psycopg, the statement translated from SQLite's dialect."""
+    conn = connect(db)
     try:
         return conn.execute(sql, args).fetchall()
     finally:
@@ -83,11 +101,13 @@ class Children:
 
 def write(db: str | os.PathLike[str], sql: str, *args: Any) -> None:
     """A committed write behind tether's back (a hand edit), on either backend (see ``raw``)."""
-    if str(db).startswith("postgresql://"):
-        raw(db, sql + " RETURNING 1", *args)  # autocommit
-        return
-    with closing(sqlite3.connect(db, timeout=30)) as conn, conn:
+    conn = connect(db)
+    try:
         conn.execute(sql, args)
+        if isinstance(conn, sqlite3.Connection):  # psycopg's is in autocommit
+            conn.commit()
+    finally:
+        conn.close()
 
 
 def intact(db: str | os.PathLike[str]) -> bool:
