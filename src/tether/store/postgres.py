@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg_pool import ConnectionPool
 
+    from .protocol import Store
+
 # pg_advisory_xact_lock keys: every write transaction ("tether" in ASCII), and migrations
 _WRITE_LOCK = 0x746574686572
 _SCHEMA_LOCK = 0x746574686573
@@ -603,3 +605,9 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
+
+
+if TYPE_CHECKING:  # mypy proves the PostgreSQL class implements the protocol
+
+    def _implements(store: PostgresStore) -> Store:
+        return store
