@@ -359,6 +359,12 @@ def test_tether_db_and_the_clis_db_option_take_a_postgresql_url(pg_url: str, tmp
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert [(r["pipeline"], r["status"]) for r in json.loads(out.stdout)] == [("sq", "succeeded")]
+    typo = pg_url.replace("@/", "@/typo_", 1)
+    out = subprocess.run(
+        [sys.executable, "-m", "tether.cli", "ls", "--db", typo],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode != 0 and "does not exist" in out.stderr, out.stderr[-2000:]
     assert os.listdir(tmp_path) == []  # no file, no folder named postgresql:
 
 
@@ -454,3 +460,16 @@ def test_a_run_owned_on_another_host_is_judged_by_its_lease_and_recovered_once_i
         if proc.poll() is None:
             proc.kill()
         ws.close()
+
+
+def test_exists_tells_a_tether_database_from_an_empty_or_missing_one_without_creating_it(pg_url: str) -> None:
+    missing = pg_url.replace("@/", "@/no_such_db_", 1)
+    assert pg_store(missing).exists() is False
+    store = pg_store(pg_url)
+    assert store.exists() is False  # an empty database: nothing of tether's in it
+    assert pg_rows(pg_url, "SELECT to_regclass('runs') IS NULL") == [(True,)]  # nor made by asking
+    start(store, "a")
+    assert store.exists() is True
+    store.close()
+    with pytest.raises(StoreError, match="could not be reached"):
+        pg_store("postgresql://ann@127.0.0.1:1/runs?connect_timeout=2").exists()

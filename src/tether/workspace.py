@@ -153,8 +153,14 @@ class Workspace:
         """store(path) for a database that must exist already (the CLI's reads: a typo must not
         create an empty one). StoreError if it does not exist or cannot be reached."""
         p = self._location(path)
-        if isinstance(p, str):  # a server's database: connecting tells whether it is there
-            return self.store(p)
+        if isinstance(p, str):  # a server's database: connecting tells whether tether's is there
+            pg = cast("PostgresStore", self.store(p))
+            if not pg.exists():
+                raise StoreError(
+                    f"tether database {str(pg.path)!r} does not exist (no tether tables there); pass "
+                    "--db URL (or set TETHER_DB) to point at the database your notebook uses"
+                )
+            return pg
         # a SQLite store's file tells whether the database exists
         s = cast(SQLiteStore, self.store(p))
         if s._stat() is None:

@@ -331,6 +331,22 @@ class PostgresStore(_Writes):
         err.transient = True
         return err
 
+    def exists(self) -> bool:
+        """Is there a tether database at this URL, asked without creating or migrating it: the
+        server's database exists and holds tether's tables. An unreachable server (or one that
+        refuses the user) is a StoreError."""
+        psycopg = _psycopg()
+        try:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=int(BUSY_TIMEOUT_S)) as raw:
+                row = raw.execute("SELECT to_regclass(%s) IS NOT NULL", (MIGRATIONS_TABLE,)).fetchone()
+        except psycopg.errors.InvalidCatalogName:
+            return False  # no such database on the server
+        except psycopg.Error as exc:
+            if "does not exist" in str(exc) and "database" in str(exc):  # libpq's connect message
+                return False
+            raise self._error(exc) from exc
+        return bool(row and row[0])
+
     # -- connections ---------------------------------------------------------------------------
 
     def _open(self) -> None:
