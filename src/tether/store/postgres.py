@@ -32,6 +32,7 @@ from ..errors import StoreError
 from . import _pg_dialect, _schema
 from ._connection import BUSY_TIMEOUT_S
 from ._pg_dialect import FILES_TABLE, MIGRATIONS_TABLE, arguments, translate
+from ._reads import _param_test
 from ._writes import _Writes
 from .sqlite import SQLiteStore
 
@@ -190,7 +191,7 @@ class _PGFiles(Artifacts):
             conn.execute(
                 f"INSERT INTO {FILES_TABLE} (digest, size, data, created_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (digest) DO NOTHING",
-                (digest, view.nbytes, bytes(view), now),
+                (digest, view.nbytes, view, now),  # psycopg sends a buffer as bytea, uncopied
             )
 
     def put(self, files: Mapping[str, Any]) -> None:
@@ -522,7 +523,7 @@ class PostgresStore(_Writes):
     def _param_where(name: str, value: Any) -> tuple[str, list[Any]]:
         """jsonb equality is JSON's: ``true`` is not ``1``, ``3 == 3.0``; damaged params (not
         JSON) read as NULL and match nothing."""
-        _reads_test(value)
+        _param_test(value)  # the same TypeError as SQLite's for a value that is no JSON value
         return "(tether_jsonb(params) -> ?) = CAST(? AS jsonb)", [name, codec.dumps(value)]
 
     def newest(self, keys: Sequence[str]) -> dict[str, tuple[str, int, str]]:
@@ -539,13 +540,6 @@ class PostgresStore(_Writes):
                 for key, attempt, run_id, status in rows:
                     out[key] = (str(run_id), attempt, str(status))
         return out
-
-
-def _reads_test(value: Any) -> None:
-    """The same TypeError as the SQLite store for a value that is no JSON value."""
-    from ._reads import _param_test
-
-    _param_test(value)
 
 
 def _migrate(store: PostgresStore, conn: _Conn) -> None:
