@@ -473,3 +473,21 @@ def test_exists_tells_a_tether_database_from_an_empty_or_missing_one_without_cre
     store.close()
     with pytest.raises(StoreError, match="could not be reached"):
         pg_store("postgresql://ann@127.0.0.1:1/runs?connect_timeout=2").exists()
+
+
+def test_a_session_the_server_ended_is_replaced_and_the_read_sent_again(pg_url: str) -> None:
+    store = pg_store(pg_url)
+    rec = start(store, "a")
+    ended = pg_rows(
+        pg_url,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'tether'",
+    )
+    assert ended[0][0] >= 1  # a server restart, a failover, a connection dropped on the way
+    assert store.get(rec.id).key == "a"  # no error: the read went again on a new session
+    pg_rows(
+        pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'tether'"
+    )
+    with store.tx() as conn:  # a write begins on a new session as well
+        conn.execute("UPDATE runs SET message = 'm' WHERE id = ?", (rec.id,))
+    assert store.get(rec.id).message == "m"
+    store.close()

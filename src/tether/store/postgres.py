@@ -125,12 +125,20 @@ class _Conn:
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         text, order = translate(sql)
-        cur = self.raw.cursor()
+        params = _no_nul(arguments(order, args))
+        alone = self.raw.info.transaction_status == 0  # outside a transaction: its own commit
         try:
-            cur.execute(text, _no_nul(arguments(order, args)))
+            return self.raw.execute(text, params)
+        except Exception as exc:
+            # The session was gone before the statement (a server restart or failover, an idle
+            # connection dropped by the network): a statement of its own (a read, an idempotent
+            # insert of a value) is sent again once, on a new connection from the pool.
+            if not (alone and self.raw.closed and self.store._reconnect(self)):
+                raise self.store._error(exc) from exc
+        try:
+            return self.raw.execute(text, params)
         except Exception as exc:
             raise self.store._error(exc) from exc
-        return cur
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
         text, order = translate(sql)
@@ -432,6 +440,23 @@ class PostgresStore(_Writes):
         except Exception:
             pass
 
+    def _reconnect(self, conn: _Conn) -> bool:
+        """Give ``conn``'s broken session back (the pool drops it) and put a new one in it."""
+        pool = self._pool
+        if pool is None or self._closed:
+            return False
+        with self._open_lock:
+            self._conns.pop(conn.raw, None)
+        self._give_back(conn.raw)
+        try:
+            raw = pool.getconn()
+        except Exception:
+            return False
+        with self._open_lock:
+            self._conns[raw] = threading.current_thread()
+        conn.raw = raw
+        return True
+
     def release_conn(self) -> None:
         conn: _Conn | None = getattr(self._local, "conn", None)
         if conn is None:
@@ -504,6 +529,7 @@ class PostgresStore(_Writes):
         psycopg = _psycopg()
         main = _interrupts.in_main_thread()
         deadline = time.monotonic() + BUSY_TIMEOUT_S
+        fresh = False  # a session found gone at BEGIN is replaced once (nothing was sent in it)
         while True:
             try:
                 conn.raw.execute(_BEGIN_SLICED if main else _BEGIN)
@@ -514,7 +540,9 @@ class PostgresStore(_Writes):
                     raise self._error(exc) from exc
             except Exception as exc:
                 conn.rollback()
-                raise self._error(exc) from exc
+                if fresh or not (conn.raw.closed and self._reconnect(conn)):
+                    raise self._error(exc) from exc
+                fresh = True
             _interrupts.safe_point()
 
     # -- what PostgreSQL says otherwise --------------------------------------------------------
