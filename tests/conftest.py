@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,12 +15,18 @@ TESTS = Path(__file__).parent  # on sys.path through pytest's ``pythonpath`` (py
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Iterator[Workspace]:
+def workspace(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Workspace]:
     """The default workspace pointed at a fresh database file (pipelines defined at import stay
-    registered in it); afterwards its runners are stopped, its stores closed, its settings back."""
+    registered in it); afterwards its runners are stopped, its stores closed, its settings back.
+
+    Parametrized indirectly with "postgres" (helpers.postgres.BOTH_BACKENDS): a fresh database on
+    the session's PostgreSQL cluster instead."""
     ws = default()
     saved = ws.settings
-    ws.configure(db=tmp_path / "runs.db")
+    if getattr(request, "param", "sqlite") == "postgres":
+        ws.configure(db=request.getfixturevalue("pg_url"))
+    else:
+        ws.configure(db=tmp_path / "runs.db")
     yield ws
     ws.close()
     ws.settings = saved
@@ -27,7 +34,11 @@ def workspace(tmp_path: Path) -> Iterator[Workspace]:
 
 @pytest.fixture
 def db(workspace: Workspace, tmp_path: Path) -> Path:
-    """The fresh database file of ``workspace``."""
+    """The fresh database file of ``workspace`` (on PostgreSQL: its URL, which helpers.util.raw
+    and the CLI's --db take as well)."""
+    configured = workspace.settings.db or ""
+    if configured.startswith("postgresql://"):
+        return configured  # type: ignore[return-value]
     return tmp_path / "runs.db"
 
 
@@ -38,3 +49,27 @@ def child_env(db: Path) -> dict[str, str]:
     env["TETHER_DB"] = str(db)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
     return env
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster for the session (tests/helpers/postgres.py). Skips without
+    PostgreSQL's binaries or psycopg, except under CI=true, where it fails."""
+    from helpers import postgres
+
+    why = postgres.missing()
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL tests cannot run under CI=true: {why}")
+        pytest.skip(why)
+    cluster = postgres.start_cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> Iterator[str]:
+    """The URL of a fresh database of its own on the session's cluster."""
+    url: str = pg_cluster.new_database()
+    yield url
+    pg_cluster.drop_database(url)

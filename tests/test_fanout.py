@@ -24,8 +24,11 @@ import pytest
 import tether
 from helpers import checkpoint_pipelines
 from helpers.checkpoint_pipelines import Children, executions, first_line, raw, wait_until
+from helpers.postgres import BOTH_BACKENDS
 from tether.fanout import _BATCH_S
 from tether.workspace import Workspace
+
+pytestmark = BOTH_BACKENDS
 
 EXECUTORS = ["default", "threads", "processes", "dask-client", "dask-executor"]
 

@@ -111,7 +111,7 @@ def _lines(out: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
 def _assert_refusal(message: str, db: Path, fstype: str, mount_point: Path, cli: bool = False) -> None:
     assert message.startswith(f"tether database {str(db)!r} is on a network filesystem"), message
     assert f"({fstype}, mounted at {str(mount_point)!r})" in message and "\n" not in message
-    assert "TETHER_DB=" in message and "PostgreSQL" in message and "not built yet" in message
+    assert "TETHER_DB=postgresql://" in message and "tether[postgres]" in message
     assert "TETHER_ALLOW_NETWORK_FS=1" in message
     if cli:  # the CLI's words: its flag, and no configure() a shell cannot call
         assert "--db PATH or TETHER_DB=" in message and "configure" not in message, message

@@ -1,8 +1,8 @@
 """Owners that die: SIGKILL, zombies, interpreter exit with a run in flight, and ``tether gc``.
 
 The owner of each run is a real child process (``helpers.owner_pipelines.child``). Until the test has
-checked recovery, this process reads the database with plain sqlite3 only, so that no tether call
-recovers a run before the one under test does.
+checked recovery, this process reads the database with plain sqlite3 (or psycopg: every test runs
+on PostgreSQL too) only, so that no tether call recovers a run before the one under test does.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +21,10 @@ import pytest
 
 import tether
 from helpers import owner_pipelines
-from helpers.util import Children, raw, wait_until
+from helpers.postgres import BOTH_BACKENDS
+from helpers.util import Children, intact, raw, wait_until, write
+
+pytestmark = BOTH_BACKENDS
 
 
 @pytest.fixture
@@ -190,7 +192,7 @@ def test_interpreter_exit_with_a_blocked_run_in_flight_marks_it_interrupted(
     rows = raw(db, "SELECT id FROM runs")
     assert len(rows) == 1
     check_interrupted_at_exit(db, rows[0][0])
-    assert raw(db, "PRAGMA integrity_check") == [("ok",)]
+    assert intact(db)
     assert tether.get_run(rows[0][0]).status == "interrupted"
 
 
@@ -218,7 +220,7 @@ def test_interpreter_exit_while_the_body_keeps_reporting_progress_marks_it_inter
     assert statuses == [("interrupted", len(procs))], statuses
     for run_id in ids:
         check_interrupted_at_exit(db, run_id)
-    assert raw(db, "PRAGMA integrity_check") == [("ok",)]
+    assert intact(db)
 
 
 def test_gc_cli_reports_and_marks_orphans(
@@ -269,8 +271,7 @@ def test_a_live_owner_on_this_host_keeps_its_run_even_with_an_expired_lease(
     run_id = run_of(db, owner_pipelines.crashy, proc)
     os.kill(proc.pid, signal.SIGSTOP)
     try:
-        with sqlite3.connect(db) as conn:  # the lease ran out long ago
-            conn.execute("UPDATE runs SET lease_until = 1 WHERE id = ?", (run_id,))
+        write(db, "UPDATE runs SET lease_until = 1 WHERE id = ?", run_id)  # ran out long ago
         assert tether.get_run(run_id).status == "running"
         assert [r.id for r in tether.runs(status="running")] == [run_id]
         assert (
@@ -291,14 +292,14 @@ def test_an_owner_on_another_host_is_gone_once_its_lease_expires(db: Path, child
     run_id = run_of(db, owner_pipelines.crashy, proc)
     os.kill(proc.pid, signal.SIGSTOP)
     try:
-        with sqlite3.connect(db) as conn:  # pretend the owner lives on another machine
-            conn.execute(
-                "UPDATE runs SET owner_host = 'elsewhere', lease_until = ? WHERE id = ?",
-                (time.time() + 60, run_id),
-            )
+        write(  # pretend the owner lives on another machine
+            db,
+            "UPDATE runs SET owner_host = 'elsewhere', lease_until = ? WHERE id = ?",
+            time.time() + 60,
+            run_id,
+        )
         assert tether.get_run(run_id).status == "running"  # lease still valid
-        with sqlite3.connect(db) as conn:
-            conn.execute("UPDATE runs SET lease_until = ? WHERE id = ?", (time.time() - 1, run_id))
+        write(db, "UPDATE runs SET lease_until = ? WHERE id = ?", time.time() - 1, run_id)
         run = tether.get_run(run_id)
         assert run.status == "interrupted"
         assert "lease" in run.error["message"]

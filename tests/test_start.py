@@ -1,7 +1,8 @@
 """Idempotent start(), start policies, attempts, the run listing and the typed errors of the engine.
 
 Everything here runs in this process against a real SQLite file (the ``db`` fixture), except the
-one test that needs a process without the pipeline.
+one test that needs a process without the pipeline; and again against a fresh PostgreSQL database
+(``BOTH_BACKENDS``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from typing import Any
 import pytest
 
 import tether
+from helpers.postgres import BOTH_BACKENDS
 from helpers.util import tx_caller, wait_until
+
+pytestmark = BOTH_BACKENDS
 
 
 @pytest.fixture

@@ -21,6 +21,9 @@ import pytest
 import tether
 from helpers import checkpoint_pipelines
 from helpers.checkpoint_pipelines import Children, first_line, lines, raw, wait_until
+from helpers.postgres import BOTH_BACKENDS
+
+pytestmark = BOTH_BACKENDS
 
 
 @pytest.fixture

@@ -79,6 +79,10 @@ class Artifacts:
         self.root = Path(f"{db_path}.artifacts")
         self.pipeline_of = pipeline_of  # run id -> its pipeline's name (the store's lookup)
 
+    def empty(self) -> bool:
+        """Is there certainly no file to collect (no folder of them yet)?"""
+        return not self.root.exists()
+
     def path(self, digest: str) -> Path:
         return self.root / digest[:2] / digest[2:]
 

@@ -109,22 +109,23 @@ def db_setting(settings: Settings) -> tuple[str, str]:
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
+def is_postgres(raw: str) -> bool:
+    """Does ``raw`` name a PostgreSQL database (``postgresql://...``, the PostgresStore's)?"""
+    return raw.startswith(("postgresql://", "postgres://"))
+
+
 def not_a_url(raw: str, where: str) -> None:
-    """A URL (``postgresql://...``) is refused: as a path it would create a folder named
-    ``postgresql:`` in the cwd. The message shows the scheme only (a URL may hold a password)."""
+    """A URL other than PostgreSQL's is refused: as a path it would create a folder named
+    ``<scheme>:`` in the cwd. The message shows the scheme only (a URL may hold a password)."""
     m = _URL.match(raw)
-    if m is None:
+    if m is None or is_postgres(raw):
         return
     scheme = m.group(1)
     what = f"{where} = '{scheme}://...'" if where else f"'{scheme}://...'"
-    if scheme.lower().startswith("postgres"):
-        raise StoreError(
-            f"{what} is not a file path; PostgreSQL is not supported yet: tether "
-            "keeps runs in a SQLite file. Pass a file path such as .tether/runs.db."
-        )
     raise StoreError(
         f"{what} is not a file path ({scheme}:// URL); a file path is expected, "
-        "the SQLite file tether keeps runs in, such as .tether/runs.db."
+        "the SQLite file tether keeps runs in, such as .tether/runs.db, or a "
+        "postgresql://user@host/database URL."
     )
 
 

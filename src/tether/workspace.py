@@ -17,7 +17,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from . import config, owner
 from . import runner as _runner
@@ -27,6 +27,9 @@ from .pipeline import Pipeline, Registry, Serializer, define
 from .run import DoneWatcher, Run, params_filter
 from .runner import Runner
 from .store import SQLiteStore, Store, missing_database
+
+if TYPE_CHECKING:
+    from .store.postgres import PostgresStore
 
 __all__ = ["FrontEnd", "Workspace", "configure", "default", "get_run", "pipeline", "runs", "use_front_end"]
 
@@ -57,7 +60,7 @@ class Workspace:
     def __init__(self, db: str | os.PathLike[str] | None = None, **options: float | int | bool | str) -> None:
         self._settings = config.updated(Settings(), db, **options)
         self._lock = threading.Lock()
-        self._stores: dict[Path, SQLiteStore] = {}
+        self._stores: dict[Path | str, SQLiteStore | PostgresStore] = {}
         self._runners: dict[int, Runner] = {}  # id(store) -> its runner in this process
         self._resolved: dict[tuple[str, str], Path] = {}  # path text and cwd -> absolute path
         self._watchers: dict[int, DoneWatcher] = {}  # id(store) -> the thread polling for callbacks
@@ -116,17 +119,31 @@ class Workspace:
 
     # -- store and runner --------------------------------------------------------------------
 
+    def _location(self, path: str | os.PathLike[str] | None) -> Path | str:
+        """The database ``path`` names (default: the configured one): a file's absolute path, or
+        a ``postgresql://`` URL as it is."""
+        raw = os.fspath(path) if path else config.db_setting(self._settings)[0]
+        if config.is_postgres(raw):
+            return raw
+        return config.resolve(raw, cache=self._resolved) if path else self.db_path()
+
     def store(self, path: str | os.PathLike[str] | None = None) -> Store:
-        """The store for ``path`` (default: the configured database), one object per file."""
-        p = config.resolve(os.fspath(path), cache=self._resolved) if path else self.db_path()
+        """The store for ``path`` (default: the configured database), one object per file (or
+        per ``postgresql://`` URL: a PostgresStore)."""
+        p = self._location(path)
         s = self._stores.get(p)
         if s is None or s._closed:
             with self._lock:
                 s = self._stores.get(p)
                 if s is None or s._closed:
-                    s = SQLiteStore(
-                        p, allow_foreign=self._foreign_allowed, allow_network_fs=self._network_fs_allowed
-                    )
+                    if isinstance(p, str):
+                        from .store.postgres import PostgresStore
+
+                        s = PostgresStore(p)
+                    else:
+                        s = SQLiteStore(
+                            p, allow_foreign=self._foreign_allowed, allow_network_fs=self._network_fs_allowed
+                        )
                     s.set_durability(config.durability(self._settings))
                     self._stores[p] = s
         return s
@@ -134,10 +151,10 @@ class Workspace:
     def existing_store(self, path: str | os.PathLike[str] | None = None) -> Store:
         """store(path) for a database that must exist already (the CLI's reads: a typo must not
         create an empty one). StoreError if it does not exist or cannot be reached."""
-        p = config.resolve(os.fspath(path), cache=self._resolved) if path else self.db_path()
+        p = self._location(path)
         s = self.store(p)
-        if not s.exists():
-            raise missing_database(p)
+        if not s.exists():  # a SQLite file, or tether's tables in a server's database
+            raise missing_database(s.path)
         return s
 
     def _foreign_allowed(self) -> bool:

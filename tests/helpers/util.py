@@ -56,9 +56,37 @@ def tx_caller(depth: int = 1) -> str:
     return frame.f_code.co_name
 
 
+class _Translated:
+    """A psycopg connection (autocommit) that takes statements in SQLite's dialect, as
+    sqlite3's does (tether.store._pg_dialect translates them; nothing else of tether is used)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(url, autocommit=True)
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        from tether.store._pg_dialect import arguments, translate
+
+        text, order = translate(sql)
+        return self.conn.execute(text, arguments(order, args))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def connect(db: str | os.PathLike[str]) -> Any:
+    """A plain connection to the database, for reads behind tether's back: sqlite3's, or for a
+    postgresql:// URL psycopg's taking the same statements."""
+    if str(db).startswith("postgresql://"):
+        return _Translated(str(db))
+    return sqlite3.connect(db, timeout=30)
+
+
 def raw(db: str | os.PathLike[str], sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Read the database with plain sqlite3 (no tether code, so no recovery on the way)."""
-    conn = sqlite3.connect(db, timeout=30)
+    """Read the database with plain sqlite3 (no tether code, so no recovery on the way); a
+    postgresql:// URL with psycopg, the statement translated from SQLite's dialect."""
+    conn = connect(db)
     try:
         return conn.execute(sql, args).fetchall()
     finally:
@@ -98,9 +126,29 @@ class Children:
             proc.communicate(timeout=30)
 
 
-def undo_control_migration(conn: Any) -> None:
+def write(db: str | os.PathLike[str], sql: str, *args: Any) -> None:
+    """A committed write behind tether's back (a hand edit), on either backend (see ``raw``)."""
+    conn = connect(db)
+    try:
+        conn.execute(sql, args)
+        if isinstance(conn, sqlite3.Connection):  # psycopg's is in autocommit
+            conn.commit()
+    finally:
+        conn.close()
+
+
+def intact(db: str | os.PathLike[str]) -> bool:
+    """The database passes its integrity check (SQLite's; a server's database is never left
+    half-written by a client that dies)."""
+    if str(db).startswith("postgresql://"):
+        return True
+    return raw(db, "PRAGMA integrity_check") == [("ok",)]
+
+
+def undo_control_migration(conn: Any, migrations: str = "_sqlite_migrations") -> None:
     """Take a current database back to schema 0002 (0003_control undone), as an older tether
-    left it, to test the migration path (``conn``: a plain sqlite3 connection)."""
+    left it, to test the migration path (``conn``: a plain sqlite3 or psycopg connection;
+    ``migrations``: the backend's table of applied migrations)."""
     conn.execute("DROP TABLE workers")
     conn.execute("DROP INDEX runs_parent")
     conn.execute("DROP INDEX runs_queue")
@@ -115,4 +163,4 @@ def undo_control_migration(conn: Any) -> None:
         "parked",
     ):
         conn.execute(f"ALTER TABLE runs DROP COLUMN {col}")
-    conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0003_control'")
+    conn.execute(f"DELETE FROM {migrations} WHERE name = '0003_control'")

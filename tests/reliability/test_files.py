@@ -8,8 +8,8 @@
 - An existing database (or its ``-wal``/``-shm``) owned by another user is refused, root included:
   whoever owns it can read and change your runs. ``tether.configure(allow_foreign_db=True)`` or
   ``TETHER_ALLOW_FOREIGN_DB=1`` allows it. Needs root (to chown); skips without, fails under CI.
-- ``TETHER_DB=postgresql://...`` (any URL) is not a file path: a StoreError, and no folder named
-  ``postgresql:`` appears in the cwd.
+- ``TETHER_DB=mysql://...`` (any URL but PostgreSQL's, tests/test_postgres.py) is not a file path:
+  a StoreError, and no folder named ``mysql:`` appears in the cwd.
 """
 
 from __future__ import annotations
@@ -334,9 +334,7 @@ def test_allow_foreign_db_is_validated(db: Path, child_env: dict[str, str], tmp_
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("postgresql://alice:s3cret@db.example.com:5432/runs", "PostgreSQL is not supported yet"),
-        ("postgres://db/runs", "PostgreSQL is not supported yet"),
-        ("mysql://localhost/runs", "a file path is expected"),
+        ("mysql://alice:s3cret@localhost/runs", "a file path is expected"),
         ("sqlite:///tmp/runs.db", "a file path is expected"),
         ("https://example.com/runs.db", "a file path is expected"),
     ],

@@ -13,7 +13,7 @@ import pytest
 
 from tether.store import Store
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -22,10 +22,14 @@ def backend(request: pytest.FixtureRequest) -> ModuleType:
 
 
 @pytest.fixture
-def location(tmp_path: Path) -> Path:
-    """Where the backend keeps its database (a folder of the test's own)."""
+def location(tmp_path: Path, backend: ModuleType, request: pytest.FixtureRequest) -> Path:
+    """Where the backend keeps its database (a folder of the test's own; a backend with
+    ``prepare(location, request)`` makes its database there, e.g. a server's database's URL)."""
     path = tmp_path / "store"
     path.mkdir()
+    prepare = getattr(backend, "prepare", None)
+    if prepare is not None:
+        prepare(path, request)
     return path
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import codec
@@ -58,9 +58,11 @@ def _listing(
     key: str | None,
     limit: int | None,
     params: dict[str, Any] | None,
+    param_where: Callable[[str, Any], tuple[str, list[Any]]] | None = None,
 ) -> tuple[str, list[Any]]:
     """The query of a listing (``list_runs``, ``summaries``): the runs matching every filter,
-    newest first, and its arguments."""
+    newest first, and its arguments. ``param_where``: the backend's condition for one param
+    (``_Reads._param_where``)."""
     where: list[str] = []
     args: list[Any] = []
     if pipeline is not None:
@@ -74,13 +76,10 @@ def _listing(
         where.append("key = ?")
         args.append(key)
     for name, value in (params or {}).items():
-        test, more = _param_test(value)
-        # CASE: json_each is never reached for a damaged (non-JSON) params column
-        where.append(
-            "CASE WHEN json_valid(params) THEN EXISTS (SELECT 1 FROM "
-            f"json_each(runs.params) AS j WHERE j.key = ? AND {test}) ELSE 0 END"
-        )
-        args.extend([name, *more])
+        assert param_where is not None, "a params filter needs the backend's param_where"
+        test, more = param_where(name, value)
+        where.append(test)
+        args.extend(more)
     sql = f"SELECT {_RUN_COLS} FROM runs"
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -167,8 +166,20 @@ class _Reads(_Connections):
         limit: int | None = 100,
         params: dict[str, Any] | None = None,
     ) -> list[RunRecord]:
-        sql, args = _listing(pipeline, status, key, limit, params)
+        sql, args = _listing(pipeline, status, key, limit, params, self._param_where)
         return [self._rec(r) for r in self.conn().execute(sql, args).fetchall()]
+
+    @staticmethod
+    def _param_where(name: str, value: Any) -> tuple[str, list[Any]]:
+        """A condition on ``runs`` true where param ``name`` equals ``value`` as JSON values do,
+        and its arguments (a backend's dialect may say it otherwise)."""
+        test, more = _param_test(value)
+        # CASE: json_each is never reached for a damaged (non-JSON) params column
+        return (
+            "CASE WHEN json_valid(params) THEN EXISTS (SELECT 1 FROM "
+            f"json_each(runs.params) AS j WHERE j.key = ? AND {test}) ELSE 0 END",
+            [name, *more],
+        )
 
     @_guarded
     def summaries(

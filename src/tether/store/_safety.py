@@ -228,7 +228,8 @@ class _FileChecks:
             fix="SQLite's locks and the shared memory of its WAL do not work across machines on "
             "such a filesystem: processes on two hosts using the file can corrupt it or lose runs. "
             "Keep it on a local disk: {db} or TETHER_DB=/local/path/runs.db "
-            "(a store shared across machines, on PostgreSQL, is planned but not built yet). If "
+            "or, to share runs across machines, a PostgreSQL server: "
+            "TETHER_DB=postgresql://user@host/database (pip install 'tether[postgres]'). If "
             "every process that uses this file runs on this one machine, allow it with "
             "{allow_network_fs}.",
         )

@@ -83,15 +83,9 @@ _V1 = [
 ]
 
 
-def _initial(db: Database) -> None:
-    for statement in _V1:
-        db.execute(statement)
-
-
-def _owner_ns(db: Database) -> None:
-    # where the owner's pid means something: "<boot id>/<st_dev>:<st_ino> of its pid namespace"
-    # (tether.owner); NULL for runs recorded before (judged by host and pid alone)
-    db.execute("ALTER TABLE runs ADD COLUMN owner_ns TEXT")
+# where the owner's pid means something: "<boot id>/<st_dev>:<st_ino> of its pid namespace"
+# (tether.owner); NULL for runs recorded before (judged by host and pid alone)
+_OWNER_NS = ["ALTER TABLE runs ADD COLUMN owner_ns TEXT"]
 
 
 _CONTROL = [
@@ -130,18 +124,21 @@ _CONTROL = [
 ]
 
 
-def _control(db: Database) -> None:
-    for statement in _CONTROL:
-        db.execute(statement)
+# the fingerprint of the body's code that created the run (tether._code: "ast:<hex>", or
+# "bytecode:<hex>"); NULL for runs recorded before, or of a callable without code
+_CODE = ["ALTER TABLE runs ADD COLUMN code TEXT"]
+
+# Each migration's statements, in SQLite's dialect: the one description of the schema
+# (tether.store._pg_schema derives PostgreSQL's from it).
+STATEMENTS = {"0001_initial": _V1, "0002_owner_ns": _OWNER_NS, "0003_control": _CONTROL, "0004_code": _CODE}
 
 
-def _code(db: Database) -> None:
-    # the fingerprint of the body's code that created the run (tether._code: "ast:<hex>", or
-    # "bytecode:<hex>"); NULL for runs recorded before, or of a callable without code
-    db.execute("ALTER TABLE runs ADD COLUMN code TEXT")
+def _step(statements: list[str]) -> Any:
+    def run(db: Database) -> None:
+        for statement in statements:
+            db.execute(statement)
 
-
-_STEPS = {"0001_initial": _initial, "0002_owner_ns": _owner_ns, "0003_control": _control, "0004_code": _code}
+    return run
 
 
 def applied(conn: sqlite3.Connection) -> list[str]:
@@ -160,5 +157,5 @@ def apply(conn: sqlite3.Connection) -> None:
     migrations: Any = Migrations(MIGRATION_SET)
     assert migrations.migrations_table == MIGRATIONS_TABLE
     for name in KNOWN:
-        migrations(name=name)(_STEPS[name])
+        migrations(name=name)(_step(STATEMENTS[name]))
     migrations.apply(Database(conn, execute_plugins=False, recursive_triggers=False))

@@ -233,7 +233,7 @@ class _Writes(_Starts):
         """Remove the value files no run or checkpoint refers to (``tether gc``), in a write
         transaction so that no write can commit a reference meanwhile (writers check their files
         again inside theirs). Returns (files removed, bytes freed)."""
-        if not self.files.root.exists():
+        if self.files.empty():
             return 0, 0
         with self.tx() as conn:
             referenced: set[str] = set()
