@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -20,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from helpers.util import wait_until
 from tether import codec
 from tether.errors import StoreError
 from tether.model import Owner, RunRecord, Status
@@ -413,53 +411,6 @@ def test_a_pickle_is_stored_but_never_unpickled_from_a_shared_database(pg_url: s
 
 
 # -- another host ------------------------------------------------------------------------------------
-
-_HOST_B = """
-import sys, time
-import tether
-tether.configure(db=sys.argv[1], lease=3, heartbeat_interval=0.5)
-p = tether.pipeline(name="test_postgres.remote")(lambda ctx: time.sleep(600))
-print(p.start().id, flush=True)
-time.sleep(600)
-"""
-
-
-@pytest.mark.skipif(
-    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("unshare") is None,
-    reason="another host is a process in its own UTS and PID namespaces: needs root and unshare",
-)
-def test_a_run_owned_on_another_host_is_judged_by_its_lease_and_recovered_once_it_expires(
-    pg_url: str,
-) -> None:
-    from tether.workspace import Workspace
-
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    # host B: its own host name, and its own pids (the run's owner is pid 1 there, which is a
-    # live process here too: only the lease can tell whether B's process lives)
-    proc = subprocess.Popen(
-        ["unshare", "--uts", "--pid", "--kill-child", "sh", "-c", 'hostname host-b && exec "$0" "$@"',
-         sys.executable, "-c", _HOST_B, pg_url],
-        env=env, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    ws = Workspace(db=pg_url)
-    try:
-        assert proc.stdout is not None
-        run_id = proc.stdout.readline().strip()
-        rec = wait_until(lambda: (r := ws.store().get(run_id)).status == Status.RUNNING and r, what="running")
-        assert rec.owner is not None and (rec.owner.host, rec.owner.pid) == ("host-b", 1)
-        time.sleep(4)  # longer than the lease: B renews it, so its run stays running here
-        assert ws.get_run(run_id).status == "running"
-        proc.kill()  # host B's process dies (unshare --kill-child takes it along)
-        proc.wait(timeout=30)
-        t0 = time.monotonic()
-        wait_until(lambda: ws.get_run(run_id).status == "interrupted", timeout=30, what="recovery by lease")
-        assert time.monotonic() - t0 < 10  # within the lease (3 s) and a poll or two
-        error = ws.get_run(run_id).error
-        assert error is not None and "lease" in error["message"], error
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        ws.close()
 
 
 def test_exists_tells_a_tether_database_from_an_empty_or_missing_one_without_creating_it(pg_url: str) -> None:
