@@ -238,7 +238,7 @@ def race(url: str, procs: int, keys: int) -> Row:
         f"PostgreSQL: {procs} processes each start the same {keys} keys at once and wait for them",
         f"{len(rows)} runs ({'one per key' if one_each else 'NOT one per key'}), every process got the "
         f"same run of each key: {'yes' if same else 'NO'}, {len(errors)} errors raised, {took:.1f} s "
-        f"({procs * keys / took:,.0f} start() calls/s)",
+        f"for {procs * keys:,} `start()` calls and their results",
         "",
         None,
         "one run per key, no error",
@@ -299,8 +299,8 @@ def hosts_drain(url: str, n: int, tmp: Path) -> Row:
     say(f"  12d: {len(lines)} executions, {twice} twice, shares {share_text}, {took:.1f} s")
     return Row(
         "12d",
-        f"PostgreSQL: 3 hosts (own UTS and pid namespaces) running `tether worker` drain {n} pending "
-        "runs (time from the hosts' launch, start-up included)",
+        f"PostgreSQL: 3 hosts (own UTS and pid namespaces) running `tether worker` drain {n:,} pending "
+        "runs (time from the hosts' launch, start-up included; queued before it)",
         f"{len(lines)} executions, {twice} twice, max attempt {attempts}; per host {share_text}; "
         f"{took:.1f} s ({n / took:,.0f} runs/s)",
         "",

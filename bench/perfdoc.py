@@ -295,6 +295,32 @@ all the time, as a terminal would) and once with its stdout on a pipe (plain lin
 the watcher's CPU time (psutil `cpu_times()`, user + system) over 20 s after a 2 s warm-up (its
 start and imports not counted), as a share of one core. Goal: <= 2% of a core in both modes.
 
+### 12. PostgreSQL: DBOS on the same server, races, hosts
+
+Measured by `bench/bench_postgres.py` (its docstring gives every detail): a throwaway cluster
+(`initdb` into a temporary folder, unix socket only) restarted with PostgreSQL's durability
+defaults (`fsync=on`, `synchronous_commit=on`, `full_page_writes=on`; `--fast-server`: all three
+off, as in the test suite), tether and DBOS each on a database of their own on that one server.
+The issue states no goals for PostgreSQL: 12a and 12b are informative, 12c and 12d check
+correctness.
+
+12a. **Durable trivial runs one after the other** on PostgreSQL: the runs of 2a (three
+checkpointed steps, a new key each time), tether with `db="postgresql://…"` against the DBOS
+workflow of 2a with `system_database_url="postgresql://…"`; median of >= 5 interleaved batches.
+
+12b. **Idempotent re-start of a finished run** on PostgreSQL, as 3: tether's `start()` against the
+faster of DBOS's two forms, in alternating blocks of 20 calls.
+
+12c. **A race**: 16 processes each start the same 200 keys at once (released together) and wait
+for their results. Checked: one run per key (200 rows, attempt 1 each), every process got the same
+run of each key, no exception raised to any caller; the time is the whole race, results included.
+
+12d. **A worker pool on 3 hosts**: 3 processes in their own UTS and pid namespaces (own host
+name, pids from 1: [the other-host harness](postgres.md)) run `tether worker` on 1,000 pending
+detached runs; each run's body appends its number and host name to one log with `O_APPEND`: a run
+executed twice would leave two lines. Checked: 1,000 lines, none twice; shown: the runs per host
+and runs/s from the hosts' launch (interpreter start-up included) to the last run's end.
+
 ## Reading the figures
 
 On the 2-core VM this project runs on, absolute figures move by up to 2x between runs even when no
