@@ -301,7 +301,7 @@ def hosts_drain(url: str, n: int, tmp: Path) -> Row:
         "12d",
         f"PostgreSQL: 3 hosts (own UTS and pid namespaces) running `tether worker` drain {n:,} pending "
         "runs (time from the hosts' launch, start-up included; queued before it)",
-        f"{len(lines)} executions, {twice} twice, max attempt {attempts}; per host {share_text}; "
+        f"{len(lines):,} executions, {twice} twice, max attempt {attempts}; per host {share_text}; "
         f"{took:.1f} s ({n / took:,.0f} runs/s)",
         "",
         None,
