@@ -56,13 +56,14 @@ SERVER_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes", "wal_level
 FULL = Sizes(batches=5, batch_runs=60, warmup=10, single_runs=0, restarts=300)
 
 _RACE = """
-import json, sys
+import json, sys, time
 import tether
 tether.configure(db=sys.argv[1], max_concurrency=8)
 p = tether.pipeline(name="bench_pg.race")(lambda ctx, k: k)
 tether.runs(limit=1)
 print("ready", flush=True)
 sys.stdin.readline()
+t0 = time.perf_counter()
 ids, errors = [], []
 for k in range(int(sys.argv[2])):
     try:
@@ -70,13 +71,14 @@ for k in range(int(sys.argv[2])):
     except Exception as exc:
         ids.append(None)
         errors.append(repr(exc))
+starts = time.perf_counter() - t0
 for i in ids:
     try:
         if i is not None:
             tether.get_run(i).result(timeout=300)
     except Exception as exc:
         errors.append(repr(exc))
-print(json.dumps({"ids": ids, "errors": errors}), flush=True)
+print(json.dumps({"ids": ids, "errors": errors, "starts": starts}), flush=True)
 """
 
 
@@ -227,9 +229,10 @@ def race(url: str, procs: int, keys: int) -> Row:
     errors = [e for o in outs for e in o["errors"]]
     one_each = len(rows) == keys and all(a == 1 for _, a in rows)
     same = all(o["ids"] == outs[0]["ids"] for o in outs)
+    starts = max(o["starts"] for o in outs)  # the slowest process's loop of start() calls
     say(
         f"  12c: {len(rows)} runs, one per key {one_each}, same runs {same}, "
-        f"{len(errors)} errors, {took:.1f} s"
+        f"{len(errors)} errors, {took:.1f} s (start() loops {starts:.1f} s)"
     )
     for e in errors[:5]:
         say(f"    error: {e}")
@@ -238,7 +241,8 @@ def race(url: str, procs: int, keys: int) -> Row:
         f"PostgreSQL: {procs} processes each start the same {keys} keys at once and wait for them",
         f"{len(rows)} runs ({'one per key' if one_each else 'NOT one per key'}), every process got the "
         f"same run of each key: {'yes' if same else 'NO'}, {len(errors)} errors raised, {took:.1f} s "
-        f"for {procs * keys:,} `start()` calls and their results",
+        f"for {procs * keys:,} `start()` calls and their results (the calls alone: {starts:.1f} s in "
+        "the slowest process)",
         "",
         None,
         "one run per key, no error",
