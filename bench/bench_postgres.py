@@ -1,12 +1,28 @@
-"""Figures of the PostgreSQL store (docs/postgres.md), on a throwaway local cluster started here
-(tests/helpers/postgres.py; PostgreSQL's binaries and psycopg needed), beside SQLite on this disk.
+"""tether on PostgreSQL (docs/postgres.md), against DBOS on the SAME PostgreSQL server (section 12).
 
-    python bench/bench_postgres.py [--quick]
+Starts its own throwaway cluster (tests/helpers/postgres.py: ``initdb`` into a temporary folder,
+unix socket only), restarted with PostgreSQL's own durability defaults (``fsync=on``,
+``synchronous_commit=on``, ``full_page_writes=on``; ``--fast-server``: the test suite's
+``fsync=off``, ``synchronous_commit=off``, ``full_page_writes=off``), and gives tether and DBOS a
+database each on it:
 
-1. attach: start() of a key whose run has ended (the fast path: one read), ms per call;
-2. durable runs/s: distinct keys started and run to the end by the runner, one process;
-3. a race: 16 processes each start the same 200 keys at once: one run per key, no error;
-4. workers: 3 processes drain 1,000 pending detached runs (claim, then finish): none twice.
+- **12a** durable trivial runs, one after the other: the 3-step pipeline of ``peers.py`` (2a),
+  tether on ``postgresql://`` vs a DBOS workflow of three steps with
+  ``system_database_url=postgresql://`` (DBOS 3.x on psycopg 3 through SQLAlchemy), batches
+  interleaved side by side (the side that goes first alternates), median of >= 5 batches.
+- **12b** idempotent attach: ``start()`` of a finished run vs DBOS's call inside
+  ``SetWorkflowID(same id)`` and ``DBOS.start_workflow`` with the same id (the faster DBOS form is
+  the baseline), in blocks of ``BLOCK`` calls per form; p50 over all calls.
+- **12c** a race: 16 processes each start the same 200 keys at once (released together through
+  their stdin) and wait for the results: one run per key, every process got the same run for each
+  key, no exception raised to any caller.
+- **12d** a worker pool on 3 "hosts" (tests/helpers/hosts.py: ``unshare --uts --pid``, own host
+  name; needs root) running ``tether worker helpers.host_pipelines`` drains 1,000 pending detached
+  runs; each body appends its run's number and host to one log with ``O_APPEND``: a run executed
+  twice would leave two lines. Time from the hosts' launch (interpreter start-up included) to the
+  last run's end.
+
+    python bench/bench_postgres.py [--quick] [--fast-server] [--json OUT] [--wait-idle S]
 """
 
 from __future__ import annotations
@@ -18,138 +34,335 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
-from typing import Any
 
-import _paths  # noqa: F401  (tests/ importable: helpers.postgres)
+import _paths
+from benchlib import CpuWatch, Row, add_wait_idle, machine, ms, pct, report, say, version_of, wait_idle
+from peers import BLOCK, QUICK, Sizes, dbos_run, expected, interleaved, tether_run, three_steps
 
-from helpers.postgres import start_cluster
-from tether.model import Owner
-from tether.workspace import Workspace
+import tether
+from helpers.postgres import Cluster, missing, start_cluster
+
+try:
+    from dbos import DBOS, SetWorkflowID
+    from peers import dbos_three_steps
+except ImportError:
+    DBOS = SetWorkflowID = dbos_three_steps = None  # type: ignore[assignment,misc]
+
+pc = time.perf_counter
+HOSTS = ("host-a", "host-b", "host-c")
+SERVER_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes", "wal_level", "shared_buffers")
+FULL = Sizes(batches=5, batch_runs=60, warmup=10, single_runs=0, restarts=300)
 
 _RACE = """
 import json, sys, time
-from tether.workspace import Workspace
-ws = Workspace(db=sys.argv[1], max_concurrency=8)
-p = ws.pipeline(name="bench_pg.race")(lambda ctx, k: k)
+import tether
+tether.configure(db=sys.argv[1], max_concurrency=8)
+p = tether.pipeline(name="bench_pg.race")(lambda ctx, k: k)
+tether.runs(limit=1)
 print("ready", flush=True)
 sys.stdin.readline()
-runs = [p.start(k=k) for k in range(int(sys.argv[2]))]
-ids = [r.id for r in runs]
-for r in runs:
-    r.result(timeout=300)
-print(json.dumps(ids), flush=True)
-ws.close()
-"""
-
-_DRAIN = """
-import json, os, sys
-from tether.model import Owner, Status
-from tether.store import FlushItem
-from tether.workspace import Workspace
-store = Workspace(db=sys.argv[1]).store()
-me = Owner("host-" + sys.argv[2], os.getpid(), 1.0, "worker-" + sys.argv[2])
-store.list_runs(limit=1)
-print("ready", flush=True)
-sys.stdin.readline()
-done = []
-while (rec := store.claim_next(me, ["bench_pg.queue"], 60.0)) is not None:
-    item = FlushItem(rec.id, None, [], [], 1, 1, None, [])
-    store.finish(item, me, Status.SUCCEEDED, result_json="1", error=None)
-    done.append(rec.id)
-print(json.dumps(done), flush=True)
+t0 = time.perf_counter()
+ids, errors = [], []
+for k in range(int(sys.argv[2])):
+    try:
+        ids.append(p.start(k=k).id)
+    except Exception as exc:
+        ids.append(None)
+        errors.append(repr(exc))
+starts = time.perf_counter() - t0
+for i in ids:
+    try:
+        if i is not None:
+            tether.get_run(i).result(timeout=300)
+    except Exception as exc:
+        errors.append(repr(exc))
+print(json.dumps({"ids": ids, "errors": errors, "starts": starts}), flush=True)
 """
 
 
-def _procs(code: str, args: list[list[str]]) -> tuple[list[Any], float]:
-    """Run ``code`` in one process per argument list, released at once; (their JSON, seconds)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    procs = [
+def server(cluster: Cluster, fast: bool) -> str:
+    """Restart ``cluster`` with the durability settings measured; what the server says it runs."""
+    import psycopg
+
+    opts = f"-p {cluster.port} -k {cluster.socket_dir} -c listen_addresses='' -c max_connections=200"
+    if fast:
+        opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    cluster._run(
+        str(cluster.bin / "pg_ctl"),
+        "-D",
+        str(cluster.data),
+        "-o",
+        opts,
+        "-l",
+        str(cluster.root / "log"),
+        "-w",
+        "restart",
+    )
+    with psycopg.connect(cluster.url(), autocommit=True) as conn:
+        version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        shown = [f"{n}={conn.execute(f'SHOW {n}').fetchone()[0]}" for n in SERVER_SETTINGS]  # type: ignore[index]
+    return f"PostgreSQL {version}, local unix socket, {', '.join(shown)}"
+
+
+def launch_dbos(url: str) -> str:
+    """DBOS on its own database of the same server; its settings."""
+    DBOS(
+        config={
+            "name": "tether-pg-peers",
+            "system_database_url": url.replace("postgresql://", "postgresql+psycopg://", 1),
+            "run_admin_server": False,
+            "log_level": "WARNING",
+        }
+    )
+    DBOS.launch()
+    return (
+        "system_database_url=postgresql+psycopg://… (a database of its own on the same server), "
+        "DBOS's defaults: SQLAlchemy pool of 20 connections, the server's synchronous_commit; "
+        "admin server off; workflow called directly inside SetWorkflowID"
+    )
+
+
+def attach(sz: Sizes, n: int) -> Row:
+    """12b: re-start of finished runs, tether and both DBOS forms in blocks of BLOCK calls."""
+    keys = [i % n for i in range(0, sz.restarts * 7, 7)]
+    handles = {i: three_steps.start(i=i) for i in set(keys)}
+    st: list[float] = []
+    d_call: list[float] = []
+    d_start: list[float] = []
+    for b in range(0, len(keys), BLOCK):
+        block = keys[b : b + BLOCK]
+        for i in block:
+            t0 = pc()
+            run = three_steps.start(i=i)
+            st.append(pc() - t0)
+            if run.id != handles[i].id or run.result() != expected(i):
+                raise SystemExit(f"tether start(i={i}) did not return the finished run")
+        for i in block:
+            t0 = pc()
+            with SetWorkflowID(f"peers-{i}"):
+                value = dbos_three_steps(i)
+            d_call.append(pc() - t0)
+            if value != expected(i):
+                raise SystemExit(f"DBOS re-call i={i} returned {value!r}")
+        for i in block:
+            t0 = pc()
+            with SetWorkflowID(f"peers-{i}"):
+                handle = DBOS.start_workflow(dbos_three_steps, i)
+            d_start.append(pc() - t0)
+            if handle.get_result() != expected(i):
+                raise SystemExit(f"DBOS start_workflow i={i} did not return the recorded result")
+    t50, c50, s50 = pct(st, 0.5), pct(d_call, 0.5), pct(d_start, 0.5)
+    say(f"  12b: tether start() p50 {ms(t50)}; DBOS call {ms(c50)}, start_workflow {ms(s50)}")
+    return Row(
+        "12b",
+        f"PostgreSQL: idempotent re-start of a finished run, {len(keys)} calls per form",
+        f"`start()` p50 {ms(t50)}, p99 {ms(pct(st, 0.99))}",
+        f"DBOS on the same server: `SetWorkflowID` + call p50 {ms(c50)}, + `start_workflow` p50 {ms(s50)}",
+        t50 / min(c50, s50),
+        "(informative)",
+        None,
+    )
+
+
+def versus_dbos(sz: Sizes, cluster: Cluster) -> tuple[list[Row], str, str]:
+    """12a and 12b; (rows, tether's settings, DBOS's settings)."""
+    tether.configure(db=cluster.new_database())
+    try:
+        tether.runs(limit=1)  # creates the schema
+        tether_settings = '`tether.configure(db="postgresql://…")`, defaults (psycopg 3 pool)'
+        dbos_settings = launch_dbos(cluster.url("dbos_bench"))
+        try:
+            for w in range(sz.warmup):  # imports, first connections, first threads
+                tether_run(-w - 1)
+                dbos_run(-w - 1)
+            tether_cell, dbos_cell, ratio = interleaved(sz, 0, "12a")
+            n = sz.batches * sz.batch_runs
+            rows = [
+                Row(
+                    "12a",
+                    f"PostgreSQL: durable trivial runs (3 checkpointed steps), {n} runs one after the "
+                    f"other (median of {sz.batches} interleaved batches of {sz.batch_runs})",
+                    tether_cell,
+                    f"DBOS on the same server {dbos_cell}",
+                    ratio,
+                    "(informative)",
+                    None,
+                ),
+                attach(sz, n),
+            ]
+        finally:
+            DBOS.destroy(destroy_registry=False)
+    finally:
+        tether.workspace.default().close()
+    return rows, tether_settings, dbos_settings
+
+
+def race(url: str, procs: int, keys: int) -> Row:
+    """12c: ``procs`` processes start the same ``keys`` keys at once."""
+    env = dict(os.environ, PYTHONPATH=_paths.child_pythonpath(_paths.SRC))
+    children = [
         subprocess.Popen(
-            [sys.executable, "-c", code, *a],
+            [sys.executable, "-c", _RACE, url, str(keys)],
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
-        for a in args
+        for _ in range(procs)
     ]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    t0 = time.perf_counter()
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    took = time.perf_counter() - t0
-    assert all(p.returncode == 0 for p in procs), "a process failed"
-    return [json.loads(o) for o in outs], took
+    for c in children:  # every interpreter started and connected before the clock starts
+        assert c.stdout is not None
+        if c.stdout.readline().strip() != "ready":
+            raise SystemExit(f"a racing process failed to start: {c.communicate()}")
+    t0 = pc()
+    for c in children:
+        assert c.stdin is not None
+        c.stdin.write("go\n")
+        c.stdin.flush()
+    outs = [json.loads(c.communicate(timeout=600)[0]) for c in children]
+    took = pc() - t0
+    from helpers.util import raw
+
+    rows = raw(url, "SELECT key, attempt FROM runs")
+    errors = [e for o in outs for e in o["errors"]]
+    one_each = len(rows) == keys and all(a == 1 for _, a in rows)
+    same = all(o["ids"] == outs[0]["ids"] for o in outs)
+    starts = max(o["starts"] for o in outs)  # the slowest process's loop of start() calls
+    say(
+        f"  12c: {len(rows)} runs, one per key {one_each}, same runs {same}, "
+        f"{len(errors)} errors, {took:.1f} s (start() loops {starts:.1f} s)"
+    )
+    for e in errors[:5]:
+        say(f"    error: {e}")
+    return Row(
+        "12c",
+        f"PostgreSQL: {procs} processes each start the same {keys} keys at once and wait for them",
+        f"{len(rows)} runs ({'one per key' if one_each else 'NOT one per key'}), every process got the "
+        f"same run of each key: {'yes' if same else 'NO'}, {len(errors)} errors raised, {took:.1f} s "
+        f"for {procs * keys:,} `start()` calls and their results (the calls alone: {starts:.1f} s in "
+        "the slowest process)",
+        "",
+        None,
+        "one run per key, no error",
+        one_each and same and not errors,
+    )
 
 
-def attach_and_runs(db: str, n_attach: int, n_runs: int) -> tuple[float, float]:
-    ws = Workspace(db=db)
+def hosts_drain(url: str, n: int, tmp: Path) -> Row:
+    """12d: 3 hosts running ``tether worker`` drain ``n`` pending runs."""
+    from helpers import host_pipelines
+    from helpers.hosts import host_process, kill_host, need_hosts
+    from helpers.util import raw, wait_until
+
     try:
-        p = ws.pipeline(name="bench_pg.one")(lambda ctx, x: x)
-        p.start(x=0).result(timeout=60)
-        t0 = time.perf_counter()
-        for _ in range(n_attach):
-            p.start(x=0)
-        attach_ms = (time.perf_counter() - t0) / n_attach * 1000
-        t0 = time.perf_counter()
-        runs = [p.start(x=i) for i in range(1, n_runs + 1)]
-        for r in runs:
-            r.result(timeout=300)
-        per_s = n_runs / (time.perf_counter() - t0)
+        need_hosts()
+    except BaseException as exc:  # pytest's Skipped is a BaseException
+        return Row("12d", "PostgreSQL: 3 worker hosts drain pending runs", "not measured", str(exc), None,
+                   "no run twice", None)  # fmt: skip
+    log = tmp / "executions.log"
+    tether.configure(db=url)
+    try:
+        for i in range(n):  # pending, for any worker
+            host_pipelines.where.start(i=i, log=str(log), pause=0.0, detach=True)
     finally:
-        ws.close()
-    return attach_ms, per_s
+        tether.workspace.default().close()
+    env = dict(os.environ, PYTHONPATH=_paths.child_pythonpath(_paths.SRC))
+    argv = [
+        sys.executable,
+        "-m",
+        "tether.cli",
+        "worker",
+        "helpers.host_pipelines",
+        "--db",
+        url,
+        "--poll",
+        "0.05",
+    ]
+    t0 = pc()
+    procs = [host_process(h, argv, env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for h in HOSTS]
+    try:
+
+        def drained() -> bool:
+            for p in procs:
+                if p.poll() is not None:
+                    raise SystemExit(f"a worker host ended with {p.returncode}")
+            return raw(url, "SELECT count(*) FROM runs WHERE status = 'succeeded'")[0][0] == n
+
+        wait_until(drained, timeout=600, what=f"{n} runs drained")
+        took = pc() - t0
+    finally:
+        for p in procs:
+            kill_host(p)
+    lines = [line.split() for line in log.read_text().splitlines()]
+    twice = len(lines) - len({i for i, _, _ in lines})
+    shares = Counter(host for _, host, _ in lines)
+    attempts = raw(url, "SELECT max(attempt) FROM runs")[0][0]
+    share_text = " / ".join(str(shares[h]) for h in HOSTS)
+    say(f"  12d: {len(lines)} executions, {twice} twice, shares {share_text}, {took:.1f} s")
+    return Row(
+        "12d",
+        f"PostgreSQL: 3 hosts (own UTS and pid namespaces) running `tether worker` drain {n:,} pending "
+        "runs (time from the hosts' launch, start-up included; queued before it)",
+        f"{len(lines):,} executions, {twice} twice, max attempt {attempts}; per host {share_text}; "
+        f"{took:.1f} s ({n / took:,.0f} runs/s)",
+        "",
+        None,
+        "no run twice",
+        twice == 0 and len(lines) == n,
+    )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    opts = parser.parse_args()
-    n_attach, n_runs, keys, queue = (200, 50, 50, 200) if opts.quick else (2000, 300, 200, 1000)
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    ap.add_argument(
+        "--fast-server", action="store_true", help="the test suite's server: fsync and synchronous_commit off"
+    )
+    ap.add_argument("--json", metavar="OUT", help="also write the rows as JSON (for bench/run.py)")
+    add_wait_idle(ap)
+    args = ap.parse_args(argv)
+    sz, keys, queue = (QUICK, 50, 200) if args.quick else (FULL, 200, 1000)
+    info = machine()
+    info["dbos"] = version_of("dbos") or "not installed"
+    info["psycopg"] = version_of("psycopg") or "not installed"
+    why = missing()
+    if why:
+        say(f"no PostgreSQL here: {why}")
+        report([Row("12", "PostgreSQL", "not measured", why, None, "(informative)", None)], info,
+               CpuWatch(), 0.0, args.json)  # fmt: skip
+        return 0
+    free = wait_idle(args.wait_idle)
+    if free is not None:
+        info["CPU idle just before the start"] = f"{free:.0%} (the rest was used by other processes)"
+    watch = CpuWatch()
+    started = pc()
+    rows: list[Row] = []
     cluster = start_cluster()
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            lite = attach_and_runs(str(Path(tmp) / "runs.db"), n_attach, n_runs)
-        pg = attach_and_runs(cluster.new_database(), n_attach, n_runs)
-        print(f"attach: PostgreSQL {pg[0]:.3f} ms, SQLite {lite[0]:.3f} ms")
-        print(f"durable runs/s (one process): PostgreSQL {pg[1]:.0f}, SQLite {lite[1]:.0f}")
-
-        url = cluster.new_database()
-        outs, took = _procs(_RACE, [[url, str(keys)] for _ in range(16)])
-        ws = Workspace(db=url)
-        rows = ws.store().list_runs(limit=None)
-        ws.close()
-        one_each = len(rows) == keys and all(r.attempt == 1 for r in rows)
-        same = all(o == outs[0] for o in outs)
-        print(
-            f"race: 16 processes x {keys} keys in {took:.1f} s: {len(rows)} runs, one per key: {one_each}, "
-            f"every process got the same run of each key: {same}, errors: 0"
-        )
-
-        url = cluster.new_database()
-        ws = Workspace(db=url)
-        store, me = ws.store(), Owner("bench", os.getpid(), 1.0, "bench")
-        for k in range(queue):  # pending, for any worker (what start(detach=True) leaves)
-            store.start(
-                pipeline="bench_pg.queue", key=f"k{k}", params_json="{}", version=None, phases=[],
-                policy="attach", owner=me, lease_s=60.0, gone=lambda o, lease, now: None, detach=True,
-            )  # fmt: skip
-        ws.close()
-        outs, took = _procs(_DRAIN, [[url, str(n)] for n in range(3)])
-        flat = [i for o in outs for i in o]
-        print(
-            f"workers: 3 processes drained {len(flat)} pending runs in {took:.1f} s "
-            f"({len(flat) / took:.0f}/s), claimed twice: {len(flat) - len(set(flat))}, "
-            f"per worker: {[len(o) for o in outs]}"
-        )
+        info["PostgreSQL server (both sides)"] = server(cluster, args.fast_server)
+        if DBOS is None:
+            rows.append(Row("12a", "PostgreSQL vs DBOS", "not measured", "DBOS is not installed", None,
+                            "(informative)", None))  # fmt: skip
+        else:
+            say(f"[12a, 12b] tether vs DBOS on one PostgreSQL server: {sz.batches * sz.batch_runs} runs ...")
+            more, info["tether settings (PostgreSQL)"], info["dbos settings (PostgreSQL)"] = versus_dbos(
+                sz, cluster
+            )
+            rows += more
+        say(f"[12c] 16 processes x {keys} keys ...")
+        rows.append(race(cluster.new_database(), 16, keys))
+        say(f"[12d] 3 worker hosts drain {queue} pending runs ...")
+        with tempfile.TemporaryDirectory(prefix="tether-pg-hosts-") as tmp:
+            rows.append(hosts_drain(cluster.new_database(), queue, Path(tmp)))
     finally:
         cluster.stop()
+    report(rows, info, watch, pc() - started, args.json,
+           head=f"## tether on PostgreSQL ({'quick' if args.quick else 'full'})\n\n"
+           + "\n".join(f"- **{k}**: {v}" for k, v in info.items()) + "\n\n")  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

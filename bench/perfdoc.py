@@ -31,7 +31,7 @@ written by the script itself:
 pip install -e . -r bench/requirements.txt   # tether and the pinned peers, in a venv of their own
 python bench/run.py --write-docs --wait-idle 300   # full run, < 10 min on 2 cores
 python bench/run.py --quick                   # smoke run, < 2 min (figures are noisier)
-python bench/run.py --only 5                  # one section (1 to 11; 7a, 7b)
+python bench/run.py --only 5                  # one section (1 to 12; 7a, 7b; 12a-12d)
 ```
 
 `bench/README.md` lists the scripts behind each section.
@@ -294,6 +294,43 @@ process, once under a pseudo-terminal (frames redrawn in place; the benchmark re
 all the time, as a terminal would) and once with its stdout on a pipe (plain lines). The figure is
 the watcher's CPU time (psutil `cpu_times()`, user + system) over 20 s after a 2 s warm-up (its
 start and imports not counted), as a share of one core. Goal: <= 2% of a core in both modes.
+
+### 12. PostgreSQL: DBOS on the same server, races, hosts
+
+Measured by `bench/bench_postgres.py` (its docstring gives every detail): a throwaway cluster
+(`initdb` into a temporary folder, unix socket only) restarted with PostgreSQL's durability
+defaults (`fsync=on`, `synchronous_commit=on`, `full_page_writes=on`; `--fast-server`: all three
+off, as in the test suite), tether and DBOS each on a database of their own on that one server.
+The issue states no goals for PostgreSQL: 12a and 12b are informative, 12c and 12d check
+correctness.
+
+12a. **Durable trivial runs one after the other** on PostgreSQL: the runs of 2a (three
+checkpointed steps, a new key each time), tether with `db="postgresql://…"` against the DBOS
+workflow of 2a with `system_database_url="postgresql://…"`; median of >= 5 interleaved batches.
+Both sides wait mostly on the server (py-spy with `--fast-server`, 2026-11-30), and the server
+counts the transactions (`pg_stat_database.xact_commit` over 100 runs, reads included): 5.4 per
+tether run (start and claim in one, a checkpoint per step, the end; each `BEGIN` takes the
+database's advisory lock in the same round trip), 16.9 per DBOS run (per step a read of its
+recorded output and a write with an owner check, plus the workflow's insert and outcome, through
+SQLAlchemy). With `fsync=on` each writing commit also waits for the WAL to reach the disk.
+
+12b. **Idempotent re-start of a finished run** on PostgreSQL, as 3: tether's `start()` against the
+faster of DBOS's two forms, in alternating blocks of 20 calls.
+
+12c. **A race**: 16 processes each start the same 200 keys at once (released together) and wait
+for their results. Checked: one run per key (200 rows, attempt 1 each), every process got the same
+run of each key, no exception raised to any caller; the time is the whole race, results included
+(and the slowest process's loop of `start()` calls alone). Where it goes (py-spy
+over the 16 processes, 2026-11-30): 87% of the time inside `start()` is `BEGIN` waiting for the
+database's write lock. Only a key whose run has ended is attached from a read; a start() that
+finds the key's run still pending or running (here: another process's, nearly every call) decides
+in a write transaction, so the 3,200 calls queue on the one lock with the runs' own writes.
+
+12d. **A worker pool on 3 hosts**: 3 processes in their own UTS and pid namespaces (own host
+name, pids from 1: [the other-host harness](postgres.md)) run `tether worker` on 1,000 pending
+detached runs; each run's body appends its number and host name to one log with `O_APPEND`: a run
+executed twice would leave two lines. Checked: 1,000 lines, none twice; shown: the runs per host
+and runs/s from the hosts' launch (interpreter start-up included) to the last run's end.
 
 ## Reading the figures
 

@@ -2,7 +2,7 @@
 
     python bench/run.py                          # everything (< 10 min on 2 cores)
     python bench/run.py --quick                  # smoke run (< 2 min); figures are noisier
-    python bench/run.py --only 1 --only 5        # some sections: 1 to 11 (7: 7a, 7b; 11: 11a-11c)
+    python bench/run.py --only 1 --only 5        # some sections: 1 to 12 (7: 7a, 7b; 12: 12a-12d)
     python bench/run.py --wait-idle 300          # on a shared machine: wait for idle CPUs first
     python bench/run.py --write-docs             # then rewrite docs/performance.md
 
@@ -64,6 +64,12 @@ SECTIONS = (
     Section(("10",), "values: arrays and frames", ("bench_values.py",), 150),
     Section(("11a", "11b"), "front ends: `tether serve` with many watchers", ("serve_watchers.py",), 150),
     Section(("11c",), "front ends: `tether watch` CPU", ("watch_cpu.py",), 150),
+    Section(
+        ("12a", "12b", "12c", "12d"),
+        "PostgreSQL: DBOS on the same server, a race, worker hosts",
+        ("bench_postgres.py",),
+        300,
+    ),
 )
 
 
