@@ -112,6 +112,8 @@ class RunnerState:
     def _keep_result(self, run_id: str, result_json: str | None) -> None:
         if result_json is not None and len(result_json) > _RESULT_MAX:
             return
+        if result_json is not None:
+            result_json = str(result_json)  # as read back: plain text (codec.Encoded is a str subclass)
         with self._lock:
             self._results[run_id] = result_json
             self._result_ids.append(run_id)
