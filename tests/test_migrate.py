@@ -117,15 +117,15 @@ def test_a_copy_on_postgresql_has_the_same_runs_results_logs_checkpoints_and_fil
     assert f"1 value file(s) ({files[0].stat().st_size} bytes) from {db} to " in copied
     assert "1 pending run(s) no process owns were copied as pending" in out.stdout
     assert "not copied: bad-row: " in out.stdout and "double precision" in out.stdout
-    assert "password" not in out.stdout
     n_events = raw(db, "SELECT count(*) FROM events WHERE run_id <> 'bad-row'")[0][0]
     n_checkpoints = raw(db, "SELECT count(*) FROM checkpoints")[0][0]
     assert f"{n_events} event(s), {n_checkpoints} checkpoint(s)" in copied
     assert counts(pg_url) == (5, n_events, n_checkpoints, 1)
 
     # a second migrate copies nothing, and says so
-    again = migrate_cli(db, pg_url, child_env)
+    again = migrate_cli(db, pg_url.replace("tether@", "tether:s3cret@"), child_env)  # trust: any password
     assert again.returncode == 1 and "nothing new to copy" in again.stdout, again.stderr
+    assert "s3cret" not in again.stdout and f"to {pg_url.split('?')[0]}" in again.stdout
     assert "skipped 5 run(s) already there with the same content" in again.stdout
     assert counts(pg_url) == (5, n_events, n_checkpoints, 1)
 
@@ -216,3 +216,24 @@ def test_migrate_wants_a_postgresql_url_and_an_existing_sqlite_file(
     there.close()
     assert cli.main(["migrate", "--to", pg_url, "--db", pg_url]) == 1
     assert "is not a SQLite file" in capsys.readouterr().err
+
+
+def test_a_value_file_missing_beside_the_sqlite_file_is_reported_and_its_run_still_copied(
+    pg_url: str, workspace: Workspace, db: Path
+) -> None:
+    from tether.store.postgres import PostgresStore
+
+    run = chatty.start(n=1, label="lost").wait(timeout=60)
+    [path] = Path(f"{db}.artifacts").glob("*/*")
+    path.unlink()
+    src, dst = SQLiteStore(db), PostgresStore(pg_url)
+    try:
+        report = migrate(src, dst, owner.gone_reason)
+        digest = path.parent.name + path.name
+        assert (report.runs, report.files) == (1, 0)
+        assert report.skipped == [(f"file {digest}", f"run {run.id} refers to it, and it is missing")]
+        with pytest.raises(tether.StoreError, match="missing"):
+            dst.get(run.id).result  # noqa: B018  (the reference came along; its value did not)
+    finally:
+        dst.close()
+        src.close()

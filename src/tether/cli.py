@@ -218,7 +218,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     done = migrate(src, dst, owner.gone_reason)  # type: ignore[arg-type]
     for run_id, why in done.interrupted:
         print(_safe(f"{run_id} interrupted (recovered before the copy): {why}"))
-    where = f"from {src.path} to {dst.location}"
+    where = f"from {src.path} to {dst.path}"  # the URL without its password
     if done.runs:
         print(
             f"copied {done.runs} run(s), {done.events} event(s), {done.checkpoints} checkpoint(s), "

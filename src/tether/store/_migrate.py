@@ -20,10 +20,11 @@ another run under its key and attempt) stops the migrate with a StoreError, noth
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import codec
 from ..errors import StoreError
@@ -31,7 +32,7 @@ from ..model import Owner, RunRecord
 from .protocol import GoneCheck
 
 if TYPE_CHECKING:
-    from .postgres import PostgresStore
+    from .postgres import PostgresStore, _Conn, _PGFiles
     from .sqlite import SQLiteStore
 
 __all__ = ["Migration", "migrate"]
@@ -162,6 +163,8 @@ def _compare(dst: PostgresStore, cols: list[str], rows: list[Any], report: Migra
                     changed = [c for c, a, b in zip(cols, row, have, strict=True) if _fix_text(a) != b]
                     conflicts.append(f"{row[id_at]} (differs in {', '.join(changed[:4])})")
         for row in todo:
+            if type(row[key_at]) is not str or type(row[attempt_at]) is not int:
+                continue  # a damaged row: its insert fails, and the run is reported not copied
             other = conn.execute(
                 "SELECT id FROM runs WHERE key = ? AND attempt = ? AND id <> ?",
                 (_fix_text(row[key_at]), row[attempt_at], row[id_at]),
@@ -197,19 +200,31 @@ def _copy_run(src: SQLiteStore, dst: PostgresStore, cols: list[str], row: Any, r
             report.present += 1  # another migrate copied it meanwhile (compared before)
             return
         out.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({','.join('?' * len(cols))})", row)
-        if events:
-            out.executemany(f"INSERT INTO events ({_EVENT_COLS}) VALUES (?, ?, ?, ?, ?, ?)", events)
-        if checkpoints:
-            out.executemany(f"INSERT INTO checkpoints ({_CHECKPOINT_COLS}) VALUES (?, ?, ?, ?)", checkpoints)
-        have = dst.files._present(list(files))
+        _copy_rows(dst, out, "events", _EVENT_COLS, events)
+        _copy_rows(dst, out, "checkpoints", _CHECKPOINT_COLS, checkpoints)
+        have = cast("_PGFiles", dst.files)._present(list(files))
         new = {d: v for d, v in files.items() if d not in have}
-        dst.files.put(new)
+        if new:
+            dst.files.put(new)
     report.runs += 1
     report.events += len(events)
     report.checkpoints += len(checkpoints)
     report.files += len(new)
     report.bytes += sum(len(v) for v in new.values())
     report.skipped += missing
+
+
+def _copy_rows(dst: PostgresStore, out: sqlite3.Connection, table: str, cols: str, rows: list[Any]) -> None:
+    """``rows`` into ``table`` inside ``out``'s transaction, with COPY: a run's log may be
+    millions of events, and COPY takes them ~5x faster than INSERTs."""
+    if not rows:
+        return
+    from .postgres import _no_nul
+
+    raw = cast("_Conn", out).raw
+    with dst.guard(), raw.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(_no_nul(row))
 
 
 def _files(src: SQLiteStore, run_id: str, texts: list[Any]) -> tuple[dict[str, bytes], list[tuple[str, str]]]:
