@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -235,5 +236,27 @@ def test_a_value_file_missing_beside_the_sqlite_file_is_reported_and_its_run_sti
         with pytest.raises(tether.StoreError, match="missing"):
             dst.get(run.id).result  # noqa: B018  (the reference came along; its value did not)
     finally:
+        dst.close()
+        src.close()
+
+
+def test_a_live_worker_serving_the_sqlite_file_refuses_and_one_whose_lease_ran_out_does_not(
+    pg_url: str, workspace: Workspace, db: Path
+) -> None:
+    from tether.store.postgres import PostgresStore
+
+    chatty.start(n=1, label="w").wait(timeout=60)
+    src, dst = SQLiteStore(db), PostgresStore(pg_url)
+    me = owner.current()
+    try:
+        src.register_worker(me, ["etl.daily"], time.time() + 60)
+        with pytest.raises(tether.StoreError) as info:
+            migrate(src, dst, owner.gone_reason)
+        assert f"tether worker pid {me.pid} on {me.host} (pipeline etl.daily)" in str(info.value)
+        assert not dst.exists()
+        src.register_worker(me, ["etl.daily"], time.time() - 1)  # its lease ran out: not serving
+        assert migrate(src, dst, owner.gone_reason).runs == 1
+    finally:
+        src.unregister_worker(me)
         dst.close()
         src.close()
