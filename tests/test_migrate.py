@@ -164,12 +164,27 @@ def test_a_run_there_with_other_content_stops_the_copy_before_anything_is_writte
     try:
         report = migrate(src, dst, owner.gone_reason)
         assert (report.runs, report.present, report.files) == (1, 0, 1)
-        write(pg_url, "UPDATE runs SET message = 'edited there' WHERE id = ?", first.id)
+        # changed there since (as a pending run a worker there executes): the same run, skipped
+        write(
+            pg_url,
+            "UPDATE runs SET message = 'changed there', updated_at = updated_at + 1 WHERE id = ?",
+            first.id,
+        )
+        again = migrate(src, dst, owner.gone_reason)
+        assert (again.runs, again.present) == (0, 1)
+        # changed in the file since (its row newer than the copy), or another run under its id
+        write(db, "UPDATE runs SET updated_at = updated_at + 5 WHERE id = ?", first.id)
         later = chatty.start(n=2, label="b").wait(timeout=60)
         before = counts(pg_url)
         with pytest.raises(tether.StoreError) as info:
             migrate(src, dst, owner.gone_reason)
-        assert f"{first.id} (differs in message)" in str(info.value)
+        assert f"{first.id} (differs in message, updated_at)" in str(info.value)
+        assert counts(pg_url) == before
+        write(db, "UPDATE runs SET updated_at = updated_at - 5 WHERE id = ?", first.id)
+        write(pg_url, "UPDATE runs SET params = '{\"n\": 7}' WHERE id = ?", first.id)
+        with pytest.raises(tether.StoreError) as info:
+            migrate(src, dst, owner.gone_reason)
+        assert f"{first.id} (differs in params, message, updated_at)" in str(info.value)
         assert "nothing was copied" in str(info.value) and "empty database" in str(info.value)
         assert counts(pg_url) == before
         assert raw(pg_url, "SELECT count(*) FROM runs WHERE id = ?", later.id) == [(0,)]

@@ -12,9 +12,12 @@ database's write lock (every writer of every host waits for it) for as long as t
 gigabytes of events and files takes; per run, others wait for one run's copy at most, and a copy
 cut short (a lost connection, Ctrl-C) leaves only whole runs behind, which the next migrate skips.
 
-Before anything is written, every run is compared with the target: a run already there with the
-same content is skipped (a second migrate copies nothing); one there with other content (or
-another run under its key and attempt) stops the migrate with a StoreError, nothing written.
+Before anything is written, every run is compared with the target: a run already there is skipped
+(a second migrate copies nothing), also when it changed there since (same id, key, attempt,
+pipeline, params and creation time, updated there no earlier than in the file: a pending run a
+worker on PostgreSQL executed); one there with other content (another run under its id, or
+under its key and attempt, or one the file has changed since) stops the migrate with a
+StoreError, nothing written.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -40,6 +42,9 @@ __all__ = ["Migration", "migrate"]
 _EVENT_COLS = "run_id, seq, ts, kind, phase, data"
 _CHECKPOINT_COLS = "run_id, name, value, ts"
 _SHOWN = 10  # runs named in an error's message
+# what makes a run the same run: a target's row that differs in any other column is the same run
+# changed there since it was copied (a pending run a worker there executed), if it is newer
+_IDENTITY = {"id", "key", "attempt", "pipeline", "params", "created_at"}
 
 
 @dataclass
@@ -67,8 +72,9 @@ def _fix_text(value: Any) -> Any:
     return value.replace("\x00", "\ufffd") if type(value) is str else value
 
 
-def _same(a: Sequence[Any], b: Sequence[Any]) -> bool:
-    return all(_fix_text(x) == y for x, y in zip(a, b, strict=True))
+def _at_least(there: Any, here: Any) -> bool:
+    """Was the target's row written at or after the SQLite one (a damaged time: no)?"""
+    return isinstance(there, (int, float)) and isinstance(here, (int, float)) and there >= here
 
 
 def _live(src: SQLiteStore, gone: GoneCheck) -> tuple[list[RunRecord], list[str]]:
@@ -142,6 +148,7 @@ def _compare(dst: PostgresStore, cols: list[str], rows: list[Any], report: Migra
     """The rows not yet in ``dst`` (counting those already there in ``report.present``);
     StoreError naming every run ``dst`` holds with other content, before anything is written."""
     id_at, key_at, attempt_at = cols.index("id"), cols.index("key"), cols.index("attempt")
+    updated_at = cols.index("updated_at")
     conflicts: list[str] = []
     todo = []
     conn = dst.conn()
@@ -158,11 +165,12 @@ def _compare(dst: PostgresStore, cols: list[str], rows: list[Any], report: Migra
                 have = there.get(row[id_at])
                 if have is None:
                     todo.append(row)
-                elif _same(row, have):
-                    report.present += 1
-                else:
-                    changed = [c for c, a, b in zip(cols, row, have, strict=True) if _fix_text(a) != b]
+                    continue
+                changed = [c for c, a, b in zip(cols, row, have, strict=True) if _fix_text(a) != b]
+                if changed and (set(changed) & _IDENTITY or not _at_least(have[updated_at], row[updated_at])):
                     conflicts.append(f"{row[id_at]} (differs in {', '.join(changed[:4])})")
+                else:  # the same run; changed there since (run by a worker there, say) if at all
+                    report.present += 1
         for row in todo:
             if type(row[key_at]) is not str or type(row[attempt_at]) is not int:
                 continue  # a damaged row: its insert fails, and the run is reported not copied
