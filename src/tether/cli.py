@@ -1,4 +1,4 @@
-"""tether ls | show | watch | cancel | gc | worker: look at and act on a tether database from a shell.
+"""tether ls | show | watch | cancel | gc | worker | migrate: look at and act on tether databases.
 
 The CLI never executes code named by the database; ``worker`` imports only the modules named on
 its command line.
@@ -199,6 +199,46 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .store import SQLiteStore, migrate
+    from .store.postgres import is_url
+
+    if not is_url(args.to):
+        raise StoreError(
+            f"--to must be a postgresql:// URL, not {args.to!r}.",
+            "Name the team database as postgresql://user@host/database.",
+        )
+    src = _existing_store(args.db)
+    if not isinstance(src, SQLiteStore):
+        raise StoreError(
+            f"{src.path} is not a SQLite file: tether migrate copies a SQLite store into PostgreSQL.",
+            "Name the SQLite file with {db}.",
+        )
+    dst = _workspace.default().store(args.to)
+    done = migrate(src, dst, owner.gone_reason)  # type: ignore[arg-type]
+    for run_id, why in done.interrupted:
+        print(_safe(f"{run_id} interrupted (recovered before the copy): {why}"))
+    where = f"from {src.path} to {dst.path}"  # the URL without its password
+    if done.runs:
+        print(
+            f"copied {done.runs} run(s), {done.events} event(s), {done.checkpoints} checkpoint(s), "
+            f"{done.files} value file(s) ({done.bytes} bytes) {_safe(where)}"
+        )
+    else:
+        print(_safe(f"nothing new to copy {where}"))
+    if done.present:
+        print(f"skipped {done.present} run(s) already there with the same content")
+    if done.pending:
+        print(
+            f"{len(done.pending)} pending run(s) no process owns were copied as pending: a `tether worker` "
+            "on the PostgreSQL database executes them (stop the workers on the SQLite file)"
+        )
+    for what, why in done.skipped:
+        print(_safe(f"not copied: {what}: {why}"))
+    failed = [what for what, _ in done.skipped if not what.startswith("file ")]
+    return 1 if failed else 0
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     from . import watch  # imported only for this command: the other commands stay lean
 
@@ -279,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="exit when no detached run is left")
     p.add_argument("--poll", type=float, default=0.5, help="seconds between looks for new runs")
     p.set_defaults(fn=cmd_worker)
+
+    p = sub.add_parser(
+        "migrate", help="copy a SQLite database's runs into a PostgreSQL one; print what was copied"
+    )
+    p.add_argument("--to", required=True, metavar="URL", help="the PostgreSQL database (postgresql://...)")
+    p.set_defaults(fn=cmd_migrate)
 
     p = sub.add_parser("serve", help="a local web page of the runs, live (needs the serve extra)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
