@@ -352,9 +352,10 @@ class Run:
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the run and return its result, or raise RunFailed/RunCancelled/RunInterrupted."""
         self.wait(timeout)
-        found, text = self._ws.runner(self._store).stored_result(self.id)
-        if found:  # succeeded in this process: the text its end committed, decoded as a read would
-            return codec.decode(text, self.id, "result", self._store.files)
+        if not self._last.status.terminal:  # else the record read at its end has it (damaged or not)
+            found, text = self._ws.runner(self._store).stored_result(self.id)
+            if found:  # succeeded in this process: the text its end committed, decoded as a read would
+                return codec.decode(text, self.id, "result", self._store.files)
         rec = self._last if self._last.status.terminal else self.snapshot()
         rec.need("status")
         if rec.status == Status.SUCCEEDED:
