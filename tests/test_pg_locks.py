@@ -188,3 +188,38 @@ def test_a_pipelines_concurrency_holds_under_a_race_of_claimers(pg_url: str) -> 
     assert {r.id for r in oldest} == set(claimed)
     assert Counter(r.status for r in store.list_runs(limit=None))[Status.PENDING] == 17
     store.close()
+
+
+def test_a_start_that_finds_the_owner_gone_waits_for_its_flush_and_writes_its_event_after(
+    pg_url: str,
+) -> None:
+    """start (orphan check) vs flush: the flush in progress commits first; the start then
+    interrupts the run, its event numbered after the flush's."""
+    import psycopg
+
+    store = PostgresStore(pg_url)
+    other = Owner("far-host", 4242, 1.0, "far")  # judged by its lease on another host
+    run = start(store, "k", owner=other, claim=True)
+    got: list[Any] = []
+    with psycopg.connect(pg_url) as far:  # the owner's flush, in the middle of its transaction
+        far.execute("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (run.id,))
+        far.execute(
+            "INSERT INTO events (run_id, seq, ts, kind, phase, data) VALUES (%s, %s, %s, 'log', NULL, '{}')",
+            (run.id, run.last_seq + 1, time.time()),
+        )
+        far.execute("UPDATE runs SET last_seq = last_seq + 1 WHERE id = %s", (run.id,))
+        starter = threading.Thread(
+            target=lambda: got.append(store.start(
+                pipeline="p", key="k", params_json="{}", version=None, phases=[], policy="attach",
+                owner=ME, lease_s=60.0, gone=lambda *a: "lease expired",
+            )),
+            daemon=True,
+        )  # fmt: skip
+        starter.start()
+        wait_until(lambda: waiting(pg_url), 5, "the start waiting for the run's row")
+    starter.join(10)  # the flush committed
+    assert got and got[0].recovered == "lease expired"
+    kinds = [(e.seq, e.kind) for e in store.events(run.id)]
+    assert kinds[-2:] == [(run.last_seq + 1, "log"), (run.last_seq + 2, "interrupted")]
+    assert store.get(run.id).status == Status.INTERRUPTED
+    store.close()

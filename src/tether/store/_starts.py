@@ -93,8 +93,11 @@ class _Starts(_Reads):
             if existing and existing[0].status.active:
                 latest = existing[0]
                 reason = gone(latest.owner, latest.lease_until, now)
-                if reason and self._interrupt(conn, latest, reason, now):
-                    recovered = reason
+                if reason:
+                    # read again either way: on PostgreSQL the run may have ended meanwhile
+                    # (its row was another writer's while this one waited for it)
+                    if self._interrupt(conn, latest, reason, now):
+                        recovered = reason
                     existing = self._newest(conn, key, lookback(request))
             decision = decide(existing, request)
             if isinstance(decision, Attach):
