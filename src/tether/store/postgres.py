@@ -565,7 +565,7 @@ class PostgresStore(_Writes):
                 self.write_lock.release()
 
     def _begin_write(self, conn: _Conn, scope: Scope) -> None:
-        """BEGIN and the locks of ``scope``, in one round trip (a claim: three). Waiting for a
+        """BEGIN and the locks of ``scope``, in one round trip (a claim: two). Waiting for a
         lock is queued in the server (woken as soon as it is free); the main thread waits in
         slices (a transaction-local lock_timeout) so that a recorded interrupt is delivered
         between them, while nothing is held."""
@@ -595,15 +595,9 @@ class PostgresStore(_Writes):
 
     @staticmethod
     def _lock_claim(conn: _Conn, scope: Scope, main: bool) -> None:
-        """A claim's locks: its pipeline's when a ``concurrency`` limits it (the count of running
-        runs and the claim are one decision among claimers), then its row (a claimer of it
-        waits, or with ``skip_locked`` goes on to another run: RowTaken)."""
+        """A claim's row, after its pipeline's lock (_locks): another claimer of it is waited
+        for, or with ``skip_locked`` left to it (RowTaken: claim another run)."""
         raw = conn.raw
-        row = raw.execute("SELECT pipeline, concurrency FROM runs WHERE id = %s", (scope.claim,)).fetchone()
-        if row is None:
-            return  # nothing to claim: the claim's UPDATE finds nothing
-        if row[1] is not None:
-            raw.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("p:" + row[0],))
         skip = " SKIP LOCKED" if scope.skip_locked else ""
         got = raw.execute(f"SELECT 1 FROM runs WHERE id = %s FOR UPDATE{skip}", (scope.claim,)).fetchone()
         if got is None and scope.skip_locked:
@@ -641,8 +635,10 @@ def _locks(raw: psycopg.Connection[Any], scope: Scope, main: bool) -> bytes:
     this order (so that two writers never wait for each other in a cycle): the database's lock,
     exclusive for a write of the whole database (``Scope()``: cancels, recovery, ``tether gc``),
     shared otherwise; then one lock per key a start may make a run for (``hash('k:' + key)``);
-    then the rows the write changes, ``FOR UPDATE`` in id order. A claim's own locks follow
-    (PostgresStore._lock_claim). Sent as one simple query: literals, not parameters."""
+    then a claim's pipeline lock (``hash('p:' + pipeline)``), if a ``concurrency`` limits it: the
+    count of its running runs and the claim are one decision among claimers; then the rows the
+    write changes, ``FOR UPDATE`` in id order (a claim's: PostgresStore._lock_claim). Sent as one
+    simple query: literals, not parameters."""
     from psycopg import sql
 
     parts = ["BEGIN"]
@@ -653,6 +649,12 @@ def _locks(raw: psycopg.Connection[Any], scope: Scope, main: bool) -> bytes:
     for key in sorted(set(scope.keys)):
         name = sql.Literal(("k:" + key).replace("\x00", "\ufffd")).as_string(raw)
         parts.append(f"SELECT pg_advisory_xact_lock(hashtextextended({name}, 0))")
+    if scope.claim is not None:  # a run's pipeline and concurrency never change
+        run = sql.Literal(scope.claim).as_string(raw)
+        parts.append(
+            "SELECT pg_advisory_xact_lock(hashtextextended('p:' || pipeline, 0)) FROM runs "
+            f"WHERE id = {run} AND concurrency IS NOT NULL"
+        )
     ids = sorted(set(scope.runs))
     if ids:
         listed = ", ".join(sql.Literal(i).as_string(raw) for i in ids)
