@@ -17,7 +17,7 @@ from typing import Any
 from helpers.postgres import CLAIMER, race
 from helpers.util import wait_until
 from tether.model import Control, Owner, RunRecord, Status
-from tether.store import FlushItem
+from tether.store import BUSY_TIMEOUT_S, FlushItem
 from tether.store._rows import Scope
 from tether.store.postgres import PostgresStore, _locks
 
@@ -73,9 +73,13 @@ def waiting(url: str) -> bool:
     return bool(row and row[0])
 
 
+# a write that waited for a lock would wait BUSY_TIMEOUT_S and fail: one that returns well before
+# did not wait (however slow a loaded machine is)
+PROMPT = BUSY_TIMEOUT_S * 2 / 3
+
+
 def within(seconds: float, call: Callable[[], Any]) -> Any:
-    """``call``'s result, which must come in ``seconds`` (a write waiting for a lock would wait
-    for the store's 10 s lock timeout instead)."""
+    """``call``'s result, which must come in ``seconds``."""
     out: list[Any] = []
     t = threading.Thread(target=lambda: out.append(call()), daemon=True)
     t.start()
@@ -90,17 +94,17 @@ def test_flushes_of_different_runs_go_on_while_another_session_writes_another_ke
     first = start(one, "a", claim=True)
     second = start(two, "b", owner=WORKER, claim=True)
     with holding(pg_url, scope=Scope(keys=["c"], runs=[])):  # a start() of "c" in progress
-        lost, _ = within(5, lambda: one.flush([item(first.id, "one")], ME, time.time() + 60))
+        lost, _ = within(PROMPT, lambda: one.flush([item(first.id, "one")], ME, time.time() + 60))
         assert lost == set()
-        lost, _ = within(5, lambda: two.flush([item(second.id, "two")], WORKER, None))
+        lost, _ = within(PROMPT, lambda: two.flush([item(second.id, "two")], WORKER, None))
         assert lost == set()
-        assert within(5, lambda: start(one, "d")).key == "d"  # another key starts too
+        assert within(PROMPT, lambda: start(one, "d")).key == "d"  # another key starts too
         # a write of the whole database (a cancel) does wait for it: the holder holds a real lock
         cancel = threading.Thread(target=two.request_cancel, args=(first.id, alive), daemon=True)
         cancel.start()
-        wait_until(lambda: waiting(pg_url), 5, "the cancel waiting for the lock")
+        wait_until(lambda: waiting(pg_url), PROMPT, "the cancel waiting for the lock")
         assert cancel.is_alive() and not one.get(first.id).cancel_requested
-    cancel.join(5)
+    cancel.join(PROMPT)
     assert one.get(first.id).cancel_requested
     assert (one.get(first.id).message, one.get(second.id).message) == ("one", "two")
     one.close()
@@ -112,9 +116,9 @@ def test_a_claim_skips_a_run_another_claimer_holds_and_never_waits_for_it(pg_url
     older = start(store, "k1", detach=True)
     newer = start(store, "k2", detach=True)
     with holding(pg_url, f"SELECT 1 FROM runs WHERE id = '{older.id}' FOR UPDATE"):
-        rec = within(2, lambda: store.claim_next(WORKER, ["p"], 60.0))
+        rec = within(PROMPT, lambda: store.claim_next(WORKER, ["p"], 60.0))
         assert rec is not None and rec.id == newer.id  # the oldest was skipped, not waited for
-        assert within(2, lambda: store.claim_next(WORKER, ["p"], 60.0)) is None  # nothing free
+        assert within(PROMPT, lambda: store.claim_next(WORKER, ["p"], 60.0)) is None  # nothing free
     rec = store.claim_next(WORKER, ["p"], 60.0)  # released: it is claimed now
     assert rec is not None and rec.id == older.id
     assert rec.status == Status.RUNNING and rec.owner == WORKER
@@ -134,9 +138,9 @@ def test_a_claim_waiting_for_a_cancel_of_its_run_finds_nothing_once_the_cancel_c
             target=lambda: got.append(store.claim(run.id, WORKER, 60.0, "worker")), daemon=True
         )
         claim.start()
-        wait_until(lambda: waiting(pg_url), 5, "the claim waiting for the run's row")
+        wait_until(lambda: waiting(pg_url), PROMPT, "the claim waiting for the run's row")
         assert claim.is_alive()
-    claim.join(5)  # the with block committed the cancel
+    claim.join(PROMPT)  # the with block committed the cancel
     assert got == [None]
     assert store.get(run.id).status == Status.CANCELLED and store.get(run.id).owner is None
     store.close()
@@ -216,8 +220,8 @@ def test_a_start_that_finds_the_owner_gone_waits_for_its_flush_and_writes_its_ev
             daemon=True,
         )  # fmt: skip
         starter.start()
-        wait_until(lambda: waiting(pg_url), 5, "the start waiting for the run's row")
-    starter.join(10)  # the flush committed
+        wait_until(lambda: waiting(pg_url), PROMPT, "the start waiting for the run's row")
+    starter.join(PROMPT)  # the flush committed
     assert got and got[0].recovered == "lease expired"
     kinds = [(e.seq, e.kind) for e in store.events(run.id)]
     assert kinds[-2:] == [(run.last_seq + 1, "log"), (run.last_seq + 2, "interrupted")]
