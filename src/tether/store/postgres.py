@@ -3,10 +3,21 @@ psycopg 3 and its connection pool).
 
 It runs the very statements of the SQLite store (the mixins of tether.store), translated by the
 dialect seam (tether.store._pg_dialect). Each thread holds one pooled connection in autocommit
-(a read is one statement); a write is one transaction that first takes a transaction-level
-advisory lock shared by every process on every host, so that writes are serialised exactly as
-SQLite's ``BEGIN IMMEDIATE`` serialises them: every conditional status change, start decision and
-claim sees every write committed before it. ``UNIQUE (key, attempt)`` backs "one creator per key".
+(a read is one statement); a write is one READ COMMITTED transaction that first takes the locks
+of what it touches (its ``Scope``), always in one order, so that writers on every host that
+touch different runs and keys never wait for each other, and no two wait in a cycle (_locks):
+
+1. the database's advisory lock: exclusive for a write of the whole database (cancels, recovery
+   and hand-over, a shutdown's interrupts, gc: as SQLite's ``BEGIN IMMEDIATE``), shared otherwise;
+2. a start's key (advisory, ``hash('k:' + key)``): one decision per key at a time, with
+   ``UNIQUE (key, attempt)`` as the backstop of "one creator per key";
+3. a claim's pipeline (advisory, ``hash('p:' + pipeline)``) when ``concurrency`` limits it: the
+   count of its running runs and the claim are one decision;
+4. the rows it changes, ``FOR UPDATE`` in id order; a worker's claim ``SKIP LOCKED``.
+
+Each status change stays conditional on the status and owner it replaces, checked after its row is
+locked (READ COMMITTED reads the row's newest committed version then). A transaction the server
+ends to break a deadlock (40P01) or a serialization failure (40001) is run again (_retried).
 
 Large values are rows of ``tether_files`` (content-addressed bytea) that every host reaches.
 """
