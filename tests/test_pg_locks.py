@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from helpers.postgres import CLAIMER, race
 from helpers.util import wait_until
 from tether.model import Control, Owner, RunRecord, Status
@@ -227,3 +229,34 @@ def test_a_start_that_finds_the_owner_gone_waits_for_its_flush_and_writes_its_ev
     assert kinds[-2:] == [(run.last_seq + 1, "log"), (run.last_seq + 2, "interrupted")]
     assert store.get(run.id).status == Status.INTERRUPTED
     store.close()
+
+
+def test_a_write_the_server_ended_to_break_a_deadlock_runs_again_and_others_errors_do_not() -> None:
+    import psycopg
+
+    from tether.errors import StoreError
+    from tether.store.postgres import _RETRIES, _retried
+
+    calls: list[str] = []
+
+    def write(failure: type[Exception], times: int) -> str:
+        calls.append("try")
+        if len(calls) <= times:
+            try:
+                raise failure("the server's message")
+            except Exception as exc:
+                raise StoreError("a write failed") from exc
+        return "done"
+
+    again = _retried(write)
+    assert again(psycopg.errors.DeadlockDetected, 2) == "done" and len(calls) == 3
+    calls.clear()
+    assert again(psycopg.errors.SerializationFailure, 1) == "done" and len(calls) == 2
+    calls.clear()
+    with pytest.raises(StoreError):  # bounded: the last one's error is the caller's
+        again(psycopg.errors.DeadlockDetected, _RETRIES)
+    assert len(calls) == _RETRIES
+    calls.clear()
+    with pytest.raises(StoreError):  # anything else is not retried
+        again(psycopg.errors.UniqueViolation, 1)
+    assert len(calls) == 1
