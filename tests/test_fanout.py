@@ -398,7 +398,8 @@ def test_a_map_whose_run_another_process_took_over_stops_at_its_next_store(
 TAKE_OVER = """
 import sys
 from tether.store import SQLiteStore
-store = SQLiteStore(sys.argv[1])
+from tether.store.postgres import PostgresStore, is_url
+store = PostgresStore(sys.argv[1]) if is_url(sys.argv[1]) else SQLiteStore(sys.argv[1])
 marked = store.recover([store.get(sys.argv[2])], lambda owner, lease, now: "taken over by another process")
 assert len(marked) == 1, marked
 store.close()

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from helpers.postgres import CLAIMER, race
 from tether import codec
 from tether.errors import StoreError
 from tether.model import Owner, RunRecord, Status
@@ -265,52 +266,11 @@ def test_a_large_value_is_kept_in_the_database_and_read_back_checked(pg_url: str
 
 # -- workers of several processes ------------------------------------------------------------------
 
-_DRAIN = """
-import json, os, sys, time
-from tether.model import Owner
-from tether.store.postgres import PostgresStore
-store = PostgresStore(sys.argv[1])
-me = Owner("host-" + sys.argv[2], os.getpid(), 1.0, "worker-" + sys.argv[2])
-store.list_runs(limit=1)
-print("ready", flush=True)
-sys.stdin.readline()
-got = []
-while True:
-    rec = store.claim_next(me, ["p"], 60.0)
-    if rec is None:
-        break
-    got.append(rec.id)
-print(json.dumps(got), flush=True)
-store.close()
-"""
-
 
 def test_workers_in_three_processes_drain_the_queue_and_no_run_is_claimed_twice(pg_url: str) -> None:
     store = pg_store(pg_url)
     ids = {start(store, f"k{i}", detach=True).id for i in range(60)}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _DRAIN, pg_url, str(n)],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(3)
-    ]
-    try:
-        for p in procs:
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        claimed = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    claimed = [json.loads(out) for out in race(CLAIMER, [[pg_url, str(n), "p"] for n in range(3)])]
     flat = [run_id for got in claimed for run_id in got]
     assert sorted(flat) == sorted(ids)  # every run once, none twice
     assert {r.status for r in store.list_runs(limit=None)} == {Status.RUNNING}

@@ -589,9 +589,9 @@ def test_a_new_run_this_process_executes_is_started_and_claimed_in_one_commit(
     commits: list[str] = []
     orig = store.tx
 
-    def counting() -> Any:  # the real transaction, the store method that asks noted
+    def counting(*scope: Any) -> Any:  # the real transaction, the store method that asks noted
         commits.append(tx_caller())
-        return orig()
+        return orig(*scope)
 
     store.tx = counting  # type: ignore[method-assign]
     try:

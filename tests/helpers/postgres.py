@@ -177,3 +177,62 @@ def start_cluster() -> Cluster:
         shutil.rmtree(root, ignore_errors=True)
         raise
     return cluster
+
+
+def race(script: str, argvs: list[list[str]], timeout: float = 120) -> list[str]:
+    """Run ``python -c script`` once per argv, in processes that say ``ready`` (set up, connected)
+    and then wait for ``go`` on stdin, sent to all at once: what each printed after that."""
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, *argv],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for argv in argvs
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outs = []
+        for p in procs:
+            out, _ = p.communicate(timeout=timeout)
+            assert p.returncode == 0, out
+            outs.append(out)
+        return outs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+# A worker of pipeline argv[3] claiming runs of database argv[1] as host and instance number
+# argv[2] (released by race()), until none is left or, with argv[4], for that many seconds.
+CLAIMER = """
+import json, os, sys, time
+from tether.model import Owner
+from tether.store.postgres import PostgresStore
+store = PostgresStore(sys.argv[1])
+me = Owner("host-" + sys.argv[2], os.getpid(), 1.0, "worker-" + sys.argv[2])
+store.list_runs(limit=1)
+print("ready", flush=True)
+sys.stdin.readline()
+got = []
+until = time.monotonic() + float(sys.argv[4]) if len(sys.argv) > 4 else None
+while True:
+    rec = store.claim_next(me, [sys.argv[3]], 60.0)
+    if rec is not None:
+        got.append(rec.id)
+    elif until is None or time.monotonic() > until:
+        break
+print(json.dumps(got), flush=True)
+store.close()
+"""

@@ -107,6 +107,7 @@ from helpers.util import tx_caller
 from tether import context as tether_context
 from tether import errors as tether_errors
 from tether.store import SQLiteStore as Store
+from tether.store._rows import WHOLE, Scope
 
 TESTS = Path(__file__).resolve().parent.parent
 SAFETY_S = 120.0  # no child waits longer than this; a parent declares a child hung after it
@@ -164,14 +165,14 @@ def _point(name: str) -> None:
             _await_go()
 
 
-def _tx(self: Store) -> Any:
-    return _tripping(self, tx_caller())
+def _tx(self: Store, scope: Scope = WHOLE) -> Any:
+    return _tripping(self, tx_caller(), scope)
 
 
 @contextlib.contextmanager
-def _tripping(store: Store, op: str) -> Iterator[sqlite3.Connection]:
+def _tripping(store: Store, op: str, scope: Scope) -> Iterator[sqlite3.Connection]:
     armed = op == _ARM.get("op")
-    with _ORIG_TX(store) as conn:
+    with _ORIG_TX(store, scope) as conn:
         yield conn
         if armed:
             _TRIPS[op] += 1

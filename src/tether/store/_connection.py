@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from .. import _interrupts
 from ..errors import StoreError
 from . import _schema
+from ._rows import WHOLE, Scope
 from ._safety import (
     SQLITE_BUSY,
     SQLITE_FULL,
@@ -365,8 +366,9 @@ class _Connections(_FileChecks):
                 pass
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``), serialised within the process.
+    def tx(self, scope: Scope = WHOLE) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``), serialised within the process and with
+        every other writer of the file (``scope``, what it touches, is for PostgreSQL's finer locks).
 
         A kernel interrupt is held back from the moment the write lock is ours until COMMIT or
         ROLLBACK has run (tether._interrupts); while waiting for the lock it lands at once.

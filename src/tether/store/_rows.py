@@ -379,3 +379,32 @@ class Queued(NamedTuple):
     """A claim refused by the pipeline's ``concurrency``: the run stays pending, in line."""
 
     ahead: int  # runs of the pipeline that start before it
+
+
+class RowTaken(Exception):
+    """A claim's run is locked by another claimer's transaction right now (PostgreSQL's ``FOR
+    UPDATE SKIP LOCKED``): claim_next goes on to the next candidate instead of waiting."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a write transaction touches, for a backend that locks finer than the whole database
+    (SQLite's BEGIN IMMEDIATE ignores it). Empty: the whole database (exclusive).
+
+    ``keys``: runs may be made for these keys; ``runs``: these rows change, conditional on their
+    status and owner; ``claim``: this pending run is claimed (its pipeline's concurrency decided
+    with it); ``skip_locked``: a claim locked by another claimer raises RowTaken instead of
+    waiting; ``own``: only rows of the writer's own (its worker registration)."""
+
+    keys: Sequence[str] = ()
+    runs: Sequence[str] = ()
+    claim: str | None = None
+    skip_locked: bool = False
+    own: bool = False
+
+    @property
+    def whole(self) -> bool:
+        return not (self.keys or self.runs or self.claim or self.own)
+
+
+WHOLE = Scope()

@@ -13,7 +13,7 @@ from ..errors import RunActive
 from ..model import Control, Owner, RunRecord, Status, error_dict
 from ..policy import Attach, Conflict, StartRequest, decide, lookback, other_code
 from ._reads import _Reads
-from ._rows import StartOutcome, _text
+from ._rows import Scope, StartOutcome, _text
 from .protocol import GoneCheck
 
 
@@ -52,7 +52,13 @@ class _Starts(_Reads):
         )
         if cur.rowcount != 1:
             return False
-        self._event(conn, rec, "interrupted", {"reason": reason}, now)
+        # the row's last event as of now, the row ours: on PostgreSQL ``rec`` may be older than
+        # a flush that committed while this transaction waited for the row
+        (last_seq,) = conn.execute("SELECT last_seq FROM runs WHERE id = ?", (rec.id,)).fetchone()
+        seq = self._append(
+            conn, rec.id, last_seq, [(now, "interrupted", rec.phase, dumps({"reason": reason}))]
+        )
+        conn.execute("UPDATE runs SET last_seq = ? WHERE id = ?", (seq, rec.id))
         return True
 
     def start(
@@ -81,14 +87,17 @@ class _Starts(_Reads):
         this call creates is claimed by ``owner`` in the same transaction (see ``_create``)."""
         request = StartRequest(pipeline, key, params_json, version, code, policy, control, max_auto_resumes)
         now = time.time()
-        with self.tx() as conn:
+        with self.tx(Scope(keys=[key])) as conn:
             existing = self._newest(conn, key, lookback(request))
             recovered = None
             if existing and existing[0].status.active:
                 latest = existing[0]
                 reason = gone(latest.owner, latest.lease_until, now)
-                if reason and self._interrupt(conn, latest, reason, now):
-                    recovered = reason
+                if reason:
+                    # read again either way: on PostgreSQL the run may have ended meanwhile
+                    # (its row was another writer's while this one waited for it)
+                    if self._interrupt(conn, latest, reason, now):
+                        recovered = reason
                     existing = self._newest(conn, key, lookback(request))
             decision = decide(existing, request)
             if isinstance(decision, Attach):
@@ -139,7 +148,7 @@ class _Starts(_Reads):
         attempt keeps ``run_id``'s parent. ``code``: ``(version, fingerprint)`` of the pipeline
         that will execute it, when known here; else the attempt records those of ``run_id``."""
         now = time.time()
-        with self.tx() as conn:
+        with self.tx(Scope(keys=[self.get(run_id).key])) as conn:  # a run's key never changes
             base = self.get(run_id)
             latest = self.latest(base.key, conn)
             assert latest is not None

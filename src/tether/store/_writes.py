@@ -12,7 +12,7 @@ from .. import codec
 from ..codec import dumps
 from ..model import Owner, RunRecord, Status
 from ._reads import _AHEAD, _ROOM
-from ._rows import _RUN_COLS, FlushItem, Queued, _files, _num, _text
+from ._rows import _RUN_COLS, FlushItem, Queued, RowTaken, Scope, _files, _num, _text
 from ._starts import _Starts
 
 _MAX_TRY_TRACEBACK = 20_000
@@ -66,7 +66,10 @@ class _Writes(_Starts):
                 return None
             lost = False
             for (run_id,) in rows:
-                rec = self.claim(run_id, owner, lease_s, target="worker")
+                try:  # never wait for a run another worker is claiming: take the next one
+                    rec = self.claim(run_id, owner, lease_s, target="worker", skip_locked=True)
+                except RowTaken:
+                    continue
                 if isinstance(rec, RunRecord):
                     return rec
                 lost = lost or rec is None
@@ -74,13 +77,19 @@ class _Writes(_Starts):
                 return None
 
     def claim(
-        self, run_id: str, owner: Owner, lease_s: float, target: str | None = None
+        self,
+        run_id: str,
+        owner: Owner,
+        lease_s: float,
+        target: str | None = None,
+        skip_locked: bool = False,
     ) -> RunRecord | Queued | None:
         """pending -> running, only for the run's target (process, or 'worker'). None if not
         claimable; ``Queued`` if its pipeline's ``concurrency`` has no room for it yet, or older
-        runs of the pipeline wait before it (start order, across processes)."""
+        runs of the pipeline wait before it (start order, across processes). ``skip_locked``: raise
+        RowTaken rather than wait while another transaction holds the run (PostgreSQL)."""
         now = time.time()
-        with self.tx() as conn:
+        with self.tx(Scope(claim=run_id, skip_locked=skip_locked)) as conn:
             cur = conn.execute(
                 "UPDATE runs SET status = 'running', started_at = ?, updated_at = ?, "
                 "owner_host = ?, owner_pid = ?, owner_started = ?, owner_instance = ?, "
@@ -121,7 +130,7 @@ class _Writes(_Starts):
         """
         now = time.time()
         lost: set[str] = set()
-        with self.tx() as conn:
+        with self.tx(Scope(runs=[it.run_id for it in items], own=True)) as conn:
             for it in items:
                 row = conn.execute(
                     "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' AND owner_instance = ?",
@@ -220,7 +229,7 @@ class _Writes(_Starts):
         files = _files(*values)
         if files:
             self.files.put(files)
-        with self.tx() as conn:
+        with self.tx(Scope(runs=[run_id])) as conn:
             if files:
                 self.files.ensure(files)
             row = conn.execute(
@@ -276,7 +285,7 @@ class _Writes(_Starts):
         """A try failed and another follows after ``delay`` s: its error kept in a ``retry``
         event, ``retry_at`` set. False if the run is no longer ours."""
         now = time.time()
-        with self.tx() as conn:
+        with self.tx(Scope(runs=[item.run_id])) as conn:
             row = conn.execute(
                 "SELECT last_seq, tries, max_tries FROM runs WHERE id = ? AND status = 'running' "
                 "AND owner_instance = ?",
@@ -303,7 +312,7 @@ class _Writes(_Starts):
     def next_try(self, item: FlushItem, owner: Owner) -> RunRecord | None:
         """The next try starts now (a ``try`` event). None if the run is no longer ours."""
         now = time.time()
-        with self.tx() as conn:
+        with self.tx(Scope(runs=[item.run_id])) as conn:
             row = conn.execute(
                 "SELECT last_seq, tries FROM runs WHERE id = ? AND status = 'running' AND owner_instance = ?",
                 (item.run_id, owner.instance),
@@ -326,7 +335,7 @@ class _Writes(_Starts):
     def park(self, run_id: str, owner: Owner, parked: bool) -> None:
         """A parent waits for a child (parked: not counted by its pipeline's concurrency) or
         goes on."""
-        with self.tx() as conn:
+        with self.tx(Scope(runs=[run_id])) as conn:
             conn.execute(
                 "UPDATE runs SET parked = ? WHERE id = ? AND owner_instance = ? AND status = 'running'",
                 (int(parked), run_id, owner.instance),

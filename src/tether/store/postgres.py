@@ -3,27 +3,40 @@ psycopg 3 and its connection pool).
 
 It runs the very statements of the SQLite store (the mixins of tether.store), translated by the
 dialect seam (tether.store._pg_dialect). Each thread holds one pooled connection in autocommit
-(a read is one statement); a write is one transaction that first takes a transaction-level
-advisory lock shared by every process on every host, so that writes are serialised exactly as
-SQLite's ``BEGIN IMMEDIATE`` serialises them: every conditional status change, start decision and
-claim sees every write committed before it. ``UNIQUE (key, attempt)`` backs "one creator per key".
+(a read is one statement); a write is one READ COMMITTED transaction that first takes the locks
+of what it touches (its ``Scope``), always in one order, so that writers on every host that
+touch different runs and keys never wait for each other, and no two wait in a cycle (_locks):
+
+1. the database's advisory lock: exclusive for a write of the whole database (cancels, recovery
+   and hand-over, a shutdown's interrupts, gc: as SQLite's ``BEGIN IMMEDIATE``), shared otherwise;
+2. a start's key (advisory, ``hash('k:' + key)``): one decision per key at a time, with
+   ``UNIQUE (key, attempt)`` as the backstop of "one creator per key";
+3. a claim's pipeline (advisory, ``hash('p:' + pipeline)``) when ``concurrency`` limits it: the
+   count of its running runs and the claim are one decision;
+4. the rows it changes, ``FOR UPDATE`` in id order; a worker's claim ``SKIP LOCKED``.
+
+Each status change stays conditional on the status and owner it replaces, checked after its row is
+locked (READ COMMITTED reads the row's newest committed version then). A transaction the server
+ends to break a deadlock (40P01) or a serialization failure (40001) is run again (_retried).
 
 Large values are rows of ``tether_files`` (content-addressed bytea) that every host reaches.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import random
 import sqlite3
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PosixPath
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from .. import _interrupts, codec
@@ -33,6 +46,7 @@ from . import _pg_dialect, _schema
 from ._connection import BUSY_TIMEOUT_S
 from ._pg_dialect import FILES_TABLE, MIGRATIONS_TABLE, arguments, translate
 from ._reads import _param_test
+from ._rows import WHOLE, RowTaken, Scope
 from ._writes import _Writes
 from .sqlite import SQLiteStore
 
@@ -42,16 +56,16 @@ if TYPE_CHECKING:
 
     from .protocol import Store
 
-# pg_advisory_xact_lock keys: every write transaction ("tether" in ASCII), and migrations
+# pg_advisory_xact_lock keys: the database (shared by a scoped write, exclusive for a write of
+# the whole database), and migrations
 _WRITE_LOCK = 0x746574686572
 _SCHEMA_LOCK = 0x746574686573
 _INSTALL = "pip install 'tether[postgres]'"
-_SLICE_MS = 100  # the main thread's wait for the write lock, per try
-# a write transaction begins with one round trip (simple query protocol: several statements)
-_BEGIN = f"BEGIN; SELECT pg_advisory_xact_lock({_WRITE_LOCK})"
-_BEGIN_SLICED = (
-    f"BEGIN; SET LOCAL lock_timeout = '{_SLICE_MS}ms'; SELECT pg_advisory_xact_lock({_WRITE_LOCK})"
-)
+_SLICE_MS = 100  # the main thread's wait for the write locks, per try
+_WAIT_MS = int(BUSY_TIMEOUT_S * 1000)
+_RETRIES = 5  # a transaction chosen as a deadlock's (or serialization failure's) victim is run again
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 IDLE_IN_WRITE_S = 10.0  # a session idle this long inside a transaction is ended by the server
 
 
@@ -175,7 +189,7 @@ def _configure(raw: psycopg.Connection[Any]) -> None:
             return float(text)
 
     raw.adapters.register_loader("numeric", _Number)
-    raw.execute(f"SET lock_timeout = '{int(BUSY_TIMEOUT_S * 1000)}ms'")
+    raw.execute(f"SET lock_timeout = '{_WAIT_MS}ms'")
     # A process stopped (SIGSTOP, a host that froze or lost its network) inside a write would
     # hold the write lock of every host: the server ends such a session after this long, well
     # within the time others wait for the lock; its transaction is rolled back.
@@ -269,19 +283,57 @@ class _PGFiles(Artifacts):
         return len(rows), sum(r[0] for r in rows)
 
 
+def _victim(exc: BaseException) -> bool:
+    """Was ``exc`` the server ending a transaction to break a deadlock (40P01) or a
+    serialization failure (40001)? Nothing of it was committed: it may run again."""
+    cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+    return getattr(cause, "sqlstate", None) in ("40001", "40P01")
+
+
+def _retried(write: Callable[_P, _T]) -> Callable[_P, _T]:
+    """``write`` run again (up to _RETRIES times) while the server picks its transaction as a
+    deadlock's victim: writers lock in one order (_locks), but statements of a write may still
+    meet, e.g. two flushes renewing leases, or value rows two writers insert."""
+
+    @functools.wraps(write)
+    def again(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        for n in range(1, _RETRIES + 1):
+            try:
+                return write(*args, **kwargs)
+            except StoreError as exc:
+                if n == _RETRIES or not _victim(exc):
+                    raise
+                time.sleep(random.uniform(0, 0.002 * n))  # not again in lockstep with the other
+        raise AssertionError("unreachable")
+
+    return again
+
+
 class PostgresStore(_Writes):
     """A tether database on PostgreSQL, named by its URL (``postgresql://user@host/db``).
     Cheap to create; connects (and migrates) on first use."""
 
     # the writes the SQLite store defines itself run unchanged here (same statements, same dialect)
-    request_cancel = SQLiteStore.request_cancel
-    cancel_children = SQLiteStore.cancel_children
+    request_cancel = _retried(SQLiteStore.request_cancel)
+    cancel_children = _retried(SQLiteStore.cancel_children)
     _cancel_one = SQLiteStore._cancel_one
-    recover = SQLiteStore.recover
-    interrupt_own = SQLiteStore.interrupt_own
-    register_worker = SQLiteStore.register_worker
-    unregister_worker = SQLiteStore.unregister_worker
+    recover = _retried(SQLiteStore.recover)
+    interrupt_own = _retried(SQLiteStore.interrupt_own)
+    register_worker = _retried(SQLiteStore.register_worker)
+    unregister_worker = _retried(SQLiteStore.unregister_worker)
     _hand_over = SQLiteStore._hand_over
+    # and the others' writes, run again when the server ends one to break a deadlock
+    start = _retried(_Writes.start)
+    new_attempt = _retried(_Writes.new_attempt)
+    claim = _retried(_Writes.claim)
+    flush = _retried(_Writes.flush)
+    finish = _retried(_Writes.finish)
+    put_checkpoint = _retried(_Writes.put_checkpoint)
+    put_checkpoints = _retried(_Writes.put_checkpoints)
+    retry_wait = _retried(_Writes.retry_wait)
+    next_try = _retried(_Writes.next_try)
+    park = _retried(_Writes.park)
+    collect_files = _retried(_Writes.collect_files)
 
     def __init__(self, url: str, pool_size: int = 32) -> None:  # no super().__init__: no file here
         _psycopg()  # missing: say how to install it now, not at the first use
@@ -333,6 +385,8 @@ class PostgresStore(_Writes):
                 text,
                 fix="Check that the server runs and the URL (host, port, user, database) is right.",
             )
+        elif getattr(exc, "sqlstate", None) in ("40001", "40P01"):
+            err = self._fail("ended this write, which met another writer's locks in a cycle", text)
         elif isinstance(exc, psycopg.errors.DiskFull):
             err = self._fail("cannot grow: the server's disk is full", text)
         else:
@@ -495,9 +549,9 @@ class PostgresStore(_Writes):
             raise
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, serialised with every other writer of the database on every
-        host (a transaction-level advisory lock: SQLite's BEGIN IMMEDIATE), and within the process.
+    def tx(self, scope: Scope = WHOLE) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding the locks of ``scope`` (what it touches; see
+        ``_locks``), serialised with the writes of this process.
 
         A kernel interrupt is held back from the moment the process's write lock is ours until
         COMMIT or ROLLBACK ran (tether._interrupts): the connection never goes back to the pool,
@@ -508,7 +562,7 @@ class PostgresStore(_Writes):
             try:
                 conn.rollback()  # never build on a transaction some failure left open
                 try:
-                    self._begin_write(conn)
+                    self._begin_write(conn, scope)
                     yield cast(sqlite3.Connection, conn)
                 except BaseException:
                     conn.rollback()
@@ -521,19 +575,24 @@ class PostgresStore(_Writes):
             finally:
                 self.write_lock.release()
 
-    def _begin_write(self, conn: _Conn) -> None:
-        """BEGIN and the database's write lock, in one round trip. Waiting for the lock is
-        queued in the server (woken as soon as it is free); the main thread waits in slices
-        (a transaction-local lock_timeout) so that a recorded interrupt is delivered between
-        them, while nothing is held."""
+    def _begin_write(self, conn: _Conn, scope: Scope) -> None:
+        """BEGIN and the locks of ``scope``, in one round trip (a claim: two). Waiting for a
+        lock is queued in the server (woken as soon as it is free); the main thread waits in
+        slices (a transaction-local lock_timeout) so that a recorded interrupt is delivered
+        between them, while nothing is held."""
         psycopg = _psycopg()
         main = _interrupts.in_main_thread()
         deadline = time.monotonic() + BUSY_TIMEOUT_S
         fresh = False  # a session found gone at BEGIN is replaced once (nothing was sent in it)
         while True:
             try:
-                conn.raw.execute(_BEGIN_SLICED if main else _BEGIN)
+                conn.raw.execute(_locks(conn.raw, scope, main))
+                if scope.claim is not None:
+                    self._lock_claim(conn, scope, main)
                 return
+            except RowTaken:
+                conn.rollback()
+                raise
             except psycopg.errors.LockNotAvailable as exc:
                 conn.rollback()
                 if not main or time.monotonic() > deadline:
@@ -544,6 +603,18 @@ class PostgresStore(_Writes):
                     raise self._error(exc) from exc
                 fresh = True
             _interrupts.safe_point()
+
+    @staticmethod
+    def _lock_claim(conn: _Conn, scope: Scope, main: bool) -> None:
+        """A claim's row, after its pipeline's lock (_locks): another claimer of it is waited
+        for, or with ``skip_locked`` left to it (RowTaken: claim another run)."""
+        raw = conn.raw
+        skip = " SKIP LOCKED" if scope.skip_locked else ""
+        got = raw.execute(f"SELECT 1 FROM runs WHERE id = %s FOR UPDATE{skip}", (scope.claim,)).fetchone()
+        if got is None and scope.skip_locked:
+            raise RowTaken(scope.claim)
+        if main:  # the body's statements wait as long as any thread's
+            raw.execute(f"SET LOCAL lock_timeout = '{_WAIT_MS}ms'")
 
     # -- what PostgreSQL says otherwise --------------------------------------------------------
 
@@ -568,6 +639,40 @@ class PostgresStore(_Writes):
                 for key, attempt, run_id, status in rows:
                     out[key] = (str(run_id), attempt, str(status))
         return out
+
+
+def _locks(raw: psycopg.Connection[Any], scope: Scope, main: bool) -> bytes:
+    """The statements that begin a write transaction of ``scope`` and take its locks, always in
+    this order (so that two writers never wait for each other in a cycle): the database's lock,
+    exclusive for a write of the whole database (``Scope()``: cancels, recovery, ``tether gc``),
+    shared otherwise; then one lock per key a start may make a run for (``hash('k:' + key)``);
+    then a claim's pipeline lock (``hash('p:' + pipeline)``), if a ``concurrency`` limits it: the
+    count of its running runs and the claim are one decision among claimers; then the rows the
+    write changes, ``FOR UPDATE`` in id order (a claim's: PostgresStore._lock_claim). Sent as one
+    simple query: literals, not parameters."""
+    from psycopg import sql
+
+    parts = ["BEGIN"]
+    if main:
+        parts.append(f"SET LOCAL lock_timeout = '{_SLICE_MS}ms'")
+    shared = "" if scope.whole else "_shared"
+    parts.append(f"SELECT pg_advisory_xact_lock{shared}({_WRITE_LOCK})")
+    for key in sorted(set(scope.keys)):
+        name = sql.Literal(("k:" + key).replace("\x00", "\ufffd")).as_string(raw)
+        parts.append(f"SELECT pg_advisory_xact_lock(hashtextextended({name}, 0))")
+    if scope.claim is not None:  # a run's pipeline and concurrency never change
+        run = sql.Literal(scope.claim).as_string(raw)
+        parts.append(
+            "SELECT pg_advisory_xact_lock(hashtextextended('p:' || pipeline, 0)) FROM runs "
+            f"WHERE id = {run} AND concurrency IS NOT NULL"
+        )
+    ids = sorted(set(scope.runs))
+    if ids:
+        listed = ", ".join(sql.Literal(i).as_string(raw) for i in ids)
+        parts.append(f"SELECT 1 FROM runs WHERE id IN ({listed}) ORDER BY id FOR UPDATE")
+    if main and scope.claim is None:  # the body's statements wait as long as any thread's
+        parts.append(f"SET LOCAL lock_timeout = '{_WAIT_MS}ms'")
+    return "; ".join(parts).encode()
 
 
 def _migrate(store: PostgresStore, conn: _Conn) -> None:

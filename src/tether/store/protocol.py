@@ -196,11 +196,17 @@ class Store(Protocol):
     # -- the owner's writes --------------------------------------------------------------------
 
     def claim(
-        self, run_id: str, owner: Owner, lease_s: float, target: str | None = None
+        self,
+        run_id: str,
+        owner: Owner,
+        lease_s: float,
+        target: str | None = None,
+        skip_locked: bool = False,
     ) -> RunRecord | Queued | None:
         """pending -> running under ``owner``, only by the run's target (``owner.instance``, or
         ``"worker"``): exactly one claimant wins. None if not claimable; ``Queued`` if its
-        pipeline's ``concurrency`` has no room for it yet."""
+        pipeline's ``concurrency`` has no room for it yet. ``skip_locked``: a backend with row
+        locks may raise ``RowTaken`` instead of waiting for another claimer of the run."""
         ...
 
     def claim_next(self, owner: Owner, pipelines: Sequence[str], lease_s: float) -> RunRecord | None:

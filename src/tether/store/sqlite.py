@@ -16,6 +16,7 @@ from ..artifacts import Artifacts
 from ..codec import dumps
 from ..errors import TetherError
 from ..model import Owner, RunRecord, Status, error_dict
+from ._rows import Scope
 from ._writes import _Writes
 from .protocol import GoneCheck
 
@@ -141,7 +142,7 @@ class SQLiteStore(_Writes):
     def register_worker(self, owner: Owner, pipelines: Sequence[str], lease_until: float) -> None:
         """A ``tether worker`` serves ``pipelines`` (renewed with the same call, dropped with
         ``unregister_worker``)."""
-        with self.tx() as conn:
+        with self.tx(Scope(own=True)) as conn:
             conn.execute("DELETE FROM workers WHERE instance = ?", (owner.instance,))
             conn.executemany(
                 "INSERT INTO workers (instance, pipeline, host, pid, started, ns, lease_until) "
@@ -154,7 +155,7 @@ class SQLiteStore(_Writes):
             conn.execute("DELETE FROM workers WHERE lease_until < ?", (time.time() - 3600,))
 
     def unregister_worker(self, owner: Owner) -> None:
-        with self.tx() as conn:
+        with self.tx(Scope(own=True)) as conn:
             conn.execute("DELETE FROM workers WHERE instance = ?", (owner.instance,))
 
     def _hand_over(
