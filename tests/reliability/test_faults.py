@@ -111,7 +111,9 @@ db = sys.argv[1]
 tether.configure(db=db)
 
 
-@tether.pipeline(name="faults.q")
+# concurrency= keeps start() and the claim apart (a run of an uncapped pipeline that this
+# process executes at once is claimed in start()'s own transaction): the claim is what waits here
+@tether.pipeline(name="faults.q", concurrency=8)
 def q(ctx, k):
     return k
 
