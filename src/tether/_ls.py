@@ -42,11 +42,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def existing_store(path: str | None, settings: config.Settings | None = None) -> SQLiteStore:
+def existing_store(path: str | None, settings: config.Settings | None = None) -> Store:
     """A store of ``path`` (default: $TETHER_DB, else ./.tether/runs.db) that must exist already:
     a typo must not create an empty database. StoreError if it does not exist or cannot be
-    reached."""
+    reached. A ``postgresql://`` URL is a PostgresStore (psycopg loads only then)."""
     settings = settings or config.Settings()
+    raw = path or config.db_setting(settings)[0]
+    if config.is_postgres(raw):
+        from .store.postgres import PostgresStore
+
+        pg = PostgresStore(raw)
+        if not pg.exists():
+            raise missing_database(pg.path)
+        return pg
     p = config.resolve(path) if path else config.resolve(*config.db_setting(settings))
     store = SQLiteStore(
         p,
