@@ -1,7 +1,7 @@
 """tether on PostgreSQL (docs/postgres.md), against DBOS on the SAME PostgreSQL server (section 12).
 
 Starts its own throwaway cluster (tests/helpers/postgres.py: ``initdb`` into a temporary folder,
-unix socket only), restarted with PostgreSQL's own durability defaults (``fsync=on``,
+unix socket only), its server run with PostgreSQL's own durability defaults (``fsync=on``,
 ``synchronous_commit=on``, ``full_page_writes=on``; ``--fast-server``: the test suite's
 ``fsync=off``, ``synchronous_commit=off``, ``full_page_writes=off``), and gives tether and DBOS a
 database each on it:
@@ -39,20 +39,21 @@ from pathlib import Path
 
 import _paths
 from benchlib import CpuWatch, Row, add_wait_idle, machine, ms, pct, report, say, version_of, wait_idle
-from peers import BLOCK, QUICK, Sizes, dbos_run, expected, interleaved, tether_run, three_steps
+from peers import QUICK, Sizes, interleaved, reattach, warm_up
 
 import tether
-from helpers.postgres import Cluster, missing, start_cluster
+from helpers.postgres import Cluster, missing, start_cluster, timed_race
 
 try:
-    from dbos import DBOS, SetWorkflowID
-    from peers import dbos_three_steps
+    from dbos import DBOS
 except ImportError:
-    DBOS = SetWorkflowID = dbos_three_steps = None  # type: ignore[assignment,misc]
+    DBOS = None  # type: ignore[assignment,misc]
 
 pc = time.perf_counter
 HOSTS = ("host-a", "host-b", "host-c")
 SERVER_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes", "wal_level", "shared_buffers")
+# PostgreSQL's own defaults, over the test suite's fsync, synchronous_commit and full_page_writes off
+DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
 FULL = Sizes(batches=5, batch_runs=60, warmup=10, single_runs=0, restarts=300)
 
 _RACE = """
@@ -82,24 +83,10 @@ print(json.dumps({"ids": ids, "errors": errors, "starts": starts}), flush=True)
 """
 
 
-def server(cluster: Cluster, fast: bool) -> str:
-    """Restart ``cluster`` with the durability settings measured; what the server says it runs."""
+def server(cluster: Cluster) -> str:
+    """What the server says it runs: the durability settings measured."""
     import psycopg
 
-    opts = f"-p {cluster.port} -k {cluster.socket_dir} -c listen_addresses='' -c max_connections=200"
-    if fast:
-        opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-    cluster._run(
-        str(cluster.bin / "pg_ctl"),
-        "-D",
-        str(cluster.data),
-        "-o",
-        opts,
-        "-l",
-        str(cluster.root / "log"),
-        "-w",
-        "restart",
-    )
     with psycopg.connect(cluster.url(), autocommit=True) as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         shown = [f"{n}={conn.execute(f'SHOW {n}').fetchone()[0]}" for n in SERVER_SETTINGS]  # type: ignore[index]
@@ -126,39 +113,13 @@ def launch_dbos(url: str) -> str:
 
 def attach(sz: Sizes, n: int) -> Row:
     """12b: re-start of finished runs, tether and both DBOS forms in blocks of BLOCK calls."""
-    keys = [i % n for i in range(0, sz.restarts * 7, 7)]
-    handles = {i: three_steps.start(i=i) for i in set(keys)}
-    st: list[float] = []
-    d_call: list[float] = []
-    d_start: list[float] = []
-    for b in range(0, len(keys), BLOCK):
-        block = keys[b : b + BLOCK]
-        for i in block:
-            t0 = pc()
-            run = three_steps.start(i=i)
-            st.append(pc() - t0)
-            if run.id != handles[i].id or run.result() != expected(i):
-                raise SystemExit(f"tether start(i={i}) did not return the finished run")
-        for i in block:
-            t0 = pc()
-            with SetWorkflowID(f"peers-{i}"):
-                value = dbos_three_steps(i)
-            d_call.append(pc() - t0)
-            if value != expected(i):
-                raise SystemExit(f"DBOS re-call i={i} returned {value!r}")
-        for i in block:
-            t0 = pc()
-            with SetWorkflowID(f"peers-{i}"):
-                handle = DBOS.start_workflow(dbos_three_steps, i)
-            d_start.append(pc() - t0)
-            if handle.get_result() != expected(i):
-                raise SystemExit(f"DBOS start_workflow i={i} did not return the recorded result")
-    t50, c50, s50 = pct(st, 0.5), pct(d_call, 0.5), pct(d_start, 0.5)
+    at = reattach(sz.restarts, n)
+    t50, c50, s50 = pct(at.start, 0.5), pct(at.call, 0.5), pct(at.start_workflow, 0.5)
     say(f"  12b: tether start() p50 {ms(t50)}; DBOS call {ms(c50)}, start_workflow {ms(s50)}")
     return Row(
         "12b",
-        f"PostgreSQL: idempotent re-start of a finished run, {len(keys)} calls per form",
-        f"`start()` p50 {ms(t50)}, p99 {ms(pct(st, 0.99))}",
+        f"PostgreSQL: idempotent re-start of a finished run, {at.calls} calls per form",
+        f"`start()` p50 {ms(t50)}, p99 {ms(pct(at.start, 0.99))}",
         f"DBOS on the same server: `SetWorkflowID` + call p50 {ms(c50)}, + `start_workflow` p50 {ms(s50)}",
         t50 / min(c50, s50),
         "(informative)",
@@ -174,9 +135,7 @@ def versus_dbos(sz: Sizes, cluster: Cluster) -> tuple[list[Row], str, str]:
         tether_settings = '`tether.configure(db="postgresql://…")`, defaults (psycopg 3 pool)'
         dbos_settings = launch_dbos(cluster.url("dbos_bench"))
         try:
-            for w in range(sz.warmup):  # imports, first connections, first threads
-                tether_run(-w - 1)
-                dbos_run(-w - 1)
+            warm_up(sz.warmup, 0)
             tether_cell, dbos_cell, ratio = interleaved(sz, 0, "12a")
             n = sz.batches * sz.batch_runs
             rows = [
@@ -202,27 +161,8 @@ def versus_dbos(sz: Sizes, cluster: Cluster) -> tuple[list[Row], str, str]:
 def race(url: str, procs: int, keys: int) -> Row:
     """12c: ``procs`` processes start the same ``keys`` keys at once."""
     env = dict(os.environ, PYTHONPATH=_paths.child_pythonpath(_paths.SRC))
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", _RACE, url, str(keys)],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(procs)
-    ]
-    for c in children:  # every interpreter started and connected before the clock starts
-        assert c.stdout is not None
-        if c.stdout.readline().strip() != "ready":
-            raise SystemExit(f"a racing process failed to start: {c.communicate()}")
-    t0 = pc()
-    for c in children:
-        assert c.stdin is not None
-        c.stdin.write("go\n")
-        c.stdin.flush()
-    outs = [json.loads(c.communicate(timeout=600)[0]) for c in children]
-    took = pc() - t0
+    texts, took = timed_race(_RACE, [[url, str(keys)]] * procs, 600, env)
+    outs = [json.loads(t) for t in texts]
     from helpers.util import raw
 
     rows = raw(url, "SELECT key, attempt FROM runs")
@@ -339,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     watch = CpuWatch()
     started = pc()
     rows: list[Row] = []
-    cluster = start_cluster()
+    cluster = start_cluster(None if args.fast_server else DURABLE)
     try:
-        info["PostgreSQL server (both sides)"] = server(cluster, args.fast_server)
+        info["PostgreSQL server (both sides)"] = server(cluster)
         if DBOS is None:
             rows.append(Row("12a", "PostgreSQL vs DBOS", "not measured", "DBOS is not installed", None,
                             "(informative)", None))  # fmt: skip

@@ -151,6 +151,61 @@ def dbos_run(i: int) -> float:
     return spent
 
 
+def warm_up(runs: int, below: int) -> None:
+    """``runs`` runs of ids ``below - 1``, ``below - 2``, ... on each side, not timed: imports, first
+    connections, first threads (and keys apart from the measured ones)."""
+    for w in range(runs):
+        tether_run(below - w - 1)
+        dbos_run(below - w - 1)
+
+
+@dataclass
+class Reattach:
+    """Seconds per call of each form of an idempotent re-start of a finished run."""
+
+    calls: int  # per form
+    start: list[float]  # tether ``three_steps.start(i=...)`` of a succeeded run
+    start_result: list[float]  # the same and its ``result()``
+    call: list[float]  # DBOS ``dbos_three_steps(i)`` inside ``SetWorkflowID(same id)``
+    start_workflow: list[float]  # DBOS ``start_workflow`` with the same id (its result not timed)
+
+
+def reattach(restarts: int, n: int) -> Reattach:
+    """Re-start ``restarts`` of the finished runs ``0..n-1`` (of tether_run and dbos_run) in each form,
+    in blocks of BLOCK calls per form (call by call, each form would mostly measure the cold caches
+    the one before left), checking each call got the finished run."""
+    keys = [i % n for i in range(0, restarts * 7, 7)]  # spread over the finished runs
+    handles = {i: three_steps.start(i=i) for i in set(keys)}  # the runs, to check the attach
+    at = Reattach(len(keys), [], [], [], [])
+    for b in range(0, len(keys), BLOCK):
+        block = keys[b : b + BLOCK]
+        for i in block:
+            t0 = pc()
+            run = three_steps.start(i=i)
+            t1 = pc()
+            value = run.result()
+            t2 = pc()
+            at.start.append(t1 - t0)
+            at.start_result.append(t2 - t0)
+            if run.id != handles[i].id or value != expected(i):
+                raise SystemExit(f"tether start(i={i}) did not return the finished run")
+        for i in block:
+            t0 = pc()
+            with SetWorkflowID(f"peers-{i}"):
+                value = dbos_three_steps(i)
+            at.call.append(pc() - t0)
+            if value != expected(i):
+                raise SystemExit(f"DBOS re-call i={i} returned {value!r}")
+        for i in block:
+            t0 = pc()
+            with SetWorkflowID(f"peers-{i}"):
+                handle = DBOS.start_workflow(dbos_three_steps, i)
+            at.start_workflow.append(pc() - t0)
+            if handle.get_workflow_id() != f"peers-{i}" or handle.get_result() != expected(i):
+                raise SystemExit(f"DBOS start_workflow i={i} gave {handle.get_workflow_id()}")
+    return at
+
+
 # -- SQLite files -----------------------------------------------------------------------------------
 
 
@@ -272,9 +327,7 @@ def bench_full(sz: Sizes) -> Row:
         sync = store.conn().execute("PRAGMA synchronous").fetchone()[0]
         if sync != 2:
             raise SystemExit(f"tether at durability='full' runs synchronous={sync}, not 2 (FULL)")
-        for w in range(sz.warmup):  # the connections switch to FULL, fresh keys on both sides
-            tether_run(FULL_IDS - w - 1)
-            dbos_run(FULL_IDS - w - 1)
+        warm_up(sz.warmup, FULL_IDS)  # the connections switch to FULL, fresh keys on both sides
         tether_cell, dbos_cell, ratio = interleaved(sz, FULL_IDS, "2d (tether at full)")
     finally:
         tether.configure(durability="normal")
@@ -293,9 +346,7 @@ def bench_full(sz: Sizes) -> Row:
 
 def bench_durable(sz: Sizes, tether_db: Path, dbos_db: Path) -> list[Row]:
     """2a (throughput, latency), 7b (bytes per run) and 3 (idempotent re-start)."""
-    for w in range(sz.warmup):  # warm-up: imports, first connections, first threads
-        tether_run(-w - 1)
-        dbos_run(-w - 1)
+    warm_up(sz.warmup, 0)
     base_t, base_d = db_bytes(tether_db), db_bytes(dbos_db)
 
     tether_cell, dbos_cell, ratio = interleaved(sz, 0, "2a")
@@ -338,46 +389,14 @@ def bench_durable(sz: Sizes, tether_db: Path, dbos_db: Path) -> list[Row]:
         )
     )
 
-    # 3: idempotent re-start of a finished key, in blocks of BLOCK calls per form (call by call,
-    # each side would mostly measure the cold caches the other one left)
-    keys = [i % n for i in range(0, sz.restarts * 7, 7)]  # spread over the finished runs
-    handles = {i: three_steps.start(i=i) for i in set(keys)}  # the runs, to check the attach
-    st: list[float] = []
-    st_res: list[float] = []
-    d_call: list[float] = []
-    d_start: list[float] = []
-    for b in range(0, len(keys), BLOCK):
-        block = keys[b : b + BLOCK]
-        for i in block:
-            t0 = pc()
-            run = three_steps.start(i=i)
-            t1 = pc()
-            value = run.result()
-            t2 = pc()
-            st.append(t1 - t0)
-            st_res.append(t2 - t0)
-            if run.id != handles[i].id or value != expected(i):
-                raise SystemExit(f"tether start(i={i}) did not return the finished run")
-        for i in block:
-            t0 = pc()
-            with SetWorkflowID(f"peers-{i}"):
-                value = dbos_three_steps(i)
-            d_call.append(pc() - t0)
-            if value != expected(i):
-                raise SystemExit(f"DBOS re-call i={i} returned {value!r}")
-        for i in block:
-            t0 = pc()
-            with SetWorkflowID(f"peers-{i}"):
-                handle = DBOS.start_workflow(dbos_three_steps, i)
-            d_start.append(pc() - t0)
-            if handle.get_workflow_id() != f"peers-{i}" or handle.get_result() != expected(i):
-                raise SystemExit(f"DBOS start_workflow i={i} gave {handle.get_workflow_id()}")
+    # 3: idempotent re-start of a finished key
+    at = reattach(sz.restarts, n)
     if count(dbos_db, "SELECT count(*) FROM workflow_status") != all_d:
         raise SystemExit("DBOS re-starts created workflows")
     if count(tether_db, "SELECT count(*) FROM runs") != all_t:
         raise SystemExit("tether re-starts created runs")
-    t50, r50 = pct(st, 0.5), pct(st_res, 0.5)
-    c50, s50 = pct(d_call, 0.5), pct(d_start, 0.5)
+    t50, r50 = pct(at.start, 0.5), pct(at.start_result, 0.5)
+    c50, s50 = pct(at.call, 0.5), pct(at.start_workflow, 0.5)
     base = min(c50, s50)
     say(
         f"  3: tether start() p50 {ms(t50)} (+ result() {ms(r50)}); DBOS call {ms(c50)}, "
@@ -388,8 +407,8 @@ def bench_durable(sz: Sizes, tether_db: Path, dbos_db: Path) -> list[Row]:
         Row(
             "3",
             f"idempotent re-start of a finished run (same params / same workflow id), "
-            f"{len(keys)} calls per form",
-            f"`start()` p50 {ms(t50)}, p99 {ms(pct(st, 0.99))} (`start().result()` p50 {ms(r50)})",
+            f"{at.calls} calls per form",
+            f"`start()` p50 {ms(t50)}, p99 {ms(pct(at.start, 0.99))} (`start().result()` p50 {ms(r50)})",
             f"DBOS `SetWorkflowID` + call p50 {ms(c50)}, + `start_workflow` p50 {ms(s50)}",
             t50 / base,
             "ratio <= 0.1",

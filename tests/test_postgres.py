@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from helpers.postgres import CLAIMER, race
+from helpers.postgres import CLAIMER, race, start_cluster
 from tether import codec
 from tether.errors import StoreError
 from tether.model import Owner, RunRecord, Status
@@ -79,6 +79,18 @@ def test_statements_in_sqlites_dialect_are_translated_with_their_arguments_in_or
     assert translate("SELECT json_extract(data, '$.id') WHERE instr(v, ?) > 0")[0] == (
         "SELECT (tether_jsonb(data) ->> 'id') WHERE strpos(v, %s) > 0"
     )
+
+
+def test_a_cluster_started_with_options_runs_them_over_the_tests_settings(pg_cluster: Any) -> None:
+    """bench/bench_postgres.py measures a durable server through this parameter."""
+    cluster = start_cluster({"fsync": "on", "synchronous_commit": "on", "work_mem": "8MB"})
+    try:
+        shown = {n: pg_rows(cluster.url(), f"SHOW {n}")[0][0] for n in ("fsync", "synchronous_commit",
+                 "work_mem", "full_page_writes", "max_connections")}  # fmt: skip
+    finally:
+        cluster.stop()
+    assert shown == {"fsync": "on", "synchronous_commit": "on", "work_mem": "8MB", "full_page_writes": "off",
+                     "max_connections": "200"}  # fmt: skip
 
 
 def test_a_url_is_named_without_its_password() -> None:

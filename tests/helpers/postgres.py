@@ -11,10 +11,14 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +29,15 @@ import pytest
 BOTH_BACKENDS = pytest.mark.parametrize("workspace", ["sqlite", "postgres"], indirect=True)
 
 SUPERUSER = "tether"  # the cluster's superuser (initdb -U), owner of every test database
+
+# the server's settings for the tests: durability off (a throwaway cluster), room for the races
+SETTINGS = {
+    "listen_addresses": "",  # unix socket only
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "200",
+}
 
 
 def bindir() -> Path | None:
@@ -86,6 +99,7 @@ class Cluster:
     port: int
     bin: Path
     user: tuple[int, int] | None
+    options: dict[str, str] = field(default_factory=dict)  # server settings over SETTINGS
     _count: int = field(default=0)
 
     @property
@@ -128,10 +142,9 @@ class Cluster:
             str(self.bin / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "-A", "trust",
             "-E", "UTF8", "--no-sync", "--no-instructions",
         )  # fmt: skip
-        opts = (
-            f"-p {self.port} -k {self.socket_dir} -c listen_addresses='' -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
+        # pg_ctl hands -o to a shell
+        settings = " ".join(f"-c {k}={shlex.quote(v)}" for k, v in {**SETTINGS, **self.options}.items())
+        opts = f"-p {self.port} -k {shlex.quote(str(self.socket_dir))} {settings}"
         self._run(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"),
             "-w", "-t", "60", "start",
@@ -162,15 +175,17 @@ class Cluster:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_cluster() -> Cluster:
-    """Start a throwaway cluster (the caller stops it). Raises RuntimeError if it cannot."""
+def start_cluster(options: dict[str, str] | None = None) -> Cluster:
+    """Start a throwaway cluster (the caller stops it), its server run with SETTINGS updated by
+    ``options`` (``{"fsync": "on"}``: PostgreSQL's settings, passed as ``-c name=value``). Raises
+    RuntimeError if it cannot."""
     folder = bindir()
     if folder is None:
         raise RuntimeError(missing() or "no PostgreSQL binaries")
     # a short path: a unix socket's path has a ~100-byte limit
     root = Path(tempfile.mkdtemp(prefix="tether-pg-"))
     os.chmod(root, 0o755)
-    cluster = Cluster(root, _free_port(), folder, _unprivileged())
+    cluster = Cluster(root, _free_port(), folder, _unprivileged(), dict(options or {}))
     try:
         cluster.start()
     except BaseException:
@@ -182,9 +197,16 @@ def start_cluster() -> Cluster:
 def race(script: str, argvs: list[list[str]], timeout: float = 120) -> list[str]:
     """Run ``python -c script`` once per argv, in processes that say ``ready`` (set up, connected)
     and then wait for ``go`` on stdin, sent to all at once: what each printed after that."""
-    import sys
+    return timed_race(script, argvs, timeout)[0]
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+
+def timed_race(
+    script: str, argvs: list[list[str]], timeout: float = 120, env: Mapping[str, str] | None = None
+) -> tuple[list[str], float]:
+    """race(), and the seconds from the ``go`` to the end of the last process. ``env``: the
+    processes' environment (default: this one with ``PYTHONPATH`` set to this ``sys.path``)."""
+    if env is None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", script, *argv],
@@ -198,6 +220,7 @@ def race(script: str, argvs: list[list[str]], timeout: float = 120) -> list[str]
     try:
         for p in procs:
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        t0 = time.perf_counter()
         for p in procs:
             assert p.stdin is not None
             p.stdin.write("go\n")
@@ -207,7 +230,7 @@ def race(script: str, argvs: list[list[str]], timeout: float = 120) -> list[str]
             out, _ = p.communicate(timeout=timeout)
             assert p.returncode == 0, out
             outs.append(out)
-        return outs
+        return outs, time.perf_counter() - t0
     finally:
         for p in procs:
             if p.poll() is None:
