@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import tether
-from helpers.util import unavailable
+from helpers.hosts import need_unshare
 from tether.store._safety import NETWORK_FS, _psutil_mounts, mount_of, parse_mountinfo
 
 # A child in the namespace: what it sees of the mount, then what tether does with a database there.
@@ -62,40 +62,20 @@ print(json.dumps(out))
 """
 
 
+# a private mount namespace and its own pid namespace: when the shell ends the kernel kills what it
+# started (a FUSE daemon) and the mounts go
+NAMESPACES = ("--mount", "--propagation", "private", "--pid", "--fork")
+
+
 def _needs_namespaces() -> None:
-    """Root, and unshare able to make a private mount namespace (CI runs as root)."""
-    why = ""
-    if os.geteuid() != 0:
-        why = "needs root to mount in a private mount namespace"
-    elif shutil.which("unshare") is None:
-        why = "needs unshare (util-linux)"
-    else:
-        probe = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, timeout=30
-        )
-        if probe.returncode != 0:
-            why = f"unshare --mount fails here: {probe.stderr.decode().strip()}"
-    if why:
-        unavailable(why)
+    """Root, and unshare able to make the namespaces (CI runs as root)."""
+    need_unshare(NAMESPACES, "the real-mount tests")
 
 
 def _in_namespace(setup: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``setup`` (sh, "$1".. are ``args``) in a private mount namespace and its own pid namespace:
-    when the shell ends the kernel kills what it started (a FUSE daemon) and the mounts go."""
+    """``setup`` (sh, "$1".. are ``args``) in NAMESPACES."""
     return subprocess.run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "--pid",
-            "--fork",
-            "sh",
-            "-euc",
-            setup,
-            "sh",
-            *args,
-        ],
+        ["unshare", *NAMESPACES, "sh", "-euc", setup, "sh", *args],
         env=env,
         capture_output=True,
         text=True,

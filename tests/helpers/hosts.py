@@ -12,6 +12,7 @@ they fail instead.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -25,19 +26,31 @@ from .util import unavailable
 UNSHARE = ["unshare", "--uts", "--pid", "--mount", "--fork", "--mount-proc", "--kill-child"]
 
 
-def need_hosts() -> None:
-    """Skip (fail under CI=true) where other hosts cannot be made here."""
-    why = None
+@functools.cache
+def unshare_fails(flags: tuple[str, ...], probe: tuple[str, ...] = ("true",)) -> str | None:
+    """Why ``unshare <flags> <probe>`` cannot run on this machine (None: it can). The one probe of
+    the tests and harnesses that make namespaces; asked once per process for each set of flags."""
+    command = " ".join(["unshare", *flags])
     if os.geteuid() != 0:
-        why = "new UTS and pid namespaces need root"
-    elif shutil.which("unshare") is None:
-        why = "unshare (util-linux) is not installed"
-    else:
-        out = subprocess.run([*UNSHARE, "hostname", "probe"], capture_output=True, text=True, timeout=30)
-        if out.returncode != 0:
-            why = f"{' '.join(UNSHARE)} fails here: {out.stderr.strip()}"
+        return f"{command} needs root (this is uid {os.geteuid()})"
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    out = subprocess.run(["unshare", *flags, *probe], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        return f"{command} fails here: {out.stderr.strip()[-300:]}"
+    return None
+
+
+def need_unshare(flags: Sequence[str], tests: str, probe: Sequence[str] = ("true",)) -> None:
+    """Skip where ``unshare <flags>`` cannot run here; under CI=true fail instead: CI must run ``tests``."""
+    why = unshare_fails(tuple(flags), tuple(probe))
     if why:
-        unavailable(why, f"CI must run the other-host tests: {why}")
+        unavailable(why, f"CI must run {tests}: {why}")
+
+
+def need_hosts() -> None:
+    """Skip (fail under CI=true) where other hosts cannot be made here: their host name is set too."""
+    need_unshare(UNSHARE[1:], "the other-host tests", probe=("hostname", "probe"))
 
 
 def host_process(

@@ -103,6 +103,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import tether
+from helpers.hosts import unshare_fails
 from helpers.util import tx_caller
 from tether import context as tether_context
 from tether import errors as tether_errors
@@ -1463,12 +1464,9 @@ def capabilities() -> dict[str, str]:
         for kind, what in (("pidns", "unshare --pid"), ("disk", "mounting a tmpfs")):
             caps[kind] = f"{what} needs root (this is uid {os.geteuid()})"
     else:
-        if shutil.which("unshare") is None:
-            caps["pidns"] = "no unshare command (util-linux)"
-        else:
-            out = subprocess.run([*UNSHARE, "true"], capture_output=True, text=True, timeout=60)
-            if out.returncode:
-                caps["pidns"] = f"{' '.join(UNSHARE)} failed: {out.stderr.strip()[-300:]}"
+        why = unshare_fails(tuple(UNSHARE[1:]))
+        if why:
+            caps["pidns"] = why
         with tempfile.TemporaryDirectory() as tmp:
             out = subprocess.run(
                 ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", tmp],

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -28,10 +27,12 @@ import psutil
 import pytest
 
 import tether
-from helpers.util import raw, unavailable, undo_control_migration, wait_until
+from helpers.hosts import need_unshare
+from helpers.util import raw, undo_control_migration, wait_until
 from tether import owner
 from tether.model import Owner
 
+PIDNS = ("--pid", "--fork", "--mount-proc")  # same host name, own pids and /proc: a container
 LEASE_S = 1.0  # of the namespaced owner; it renews every BEAT_S while alive
 BEAT_S = 0.1
 
@@ -65,19 +66,7 @@ except Exception as exc:
 
 
 def _need_unshare() -> None:
-    why = None
-    if os.geteuid() != 0:
-        why = "a new pid namespace needs root"
-    elif shutil.which("unshare") is None:
-        why = "unshare (util-linux) is not installed"
-    else:
-        out = subprocess.run(
-            ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, text=True, timeout=30
-        )
-        if out.returncode != 0:
-            why = f"unshare --pid --fork --mount-proc fails here: {out.stderr.strip()}"
-    if why:
-        unavailable(why, f"CI must run the pid namespace tests: {why}")
+    need_unshare(PIDNS, "the pid namespace tests")
 
 
 GATE = threading.Event()  # opens the runs of outer_long
@@ -109,7 +98,7 @@ def _namespaced(
     ready = tmp_path / "ready.json"
     spec = {"db": str(db), "lease": LEASE_S, "beat": BEAT_S, "ready": str(ready)}
     proc = subprocess.Popen(
-        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", _INNER, json.dumps(spec)],
+        ["unshare", *PIDNS, sys.executable, "-c", _INNER, json.dumps(spec)],
         env=child_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

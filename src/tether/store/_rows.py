@@ -165,7 +165,8 @@ def _names(row: _Row, name: str, bad: list[str]) -> list[str]:
     return value
 
 
-# phases / phases_done texts found sound lately: the rows of a listing repeat a few of them
+# phases / phases_done texts found sound lately: the rows of a listing repeat a few of them. Per
+# process (docs/architecture.md): whether a text is sound depends on the text alone; bounded.
 _SOUND_NAMES: dict[str, None] = {"[]": None}
 
 
@@ -182,7 +183,8 @@ def _sound_names(text: Any) -> bool:
 
 
 # Owners read lately, by their columns: an Owner is immutable, and a frozen dataclass is slow to
-# make (every attach reads one).
+# make (every attach reads one). Per process (docs/architecture.md): the Owner depends on the
+# columns alone; bounded.
 _OWNERS: dict[tuple[Any, ...], Owner] = {}
 
 
@@ -289,7 +291,8 @@ def _record(values: Sequence[Any]) -> RunRecord:
     )
 
 
-# the column types of sound rows seen lately (a listing's rows share one or a few)
+# the column types of sound rows seen lately (a listing's rows share one or a few). Per process
+# (docs/architecture.md): whether types are sound depends on the types alone; bounded.
 _SOUND_TYPES: set[tuple[type, ...]] = set()
 
 
