@@ -16,11 +16,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -339,6 +342,116 @@ def test_an_interrupt_at_each_point_of_start_reaches_the_caller_and_strands_noth
         "together": 4,
         "quiet": True,
     }
+
+
+# -- the held-back signals themselves (tether._interrupts), with real signals -------------------
+# signal.raise_signal sends the signal to this process and runs the Python handler before it
+# returns: the signal lands exactly there.
+
+
+@pytest.fixture
+def sigterm_handled() -> Iterator[list[int]]:
+    """A Python handler for SIGTERM (as a service's graceful shutdown has), recording each call;
+    Python's own for SIGINT."""
+    seen: list[int] = []
+    saved = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    saved_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+        signal.signal(signal.SIGINT, saved_int)
+
+
+def _quiet() -> None:
+    """Outside every section: Python's handlers back, nothing recorded, a new section passes."""
+    from tether import _interrupts
+
+    assert (_interrupts._depth, _interrupts._pending, _interrupts._saved) == (0, [], {})
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is not _interrupts._record
+    with _interrupts.critical():
+        _interrupts.safe_point()  # a signal left recorded from before would land here
+
+
+@pytest.mark.parametrize("where", ["safe point", "end", "interrupt leaving"])
+def test_a_sigterm_held_back_beside_a_ctrl_c_still_reaches_its_handler(
+    sigterm_handled: list[int], where: str
+) -> None:
+    """A Ctrl-C and a SIGTERM both recorded in one section: the KeyboardInterrupt reaches the
+    caller (a claim's slot given back once) and the SIGTERM's handler still runs, once, by the
+    time the section is left, whether the Ctrl-C was delivered at a safe point, at the end, or a
+    KeyboardInterrupt was already leaving. Before, the first handler that raised ended the
+    delivery and an interrupt leaving the section dropped every signal recorded in it."""
+    from tether import _interrupts
+
+    given: list[str] = []
+    with (
+        pytest.raises(KeyboardInterrupt),
+        _interrupts.critical(),
+        _interrupts.holding(lambda: given.append("slot")),
+    ):
+        if where == "interrupt leaving":
+            signal.raise_signal(signal.SIGTERM)
+            raise KeyboardInterrupt  # e.g. delivered by a section this one is part of
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)
+        assert sigterm_handled == []  # both held back
+        if where == "safe point":
+            _interrupts.safe_point()
+            pytest.fail("the Ctrl-C was not delivered at the safe point")
+    assert sigterm_handled == [signal.SIGTERM]
+    assert given == (["slot"] if where == "safe point" else [])
+    _quiet()
+
+
+def test_a_ctrl_c_as_the_handlers_come_back_lands_and_leaves_nothing_recorded(
+    sigterm_handled: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C held back in a section, and a second one the instant Python's SIGINT handler is
+    put back as the section ends: that one raises there, and reaches the caller. Nothing stays
+    recorded to land in a later, unrelated section, and SIGTERM's handler is put back too (it
+    was left recording, outside every section, so that a SIGTERM was lost until the next)."""
+    import _signal
+
+    from tether import _interrupts
+
+    again = [signal.SIGINT]
+
+    def put_back(signum: int, handler: Any) -> Any:
+        old = _signal.signal(signum, handler)
+        if handler is not _interrupts._record and signum in again:
+            again.remove(signum)
+            signal.raise_signal(signum)  # raises KeyboardInterrupt here, in the handler put back
+        return old
+
+    monkeypatch.setattr(_interrupts, "_sig", SimpleNamespace(getsignal=_signal.getsignal, signal=put_back))
+    with pytest.raises(KeyboardInterrupt), _interrupts.critical(), _interrupts.critical():
+        signal.raise_signal(signal.SIGINT)
+    assert again == []  # it did land as the handlers came back
+    monkeypatch.undo()
+    _quiet()
+    signal.raise_signal(signal.SIGTERM)  # SIGTERM is its own again: handled at once
+    assert sigterm_handled == [signal.SIGTERM]
+
+
+def test_a_ctrl_c_during_the_give_back_adds_nothing_to_the_one_leaving() -> None:
+    """A Ctrl-C delivered at a safe point inside ``holding``, and another while its give-back
+    runs (the inner section being left, the outer one still open): one KeyboardInterrupt reaches
+    the caller, the slot is given back once, and the second is not delivered later."""
+    from tether import _interrupts
+
+    given: list[str] = []
+
+    def give_back() -> None:
+        given.append("slot")
+        signal.raise_signal(signal.SIGINT)  # held back: the outer section is still open
+
+    with pytest.raises(KeyboardInterrupt), _interrupts.critical(), _interrupts.holding(give_back):
+        signal.raise_signal(signal.SIGINT)
+        _interrupts.safe_point()
+    assert given == ["slot"]
+    _quiet()
 
 
 # -- the checks catch what they claim to catch ------------------------------------------------
