@@ -39,6 +39,7 @@ __all__ = ["critical", "holding", "in_main_thread", "safe_point"]
 _SIGNALS = tuple(
     s for s in (getattr(_sig, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None
 )
+_SIGINT = getattr(_sig, "SIGINT", None)
 _MAIN = threading.main_thread().ident
 
 # per process, not per workspace: signal handlers (and the signals they hold back) are the
@@ -58,21 +59,43 @@ def _record(signum: int, frame: FrameType | None) -> None:
 
 
 def _deliver() -> None:
-    """Call the saved handler of each recorded signal (the first that raises wins)."""
+    """Call the saved handler of each recorded signal, in order.
+
+    One that raises does not keep the others from their handlers: they run as its exception
+    leaves (Python too runs the rest at its next check), one that raises in turn replacing it, so
+    a SIGTERM's handler still runs after a Ctrl-C's KeyboardInterrupt; more Ctrl-Cs add nothing
+    to that. Taken one at a time, not copied and then cleared: a signal recorded in between (a
+    trace function or a finalizer runs Python code there) would be lost."""
     if not _pending:
         return
-    pending = _pending[:]
-    _pending.clear()
     handlers = dict(_saved)
-    try:
-        for signum, frame in pending:
-            handler = handlers.get(signum) or _sig.getsignal(signum)
-            if callable(handler):
-                handler(signum, frame)
-    except BaseException as exc:
-        for section in _holding:  # each gives back what it holds once this exception leaves it
-            section.raised = exc
-        raise
+    while _pending:
+        signum, frame = _pending.pop(0)
+        handler = handlers.get(signum) or _sig.getsignal(signum)
+        if not callable(handler) or handler is _record:
+            continue
+        try:
+            handler(signum, frame)
+        except BaseException as exc:
+            for section in _holding:  # each gives back what it holds once this exception leaves it
+                section.raised = exc
+            if isinstance(exc, KeyboardInterrupt):
+                _forget_ctrl_c()
+            _deliver()
+            raise
+
+
+def _forget_ctrl_c() -> None:
+    """A KeyboardInterrupt is already on its way out: the Ctrl-Cs recorded add nothing to it."""
+    _pending[:] = [p for p in _pending if p[0] != _SIGINT]
+
+
+def _settle(leaving: BaseException | None) -> None:
+    """The outermost section has ended (``leaving``: the exception that leaves it) and the
+    handlers are back: deliver what it recorded. Nothing stays recorded for a later section."""
+    if isinstance(leaving, KeyboardInterrupt):
+        _forget_ctrl_c()
+    _deliver()
 
 
 def safe_point() -> None:
@@ -82,10 +105,17 @@ def safe_point() -> None:
 
 
 def _restore() -> None:
-    for signum, handler in list(_saved.items()):
-        if _sig.getsignal(signum) is _record:
-            _sig.signal(signum, handler)
-    _saved.clear()
+    """Put the saved handlers back, every one of them: a signal that arrives as one comes back
+    runs that handler at once, and may raise there; the others must not stay ``_record`` (their
+    signals would be recorded, and lost, outside every section)."""
+    try:
+        for signum, handler in list(_saved.items()):
+            if _sig.getsignal(signum) is _record:
+                _sig.signal(signum, handler)
+            del _saved[signum]  # only once it is back
+    finally:
+        if _saved:
+            _restore()
 
 
 class _Critical:
@@ -104,8 +134,9 @@ class _Critical:
                     if callable(handler) and handler is not _record:
                         _saved[signum] = handler
                         _sig.signal(signum, _record)
-            except BaseException:  # an interrupt while swapping: nothing has started yet
+            except BaseException as exc:  # an interrupt while swapping: nothing has started yet
                 _restore()
+                _settle(exc)
                 raise
         _depth += 1
 
@@ -118,11 +149,13 @@ class _Critical:
         _depth -= 1
         if _depth:
             return
-        _restore()
-        if ev is not None and isinstance(ev, KeyboardInterrupt):
-            _pending.clear()  # already on its way out
-            return
-        _deliver()
+        try:
+            _restore()
+        except BaseException as exc:  # a signal that came as its handler was put back raised there
+            _settle(exc)
+            raise
+        if _pending:
+            _settle(ev)
 
 
 _CRITICAL = _Critical()

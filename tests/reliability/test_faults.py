@@ -16,11 +16,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -102,23 +105,40 @@ def test_a_disk_that_fills_and_frees_leaves_no_run_active_and_only_typed_errors(
     _clean(rep)
 
 
-CLAIM_INTERRUPT = r"""
+# A SIGINT sent (a real os.kill, as a Ctrl-C in a kernel) at one chosen point of a start() call
+# (argv[2], ``where``); what the caller saw and what was left behind, as one line of JSON:
+# - "lock": start()'s transaction waits for the process's write lock, held by another thread;
+# - "claim": the runner's claim waits for another connection's write lock (start() has committed
+#   the run: concurrency= keeps start() and the claim apart);
+# - "begin": right after BEGIN IMMEDIATE of start()'s transaction (it claims the run of an
+#   uncapped pipeline in that transaction);
+# - "handover": between start()'s commit and the hand-over to the runner, inside its section.
+# The waits are sent from another thread once the main thread waits, and the lock is held until
+# the caller has seen the KeyboardInterrupt (10 s at most: then it was not delivered while
+# waiting); the others from the main thread itself, at that point. Nothing is timed.
+INTERRUPT_AT = r"""
 import json, os, signal, sqlite3, sys, threading, time
 import tether
+from tether import _interrupts
+from tether.runner import Runner
 from tether.store import SQLiteStore as Store
 
-db = sys.argv[1]
+db, where = sys.argv[1], sys.argv[2]
 tether.configure(db=db)
 
 
-# concurrency= keeps start() and the claim apart (a run of an uncapped pipeline that this
-# process executes at once is claimed in start()'s own transaction): the claim is what waits here
 @tether.pipeline(name="faults.q", concurrency=8)
 def q(ctx, k):
     return k
 
 
-together = threading.Barrier(tether.workspace.default().settings.max_concurrency, timeout=5)
+@tether.pipeline(name="faults.u")
+def u(ctx, k):
+    return k
+
+
+ws = tether.workspace.default()
+together = threading.Barrier(ws.settings.max_concurrency, timeout=5)
 
 
 @tether.pipeline(name="faults.gate")
@@ -128,75 +148,310 @@ def gate(ctx, i):
 
 
 q.start(k=0).wait(timeout=30)  # the database exists, the runner is warm
-taken, go = threading.Event(), threading.Event()
+u.start(k=0).wait(timeout=30)
+store = ws.store()
+runner = ws.runner(store)
+main = threading.main_thread()
+armed = threading.Event()  # the call under test has reached its point: the next hook fires
+waiting = threading.Event()  # the main thread waits for the lock `holder` holds
+caught, released = threading.Event(), threading.Event()
 
 
-def other_writer():  # takes the write lock right after start() commits, for 0.3 s
-    conn = sqlite3.connect(db, isolation_level=None, timeout=30)
-    go.wait()
-    conn.execute("BEGIN IMMEDIATE")
-    taken.set()
-    time.sleep(0.3)
-    conn.execute("COMMIT")
-    conn.close()
+def interrupt():
+    os.kill(os.getpid(), signal.SIGINT)
 
 
-threading.Thread(target=other_writer, daemon=True).start()
-orig = Store.start
+def fire(hook):
+    if armed.is_set() and threading.current_thread() is main:
+        armed.clear()
+        hook()
 
 
-def start_then_lock(self, **kwargs):
-    out = orig(self, **kwargs)  # committed: the run exists, pending, not yet claimed
-    go.set()
-    taken.wait()
-    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()  # during the claim's wait
-    return out
+def interrupt_once_waiting():
+    if waiting.wait(10):
+        interrupt()
 
 
-Store.start = start_then_lock
+def hold(take, give):
+    take()
+    caught.wait(10)
+    released.set()
+    give()
+
+
+pipe = u
+if where == "lock":
+    locked = threading.Event()
+    lock_for_write = Store._lock_for_write
+
+    def take():
+        store.write_lock.acquire()
+        locked.set()
+
+    def waits_for_the_lock(self):
+        fire(waiting.set)
+        lock_for_write(self)
+
+    threading.Thread(target=hold, args=(take, store.write_lock.release), daemon=True).start()
+    locked.wait()
+    Store._lock_for_write = waits_for_the_lock
+    threading.Thread(target=interrupt_once_waiting, daemon=True).start()
+    armed.set()
+elif where == "claim":
+    pipe = q
+    go, locked = threading.Event(), threading.Event()
+    other = sqlite3.connect(db, isolation_level=None, timeout=30, check_same_thread=False)
+
+    def take():
+        go.wait()
+        other.execute("BEGIN IMMEDIATE")
+        locked.set()
+
+    threading.Thread(target=hold, args=(take, lambda: other.execute("COMMIT")), daemon=True).start()
+    start, safe_point = Store.start, _interrupts.safe_point
+
+    def start_then_lock(self, **kwargs):
+        out = start(self, **kwargs)  # committed: the run exists, pending, not yet claimed
+        go.set()
+        locked.wait()
+        armed.set()  # the claim's first safe point is between two tries to get the lock
+        return out
+
+    def waiting_point():
+        fire(waiting.set)
+        safe_point()
+
+    Store.start = start_then_lock
+    _interrupts.safe_point = waiting_point
+    threading.Thread(target=interrupt_once_waiting, daemon=True).start()
+elif where == "begin":
+    begin = Store._begin
+
+    def begin_then_interrupt(self, conn):
+        begin(self, conn)
+        fire(interrupt)
+
+    Store._begin = begin_then_interrupt
+    armed.set()
+elif where == "handover":
+    pipe = q
+    submit = Runner.submit
+
+    def interrupt_then_submit(self, rec):
+        fire(interrupt)
+        submit(self, rec)
+
+    Runner.submit = interrupt_then_submit
+    armed.set()
+else:
+    raise SystemExit(f"unknown point {where!r}")
+
+
+def k1():
+    return next((r for r in tether.runs(limit=20) if r.params == {"k": 1}), None)
+
+
 interrupted = False
 try:
-    try:
-        q.start(k=1)
-    finally:
-        time.sleep(0.5)  # the interrupt has landed by now, wherever start() left the main thread
+    pipe.start(k=1)
 except KeyboardInterrupt:
     interrupted = True
-Store.start = orig
-run = next(r for r in tether.runs(limit=10) if r.params == {"k": 1})
-deadline = time.monotonic() + 5
-while not run.status.terminal and time.monotonic() < deadline:
+    while_held = not released.is_set()  # a lock still held: delivered while waiting for it
+    run = k1()
+    handed_over = run is not None and runner.owns(run.id)  # the runner has it (queued or running)
+caught.set()
+run = k1()
+deadline = time.monotonic() + 10
+while run is not None and not run.status.terminal and time.monotonic() < deadline:
     time.sleep(0.02)
-gates = [gate.start(i=i) for i in range(tether.workspace.default().settings.max_concurrency)]
+gates = [gate.start(i=i) for i in range(ws.settings.max_concurrency)]
 for g in gates:
     g.wait(timeout=30)
-print(json.dumps({"interrupted": interrupted, "status": str(run.status),
-                  "together": sum(str(g.status) == "succeeded" for g in gates)}))
+other_writes = sqlite3.connect(db, isolation_level=None, timeout=10)
+other_writes.execute("BEGIN IMMEDIATE")  # no transaction left open here
+other_writes.execute("ROLLBACK")
+print(json.dumps({
+    "interrupted": interrupted,
+    "while_held": where in ("lock", "claim") and interrupted and while_held,
+    "handed_over": interrupted and handed_over,
+    "status": None if run is None else str(run.status),
+    "together": sum(str(g.status) == "succeeded" for g in gates),
+    "quiet": (signal.getsignal(signal.SIGINT) is signal.default_int_handler
+              and _interrupts._pending == [] and _interrupts._depth == 0
+              and not store.conn().in_transaction),
+}))
 """
 
 
-def test_an_interrupt_while_the_claim_waits_for_the_write_lock_strands_no_run_and_no_slot(
-    tmp_path: Path,
-) -> None:
-    """Found by the sigint faults of the soak on main: start() has committed the run and the
-    runner, having counted a slot, waits for another process's write lock to claim it; the
-    interrupt held back meanwhile is delivered there. The run must still execute, and
-    max_concurrency runs must still run at once."""
+def _interrupt_at(tmp_path: Path, where: str) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-c", CLAIM_INTERRUPT, str(tmp_path / "runs.db")],
+        [sys.executable, "-c", INTERRUPT_AT, str(tmp_path / "runs.db"), where],
         env=harness.child_env(),
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    got = json.loads(out.stdout.splitlines()[-1])
-    # What this test guards: the run still executes and no runner slot leaks. Whether the Ctrl-C
-    # reached the caller is not asserted: twice, in fresh-clone CI runs on a loaded machine, it
-    # did not ("interrupted": false, never reproduced alone or under load here). A Ctrl-C that is
-    # lost is a bug to find (see the issue notes), but not the one this test was written for.
-    assert {k: got[k] for k in ("status", "together")} == {"status": "succeeded", "together": 4}, out.stdout
-    assert isinstance(got["interrupted"], bool), out.stdout
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]  # e.g. a SIGINT landing at exit
+    got: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
+    return got
+
+
+def test_an_interrupt_while_the_claim_waits_for_the_write_lock_strands_no_run_and_no_slot(
+    tmp_path: Path,
+) -> None:
+    """Found by the sigint faults of the soak on main: start() has committed the run and the
+    runner, having counted a slot, waits for another connection's write lock to claim it; the
+    interrupt held back meanwhile is delivered there, while the lock is still held. The caller
+    sees the KeyboardInterrupt, the run still executes, and max_concurrency runs still run at once.
+
+    The SIGINT used to come from a 0.1 s timer: twice, on a loaded CI machine, it fired after the
+    script had ended, in the interpreter's shutdown (which reports a KeyboardInterrupt there as
+    ignored and exits 0), and the test saw no interrupt. It is now sent once the claim waits."""
+    assert _interrupt_at(tmp_path, "claim") == {
+        "interrupted": True,
+        "while_held": True,
+        "handed_over": True,
+        "status": "succeeded",
+        "together": 4,
+        "quiet": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("where", "created"),
+    [
+        ("lock", False),  # at once, while waiting for the process's write lock: nothing begun
+        ("begin", True),  # held back until the run is committed, claimed and running
+        ("handover", True),  # held back until the runner has the run
+    ],
+)
+def test_an_interrupt_at_each_point_of_start_reaches_the_caller_and_strands_nothing(
+    tmp_path: Path, where: str, created: bool
+) -> None:
+    """A SIGINT at each point of start() where it could strand something raises
+    KeyboardInterrupt in the caller: at once while start() waits for a lock (with the lock still
+    held elsewhere), else when the critical section ends. The transaction is committed whole or
+    never begun, a run created is handed to the runner and executes, no runner slot leaks, no
+    transaction stays open, and the SIGINT handler is Python's again with nothing held back."""
+    assert _interrupt_at(tmp_path, where) == {
+        "interrupted": True,
+        "while_held": where == "lock",
+        "handed_over": created,
+        "status": "succeeded" if created else None,
+        "together": 4,
+        "quiet": True,
+    }
+
+
+# -- the held-back signals themselves (tether._interrupts), with real signals -------------------
+# signal.raise_signal sends the signal to this process and runs the Python handler before it
+# returns: the signal lands exactly there.
+
+
+@pytest.fixture
+def sigterm_handled() -> Iterator[list[int]]:
+    """A Python handler for SIGTERM (as a service's graceful shutdown has), recording each call;
+    Python's own for SIGINT."""
+    seen: list[int] = []
+    saved = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    saved_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+        signal.signal(signal.SIGINT, saved_int)
+
+
+def _quiet() -> None:
+    """Outside every section: Python's handlers back, nothing recorded, a new section passes."""
+    from tether import _interrupts
+
+    assert (_interrupts._depth, _interrupts._pending, _interrupts._saved) == (0, [], {})
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is not _interrupts._record
+    with _interrupts.critical():
+        _interrupts.safe_point()  # a signal left recorded from before would land here
+
+
+@pytest.mark.parametrize("where", ["safe point", "end", "interrupt leaving"])
+def test_a_sigterm_held_back_beside_a_ctrl_c_still_reaches_its_handler(
+    sigterm_handled: list[int], where: str
+) -> None:
+    """A Ctrl-C and a SIGTERM both recorded in one section: the KeyboardInterrupt reaches the
+    caller (a claim's slot given back once) and the SIGTERM's handler still runs, once, by the
+    time the section is left, whether the Ctrl-C was delivered at a safe point, at the end, or a
+    KeyboardInterrupt was already leaving. Before, the first handler that raised ended the
+    delivery and an interrupt leaving the section dropped every signal recorded in it."""
+    from tether import _interrupts
+
+    given: list[str] = []
+    with (
+        pytest.raises(KeyboardInterrupt),
+        _interrupts.critical(),
+        _interrupts.holding(lambda: given.append("slot")),
+    ):
+        if where == "interrupt leaving":
+            signal.raise_signal(signal.SIGTERM)
+            raise KeyboardInterrupt  # e.g. delivered by a section this one is part of
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)
+        assert sigterm_handled == []  # both held back
+        if where == "safe point":
+            _interrupts.safe_point()
+            pytest.fail("the Ctrl-C was not delivered at the safe point")
+    assert sigterm_handled == [signal.SIGTERM]
+    assert given == (["slot"] if where == "safe point" else [])
+    _quiet()
+
+
+def test_a_ctrl_c_as_the_handlers_come_back_lands_and_leaves_nothing_recorded(
+    sigterm_handled: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C held back in a section, and a second one the instant Python's SIGINT handler is
+    put back as the section ends: that one raises there, and reaches the caller. Nothing stays
+    recorded to land in a later, unrelated section, and SIGTERM's handler is put back too (it
+    was left recording, outside every section, so that a SIGTERM was lost until the next)."""
+    import _signal
+
+    from tether import _interrupts
+
+    again = [signal.SIGINT]
+
+    def put_back(signum: int, handler: Any) -> Any:
+        old = _signal.signal(signum, handler)
+        if handler is not _interrupts._record and signum in again:
+            again.remove(signum)
+            signal.raise_signal(signum)  # raises KeyboardInterrupt here, in the handler put back
+        return old
+
+    monkeypatch.setattr(_interrupts, "_sig", SimpleNamespace(getsignal=_signal.getsignal, signal=put_back))
+    with pytest.raises(KeyboardInterrupt), _interrupts.critical(), _interrupts.critical():
+        signal.raise_signal(signal.SIGINT)
+    assert again == []  # it did land as the handlers came back
+    monkeypatch.undo()
+    _quiet()
+    signal.raise_signal(signal.SIGTERM)  # SIGTERM is its own again: handled at once
+    assert sigterm_handled == [signal.SIGTERM]
+
+
+def test_a_ctrl_c_during_the_give_back_adds_nothing_to_the_one_leaving() -> None:
+    """A Ctrl-C delivered at a safe point inside ``holding``, and another while its give-back
+    runs (the inner section being left, the outer one still open): one KeyboardInterrupt reaches
+    the caller, the slot is given back once, and the second is not delivered later."""
+    from tether import _interrupts
+
+    given: list[str] = []
+
+    def give_back() -> None:
+        given.append("slot")
+        signal.raise_signal(signal.SIGINT)  # held back: the outer section is still open
+
+    with pytest.raises(KeyboardInterrupt), _interrupts.critical(), _interrupts.holding(give_back):
+        signal.raise_signal(signal.SIGINT)
+        _interrupts.safe_point()
+    assert given == ["slot"]
+    _quiet()
 
 
 # -- the checks catch what they claim to catch ------------------------------------------------
