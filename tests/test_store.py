@@ -466,6 +466,61 @@ def test_the_main_threads_connection_waits_in_slices_and_a_write_changes_no_sett
     assert seen == [int(BUSY_TIMEOUT_S * 1000)]
 
 
+def test_every_write_of_the_process_goes_through_one_connection_and_readers_see_commits_only(db):
+    """The caller's start, the run thread's checkpoints and end, and the flusher all write through
+    one connection (a connection per writing thread made each commit invalidate the others'
+    caches); a write transaction reads what it wrote, any other thread only what is committed."""
+    import contextlib
+
+    store = tether.workspace.default().store()
+    used: set[int] = set()
+    orig = store.tx
+
+    @contextlib.contextmanager
+    def spy(*scope):
+        with orig(*scope) as conn:
+            used.add(id(conn))
+            yield conn
+
+    store.tx = spy
+    try:
+        for i in range(5):
+            assert _tiny.start(tag=f"one{i}").result(timeout=30) == {"tag": f"one{i}"}
+        assert _stepped_tiny.start().result(timeout=30) == [0, 1]
+    finally:
+        del store.tx
+    assert len(used) == 1, used
+
+    run = _tiny.start(tag="seen")
+    run.wait(timeout=30)
+    before = store.get(run.id).message
+    assert before == "tiny seen"
+    inside, held, release, seen = threading.Event(), [], threading.Event(), []
+
+    def writer() -> None:
+        with store.tx() as conn:
+            conn.execute("UPDATE runs SET message = 'in flight' WHERE id = ?", (run.id,))
+            held.append(store.get(run.id).message)  # this transaction's own write
+            inside.set()
+            release.wait(10)
+            conn.execute("UPDATE runs SET message = ? WHERE id = ?", (before, run.id))
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        assert inside.wait(10)
+        seen.append(store.get(run.id).message)  # this thread: the committed row
+    finally:
+        release.set()
+        t.join(10)
+    assert held == ["in flight"] and seen == [before]
+
+
+@tether.pipeline
+def _stepped_tiny(ctx):
+    return [ctx.step(f"s{k}", lambda k=k: k) for k in range(2)]
+
+
 def test_write_errors_are_judged_by_sqlite_result_code(db, tmp_path):
     """Transient (worth retrying) or not, judged by SQLite's result code; the message's text only
     where Python (3.10) gives no code."""

@@ -187,22 +187,26 @@ class _Writes(_Starts):
             )
         return True
 
-    def put_checkpoint(self, item: FlushItem, owner: Owner, name: str, value_json: str) -> bool:
+    def put_checkpoint(self, item: FlushItem | str, owner: Owner, name: str, value_json: str) -> bool:
         """A step's checkpoint with the run's pending progress and events, in one transaction
-        (a ``checkpoint`` event follows them). False if the run is no longer ours. The files an
-        encoded value carries (codec.Encoded) are written first."""
+        (a ``checkpoint`` event follows them); given the run's id alone, the checkpoint row
+        alone (one page: the runner buffers its event when nothing else changed). False if the
+        run is no longer ours. The files an encoded value carries (codec.Encoded) are written
+        first."""
         now = time.time()
-        with self._owned(item.run_id, owner, value_json) as owned:
+        run_id = item if isinstance(item, str) else item.run_id
+        with self._owned(run_id, owner, value_json) as owned:
             if owned is None:
                 return False
             conn, last_seq = owned
             conn.execute(
                 "INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) VALUES (?, ?, ?, ?)",
-                (item.run_id, name, value_json, now),
+                (run_id, name, value_json, now),
             )
-            events = [*item.events, (now, "checkpoint", item.phase, dumps({"name": name}))]
-            seq = self._append(conn, item.run_id, last_seq, events)
-            self._progress(conn, item, seq, now)
+            if not isinstance(item, str):
+                events = [*item.events, (now, "checkpoint", item.phase, dumps({"name": name}))]
+                seq = self._append(conn, run_id, last_seq, events)
+                self._progress(conn, item, seq, now)
         return True
 
     def put_checkpoints(self, run_id: str, owner: Owner, items: Sequence[tuple[str, str]]) -> bool:
