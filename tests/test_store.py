@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -519,6 +520,59 @@ def test_every_write_of_the_process_goes_through_one_connection_and_readers_see_
 @tether.pipeline
 def _stepped_tiny(ctx):
     return [ctx.step(f"s{k}", lambda k=k: k) for k in range(2)]
+
+
+def test_queries_of_active_runs_read_the_index_of_active_runs_never_the_whole_table(db):
+    """Claims under ``concurrency=``, a worker's claim, cancel requests, the lease, recovery,
+    interrupting this process's runs and listings of running runs all read the partial index of
+    the active runs: a database of many ended runs costs them nothing (no statement on ``runs``
+    scans the table)."""
+    import re
+
+    from tether import owner as owners
+    from tether.model import Owner
+
+    store = tether.workspace.default().store()
+    for i in range(30):  # ended runs
+        _tiny.start(tag=f"ended{i}").result(timeout=30)
+    seen: list[str] = []
+    me = owners.current()
+    stranger = Owner("elsewhere", 12345, 1.0, "stranger", None)
+    store.conn().set_trace_callback(seen.append)
+    store._writing().set_trace_callback(seen.append)
+    try:
+        first, second = _capped.start(n=1), _capped.start(n=2)  # the second waits for room
+        assert (first.result(timeout=30), second.result(timeout=30)) == (1, 2)
+        store.active()
+        store.cancel_requests(me)
+        store.flush([], me, time.time() + 30)  # the lease
+        store.recover(store.active(), owners.gone_reason)
+        store.interrupt_own(stranger, "a test")
+        store.claim_next(stranger, ["test_store.capped"], 30.0)
+        store.list_runs(status="running")
+        store.summaries(status=["pending", "running"])
+    finally:
+        store.conn().set_trace_callback(None)
+        store._writing().set_trace_callback(None)
+    on_runs = [
+        sql for sql in seen if re.search(r"\b(FROM|UPDATE) runs\b", sql) and not sql.startswith("EXPLAIN")
+    ]
+    assert any("concurrency" in sql for sql in on_runs) and any(
+        "cancel_requested = 1" in sql for sql in on_runs
+    )
+    scans = {}
+    with closing(sqlite3.connect(db)) as conn:
+        for sql in on_runs:
+            plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+            full = [line for line in plan if re.fullmatch(r"SCAN (runs|o)", line)]
+            if full:
+                scans[sql] = plan
+    assert scans == {}
+
+
+@tether.pipeline(name="test_store.capped", concurrency=1)
+def _capped(ctx, n: int):
+    return n
 
 
 def test_write_errors_are_judged_by_sqlite_result_code(db, tmp_path):

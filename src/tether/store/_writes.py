@@ -12,7 +12,7 @@ from .. import codec
 from ..codec import dumps
 from ..model import Owner, RunRecord, Status
 from ._reads import _AHEAD, _ROOM
-from ._rows import _RUN_COLS, FlushItem, Queued, RowTaken, Scope, _files, _num, _text
+from ._rows import _RUN_COLS, ACTIVE, FlushItem, Queued, RowTaken, Scope, _files, _num, _text
 from ._starts import _Starts
 
 _MAX_TRY_TRACEBACK = 20_000
@@ -56,7 +56,8 @@ class _Writes(_Starts):
             rows = (
                 self.conn()
                 .execute(  # only runs whose pipeline's concurrency has room
-                    f"SELECT id FROM runs WHERE {_ROOM} AND status = 'pending' AND target = 'worker' "
+                    f"SELECT id FROM runs WHERE {_ROOM} AND status = 'pending' AND {ACTIVE} "
+                    "AND target = 'worker' "
                     f"AND pipeline IN ({marks}) ORDER BY created_at, rowid LIMIT 16",
                     [time.time(), *pipelines],
                 )
@@ -143,15 +144,14 @@ class _Writes(_Starts):
                 self._progress(conn, it, seq, now)
             if lease_until is not None:
                 conn.execute(
-                    "UPDATE runs SET lease_until = ? WHERE owner_instance = ? "
-                    "AND status IN ('pending', 'running')",
+                    f"UPDATE runs SET lease_until = ? WHERE owner_instance = ? AND {ACTIVE}",
                     (lease_until, owner.instance),
                 )
             cancels = {
                 r[0]
                 for r in conn.execute(
-                    "SELECT id FROM runs WHERE status = 'running' AND owner_instance = ? "
-                    "AND cancel_requested = 1",
+                    f"SELECT id FROM runs WHERE status = 'running' AND {ACTIVE} "
+                    "AND owner_instance = ? AND cancel_requested = 1",
                     (owner.instance,),
                 )
             }
