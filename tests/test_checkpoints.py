@@ -238,8 +238,11 @@ def _committed(ctx: tether.Context, db: str) -> list[Any]:
     """After each step returns, what another connection reads of it: the checkpoint, and the
     progress the step was taken at."""
     seen = []
+    row = "SELECT last_seq, updated_at, done FROM runs WHERE id = ?"
+    before = raw(db, row, ctx.run_id)
     ctx.step("alone", lambda: 1)  # nothing else changed since the start
     seen.append(raw(db, "SELECT name FROM checkpoints WHERE run_id = ?", ctx.run_id))
+    seen.append(raw(db, row, ctx.run_id) == before)  # the run's row untouched: no event written
     ctx.advance(5)
     ctx.log("between")
     ctx.step("with progress", lambda: 2)
@@ -266,10 +269,10 @@ def test_a_step_commits_its_checkpoint_before_it_returns_with_the_progress_of_it
     store.tx = counting  # type: ignore[method-assign]
     try:
         run = _committed.start(db=str(db))
-        alone, done, count = run.result(timeout=30)
+        alone, untouched, done, count = run.result(timeout=30)
     finally:
         del store.tx
-    assert alone == [("step:alone",)]
+    assert alone == [("step:alone",)] and untouched is True
     assert float(done[0][0]) == 5 and count == [(2,)]
     assert [op for op in commits if op != "flush"] == ["start", "put_checkpoint", "put_checkpoint", "finish"]
     events = run.events()

@@ -362,18 +362,24 @@ class _Connections(_FileChecks):
     def _empty_wal(self) -> None:
         """SQLite keeps the WAL of a database moved or unlinked while open (no checkpoint on
         close), and the next connection to the path would apply it to whatever file is there now:
-        checkpoint it into the old file (gone or renamed) and truncate it."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.in_transaction:
-            return
+        checkpoint it into the old file (gone or renamed) and truncate it. Through the writer,
+        which holds the old file open whichever thread noticed (a run thread that only wrote has
+        no connection of its own)."""
         with self.write_lock:
+            conn = self._writer or getattr(self._local, "conn", None)
+            if conn is None or conn.in_transaction:
+                return
+            slice_ = conn is self._writer or _interrupts.in_main_thread()
             try:
                 conn.execute(f"PRAGMA busy_timeout = {_WAIT_MS}")  # wait for readers, as any thread
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                if _interrupts.in_main_thread():
-                    conn.execute(f"PRAGMA busy_timeout = {_SLICE_MS}")
             except sqlite3.Error:
                 pass
+            finally:
+                try:
+                    conn.execute(f"PRAGMA busy_timeout = {_SLICE_MS if slice_ else _WAIT_MS}")
+                except sqlite3.Error:
+                    pass
 
     @contextmanager
     def tx(self, scope: Scope = WHOLE) -> Iterator[sqlite3.Connection]:

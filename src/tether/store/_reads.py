@@ -65,6 +65,7 @@ def _listing(
     (``_Reads._param_where``)."""
     where: list[str] = []
     args: list[Any] = []
+    active = False
     if pipeline is not None:
         where.append("pipeline = ?")
         args.append(pipeline)
@@ -72,7 +73,8 @@ def _listing(
         statuses = [status] if isinstance(status, str) else list(status)
         where.append(f"status IN ({','.join('?' * len(statuses))})")
         args.extend(str(Status(s)) for s in statuses)
-        if {str(Status(s)) for s in statuses} <= {"pending", "running"}:
+        active = {str(Status(s)) for s in statuses} <= {"pending", "running"}
+        if active:
             where.append(ACTIVE)  # the few active runs, through their index
     if key is not None:
         where.append("key = ?")
@@ -85,7 +87,9 @@ def _listing(
     sql = f"SELECT {_RUN_COLS} FROM runs"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY created_at DESC, attempt DESC"
+    # the few active runs are found through runs_active and sorted; ``+created_at`` keeps the
+    # order from choosing an index of every run (runs_created, runs_pipeline) instead
+    sql += f" ORDER BY {'+' if active else ''}created_at DESC, attempt DESC"
     if limit is not None:
         sql += " LIMIT ?"
         args.append(int(limit))

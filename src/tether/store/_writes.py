@@ -57,8 +57,8 @@ class _Writes(_Starts):
                 self.conn()
                 .execute(  # only runs whose pipeline's concurrency has room
                     f"SELECT id FROM runs WHERE {_ROOM} AND status = 'pending' AND {ACTIVE} "
-                    "AND target = 'worker' "
-                    f"AND pipeline IN ({marks}) ORDER BY created_at, rowid LIMIT 16",
+                    "AND target = 'worker' "  # +created_at: the order may not pick runs_pipeline
+                    f"AND pipeline IN ({marks}) ORDER BY +created_at, rowid LIMIT 16",
                     [time.time(), *pipelines],
                 )
                 .fetchall()
