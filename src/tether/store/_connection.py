@@ -290,10 +290,10 @@ class _Connections(_FileChecks):
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (opening and migrating the database on first use)."""
         local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "tx", None)
-        if conn is not None:  # inside this thread's write transaction: read what it wrote
-            return conn
-        conn = getattr(local, "conn", None)
+        held: sqlite3.Connection | None = getattr(local, "tx", None)
+        if held is not None:  # inside this thread's write transaction: read what it wrote
+            return held
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
         if conn is not None and not self._closed:
             # durability changed since this connection was set up: switch it, never inside a
             # transaction (the level of a commit is the one in force at BEGIN)
