@@ -21,6 +21,7 @@ import tether
 from helpers import checkpoint_pipelines
 from helpers.checkpoint_pipelines import Children, first_line, lines, raw, wait_until
 from helpers.postgres import BOTH_BACKENDS
+from helpers.util import tx_caller
 
 pytestmark = BOTH_BACKENDS
 
@@ -227,3 +228,58 @@ def test_after_the_cap_is_reached_a_later_start_with_policy_resume_does_not_resu
     assert lines(log) == executed, "the body ran again after the cap was reached"
     assert code == 0
     assert json.loads(out[-1]) == {"id": capped_id, "status": "failed"}
+
+
+# -- what a step's checkpoint commits ---------------------------------------------------------------
+
+
+@tether.pipeline(name="test_checkpoints.committed")
+def _committed(ctx: tether.Context, db: str) -> list[Any]:
+    """After each step returns, what another connection reads of it: the checkpoint, and the
+    progress the step was taken at."""
+    seen = []
+    row = "SELECT last_seq, updated_at, done FROM runs WHERE id = ?"
+    before = raw(db, row, ctx.run_id)
+    ctx.step("alone", lambda: 1)  # nothing else changed since the start
+    seen.append(raw(db, "SELECT name FROM checkpoints WHERE run_id = ?", ctx.run_id))
+    seen.append(raw(db, row, ctx.run_id) == before)  # the run's row untouched: no event written
+    ctx.advance(5)
+    ctx.log("between")
+    ctx.step("with progress", lambda: 2)
+    seen.append(raw(db, "SELECT done FROM runs WHERE id = ?", ctx.run_id))
+    seen.append(raw(db, "SELECT count(*) FROM checkpoints WHERE run_id = ?", ctx.run_id))
+    return seen
+
+
+def test_a_step_commits_its_checkpoint_before_it_returns_with_the_progress_of_its_moment(
+    db: Path, workspace: tether.workspace.Workspace
+) -> None:
+    """A step with nothing else to write commits its checkpoint row alone (its ``checkpoint``
+    event follows with the run's next write, in order); one taken after a change of progress
+    commits that progress and the buffered log lines with it. Either way the checkpoint is
+    committed when ``ctx.step`` returns, so a crash right after it never runs the step again."""
+    store = workspace.store()
+    commits: list[str] = []
+    orig = store.tx
+
+    def counting(*scope: Any) -> Any:
+        commits.append(tx_caller())
+        return orig(*scope)
+
+    store.tx = counting  # type: ignore[method-assign]
+    try:
+        run = _committed.start(db=str(db))
+        alone, untouched, done, count = run.result(timeout=30)
+    finally:
+        del store.tx
+    assert alone == [("step:alone",)] and untouched is True
+    assert float(done[0][0]) == 5 and count == [(2,)]
+    assert [op for op in commits if op != "flush"] == ["start", "put_checkpoint", "put_checkpoint", "finish"]
+    events = run.events()
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [(e.kind, e.data.get("name") or e.data.get("message")) for e in events[2:]] == [
+        ("checkpoint", "step:alone"),
+        ("log", "between"),
+        ("checkpoint", "step:with progress"),
+        ("succeeded", None),
+    ]

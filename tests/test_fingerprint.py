@@ -279,7 +279,7 @@ def test_runs_recorded_before_fingerprints_are_reused_as_before(db: Path) -> Non
         conn.commit()
     assert define(EDITED).start().id == old.id
     assert raw(db, "SELECT code FROM runs") == [(None,)]
-    assert [r[0] for r in raw(db, "SELECT name FROM _sqlite_migrations")][-1] == "0004_code"
+    assert "0004_code" in [r[0] for r in raw(db, "SELECT name FROM _sqlite_migrations")]
 
 
 def test_a_damaged_code_column_is_other_code_never_a_wrong_result(db: Path) -> None:

@@ -133,7 +133,7 @@ def test_the_postgres_schema_has_the_tables_and_columns_of_the_sqlite_one(
     assert {t for t, _ in sqlite_cols} == {"runs", "events", "checkpoints", "workers"}
     assert pg_cols == sqlite_cols | {("runs", "rowid")}  # SQLite's rowid is implicit
     applied = [r[0] for r in pg_rows(pg_url, "SELECT name FROM tether_migrations ORDER BY seq")]
-    assert applied == ["0001_initial", "0002_owner_ns", "0003_control", "0004_code"]
+    assert applied == ["0001_initial", "0002_owner_ns", "0003_control", "0004_code", "0005_active_index"]
 
 
 def test_a_database_with_a_runs_table_of_another_program_is_refused_untouched(pg_url: str) -> None:

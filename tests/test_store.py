@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -464,6 +465,130 @@ def test_the_main_threads_connection_waits_in_slices_and_a_write_changes_no_sett
     worker.start()
     worker.join()
     assert seen == [int(BUSY_TIMEOUT_S * 1000)]
+
+
+def test_every_write_of_the_process_goes_through_one_connection_and_readers_see_commits_only(db):
+    """The caller's start, the run thread's checkpoints and end, and the flusher all write through
+    one connection (a connection per writing thread made each commit invalidate the others'
+    caches); a write transaction reads what it wrote, any other thread only what is committed."""
+    import contextlib
+
+    store = tether.workspace.default().store()
+    used: set[int] = set()
+    orig = store.tx
+
+    @contextlib.contextmanager
+    def spy(*scope):
+        with orig(*scope) as conn:
+            used.add(id(conn))
+            yield conn
+
+    store.tx = spy
+    try:
+        for i in range(5):
+            assert _tiny.start(tag=f"one{i}").result(timeout=30) == {"tag": f"one{i}"}
+        assert _stepped_tiny.start().result(timeout=30) == [0, 1]
+    finally:
+        del store.tx
+    assert len(used) == 1, used
+
+    run = _tiny.start(tag="seen")
+    run.wait(timeout=30)
+    before = store.get(run.id).message
+    assert before == "tiny seen"
+    inside, held, release, seen = threading.Event(), [], threading.Event(), []
+
+    def writer() -> None:
+        with store.tx() as conn:
+            conn.execute("UPDATE runs SET message = 'in flight' WHERE id = ?", (run.id,))
+            held.append(store.get(run.id).message)  # this transaction's own write
+            inside.set()
+            release.wait(10)
+            conn.execute("UPDATE runs SET message = ? WHERE id = ?", (before, run.id))
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        assert inside.wait(10)
+        seen.append(store.get(run.id).message)  # this thread: the committed row
+    finally:
+        release.set()
+        t.join(10)
+    assert held == ["in flight"] and seen == [before]
+
+
+@tether.pipeline
+def _stepped_tiny(ctx):
+    return [ctx.step(f"s{k}", lambda k=k: k) for k in range(2)]
+
+
+def test_queries_of_active_runs_read_the_index_of_active_runs_never_the_whole_table(db):
+    """Claims under ``concurrency=``, a worker's claim, cancel requests, the lease, recovery,
+    interrupting this process's runs and listings of running runs all read the partial index of
+    the active runs: a database of many ended runs costs them nothing (no statement on ``runs``
+    scans the table)."""
+    import re
+
+    from tether import owner as owners
+    from tether.model import Owner
+
+    store = tether.workspace.default().store()
+    for i in range(30):  # ended runs
+        _tiny.start(tag=f"ended{i}").result(timeout=30)
+    seen: list[str] = []
+    me = owners.current()
+    stranger = Owner("elsewhere", 12345, 1.0, "stranger", None)
+    store.conn().set_trace_callback(seen.append)
+    store._writing().set_trace_callback(seen.append)
+    try:
+        first, second = _capped.start(n=1), _capped.start(n=2)  # the second waits for room
+        assert (first.result(timeout=30), second.result(timeout=30)) == (1, 2)
+        store.active()
+        store.cancel_requests(me)
+        store.flush([], me, time.time() + 30)  # the lease
+        store.recover(store.active(), owners.gone_reason)
+        store.interrupt_own(stranger, "a test")
+        store.claim_next(stranger, ["test_store.capped"], 30.0)
+        store.list_runs(status="running")
+        store.list_runs(pipeline="test_store.capped", status="running")
+        store.summaries(status=["pending", "running"])
+        store.summaries(pipeline="test_store.capped", status="pending")
+    finally:
+        store.conn().set_trace_callback(None)
+        store._writing().set_trace_callback(None)
+    on_runs = [
+        sql for sql in seen if re.search(r"\b(FROM|UPDATE) runs\b", sql) and not sql.startswith("EXPLAIN")
+    ]
+    assert any("concurrency" in sql for sql in on_runs) and any(
+        "cancel_requested = 1" in sql for sql in on_runs
+    )
+    # a run by its id (the primary key's index, or the rowid) or its key, a parent's children, or
+    # the active runs: never a walk through an index of every run (runs_created, runs_pipeline)
+    # nor the table
+    allowed = (
+        "runs_active",
+        "sqlite_autoindex_runs_1",
+        "sqlite_autoindex_runs_2",
+        "runs_parent",
+        "PRIMARY KEY",
+    )
+    wide = {}
+    with closing(sqlite3.connect(db)) as conn:
+        for sql in on_runs:
+            plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+            bad = [
+                line
+                for line in plan
+                if re.match(r"(SCAN|SEARCH) (runs|o)\b", line) and not any(a in line for a in allowed)
+            ]
+            if bad:
+                wide[sql] = plan
+    assert wide == {}
+
+
+@tether.pipeline(name="test_store.capped", concurrency=1)
+def _capped(ctx, n: int):
+    return n
 
 
 def test_write_errors_are_judged_by_sqlite_result_code(db, tmp_path):

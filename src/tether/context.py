@@ -108,7 +108,8 @@ class Context:
         self._room = threading.Event()  # set when the flusher took the buffer (or on cancel)
         self._stalled = False  # a logging thread waited LOG_WAIT_S in vain: drop until taken
         self._dropped = 0  # lines dropped since the buffer was last taken
-        self._flushed: tuple[Any, ...] | None = None
+        # the progress last written: at first, the row as the run's start wrote it
+        self._flushed: tuple[Any, ...] | None = self._state()
         self._task: Any = None  # asyncio task of an async body
         self._map_calls = 0
         self._output: Any = None  # stdout/stderr and tqdm capture of this run (tether._capture)
@@ -437,9 +438,9 @@ class Context:
         )
         return (ts, "log", self.phase_name, data)
 
-    def _flush_item(self, force: bool = False) -> FlushItem | None:
-        """What changed since the last flush (taking the buffered events), or None."""
-        state = (
+    def _state(self) -> tuple[Any, ...]:
+        """What a flush compares with the last one written (events aside)."""
+        return (
             self.phase_name,
             self.done,
             self.total,
@@ -447,6 +448,14 @@ class Context:
             len(self.phases),
             len(self.phases_done),
         )
+
+    def _unchanged(self) -> bool:
+        """The run's progress is as last written (buffered events aside)."""
+        return self._state() == self._flushed
+
+    def _flush_item(self, force: bool = False) -> FlushItem | None:
+        """What changed since the last flush (taking the buffered events), or None."""
+        state = self._state()
         with self._ev_lock:
             events, self._events, self._ev_cap = self._events, [], LOG_BUFFER_EVENTS
             dropped, self._dropped, self._stalled = self._dropped, 0, False

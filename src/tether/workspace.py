@@ -63,6 +63,7 @@ class Workspace:
         self._stores: dict[Path | str, SQLiteStore | PostgresStore] = {}
         self._runners: dict[int, Runner] = {}  # id(store) -> its runner in this process
         self._resolved: dict[tuple[str, str], Path] = {}  # path text and cwd -> absolute path
+        self._fast: tuple[Settings, SQLiteStore | PostgresStore] | None = None  # see store()
         self._watchers: dict[int, DoneWatcher] = {}  # id(store) -> the thread polling for callbacks
         self._cancels: dict[str, dict[str, Any]] = {}  # run id -> where its cancel came from
         self._state: dict[type[Any], Any] = {}
@@ -130,6 +131,10 @@ class Workspace:
     def store(self, path: str | os.PathLike[str] | None = None) -> Store:
         """The store for ``path`` (default: the configured database), one object per file (or
         per ``postgresql://`` URL: a PostgresStore)."""
+        if path is None:
+            fast = self._fast
+            if fast is not None and fast[0] is self._settings and not fast[1]._closed:
+                return fast[1]  # the configured absolute path: no lookup (every start() asks)
         p = self._location(path)
         s = self._stores.get(p)
         if s is None or s._closed:
@@ -146,6 +151,13 @@ class Workspace:
                         )
                     s.set_durability(config.durability(self._settings))
                     self._stores[p] = s
+        if path is None:
+            # the settings are immutable: while they are the ones in force, an absolute db names
+            # this store whatever the cwd and $TETHER_DB (a relative one or none depends on them)
+            settings = self._settings
+            db = settings.db
+            if db and not config.is_postgres(str(db)) and os.path.isabs(os.path.expanduser(db)):
+                self._fast = (settings, s)
         return s
 
     def existing_store(self, path: str | os.PathLike[str] | None = None) -> Store:
@@ -186,6 +198,7 @@ class Workspace:
             self._runners.clear()
             self._stores.clear()
             self._watchers.clear()
+            self._fast = None
         _runner.shutdown_all(runners)
         for s in stores:
             s.close()
@@ -329,6 +342,7 @@ class Workspace:
         self._runners.clear()
         self._stores.clear()
         self._watchers.clear()
+        self._fast = None
 
     def _live_runners(self) -> list[Runner]:
         with self._lock:

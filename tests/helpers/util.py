@@ -145,10 +145,20 @@ def intact(db: str | os.PathLike[str]) -> bool:
     return raw(db, "PRAGMA integrity_check") == [("ok",)]
 
 
+def undo_active_index(conn: Any, migrations: str = "_sqlite_migrations") -> None:
+    """Take a current database back to schema 0004 (0005_active_index undone: the indexes of
+    every run by status instead of the partial index of the active ones)."""
+    conn.execute("DROP INDEX runs_active")
+    conn.execute("CREATE INDEX runs_status ON runs (status, created_at)")
+    conn.execute("CREATE INDEX runs_queue ON runs (pipeline, status)")
+    conn.execute(f"DELETE FROM {migrations} WHERE name = '0005_active_index'")
+
+
 def undo_control_migration(conn: Any, migrations: str = "_sqlite_migrations") -> None:
-    """Take a current database back to schema 0002 (0003_control undone), as an older tether
-    left it, to test the migration path (``conn``: a plain sqlite3 or psycopg connection;
-    ``migrations``: the backend's table of applied migrations)."""
+    """Take a current database back to schema 0002 (0005_active_index, then 0003_control undone),
+    as an older tether left it, to test the migration path (``conn``: a plain sqlite3 or psycopg
+    connection; ``migrations``: the backend's table of applied migrations)."""
+    undo_active_index(conn, migrations)
     conn.execute("DROP TABLE workers")
     conn.execute("DROP INDEX runs_parent")
     conn.execute("DROP INDEX runs_queue")

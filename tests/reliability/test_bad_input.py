@@ -996,6 +996,52 @@ def test_database_deleted_or_replaced_while_a_run_is_active(db: Path, tmp_path: 
         assert raw(db, "PRAGMA integrity_check") == [("ok",)]
 
 
+def test_a_database_replaced_under_a_thread_that_only_writes_leaves_no_wal_for_the_new_file(
+    tmp_path: Path,
+) -> None:
+    """The first write after the file was replaced comes from a thread that never read (a run
+    thread that only wrote checkpoints): it is refused, and the old database's WAL is emptied into
+    the old file then, not left for the next opener of the path to apply to the new file."""
+    from tether.store.sqlite import SQLiteStore
+
+    path = tmp_path / "runs.db"
+    store = SQLiteStore(path)
+    store.conn()  # opened (and migrated) by this thread
+
+    def write(tag: str) -> None:
+        with store.tx() as conn:
+            conn.execute("UPDATE runs SET message = ? WHERE id = 'none'", (tag,))
+            conn.execute("INSERT INTO workers VALUES ('i', ?, 'h', 1, 1.0, NULL, 1.0)", (tag,))
+
+    first = threading.Thread(target=write, args=("a",))
+    first.start()
+    first.join()
+    assert os.path.getsize(f"{path}-wal") > 0
+    other = tmp_path / "other.db"
+    with closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE mine (y)")
+        conn.execute("INSERT INTO mine VALUES ('theirs')")
+        conn.commit()
+    before = other.read_bytes()
+    os.replace(other, path)
+    errors: list[BaseException] = []
+
+    def again() -> None:
+        try:
+            write("b")
+        except BaseException as exc:
+            errors.append(exc)
+
+    second = threading.Thread(target=again)
+    second.start()
+    second.join()
+    assert len(errors) == 1 and "deleted or replaced" in str(errors[0])
+    assert not os.path.exists(f"{path}-wal") or os.path.getsize(f"{path}-wal") == 0
+    assert path.read_bytes() == before
+    assert raw(path, "SELECT name FROM sqlite_master WHERE type = 'table'") == [("mine",)]
+    store.close()
+
+
 # -- the CLI reads back what the store keeps ------------------------------------------------------
 
 

@@ -310,6 +310,7 @@ def test_a_schema_0001_database_migrates_on_open_and_keeps_judging_its_runs(db: 
         "0002_owner_ns",
         "0003_control",
         "0004_code",
+        "0005_active_index",
     ]
     assert raw(db, "SELECT owner_ns FROM runs WHERE id = 'oldlive'") == [(None,)]
     assert quick.start(n=2).result(timeout=30) == 2

@@ -204,8 +204,16 @@ def test_checkpoints_are_put_and_read_back_only_while_the_run_is_ours(store: Sto
     assert store.checkpoint(rec.id, "step b") == (False, None)
     assert store.checkpoints(rec.id, "map/") == {"map/0": 10, "map/1": 11}
     assert store.events(rec.id)[-1].kind == "checkpoint"
+    # given the run's id alone: the checkpoint row, no event, the progress untouched
+    last, before = store.events(rec.id)[-1].seq, store.get(rec.id)
+    assert store.put_checkpoint(rec.id, ME, "step c", dumps([3]))
+    assert store.checkpoint(rec.id, "step c") == (True, [3])
+    after = store.get(rec.id)
+    assert store.events(rec.id)[-1].seq == last == after.last_seq
+    assert (after.done, after.message, after.updated_at) == (before.done, before.message, before.updated_at)
     # not ours: another owner, then nobody's once it ended
     assert not store.put_checkpoint(item(rec.id), OTHER, "step b", "1")
+    assert not store.put_checkpoint(rec.id, OTHER, "step b", "1")
     assert not store.put_checkpoints(rec.id, OTHER, [("map/2", "12")])
     assert store.flush([item(rec.id)], OTHER, None)[0] == {rec.id}
     assert store.finish(item(rec.id), ME, Status.SUCCEEDED, result_json='"done"', error=None)

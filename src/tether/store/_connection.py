@@ -122,6 +122,10 @@ class _Connections(_FileChecks):
         self._conns: dict[sqlite3.Connection, threading.Thread] = {}  # connection -> its thread
         self._idle: list[sqlite3.Connection] = []  # given back by ended run threads, for reuse
         self._open_lock = threading.Lock()
+        # the one connection every write transaction of this process uses, under write_lock:
+        # with a connection per writing thread each commit made the others' caches stale
+        self._writer: sqlite3.Connection | None = None
+        self._writer_sync = ""  # its PRAGMA synchronous
         self._ready = False
         self._closed = False
         self._identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file we opened
@@ -286,6 +290,9 @@ class _Connections(_FileChecks):
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (opening and migrating the database on first use)."""
         local = self._local
+        held: sqlite3.Connection | None = getattr(local, "tx", None)
+        if held is not None:  # inside this thread's write transaction: read what it wrote
+            return held
         conn: sqlite3.Connection | None = getattr(local, "conn", None)
         if conn is not None and not self._closed:
             # durability changed since this connection was set up: switch it, never inside a
@@ -313,6 +320,9 @@ class _Connections(_FileChecks):
             with self._open_lock:
                 conns, self._conns = self._conns, {}
                 idle, self._idle = self._idle, []
+                if self._writer is not None:
+                    idle.append(self._writer)
+                    self._writer = None
             me = threading.current_thread()
             _close_quietly(idle + [c for c, t in conns.items() if t is me or not t.is_alive()])
 
@@ -352,18 +362,24 @@ class _Connections(_FileChecks):
     def _empty_wal(self) -> None:
         """SQLite keeps the WAL of a database moved or unlinked while open (no checkpoint on
         close), and the next connection to the path would apply it to whatever file is there now:
-        checkpoint it into the old file (gone or renamed) and truncate it."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None or conn.in_transaction:
-            return
+        checkpoint it into the old file (gone or renamed) and truncate it. Through the writer,
+        which holds the old file open whichever thread noticed (a run thread that only wrote has
+        no connection of its own)."""
         with self.write_lock:
+            conn = self._writer or getattr(self._local, "conn", None)
+            if conn is None or conn.in_transaction:
+                return
+            slice_ = conn is self._writer or _interrupts.in_main_thread()
             try:
                 conn.execute(f"PRAGMA busy_timeout = {_WAIT_MS}")  # wait for readers, as any thread
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                if _interrupts.in_main_thread():
-                    conn.execute(f"PRAGMA busy_timeout = {_SLICE_MS}")
             except sqlite3.Error:
                 pass
+            finally:
+                try:
+                    conn.execute(f"PRAGMA busy_timeout = {_SLICE_MS if slice_ else _WAIT_MS}")
+                except sqlite3.Error:
+                    pass
 
     @contextmanager
     def tx(self, scope: Scope = WHOLE) -> Iterator[sqlite3.Connection]:
@@ -374,11 +390,14 @@ class _Connections(_FileChecks):
         ROLLBACK has run (tether._interrupts); while waiting for the lock it lands at once.
         Otherwise an interrupt right after BEGIN would leave the transaction open, and every
         other process locked out, for as long as this process lives."""
-        conn = self.conn()
+        if not self._ready:
+            self.conn()  # opens (and migrates) the file
         self._check_same_file()
+        local = self._local
         with _interrupts.critical():
             self._lock_for_write()
             try:
+                conn = local.tx = self._writing()
                 if conn.in_transaction:  # never build on a transaction some failure left open
                     conn.execute("ROLLBACK")
                 self._begin(conn)
@@ -396,7 +415,25 @@ class _Connections(_FileChecks):
                         conn.execute("ROLLBACK")
                     raise self._write_error(exc) from exc
             finally:
+                local.tx = None
                 self.write_lock.release()
+
+    def _writing(self) -> sqlite3.Connection:
+        """The writer connection (under write_lock), at the durability in force. Its busy timeout
+        is the main thread's slice whichever thread writes: ``_begin`` waits in slices."""
+        conn = self._writer
+        if conn is None:
+            if self._closed:
+                raise self._fail("is closed", fix="Call tether.configure() again to reopen it.")
+            conn = self._new_conn()
+            with self._open_lock:  # no thread's: closed with the store
+                self._conns.pop(conn, None)
+            conn.execute(f"PRAGMA busy_timeout = {_SLICE_MS}")
+            self._writer, self._writer_sync = conn, ""
+        if self._sync != self._writer_sync:
+            conn.execute(f"PRAGMA synchronous = {self._sync}")
+            self._writer_sync = self._sync
+        return conn
 
     def _lock_for_write(self) -> None:
         """Take the process's write lock; the main thread waits in slices, so that a kernel
@@ -410,14 +447,13 @@ class _Connections(_FileChecks):
     def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting up to BUSY_TIMEOUT_S for another process's write lock.
 
-        SQLite's busy handler sleeps in C, where no Python signal handler runs: the main thread's
+        SQLite's busy handler sleeps in C, where no Python signal handler runs: the writer
         connection waits at most _SLICE_MS per try (its busy timeout), so the first try is all an
-        uncontended write costs, and a recorded interrupt is delivered between tries."""
+        uncontended write costs, and in the main thread a recorded interrupt is delivered between
+        tries. Once BEGIN IMMEDIATE holds the lock, no statement of the transaction waits."""
         try:
-            if not _interrupts.in_main_thread():
-                conn.execute("BEGIN IMMEDIATE")
-                return
             deadline = time.monotonic() + BUSY_TIMEOUT_S
+            main = _interrupts.in_main_thread()
             while True:
                 try:
                     conn.execute("BEGIN IMMEDIATE")
@@ -425,7 +461,8 @@ class _Connections(_FileChecks):
                 except sqlite3.OperationalError as exc:
                     if not _busy(exc) or time.monotonic() > deadline:
                         raise
-                _interrupts.safe_point()
+                if main:
+                    _interrupts.safe_point()
         except sqlite3.Error as exc:
             raise self._write_error(exc) from exc
 
@@ -464,6 +501,9 @@ def _after_fork() -> None:
         conn = getattr(st._local, "conn", None)  # the forking thread's, carried into the child
         if conn is not None:
             _inherited.append(conn)
+        if st._writer is not None:
+            _inherited.append(st._writer)
+            st._writer = None
         st._local = threading.local()
         st._conns = {}
         st._idle = []

@@ -13,7 +13,7 @@ from ..codec import dumps
 from ..errors import RunNotFound
 from ..model import Event, Owner, RunRecord, RunSummary, Status, event_of
 from ._connection import _Connections, _guarded
-from ._rows import _RUN_COLS, _record, _summary
+from ._rows import _RUN_COLS, ACTIVE, _record, _summary
 
 _MAX_TRY_TRACEBACK = 20_000
 # A pending run that will start before the run of the outer query (its pipeline's queue, in start
@@ -21,7 +21,7 @@ _MAX_TRY_TRACEBACK = 20_000
 # a process (the sweep takes those of dead ones away), or for a worker while one serves the
 # pipeline. ?1 is the time now.
 _BEFORE = (
-    "FROM runs AS o WHERE o.pipeline = runs.pipeline AND o.status = 'pending' "
+    f"FROM runs AS o WHERE o.pipeline = runs.pipeline AND o.status = 'pending' AND o.{ACTIVE} "
     "AND o.concurrency IS NOT NULL AND o.rowid < runs.rowid AND (o.target != 'worker' OR "
     "EXISTS (SELECT 1 FROM workers AS w WHERE w.pipeline = o.pipeline AND w.lease_until > ?1))"
 )
@@ -29,7 +29,7 @@ _AHEAD = f"(SELECT count(*) {_BEFORE})"
 # A claim of the run passes its pipeline's concurrency check (parked parents are not counted)
 _ROOM = (
     "(runs.concurrency IS NULL OR ((SELECT count(*) FROM runs AS o WHERE o.pipeline = "
-    "runs.pipeline AND o.status = 'running' AND o.parked = 0) < runs.concurrency "
+    f"runs.pipeline AND o.status = 'running' AND o.{ACTIVE} AND o.parked = 0) < runs.concurrency "
     f"AND NOT EXISTS (SELECT 1 {_BEFORE})))"
 )
 
@@ -65,6 +65,7 @@ def _listing(
     (``_Reads._param_where``)."""
     where: list[str] = []
     args: list[Any] = []
+    active = False
     if pipeline is not None:
         where.append("pipeline = ?")
         args.append(pipeline)
@@ -72,6 +73,9 @@ def _listing(
         statuses = [status] if isinstance(status, str) else list(status)
         where.append(f"status IN ({','.join('?' * len(statuses))})")
         args.extend(str(Status(s)) for s in statuses)
+        active = {str(Status(s)) for s in statuses} <= {"pending", "running"}
+        if active:
+            where.append(ACTIVE)  # the few active runs, through their index
     if key is not None:
         where.append("key = ?")
         args.append(key)
@@ -83,7 +87,9 @@ def _listing(
     sql = f"SELECT {_RUN_COLS} FROM runs"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY created_at DESC, attempt DESC"
+    # the few active runs are found through runs_active and sorted; ``+created_at`` keeps the
+    # order from choosing an index of every run (runs_created, runs_pipeline) instead
+    sql += f" ORDER BY {'+' if active else ''}created_at DESC, attempt DESC"
     if limit is not None:
         sql += " LIMIT ?"
         args.append(int(limit))
@@ -222,14 +228,14 @@ class _Reads(_Connections):
 
     @_guarded
     def active(self) -> list[RunRecord]:
-        return self._runs("status IN ('pending', 'running')")
+        return self._runs(ACTIVE)
 
     @_guarded
     def cancel_requests(self, owner: Owner) -> set[str]:
         return {
             r[0]
             for r in self.conn().execute(
-                "SELECT id FROM runs WHERE status = 'running' AND owner_instance = ? "
+                f"SELECT id FROM runs WHERE status = 'running' AND {ACTIVE} AND owner_instance = ? "
                 "AND cancel_requested = 1",
                 (owner.instance,),
             )
@@ -302,7 +308,7 @@ class _Reads(_Connections):
             "id IN (WITH RECURSIVE below(id, depth) AS (SELECT id, 1 FROM runs WHERE parent_id = ? "
             "UNION SELECT r.id, below.depth + 1 FROM runs r JOIN below ON r.parent_id = below.id "
             "WHERE below.depth < 100) SELECT id FROM below) "
-            "AND status IN ('pending', 'running') ORDER BY created_at",
+            f"AND {ACTIVE} ORDER BY created_at",
             (run_id,),
             conn,
         )

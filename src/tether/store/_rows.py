@@ -60,6 +60,9 @@ class _Row(NamedTuple):
 
 
 _RUN_COLS = ", ".join(_Row._fields)  # the columns a RunRecord is read from, in _Row order
+# The WHERE term of the partial index runs_active, word for word: a query of active runs states it
+# (SQLite uses a partial index only then), even beside a narrower ``status = 'running'``.
+ACTIVE = "status IN ('pending', 'running')"
 
 json_str = json.JSONEncoder().encode  # a str as a JSON string literal
 

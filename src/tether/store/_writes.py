@@ -12,7 +12,7 @@ from .. import codec
 from ..codec import dumps
 from ..model import Owner, RunRecord, Status
 from ._reads import _AHEAD, _ROOM
-from ._rows import _RUN_COLS, FlushItem, Queued, RowTaken, Scope, _files, _num, _text
+from ._rows import _RUN_COLS, ACTIVE, FlushItem, Queued, RowTaken, Scope, _files, _num, _text
 from ._starts import _Starts
 
 _MAX_TRY_TRACEBACK = 20_000
@@ -56,8 +56,9 @@ class _Writes(_Starts):
             rows = (
                 self.conn()
                 .execute(  # only runs whose pipeline's concurrency has room
-                    f"SELECT id FROM runs WHERE {_ROOM} AND status = 'pending' AND target = 'worker' "
-                    f"AND pipeline IN ({marks}) ORDER BY created_at, rowid LIMIT 16",
+                    f"SELECT id FROM runs WHERE {_ROOM} AND status = 'pending' AND {ACTIVE} "
+                    "AND target = 'worker' "  # +created_at: the order may not pick runs_pipeline
+                    f"AND pipeline IN ({marks}) ORDER BY +created_at, rowid LIMIT 16",
                     [time.time(), *pipelines],
                 )
                 .fetchall()
@@ -143,15 +144,14 @@ class _Writes(_Starts):
                 self._progress(conn, it, seq, now)
             if lease_until is not None:
                 conn.execute(
-                    "UPDATE runs SET lease_until = ? WHERE owner_instance = ? "
-                    "AND status IN ('pending', 'running')",
+                    f"UPDATE runs SET lease_until = ? WHERE owner_instance = ? AND {ACTIVE}",
                     (lease_until, owner.instance),
                 )
             cancels = {
                 r[0]
                 for r in conn.execute(
-                    "SELECT id FROM runs WHERE status = 'running' AND owner_instance = ? "
-                    "AND cancel_requested = 1",
+                    f"SELECT id FROM runs WHERE status = 'running' AND {ACTIVE} "
+                    "AND owner_instance = ? AND cancel_requested = 1",
                     (owner.instance,),
                 )
             }
@@ -187,22 +187,26 @@ class _Writes(_Starts):
             )
         return True
 
-    def put_checkpoint(self, item: FlushItem, owner: Owner, name: str, value_json: str) -> bool:
+    def put_checkpoint(self, item: FlushItem | str, owner: Owner, name: str, value_json: str) -> bool:
         """A step's checkpoint with the run's pending progress and events, in one transaction
-        (a ``checkpoint`` event follows them). False if the run is no longer ours. The files an
-        encoded value carries (codec.Encoded) are written first."""
+        (a ``checkpoint`` event follows them); given the run's id alone, the checkpoint row
+        alone (one page: the runner buffers its event when nothing else changed). False if the
+        run is no longer ours. The files an encoded value carries (codec.Encoded) are written
+        first."""
         now = time.time()
-        with self._owned(item.run_id, owner, value_json) as owned:
+        run_id = item if isinstance(item, str) else item.run_id
+        with self._owned(run_id, owner, value_json) as owned:
             if owned is None:
                 return False
             conn, last_seq = owned
             conn.execute(
                 "INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) VALUES (?, ?, ?, ?)",
-                (item.run_id, name, value_json, now),
+                (run_id, name, value_json, now),
             )
-            events = [*item.events, (now, "checkpoint", item.phase, dumps({"name": name}))]
-            seq = self._append(conn, item.run_id, last_seq, events)
-            self._progress(conn, item, seq, now)
+            if not isinstance(item, str):
+                events = [*item.events, (now, "checkpoint", item.phase, dumps({"name": name}))]
+                seq = self._append(conn, run_id, last_seq, events)
+                self._progress(conn, item, seq, now)
         return True
 
     def put_checkpoints(self, run_id: str, owner: Owner, items: Sequence[tuple[str, str]]) -> bool:

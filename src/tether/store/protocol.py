@@ -233,9 +233,10 @@ class Store(Protocol):
         False if the run is no longer ours."""
         ...
 
-    def put_checkpoint(self, item: FlushItem, owner: Owner, name: str, value_json: str) -> bool:
+    def put_checkpoint(self, item: FlushItem | str, owner: Owner, name: str, value_json: str) -> bool:
         """A step's checkpoint with the run's pending progress and events (a ``checkpoint``
-        event follows them), atomically. False if the run is no longer ours."""
+        event follows them), atomically; or, given the run's id alone, the checkpoint row alone
+        (its caller buffers the event). False if the run is no longer ours."""
         ...
 
     def put_checkpoints(self, run_id: str, owner: Owner, items: Sequence[tuple[str, str]]) -> bool:

@@ -16,7 +16,7 @@ from ..artifacts import Artifacts
 from ..codec import dumps
 from ..errors import TetherError
 from ..model import Owner, RunRecord, Status, error_dict
-from ._rows import Scope
+from ._rows import ACTIVE, Scope
 from ._writes import _Writes
 from .protocol import GoneCheck
 
@@ -133,9 +133,7 @@ class SQLiteStore(_Writes):
         now = time.time()
         n = 0
         with self.tx() as conn:
-            for rec in self._runs(
-                "status IN ('pending', 'running') AND owner_instance = ?", (owner.instance,), conn
-            ):
+            for rec in self._runs(f"{ACTIVE} AND owner_instance = ?", (owner.instance,), conn):
                 n += self._interrupt(conn, rec, reason, now)
         return n
 
