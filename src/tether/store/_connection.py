@@ -80,8 +80,13 @@ def _guarded(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(self: _Connections, *args: Any, **kwargs: Any) -> Any:
         try:
-            with self.guard():
+            try:  # guard() written out: every attach reads through here
                 return fn(self, *args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                err = self._store_error(exc)
+                if err is None:
+                    raise
+                raise err from exc
         except StoreError as exc:
             if not (_interrupts.in_main_thread() and _busy_cause(exc)):
                 raise
@@ -331,16 +336,20 @@ class _Connections(_FileChecks):
         """Turn SQLite's errors into StoreError with a message that says what to do."""
         try:
             yield
-        except sqlite3.OperationalError as exc:
-            raise self._write_error(exc) from exc
         except sqlite3.DatabaseError as exc:
-            if type(exc) is sqlite3.DatabaseError:  # SQLITE_CORRUPT / SQLITE_NOTADB
-                raise self._fail(
-                    "is corrupt; it was left untouched",
-                    exc,
-                    fix="Restore a backup or use {db}.",
-                ) from exc
-            raise
+            err = self._store_error(exc)
+            if err is None:
+                raise
+            raise err from exc
+
+    def _store_error(self, exc: sqlite3.DatabaseError) -> StoreError | None:
+        """The StoreError ``guard()`` raises for ``exc``; None: raised as it is (a constraint, a
+        misuse)."""
+        if isinstance(exc, sqlite3.OperationalError):
+            return self._write_error(exc)
+        if type(exc) is sqlite3.DatabaseError:  # SQLITE_CORRUPT / SQLITE_NOTADB
+            return self._fail("is corrupt; it was left untouched", exc, fix="Restore a backup or use {db}.")
+        return None
 
     def _check_same_file(self) -> None:
         try:
