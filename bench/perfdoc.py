@@ -346,50 +346,56 @@ within the same minutes.
 # a note for each MISS of the run that wrote it (and says when a MISS has none yet).
 NOTES: dict[str, str] = {
     "2a": """\
-**2a (durable runs vs DBOS).** Three runs of `python bench/peers.py` at ea1af99, other processes
-using 60-86% of the CPU: 236, 530 and 563 runs/s against DBOS's 27, 36 and 36 (8.7x, 14.9x,
-15.8x), and a fourth at 884491b (66% busy) 496 against 35 (14.2x); the code before (99ade3e) in
-the same half hour: 229 against 25 (9.1x). In one process,
-old and new code alternated (`three.start(i).result()`, 5 batches of 200 runs): CPU per run
-2.6-3.0 ms before, 1.46-1.49 ms after. Found with py-spy (`record -r 1000 --threads`, 2,000 runs,
-waits left out) and strace, and changed: a run commits **5 write transactions** instead of 6,
-since `start()` claims the run it creates in the same transaction when this process executes it
-at once (`Store.start(claim=True)`: a slot free and no `concurrency=`); run threads persist (an
-idle one takes the next body: `Thread.start` was ~4% of the busy time); `result()` of a run that
-succeeded here decodes the result text its end committed, kept in memory (the full record read
-was ~7%); a first attempt's `ctx.step` looks up no stored value (nothing can be stored under a
-name it has not written); the new run's record is built, not read back. The profile's new top, of
-the busy time: in the caller, the start transaction ~30% (the `INSERT` of the run with its
-indexes and the `COMMIT` ~17%, `BEGIN IMMEDIATE` and the checks around it ~12%) and the read of
-the key ~10%; in the run thread, the three checkpoint transactions and the end ~16%; the hand-over
-~6%. strace counts per run ~55 `pwrite64` (WAL frames), ~32 `pread64` and ~35 `fcntl` (locks):
-the caller's connection and the run thread's both write, so each finds the other's commit and
-reads its pages again; at a few microseconds a system call on this VM that is a quarter of the
-time. 30x (~2,000 runs/s against DBOS's ~70 on an idle machine) needs fewer pages per commit (the
-indexes of `runs`) or one connection for both sides: not done. A run is still durable step by
-step: each step's checkpoint is committed before `ctx.step` returns and the end before `result()`
-returns.""",
+**2a (durable runs vs DBOS).** The ratio follows DBOS's fsyncs more than tether: on the same
+2 cores, with the same tether code, DBOS made 25-36 runs/s while the disk was slow to sync and
+83-110 runs/s when it was quick, so 30x means 750 to 3,300 tether runs/s. What tether costs now,
+found with cProfile per thread, py-spy, strace and the WAL's frames read back page by page (each
+frame names the page it writes, each page its table or index):
+
+- **Before this session's changes (48d10cf):** 28 WAL frames and 57 `pwrite64`, 37 `pread64`
+  and 34 `fcntl` per 3-step run; 1.41 ms of CPU per run (both threads), 640-690 runs/s quiet.
+- **One writer connection per process.** The caller's start and the run thread's checkpoints
+  and end were written through two connections, so each commit left the other's page cache
+  stale: `pread64` per run 37 -> 5. Every write transaction now uses one connection under the
+  process's write lock; reads keep a connection per thread.
+- **A step with nothing else to write commits its checkpoint row alone** (its `checkpoint`
+  event is buffered like a log line): 3 frames per step -> 1. The checkpoint is still committed
+  before `ctx.step` returns.
+- **Schema 0005: one partial index of the active runs** instead of two indexes of every run by
+  status: a run's end rewrote a page of each twice; now it removes one entry. WAL frames per run
+  28 -> 17 (start 7, each step 1, the end 3, plus B-tree splits).
+- **After (at 204e892), quiet machine, old and new code alternated three times** (5 x 300 runs
+  each): 795-798 runs/s against 639-687, CPU per run 1.17-1.21 ms against 1.36-1.44. In
+  `bench/peers.py` the same minutes: 947 runs/s against DBOS's 110 (8.6x).
+
+What a run costs now, per run, of ~1.2 ms CPU: five write transactions (SQLite's own C code,
+`BEGIN IMMEDIATE`, `COMMIT` with its WAL writes and POSIX locks: ~40 us each), the Python around
+them (~45 us each: the ownership check, events and progress, the interrupt guard), the start's
+key read and record, and two thread hand-overs (caller -> run thread -> caller). 2,000 runs/s
+(0.5 ms) would need fewer commits per run: the issue's other idea, checkpoints written in the
+flusher's batch, would let a crash lose a completed step's checkpoint, which DESIGN.md's
+"nothing is lost" rules out (a checkpoint is committed before `ctx.step` returns), so it was not
+done. Not tried yet: time-ordered run ids (the id index, events and checkpoints would grow at
+their right edge instead of splitting pages at random: ~1.5 frames fewer per run, at the cost
+of ids that look alike), and fewer Python objects per transaction.""",
     "2d": """\
 **2d (durable runs vs DBOS, both at `synchronous=FULL`).** At `FULL` every commit waits for an
-fsync of the WAL, and that sets both sides' pace: measured alone (`python bench/peers.py` at
-e720876, other processes using 90% of the CPU), tether made 169 runs/s at its default durability
-(2a) and 34 runs/s at `"full"` (p50 24 ms) in the same process, DBOS 12 runs/s (p50 70 ms). A
-3-step tether run commits 5 write transactions since ea1af99 (the idempotent start with the
-claim, one per step, the end; see 2a), each an fsync at `FULL`: fewer commits per run move this
-ratio, faster Python does not.""",
+fsync of the WAL, and that sets both sides' pace: a 3-step tether run commits 5 write
+transactions (the idempotent start with the claim, one per step, the end), each an fsync, and
+DBOS's workflow about as many. On a quiet machine (`bench/peers.py` at 204e892): 388 runs/s
+against DBOS's 96 (4.0x); the fewer pages per commit of 2a barely move it. More than 5x would need
+fewer commits per run, which 2a explains why not.""",
     "3": """\
 **3 (idempotent re-start vs DBOS).** An attach takes one read and no lock: `start()` reads the
 key's latest attempt and returns an ended run it attaches to as it is (terminal statuses never
-change), without the write lock, the interrupt guard or the runner; anything else is decided in
-the store's transaction as before, and `start().result()` of an ended run reads nothing more.
-Three runs of `python bench/peers.py` at ea1af99 (other processes using 60-86% of the CPU):
-`start()` p50 0.126, 0.120 and 0.090 ms against DBOS `start_workflow` 1.612, 0.873 and 1.139 ms,
-ratios 0.08, 0.14 and 0.08 (a fourth run at 884491b: 0.116 against 1.065 ms, 0.11); 99ade3e in
-the same half hour 0.144 against 1.402 ms (0.10). What is
-left (cProfile of 5,000 attach calls): the indexed `SELECT` and `fetchone` ~22%, the record built
-from the row ~16%, binding the params and their canonical JSON ~25%, the workspace's store lookup
-(the database path resolved at each call) ~8%. Under this load the ratio moves by 2x from run to
-run: a stable 0.1 needs the record built lazily or the path cached (not done).""",
+change), without the write lock, the interrupt guard or the runner. On a quiet machine
+(`bench/peers.py` at 204e892) `start()` p50 0.066 ms against DBOS `start_workflow` 0.546 ms
+(0.12), and in one process 51-57 us per attach: the indexed read and its record ~26 us, binding
+the params, their canonical JSON and the key hash ~5 us, the decision and the handle the rest.
+DBOS's own p50 moved from 0.55 to 2.0 ms across runs on this machine, which moves the ratio most.
+Tried and left out: a per-thread cache of ended attempts checked against SQLite's `data_version`
+(34 us for a key read before, but +15 us for every key read the first time: it makes the first
+attach, the common one, slower).""",
     "4a": """\
 **4a (`ctx.log()` vs raw insert).** Every line costs tether, beyond the raw insert: formatting,
 building the JSON of `{"level", "message"}`, a lock to append to the run's buffer, and the
