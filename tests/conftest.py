@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,13 @@ import pytest
 from tether.workspace import Workspace, default
 
 TESTS = Path(__file__).parent  # on sys.path through pytest's ``pythonpath`` (pyproject.toml)
+
+# A Ctrl-C raises KeyboardInterrupt in the tests' processes, as in a kernel. A shell that starts the
+# test run in the background (a CI script run with `&`, nohup) leaves SIGINT ignored, and ignored
+# signals stay ignored across exec: every child would ignore it too, and the interrupt tests would
+# test nothing. A handled signal is reset to the default in a child, which then installs Python's.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

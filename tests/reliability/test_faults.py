@@ -305,9 +305,11 @@ def test_an_interrupt_while_the_claim_waits_for_the_write_lock_strands_no_run_an
     interrupt held back meanwhile is delivered there, while the lock is still held. The caller
     sees the KeyboardInterrupt, the run still executes, and max_concurrency runs still run at once.
 
-    The SIGINT used to come from a 0.1 s timer: twice, on a loaded CI machine, it fired after the
-    script had ended, in the interpreter's shutdown (which reports a KeyboardInterrupt there as
-    ignored and exits 0), and the test saw no interrupt. It is now sent once the claim waits."""
+    It once saw no interrupt in fresh-clone CI runs: those were started in the background, where
+    the shell leaves SIGINT ignored and every child inherits that (tests/conftest.py now gives the
+    test processes Python's handler back). A timer that fires late gives the same output (the
+    interrupt lands in the interpreter's shutdown, reported as ignored, exit 0): the SIGINT is now
+    sent once the claim waits, not after a fixed delay."""
     assert _interrupt_at(tmp_path, "claim") == {
         "interrupted": True,
         "while_held": True,
