@@ -512,9 +512,19 @@ def test_the_pidns_check_catches_a_live_run_taken_over(tmp_path: Path) -> None:
 
 
 def test_the_disk_check_catches_an_end_that_is_never_stored(tmp_path: Path) -> None:
+    """The harness picks its kills and moments at random: in a short soak every child of the disk
+    epoch may be killed or end before the sabotaged end is judged (once in a fresh-clone CI run,
+    seed 723083754). Up to three soaks, each with a new seed: the check must catch it in one."""
     _need("disk")
-    rep = _soak(tmp_path, {"disk": 2}, parallel=2, sabotage={"disk": "drop_end"}, settle=1.0)
-    assert "disk/stuck" in rep.violation_kinds(), rep.lines()
+    reports = []
+    for attempt in range(3):
+        work = tmp_path / f"try{attempt}"
+        work.mkdir()
+        rep = _soak(work, {"disk": 2}, parallel=2, sabotage={"disk": "drop_end"}, settle=1.0)
+        if "disk/stuck" in rep.violation_kinds():
+            return
+        reports.append(rep.lines())
+    raise AssertionError(reports)
 
 
 def _forked(
