@@ -823,8 +823,15 @@ SAVED_CELLS = [
     "import tether\nfrom helpers import panel_pipelines as pp\ntether.configure(db={db!r})",
     "run = pp.four_phase.start(n=3, delay=0.05, tag='saved')\nrun",
     "failing = pp.evil.start(tag='saved')\nfailing",
-    "tether.dashboard()",
-    "run.wait(30)\nfailing.wait(30)\nimport time\ntime.sleep(1.5)  # the ends are displayed meanwhile",
+    "dash = tether.dashboard()\ndash",
+    # the ends are displayed by the poller thread: this cell waits until each display was replaced
+    # (its fallback is final, and the lock it is replaced under is free), so nbclient hears it
+    "from helpers.util import wait_until\n"
+    "for w, lock in ((tether.panel(run), '_plock'), (tether.panel(failing), '_plock'), (dash, '_dlock')):\n"
+    "    f = w.table if w is dash else w\n"
+    "    wait_until(lambda: f.fallback.get('final'), what='a final display', timeout=60)\n"
+    "    with getattr(w, lock):\n"
+    "        pass",
 ]
 
 
@@ -851,6 +858,44 @@ def test_an_executed_notebook_shows_how_each_run_ended(tmp_path: Path, child_env
     html = dash["data"]["text/html"]
     assert "<table" in html and html.count("<tr data-run-id=") == 2
     assert 'data-status="running"' not in html and 'data-status="failed"' in html
+
+
+def test_a_run_that_ends_while_its_panel_is_being_displayed_gets_that_display_replaced(
+    db: Path, tmp_path: Path, fast_poller: poller.Poller, monkeypatch: Any
+) -> None:
+    """BUG (before, seen once in CI): the run ended after the panel's snapshot was rendered for a
+    display but before the display's id was registered. The end's refresh found no display to
+    replace and never looked again, so the saved notebook said `[running]` for a failed run."""
+    import importlib
+
+    mod = importlib.import_module("tether.widget.panel")
+    sent: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(
+        mod, "show", lambda data, **kw: sent.append(("show", kw["display_id"], data["text/plain"]))
+    )
+    monkeypatch.setattr(
+        mod,
+        "_update_displays",
+        lambda displays, data, meta: sent.extend(("update", d, data["text/plain"]) for d, _ in displays),
+    )
+    gate = tmp_path / "gate"
+    run = pp.gate.start(path=str(gate), tag="display race")
+    w = panel(run)
+    settle(w, "running", "stream")
+    rendered = RunPanel._repr_mimebundle_
+
+    def render_then_end(self: RunPanel, **kw: Any) -> Any:
+        out = rendered(self, **kw)  # says running
+        release(gate, "go")
+        until(lambda: self.fallback.get("final"), what="the end refreshed before the display registers")
+        return out
+
+    monkeypatch.setattr(RunPanel, "_repr_mimebundle_", render_then_end)
+    w._ipython_display_()
+    (kind, display_id, text), *rest = sent
+    assert kind == "show" and "[running]" in text
+    assert [(k, d) for k, d, _ in rest] == [("update", display_id)], sent
+    assert "[succeeded]" in rest[0][2]
 
 
 def test_an_active_runs_snapshot_beats_even_when_nothing_changes(

@@ -169,10 +169,18 @@ class Dashboard(ipywidgets.VBox):  # type: ignore[misc]
     def _ipython_display_(self, **kwargs: Any) -> None:
         data, meta = self._repr_mimebundle_()
         display_id = uuid.uuid4().hex
-        with self._dlock:
+        with self._dlock:  # _keep_fallback replaces displays under this lock: after this one
             self._displays.append((display_id, _parent_header()))
             del self._displays[:-8]
-        show(data, raw=True, metadata=meta, display_id=display_id)
+            show(data, raw=True, metadata=meta, display_id=display_id)
+            fb = self.table.fallback
+            if fb.get("final") and fb.get("text/plain") != data["text/plain"]:
+                # the runs settled between the rendering above and this display's registration:
+                # _keep_fallback had no display to replace
+                self._shown_static = (fb["text/plain"], fb["text/html"])
+                bundle, bmeta = _widget_bundle(self, Dashboard)
+                static = {"text/plain": fb["text/plain"], "text/html": fb["text/html"]}
+                _update_displays(self._displays[-1:], {**bundle, **static}, bmeta)
 
     def _keep_fallback(self, rows: list[dict[str, Any]]) -> None:
         """Once no listed run is active (the table settled), the saved table is replaced by it:

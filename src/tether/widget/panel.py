@@ -338,10 +338,17 @@ class RunPanel(anywidget.AnyWidget):
         data, meta = self._repr_mimebundle_()
         display_id = uuid.uuid4().hex
         parent = _parent_header()
-        with self._plock:
+        with self._plock:  # _keep_fallback replaces displays under this lock: after this one
             self._displays.append((display_id, parent))
             del self._displays[:-MAX_DISPLAYS]
-        show(data, raw=True, metadata=meta, display_id=display_id)
+            show(data, raw=True, metadata=meta, display_id=display_id)
+            fb = self.fallback
+            if fb.get("final") and fb.get("text/plain") != data["text/plain"]:
+                # the run ended between the snapshot above and this display's registration, so
+                # _keep_fallback had no display to replace: replace this one now
+                bundle, bmeta = _widget_bundle(self, RunPanel)
+                static = {"text/plain": fb["text/plain"], "text/html": fb["text/html"]}
+                _update_displays([(display_id, parent)], {**bundle, **static}, bmeta)
 
     def _keep_fallback(self, snap: _snap.Snapshot) -> None:
         """Keep the static renderings of the panel's displays current where it matters: when the
