@@ -24,6 +24,7 @@ import pytest
 
 import tether
 from helpers.hosts import need_unshare
+from helpers.util import unavailable
 from tether.store._safety import NETWORK_FS, _psutil_mounts, mount_of, parse_mountinfo
 
 # A child in the namespace: what it sees of the mount, then what tether does with a database there.
@@ -217,7 +218,7 @@ def _sshfs() -> tuple[str, str]:
         (p for p in ("/usr/lib/openssh/sftp-server", "/usr/lib/sftp-server") if os.path.exists(p)), ""
     )
     if not (sshfs and server and os.path.exists("/dev/fuse")):
-        pytest.skip("needs sshfs, sftp-server and /dev/fuse (apt-get install sshfs openssh-sftp-server)")
+        unavailable("needs sshfs, sftp-server and /dev/fuse (apt-get install sshfs openssh-sftp-server)")
     return sshfs, server
 
 
