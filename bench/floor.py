@@ -88,51 +88,59 @@ class Floor:
             raise SystemExit(f"floor: key of i={i} already has a run")
         run_id = uuid.uuid4().hex[:12]
         now = time.time()
-        with self.lock:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
+        self._commit(
+            (
                 "INSERT INTO runs (id, key, params, status, owner, created_at, last_seq) "
                 "VALUES (?, ?, ?, 'running', ?, ?, 1)",
                 (run_id, key, params, self.owner, now),
-            )
-            conn.execute("INSERT INTO events VALUES (?, 1, ?, 'started', NULL)", (run_id, now))
-            conn.execute("COMMIT")
+            ),
+            ("INSERT INTO events VALUES (?, 1, ?, 'started', NULL)", (run_id, now)),
+        )
         done = threading.Event()
         out: list[Any] = []
         self.queue.put((run_id, i, done, out))
         done.wait()
         return out[0]
 
+    def _commit(self, *statements: tuple[str, tuple[Any, ...]]) -> int:
+        """One write transaction of ``statements``; the rows the first one changed."""
+        conn = self.conn
+        with self.lock:
+            conn.execute("BEGIN IMMEDIATE")
+            changed = conn.execute(*statements[0]).rowcount
+            for sql, args in statements[1:]:
+                conn.execute(sql, args)
+            conn.execute("COMMIT")
+        return changed
+
     def _loop(self) -> None:
-        conn, owner = self.conn, self.owner
+        owner = self.owner
         while (job := self.queue.get()) is not None:
             run_id, i, done, out = job
             values = []
             for k in (1, 2, 3):
                 value = peers.small(i, k)
                 text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-                with self.lock:
-                    conn.execute("BEGIN IMMEDIATE")
-                    cur = conn.execute(
+                ours = self._commit(
+                    (
                         "INSERT OR REPLACE INTO checkpoints SELECT ?, ?, ?, ? WHERE EXISTS "
                         "(SELECT 1 FROM runs WHERE id = ? AND status = 'running' AND owner = ?)",
                         (run_id, f"s{k}", text, time.time(), run_id, owner),
                     )
-                    conn.execute("COMMIT")
-                if cur.rowcount != 1:
+                )
+                if ours != 1:
                     raise SystemExit(f"floor: run {run_id} is no longer ours")
                 values.append(value)
             result = json.dumps(values, sort_keys=True, separators=(",", ":"))
             now = time.time()
-            with self.lock:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute(
+            self._commit(
+                (
                     "UPDATE runs SET status = 'succeeded', result = ?, ended_at = ?, last_seq = 2 "
                     "WHERE id = ? AND status = 'running' AND owner = ?",
                     (result, now, run_id, owner),
-                )
-                conn.execute("INSERT INTO events VALUES (?, 2, ?, 'succeeded', NULL)", (run_id, now))
-                conn.execute("COMMIT")
+                ),
+                ("INSERT INTO events VALUES (?, 2, ?, 'succeeded', NULL)", (run_id, now)),
+            )
             out.append(values)
             done.set()
 
