@@ -22,7 +22,7 @@ import pytest
 import tether
 from helpers import owner_pipelines
 from helpers.postgres import BOTH_BACKENDS
-from helpers.util import Children, intact, raw, wait_until, write
+from helpers.util import Children, intact, raw, stop_outside_a_write, wait_until, write
 
 pytestmark = BOTH_BACKENDS
 
@@ -269,7 +269,7 @@ def test_a_live_owner_on_this_host_keeps_its_run_even_with_an_expired_lease(
     GIL) whose lease ran out is not recovered by a neighbour; once it is dead, it is."""
     proc = children.spawn(pipeline="crashy", params={"tag": "stopped"})
     run_id = run_of(db, owner_pipelines.crashy, proc)
-    os.kill(proc.pid, signal.SIGSTOP)
+    stop_outside_a_write(proc, db)
     try:
         write(db, "UPDATE runs SET lease_until = 1 WHERE id = ?", run_id)  # ran out long ago
         assert tether.get_run(run_id).status == "running"
@@ -290,7 +290,7 @@ def test_a_live_owner_on_this_host_keeps_its_run_even_with_an_expired_lease(
 def test_an_owner_on_another_host_is_gone_once_its_lease_expires(db: Path, children: Children) -> None:
     proc = children.spawn(pipeline="crashy", params={"tag": "remote"})
     run_id = run_of(db, owner_pipelines.crashy, proc)
-    os.kill(proc.pid, signal.SIGSTOP)
+    stop_outside_a_write(proc, db)
     try:
         write(  # pretend the owner lives on another machine
             db,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -124,6 +125,53 @@ class Children:
             if proc.poll() is None:
                 proc.kill()
             proc.communicate(timeout=30)
+
+
+def stop_outside_a_write(proc: subprocess.Popen[str], db: str | os.PathLike[str], tries: int = 200) -> None:
+    """SIGSTOP ``proc`` at a moment it is inside no write transaction on ``db``.
+
+    A process stopped inside one holds SQLite's write lock (or PostgreSQL's row locks) until it is
+    continued: every other writer waits, which is the database's behaviour and not what a test of
+    a stopped owner is about. So: stop it, look; if it was writing, let it go on and try again."""
+    pg = str(db).startswith("postgresql://")
+    for _ in range(tries):
+        os.kill(proc.pid, signal.SIGSTOP)
+        wait_until(lambda: _all_stopped(proc.pid), timeout=10, what=f"process {proc.pid} stopped")
+        if pg:
+            writing = raw(
+                db,
+                "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' "
+                "AND datname = current_database() AND pid <> pg_backend_pid()",
+            )[0][0]
+        else:
+            try:
+                with contextlib.closing(sqlite3.connect(db, timeout=0, isolation_level=None)) as conn:
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.execute("ROLLBACK")
+                writing = False
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+                writing = True
+        if not writing:
+            return
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.005)  # its transaction is a few statements: let it commit
+    raise AssertionError(f"process {proc.pid} was inside a write transaction each of {tries} times")
+
+
+def _all_stopped(pid: int) -> bool:
+    """Every thread of ``pid`` is stopped: kill() returns before a thread running on another
+    CPU has stopped, and it may take a lock meanwhile."""
+    tasks = Path(f"/proc/{pid}/task")
+    for task in tasks.iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:  # a thread that ended
+            continue
+        if stat[stat.rindex(")") + 2] not in "tT":
+            return False
+    return True
 
 
 def write(db: str | os.PathLike[str], sql: str, *args: Any) -> None:
