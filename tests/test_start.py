@@ -648,7 +648,7 @@ def test_result_of_a_run_that_succeeded_here_reads_no_row(workspace: tether.work
     reads neither the run's row nor a checkpoint (a first attempt has none to look for)."""
     store = workspace.store()
     reads: list[str] = []
-    for name in ("get", "checkpoint", "_latest_row"):
+    for name in ("get", "checkpoint", "latest"):
         orig = getattr(store, name)
 
         def spy(*args: Any, _orig: Any = orig, _name: str = name, **kwargs: Any) -> Any:
@@ -662,9 +662,9 @@ def test_result_of_a_run_that_succeeded_here_reads_no_row(workspace: tether.work
         assert run.result(timeout=30) == [30, 31, 32]
         assert reads == []
         assert _stepped.start(i=3).result() == [30, 31, 32]  # attached: read from the store
-        assert "_latest_row" in reads
+        assert "latest" in reads
     finally:
-        for name in ("get", "checkpoint", "_latest_row"):
+        for name in ("get", "checkpoint", "latest"):
             delattr(store, name)
     assert workspace.get_run(run.id).result() == [30, 31, 32]
 

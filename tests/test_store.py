@@ -615,3 +615,87 @@ def test_write_errors_are_judged_by_sqlite_result_code(db, tmp_path):
         assert not store._write_error(readonly).transient
     assert store._write_error(sqlite3.OperationalError("database or disk is full")).transient  # no code
     assert not store._write_error(sqlite3.OperationalError("no such table: x")).transient
+
+
+# -- ended attempts kept per thread (SQLiteStore.latest) ------------------------------------------
+
+RERUN_ELSEWHERE = """
+import sys
+import tether
+from helpers import panel_pipelines as pp
+tether.configure(db=sys.argv[1])
+run = pp.four_phase.start(n=1, delay=0, tag=sys.argv[2], policy="rerun")
+run.result(timeout=60)
+print(run.id)
+"""
+
+
+def test_an_ended_attempt_read_again_costs_one_pragma_until_anything_is_committed(db, child_env):
+    """start() of an ended run keeps the row for its thread: read again, it costs one
+    `PRAGMA data_version`. Any commit since, by another process, a user's own sqlite3
+    connection or another thread of this process, makes it read the row again."""
+    from helpers import panel_pipelines as pp
+
+    def attach():
+        return pp.four_phase.start(n=1, delay=0, tag="kept")
+
+    first = attach()
+    first.result(timeout=60)
+    assert attach().id == first.id  # read and kept
+    conn = tether.workspace.default().store().conn()
+    said: list[str] = []
+    conn.set_trace_callback(said.append)
+    try:
+        again = attach()
+    finally:
+        conn.set_trace_callback(None)
+    assert again.id == first.id and again.attempt == 1 and again.result() == first.result()
+    assert said == ["PRAGMA data_version"]
+
+    other = subprocess.run(
+        [sys.executable, "-c", RERUN_ELSEWHERE, str(db), "kept"],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert other.returncode == 0, other.stderr
+    second = attach()  # another process made attempt 2
+    assert second.id == other.stdout.strip() and second.attempt == 2
+
+    with closing(sqlite3.connect(db)) as mine:  # the user's own connection edits the row
+        mine.execute("UPDATE runs SET status = 'failed' WHERE id = ?", (second.id,))
+        mine.commit()
+    assert attach().status == "failed"
+
+    box = []
+    thread = threading.Thread(
+        target=lambda: box.append(pp.four_phase.start(n=1, delay=0, tag="kept", policy="rerun"))
+    )
+    thread.start()
+    thread.join(60)
+    box[0].result(timeout=60)
+    third = attach()  # this process's other thread made attempt 3
+    assert third.id == box[0].id and third.attempt == 3
+
+
+def test_each_read_of_a_kept_attempt_is_a_record_of_its_own(db):
+    """What one caller does with its record or the values decoded from it never shows in the
+    next caller's."""
+    from helpers import panel_pipelines as pp
+
+    run = pp.four_phase.start(n=2, delay=0, tag="own")
+    value = run.result(timeout=60)
+    store = tether.workspace.default().store()
+    a, b = store.latest(run.key), store.latest(run.key)  # read, then kept
+    assert a is not b and a == b
+    phases, done = list(a.phases), list(a.phases_done)
+    for rec in (a, b):
+        rec.phases.append("mine")
+        rec.phases_done.clear()
+        rec.result["mine"] = True
+        rec.status = Status.FAILED
+    c = store.latest(run.key)
+    assert c.phases == phases and c.phases_done == done and done
+    assert c.result == value and "mine" not in c.result and c.status == "succeeded"
+    assert pp.four_phase.start(n=2, delay=0, tag="own").result() == value

@@ -16,9 +16,17 @@ from ..artifacts import Artifacts
 from ..codec import dumps
 from ..errors import TetherError
 from ..model import Owner, RunRecord, Status, error_dict
-from ._rows import ACTIVE, Scope
+from ._connection import _guarded
+from ._rows import _RUN_COLS, ACTIVE, Scope, _Row
 from ._writes import _Writes
 from .protocol import GoneCheck
+
+# start()'s read of a key's newest attempt (the ended ones a thread read lately are kept: see
+# SQLiteStore.latest)
+_LATEST = f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt DESC LIMIT 1"
+_STATUS_AT = _Row._fields.index("status")
+_ENDED = frozenset(str(s) for s in Status if s.terminal)
+_MEMO_MAX = 1024  # rows per thread: a notebook's keys, not a history
 
 
 class SQLiteStore(_Writes):
@@ -32,6 +40,39 @@ class SQLiteStore(_Writes):
     ) -> None:
         super().__init__(path, allow_foreign, allow_network_fs)
         self.files = Artifacts(self.path, self._pipeline_of)  # large values, beside the database
+
+    def latest(self, key: str, conn: sqlite3.Connection | None = None) -> RunRecord | None:
+        """The newest attempt of ``key``, or None.
+
+        Outside a write transaction, the row of an ended attempt this thread read before is kept
+        for as long as SQLite's ``data_version`` says no other connection has committed anything
+        to the file since: an ended row never changes, and whatever could make it stale (a newer
+        attempt, ``tether gc``, a hand edit, this process's own writes, which go through the
+        writer connection) is a commit. ``data_version`` is read before the row, so a row is
+        never kept under a version older than the row itself. Each call gets a record of its
+        own, made from the row."""
+        if conn is not None or getattr(self._local, "tx", None) is not None:
+            return super().latest(key, conn)
+        row = self._latest_kept(key)
+        return None if row is None else self._rec(row)
+
+    @_guarded
+    def _latest_kept(self, key: str) -> Sequence[Any] | None:
+        conn = self.conn()
+        local = self._local
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        memo: tuple[sqlite3.Connection, int, dict[str, Sequence[Any]]] | None = getattr(local, "ended", None)
+        if memo is None or memo[0] is not conn or memo[1] != version:
+            memo = local.ended = (conn, version, {})  # something was committed since: forget
+        rows = memo[2]
+        row = rows.get(key)
+        if row is None:
+            row = conn.execute(_LATEST, (key,)).fetchone()
+            if row is not None and row[_STATUS_AT] in _ENDED:
+                if len(rows) >= _MEMO_MAX:
+                    rows.clear()
+                rows[key] = row
+        return row
 
     def exists(self) -> bool:
         return self._stat() is not None  # the file alone: os.stat opens nothing
