@@ -21,7 +21,7 @@ import tether
 from helpers import checkpoint_pipelines
 from helpers.checkpoint_pipelines import Children, first_line, lines, raw, wait_until
 from helpers.postgres import BOTH_BACKENDS
-from helpers.util import tx_caller
+from helpers.util import counting_commits
 
 pytestmark = BOTH_BACKENDS
 
@@ -258,20 +258,9 @@ def test_a_step_commits_its_checkpoint_before_it_returns_with_the_progress_of_it
     event follows with the run's next write, in order); one taken after a change of progress
     commits that progress and the buffered log lines with it. Either way the checkpoint is
     committed when ``ctx.step`` returns, so a crash right after it never runs the step again."""
-    store = workspace.store()
-    commits: list[str] = []
-    orig = store.tx
-
-    def counting(*scope: Any) -> Any:
-        commits.append(tx_caller())
-        return orig(*scope)
-
-    store.tx = counting  # type: ignore[method-assign]
-    try:
+    with counting_commits(workspace.store()) as commits:
         run = _committed.start(db=str(db))
         alone, untouched, done, count = run.result(timeout=30)
-    finally:
-        del store.tx
     assert alone == [("step:alone",)] and untouched is True
     assert float(done[0][0]) == 5 and count == [(2,)]
     assert [op for op in commits if op != "flush"] == ["start", "put_checkpoint", "put_checkpoint", "finish"]

@@ -427,6 +427,46 @@ class _Connections(_FileChecks):
                 local.tx = None
                 self.write_lock.release()
 
+    def write_run(self, run_id: str, sql: str, args: Sequence[Any]) -> int:
+        """One statement writing rows of the run ``run_id``, fenced by its own condition (the
+        run's status and owner), as a transaction of its own: the number of rows it changed.
+
+        What ``tx`` keeps, without BEGIN and COMMIT: the file checked to be the one opened, the
+        process's write lock, a kernel interrupt held back throughout, the writer connection,
+        another process's lock waited for in slices up to BUSY_TIMEOUT_S, SQLite's errors as
+        StoreError. A statement outside a transaction takes SQLite's write lock before it reads
+        anything, exactly as BEGIN IMMEDIATE does (the same opcode), so it waits in the busy
+        handler and never meets a stale snapshot (SQLITE_BUSY_SNAPSHOT is the upgrade of an open
+        read transaction, which there is none of); one that fails (BUSY included) is rolled
+        back whole, so trying it again is safe. No value files: ``files.ensure`` needs ``tx``."""
+        if not self._ready:
+            self.conn()  # opens (and migrates) the file
+        self._check_same_file()
+        with _interrupts.critical():
+            self._lock_for_write()
+            try:
+                conn = self._writing()
+                if conn.in_transaction:  # never build on a transaction some failure left open
+                    conn.execute("ROLLBACK")
+                deadline = 0.0
+                while True:
+                    try:
+                        return int(conn.execute(sql, args).rowcount)
+                    except sqlite3.OperationalError as exc:
+                        now = time.monotonic()
+                        deadline = deadline or now + BUSY_TIMEOUT_S
+                        if not _busy(exc) or now > deadline:
+                            raise self._write_error(exc) from exc
+                    except sqlite3.DatabaseError as exc:
+                        err = self._store_error(exc)
+                        if err is None:
+                            raise
+                        raise err from exc
+                    if _interrupts.in_main_thread():
+                        _interrupts.safe_point()
+            finally:
+                self.write_lock.release()
+
     def _writing(self) -> sqlite3.Connection:
         """The writer connection (under write_lock), at the durability in force. Its busy timeout
         is the main thread's slice whichever thread writes: ``_begin`` waits in slices."""

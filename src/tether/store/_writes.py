@@ -16,6 +16,12 @@ from ._rows import _RUN_COLS, ACTIVE, FlushItem, Queued, RowTaken, Scope, _files
 from ._starts import _Starts
 
 _MAX_TRY_TRACEBACK = 20_000
+# a step's checkpoint row alone, written only while the run runs under the owner (?5): the fence
+# and the write in one statement
+_LEAN_CHECKPOINT = (
+    "INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) SELECT ?1, ?2, ?3, ?4 WHERE EXISTS "
+    "(SELECT 1 FROM runs WHERE id = ?1 AND status = 'running' AND owner_instance = ?5)"
+)
 
 
 class _Writes(_Starts):
@@ -194,6 +200,8 @@ class _Writes(_Starts):
         run is no longer ours. The files an encoded value carries (codec.Encoded) are written
         first."""
         now = time.time()
+        if isinstance(item, str) and not _files(value_json):  # one statement, its own commit
+            return self.write_run(item, _LEAN_CHECKPOINT, (item, name, value_json, now, owner.instance)) == 1
         run_id = item if isinstance(item, str) else item.run_id
         with self._owned(run_id, owner, value_json) as owned:
             if owned is None:
