@@ -40,9 +40,9 @@ def unavailable(why: str, ci: str | None = None) -> NoReturn:
     pytest.skip(why)
 
 
-# Store helpers that open the transaction for several writes (store/_writes.py): a transaction is
-# named after the write that called them (put_checkpoint, finish...), not after the helper.
-_SHARED_TX = frozenset({"_owned"})
+# Store helpers that open the transaction for several writes (PostgreSQL's write_run): a
+# transaction is named after the write that called them (put_checkpoint...), not after the helper.
+_SHARED_TX = frozenset({"write_run"})
 
 
 def tx_caller(depth: int = 1) -> str:

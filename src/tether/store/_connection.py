@@ -117,6 +117,7 @@ class _Connections(_FileChecks):
         durability: str = "normal",
     ) -> None:
         self.path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+        self._fspath = str(self.path)  # stat'ed before every write: no Path to convert each time
         # asked when the file is opened: may a file owned by another user be used? one on a
         # network filesystem?
         self._allow_foreign = allow_foreign or (lambda: False)
@@ -352,21 +353,22 @@ class _Connections(_FileChecks):
         return None
 
     def _check_same_file(self) -> None:
+        """Before every write: the path still names the file opened (one stat)."""
         try:
-            st = os.stat(self.path)
-            same = (st.st_dev, st.st_ino) == self._identity
+            st = os.stat(self._fspath)
+            dev, ino = self._identity
+            if st.st_ino == ino and st.st_dev == dev:
+                return
         except PermissionError:
             self._stat()  # raises: a folder on the way was closed to this user
-            same = False
         except OSError:
-            same = False
-        if not same:
-            self._empty_wal()
-            raise self._fail(
-                "was deleted or replaced while in use; nothing more is written to it",
-                fix="tether never recreates a database behind your back; restart "
-                "the process (or use {db}) to start afresh.",
-            )
+            pass
+        self._empty_wal()
+        raise self._fail(
+            "was deleted or replaced while in use; nothing more is written to it",
+            fix="tether never recreates a database behind your back; restart "
+            "the process (or use {db}) to start afresh.",
+        )
 
     def _empty_wal(self) -> None:
         """SQLite keeps the WAL of a database moved or unlinked while open (no checkpoint on
@@ -411,8 +413,13 @@ class _Connections(_FileChecks):
                     conn.execute("ROLLBACK")
                 self._begin(conn)
                 try:
-                    with self.guard():
+                    try:  # guard() written out: one context manager fewer on every write
                         yield conn
+                    except sqlite3.DatabaseError as exc:
+                        err = self._store_error(exc)
+                        if err is None:
+                            raise
+                        raise err from exc
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
