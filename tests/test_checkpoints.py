@@ -272,3 +272,19 @@ def test_a_step_commits_its_checkpoint_before_it_returns_with_the_progress_of_it
         ("checkpoint", "step:with progress"),
         ("succeeded", None),
     ]
+
+
+_ODD = 'a "quoted"\\ name, caf\u00e9 \u2603 \n'
+
+
+@tether.pipeline(name="test_checkpoints.odd_name")
+def _odd_name(ctx: tether.Context) -> int:
+    return ctx.step(_ODD, lambda: 1)  # nothing else changed: its event is buffered, as text
+
+
+def test_the_event_of_a_checkpoint_written_alone_is_canonical_json_of_its_name(db: Path) -> None:
+    run = _odd_name.start()
+    assert run.result(timeout=30) == 1
+    rows = raw(db, "SELECT data FROM events WHERE run_id = ? AND kind = 'checkpoint'", run.id)
+    assert rows == [(tether.codec.dumps({"name": "step:" + _ODD}),)]
+    assert [e.data for e in run.events() if e.kind == "checkpoint"] == [{"name": "step:" + _ODD}]
