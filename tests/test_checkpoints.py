@@ -21,7 +21,7 @@ import tether
 from helpers import checkpoint_pipelines
 from helpers.checkpoint_pipelines import Children, first_line, lines, raw, wait_until
 from helpers.postgres import BOTH_BACKENDS
-from helpers.util import tx_caller
+from helpers.util import counting_commits
 
 pytestmark = BOTH_BACKENDS
 
@@ -258,20 +258,9 @@ def test_a_step_commits_its_checkpoint_before_it_returns_with_the_progress_of_it
     event follows with the run's next write, in order); one taken after a change of progress
     commits that progress and the buffered log lines with it. Either way the checkpoint is
     committed when ``ctx.step`` returns, so a crash right after it never runs the step again."""
-    store = workspace.store()
-    commits: list[str] = []
-    orig = store.tx
-
-    def counting(*scope: Any) -> Any:
-        commits.append(tx_caller())
-        return orig(*scope)
-
-    store.tx = counting  # type: ignore[method-assign]
-    try:
+    with counting_commits(workspace.store()) as commits:
         run = _committed.start(db=str(db))
         alone, untouched, done, count = run.result(timeout=30)
-    finally:
-        del store.tx
     assert alone == [("step:alone",)] and untouched is True
     assert float(done[0][0]) == 5 and count == [(2,)]
     assert [op for op in commits if op != "flush"] == ["start", "put_checkpoint", "put_checkpoint", "finish"]
@@ -283,3 +272,19 @@ def test_a_step_commits_its_checkpoint_before_it_returns_with_the_progress_of_it
         ("checkpoint", "step:with progress"),
         ("succeeded", None),
     ]
+
+
+_ODD = 'a "quoted"\\ name, caf\u00e9 \u2603 \n'
+
+
+@tether.pipeline(name="test_checkpoints.odd_name")
+def _odd_name(ctx: tether.Context) -> int:
+    return ctx.step(_ODD, lambda: 1)  # nothing else changed: its event is buffered, as text
+
+
+def test_the_event_of_a_checkpoint_written_alone_is_canonical_json_of_its_name(db: Path) -> None:
+    run = _odd_name.start()
+    assert run.result(timeout=30) == 1
+    rows = raw(db, "SELECT data FROM events WHERE run_id = ? AND kind = 'checkpoint'", run.id)
+    assert rows == [(tether.codec.dumps({"name": "step:" + _ODD}),)]
+    assert [e.data for e in run.events() if e.kind == "checkpoint"] == [{"name": "step:" + _ODD}]

@@ -21,7 +21,7 @@ import pytest
 
 import tether
 from helpers.postgres import BOTH_BACKENDS
-from helpers.util import tx_caller, wait_until
+from helpers.util import counting_commits, wait_until
 
 pytestmark = BOTH_BACKENDS
 
@@ -585,20 +585,9 @@ def test_a_new_run_this_process_executes_is_started_and_claimed_in_one_commit(
 ) -> None:
     """start() creates the run already running for this process (no pending row is ever
     committed, no claim follows); with every slot taken it waits pending and is claimed later."""
-    store = workspace.store()
-    commits: list[str] = []
-    orig = store.tx
-
-    def counting(*scope: Any) -> Any:  # the real transaction, the store method that asks noted
-        commits.append(tx_caller())
-        return orig(*scope)
-
-    store.tx = counting  # type: ignore[method-assign]
-    try:
+    with counting_commits(workspace.store()) as commits:
         run = _stepped.start(i=1)
         assert run.result(timeout=30) == [10, 11, 12]
-    finally:
-        del store.tx
     ops = [op for op in commits if op != "flush"]  # the flusher's ticks come when they come
     # nothing but the step changed: each checkpoint is committed alone (see test_checkpoints)
     assert ops == ["start", "put_checkpoint", "put_checkpoint", "put_checkpoint", "finish"], commits

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickletools
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -20,7 +21,9 @@ from pathlib import Path
 import pytest
 
 import tether
-from tether.model import Progress, Status
+from tether import codec
+from tether.model import Owner, Progress, RunRecord, Status
+from tether.store import FlushItem, SQLiteStore
 
 # -- helpers --------------------------------------------------------------------------------------
 
@@ -699,3 +702,158 @@ def test_each_read_of_a_kept_attempt_is_a_record_of_its_own(db):
     assert c.phases == phases and c.phases_done == done and done
     assert c.result == value and "mine" not in c.result and c.status == "succeeded"
     assert pp.four_phase.start(n=2, delay=0, tag="own").result() == value
+
+
+# -- a step's checkpoint with nothing else to write: one statement, its own commit -----------------
+
+_ME = Owner("test-host", os.getpid(), 1.0, "me")
+_OTHER = Owner("test-host", os.getpid(), 1.0, "other")
+
+
+def _running(path: Path) -> tuple[SQLiteStore, str]:
+    """A store at ``path`` with one run running under _ME."""
+    store = SQLiteStore(path)
+    out = store.start(
+        key="k", owner=_ME, pipeline="p", params_json="{}", version=None, phases=[], policy="attach",
+        lease_s=60.0, gone=lambda *_: None,
+    )  # fmt: skip
+    assert isinstance(store.claim(out.record.id, _ME, 60.0), RunRecord)
+    return store, out.record.id
+
+
+def test_a_checkpoint_alone_is_one_statement_that_writes_only_while_the_run_is_ours(tmp_path):
+    """The ownership check and the row in one statement, committed on its own (no BEGIN, no
+    SELECT, no COMMIT), through the process's one writer connection; for a run another owner took
+    over, or one that ended, that statement writes nothing and the write answers False. A value
+    that carries files still takes a transaction (its files are checked inside it)."""
+    store, run_id = _running(tmp_path / "runs.db")
+    seen: list[str] = []
+    store._writing().set_trace_callback(seen.append)
+    try:
+        assert store.put_checkpoint(run_id, _ME, "a", "1")
+        mine = list(seen)
+        seen.clear()
+        assert not store.put_checkpoint(run_id, _OTHER, "b", "2")
+        other = list(seen)
+        seen.clear()
+        big = codec.encode("x" * (codec.INLINE_MAX + 1))
+        assert isinstance(big, codec.Encoded) and big.files
+        assert store.put_checkpoint(run_id, _ME, "big", big)
+        with_files = list(seen)
+    finally:
+        store._writing().set_trace_callback(None)
+    for statements in (mine, other):
+        assert len(statements) == 1, statements
+        assert statements[0].startswith("INSERT OR REPLACE INTO checkpoints") and "EXISTS" in statements[0]
+    assert with_files[0] == "BEGIN IMMEDIATE" and with_files[-1] == "COMMIT", with_files
+    assert store.checkpoint(run_id, "a") == (True, 1)
+    assert store.checkpoint(run_id, "b") == (False, None)
+    assert store.checkpoint(run_id, "big") == (True, "x" * (codec.INLINE_MAX + 1))
+    item = FlushItem(run_id, None, [], [], 0, None, None, [])
+    assert store.finish(item, _ME, Status.SUCCEEDED, result_json="1", error=None)
+    assert not store.put_checkpoint(run_id, _ME, "c", "3")  # ended: nobody's
+    assert store.checkpoint(run_id, "c") == (False, None)
+    events = [e.kind for e in store.events(run_id)]
+    assert events == ["created", "started", "succeeded"]  # the lean writes wrote no event
+    store.close()
+
+
+def test_a_checkpoint_alone_waits_for_another_writer_in_slices_an_interrupt_lands_between(tmp_path):
+    """Another connection holds the write lock: the one-statement write waits for it (slice by
+    slice, longer than one slice) and then lands; a Ctrl-C meanwhile is delivered between two
+    slices, with nothing written, no transaction open and the process's write lock free."""
+    path = tmp_path / "runs.db"
+    store, run_id = _running(path)
+    with closing(sqlite3.connect(path, isolation_level=None, check_same_thread=False)) as holder:
+        holder.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.4, lambda: holder.execute("COMMIT")).start()
+        t0 = time.monotonic()
+        assert store.put_checkpoint(run_id, _ME, "waited", "1")
+        assert time.monotonic() - t0 >= 0.3
+        assert store.checkpoint(run_id, "waited") == (True, 1)
+
+        holder.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                store.put_checkpoint(run_id, _ME, "interrupted", "2")
+            assert time.monotonic() - t0 < 5  # not after the lock's owner let go
+            assert holder.in_transaction
+        finally:
+            holder.execute("COMMIT")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert not store._writing().in_transaction
+    assert store.write_lock.acquire(blocking=False)
+    store.write_lock.release()
+    assert store.checkpoint(run_id, "interrupted") == (False, None)
+    assert store.put_checkpoint(run_id, _ME, "after", "3")
+    store.close()
+
+
+_BUSY_WRITER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+print("ready", flush=True)
+deadline = time.monotonic() + float(sys.argv[2])
+n = 0
+while time.monotonic() < deadline:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("UPDATE runs SET message = ?", (str(n),))
+    conn.execute("COMMIT")
+    conn.execute("SELECT count(*) FROM checkpoints").fetchone()  # a read between, as readers do
+    n += 1
+print(n)
+"""
+
+
+def test_checkpoints_alone_never_fail_while_another_process_commits_all_the_time(tmp_path):
+    """A statement outside a transaction takes the write lock before it reads (as BEGIN
+    IMMEDIATE does): another process committing without pause makes it wait, never fail with
+    SQLITE_BUSY (nor BUSY_SNAPSHOT, the upgrade of a stale read), and every row lands."""
+    path = tmp_path / "runs.db"
+    store, run_id = _running(path)
+    other = subprocess.Popen(
+        [sys.executable, "-c", _BUSY_WRITER, str(path), "1.5"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "ready"
+        n = 0
+        while other.poll() is None and n < 5000:
+            assert store.put_checkpoint(run_id, _ME, f"s{n}", str(n))
+            n += 1
+        commits = int(other.communicate(timeout=30)[0])
+    finally:
+        other.kill()
+        other.wait()
+    assert other.returncode == 0 and commits > 50 and n > 50, (commits, n)
+    assert len(store.checkpoints(run_id, "s")) == n
+    store.close()
+
+
+def test_a_checkpoint_alone_is_refused_on_a_full_disk_and_on_a_replaced_file(tmp_path):
+    """The one-statement write keeps the transaction's errors: no room (SQLITE_FULL) is a
+    transient StoreError, nothing written, and the next write lands once there is room; a file
+    replaced while in use is never written to."""
+    path = tmp_path / "runs.db"
+    store, run_id = _running(path)
+    writer = store._writing()
+    pages = writer.execute("PRAGMA page_count").fetchone()[0]
+    writer.execute(f"PRAGMA max_page_count = {pages}")  # the file may not grow: a full disk
+    with pytest.raises(tether.StoreError, match="disk is full") as info:
+        store.put_checkpoint(run_id, _ME, "big", json.dumps("x" * 200_000))
+    assert info.value.transient
+    writer.execute("PRAGMA max_page_count = 1073741823")
+    assert store.checkpoint(run_id, "big") == (False, None)
+    assert store.put_checkpoint(run_id, _ME, "big", json.dumps("x" * 200_000))
+
+    other = tmp_path / "other.db"
+    with closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE mine (y)")
+        conn.commit()
+    before = other.read_bytes()
+    os.replace(other, path)
+    with pytest.raises(tether.StoreError, match="deleted or replaced"):
+        store.put_checkpoint(run_id, _ME, "late", "1")
+    assert path.read_bytes() == before
+    store.close()

@@ -271,8 +271,11 @@ class Context:
             self._room.wait(left)
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        self._emit_text(kind, dumps(data))
+
+    def _emit_text(self, kind: str, text: str) -> None:
+        """An event whose data is ``text`` (JSON, as ``dumps`` writes it)."""
         # phase events are never dropped nor wait: each is followed by a write of the run at once
-        text = dumps(data)
         ev = (time.time(), kind, self.phase_name, text)
         with self._ev_lock:
             self._events.append(ev)
@@ -449,13 +452,11 @@ class Context:
             len(self.phases_done),
         )
 
-    def _unchanged(self) -> bool:
-        """The run's progress is as last written (buffered events aside)."""
-        return self._state() == self._flushed
-
-    def _flush_item(self, force: bool = False) -> FlushItem | None:
-        """What changed since the last flush (taking the buffered events), or None."""
-        state = self._state()
+    def _flush_item(self, force: bool = False, state: tuple[Any, ...] | None = None) -> FlushItem | None:
+        """What changed since the last flush (taking the buffered events), or None. ``state``:
+        ``_state()`` taken by the caller just now."""
+        if state is None:
+            state = self._state()
         with self._ev_lock:
             events, self._events, self._ev_cap = self._events, [], LOG_BUFFER_EVENTS
             dropped, self._dropped, self._stalled = self._dropped, 0, False

@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -41,9 +41,9 @@ def unavailable(why: str, ci: str | None = None) -> NoReturn:
     pytest.skip(why)
 
 
-# Store helpers that open the transaction for several writes (store/_writes.py): a transaction is
-# named after the write that called them (put_checkpoint, finish...), not after the helper.
-_SHARED_TX = frozenset({"_owned"})
+# Store helpers that open the transaction for several writes (PostgreSQL's write_run): a
+# transaction is named after the write that called them (put_checkpoint...), not after the helper.
+_SHARED_TX = frozenset({"write_run"})
 
 
 def tx_caller(depth: int = 1) -> str:
@@ -55,6 +55,30 @@ def tx_caller(depth: int = 1) -> str:
     ):
         frame = frame.f_back
     return frame.f_code.co_name
+
+
+@contextlib.contextmanager
+def counting_commits(store: Any) -> Iterator[list[str]]:
+    """The store method (start, put_checkpoint, finish...) of each write transaction ``store``
+    commits meanwhile, in order: each ``tx`` and each one-statement ``write_run`` (on
+    PostgreSQL a ``tx`` of its own, counted once)."""
+    commits: list[str] = []
+    tx, write_run = store.tx, store.write_run
+
+    def counting_tx(*scope: Any) -> Any:
+        if sys._getframe(1).f_code.co_name != "write_run":  # counted there
+            commits.append(tx_caller())
+        return tx(*scope)
+
+    def counting_write(*args: Any) -> Any:
+        commits.append(tx_caller())
+        return write_run(*args)
+
+    store.tx, store.write_run = counting_tx, counting_write
+    try:
+        yield commits
+    finally:
+        del store.tx, store.write_run
 
 
 class _Translated:

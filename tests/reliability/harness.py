@@ -15,7 +15,9 @@ the lineage's journal file) and are SIGKILLed:
   end, the interpreter exit);
 - at a *point* the body signals through a file (entering the body, inside a step body, inside a
   map item, about to return), after a short random delay;
-- at a *trip*: the child wraps ``Store.tx`` and, at the n-th write transaction of one store
+- at a *trip*: the child wraps ``Store.tx`` (and ``Store.write_run``, a write of one statement
+  committed on its own, which when tripped runs inside a transaction instead, so that it has the
+  same two moments) and, at the n-th write transaction of one store
   operation (``start``, ``claim``, ``flush``, ``put_checkpoint``, ``put_checkpoints``,
   ``finish``, or ``recover`` / ``request_cancel`` in a recovering process), signals through a file
   and blocks, either before ``COMMIT`` (inside ``BEGIN IMMEDIATE``, rows written but not
@@ -97,7 +99,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -125,6 +127,7 @@ _ARM: dict[str, Any] = {}  # what this child process was told to signal: trip / 
 _SPEC: dict[str, Any] = {}  # the spec this child executes
 _TRIPS: collections.Counter[str] = collections.Counter()
 _ORIG_TX = Store.tx
+_ORIG_WRITE_RUN = Store.write_run
 
 
 def _append(path: str, text: str) -> None:
@@ -188,11 +191,20 @@ def _tripping(store: Store, op: str, scope: Scope) -> Iterator[sqlite3.Connectio
             _block()
 
 
+def _write_run(self: Store, run_id: str, sql: str, args: Sequence[Any]) -> int:
+    op = tx_caller()
+    if op != _ARM.get("op"):
+        return _ORIG_WRITE_RUN(self, run_id, sql, args)
+    with _tripping(self, op, Scope(runs=[run_id])) as conn:  # its row written, not yet committed
+        return int(conn.execute(sql, args).rowcount)
+
+
 def _arm(arm: dict[str, Any] | None) -> None:
     _ARM.clear()
     _ARM.update(arm or {})
     if _ARM.get("op"):
         Store.tx = _tx  # type: ignore[method-assign]
+        Store.write_run = _write_run  # type: ignore[method-assign]
 
 
 def _step_body(journal: str, name: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import threading
 import time
 
 from .. import owner
+from ..codec import dumps
 from ..context import Context, install_log_capture
 from ..model import RunRecord, Status
 from ._state import RunnerState
@@ -40,11 +41,12 @@ class Flushing(RunnerState):
         if self._forked:
             return
         with self.store.write_lock:
-            item = None if ctx._unchanged() else ctx._flush_item(force=True)
+            state = ctx._state()  # the progress as last written (buffered events aside)?
+            item = None if state == ctx._flushed else ctx._flush_item(force=True, state=state)
             try:
                 ours = self.store.put_checkpoint(item or ctx.run_id, self.owner, name, value_json)
-                if ours and item is None:
-                    ctx._emit("checkpoint", {"name": name})
+                if ours and item is None:  # dumps({"name": name}), without building the dict
+                    ctx._emit_text("checkpoint", '{"name":' + dumps(name) + "}")
             except BaseException:
                 if item is not None:
                     ctx._requeue(item.events)  # not written: they go with the next write

@@ -117,6 +117,7 @@ class _Connections(_FileChecks):
         durability: str = "normal",
     ) -> None:
         self.path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+        self._fspath = str(self.path)  # stat'ed before every write: no Path to convert each time
         # asked when the file is opened: may a file owned by another user be used? one on a
         # network filesystem?
         self._allow_foreign = allow_foreign or (lambda: False)
@@ -352,21 +353,22 @@ class _Connections(_FileChecks):
         return None
 
     def _check_same_file(self) -> None:
+        """Before every write: the path still names the file opened (one stat)."""
         try:
-            st = os.stat(self.path)
-            same = (st.st_dev, st.st_ino) == self._identity
+            st = os.stat(self._fspath)
+            dev, ino = self._identity
+            if st.st_ino == ino and st.st_dev == dev:
+                return
         except PermissionError:
             self._stat()  # raises: a folder on the way was closed to this user
-            same = False
         except OSError:
-            same = False
-        if not same:
-            self._empty_wal()
-            raise self._fail(
-                "was deleted or replaced while in use; nothing more is written to it",
-                fix="tether never recreates a database behind your back; restart "
-                "the process (or use {db}) to start afresh.",
-            )
+            pass
+        self._empty_wal()
+        raise self._fail(
+            "was deleted or replaced while in use; nothing more is written to it",
+            fix="tether never recreates a database behind your back; restart "
+            "the process (or use {db}) to start afresh.",
+        )
 
     def _empty_wal(self) -> None:
         """SQLite keeps the WAL of a database moved or unlinked while open (no checkpoint on
@@ -411,8 +413,13 @@ class _Connections(_FileChecks):
                     conn.execute("ROLLBACK")
                 self._begin(conn)
                 try:
-                    with self.guard():
+                    try:  # guard() written out: one context manager fewer on every write
                         yield conn
+                    except sqlite3.DatabaseError as exc:
+                        err = self._store_error(exc)
+                        if err is None:
+                            raise
+                        raise err from exc
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -425,6 +432,46 @@ class _Connections(_FileChecks):
                     raise self._write_error(exc) from exc
             finally:
                 local.tx = None
+                self.write_lock.release()
+
+    def write_run(self, run_id: str, sql: str, args: Sequence[Any]) -> int:
+        """One statement writing rows of the run ``run_id``, fenced by its own condition (the
+        run's status and owner), as a transaction of its own: the number of rows it changed.
+
+        What ``tx`` keeps, without BEGIN and COMMIT: the file checked to be the one opened, the
+        process's write lock, a kernel interrupt held back throughout, the writer connection,
+        another process's lock waited for in slices up to BUSY_TIMEOUT_S, SQLite's errors as
+        StoreError. A statement outside a transaction takes SQLite's write lock before it reads
+        anything, exactly as BEGIN IMMEDIATE does (the same opcode), so it waits in the busy
+        handler and never meets a stale snapshot (SQLITE_BUSY_SNAPSHOT is the upgrade of an open
+        read transaction, which there is none of); one that fails (BUSY included) is rolled
+        back whole, so trying it again is safe. No value files: ``files.ensure`` needs ``tx``."""
+        if not self._ready:
+            self.conn()  # opens (and migrates) the file
+        self._check_same_file()
+        with _interrupts.critical():
+            self._lock_for_write()
+            try:
+                conn = self._writing()
+                if conn.in_transaction:  # never build on a transaction some failure left open
+                    conn.execute("ROLLBACK")
+                deadline = 0.0
+                while True:
+                    try:
+                        return int(conn.execute(sql, args).rowcount)
+                    except sqlite3.OperationalError as exc:
+                        now = time.monotonic()
+                        deadline = deadline or now + BUSY_TIMEOUT_S
+                        if not _busy(exc) or now > deadline:
+                            raise self._write_error(exc) from exc
+                    except sqlite3.DatabaseError as exc:
+                        err = self._store_error(exc)
+                        if err is None:
+                            raise
+                        raise err from exc
+                    if _interrupts.in_main_thread():
+                        _interrupts.safe_point()
+            finally:
                 self.write_lock.release()
 
     def _writing(self) -> sqlite3.Connection:

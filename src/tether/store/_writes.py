@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from .. import codec
@@ -16,6 +15,12 @@ from ._rows import _RUN_COLS, ACTIVE, FlushItem, Queued, RowTaken, Scope, _files
 from ._starts import _Starts
 
 _MAX_TRY_TRACEBACK = 20_000
+# a step's checkpoint row alone, written only while the run runs under the owner (?5): the fence
+# and the write in one statement
+_LEAN_CHECKPOINT = (
+    "INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) SELECT ?1, ?2, ?3, ?4 WHERE EXISTS "
+    "(SELECT 1 FROM runs WHERE id = ?1 AND status = 'running' AND owner_instance = ?5)"
+)
 
 
 class _Writes(_Starts):
@@ -35,8 +40,8 @@ class _Writes(_Starts):
             f"updated_at = ?, last_seq = ?{more} WHERE id = ?",
             (
                 _text(item.phase),
-                dumps(item.phases),
-                dumps(item.phases_done),
+                dumps(item.phases) if item.phases else "[]",
+                dumps(item.phases_done) if item.phases_done else "[]",
                 _num(item.done),
                 _num(item.total),
                 _text(item.message),
@@ -171,10 +176,11 @@ class _Writes(_Starts):
         data: dict[str, Any] = {}
         if error is not None:
             data = {"type": error.get("type"), "message": error.get("message")}
-        with self._owned(item.run_id, owner, result_json) as owned:
-            if owned is None:
+        files = self._put_files(result_json)
+        with self.tx(Scope(runs=[item.run_id])) as conn:
+            last_seq = self._fence(conn, item.run_id, owner, files)
+            if last_seq is None:
                 return False
-            conn, last_seq = owned
             events = [*item.events, (now, str(status), item.phase, dumps(data))]
             seq = self._append(conn, item.run_id, last_seq, events)
             self._progress(
@@ -194,11 +200,14 @@ class _Writes(_Starts):
         run is no longer ours. The files an encoded value carries (codec.Encoded) are written
         first."""
         now = time.time()
+        if isinstance(item, str) and not _files(value_json):  # one statement, its own commit
+            return self.write_run(item, _LEAN_CHECKPOINT, (item, name, value_json, now, owner.instance)) == 1
         run_id = item if isinstance(item, str) else item.run_id
-        with self._owned(run_id, owner, value_json) as owned:
-            if owned is None:
+        files = self._put_files(value_json)
+        with self.tx(Scope(runs=[run_id])) as conn:
+            last_seq = self._fence(conn, run_id, owner, files)
+            if last_seq is None:
                 return False
-            conn, last_seq = owned
             conn.execute(
                 "INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) VALUES (?, ?, ?, ?)",
                 (run_id, name, value_json, now),
@@ -212,35 +221,37 @@ class _Writes(_Starts):
     def put_checkpoints(self, run_id: str, owner: Owner, items: Sequence[tuple[str, str]]) -> bool:
         """Store several (name, JSON) checkpoints at once (ctx.map items); no events."""
         now = time.time()
-        with self._owned(run_id, owner, *(text for _, text in items)) as owned:
-            if owned is None:
+        files = self._put_files(*(text for _, text in items))
+        with self.tx(Scope(runs=[run_id])) as conn:
+            if self._fence(conn, run_id, owner, files) is None:
                 return False
-            conn, _ = owned
             conn.executemany(
                 "INSERT OR REPLACE INTO checkpoints (run_id, name, value, ts) VALUES (?, ?, ?, ?)",
                 [(run_id, n, v, now) for n, v in items],
             )
         return True
 
-    @contextmanager
-    def _owned(
-        self, run_id: str, owner: Owner, *values: str | None
-    ) -> Iterator[tuple[sqlite3.Connection, int] | None]:
-        """The write transaction of an owner's write that stores ``values``: the files they carry
-        (codec.Encoded) written first, outside the write lock, and again inside if a ``tether gc``
-        removed them meanwhile; then ``(conn, last_seq)`` of the run while it runs under
-        ``owner``, or None (no longer ours: write nothing)."""
+    def _put_files(self, *values: str | None) -> dict[str, Any]:
+        """Before an owner's write that stores ``values``: the files they carry (codec.Encoded),
+        written now, outside the write lock (``_fence`` checks them again inside)."""
         files = _files(*values)
         if files:
             self.files.put(files)
-        with self.tx(Scope(runs=[run_id])) as conn:
-            if files:
-                self.files.ensure(files)
-            row = conn.execute(
-                "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' AND owner_instance = ?",
-                (run_id, owner.instance),
-            ).fetchone()
-            yield None if row is None else (conn, row[0])
+        return files
+
+    def _fence(
+        self, conn: sqlite3.Connection, run_id: str, owner: Owner, files: dict[str, Any]
+    ) -> int | None:
+        """First in an owner's write transaction: ``files`` written again if a ``tether gc``
+        removed them meanwhile, then the run's ``last_seq`` while it runs under ``owner``, or
+        None (no longer ours: write nothing)."""
+        if files:
+            self.files.ensure(files)
+        row = conn.execute(
+            "SELECT last_seq FROM runs WHERE id = ? AND status = 'running' AND owner_instance = ?",
+            (run_id, owner.instance),
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     def collect_files(self) -> tuple[int, int]:
         """Remove the value files no run or checkpoint refers to (``tether gc``), in a write

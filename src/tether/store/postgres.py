@@ -575,6 +575,12 @@ class PostgresStore(_Writes):
             finally:
                 self.write_lock.release()
 
+    def write_run(self, run_id: str, sql: str, args: Sequence[Any]) -> int:
+        """One statement writing rows of the run ``run_id`` (fenced by its own condition), in a
+        transaction of its own holding the run's lock: the number of rows it changed."""
+        with self.tx(Scope(runs=[run_id])) as conn:
+            return int(conn.execute(sql, args).rowcount)
+
     def _begin_write(self, conn: _Conn, scope: Scope) -> None:
         """BEGIN and the locks of ``scope``, in one round trip (a claim: two). Waiting for a
         lock is queued in the server (woken as soon as it is free); the main thread waits in

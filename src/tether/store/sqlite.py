@@ -1,6 +1,7 @@
 """The SQLite store: a tether database file in WAL mode, one connection per thread.
 
-Every state change is one committed ``BEGIN IMMEDIATE`` transaction; every status change is
+Every state change is one committed transaction (``BEGIN IMMEDIATE``, or for a step's checkpoint
+row alone one statement committed on its own, see ``write_run``); every status change is
 conditional on the status (and owner) it replaces, so a terminal status never changes and whoever
 notices an orphan first wins."""
 
