@@ -898,6 +898,31 @@ def test_a_run_that_ends_while_its_panel_is_being_displayed_gets_that_display_re
     assert "[succeeded]" in rest[0][2]
 
 
+def test_a_display_made_after_the_runs_ended_keeps_what_it_rendered(db: Path, monkeypatch: Any) -> None:
+    """Only a display rendered before the runs settled (or the run ended) is replaced by the
+    saved final text: a later one, e.g. of a dashboard filtered since, keeps its own."""
+    import importlib
+
+    mod = importlib.import_module("tether.widget.dashboard")
+    shown: list[str] = []
+    updates: list[str] = []
+    monkeypatch.setattr(mod, "show", lambda data, **kw: shown.append(data["text/plain"].splitlines()[0]))
+    monkeypatch.setattr(
+        mod, "_update_displays", lambda d, data, meta: updates.append(data["text/plain"].splitlines()[0])
+    )
+    for i in range(2):
+        pp.four_phase.start(n=1, delay=0, tag=f"settled {i}").result(timeout=60)
+    d = dashboard()
+    try:
+        d._ipython_display_()
+        d.table.status_filter = "succeeded"  # the same rows: nothing settles again
+        d._ipython_display_()
+    finally:
+        d.close()
+    assert "all statuses" in shown[0] and "succeeded" in shown[1]
+    assert updates == [], updates
+
+
 def test_an_active_runs_snapshot_beats_even_when_nothing_changes(
     db: Path, tmp_path: Path, fast_poller: poller.Poller, monkeypatch: Any
 ) -> None:

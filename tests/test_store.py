@@ -857,3 +857,18 @@ def test_a_checkpoint_alone_is_refused_on_a_full_disk_and_on_a_replaced_file(tmp
         store.put_checkpoint(run_id, _ME, "late", "1")
     assert path.read_bytes() == before
     store.close()
+
+
+def test_an_ended_attempt_with_a_large_result_is_read_each_time_not_kept(db):
+    """The memo of ended attempts holds short rows only: a large inline result (up to the codec's
+    inline limit) would otherwise stay in memory per thread for as long as nothing is committed."""
+    from helpers import panel_pipelines as pp
+
+    big = pp.four_phase.start(n=1, delay=0, tag="x" * 20_000)  # params (and result) long
+    small = pp.four_phase.start(n=1, delay=0, tag="small")
+    big.result(timeout=60)
+    small.result(timeout=60)
+    for run in (big, small, big, small):
+        assert pp.four_phase.start(n=1, delay=0, tag=run.params["tag"]).id == run.id
+    kept = tether.workspace.default().store()._local.ended[2]
+    assert small.key in kept and big.key not in kept

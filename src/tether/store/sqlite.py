@@ -27,7 +27,23 @@ from .protocol import GoneCheck
 _LATEST = f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt DESC LIMIT 1"
 _STATUS_AT = _Row._fields.index("status")
 _ENDED = frozenset(str(s) for s in Status if s.terminal)
-_MEMO_MAX = 1024  # rows per thread: a notebook's keys, not a history
+_MEMO_MAX = 256  # rows per thread: a notebook's keys, not a history
+_MEMO_TEXT = 16_384  # nor its large results: a row whose texts are longer is read each time
+_TEXTS_AT = tuple(_Row._fields.index(name) for name in ("params", "result", "error"))
+
+
+def _small(row: Sequence[Any]) -> bool:
+    """A row worth keeping: its params, result and error texts are short (a result of up to
+    codec's inline limit would otherwise be held per thread; reading it is cheap beside
+    decoding it)."""
+    size = 0
+    for i in _TEXTS_AT:
+        value = row[i]
+        if type(value) is str:
+            size += len(value)
+        elif value is not None:  # damaged: read each time, as anything unusual
+            return False
+    return size <= _MEMO_TEXT
 
 
 class SQLiteStore(_Writes):
@@ -69,7 +85,7 @@ class SQLiteStore(_Writes):
         row = rows.get(key)
         if row is None:
             row = conn.execute(_LATEST, (key,)).fetchone()
-            if row is not None and row[_STATUS_AT] in _ENDED:
+            if row is not None and row[_STATUS_AT] in _ENDED and _small(row):
                 if len(rows) >= _MEMO_MAX:
                     rows.clear()
                 rows[key] = row

@@ -98,6 +98,7 @@ class Dashboard(ipywidgets.VBox):  # type: ignore[misc]
         self._next_sweep = 0.0
         self._closed = False
         self._displays: list[tuple[str, dict[str, Any]]] = []
+        self._settles = 0  # settled fallbacks made (under _dlock): a display rendered before one
         self._shown_static: tuple[str, str] | None = None
         self.table.observe(self._on_select, names=["selected"])
         self.table.observe(self._on_filter, names=["status_filter", "limit"])
@@ -167,6 +168,7 @@ class Dashboard(ipywidgets.VBox):  # type: ignore[misc]
         return {**data, **self.static()}, meta
 
     def _ipython_display_(self, **kwargs: Any) -> None:
+        settles = self._settles
         data, meta = self._repr_mimebundle_()
         display_id = uuid.uuid4().hex
         with self._dlock:  # _keep_fallback replaces displays under this lock: after this one
@@ -174,7 +176,7 @@ class Dashboard(ipywidgets.VBox):  # type: ignore[misc]
             del self._displays[:-8]
             show(data, raw=True, metadata=meta, display_id=display_id)
             fb = self.table.fallback
-            if fb.get("final") and fb.get("text/plain") != data["text/plain"]:
+            if self._settles != settles and fb.get("final"):
                 # the runs settled between the rendering above and this display's registration:
                 # _keep_fallback had no display to replace
                 self._shown_static = (fb["text/plain"], fb["text/html"])
@@ -189,6 +191,7 @@ class Dashboard(ipywidgets.VBox):  # type: ignore[misc]
         settled = not any(r["status"] in ("pending", "running") for r in rows)
         static = self.static()
         self.table.fallback = {"model_id": self.model_id, "final": settled, **static}
+        self._settles += settled
         if settled and self._displays and (static["text/plain"], static["text/html"]) != self._shown_static:
             self._shown_static = (static["text/plain"], static["text/html"])
             data, meta = _widget_bundle(self, Dashboard)

@@ -80,6 +80,7 @@ class RunPanel(anywidget.AnyWidget):
         self._rec: RunRecord | None = None
         self._newer: dict[str, Any] | None = None
         self._displays: list[tuple[str, dict[str, Any]]] = []  # (display id, parent header)
+        self._finals = 0  # final fallbacks made (under _plock): a display rendered before one
         self._fallback_key: Any = None
         self._sent_at = 0.0  # when the last snapshot was sent (time.time())
         self.updates = 0  # snapshots actually sent (tests, benchmark)
@@ -335,6 +336,7 @@ class RunPanel(anywidget.AnyWidget):
     def _ipython_display_(self, **kwargs: Any) -> None:
         """Display with a display id, so the static snapshot saved with the notebook can be
         replaced when the run ends (see ``_keep_fallback``)."""
+        finals = self._finals
         data, meta = self._repr_mimebundle_()
         display_id = uuid.uuid4().hex
         parent = _parent_header()
@@ -343,8 +345,8 @@ class RunPanel(anywidget.AnyWidget):
             del self._displays[:-MAX_DISPLAYS]
             show(data, raw=True, metadata=meta, display_id=display_id)
             fb = self.fallback
-            if fb.get("final") and fb.get("text/plain") != data["text/plain"]:
-                # the run ended between the snapshot above and this display's registration, so
+            if self._finals != finals and fb.get("final"):
+                # the run ended while this display was rendered and before it was registered, so
                 # _keep_fallback had no display to replace: replace this one now
                 bundle, bmeta = _widget_bundle(self, RunPanel)
                 static = {"text/plain": fb["text/plain"], "text/html": fb["text/html"]}
@@ -367,6 +369,7 @@ class RunPanel(anywidget.AnyWidget):
         self._fallback_key = key
         text, html = _snap.text_snapshot(snap), _snap.html_snapshot(snap)
         self.fallback = {"model_id": self.model_id, "final": final, "text/plain": text, "text/html": html}
+        self._finals += final
         if final and self._displays:
             data, meta = _widget_bundle(self, RunPanel)
             _update_displays(self._displays, {**data, "text/plain": text, "text/html": html}, meta)
