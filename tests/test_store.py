@@ -870,5 +870,5 @@ def test_an_ended_attempt_with_a_large_result_is_read_each_time_not_kept(db):
     small.result(timeout=60)
     for run in (big, small, big, small):
         assert pp.four_phase.start(n=1, delay=0, tag=run.params["tag"]).id == run.id
-    kept = tether.workspace.default().store()._local.ended[2]
+    kept = tether.workspace.default().store()._local.ended.rows
     assert small.key in kept and big.key not in kept

@@ -11,6 +11,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..artifacts import Artifacts
@@ -27,23 +28,37 @@ from .protocol import GoneCheck
 _LATEST = f"SELECT {_RUN_COLS} FROM runs WHERE key = ? ORDER BY attempt DESC LIMIT 1"
 _STATUS_AT = _Row._fields.index("status")
 _ENDED = frozenset(str(s) for s in Status if s.terminal)
-_MEMO_MAX = 256  # rows per thread: a notebook's keys, not a history
-_MEMO_TEXT = 16_384  # nor its large results: a row whose texts are longer is read each time
+# Per thread, at most: rows (a notebook's keys: a sweep's cell run again re-attaches all of them,
+# so more than a few hundred), and characters of params, result and error text in all (a row with
+# more than _ROW_TEXT of them is read each time); when either is reached the memo starts afresh.
+_MEMO_ROWS = 4096
+_MEMO_TEXT = 4 * 1024 * 1024
+_ROW_TEXT = 16_384
 _TEXTS_AT = tuple(_Row._fields.index(name) for name in ("params", "result", "error"))
 
 
-def _small(row: Sequence[Any]) -> bool:
-    """A row worth keeping: its params, result and error texts are short (a result of up to
-    codec's inline limit would otherwise be held per thread; reading it is cheap beside
-    decoding it)."""
+@dataclass(slots=True)
+class _Memo:
+    """A thread's kept rows of ended attempts, valid while its connection's data_version is."""
+
+    conn: sqlite3.Connection
+    version: int
+    rows: dict[str, Sequence[Any]] = field(default_factory=dict)
+    text: int = 0  # characters of params, result and error in rows
+
+
+def _text_size(row: Sequence[Any]) -> int:
+    """The characters of a row's params, result and error texts (a damaged one: more than a row
+    may keep, so it is read each time, as anything unusual). A result of up to the codec's inline
+    limit would otherwise be held per thread, and reading it is cheap beside decoding it."""
     size = 0
     for i in _TEXTS_AT:
         value = row[i]
         if type(value) is str:
             size += len(value)
-        elif value is not None:  # damaged: read each time, as anything unusual
-            return False
-    return size <= _MEMO_TEXT
+        elif value is not None:
+            return _ROW_TEXT + 1
+    return size
 
 
 class SQLiteStore(_Writes):
@@ -78,17 +93,21 @@ class SQLiteStore(_Writes):
         conn = self.conn()
         local = self._local
         version = conn.execute("PRAGMA data_version").fetchone()[0]
-        memo: tuple[sqlite3.Connection, int, dict[str, Sequence[Any]]] | None = getattr(local, "ended", None)
-        if memo is None or memo[0] is not conn or memo[1] != version:
-            memo = local.ended = (conn, version, {})  # something was committed since: forget
-        rows = memo[2]
+        memo: _Memo | None = getattr(local, "ended", None)
+        if memo is None or memo.conn is not conn or memo.version != version:
+            memo = local.ended = _Memo(conn, version)  # something was committed since: forget
+        rows = memo.rows
         row = rows.get(key)
         if row is None:
             row = conn.execute(_LATEST, (key,)).fetchone()
-            if row is not None and row[_STATUS_AT] in _ENDED and _small(row):
-                if len(rows) >= _MEMO_MAX:
-                    rows.clear()
-                rows[key] = row
+            if row is not None and row[_STATUS_AT] in _ENDED:
+                size = _text_size(row)
+                if size <= _ROW_TEXT:
+                    if len(rows) >= _MEMO_ROWS or memo.text + size > _MEMO_TEXT:
+                        memo = local.ended = _Memo(conn, version)
+                        rows = memo.rows
+                    rows[key] = row
+                    memo.text += size
         return row
 
     def exists(self) -> bool:
