@@ -346,60 +346,61 @@ within the same minutes.
 # a note for each MISS of the run that wrote it (and says when a MISS has none yet).
 NOTES: dict[str, str] = {
     "2a": """\
-**2a (durable runs vs DBOS).** The ratio follows DBOS's fsyncs more than tether: on the same
-2 cores, with the same tether code, DBOS made 25-36 runs/s while the disk was slow to sync and
-83-110 runs/s when it was quick, so 30x means 750 to 3,300 tether runs/s. What tether costs now,
-found with cProfile per thread, py-spy, strace and the WAL's frames read back page by page (each
-frame names the page it writes, each page its table or index):
+**2a (durable runs vs DBOS).** Blocked: the goal is beyond what any engine in Python can reach
+with these guarantees on this machine. `bench/floor.py` is a minimal engine written straight on
+`sqlite3` that does the durable work of a 3-step run and nothing else: the key read, five commits
+(the start; each step's checkpoint, fenced on the run still being its owner's and committed before
+the next step begins, as DESIGN.md's "nothing is lost" requires; the end) and two thread
+hand-overs. Interleaved with tether and DBOS at 79bf53e (5 batches of 300 per side): the floor
+1,667 runs/s, tether 941, DBOS 105; **floor / DBOS 15.9x**, tether / DBOS 9.0x, tether / floor
+0.56. DBOS's own rate follows the disk's fsyncs (25-36 runs/s on a slow day, 74-122 on quick
+ones), so the ratio moves with it, but not to 30x at the floor. The issue's other idea, step
+checkpoints written in the flusher's batch, would let a crash lose a completed step's checkpoint,
+which DESIGN.md rules out.
 
-- **Before this session's changes (48d10cf):** 28 WAL frames and 57 `pwrite64`, 37 `pread64`
-  and 34 `fcntl` per 3-step run; 1.41 ms of CPU per run (both threads), 640-690 runs/s quiet.
-- **One writer connection per process.** The caller's start and the run thread's checkpoints
-  and end were written through two connections, so each commit left the other's page cache
-  stale: `pread64` per run 37 -> 5. Every write transaction now uses one connection under the
-  process's write lock; reads keep a connection per thread.
-- **A step with nothing else to write commits its checkpoint row alone** (its `checkpoint`
-  event is buffered like a log line): 3 frames per step -> 1. The checkpoint is still committed
-  before `ctx.step` returns.
-- **Schema 0005: one partial index of the active runs** instead of two indexes of every run by
-  status: a run's end rewrote a page of each twice; now it removes one entry. WAL frames per run
-  28 -> 17 (start 7, each step 1, the end 3, plus B-tree splits).
-- **After (at 204e892), quiet machine, old and new code alternated three times** (5 x 300 runs
-  each): 795-798 runs/s against 639-687, CPU per run 1.17-1.21 ms against 1.36-1.44. In
-  `bench/peers.py` the same minutes: 947 runs/s against DBOS's 110 (8.6x).
+What tether costs was found with cProfile per thread, py-spy, strace and the WAL's frames read back
+page by page:
 
-What a run costs now, per run, of ~1.2 ms CPU: five write transactions (SQLite's own C code,
-`BEGIN IMMEDIATE`, `COMMIT` with its WAL writes and POSIX locks: ~40 us each), the Python around
-them (~45 us each: the ownership check, events and progress, the interrupt guard), the start's
-key read and record, and two thread hand-overs (caller -> run thread -> caller). 2,000 runs/s
-(0.5 ms) would need fewer commits per run: the issue's other idea, checkpoints written in the
-flusher's batch, would let a crash lose a completed step's checkpoint, which DESIGN.md's
-"nothing is lost" rules out (a checkpoint is committed before `ctx.step` returns), so it was not
-done. Levers left: time-ordered run ids (the id index, events and checkpoints grow at their
-right edge instead of splitting pages at random: 21.8 -> 20.2 frames per run in a quick trial;
-not adopted, since ids made close together would look alike and could collide across
-processes), and fewer Python objects per transaction.""",
+- **48d10cf -> 204e892:** one writer connection per process (`pread64` per run 37 -> 5); a step's
+  checkpoint committed alone when nothing else changed; schema 0005, one partial index of the
+  active runs (WAL frames per run 28 -> 17). Quiet A/B: 640-690 -> 795-798 runs/s.
+- **-> e8b017a:** such a checkpoint is one statement committed on its own (`Store.write_run`: no
+  `BEGIN`/`COMMIT`, the owner's fence in its `WHERE EXISTS`; a write statement outside a
+  transaction takes SQLite's write lock before it reads, as `BEGIN IMMEDIATE` does); `tx()` and
+  the fence without context managers; a step's state taken once. Run thread per run: `execute`
+  calls 16 -> 7, Python calls 486 -> 333, CPU ~20% less (512-732 -> 418-568 us, shared machine).
+  In this table 894-928 runs/s against 696-738 before (DBOS 98-122 and 74-96).
+
+Left: SQLite's WAL auto-checkpoint runs inside the run thread's commits (py-spy `--native`: 61% of
+the run thread's samples; two `fdatasync` every ~35 runs). A background `PASSIVE` checkpoint with a
+high auto-checkpoint as backstop gave 1,154-1,215 against 892-1,120 runs/s in one trial and was
+inconclusive in another; not shipped (the WAL's growth needs a backstop, and a checkpointing
+connection opened after the file was replaced could apply the old WAL to the new file). Time-ordered
+run ids: 21.8 -> 20.2 frames per run in a trial, not adopted (ids alike, collisions across
+processes).""",
     "2d": """\
 **2d (durable runs vs DBOS, both at `synchronous=FULL`).** At `FULL` every commit waits for an
-fsync of the WAL, and that sets both sides' pace: a 3-step tether run commits 5 write
-transactions (the idempotent start with the claim, one per step, the end), each an fsync, and
-DBOS's workflow about as many. On a quiet machine (`bench/peers.py` at 204e892): 388 runs/s
-against DBOS's 96 (4.0x); the fewer pages per commit of 2a barely move it. More than 5x would need
-fewer commits per run, which 2a explains why not.""",
+fsync of the WAL: a 3-step run commits five times on each side. `bench/floor.py --full` at 79bf53e
+(the floor engine of 2a at `FULL`, interleaved): the floor 654 runs/s, tether 430, DBOS 116;
+floor / DBOS 5.6x, tether / DBOS 3.7x, tether / floor 0.66. Unlike 2a the goal is under the floor
+here, but only just: the fsyncs are not overlapped with tether's ~1 ms of CPU per run, so 5x needs
+tether within 0.9 of the floor, i.e. most of its CPU per run gone; the levers are 2a's.""",
     "3": """\
 **3 (idempotent re-start vs DBOS).** An attach takes no lock: `start()` reads the key's latest
 attempt and returns an ended run it attaches to as it is (terminal statuses never change), without
 the write lock, the interrupt guard or the runner. The SQLite store keeps, per thread, the rows of
-the ended attempts it read, with SQLite's `data_version` read before each read: read again, an
-ended attempt costs one `PRAGMA data_version` instead of its row, and any commit to the file since
-(another process, a user's own connection, this process's writer) makes it read the row again.
-Counted with callgrind (instructions per `start()`, 1,000 calls, no tether thread running, only
-the calls counted): 238.7k before; 156.9k for a key read again (-34%); 253.2k for a key read the
-first time (+6%: the PRAGMA is ~12k instructions, and forgetting the kept rows costs a little).
-A record is still made per call from the kept row (each caller gets its own: ~30k instructions);
-keeping records and copying them was faster again (136k) but made a first read +8%. Before, in one
-process, 51-57 us per attach: the indexed read and its record ~26 us, binding the params, their
-canonical JSON and the key hash ~5 us, the decision and the handle the rest.""",
+the ended attempts it read (up to 4,096 rows and 4 Mi characters of text), with SQLite's
+`data_version` read before each read: read again, an ended attempt costs one
+`PRAGMA data_version` instead of its row, and any commit to the file since (another process, a
+user's own connection, this process's writer) makes it read the row again. At 79bf53e, three
+runs: this table's two full runs 0.043 ms against DBOS `start_workflow` 0.552 ms (0.078) and
+0.049 against 0.586 (0.084), `bench/peers.py` alone 0.045 against 0.693 (0.065). Counted with
+callgrind (instructions per `start()`, 1,000 calls, no tether thread running): 238.7k before,
+156.9k for a key read again (-34%), 253.2k for a key read the first time (+6%: the PRAGMA is ~12k
+instructions). A record is still made per call from the kept row (each caller gets its own);
+keeping records and copying them was 136k again but +8% on a first read. A memo of 256 rows
+cleared when full missed every read of this figure's 300 keys (0.082 ms in a full run): the cap is
+now 4,096 rows.""",
     "4a": """\
 **4a (`ctx.log()` vs raw insert).** Every line costs tether, beyond the raw insert: formatting,
 building the JSON of `{"level", "message"}`, a lock to append to the run's buffer, and the
