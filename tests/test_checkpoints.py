@@ -88,6 +88,37 @@ def test_a_step_with_an_unstorable_value_fails_the_run_naming_the_step(db: Path,
     assert checkpoint_names(db, run.id) == set()
 
 
+@pytest.mark.parametrize(
+    ("call", "said"),
+    [
+        (lambda ctx, fn: ctx.step("s\ud800", fn), "ctx.step() name 's\\ud800' holds a lone surrogate"),
+        (lambda ctx, fn: ctx.step(5, fn), "ctx.step() needs a non-empty str name, got 5"),
+        (lambda ctx, fn: ctx.step("", fn), "ctx.step() needs a non-empty str name, got ''"),
+        (lambda ctx, fn: ctx.map(lambda i: fn(), [1], name="m\udc00"), "ctx.map() name 'm\\udc00' holds"),
+    ],
+    ids=["surrogate", "not-str", "empty", "map-surrogate"],
+)
+def test_a_step_name_that_cannot_name_a_checkpoint_fails_the_run_before_the_step_runs(
+    db: Path, call: Any, said: str
+) -> None:
+    """BUG (before): a step named with a lone surrogate ran its function, then failed the run with a
+    raw UnicodeEncodeError from sqlite3 (a non-str name: a raw TypeError)."""
+    ran: list[str] = []
+
+    @tether.pipeline(name=f"test_checkpoints.bad_name_{len(said)}")
+    def body(ctx: tether.Context) -> None:
+        call(ctx, lambda: ran.append("ran"))
+
+    run = body.start()
+    with pytest.raises(tether.RunFailed) as info:
+        run.result(timeout=30)
+    error = info.value.error
+    assert error is not None and error["type"] == "ParamsError", error
+    assert said in error["message"]
+    assert ran == []
+    assert checkpoint_names(db, run.id) == set()
+
+
 def test_checkpoint_false_opts_out_a_step_runs_again_on_resume(db: Path, tmp_path: Path) -> None:
     log = str(tmp_path / "loose.log")
     first = checkpoint_pipelines.steps.start(log=log, n=1, fail_attempt=1, loose=True)

@@ -17,7 +17,7 @@ from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import codec
-from .errors import RunCancelled
+from .errors import ParamsError, RunCancelled
 from .store import FlushItem, dumps, json_str
 
 if TYPE_CHECKING:
@@ -59,6 +59,22 @@ LOG_LINE_MAX = 10_000
 # then the first undeclared ones entered. A phase entered beyond the list is still named in
 # ``phase``; ``ctx.phases_unlisted`` (and the phase event's ``unlisted``) counts those phases.
 PHASES_MAX = 100
+
+
+def _checkpoint_name(name: Any, where: str) -> str:
+    """``name`` if it can name stored checkpoints: a non-empty str SQLite can store as it is (a
+    lone surrogate would be replaced, and two names could then find each other's values)."""
+    if type(name) is not str or not name:
+        raise ParamsError(f"{where}() needs a non-empty str name, got {name!r}")
+    if not name.isascii():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ParamsError(
+                f"{where}() name {name!r} holds a lone surrogate, which cannot be stored as "
+                "text; use a name of valid text (the same one on every attempt)"
+            ) from None
+    return name
 
 
 def current() -> Context | None:
@@ -296,7 +312,7 @@ class Context:
             self._raise_cancelled()
         if not checkpoint:
             return fn(*args, **kwargs)
-        cp = "step:" + name
+        cp = "step:" + _checkpoint_name(name, "ctx.step")
         steps = self._steps
         if steps is None or cp in steps:
             found, value = self._runner.store.checkpoint(self.run_id, cp)
@@ -339,6 +355,8 @@ class Context:
         across attempts (default: the function's name and the call's order in the run).
         """
         # through the runner: fanout sits above this module (it reaches output capture)
+        if name is not None:
+            _checkpoint_name(name, "ctx.map")
         return self._runner.map(self, fn, items, executor=executor, checkpoint=checkpoint, name=name)
 
     # -- the run -----------------------------------------------------------------------------
