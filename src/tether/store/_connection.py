@@ -60,9 +60,19 @@ _SLICE_MS = 50
 _WAIT_MS = int(BUSY_TIMEOUT_S * 1000)
 
 
+SQLITE_BUSY_SNAPSHOT = SQLITE_BUSY | (2 << 8)
+
+
 def _busy(exc: sqlite3.Error) -> bool:
-    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock."""
-    return _primary(exc) in (SQLITE_BUSY, SQLITE_LOCKED)
+    """SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock. Not SQLITE_BUSY_SNAPSHOT:
+    this connection's own read snapshot is older than the file (a statement left unfinished on
+    it), and waiting never ends that."""
+    return _primary(exc) in (SQLITE_BUSY, SQLITE_LOCKED) and _stale(exc) is False
+
+
+def _stale(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY_SNAPSHOT (Python >= 3.11 gives the extended code)."""
+    return getattr(exc, "sqlite_errorcode", None) == SQLITE_BUSY_SNAPSHOT
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -524,6 +534,13 @@ class _Connections(_FileChecks):
 
     def _write_error(self, exc: sqlite3.Error) -> StoreError:
         code = _primary(exc)
+        if _stale(exc):
+            return self._fail(
+                "could not be written: tether's writing connection reads an old snapshot of it (a "
+                "statement was left unfinished on that connection)",
+                exc,
+                fix="This is a bug in tether: please report it; restarting the process clears it.",
+            )
         if code in (SQLITE_BUSY, SQLITE_LOCKED):
             err = self._fail(f"stayed locked by another process for {BUSY_TIMEOUT_S:.0f} s", exc)
         elif code == SQLITE_FULL:
