@@ -14,7 +14,19 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-__all__ = ["DurationStyle", "clip", "duration", "fmt_time", "safe", "safe_lines"]
+__all__ = ["DurationStyle", "clip", "duration", "fmt_time", "safe", "safe_lines", "storable"]
+
+
+def storable(text: str) -> bool:
+    """``text`` is valid Unicode text (no lone surrogate), as a name or key must be to be stored."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 # C0 (but TAB), DEL and C1; a newline is escaped too unless the caller means lines
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c != 0x09}

@@ -17,6 +17,7 @@ from itertools import chain, islice
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import codec
+from ._text import storable
 from .errors import ParamsError, RunCancelled
 from .store import FlushItem, dumps, json_str
 
@@ -66,14 +67,11 @@ def _checkpoint_name(name: Any, where: str) -> str:
     lone surrogate would be replaced, and two names could then find each other's values)."""
     if type(name) is not str or not name:
         raise ParamsError(f"{where}() needs a non-empty str name, got {name!r}")
-    if not name.isascii():
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ParamsError(
-                f"{where}() name {name!r} holds a lone surrogate, which cannot be stored as "
-                "text; use a name of valid text (the same one on every attempt)"
-            ) from None
+    if not storable(name):
+        raise ParamsError(
+            f"{where}() name {name!r} holds a lone surrogate, which cannot be stored as "
+            "text; use a name of valid text (the same one on every attempt)"
+        )
     return name
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import _interrupts, codec, owner
 from ._code import fingerprint
+from ._text import storable
 from .codec import dumps
 from .context import current
 from .errors import KeyConflict, ParamsError, PipelineError
@@ -126,14 +127,6 @@ def _outside_stacklevel() -> int:
     return level
 
 
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 class Pipeline:
     """A registered multi-phase function. Call ``.start(**params)`` or call it directly."""
 
@@ -175,7 +168,7 @@ class Pipeline:
         self._control = Control(
             max_tries=self.retries + 1, timeout=self.timeout, concurrency=self.concurrency
         )
-        if not isinstance(self.name, str) or not _utf8(self.name):
+        if not isinstance(self.name, str) or not storable(self.name):
             raise PipelineError(
                 f"pipeline name {self.name!r} must be a str of valid text (no lone surrogates)"
             )
@@ -300,7 +293,7 @@ class Pipeline:
         params_json = dumps(params)
         if key is None:
             key = self.key_for(params, params_json)
-        elif not isinstance(key, str) or not key or not _utf8(key):
+        elif not isinstance(key, str) or not key or not storable(key):
             raise ParamsError(f"key= must be a non-empty str of valid text, got {key!r}")
         ws = self.workspace
         store = ws.store()

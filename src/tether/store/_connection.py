@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from .. import _interrupts
 from ..errors import StoreError
@@ -93,10 +93,7 @@ def _guarded(fn: F) -> F:
             try:  # guard() written out: every attach reads through here
                 return fn(self, *args, **kwargs)
             except sqlite3.DatabaseError as exc:
-                err = self._store_error(exc)
-                if err is None:
-                    raise
-                raise err from exc
+                self._raise_store_error(exc)
         except StoreError as exc:
             if not (_interrupts.in_main_thread() and _busy_cause(exc)):
                 raise
@@ -348,10 +345,14 @@ class _Connections(_FileChecks):
         try:
             yield
         except sqlite3.DatabaseError as exc:
-            err = self._store_error(exc)
-            if err is None:
-                raise
-            raise err from exc
+            self._raise_store_error(exc)
+
+    def _raise_store_error(self, exc: sqlite3.DatabaseError) -> NoReturn:
+        """Raise ``exc`` as the StoreError ``guard()`` raises for it, or as it is."""
+        err = self._store_error(exc)
+        if err is None:
+            raise exc
+        raise err from exc
 
     def _store_error(self, exc: sqlite3.DatabaseError) -> StoreError | None:
         """The StoreError ``guard()`` raises for ``exc``; None: raised as it is (a constraint, a
@@ -426,10 +427,7 @@ class _Connections(_FileChecks):
                     try:  # guard() written out: one context manager fewer on every write
                         yield conn
                     except sqlite3.DatabaseError as exc:
-                        err = self._store_error(exc)
-                        if err is None:
-                            raise
-                        raise err from exc
+                        self._raise_store_error(exc)
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -465,22 +463,7 @@ class _Connections(_FileChecks):
                 conn = self._writing()
                 if conn.in_transaction:  # never build on a transaction some failure left open
                     conn.execute("ROLLBACK")
-                deadline = 0.0
-                while True:
-                    try:
-                        return int(conn.execute(sql, args).rowcount)
-                    except sqlite3.OperationalError as exc:
-                        now = time.monotonic()
-                        deadline = deadline or now + BUSY_TIMEOUT_S
-                        if not _busy(exc) or now > deadline:
-                            raise self._write_error(exc) from exc
-                    except sqlite3.DatabaseError as exc:
-                        err = self._store_error(exc)
-                        if err is None:
-                            raise
-                        raise err from exc
-                    if _interrupts.in_main_thread():
-                        _interrupts.safe_point()
+                return int(self._locking(conn, sql, args).rowcount)
             finally:
                 self.write_lock.release()
 
@@ -512,25 +495,31 @@ class _Connections(_FileChecks):
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, waiting up to BUSY_TIMEOUT_S for another process's write lock.
+        Once it holds the lock, no statement of the transaction waits."""
+        self._locking(conn, "BEGIN IMMEDIATE")
+
+    def _locking(self, conn: sqlite3.Connection, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """``sql`` on the writer, a statement that takes SQLite's write lock first (BEGIN
+        IMMEDIATE, or a write outside a transaction), tried again while another process holds
+        the lock, up to BUSY_TIMEOUT_S.
 
         SQLite's busy handler sleeps in C, where no Python signal handler runs: the writer
         connection waits at most _SLICE_MS per try (its busy timeout), so the first try is all an
         uncontended write costs, and in the main thread a recorded interrupt is delivered between
-        tries. Once BEGIN IMMEDIATE holds the lock, no statement of the transaction waits."""
-        try:
-            deadline = time.monotonic() + BUSY_TIMEOUT_S
-            main = _interrupts.in_main_thread()
-            while True:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if not _busy(exc) or time.monotonic() > deadline:
-                        raise
-                if main:
-                    _interrupts.safe_point()
-        except sqlite3.Error as exc:
-            raise self._write_error(exc) from exc
+        tries. A statement that failed took no lock and wrote nothing: trying it again is safe."""
+        deadline = 0.0
+        while True:
+            try:
+                return conn.execute(sql, args)
+            except sqlite3.OperationalError as exc:
+                now = time.monotonic()
+                deadline = deadline or now + BUSY_TIMEOUT_S
+                if not _busy(exc) or now > deadline:
+                    raise self._write_error(exc) from exc
+            except sqlite3.DatabaseError as exc:
+                self._raise_store_error(exc)
+            if _interrupts.in_main_thread():
+                _interrupts.safe_point()
 
     def _write_error(self, exc: sqlite3.Error) -> StoreError:
         code = _primary(exc)

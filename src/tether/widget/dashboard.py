@@ -176,7 +176,7 @@ class Dashboard(ipywidgets.VBox):  # type: ignore[misc]
             del self._displays[:-8]
             show(data, raw=True, metadata=meta, display_id=display_id)
             fb = self.table.fallback
-            if self._settles != settles and fb.get("final"):
+            if self._settles != settles and fb.get("final") and fb["text/plain"] != data["text/plain"]:
                 # the runs settled between the rendering above and this display's registration:
                 # _keep_fallback had no display to replace
                 self._shown_static = (fb["text/plain"], fb["text/html"])

@@ -345,7 +345,7 @@ class RunPanel(anywidget.AnyWidget):
             del self._displays[:-MAX_DISPLAYS]
             show(data, raw=True, metadata=meta, display_id=display_id)
             fb = self.fallback
-            if self._finals != finals and fb.get("final"):
+            if self._finals != finals and fb.get("final") and fb["text/plain"] != data["text/plain"]:
                 # the run ended while this display was rendered and before it was registered, so
                 # _keep_fallback had no display to replace: replace this one now
                 bundle, bmeta = _widget_bundle(self, RunPanel)
